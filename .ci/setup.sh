@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install what is missing, idempotently: Debian packages (as root, or through sudo), then a
+# virtual environment .venv with the project and its pinned Python packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Open3D needs GL/EGL (Mesa software rendering works headless), OpenMP and libusb to import;
+# xvfb is the renderer's fallback where EGL is missing; make runs the README's commands.
+APT_PACKAGES=(libgl1 libegl1 libgl1-mesa-dri libgomp1 libusb-1.0-0 xvfb make)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null || python=python3
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($python --version)"
+  "$python" -m venv .venv
+fi
+# Reinstall only when the project's requirements changed since the last install.
+stamp=.venv/.pointad-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing Python packages into .venv (pinned in pyproject.toml)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+  touch "$stamp"
+fi

@@ -1,0 +1,224 @@
+"""Point-cloud preprocessing of SPEC 2: organized grids and unorganized clouds to clean points.
+
+Arrays in, arrays out; failures are ValueError with the reason only (readers add the path).
+Open3D does the robust parts (RANSAC plane, DBSCAN, farthest-point sampling), PIL the resizing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import open3d as o3d
+from PIL import Image
+
+from shared.errors import ConfigError
+
+# Open3D reports through its own logger; errors reach us as empty results, which we check.
+o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreprocessOptions:
+    """How one sample is cleaned. Defaults are the literature's for MVTec 3D-AD (SPEC 2)."""
+
+    image_size: int = 336           # organized grids are resized to image_size x image_size (nearest)
+    max_points: int = 336 * 336     # unorganized clouds above this are farthest-point sampled
+    min_points: int = 100           # fewer valid points than this is a bad sample
+    remove_plane: bool = True       # RANSAC background plane fitted on the grid border
+    plane_border: int = 10          # border width in pixels (of the resized grid)
+    plane_distance: float = 0.005   # points this close to the plane are background
+    plane_iterations: int = 1000
+    cleanup: bool = False           # keep only the largest DBSCAN cluster
+    cluster_eps: float = 0.006
+    cluster_min_points: int = 30
+    flip: bool = True               # 180 degrees about X so the scanned surface faces the camera
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict | None, source: str = "preprocess options") -> "PreprocessOptions":
+        """Build from a mapping (datasets.yaml `preprocess:`); an unknown key is an error naming it."""
+        data = dict(data or {})
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")
+        typed = {}
+        for key, value in data.items():
+            kind = type(known[key].default)
+            if kind is bool and not isinstance(value, bool):
+                raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
+            try:
+                typed[key] = kind(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{source}: '{key}' must be {kind.__name__}, got {value!r}") from None
+        return cls(**typed)
+
+
+# Format defaults: Real3D-AD clouds are full object scans with no support plane and no sensor frame.
+FORMAT_DEFAULTS = {
+    "mvtec3d": {},
+    "eyecandies": {},
+    "real3d": {"remove_plane": False, "flip": False},
+}
+
+
+def options_for_format(fmt: str, overrides: dict | None = None, source: str = "preprocess options") -> PreprocessOptions:
+    """The format's defaults with a dataset's or class's overrides on top."""
+    return PreprocessOptions.from_dict({**FORMAT_DEFAULTS.get(fmt, {}), **(overrides or {})}, source)
+
+
+@dataclass(frozen=True)
+class OrganizedResult:
+    """Output of `preprocess_organized`; see `shared.Sample` for the meaning of each field."""
+
+    points: np.ndarray        # (P, 3) float32
+    point_labels: np.ndarray  # (P,) uint8
+    grid_index: np.ndarray    # (P,) int32, row * S + col
+    rgb: np.ndarray | None    # (S, S, 3) uint8
+    grid_mask: np.ndarray     # (S, S) uint8 0/1
+
+
+def check_finite_grid(xyz: np.ndarray) -> np.ndarray:
+    """Return the (H, W) mask of measured pixels; raise on corrupt coordinates.
+
+    A pixel is missing when all three coordinates are 0 (MVTec convention) or all three are NaN
+    (common scanner convention). Inf anywhere, or NaN in only some coordinates, is corrupt data.
+    """
+    nan = np.isnan(xyz)
+    bad = np.isinf(xyz).any(axis=-1) | (nan.any(axis=-1) & ~nan.all(axis=-1))
+    if bad.any():
+        raise ValueError(f"non-finite coordinates at {int(bad.sum())} pixel(s)")
+    return ~nan.any(axis=-1) & (xyz != 0).any(axis=-1)
+
+
+def check_finite_points(points: np.ndarray) -> None:
+    """Raise if any coordinate of an unorganized cloud is NaN or inf (there is no 'missing' there)."""
+    bad = ~np.isfinite(points).all(axis=1)
+    if bad.any():
+        raise ValueError(f"non-finite coordinates in {int(bad.sum())} point(s)")
+
+
+def resize_nearest(array: np.ndarray, size: int) -> np.ndarray:
+    """Resize an (H, W) or (H, W, C) array to (size, size[, C]) by nearest neighbour (PIL, centre sampling)."""
+    if array.shape[:2] == (size, size):
+        return array.copy()
+    channels = array[..., None] if array.ndim == 2 else array
+    mode = {np.dtype(np.float32): "F", np.dtype(np.uint8): "L"}[channels.dtype]
+    out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(channels[..., c]), mode=mode)
+                               .resize((size, size), Image.NEAREST)) for c in range(channels.shape[-1])], axis=-1)
+    return out[..., 0] if array.ndim == 2 else out
+
+
+def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize an (H, W, 3) uint8 image to (size, size, 3) bilinearly (it is an image, not geometry)."""
+    if rgb.shape[:2] == (size, size):
+        return rgb.copy()
+    return np.asarray(Image.fromarray(rgb, mode="RGB").resize((size, size), Image.BILINEAR))
+
+
+def border_mask(height: int, width: int, border: int) -> np.ndarray:
+    """(H, W) bool, True on the outer `border` pixels of the grid."""
+    mask = np.ones((height, width), dtype=bool)
+    mask[border:height - border, border:width - border] = False
+    return mask
+
+
+def fit_plane(points: np.ndarray, distance: float, iterations: int, seed: int) -> np.ndarray:
+    """Plane (a, b, c, d), unit normal, fitted robustly: Open3D RANSAC, then least squares on its inliers."""
+    if len(points) < 3:
+        raise ValueError(f"cannot fit the background plane: only {len(points)} valid border point(s)")
+    o3d.utility.random.seed(seed)
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
+    _, inliers = cloud.segment_plane(distance_threshold=distance, ransac_n=3, num_iterations=iterations)
+    inlier_points = points[np.asarray(inliers)].astype(np.float64)
+    # The least-squares refit makes the plane independent of which random triple RANSAC kept.
+    centre = inlier_points.mean(axis=0)
+    normal = np.linalg.svd(inlier_points - centre, full_matrices=False)[2][-1]
+    return np.append(normal, -normal @ centre)
+
+
+def plane_distance(points: np.ndarray, plane: np.ndarray) -> np.ndarray:
+    """(P,) unsigned distance of each point to the plane (a, b, c, d) with unit normal."""
+    return np.abs(points.astype(np.float64) @ plane[:3] + plane[3])
+
+
+def largest_cluster(points: np.ndarray, eps: float, min_points: int) -> np.ndarray:
+    """(P,) bool, True for the points of the largest DBSCAN cluster (Open3D)."""
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
+    labels = np.asarray(cloud.cluster_dbscan(eps=eps, min_points=min_points))
+    clustered = labels[labels >= 0]
+    if clustered.size == 0:
+        raise ValueError(f"no DBSCAN cluster (eps {eps}, min_points {min_points}) in {len(points)} points")
+    return labels == np.bincount(clustered).argmax()
+
+
+def flip_x180(points: np.ndarray) -> np.ndarray:
+    """Rotate 180 degrees about the X axis: (x, y, z) -> (x, -y, -z)."""
+    return points * np.array([1, -1, -1], dtype=points.dtype)
+
+
+def farthest_point_indices(points: np.ndarray, count: int) -> np.ndarray:
+    """Sorted indices of `count` points chosen by farthest-point sampling (Open3D), starting at point 0."""
+    if count >= len(points):
+        return np.arange(len(points))
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
+    # Open3D returns points, not indices: carry each point's index through in its colour channel.
+    cloud.colors = o3d.utility.Vector3dVector(np.repeat(np.arange(len(points), dtype=np.float64)[:, None], 3, axis=1))
+    sampled = cloud.farthest_point_down_sample(count)
+    return np.sort(np.asarray(sampled.colors)[:, 0].astype(np.int64))
+
+
+def preprocess_organized(xyz: np.ndarray, rgb: np.ndarray | None, gt: np.ndarray | None,
+                         options: PreprocessOptions) -> OrganizedResult:
+    """Clean an organized scan: resize, drop missing and background points, optional cleanup, flip.
+
+    xyz: (H, W, 3) float32, missing = all zero or all NaN; rgb: (H, W, 3) uint8 or None;
+    gt: (H, W) with nonzero = anomalous, or None (all good). Shapes must already agree.
+    """
+    size = options.image_size
+    measured = resize_nearest(check_finite_grid(xyz).astype(np.uint8), size).astype(bool)
+    grid = resize_nearest(np.nan_to_num(xyz.astype(np.float32)), size)
+    mask = np.zeros((size, size), np.uint8) if gt is None else (resize_nearest((gt > 0).astype(np.uint8), size))
+    keep = measured.copy()
+    if options.remove_plane:
+        border = border_mask(size, size, options.plane_border) & measured
+        plane = fit_plane(grid[border], options.plane_distance, options.plane_iterations, options.seed)
+        keep &= plane_distance(grid, plane).reshape(size, size) > options.plane_distance
+    flat_index = np.flatnonzero(keep)
+    if flat_index.size < options.min_points:
+        raise ValueError(f"{flat_index.size} valid points after background removal (need >= {options.min_points})")
+    points = grid.reshape(-1, 3)[flat_index]
+    if options.cleanup:
+        in_cluster = largest_cluster(points, options.cluster_eps, options.cluster_min_points)
+        flat_index, points = flat_index[in_cluster], points[in_cluster]
+        if flat_index.size < options.min_points:
+            raise ValueError(f"{flat_index.size} valid points after cluster cleanup (need >= {options.min_points})")
+    if options.flip:
+        points = flip_x180(points)
+    return OrganizedResult(
+        points=np.ascontiguousarray(points, dtype=np.float32),
+        point_labels=mask.reshape(-1)[flat_index].astype(np.uint8),
+        grid_index=flat_index.astype(np.int32),
+        rgb=None if rgb is None else resize_rgb(rgb, size),
+        grid_mask=mask,
+    )
+
+
+def preprocess_unorganized(points: np.ndarray, labels: np.ndarray,
+                           options: PreprocessOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Clean an unorganized cloud: check, farthest-point sample to max_points (labels kept), optional flip.
+
+    points: (P, 3); labels: (P,) nonzero = anomalous. Returns (points float32, labels uint8 0/1).
+    """
+    check_finite_points(points)
+    if len(points) < options.min_points:
+        raise ValueError(f"{len(points)} points (need >= {options.min_points})")
+    if options.cleanup:
+        in_cluster = largest_cluster(points, options.cluster_eps, options.cluster_min_points)
+        points, labels = points[in_cluster], labels[in_cluster]
+    chosen = farthest_point_indices(points, options.max_points)
+    points, labels = points[chosen], labels[chosen]
+    if options.flip:
+        points = flip_x180(points)
+    return np.ascontiguousarray(points, dtype=np.float32), (labels > 0).astype(np.uint8)

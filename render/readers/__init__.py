@@ -1,0 +1,32 @@
+"""Dataset readers: one module per on-disk format, looked up by the registry's `format`.
+
+Listing (`list_samples`) is separate from loading (`read_sample`), so planning or resuming a
+build reads no point data.
+"""
+
+from __future__ import annotations
+
+from render.preprocess import PreprocessOptions, options_for_format
+from render.readers import eyecandies, mvtec3d, real3d
+from shared.registry import DatasetEntry
+from shared.sample import Sample, SampleRef
+
+READERS = {"mvtec3d": mvtec3d, "eyecandies": eyecandies, "real3d": real3d}
+
+
+def list_samples(entry: DatasetEntry, classes=None, splits=None) -> list[SampleRef]:
+    """Samples of `entry` (root resolved) for the chosen classes and splits (None = all)."""
+    return READERS[entry.format].list_samples(entry, classes, splits)
+
+
+def preprocess_options(entry: DatasetEntry, class_name: str, **overrides) -> PreprocessOptions:
+    """The format's defaults, then the registry's options for the class, then explicit overrides."""
+    from_registry = entry.options_for(class_name).get("preprocess", {})
+    return options_for_format(entry.format, {**from_registry, **overrides},
+                              source=f"dataset '{entry.name}' class '{class_name}' preprocess options")
+
+
+def read_sample(entry: DatasetEntry, ref: SampleRef, options: PreprocessOptions | None = None) -> Sample:
+    """Load and preprocess one listed sample; errors are `InputFileError` naming the file."""
+    options = preprocess_options(entry, ref.class_name) if options is None else options
+    return READERS[entry.format].read(ref, options)

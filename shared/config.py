@@ -1,0 +1,34 @@
+"""The only module that reads the environment: data and cache locations.
+
+POINTAD_DATA      base folder for dataset roots given as relative paths in datasets.yaml
+POINTAD_CACHE     where generated data (the built-in synthetic datasets) is cached
+POINTAD_REGISTRY  a datasets.yaml to use instead of the one at the repository root
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_base() -> Path:
+    """Folder that relative dataset roots resolve against: $POINTAD_DATA, else ./data."""
+    env = os.environ.get("POINTAD_DATA")
+    return Path(env).expanduser() if env else Path.cwd() / "data"
+
+
+def cache_dir() -> Path:
+    """Folder for generated data: $POINTAD_CACHE, else $XDG_CACHE_HOME/pointad, else ~/.cache/pointad."""
+    env = os.environ.get("POINTAD_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "pointad"
+
+
+def registry_path() -> Path:
+    """The datasets.yaml in use: $POINTAD_REGISTRY, else the repository's own."""
+    env = os.environ.get("POINTAD_REGISTRY")
+    return Path(env).expanduser() if env else REPO_ROOT / "datasets.yaml"

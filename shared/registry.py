@@ -1,0 +1,151 @@
+"""Dataset registry: `datasets.yaml` names datasets, their format, root and options (SPEC 2).
+
+A registry entry only adds names, class lists and per-class options: `--format FMT --root DIR`
+works without one (see `custom_entry`). Classes are whatever folders exist under the root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from shared import config
+from shared.errors import ConfigError, DatasetError
+
+FORMATS = ("mvtec3d", "eyecandies", "real3d")
+_ENTRY_KEYS = {"format", "root", "classes", "aux_classes", "options", "class_options", "generate", "description"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetEntry:
+    """One dataset as the registry describes it.
+
+    root: None only for generated datasets (their root is the cache, see `generate`).
+    options: {"preprocess": {...}, "render": {...}} for every class; class_options[c] overrides them.
+    generate: for built-in generated data, the generator's arguments (e.g. {"format": "real3d", "seed": 0}).
+    """
+
+    name: str
+    format: str
+    root: Path | None = None
+    classes: tuple[str, ...] | None = None
+    aux_classes: tuple[str, ...] = ()
+    options: dict = field(default_factory=dict)
+    class_options: dict = field(default_factory=dict)
+    generate: dict | None = None
+    description: str = ""
+
+    @classmethod
+    def from_dict(cls, name: str, data: dict, source: str = "datasets.yaml") -> "DatasetEntry":
+        """Validate one entry; an unknown key or format is an error naming it."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: dataset '{name}' must be a mapping")
+        unknown = set(data) - _ENTRY_KEYS
+        if unknown:
+            raise ConfigError(f"{source}: dataset '{name}' has unknown key(s) {sorted(unknown)}; known: {sorted(_ENTRY_KEYS)}")
+        fmt = data.get("format")
+        if fmt not in FORMATS:
+            raise ConfigError(f"{source}: dataset '{name}' has format {fmt!r}; known formats: {', '.join(FORMATS)}")
+        if data.get("root") is None and data.get("generate") is None:
+            raise ConfigError(f"{source}: dataset '{name}' needs a 'root'")
+        classes = data.get("classes")
+        return cls(
+            name=name,
+            format=fmt,
+            root=Path(data["root"]) if data.get("root") is not None else None,
+            classes=tuple(str(c) for c in classes) if classes else None,
+            aux_classes=tuple(str(c) for c in data.get("aux_classes") or ()),
+            options=dict(data.get("options") or {}),
+            class_options={str(k): dict(v or {}) for k, v in (data.get("class_options") or {}).items()},
+            generate=dict(data["generate"]) if data.get("generate") is not None else None,
+            description=str(data.get("description", "")),
+        )
+
+    def options_for(self, class_name: str) -> dict:
+        """Options of one class: the entry's, with that class's overrides merged per section."""
+        merged = {section: dict(values) for section, values in self.options.items()}
+        for section, values in self.class_options.get(class_name, {}).items():
+            merged.setdefault(section, {}).update(values)
+        return merged
+
+    def with_root(self, root: Path) -> "DatasetEntry":
+        return replace(self, root=Path(root), generate=None)
+
+
+def custom_entry(format: str, root: Path) -> DatasetEntry:
+    """An entry for the user's own data in a known format: classes from the folder names."""
+    if format not in FORMATS:
+        raise ConfigError(f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
+    return DatasetEntry(name=Path(root).name or "custom", format=format, root=Path(root))
+
+
+def load_registry(path: Path | None = None) -> dict[str, DatasetEntry]:
+    """Read datasets.yaml (default: `config.registry_path()`) into entries by name."""
+    path = Path(path) if path is not None else config.registry_path()
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: registry file not found (set POINTAD_REGISTRY or pass --format and --root)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
+        raise ConfigError(f"{path}: expected a top-level 'datasets:' mapping")
+    return {name: DatasetEntry.from_dict(name, entry, str(path)) for name, entry in data["datasets"].items()}
+
+
+def resolve_dataset(name: str | None = None, *, format: str | None = None, root: Path | None = None,
+                    registry: dict[str, DatasetEntry] | None = None) -> DatasetEntry:
+    """The entry to use for a command's --dataset / --format / --root options.
+
+    A relative registry root resolves against $POINTAD_DATA (default ./data); `root` overrides it.
+    Generated datasets keep root None here: `render.datasets.materialize` fills it in.
+    """
+    if name is None:
+        if format is None or root is None:
+            raise ConfigError("name a dataset (--dataset) or give both --format and --root")
+        return custom_entry(format, root)
+    registry = load_registry() if registry is None else registry
+    if name not in registry:
+        raise DatasetError(f"unknown dataset '{name}'; known: {', '.join(sorted(registry))} (or use --format with --root)")
+    entry = registry[name]
+    if format is not None and format != entry.format:
+        raise ConfigError(f"dataset '{name}' has format {entry.format}, not {format}")
+    if root is not None:
+        return entry.with_root(root)
+    if entry.root is not None and not entry.root.is_absolute():
+        return replace(entry, root=config.data_base() / entry.root)
+    return entry
+
+
+def class_folders(entry: DatasetEntry) -> tuple[str, ...]:
+    """Sorted names of the folders under the root (every one a potential class)."""
+    root = entry.root
+    if root is None or not root.is_dir():
+        raise DatasetError(f"{root}: dataset root of '{entry.name}' does not exist "
+                           "(pass --root, set POINTAD_DATA, or see README 'Real datasets')")
+    return tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+
+
+def discover_classes(entry: DatasetEntry) -> tuple[str, ...]:
+    """Default classes: those the registry lists that exist on disk (its order), else every folder."""
+    present = class_folders(entry)
+    if entry.classes is None:
+        return present
+    return tuple(c for c in entry.classes if c in present)
+
+
+def select_classes(entry: DatasetEntry, wanted: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """The classes to use: all present, or the wanted ones, each of which must exist on disk."""
+    if not wanted:
+        default = discover_classes(entry)
+        if not default:
+            raise DatasetError(f"{entry.root}: no class folders found for dataset '{entry.name}'")
+        return default
+    present = class_folders(entry)
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        raise DatasetError(f"{entry.root}: unknown class(es) {', '.join(missing)} in dataset '{entry.name}'; "
+                           f"present: {', '.join(present) or 'none'}")
+    return tuple(wanted)
