@@ -1,7 +1,7 @@
 """Point-cloud preprocessing of SPEC 2: organized grids and unorganized clouds to clean points.
 
 Arrays in, arrays out; failures are ValueError with the reason only (readers add the path).
-Open3D does the robust parts (RANSAC plane, DBSCAN, farthest-point sampling), PIL the resizing.
+Open3D does the robust parts (RANSAC plane, DBSCAN, farthest-point sampling), PIL resizes RGB.
 """
 
 from __future__ import annotations
@@ -100,21 +100,22 @@ def check_finite_points(points: np.ndarray) -> None:
 
 
 def resize_nearest(array: np.ndarray, size: int) -> np.ndarray:
-    """Resize an (H, W) or (H, W, C) array to (size, size[, C]) by nearest neighbour (PIL, centre sampling)."""
-    if array.shape[:2] == (size, size):
-        return array.copy()
-    channels = array[..., None] if array.ndim == 2 else array
-    mode = {np.dtype(np.float32): "F", np.dtype(np.uint8): "L"}[channels.dtype]
-    out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(channels[..., c]), mode=mode)
-                               .resize((size, size), Image.NEAREST)) for c in range(channels.shape[-1])], axis=-1)
-    return out[..., 0] if array.ndim == 2 else out
+    """Resize an (H, W[, C]) array to (size, size[, C]) by nearest neighbour, source index floor(i * H / size).
+
+    This is the convention of torch's `interpolate(mode="nearest")`, which the literature's
+    preprocessing uses; PIL samples pixel centres instead and picks different rows. Index
+    selection also keeps xyz, validity and ground truth aligned by construction.
+    """
+    rows = np.arange(size) * array.shape[0] // size
+    cols = np.arange(size) * array.shape[1] // size
+    return array[rows][:, cols]
 
 
 def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
     """Resize an (H, W, 3) uint8 image to (size, size, 3) bilinearly (it is an image, not geometry)."""
     if rgb.shape[:2] == (size, size):
         return rgb.copy()
-    return np.asarray(Image.fromarray(rgb, mode="RGB").resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
 
 
 def border_mask(height: int, width: int, border: int) -> np.ndarray:
@@ -180,6 +181,8 @@ def preprocess_organized(xyz: np.ndarray, rgb: np.ndarray | None, gt: np.ndarray
     measured = resize_nearest(check_finite_grid(xyz).astype(np.uint8), size).astype(bool)
     grid = resize_nearest(np.nan_to_num(xyz.astype(np.float32)), size)
     mask = np.zeros((size, size), np.uint8) if gt is None else (resize_nearest((gt > 0).astype(np.uint8), size))
+    if measured.sum() < options.min_points:
+        raise ValueError(f"{int(measured.sum())} valid points (need >= {options.min_points})")
     keep = measured.copy()
     if options.remove_plane:
         border = border_mask(size, size, options.plane_border) & measured

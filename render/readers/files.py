@@ -5,7 +5,6 @@ tifffile, Pillow, Open3D and numpy do the parsing; this module only checks what 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -66,17 +65,32 @@ def read_image(path: Path, mode: str) -> np.ndarray:
         raise _fail(path, f"unreadable image ({_first_line(exc)})") from exc
 
 
-def _pcd_header_points(path: Path) -> int | None:
-    """POINTS count from a PCD header, None if absent (then Open3D's own parse is all we have)."""
+def _pcd_points_present(path: Path) -> tuple[int, int] | None:
+    """(points the PCD header declares, points the data section holds), None if not checkable.
+
+    Open3D fills the missing rows of a truncated ASCII PCD with uninitialised memory instead of
+    failing, so the count is checked here from the header and the data section's size.
+    """
+    header: dict[str, list[str]] = {}
     with open(path, "rb") as handle:
         for raw in handle:
-            line = raw.decode("ascii", "replace").strip()
-            if line.upper().startswith("POINTS"):
-                match = re.match(r"POINTS\s+(\d+)", line, re.IGNORECASE)
-                return int(match.group(1)) if match else None
-            if line.upper().startswith("DATA"):
-                return None
-    return None
+            words = raw.decode("ascii", "replace").split()
+            if words and not words[0].startswith("#"):
+                header[words[0].upper()] = words[1:]
+            if words and words[0].upper() == "DATA":
+                break
+        data = handle.read()
+    try:
+        declared = int(header["POINTS"][0])
+        kind = header["DATA"][0].lower()
+        step = sum(int(s) * int(c) for s, c in zip(header["SIZE"], header.get("COUNT", ["1"] * len(header["SIZE"]))))
+    except (KeyError, IndexError, ValueError):
+        return None
+    if kind == "ascii":
+        return declared, sum(1 for line in data.splitlines() if line.strip())
+    if kind == "binary":
+        return declared, len(data) // step
+    return None  # binary_compressed: Open3D's decompression checks the size itself
 
 
 def read_point_cloud(path: Path) -> np.ndarray:
@@ -87,9 +101,9 @@ def read_point_cloud(path: Path) -> np.ndarray:
     if len(points) == 0:
         raise _fail(path, "unreadable or empty point cloud")
     if path.suffix.lower() == ".pcd":
-        expected = _pcd_header_points(path)
-        if expected is not None and expected != len(points):
-            raise _fail(path, f"truncated: header declares {expected} points, file holds {len(points)}")
+        counts = _pcd_points_present(path)
+        if counts is not None and counts[1] < counts[0]:
+            raise _fail(path, f"truncated: header declares {counts[0]} points, file holds {counts[1]}")
     return points
 
 

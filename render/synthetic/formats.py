@@ -88,7 +88,7 @@ def write_mvtec(root: Path, class_name: str, split: str, defect: str, index: int
     """<class>/<split>/<defect>/{xyz,rgb,gt}/NNN.{tiff,png}; gt only in the test split."""
     folder = root / class_name / split / defect
     (folder / "xyz").mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(folder / "xyz" / f"{index:03d}.tiff", arrays["xyz"])
+    tifffile.imwrite(folder / "xyz" / f"{index:03d}.tiff", arrays["xyz"], photometric="rgb")
     _save_png(folder / "rgb" / f"{index:03d}.png", arrays["rgb"])
     if split == "test":
         _save_png(folder / "gt" / f"{index:03d}.png", arrays["gt"])

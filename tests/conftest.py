@@ -1,0 +1,45 @@
+"""Fixtures shared by the suite: small synthetic datasets in every format, built once per run."""
+
+from __future__ import annotations
+
+import pytest
+
+from render import synthetic
+from render.datasets import open_dataset
+
+SMALL = dict(classes=("cookie", "torus"), train=1, validation=1, test_good=1, per_defect=1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Generated data and caches of the run go to a temporary folder, never the user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("POINTAD_CACHE", str(tmp_path_factory.mktemp("cache")))
+    mp.delenv("POINTAD_DATA", raising=False)
+    mp.delenv("POINTAD_REGISTRY", raising=False)
+    yield
+    mp.undo()
+
+
+def _make(tmp_path_factory, fmt: str, seed: int):
+    spec = synthetic.SyntheticSpec(format=fmt, seed=seed, **SMALL)
+    root = synthetic.generate(tmp_path_factory.mktemp(fmt) / "data", spec)
+    return spec, open_dataset(format=fmt, root=root)
+
+
+@pytest.fixture(scope="session")
+def mvtec_dataset(tmp_path_factory):
+    """(spec, entry) of a small synthetic dataset in the MVTec 3D-AD format."""
+    return _make(tmp_path_factory, "mvtec3d", 3)
+
+
+@pytest.fixture(scope="session")
+def eyecandies_dataset(tmp_path_factory):
+    """(spec, entry) of a small synthetic dataset in the raw Eyecandies format."""
+    return _make(tmp_path_factory, "eyecandies", 4)
+
+
+@pytest.fixture(scope="session")
+def real3d_dataset(tmp_path_factory):
+    """(spec, entry) of a small synthetic dataset in the Real3D-AD format."""
+    return _make(tmp_path_factory, "real3d", 5)

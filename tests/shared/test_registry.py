@@ -1,0 +1,86 @@
+"""Dataset registry (SPEC 2): datasets.yaml validation, root resolution, class selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.errors import ConfigError, DatasetError
+from shared.registry import (DatasetEntry, custom_entry, load_registry, resolve_dataset, select_classes)
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "datasets.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_repository_registry_names_the_paper_datasets_and_aux_classes():
+    registry = load_registry()
+    assert {"mvtec3d", "eyecandies", "real3d", "synthetic"} <= set(registry)
+    assert registry["mvtec3d"].aux_classes == ("carrot", "cookie", "dowel")
+    assert registry["eyecandies"].aux_classes == ("Confetto", "LicoriceSandwich", "PeppermintCandy")
+    assert registry["real3d"].aux_classes == ("seahorse", "shell", "starfish")
+    for entry in registry.values():
+        assert set(entry.aux_classes) <= set(entry.classes or entry.aux_classes)
+
+
+def test_unknown_key_and_format_are_errors_naming_them(tmp_path):
+    path = _write(tmp_path, "datasets:\n  a: {format: mvtec3d, root: x, clases: [a]}\n")
+    with pytest.raises(ConfigError, match=r"dataset 'a' has unknown key\(s\) \['clases'\]"):
+        load_registry(path)
+    path = _write(tmp_path, "datasets:\n  a: {format: ply, root: x}\n")
+    with pytest.raises(ConfigError, match="format 'ply'; known formats: mvtec3d, eyecandies, real3d"):
+        load_registry(path)
+    path = _write(tmp_path, "datasets: [1, 2\n")
+    with pytest.raises(ConfigError, match=f"{path}: not valid YAML"):
+        load_registry(path)
+
+
+def test_relative_root_resolves_against_pointad_data_and_root_overrides(tmp_path, monkeypatch):
+    registry = {"d": DatasetEntry(name="d", format="real3d", root=Path("Real3D"))}
+    monkeypatch.setenv("POINTAD_DATA", str(tmp_path / "base"))
+    assert resolve_dataset("d", registry=registry).root == tmp_path / "base" / "Real3D"
+    assert resolve_dataset("d", root=tmp_path / "mine", registry=registry).root == tmp_path / "mine"
+    monkeypatch.delenv("POINTAD_DATA")
+    assert resolve_dataset("d", registry=registry).root == Path.cwd() / "data" / "Real3D"
+
+
+def test_registry_file_from_environment(tmp_path, monkeypatch):
+    path = _write(tmp_path, "datasets:\n  only: {format: real3d, root: /abs/path}\n")
+    monkeypatch.setenv("POINTAD_REGISTRY", str(path))
+    assert list(load_registry()) == ["only"]
+    assert resolve_dataset("only").root == Path("/abs/path")
+
+
+def test_class_options_override_dataset_options():
+    entry = DatasetEntry.from_dict("d", {"format": "mvtec3d", "root": "r",
+                                         "options": {"render": {"point_size": 6, "view_plan": "paper"}},
+                                         "class_options": {"foam": {"render": {"point_size": 4}}}})
+    assert entry.options_for("foam") == {"render": {"point_size": 4, "view_plan": "paper"}}
+    assert entry.options_for("rope") == {"render": {"point_size": 6, "view_plan": "paper"}}
+
+
+def test_custom_data_discovers_classes_from_folders(tmp_path):
+    for name in ("widget", "bolt", ".hidden"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    entry = custom_entry("mvtec3d", tmp_path)
+    assert select_classes(entry, None) == ("bolt", "widget")
+    assert select_classes(entry, ["widget"]) == ("widget",)
+    with pytest.raises(DatasetError, match=r"unknown class\(es\) gear .*present: bolt, widget"):
+        select_classes(entry, ["gear"])
+
+
+def test_registry_class_list_orders_and_limits_the_default_selection(tmp_path):
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    entry = DatasetEntry(name="d", format="mvtec3d", root=tmp_path, classes=("c", "a", "z"))
+    assert select_classes(entry, None) == ("c", "a")
+    assert select_classes(entry, ["b"]) == ("b",)  # on disk but unlisted: still usable by name
+
+
+def test_neither_name_nor_format_and_root():
+    with pytest.raises(ConfigError, match="name a dataset"):
+        resolve_dataset(None, format="mvtec3d")
