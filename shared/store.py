@@ -1,0 +1,326 @@
+"""The render store on disk (SPEC 4): a Zarr v3 group, the only way other stages touch renders.
+
+Who writes what: the coordinator alone creates the store, appends identity rows and updates the
+attributes; each worker process writes whole rows of its own samples with `write_sample`, every array of
+the row first and `samples/complete` last. Worker-written arrays are chunked 1 along N, so two workers
+never share a chunk, and Zarr's local store writes each chunk file atomically (temp + rename).
+The row count N is the length of `samples/sample_id`, resized last on append; rows past it in other
+arrays (an append killed half-way) are ignored and overwritten by the next append.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import zarr
+import zarr.errors
+from zarr.codecs import BloscCodec
+from zarr.core.sync import sync  # runs a coroutine on Zarr's own event loop, as zarr.Array does
+
+from shared.errors import PointADError, StoreSchemaError
+from shared.store_schema import (ARRAYS, BY_FIELD, FORMAT, IDENTITY, SAMPLE_FIELDS, SCHEMA_VERSION, ArraySpec,
+                                 SampleArrays, StoreAttrs, StoredSample, check_failures)
+
+__all__ = ["FORMAT", "SCHEMA_VERSION", "StoreAttrs", "SampleArrays", "StoredSample", "RenderStore", "create_store",
+           "append_samples", "write_sample", "set_failures", "update_attrs", "open_store", "store_fingerprint"]
+
+IDENTITY_CHUNK = 4096  # identity arrays are written by the coordinator only, so they may share chunks
+CLEVEL = 5
+ROW_COUNT = "samples/sample_id"
+DEFAULT_BATCH_FIELDS = ("image", "pixel", "visible", "valid", "label", "proxy")
+_MUTABLE_ATTRS = ("failures", "render", "software")
+
+
+def _compressor(dtype: str) -> BloscCodec:
+    # byte shuffle groups the bytes of multi-byte numbers; bool packs best bit-shuffled
+    return BloscCodec(cname="zstd", clevel=CLEVEL, shuffle="bitshuffle" if dtype == "bool" else "shuffle")
+
+
+def _chunks(spec: ArraySpec, attrs: StoreAttrs) -> tuple[int, ...]:
+    """1 along N and the whole row in one chunk for worker-written arrays; IDENTITY_CHUNK rows otherwise."""
+    return (1 if spec.worker else IDENTITY_CHUNK, *spec.row_shape(attrs))
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def _open_group(path: Path, mode: str) -> zarr.Group:
+    """The store's root group; a path that is missing or holds no Zarr group is 'not a store'."""
+    try:
+        # consolidated metadata would go stale on every append, so the store never has any
+        return zarr.open_group(path, mode=mode, use_consolidated=False)
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError, zarr.errors.ContainsArrayError) as exc:
+        raise StoreSchemaError(f"{path}: not a pointad render store (no Zarr group there)") from exc
+
+
+def _read_attrs(group: zarr.Group, path: Path) -> StoreAttrs:
+    return StoreAttrs.from_dict(dict(group.attrs), source=str(path))
+
+
+def create_store(path, attrs: StoreAttrs) -> None:
+    """Create an empty store (N = 0, every array of ARRAYS) at `path`: a new path or an empty folder.
+
+    Built under a temporary name next to `path`, then renamed, so a killed call leaves no half store.
+    """
+    path = Path(path)
+    if path.exists() and not _is_empty_dir(path):
+        try:
+            open_store(path)
+        except StoreSchemaError:
+            raise PointADError(f"{path}: exists and is not an empty folder; remove it or choose another path") from None
+        raise PointADError(f"{path}: already a render store; open it (render build resumes it) instead of creating it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    group = zarr.open_group(tmp, mode="w-", zarr_format=3, attributes=attrs.to_dict())
+    for spec in ARRAYS:
+        parent, name = spec.path.split("/")
+        group.require_group(parent).create_array(
+            name, shape=(0, *spec.row_shape(attrs)), chunks=_chunks(spec, attrs),
+            dtype=str if spec.dtype == "str" else spec.dtype, fill_value=spec.fill,
+            compressors=_compressor(spec.dtype))
+    os.rename(tmp, path)  # POSIX: replaces an empty folder too
+
+
+def _identity_columns(identities: list[dict]) -> dict[str, list]:
+    """Columns of IDENTITY + label, checked: every key present, no other, label 0 or 1."""
+    keys = {*IDENTITY, "label"}
+    columns = {key: [] for key in (*IDENTITY, "label")}
+    for i, identity in enumerate(identities):
+        if set(identity) != keys:
+            raise ValueError(f"identity {i} has keys {sorted(identity)}; expected {sorted(keys)}")
+        for key in IDENTITY:
+            if not isinstance(identity[key], str) or not identity[key]:
+                raise ValueError(f"identity {i}: {key} must be a non-empty string, got {identity[key]!r}")
+        if identity["label"] not in (0, 1):
+            raise ValueError(f"identity {i}: label must be 0 or 1, got {identity['label']!r}")
+        for key in columns:
+            columns[key].append(identity[key])
+    return columns
+
+
+def append_samples(path, identities: list[dict]) -> range:
+    """Add one row per identity ({dataset, class_name, split, defect_type, sample_id, label}); return the rows.
+
+    Coordinator only. Every array grows along N; the new rows are incomplete until a worker writes them.
+    A (dataset, sample_id) already in the store, or repeated in `identities`, is a ValueError.
+    """
+    path = Path(path)
+    group = _open_group(path, "r+")
+    _read_attrs(group, path)
+    columns = _identity_columns(identities)
+    n, m = group[ROW_COUNT].shape[0], len(identities)
+    seen = set(zip(group["samples/dataset"][:n].tolist(), group["samples/sample_id"][:n].tolist()))
+    for key in zip(columns["dataset"], columns["sample_id"]):
+        if key in seen:
+            raise ValueError(f"{path}: sample {key[1]} of dataset {key[0]} is already in the store")
+        seen.add(key)
+    if m == 0:
+        return range(n, n)
+    # resize and fill everything else first: until samples/sample_id grows, the new rows do not exist
+    for spec in sorted(ARRAYS, key=lambda s: s.path == ROW_COUNT):
+        array = group[spec.path]
+        array.resize((n + m, *array.shape[1:]))
+        group_name, name = spec.path.split("/")
+        if group_name == "samples" and name in columns:
+            array[n:] = np.asarray(columns[name], dtype=np.uint8 if name == "label" else str)
+    return range(n, n + m)
+
+
+def _write_row(group: zarr.Group, index: int, arrays: SampleArrays) -> None:
+    """Every SampleArrays array into row `index`; the completion flag is the caller's business."""
+    targets = [group[spec.path].async_array for spec in BY_FIELD.values()]
+
+    async def write_all():
+        # all arrays in flight at once: compressing one overlaps with writing another; every write settles
+        # before the first error is raised, so nothing is still writing when the caller hears of it
+        return await asyncio.gather(*(t.setitem(index, getattr(arrays, name)) for t, name in zip(targets, BY_FIELD)),
+                                    return_exceptions=True)
+    errors = [result for result in sync(write_all()) if isinstance(result, BaseException)]
+    if errors:
+        raise errors[0]
+
+
+def _read_rows(arrays: list, selection) -> list[np.ndarray]:
+    """The same rows (an int, a slice, or sorted unique int64 indices) of each array, read concurrently."""
+    async def read(array):
+        if isinstance(selection, np.ndarray):
+            return await array.async_array.get_orthogonal_selection((selection,))
+        return await array.async_array.getitem(selection)
+
+    async def read_all():
+        return await asyncio.gather(*(read(a) for a in arrays))
+    return sync(read_all())
+
+
+def write_sample(path, index: int, arrays: SampleArrays) -> None:
+    """Write row `index` of the store at `path` (worker side), `samples/complete[index] = True` last.
+
+    The flag is cleared first, so a rewritten row killed half-way reads as incomplete as well.
+    Safe to call from several processes at once for different rows; ValueError if `arrays` does not fit.
+    """
+    path = Path(path)
+    group = _open_group(path, "r+")
+    arrays.validate(_read_attrs(group, path))
+    n = group[ROW_COUNT].shape[0]
+    if not 0 <= index < n:
+        raise IndexError(f"{path}: row {index} out of range (the store has {n} rows)")
+    complete = group["samples/complete"]
+    complete[index] = False
+    _write_row(group, index, arrays)
+    complete[index] = True
+
+
+def update_attrs(path, **changes) -> StoreAttrs:
+    """Replace some of `failures`, `render`, `software` in the store's attributes (coordinator only)."""
+    path = Path(path)
+    unknown = sorted(set(changes) - set(_MUTABLE_ATTRS))
+    if unknown:
+        raise ValueError(f"{path}: store attribute(s) {unknown} cannot change after creation; "
+                         f"changeable: {', '.join(_MUTABLE_ATTRS)}")
+    group = _open_group(path, "r+")
+    data = {**_read_attrs(group, path).to_dict(), **changes}
+    attrs = StoreAttrs.from_dict(data, source=str(path))  # validates the new values before anything is written
+    group.attrs.update(attrs.to_dict())
+    return attrs
+
+
+def set_failures(path, failures: list[dict], *, render: dict | None = None) -> StoreAttrs:
+    """Replace the store's failure list ([{dataset, sample_id, reason}]), and its `render` options if given."""
+    check_failures(failures)
+    changes = {"failures": [dict(f) for f in failures]}
+    if render is not None:
+        changes["render"] = render
+    return update_attrs(path, **changes)
+
+
+class RenderStore:
+    """Read-only view of a store as it was when opened: rows, identities and completion flags.
+
+    Rows written after opening become visible by opening the store again.
+    """
+
+    def __init__(self, path, group: zarr.Group):
+        self.path = Path(path)
+        self.attrs = _read_attrs(group, self.path)
+        self._arrays = {}
+        for spec in ARRAYS:
+            try:
+                self._arrays[spec.path] = group[spec.path]
+            except KeyError:
+                raise StoreSchemaError(f"{self.path}: array {spec.path} missing; re-run 'render build'") from None
+        self._n = self._arrays[ROW_COUNT].shape[0]
+        for spec in ARRAYS:
+            self._check_array(spec)
+        self._identity = {name: np.array(self._arrays[f"samples/{name}"][: self._n].tolist(), dtype=str)
+                          for name in IDENTITY}  # numpy StringDType -> plain fixed-width str
+        self._label = self._arrays["samples/label"][: self._n]
+        self._complete = self._arrays["samples/complete"][: self._n]
+
+    def _check_array(self, spec: ArraySpec) -> None:
+        array = self._arrays[spec.path]
+        row = spec.row_shape(self.attrs)
+        dtype_ok = array.dtype.kind == "T" if spec.dtype == "str" else array.dtype == np.dtype(spec.dtype)
+        if array.shape[1:] != row or array.shape[0] < self._n or not dtype_ok:
+            raise StoreSchemaError(f"{self.path}: array {spec.path} is {array.shape} {array.dtype}, schema says "
+                                   f"(N={self._n}, {', '.join(map(str, row))}) {spec.dtype}; re-run 'render build'")
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __repr__(self) -> str:
+        return f"RenderStore({str(self.path)!r}, rows={self._n}, complete={int(self._complete.sum())})"
+
+    @property
+    def complete(self) -> np.ndarray:
+        """(N,) bool, True where a worker finished writing the row."""
+        return self._complete.copy()
+
+    def _row(self, i) -> int:
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) or not 0 <= i < self._n:
+            raise IndexError(f"{self.path}: row {i!r} out of range (the store has {self._n} rows)")
+        return int(i)
+
+    def _complete_rows(self, rows: np.ndarray) -> None:
+        incomplete = rows[~self._complete[rows]]
+        if incomplete.size:
+            listed = ", ".join(f"{r} ({self._identity['sample_id'][r]})" for r in incomplete[:5])
+            raise StoreSchemaError(f"{self.path}: row(s) {listed}{' ...' if incomplete.size > 5 else ''} "
+                                   "not completely written; re-run 'render build' to finish them")
+
+    def identity(self, i: int) -> dict:
+        """{dataset, class_name, split, defect_type, sample_id, label} of row i (complete or not)."""
+        i = self._row(i)
+        return {**{name: str(self._identity[name][i]) for name in IDENTITY}, "label": int(self._label[i])}
+
+    def indices(self, dataset=None, class_name=None, split=None, complete_only: bool = True) -> np.ndarray:
+        """Rows (int64, ascending) matching every given filter; each filter is a name or a list of names."""
+        keep = self._complete.copy() if complete_only else np.ones(self._n, bool)
+        for name, wanted in (("dataset", dataset), ("class_name", class_name), ("split", split)):
+            if wanted is not None:
+                keep &= np.isin(self._identity[name], [wanted] if isinstance(wanted, str) else list(wanted))
+        return np.flatnonzero(keep)
+
+    def sample(self, i: int) -> StoredSample:
+        """Row i with every array (one chunk read per array); StoreSchemaError if the row is incomplete."""
+        i = self._row(i)
+        self._complete_rows(np.array([i]))
+        values = dict(zip(BY_FIELD, _read_rows([self._arrays[spec.path] for spec in BY_FIELD.values()], i)))
+        values["n_points"] = int(values["n_points"])
+        identity = self.identity(i)
+        sample_label = identity.pop("label")
+        return StoredSample(index=i, sample_label=sample_label, **identity, **values)
+
+    def iter_samples(self, indices: Iterable[int] | None = None) -> Iterator[StoredSample]:
+        """Samples of the given rows in order (default: every complete row)."""
+        for i in self.indices() if indices is None else indices:
+            yield self.sample(i)
+
+    def read_batch(self, indices: Sequence[int], fields: Sequence[str] = DEFAULT_BATCH_FIELDS) -> dict[str, np.ndarray]:
+        """{field: (B, ...) array} for rows `indices` (any order, repeats allowed), fields of SampleArrays.
+
+        E.g. image (B, V, S, S, 3) uint8, pixel (B, V, P, 2) int16, valid (B, P) bool.
+        """
+        unknown = [f for f in fields if f not in BY_FIELD]
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}; known: {', '.join(SAMPLE_FIELDS)}")
+        rows = np.array([self._row(i) for i in indices], dtype=np.int64)
+        self._complete_rows(rows)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        if unique.size and unique[-1] - unique[0] + 1 == unique.size:
+            selection = slice(int(unique[0]), int(unique[-1]) + 1)  # contiguous rows: one plain slice
+        else:
+            selection = unique
+        data = _read_rows([self._arrays[BY_FIELD[name].path] for name in fields], selection)
+        return {name: values[inverse] for name, values in zip(fields, data)}
+
+
+def open_store(path) -> RenderStore:
+    """Open the store at `path` read-only; StoreSchemaError (message starting with the path) if it is not
+    a pointad render store, has another format or schema_version, or its arrays do not match the schema."""
+    path = Path(path)
+    return RenderStore(path, _open_group(path, "r"))
+
+
+def store_fingerprint(path) -> str:
+    """16 hex digits over the attributes (less `failures`) and the identity of every row, in order.
+
+    Unchanged by workers finishing rows or by failures being recorded; changed by appending samples
+    or by any change of render options.
+    """
+    store = open_store(path)
+    digest = hashlib.sha256()
+    attrs = {k: v for k, v in store.attrs.to_dict().items() if k != "failures"}
+    digest.update(json.dumps(attrs, sort_keys=True).encode())
+    for name in IDENTITY:
+        digest.update(json.dumps(store._identity[name].tolist()).encode())
+    digest.update(store._label.astype(np.uint8).tobytes())
+    return digest.hexdigest()[:16]
