@@ -1,0 +1,119 @@
+"""The only Open3D rendering code: draw a coloured point cloud through an explicit pinhole camera.
+
+`LegacyRasterizer` uses `open3d.visualization.Visualizer` (the renderer the paper used). With no
+DISPLAY it falls back to EGL offscreen rendering on Mesa by itself; where EGL is missing we start
+a private Xvfb display (see `shared_display`). One window is created per worker and reused for
+every view of every sample: only the points, colours and camera change between captures.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import open3d as o3d
+from PIL import Image
+
+from shared.errors import PointADError
+
+o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
+
+BACKENDS = ("legacy", "filament")
+
+
+class RenderBackendError(PointADError):
+    """The renderer could not start (no EGL, no Xvfb, no GPU driver for Filament)."""
+
+
+@dataclass(frozen=True)
+class DrawStyle:
+    """How a capture looks: lit grey points on white for views, unlit black/white for masks."""
+
+    point_size: float
+    background: tuple[float, float, float]
+    light_on: bool
+
+
+def _start_xvfb() -> subprocess.Popen:
+    """A private virtual X display for this process (fallback where EGL is missing)."""
+    if shutil.which("Xvfb") is None:
+        raise RenderBackendError("Open3D could not create an offscreen (EGL) window and Xvfb is not installed "
+                                 "(apt-get install xvfb, or run the README's set-up)")
+    for number in range(90 + os.getpid() % 100, 400):
+        if not os.path.exists(f"/tmp/.X11-unix/X{number}") and not os.path.exists(f"/tmp/.X{number}-lock"):
+            process = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            if process.poll() is None:
+                os.environ["DISPLAY"] = f":{number}"
+                atexit.register(process.terminate)
+                return process
+    raise RenderBackendError("could not start Xvfb on any display :90-:399")
+
+
+class LegacyRasterizer:
+    """Reusable offscreen window of `size` x `size` pixels (the supersampled resolution)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.visualizer = o3d.visualization.Visualizer()
+        if not self.visualizer.create_window(width=size, height=size, visible=False):
+            _start_xvfb()
+            self.visualizer = o3d.visualization.Visualizer()
+            if not self.visualizer.create_window(width=size, height=size, visible=False):
+                raise RenderBackendError("Open3D could not create a window, neither EGL offscreen nor under Xvfb")
+        self.cloud = o3d.geometry.PointCloud()
+        self._added = False
+
+    def set_cloud(self, points: np.ndarray, colors: np.ndarray, normals: np.ndarray | None = None) -> None:
+        """Replace the drawn points (P, 3), colours (P, 3) in [0, 1] and optional normals (P, 3)."""
+        self.cloud.points = o3d.utility.Vector3dVector(np.asarray(points, np.float64))
+        self.cloud.colors = o3d.utility.Vector3dVector(np.asarray(colors, np.float64))
+        self.cloud.normals = o3d.utility.Vector3dVector(np.zeros((0, 3)) if normals is None
+                                                        else np.asarray(normals, np.float64))
+        if self._added:
+            self.visualizer.update_geometry(self.cloud)
+        else:
+            self.visualizer.add_geometry(self.cloud)
+            self._added = True
+
+    def set_colors(self, colors: np.ndarray) -> None:
+        """Change only the colours of the current cloud (mask views reuse the geometry)."""
+        self.cloud.colors = o3d.utility.Vector3dVector(np.asarray(colors, np.float64))
+        self.visualizer.update_geometry(self.cloud)
+
+    def capture(self, intrinsic: np.ndarray, extrinsic: np.ndarray, style: DrawStyle,
+                near: float, far: float) -> np.ndarray:
+        """(size, size, 3) float32 image in [0, 1] of the current cloud through the given camera."""
+        option = self.visualizer.get_render_option()
+        option.point_size = style.point_size
+        option.background_color = np.asarray(style.background, np.float64)
+        option.light_on = style.light_on
+        control = self.visualizer.get_view_control()
+        parameters = o3d.camera.PinholeCameraParameters()
+        parameters.intrinsic = o3d.camera.PinholeCameraIntrinsic(self.size, self.size, intrinsic)
+        parameters.extrinsic = extrinsic
+        # Clipping planes fixed from the camera, not from Open3D's bounding box of the first cloud.
+        control.set_constant_z_near(near)
+        control.set_constant_z_far(far)
+        if not control.convert_from_pinhole_camera_parameters(parameters, allow_arbitrary=True):
+            raise RenderBackendError("Open3D refused the camera parameters")
+        image = self.visualizer.capture_screen_float_buffer(do_render=True)
+        return np.asarray(image, dtype=np.float32)
+
+    def close(self) -> None:
+        self.visualizer.destroy_window()
+
+
+def downsample(image: np.ndarray, factor: int) -> np.ndarray:
+    """Area-average an (H, W, C) float image by an integer factor (PIL's exact box reduction)."""
+    if factor == 1:
+        return image
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c])).reduce(factor))
+                for c in range(image.shape[-1])]
+    return np.stack(channels, axis=-1)
