@@ -12,6 +12,7 @@ import atexit
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -56,11 +57,18 @@ def _start_xvfb() -> subprocess.Popen:
     raise RenderBackendError("could not start Xvfb on any display :90-:399")
 
 
+def _quiet_runtime_dir() -> None:
+    """Mesa's EGL complains on stderr when XDG_RUNTIME_DIR is unset (as under CI); give it a private one."""
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pointad-runtime-")
+
+
 class LegacyRasterizer:
     """Reusable offscreen window of `size` x `size` pixels (the supersampled resolution)."""
 
     def __init__(self, size: int):
         self.size = size
+        _quiet_runtime_dir()
         self.visualizer = o3d.visualization.Visualizer()
         if not self.visualizer.create_window(width=size, height=size, visible=False):
             _start_xvfb()
