@@ -10,11 +10,18 @@ import numpy as np
 from tqdm import tqdm
 
 from render import synthetic
+from render.build import build_store
+from render.contact_sheet import contact_sheet
 from render.datasets import open_dataset
+from render.verify import store_summary, verify_store
+from render.sample_render import LIGHTS, VISIBILITY, RenderOptions
+from render.view_plan import PLANS
 from render.readers import list_samples, read_sample
 from render.synthetic.scene import CLASSES, DEFECTS
 from shared.cli import PointADGroup, verbosity_option
-from shared.errors import InputFileError
+from shared.errors import InputFileError, PointADError
+from shared.io import write_png
+from shared.store import open_store
 from shared.registry import FORMATS, load_registry, resolve_dataset
 
 
@@ -73,6 +80,86 @@ def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, pe
                                    per_defect=per_defect, grid=grid)
     synthetic.generate(out, spec, overwrite=overwrite)
     click.echo(f"wrote {len(synthetic.plan(spec))} {fmt} samples of {len(classes)} classes to {out}")
+
+
+@render.command()
+@dataset_options
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("renders.zarr"), show_default=True,
+              help="Store to create, resume or append to.")
+@click.option("--views", default=9, show_default=True, help="Views per sample (any K >= 1 with the paper plan).")
+@click.option("--view-plan", type=click.Choice(PLANS), default="paper", show_default=True)
+@click.option("--angle-shift", default=0.0, show_default=True, help="Radians added to every view angle.")
+@click.option("--image-size", default=336, show_default=True)
+@click.option("--supersample", default=3, show_default=True, help="Render at this multiple of the image size.")
+@click.option("--max-points", default=336 * 336, show_default=True)
+@click.option("--point-size", type=float, help="Point size in rendered pixels (default: datasets.yaml, else 6).")
+@click.option("--light", type=click.Choice(list(LIGHTS)), default="on", show_default=True)
+@click.option("--downsample", default=1.0, show_default=True, help="Fraction of points kept (farthest-point).")
+@click.option("--visibility", type=click.Choice(VISIBILITY), default="nearest", show_default=True)
+@click.option("--knn", default=8, show_default=True, help="Neighbours in the smoothing graph.")
+@click.option("--workers", "-j", default=1, show_default=True, help="Worker processes.")
+@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True)
+@click.option("--scheduler", help="dask.distributed scheduler address (default: a local cluster).")
+@click.option("--keep-going", is_flag=True, help="Exit 0 even if some samples fail.")
+def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shift, image_size, supersample,
+          max_points, point_size, light, downsample, visibility, knn, workers, backend, scheduler, keep_going):
+    """Render a dataset into a resumable Zarr store (views, masks, projections, visibility)."""
+    entry = open_dataset(dataset, format=fmt, root=root)
+    options = RenderOptions(views=views, view_plan=view_plan, angle_shift=angle_shift, image_size=image_size,
+                            supersample=supersample, max_points=max_points, light=light, downsample=downsample,
+                            visibility=visibility, knn=knn)
+    with tqdm(desc=f"render {entry.name}", unit="sample") as bar:
+        result = build_store(entry, out, options, classes=classes, splits=splits, point_size=point_size,
+                             workers=workers, backend=backend, scheduler=scheduler, progress=bar)
+    click.echo(result.summary())
+    if result.failures and not keep_going:
+        raise SystemExit(1)
+
+
+@render.command()
+@click.argument("store", type=click.Path(path_type=Path))
+def info(store):
+    """Summarise a render store: options, counts per dataset/class/split, failures, size."""
+    click.echo(store_summary(open_store(store)))
+
+
+@render.command()
+@click.argument("store", type=click.Path(path_type=Path))
+def verify(store):
+    """Check a render store: schema, completeness, and projections/visibility recomputed from xyz."""
+    opened = open_store(store)
+    with tqdm(total=len(opened.indices()), desc="verify", unit="sample", leave=False) as bar:
+        problems = verify_store(opened, progress=bar)
+    for problem in problems:
+        click.echo(f"problem: {problem}")
+    click.echo(f"{store}: {len(opened.indices())} complete samples checked, {len(problems)} problem(s)")
+    if problems:
+        raise SystemExit(1)
+
+
+@render.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--sample", "sample_id", required=True, help="Sample id (as in 'render info') or row number.")
+@click.option("--dataset", help="Dataset of the sample, when several datasets share a store.")
+@click.option("--out", type=click.Path(path_type=Path), help="PNG to write (default: <sample>.png here).")
+def show(store, sample_id, dataset, out):
+    """Write a PNG contact sheet of one sample: views, rendered masks, visible points overlaid."""
+    opened = open_store(store)
+    row = _find_row(opened, sample_id, dataset)
+    out = out or Path(sample_id.replace("/", "_") + ".png")
+    write_png(out, contact_sheet(opened.sample(row)))
+    click.echo(f"wrote {out}")
+
+
+def _find_row(store, sample_id: str, dataset: str | None) -> int:
+    if sample_id.isdigit() and int(sample_id) < len(store):
+        return int(sample_id)
+    rows = [i for i in range(len(store)) if store.identity(i)["sample_id"] == sample_id
+            and (dataset is None or store.identity(i)["dataset"] == dataset)]
+    if len(rows) != 1:
+        raise PointADError(f"{store.path}: {'no' if not rows else 'several'} sample(s) with id {sample_id!r}"
+                           + ("" if rows else "; see 'render info'") + (" (pass --dataset)" if rows else ""))
+    return rows[0]
 
 
 @render.command()

@@ -1,0 +1,176 @@
+"""`render build` orchestration (SPEC 3): plan rows, render them on workers, record failures.
+
+The coordinator alone creates the store, appends identity rows and writes attributes; each worker
+renders one sample and writes only that sample's chunks, completion flag last. Re-running skips
+complete rows, so a killed build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from render.camera import camera_settings
+from render.readers import list_samples, preprocess_options, read_sample
+from render.sample_render import RenderOptions, render_sample
+from render.rasterize import LegacyRasterizer
+from shared.errors import InputFileError, PointADError
+from shared.registry import DatasetEntry
+from shared.sample import SampleRef
+from shared.store import StoreAttrs, append_samples, create_store, open_store, set_failures, write_sample
+
+_RASTERIZER: LegacyRasterizer | None = None  # one window per worker process, reused for every sample
+
+
+@dataclass
+class BuildResult:
+    store: Path
+    planned: int
+    rendered: int = 0
+    skipped: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        rate = self.rendered / self.seconds if self.seconds else 0.0
+        lines = [f"{self.store}: {self.rendered} rendered, {self.skipped} already complete, "
+                 f"{len(self.failures)} failed of {self.planned} planned ({self.seconds:.1f} s, {rate:.2f} samples/s)"]
+        lines += [f"failed: {sample_id}: {reason}" for sample_id, reason in self.failures]
+        return "\n".join(lines)
+
+
+def class_point_size(entry: DatasetEntry, class_name: str, options: RenderOptions, explicit: float | None) -> float:
+    """--point-size if given, else the registry's per-class value, else the default."""
+    if explicit is not None:
+        return float(explicit)
+    return float(entry.options_for(class_name).get("render", {}).get("point_size", options.point_size))
+
+
+def _software() -> dict:
+    import numpy, open3d, zarr
+    return {"open3d": open3d.__version__, "zarr": zarr.__version__, "numpy": numpy.__version__}
+
+
+def store_attrs(options: RenderOptions) -> StoreAttrs:
+    return StoreAttrs(views=options.views, image_size=options.image_size, view_plan=options.plan.to_dict(),
+                      camera=camera_settings(options.fov_degrees, options.margin), max_points=options.max_points,
+                      knn=options.knn, software=_software(), failures=[], render=options.to_dict())
+
+
+def _comparable(render: dict) -> dict:
+    # point size may differ per class and per build (it only changes the pictures' look)
+    return {k: v for k, v in render.items() if k not in ("point_size", "point_sizes")}
+
+
+def _open_or_create(out: Path, options: RenderOptions) -> StoreAttrs:
+    attrs = store_attrs(options)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        create_store(out, attrs)
+        return attrs
+    existing = open_store(out).attrs
+    if _comparable(existing.render) != _comparable(attrs.render):
+        differing = sorted(k for k in _comparable(attrs.render) if existing.render.get(k) != attrs.render[k])
+        raise PointADError(f"{out}: store was built with other render options ({', '.join(differing)}); "
+                           "use another --out or the same options")
+    return existing
+
+
+def plan_rows(out: Path, entry: DatasetEntry, refs: list[SampleRef]) -> tuple[list[tuple[int, SampleRef]], int]:
+    """(rows still to render with their samples, number already complete); appends unseen samples."""
+    store = open_store(out)
+    known = {(store.identity(i)["dataset"], store.identity(i)["sample_id"]): i for i in range(len(store))}
+    new = [r for r in refs if (entry.name, r.sample_id) not in known]
+    if new:
+        rows = append_samples(out, [{"dataset": entry.name, "class_name": r.class_name, "split": r.split,
+                                     "defect_type": r.defect_type, "sample_id": r.sample_id, "label": r.label}
+                                    for r in new])
+        known.update({(entry.name, r.sample_id): row for r, row in zip(new, rows)})
+    complete = open_store(out).complete
+    todo = [(known[(entry.name, r.sample_id)], r) for r in refs]
+    return [(row, r) for row, r in todo if not complete[row]], sum(bool(complete[row]) for row, _ in todo)
+
+
+def render_row(out: Path, row: int, entry: DatasetEntry, ref: SampleRef, options: RenderOptions) -> str | None:
+    """Worker task: read, render and write one row. Returns None, or the reason the sample failed."""
+    global _RASTERIZER
+    if _RASTERIZER is None or _RASTERIZER.size != options.image_size * options.supersample:
+        _RASTERIZER = LegacyRasterizer(options.image_size * options.supersample)
+    try:
+        prep = preprocess_options(entry, ref.class_name, image_size=options.image_size, max_points=options.max_points)
+        sample = read_sample(entry, ref, prep)
+        write_sample(out, row, render_sample(sample, options, _RASTERIZER))
+    except InputFileError as exc:
+        return str(exc)
+    except ValueError as exc:
+        return f"{ref.sample_id}: {exc}"
+    return None
+
+
+def _run(tasks: list[tuple], workers: int, backend: str, scheduler: str | None):
+    """Yield (task, failure reason or None) as tasks finish, on the chosen executor."""
+    if backend == "dask":
+        from dask.distributed import Client, LocalCluster, as_completed
+        cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                      dashboard_address=None)
+        with Client(scheduler or cluster) as client:
+            futures = {client.submit(render_row, *task, pure=False): task for task in tasks}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        if cluster is not None:
+            cluster.close()
+    elif workers <= 1:
+        for task in tasks:
+            yield task, render_row(*task)
+    else:
+        from joblib import Parallel, delayed
+        runner = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered")
+        yield from runner(delayed(_task)(task) for task in tasks)
+
+
+def _task(task: tuple) -> tuple[tuple, str | None]:
+    return task, render_row(*task)
+
+
+def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, classes=None, splits=None,
+                point_size: float | None = None, workers: int = 1, backend: str = "loky",
+                scheduler: str | None = None, progress=None) -> BuildResult:
+    """Render every selected sample of `entry` into the store at `out` (created or resumed).
+
+    progress: optional tqdm-like bar; its total is set once the rows to render are known.
+    """
+    out = Path(out)
+    refs = list_samples(entry, classes, splits)
+    if not refs:
+        raise PointADError(f"{entry.root}: no samples for the selected classes and splits")
+    _open_or_create(out, options)
+    todo, skipped = plan_rows(out, entry, refs)
+    result = BuildResult(store=out, planned=len(refs), skipped=skipped)
+    sizes = {}
+    tasks = []
+    for row, ref in todo:
+        size = sizes.setdefault(ref.class_name, class_point_size(entry, ref.class_name, options, point_size))
+        tasks.append((out, row, entry, ref, replace(options, point_size=size)))
+    if progress is not None:
+        progress.total = len(tasks)
+        progress.refresh()
+    started = time.perf_counter()
+    for task, failure in _run(tasks, workers, backend, scheduler):
+        if failure is None:
+            result.rendered += 1
+        else:
+            result.failures.append((task[3].sample_id, failure))
+        if progress is not None:
+            progress.update(1)
+    result.seconds = time.perf_counter() - started
+    _record(out, entry, result, sizes)
+    return result
+
+
+def _record(out: Path, entry: DatasetEntry, result: BuildResult, sizes: dict) -> None:
+    """Failures of this dataset replaced by this run's; point sizes per class kept for `render info`."""
+    attrs = open_store(out).attrs
+    others = [f for f in attrs.failures if f["dataset"] != entry.name]
+    mine = [{"dataset": entry.name, "sample_id": s, "reason": r} for s, r in result.failures]
+    point_sizes = {**attrs.render.get("point_sizes", {}), **{f"{entry.name}/{c}": v for c, v in sizes.items()}}
+    set_failures(out, others + mine, render={**attrs.render, "point_sizes": point_sizes})

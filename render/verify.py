@@ -1,0 +1,119 @@
+"""`render verify` and `render info`: consistency checks and a summary of a render store.
+
+Every check recomputes something from the stored points, so a store that passes is one whose
+projections and visibility can be reproduced from `points/xyz` and the root attributes alone.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from render.camera import fit_camera, project
+from render.view_plan import ViewPlan
+from render.visibility import nearest_per_pixel, surface_visible
+from shared.store import RenderStore, StoredSample
+
+
+def check_sample(sample: StoredSample, store: RenderStore) -> list[str]:
+    """Problems of one complete row (empty if none), each prefixed with its sample id."""
+    attrs, n = store.attrs, int(sample.n_points)
+    problems = []
+
+    def problem(text):
+        problems.append(f"{sample.dataset}:{sample.sample_id}: {text}")
+
+    if not sample.valid[:n].all() or sample.valid[n:].any():
+        problem(f"valid is not the first n_points={n} slots")
+        return problems
+    labels = sample.label[:n]
+    if not np.isin(labels, (0, 1)).all():
+        problem("point labels outside {0, 1}")
+    if sample.sample_label == 0 and labels.any():
+        problem(f"good sample has {int(labels.sum())} anomalous points")
+    masks_hit = sample.mask.reshape(len(sample.mask), -1).any(axis=1)
+    if labels.any() and not masks_hit.any():
+        problem("anomalous points but every rendered mask is empty")
+    if not labels.any() and masks_hit.any():
+        problem("no anomalous point but a rendered mask is not empty")
+    if sample.visible[:, n:].any():
+        problem("padding marked visible")
+    seen = sample.visible[:, :n].any(axis=0)
+    proxy = sample.proxy[:n]
+    if (proxy < 0).any() or (proxy >= n).any() or not seen[proxy].all() or (sample.proxy[n:] != -1).any():
+        problem("proxy points outside the cloud, at unseen points, or set on padding")
+    if (sample.knn[:n, 0] != np.arange(n)).any() or (sample.knn[n:] != -1).any():
+        problem("k-NN graph rows do not start with the point itself, or padding rows are set")
+    if np.abs(sample.knn_weight[:n].astype(np.float32).sum(axis=1) - 1).max(initial=0) > 1e-2:
+        problem("k-NN weights do not sum to 1")
+    grid = sample.grid_index[:n]
+    organized = tuple(sample.grid_hw) != (0, 0)
+    if organized and ((grid < 0).any() or len(np.unique(grid)) != n or grid.max() >= np.prod(sample.grid_hw)):
+        problem("grid_index not unique cells of the organized grid")
+    if not organized and (grid != -1).any():
+        problem("grid_index set on an unorganized cloud")
+    problems += [f"{sample.dataset}:{sample.sample_id}: {p}" for p in _reproduce(sample, store)]
+    return problems
+
+
+def _reproduce(sample: StoredSample, store: RenderStore) -> list[str]:
+    """Recompute projection and visibility from xyz and the attributes; report any difference."""
+    attrs, n = store.attrs, int(sample.n_points)
+    render = attrs.render
+    points = sample.xyz[:n]
+    camera = fit_camera(points, attrs.image_size, attrs.camera["fov_degrees"], attrs.camera["margin"])
+    rotations = ViewPlan.from_dict(attrs.view_plan).rotations
+    pixel, depth, inside = project(points, camera, rotations)
+    out = []
+    if not np.array_equal(pixel, sample.pixel[:, :n]):
+        out.append(f"stored pixels differ from the projection at {int((pixel != sample.pixel[:, :n]).any(-1).sum())} "
+                   "point-views")
+    if render.get("visibility", "nearest") == "nearest":
+        visible = nearest_per_pixel(pixel, depth, np.ones(n, bool), attrs.image_size, inside)
+    else:
+        radius = camera.distance * np.sin(np.radians(attrs.camera["fov_degrees"]) / 2) / attrs.camera["margin"]
+        visible = surface_visible(pixel, depth, np.ones(n, bool), attrs.image_size,
+                                  render["surface_tolerance"] * radius, inside)
+    if not np.array_equal(visible, sample.visible[:, :n]):
+        out.append(f"stored visibility differs from the recomputed one at "
+                   f"{int((visible != sample.visible[:, :n]).sum())} point-views")
+    return out
+
+
+def verify_store(store: RenderStore, progress=None) -> list[str]:
+    """All problems of the store: incomplete rows, recorded failures, and per-row inconsistencies."""
+    problems = [f"{store.identity(i)['dataset']}:{store.identity(i)['sample_id']}: row {i} is incomplete"
+                for i in np.flatnonzero(~store.complete)]
+    for index in store.indices():
+        problems += check_sample(store.sample(int(index)), store)
+        if progress is not None:
+            progress.update(1)
+    return problems
+
+
+def store_summary(store: RenderStore) -> str:
+    """Human-readable summary: attributes, counts per dataset/class/split, failures, size on disk."""
+    attrs = store.attrs
+    counts, complete, anomalous = Counter(), Counter(), Counter()
+    for i in range(len(store)):
+        identity = store.identity(i)
+        key = (identity["dataset"], identity["class_name"], identity["split"])
+        counts[key] += 1
+        complete[key] += bool(store.complete[i])
+        anomalous[key] += identity["label"]
+    size = sum(p.stat().st_size for p in Path(store.path).rglob("*") if p.is_file())
+    render = attrs.render
+    lines = [f"{store.path}: pointad render store, schema v1, {len(store)} samples, {size / 2**20:.1f} MiB "
+             f"({size / max(len(store), 1) / 2**20:.2f} MiB per sample)",
+             f"views {attrs.views} ({attrs.view_plan['name']}), image {attrs.image_size}px, max_points "
+             f"{attrs.max_points}, knn {attrs.knn}, visibility {render.get('visibility')}, light {render.get('light')}, "
+             f"supersample {render.get('supersample')}",
+             f"{'dataset':<20} {'class':<18} {'split':<11} {'samples':>7} {'complete':>8} {'anomalous':>9}"]
+    for (dataset, class_name, split), total in sorted(counts.items()):
+        key = (dataset, class_name, split)
+        lines.append(f"{dataset:<20} {class_name:<18} {split:<11} {total:>7} {complete[key]:>8} {anomalous[key]:>9}")
+    lines.append(f"failures: {len(attrs.failures)}")
+    lines += [f"  {f['dataset']}:{f['sample_id']}: {f['reason']}" for f in attrs.failures]
+    return "\n".join(lines)
