@@ -14,14 +14,11 @@ from pathlib import Path
 from render.camera import camera_settings
 from render.readers import list_samples, preprocess_options, read_sample
 from render.sample_render import RenderOptions, render_sample
-from render.rasterize import LegacyRasterizer
+from render.rasterize import worker_rasterizer
 from shared.errors import InputFileError, PointADError
 from shared.registry import DatasetEntry
 from shared.sample import SampleRef
 from shared.store import StoreAttrs, append_samples, create_store, open_store, set_failures, write_sample
-
-_RASTERIZER: LegacyRasterizer | None = None  # one window per worker process, reused for every sample
-
 
 @dataclass
 class BuildResult:
@@ -93,13 +90,11 @@ def plan_rows(out: Path, entry: DatasetEntry, refs: list[SampleRef]) -> tuple[li
 
 def render_row(out: Path, row: int, entry: DatasetEntry, ref: SampleRef, options: RenderOptions) -> str | None:
     """Worker task: read, render and write one row. Returns None, or the reason the sample failed."""
-    global _RASTERIZER
-    if _RASTERIZER is None or _RASTERIZER.size != options.image_size * options.supersample:
-        _RASTERIZER = LegacyRasterizer(options.image_size * options.supersample)
+    rasterizer = worker_rasterizer(options.image_size * options.supersample)
     try:
         prep = preprocess_options(entry, ref.class_name, image_size=options.image_size, max_points=options.max_points)
         sample = read_sample(entry, ref, prep)
-        write_sample(out, row, render_sample(sample, options, _RASTERIZER))
+        write_sample(out, row, render_sample(sample, options, rasterizer))
     except InputFileError as exc:
         return str(exc)
     except ValueError as exc:

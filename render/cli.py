@@ -197,3 +197,7 @@ def scan(dataset, fmt, root, classes, splits, keep_going):
 
 def main():
     render()
+
+
+if __name__ == "__main__":
+    main()

@@ -76,7 +76,6 @@ class LegacyRasterizer:
             if not self.visualizer.create_window(width=size, height=size, visible=False):
                 raise RenderBackendError("Open3D could not create a window, neither EGL offscreen nor under Xvfb")
         self.cloud = o3d.geometry.PointCloud()
-        self._added = False
 
     def set_cloud(self, points: np.ndarray, colors: np.ndarray, normals: np.ndarray | None = None) -> None:
         """Replace the drawn points (P, 3), colours (P, 3) in [0, 1] and optional normals (P, 3)."""
@@ -84,11 +83,8 @@ class LegacyRasterizer:
         self.cloud.colors = o3d.utility.Vector3dVector(np.asarray(colors, np.float64))
         self.cloud.normals = o3d.utility.Vector3dVector(np.zeros((0, 3)) if normals is None
                                                         else np.asarray(normals, np.float64))
-        if self._added:
-            self.visualizer.update_geometry(self.cloud)
-        else:
-            self.visualizer.add_geometry(self.cloud)
-            self._added = True
+        self.visualizer.clear_geometries()
+        self.visualizer.add_geometry(self.cloud, reset_bounding_box=True)
 
     def set_colors(self, colors: np.ndarray) -> None:
         """Change only the colours of the current cloud (mask views reuse the geometry)."""
@@ -102,6 +98,9 @@ class LegacyRasterizer:
         option.point_size = style.point_size
         option.background_color = np.asarray(style.background, np.float64)
         option.light_on = style.light_on
+        # Open3D places its lights from a view bounding box that setting a camera enlarges; reset it
+        # before every capture, or a view's shading would depend on the views drawn before it.
+        self.visualizer.reset_view_point(True)
         control = self.visualizer.get_view_control()
         parameters = o3d.camera.PinholeCameraParameters()
         parameters.intrinsic = o3d.camera.PinholeCameraIntrinsic(self.size, self.size, intrinsic)
@@ -125,3 +124,19 @@ def downsample(image: np.ndarray, factor: int) -> np.ndarray:
     channels = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c])).reduce(factor))
                 for c in range(image.shape[-1])]
     return np.stack(channels, axis=-1)
+
+
+_CURRENT: LegacyRasterizer | None = None
+
+
+def worker_rasterizer(size: int) -> LegacyRasterizer:
+    """This process's rasterizer of the given size, reused across samples.
+
+    Only one Open3D window lives per process: with two, the second draws into the first's GL state.
+    """
+    global _CURRENT
+    if _CURRENT is None or _CURRENT.size != size:
+        if _CURRENT is not None:
+            _CURRENT.close()
+        _CURRENT = LegacyRasterizer(size)
+    return _CURRENT

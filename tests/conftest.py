@@ -23,7 +23,7 @@ def isolated_cache(tmp_path_factory):
 
 def _make(tmp_path_factory, fmt: str, seed: int):
     spec = synthetic.SyntheticSpec(format=fmt, seed=seed, **SMALL)
-    root = synthetic.generate(tmp_path_factory.mktemp(fmt) / "data", spec)
+    root = synthetic.generate(tmp_path_factory.mktemp(fmt) / f"synthetic-{fmt}", spec)
     return spec, open_dataset(format=fmt, root=root)
 
 

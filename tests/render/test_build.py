@@ -1,0 +1,229 @@
+"""render build end to end (SPEC 3, 4): real Open3D rendering into a real Zarr store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from render.build import build_store
+from render.camera import fit_camera, project
+from render.rasterize import DrawStyle, downsample, worker_rasterizer
+from render.readers import list_samples, preprocess_options, read_sample
+from render.sample_render import RenderOptions
+from render.view_plan import make_view_plan
+from render.cli import render
+from shared.store import open_store
+
+FIELDS = ("image", "mask", "pixel", "visible", "xyz", "valid", "label", "grid_index", "proxy", "knn", "knn_weight",
+          "rgb", "rgb_mask", "n_points", "grid_hw")
+SMALL = RenderOptions(views=3, image_size=96, supersample=2, max_points=96 * 96, point_size=3)
+
+
+def assert_same_stores(a, b):
+    """Equal identities and equal arrays, row for row (rows matched by sample id)."""
+    sa, sb = open_store(a), open_store(b)
+    rows_b = {sb.identity(i)["sample_id"]: i for i in range(len(sb))}
+    assert len(sa) == len(sb) and sa.complete.all() and sb.complete.all()
+    for i in range(len(sa)):
+        x, y = sa.sample(i), sb.sample(rows_b[sa.identity(i)["sample_id"]])
+        for field in FIELDS:
+            assert np.array_equal(getattr(x, field), getattr(y, field)), (sa.identity(i)["sample_id"], field)
+
+
+@pytest.fixture(scope="session")
+def reference_store(mvtec_dataset, tmp_path_factory):
+    """One-worker build of the cookie test split (6 samples), the reference the other builds must equal."""
+    _, entry = mvtec_dataset
+    out = tmp_path_factory.mktemp("ref") / "renders.zarr"
+    result = build_store(entry, out, SMALL, classes=["cookie"], splits=["test"])
+    assert result.rendered == 6 and not result.failures
+    return out
+
+
+@pytest.mark.parametrize("plan", ["paper", "pointad-code"])
+def test_markers_land_within_one_pixel_of_the_projection(plan):
+    """Each marker point, drawn large and alone, appears centred within 1 px of our projected (u, v)."""
+    rng = np.random.default_rng(7)
+    cloud = rng.standard_normal((2000, 3)) * [0.03, 0.02, 0.01] + [0.01, -0.02, 0.3]
+    size, scale = 120, 3
+    camera = fit_camera(cloud, size)
+    rotations = make_view_plan(plan, 9).rotations
+    pixel, _, inside = project(cloud, camera, rotations)
+    # four markers whose projections stay >= 12 px apart in every view, so none hides another
+    markers = [0]
+    for candidate in range(1, len(cloud)):
+        gaps = np.abs(pixel[:, markers] - pixel[:, [candidate]]).max(-1)
+        if (gaps >= 12).all() and inside[:, candidate].all():
+            markers.append(candidate)
+        if len(markers) == 4:
+            break
+    assert len(markers) == 4
+    rasterizer = worker_rasterizer(size * scale)
+    style = DrawStyle(point_size=7, background=(0, 0, 0), light_on=False)
+    worst = 0.0
+    for k, extrinsic in enumerate(camera.extrinsics(rotations)):
+        for m in range(4):
+            # draw all markers (a single point has no extent and Open3D skips it), only marker m white
+            colours = np.zeros((4, 3))
+            colours[m] = 1
+            rasterizer.set_cloud(cloud[markers], colours)
+            image = downsample(rasterizer.capture(camera.intrinsic(scale), extrinsic, style,
+                                                  camera.distance * 0.05, camera.distance * 10), scale)[..., 0]
+            rows, cols = np.nonzero(image > 0.05)
+            assert rows.size, f"marker {m} not drawn in view {k}"
+            weights = image[rows, cols]
+            centre = np.array([(cols * weights).sum(), (rows * weights).sum()]) / weights.sum()
+            worst = max(worst, float(np.abs(centre - pixel[k, markers[m]]).max()))
+    assert worst <= 1.0, f"a marker landed {worst:.2f} px from its projection"
+
+
+def test_build_then_verify_info_and_show(reference_store, mvtec_dataset, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(render, ["verify", str(reference_store)])
+    assert result.exit_code == 0 and "6 complete samples checked, 0 problem(s)" in result.output, result.output
+    result = runner.invoke(render, ["info", str(reference_store)])
+    assert result.exit_code == 0 and "cookie" in result.output and "failures: 0" in result.output
+    sheet = tmp_path / "sheet.png"
+    result = runner.invoke(render, ["show", str(reference_store), "--sample", "cookie/test/bump/xyz/000.tiff",
+                                    "--out", str(sheet)])
+    assert result.exit_code == 0 and sheet.stat().st_size > 1000
+
+
+def test_store_rows_hold_the_readers_points_and_consistent_masks(reference_store, mvtec_dataset):
+    _, entry = mvtec_dataset
+    store = open_store(reference_store)
+    refs = {r.sample_id: r for r in list_samples(entry, ["cookie"], ["test"])}
+    for i in range(len(store)):
+        stored = store.sample(i)
+        ref = refs[stored.sample_id]
+        sample = read_sample(entry, ref, preprocess_options(entry, "cookie", image_size=96, max_points=96 * 96))
+        n = sample.n_points
+        assert stored.n_points == n and stored.valid[:n].all() and not stored.valid[n:].any()
+        assert np.array_equal(stored.xyz[:n], sample.points) and np.array_equal(stored.label[:n], sample.point_labels)
+        assert np.array_equal(stored.grid_index[:n], sample.grid_index)
+        assert np.array_equal(stored.rgb, sample.rgb) and stored.sample_label == ref.label
+        masks_hit = stored.mask.reshape(3, -1).any(axis=1)
+        if sample.point_labels.any():
+            assert masks_hit.any(), f"{ref.sample_id}: anomalous points but no rendered mask"
+            # the rendered masks cover the visible anomalous points' pixels in most cases
+            k = int(np.argmax(stored.mask.reshape(3, -1).sum(axis=1)))
+            seen = stored.visible[k, :n] & stored.label[:n].astype(bool)
+            u, v = stored.pixel[k, :n, 0][seen], stored.pixel[k, :n, 1][seen]
+            assert stored.mask[k, v, u].mean() > 0.8
+        else:
+            assert not masks_hit.any(), f"{ref.sample_id}: good sample with a non-empty mask"
+        # views are lit grey points on white: some background, some object
+        assert (stored.image == 255).all(-1).mean() > 0.2 and (stored.image < 250).any()
+
+
+def test_two_workers_equal_one(reference_store, mvtec_dataset, tmp_path):
+    _, entry = mvtec_dataset
+    out = tmp_path / "two.zarr"
+    result = build_store(entry, out, SMALL, classes=["cookie"], splits=["test"], workers=2)
+    assert result.rendered == 6
+    assert_same_stores(reference_store, out)
+
+
+def test_dask_local_cluster_equals_one_worker(reference_store, mvtec_dataset, tmp_path):
+    pytest.importorskip("distributed")
+    _, entry = mvtec_dataset
+    out = tmp_path / "dask.zarr"
+    result = build_store(entry, out, SMALL, classes=["cookie"], splits=["test"], workers=2, backend="dask")
+    assert result.rendered == 6 and not result.failures
+    assert_same_stores(reference_store, out)
+
+
+def test_sigkill_part_way_then_rerun_equals_uninterrupted(reference_store, mvtec_dataset, tmp_path):
+    _, entry = mvtec_dataset
+    out = tmp_path / "killed.zarr"
+    command = [sys.executable, "-m", "render.cli", "build", "--format", "mvtec3d", "--root", str(entry.root),
+               "--classes", "cookie", "--splits", "test", "--out", str(out), "--views", "3", "--image-size", "96",
+               "--supersample", "2", "--max-points", str(96 * 96), "--point-size", "3"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+        try:
+            done = int(open_store(out).complete.sum())
+        except Exception:  # the store is still being created
+            continue
+        if done >= 2:
+            break
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    partial = open_store(out)
+    assert 2 <= partial.complete.sum() < 6, "the kill should land part-way through the build"
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert_same_stores(reference_store, out)
+    assert build_store(entry, out, SMALL, classes=["cookie"], splits=["test"]).skipped == 6
+
+
+def test_second_dataset_appends_and_keeps_the_first(reference_store, real3d_dataset, tmp_path):
+    import shutil
+    out = tmp_path / "both.zarr"
+    shutil.copytree(reference_store, out)
+    _, entry = real3d_dataset
+    result = build_store(entry, out, SMALL, classes=["torus"], splits=["test"])
+    assert result.rendered == 6
+    store = open_store(out)
+    assert sorted({store.identity(i)["dataset"] for i in range(len(store))}) == ["synthetic-mvtec3d",
+                                                                                 "synthetic-real3d"]
+    assert len(store) == 12 and store.complete.all()
+    unorganized = store.sample(int(store.indices(class_name="torus")[0]))
+    assert tuple(unorganized.grid_hw) == (0, 0) and (unorganized.grid_index == -1).all()
+    first = open_store(reference_store)
+    for i in range(len(first)):
+        assert np.array_equal(store.sample(i).image, first.sample(i).image)
+
+
+def test_failures_are_listed_and_exit_1_unless_keep_going(mvtec_dataset, tmp_path):
+    import shutil
+    _, entry = mvtec_dataset
+    root = tmp_path / "data"
+    shutil.copytree(entry.root / "cookie", root / "cookie")
+    broken = root / "cookie" / "test" / "dent" / "xyz" / "000.tiff"
+    broken.write_bytes(b"not a tiff")
+    out = tmp_path / "f.zarr"
+    args = ["build", "--format", "mvtec3d", "--root", str(root), "--splits", "test", "--out", str(out), "--views",
+            "2", "--image-size", "64", "--supersample", "1", "--max-points", "4096"]
+    result = CliRunner().invoke(render, args)
+    assert result.exit_code == 1
+    assert f"failed: cookie/test/dent/xyz/000.tiff: {broken}: unreadable TIFF" in result.output
+    failures = open_store(out).attrs.failures
+    assert [f["sample_id"] for f in failures] == ["cookie/test/dent/xyz/000.tiff"]
+    assert CliRunner().invoke(render, args + ["--keep-going"]).exit_code == 0
+    verify = CliRunner().invoke(render, ["verify", str(out)])
+    assert verify.exit_code == 1 and "row" in verify.output and "is incomplete" in verify.output
+
+
+def test_other_render_options_into_the_same_store_is_an_error(reference_store, mvtec_dataset):
+    _, entry = mvtec_dataset
+    from dataclasses import replace
+    from shared.errors import PointADError
+    with pytest.raises(PointADError, match=r"store was built with other render options \(.*views.*\)"):
+        build_store(entry, reference_store, replace(SMALL, views=5), classes=["cookie"], splits=["test"])
+
+
+def test_ablation_options_are_recorded_and_applied(mvtec_dataset, tmp_path):
+    _, entry = mvtec_dataset
+    out = tmp_path / "ablation.zarr"
+    options = RenderOptions(views=2, angle_shift=0.1, light="-", downsample=0.5, image_size=64, supersample=1,
+                            max_points=4096, point_size=2, visibility="surface")
+    build_store(entry, out, options, classes=["cookie"], splits=["test"])
+    store = open_store(out)
+    render_attrs = store.attrs.render
+    assert (render_attrs["light"], render_attrs["downsample"], render_attrs["visibility"]) == ("-", 0.5, "surface")
+    assert store.attrs.view_plan["angles"] == pytest.approx([-np.pi / 3 + 0.1, np.pi / 3 + 0.1])
+    full = read_sample(entry, list_samples(entry, ["cookie"], ["test"])[0],
+                       preprocess_options(entry, "cookie", image_size=64, max_points=4096))
+    assert store.sample(0).n_points == round(full.n_points * 0.5)
+    verified = CliRunner().invoke(render, ["verify", str(out)])
+    assert verified.exit_code == 0, verified.output
