@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Open3D needs GL/EGL (Mesa software rendering works headless), OpenMP and libusb to import;
-# xvfb is the renderer's fallback where EGL is missing; make runs the README's commands.
-APT_PACKAGES=(libgl1 libegl1 libgl1-mesa-dri libgomp1 libusb-1.0-0 xvfb make)
+# xvfb is the legacy renderer's fallback where EGL is missing; Vulkan (Mesa) runs the filament
+# renderer headless; make runs the README's commands.
+APT_PACKAGES=(libgl1 libegl1 libgl1-mesa-dri libgomp1 libusb-1.0-0 xvfb libvulkan1 mesa-vulkan-drivers make)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -90,7 +90,7 @@ def plan_rows(out: Path, entry: DatasetEntry, refs: list[SampleRef]) -> tuple[li
 
 def render_row(out: Path, row: int, entry: DatasetEntry, ref: SampleRef, options: RenderOptions) -> str | None:
     """Worker task: read, render and write one row. Returns None, or the reason the sample failed."""
-    rasterizer = worker_rasterizer(options.image_size * options.supersample)
+    rasterizer = worker_rasterizer(options.image_size * options.supersample, options.renderer)
     try:
         prep = preprocess_options(entry, ref.class_name, image_size=options.image_size, max_points=options.max_points)
         sample = read_sample(entry, ref, prep)

@@ -1,5 +1,8 @@
 """The only Open3D rendering code: draw a coloured point cloud through an explicit pinhole camera.
 
+Two renderers with one interface (set_cloud, set_colors, capture, close): `legacy` (default) and
+`filament` (Open3D's OffscreenRenderer, for machines with a GPU driver).
+
 `LegacyRasterizer` uses `open3d.visualization.Visualizer` (the renderer the paper used). With no
 DISPLAY it falls back to EGL offscreen rendering on Mesa by itself; where EGL is missing we start
 a private Xvfb display (see `shared_display`). One window is created per worker and reused for
@@ -24,7 +27,7 @@ from shared.errors import PointADError
 
 o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
 
-BACKENDS = ("legacy", "filament")
+RENDERERS = ("legacy", "filament")
 
 
 class RenderBackendError(PointADError):
@@ -126,17 +129,71 @@ def downsample(image: np.ndarray, factor: int) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
-_CURRENT: LegacyRasterizer | None = None
+class FilamentRasterizer:
+    """Open3D's Filament `OffscreenRenderer` (headless; Vulkan/EGL). Same interface as LegacyRasterizer.
+
+    Meant for machines with a GPU driver: on CPU (Mesa llvmpipe) it is several times slower.
+    """
+
+    def __init__(self, size: int):
+        from open3d.visualization import rendering
+        self.size = size
+        _quiet_runtime_dir()
+        try:
+            self.renderer = rendering.OffscreenRenderer(size, size)
+        except Exception as exc:  # Open3D raises RuntimeError with a multi-line message
+            raise RenderBackendError(f"Filament renderer unavailable ({str(exc).splitlines()[0]}); "
+                                     "install libvulkan1 and mesa-vulkan-drivers or use --renderer legacy") from exc
+        # no tone mapping or colour grading: backgrounds and masks must keep their exact values
+        self.renderer.scene.view.set_post_processing(False)
+        self.cloud = o3d.geometry.PointCloud()
+        self._material = rendering.MaterialRecord()
+
+    def set_cloud(self, points: np.ndarray, colors: np.ndarray, normals: np.ndarray | None = None) -> None:
+        self.points = np.asarray(points, np.float64)
+        self.normals = None if normals is None else np.asarray(normals, np.float64)
+        self.cloud.points = o3d.utility.Vector3dVector(self.points)
+        self.cloud.colors = o3d.utility.Vector3dVector(np.asarray(colors, np.float64))
+
+    def set_colors(self, colors: np.ndarray) -> None:
+        self.cloud.colors = o3d.utility.Vector3dVector(np.asarray(colors, np.float64))
+
+    def capture(self, intrinsic: np.ndarray, extrinsic: np.ndarray, style: DrawStyle,
+                near: float, far: float) -> np.ndarray:
+        if self.normals is not None:
+            # Filament lights one side of a point only; estimated normals have arbitrary sign, so
+            # turn each toward this view's camera (the legacy renderer shades both sides alike).
+            eye = -extrinsic[:3, :3].T @ extrinsic[:3, 3]
+            facing = np.einsum("pi,pi->p", self.normals, eye - self.points) >= 0
+            self.cloud.normals = o3d.utility.Vector3dVector(np.where(facing[:, None], self.normals, -self.normals))
+        scene = self.renderer.scene
+        scene.clear_geometry()
+        self._material.shader = "defaultLit" if style.light_on and self.cloud.has_normals() else "defaultUnlit"
+        self._material.point_size = float(style.point_size)
+        scene.set_background([*style.background, 1.0])
+        scene.add_geometry("cloud", self.cloud, self._material)
+        self.renderer.setup_camera(intrinsic, extrinsic, self.size, self.size)
+        # a head light: the sun shines along the camera's viewing direction
+        scene.scene.set_sun_light(extrinsic[2, :3], [1.0, 1.0, 1.0], 60000)
+        scene.scene.enable_sun_light(style.light_on)
+        return np.asarray(self.renderer.render_to_image(), dtype=np.float32) / 255.0
+
+    def close(self) -> None:
+        del self.renderer
 
 
-def worker_rasterizer(size: int) -> LegacyRasterizer:
-    """This process's rasterizer of the given size, reused across samples.
+RASTERIZERS = {"legacy": LegacyRasterizer, "filament": FilamentRasterizer}
+_CURRENT: LegacyRasterizer | FilamentRasterizer | None = None
+
+
+def worker_rasterizer(size: int, renderer: str = "legacy"):
+    """This process's rasterizer of the given size and kind, reused across samples.
 
     Only one Open3D window lives per process: with two, the second draws into the first's GL state.
     """
     global _CURRENT
-    if _CURRENT is None or _CURRENT.size != size:
+    if _CURRENT is None or _CURRENT.size != size or not isinstance(_CURRENT, RASTERIZERS[renderer]):
         if _CURRENT is not None:
             _CURRENT.close()
-        _CURRENT = LegacyRasterizer(size)
+        _CURRENT = RASTERIZERS[renderer](size)
     return _CURRENT

@@ -12,7 +12,7 @@ import open3d as o3d
 from render.camera import Camera, fit_camera, project
 from render.graph import knn_graph, proxy_indices
 from render.preprocess import farthest_point_indices
-from render.rasterize import DrawStyle, LegacyRasterizer, downsample
+from render.rasterize import RENDERERS, DrawStyle, LegacyRasterizer, downsample
 from render.view_plan import make_view_plan
 from render.visibility import nearest_per_pixel, surface_visible
 from shared.errors import ConfigError
@@ -42,12 +42,14 @@ class RenderOptions:
     knn: int = 8
     fov_degrees: float = 30.0
     margin: float = 1.1
-    backend: str = "legacy"
+    renderer: str = "legacy"        # legacy (Visualizer, EGL) | filament (OffscreenRenderer)
 
     def __post_init__(self):
         make_view_plan(self.view_plan, self.views, self.angle_shift)  # validates plan and count
         if self.light not in LIGHTS:
             raise ConfigError(f"--light must be one of {', '.join(LIGHTS)}, got {self.light!r}")
+        if self.renderer not in RENDERERS:
+            raise ConfigError(f"--renderer must be one of {', '.join(RENDERERS)}, got {self.renderer!r}")
         if self.visibility not in VISIBILITY:
             raise ConfigError(f"--visibility must be one of {', '.join(VISIBILITY)}, got {self.visibility!r}")
         if not 0 < self.downsample <= 1:

@@ -47,8 +47,8 @@ def reference_store(mvtec_dataset, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("plan", ["paper", "pointad-code"])
-def test_markers_land_within_one_pixel_of_the_projection(plan):
+@pytest.mark.parametrize("plan,renderer", [("paper", "legacy"), ("pointad-code", "legacy"), ("paper", "filament")])
+def test_markers_land_within_one_pixel_of_the_projection(plan, renderer):
     """Each marker point, drawn large and alone, appears centred within 1 px of our projected (u, v)."""
     rng = np.random.default_rng(7)
     cloud = rng.standard_normal((2000, 3)) * [0.03, 0.02, 0.01] + [0.01, -0.02, 0.3]
@@ -65,7 +65,7 @@ def test_markers_land_within_one_pixel_of_the_projection(plan):
         if len(markers) == 4:
             break
     assert len(markers) == 4
-    rasterizer = worker_rasterizer(size * scale)
+    rasterizer = worker_rasterizer(size * scale, renderer)
     style = DrawStyle(point_size=7, background=(0, 0, 0), light_on=False)
     worst = 0.0
     for k, extrinsic in enumerate(camera.extrinsics(rotations)):
@@ -121,6 +121,18 @@ def test_store_rows_hold_the_readers_points_and_consistent_masks(reference_store
             assert not masks_hit.any(), f"{ref.sample_id}: good sample with a non-empty mask"
         # views are lit grey points on white: some background, some object
         assert (stored.image == 255).all(-1).mean() > 0.2 and (stored.image < 250).any()
+
+
+def test_filament_renderer_builds_a_consistent_store(mvtec_dataset, tmp_path):
+    _, entry = mvtec_dataset
+    out = tmp_path / "filament.zarr"
+    options = RenderOptions(views=2, image_size=64, supersample=2, max_points=4096, point_size=4, renderer="filament")
+    result = build_store(entry, out, options, classes=["cookie"], splits=["test"])
+    assert result.rendered == 6 and not result.failures
+    verified = CliRunner().invoke(render, ["verify", str(out)])
+    assert verified.exit_code == 0, verified.output
+    image = open_store(out).sample(0).image
+    assert (image == 255).all(-1).mean() > 0.2 and (image < 200).any()  # white background, shaded object
 
 
 def test_two_workers_equal_one(reference_store, mvtec_dataset, tmp_path):
