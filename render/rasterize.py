@@ -179,11 +179,12 @@ class FilamentRasterizer:
         return np.asarray(self.renderer.render_to_image(), dtype=np.float32) / 255.0
 
     def close(self) -> None:
-        del self.renderer
+        self.renderer = None
 
 
 RASTERIZERS = {"legacy": LegacyRasterizer, "filament": FilamentRasterizer}
 _CURRENT: LegacyRasterizer | FilamentRasterizer | None = None
+_USED: set[str] = set()
 
 
 def worker_rasterizer(size: int, renderer: str = "legacy"):
@@ -192,6 +193,11 @@ def worker_rasterizer(size: int, renderer: str = "legacy"):
     Only one Open3D window lives per process: with two, the second draws into the first's GL state.
     """
     global _CURRENT
+    if renderer == "legacy" and "filament" in _USED:
+        # Filament initialises GLFW headless for the whole process; the legacy window cannot follow.
+        raise RenderBackendError("this process already used the filament renderer; run legacy renders "
+                                 "in another process")
+    _USED.add(renderer)
     if _CURRENT is None or _CURRENT.size != size or not isinstance(_CURRENT, RASTERIZERS[renderer]):
         if _CURRENT is not None:
             _CURRENT.close()
