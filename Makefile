@@ -5,10 +5,15 @@ setup:
 	bash .ci/setup.sh
 
 # End to end on the built-in synthetic data (what exists of the pipeline so far).
+DEMO = demo-out
+
 demo: setup
 	.venv/bin/pointad render scan --dataset synthetic
-	.venv/bin/pointad render scan --dataset synthetic-eyecandies
-	.venv/bin/pointad render scan --dataset synthetic-real3d
+	.venv/bin/pointad render build --dataset synthetic --splits test --out $(DEMO)/renders.zarr --workers 2
+	.venv/bin/pointad render build --dataset synthetic-real3d --splits test --out $(DEMO)/renders.zarr --workers 2
+	.venv/bin/pointad render verify $(DEMO)/renders.zarr
+	.venv/bin/pointad render info $(DEMO)/renders.zarr
+	.venv/bin/pointad render show $(DEMO)/renders.zarr --sample cookie/test/hole/xyz/000.tiff --out $(DEMO)/cookie-hole.png
 
 # pytest exits 5 when it collects no test: a broken checkout, so a failure here too.
 test: setup
