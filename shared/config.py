@@ -3,6 +3,7 @@
 POINTAD_DATA      base folder for dataset roots given as relative paths in datasets.yaml
 POINTAD_CACHE     where generated data (the built-in synthetic datasets) is cached
 POINTAD_REGISTRY  a datasets.yaml to use instead of the one at the repository root
+RANK, WORLD_SIZE, LOCAL_RANK  set by torchrun for data-parallel training
 """
 
 from __future__ import annotations
@@ -32,3 +33,11 @@ def registry_path() -> Path:
     """The datasets.yaml in use: $POINTAD_REGISTRY, else the repository's own."""
     env = os.environ.get("POINTAD_REGISTRY")
     return Path(env).expanduser() if env else REPO_ROOT / "datasets.yaml"
+
+
+def distributed_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when launched by torchrun with more than one process, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))

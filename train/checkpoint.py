@@ -1,0 +1,68 @@
+"""Checkpoints: prompt parameters + optimizer + full run config + store fingerprint + model (SPEC 6, 8).
+
+Written atomically (temp file, then rename), read with `torch.load(weights_only=True)`. Loading one
+made for another model or configuration is a `CheckpointMismatchError`, never a shape traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from shared.errors import CheckpointMismatchError, PointADError
+from shared.io import atomic_path
+
+CHECKPOINT_FORMAT = "pointad-prompts"
+CHECKPOINT_VERSION = 1
+EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")
+
+
+def save_checkpoint(path: Path, *, epoch: int, prompts: dict, optimizer: dict | None, config: dict,
+                    model: dict, store_fingerprint: str, metrics: dict) -> None:
+    """Write one checkpoint atomically."""
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch, "prompts": prompts,
+               "optimizer": optimizer, "config": config, "model": model, "store_fingerprint": store_fingerprint,
+               "metrics": metrics}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint safely; a file that is not one of ours is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise PointADError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:200]})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointMismatchError(f"{path}: not a pointad prompt checkpoint")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointMismatchError(f"{path}: checkpoint version {payload.get('version')}, this code reads "
+                                      f"{CHECKPOINT_VERSION}")
+    return payload
+
+
+def check_compatible(path: Path, payload: dict, *, model: dict, config: dict | None = None,
+                     store_fingerprint: str | None = None) -> None:
+    """Refuse a checkpoint made for another model, another run configuration or another store."""
+    if payload["model"] != model:
+        raise CheckpointMismatchError(f"{path}: made for model {payload['model'].get('label', payload['model'])}, "
+                                      f"not {model.get('label', model)}")
+    if config is not None:
+        differing = sorted(k for k in set(config) | set(payload["config"]) if config.get(k) != payload["config"].get(k))
+        if differing:
+            raise CheckpointMismatchError(f"{path}: made with other settings ({', '.join(differing)}); "
+                                          "use the same options or another --out")
+    if store_fingerprint is not None and payload["store_fingerprint"] != store_fingerprint:
+        raise CheckpointMismatchError(f"{path}: made from another store (fingerprint differs)")
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint of the highest finished epoch in a run directory, if any."""
+    found = [(int(m.group(1)), p) for p in Path(run_dir).glob("checkpoints/epoch_*.pt")
+             if (m := EPOCH_FILE.search(p.name))]
+    return max(found)[1] if found else None

@@ -1,0 +1,144 @@
+"""Which CLIP the model uses and how its vision tower is tapped (SPEC 5); one JSON file per model.
+
+`train/model_configs/<name>.json` holds the keys of `ModelConfig`; `load_model_config` reads one.
+Block and layer numbers are 1-based as users see them ("blocks 6..24"); `train/backbone.py`
+converts them once. No open_clip here: this module is data only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from shared.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+# other spellings users type for the same file; names are also matched case-insensitively
+ALIASES = {"vit-l-14-336-quickgelu": "vit-l-14-336", "vit-l/14@336": "vit-l-14-336"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """A frozen CLIP backbone and its DPAM taps (SPEC 5). Defaults live here, once.
+
+    open_clip_config: the open_clip architecture (embed_dim, quick_gelu, vision_cfg, text_cfg) for an
+    architecture open_clip does not ship (tiny); it is registered under open_clip_name. None means
+    open_clip's built-in config of that name.
+    """
+
+    name: str                                  # the config's own name: "vit-l-14-336", "tiny"
+    label: str                                 # what every output says: "tiny (random weights)"
+    open_clip_name: str                        # "ViT-L-14-336-quickgelu"; tiny registers "pointad-tiny"
+    pretrained: str | None = None              # open_clip pretrained tag ("openai"), None for random weights
+    random_init: bool = False                  # True: seeded random weights, no file needed (tests, smoke runs)
+    quick_gelu: bool = True                    # the OpenAI weights were trained with QuickGELU
+    image_size: int = 336                      # renderings are S x S with S = image_size
+    dual_path_blocks: tuple[int, ...] = tuple(range(6, 25))  # DPAM blocks, 1-based, a run ending at the last block
+    tap_layers: tuple[int, ...] = (6, 12, 18, 24)            # surgery-path outputs used for patch maps, 1-based
+    open_clip_config: dict | None = None
+
+    def __post_init__(self):
+        # JSON gives lists; tuples keep the frozen config hashable in spirit and comparable after a round trip
+        object.__setattr__(self, "dual_path_blocks", tuple(self.dual_path_blocks))
+        object.__setattr__(self, "tap_layers", tuple(self.tap_layers))
+        where = f"model config '{self.name}'"
+        if self.random_init == (self.pretrained is not None):
+            raise ConfigError(f"{where}: set exactly one of 'pretrained' (a weights tag) and 'random_init': true")
+        if self.image_size < 1:
+            raise ConfigError(f"{where}: 'image_size' must be positive, got {self.image_size}")
+        for key in ("dual_path_blocks", "tap_layers"):
+            value = getattr(self, key)
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+                raise ConfigError(f"{where}: '{key}' must hold 1-based block numbers, got {list(value)}")
+            if list(value) != sorted(set(value)):
+                raise ConfigError(f"{where}: '{key}' must be increasing without repeats, got {list(value)}")
+        if not self.tap_layers:
+            raise ConfigError(f"{where}: 'tap_layers' is empty; name at least one layer")
+        blocks = self.dual_path_blocks
+        if blocks and list(blocks) != list(range(blocks[0], blocks[-1] + 1)):
+            raise ConfigError(f"{where}: 'dual_path_blocks' must be one consecutive run, got {list(blocks)}")
+        if self.open_clip_config is not None:
+            missing = {"embed_dim", "vision_cfg", "text_cfg"} - set(self.open_clip_config)
+            if missing:
+                raise ConfigError(f"{where}: 'open_clip_config' lacks {sorted(missing)}")
+            if bool(self.open_clip_config.get("quick_gelu", False)) != self.quick_gelu:
+                raise ConfigError(f"{where}: 'open_clip_config' quick_gelu disagrees with 'quick_gelu'")
+
+    @property
+    def dual_path_start(self) -> int | None:
+        """0-based index of the first DPAM block, None without a dual path."""
+        return self.dual_path_blocks[0] - 1 if self.dual_path_blocks else None
+
+    @property
+    def tap_indices(self) -> tuple[int, ...]:
+        """0-based block indices whose outputs are tapped."""
+        return tuple(layer - 1 for layer in self.tap_layers)
+
+    def with_dual_path(self, blocks) -> "ModelConfig":
+        """The same config with other DPAM blocks (1-based); `range(a, n + 1)` or () for none."""
+        return ModelConfig.from_dict({**self.to_dict(), "dual_path_blocks": list(blocks)}, source=self.name)
+
+    def with_taps(self, layers) -> "ModelConfig":
+        """The same config with other tapped layers (1-based), e.g. (24,) for the released scripts' maps."""
+        return ModelConfig.from_dict({**self.to_dict(), "tap_layers": list(layers)}, source=self.name)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict; `from_dict(to_dict())` gives an equal config."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "model config") -> "ModelConfig":
+        """Validate a mapping (a JSON file, a checkpoint's config); an unknown key is an error naming it."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")
+        for key in ("name", "label", "open_clip_name"):
+            if key not in data:
+                raise ConfigError(f"{source}: missing key '{key}'")
+        for key, value in data.items():
+            _check_type(source, key, value)
+        return cls(**data)
+
+
+def _check_type(source: str, key: str, value) -> None:
+    """Raise ConfigError unless `value` has the JSON type field `key` needs."""
+    expected = {
+        "name": str, "label": str, "open_clip_name": str, "pretrained": (str, type(None)),
+        "random_init": bool, "quick_gelu": bool, "image_size": int,
+        "dual_path_blocks": (list, tuple), "tap_layers": (list, tuple), "open_clip_config": (dict, type(None)),
+    }[key]
+    wrong_bool = isinstance(value, bool) and expected is int
+    if wrong_bool or not isinstance(value, expected):
+        names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
+        raise ConfigError(f"{source}: '{key}' must be {names.replace('NoneType', 'null')}, got {value!r}")
+
+
+def known_model_configs() -> list[str]:
+    """Names of the shipped configs, sorted: ["tiny", "vit-l-14-336"]."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def load_model_config(name: str) -> ModelConfig:
+    """Read `train/model_configs/<name>.json`; `name` is case-insensitive ("ViT-L-14-336" works).
+
+    A path to a .json file of the same keys is read as well. Unknown name -> ConfigError listing the known.
+    """
+    path = Path(name)
+    if path.suffix == ".json" and path.is_file():
+        source = str(path)
+    else:
+        key = name.strip().lower()
+        key = ALIASES.get(key, key)
+        path = CONFIG_DIR / f"{key}.json"
+        source = f"{path.name}"
+        if not path.is_file():
+            raise ConfigError(f"unknown model '{name}'; known: {', '.join(known_model_configs())}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read model config: {exc}") from exc
+    return ModelConfig.from_dict(data, source=source)
