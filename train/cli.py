@@ -55,6 +55,9 @@ def run(store, class_name, dataset, epochs, batch_size, lr, seed, model, clip_we
     """Train the prompts on one class of a render store."""
     from train.distributed import distributed_session
     from train.loop import TrainConfig, resolve_device, train as train_loop
+    from train.model_config import load_model_config
+    from train.weights import locate_weights
+    locate_weights(load_model_config(model), clip_weights)  # missing weights: fail before any work
     config = TrainConfig(store=str(store), class_name=class_name, dataset=dataset, epochs=epochs,
                          batch_size=batch_size, lr=lr, seed=seed, model=model, layers=layers, prompt=prompt,
                          loss_terms=loss_terms, feature_cache=not no_feature_cache)

@@ -188,6 +188,23 @@ class Trainer:
         metrics["seconds"] = time.perf_counter() - started
         return metrics
 
+    def evaluate(self) -> dict:
+        """Mean losses and point AUROC over the training rows with the current prompts (no update)."""
+        sums: dict[str, float] = {}
+        scores, labels = [], []
+        with torch.no_grad():
+            for part in epoch_batches(len(self.rows), self.config.batch_size, self.config.seed, 0):
+                batch = collate([self.samples[int(i)] for i in part])
+                total, parts, point_scores = self.batch_loss(batch)
+                for name, value in {"total": total, **parts}.items():
+                    sums[name] = sums.get(name, 0.0) + float(value) * len(part)
+                valid = batch["valid"].bool()
+                scores.append(point_scores[valid.to(self.device)].cpu().numpy())
+                labels.append(batch["label"][valid].numpy())
+        metrics = {name: value / len(self.rows) for name, value in sums.items()}
+        metrics["point_auroc"] = _auroc(np.concatenate(labels), np.concatenate(scores))
+        return metrics
+
     def checkpoint(self, epoch: int, metrics: dict) -> Path:
         path = self.run_dir / "checkpoints" / f"epoch_{epoch}.pt"
         save_checkpoint(path, epoch=epoch, prompts=self.prompts.state_for_checkpoint(),

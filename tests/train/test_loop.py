@@ -1,0 +1,155 @@
+"""train run end to end on CPU with the tiny model (random weights) and a small real render store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from render.build import build_store
+from render.sample_render import RenderOptions
+from shared.errors import CheckpointMismatchError, PointADError
+from train.checkpoint import load_checkpoint
+from train.cli import train as train_cli
+from train.loop import TrainConfig, Trainer, train
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="session")
+def train_store(mvtec_dataset, tmp_path_factory):
+    """Six cookie test samples (one good, five defects) plus one torus, three views at CLIP's 336 px."""
+    _, entry = mvtec_dataset
+    out = tmp_path_factory.mktemp("train") / "renders.zarr"
+    options = RenderOptions(views=3, image_size=336, supersample=1, point_size=2)
+    result = build_store(entry, out, options, classes=["cookie"], splits=["test"])
+    assert result.rendered == 6
+    return out
+
+
+def _config(store, **changes):
+    return TrainConfig(**{"store": str(store), "class_name": "cookie", "model": "tiny", "epochs": 2,
+                          "batch_size": 4, **changes})
+
+
+def _prompts(path):
+    state = load_checkpoint(path)["prompts"]
+    return torch.cat([state["ctx"].flatten(), state["deep"].flatten()])
+
+
+def test_cached_and_uncached_training_give_the_same_first_epoch(train_store, tmp_path):
+    cached = Trainer(_config(train_store), tmp_path / "a").run_epoch(1)
+    uncached = Trainer(_config(train_store, feature_cache=False), tmp_path / "b").run_epoch(1)
+    for term in ("total", "3d_global", "3d_local", "2d_global", "2d_local"):
+        assert abs(cached[term] - uncached[term]) < 1e-5, (term, cached[term], uncached[term])
+    assert (tmp_path / "a" / "features.zarr").exists() and not (tmp_path / "b" / "features.zarr").exists()
+
+
+def test_training_lowers_the_loss_and_raises_point_auroc(train_store, tmp_path):
+    # The tiny model has random weights, so its global features carry no anomaly signal; the
+    # local terms alone show that the prompts learn to rank the training class's points.
+    trainer = Trainer(_config(train_store, loss_terms="3d_local,2d_local"), tmp_path)
+    before = trainer.evaluate()
+    for epoch in range(1, 7):
+        trainer.run_epoch(epoch)
+    after = trainer.evaluate()
+    print(f"untrained: loss {before['total']:.4f} point AUROC {before['point_auroc']:.3f}; "
+          f"trained 6 epochs: loss {after['total']:.4f} point AUROC {after['point_auroc']:.3f}")
+    assert after["total"] < before["total"]
+    assert after["point_auroc"] > before["point_auroc"]
+
+
+def test_clip_is_frozen_and_unchanged_by_training(train_store, tmp_path):
+    trainer = Trainer(_config(train_store), tmp_path)
+    before = {k: v.clone() for k, v in trainer.backbone.state_dict().items()}
+    trainer.run_epoch(1)
+    assert not any(p.requires_grad for p in trainer.backbone.parameters())
+    for name, value in trainer.backbone.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_run_writes_checkpoints_metrics_and_config(train_store, tmp_path):
+    result = train(_config(train_store), tmp_path / "run")
+    assert result.epochs_run == [1, 2]
+    lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,total,3d_global,3d_local,2d_global,2d_local,point_auroc")
+    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2"]
+    payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "epoch_2.pt")
+    assert payload["model"]["label"] == "tiny (random weights)" and payload["config"]["class_name"] == "cookie"
+    with pytest.raises(PointADError, match="already holds checkpoints; pass --resume"):
+        train(_config(train_store), tmp_path / "run")
+
+
+def test_resume_refuses_other_settings_and_other_models(train_store, tmp_path):
+    train(_config(train_store, epochs=1), tmp_path / "run")
+    with pytest.raises(CheckpointMismatchError, match=r"made with other settings \(lr\)"):
+        train(_config(train_store, epochs=2, lr=5e-3), tmp_path / "run", resume=True)
+    trainer = Trainer(_config(train_store, layers=(2, 4)), tmp_path / "other")
+    with pytest.raises(CheckpointMismatchError, match="epoch_1.pt: made for model"):
+        trainer.restore(tmp_path / "run" / "checkpoints" / "epoch_1.pt")
+
+
+def test_sigkill_after_epoch_1_then_resume_equals_uninterrupted(train_store, tmp_path):
+    args = ["-m", "train.cli", "run", "--store", str(train_store), "--class", "cookie", "--model", "tiny",
+            "--epochs", "3", "--device", "cpu"]
+    subprocess.run([sys.executable, *args, "--out", str(tmp_path / "full")], check=True, env=ENV,
+                   capture_output=True)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, *args, "--out", str(killed)], env=ENV, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "epoch_1.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "checkpoints" / "epoch_3.pt").exists(), "the kill should land before the end"
+    subprocess.run([sys.executable, *args, "--out", str(killed), "--resume"], check=True, env=ENV,
+                   capture_output=True)
+    difference = (_prompts(killed / "checkpoints" / "epoch_3.pt") -
+                  _prompts(tmp_path / "full" / "checkpoints" / "epoch_3.pt")).abs().max()
+    assert difference == 0, f"resumed run differs by {difference}"
+
+
+def test_two_gloo_processes_match_one(train_store, tmp_path):
+    args = ["run", "--store", str(train_store), "--class", "cookie", "--model", "tiny", "--epochs", "2",
+            "--device", "cpu", "--batch-size", "4"]
+    subprocess.run([sys.executable, "-m", "train.cli", *args, "--out", str(tmp_path / "one")], check=True, env=ENV,
+                   capture_output=True)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(29500 + os.getpid() % 1000), "-m", "train.cli", *args,
+                          "--out", str(tmp_path / "two")], env=ENV, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-2000:]
+    difference = (_prompts(tmp_path / "one" / "checkpoints" / "epoch_2.pt") -
+                  _prompts(tmp_path / "two" / "checkpoints" / "epoch_2.pt")).abs().max()
+    assert difference < 1e-5, f"2 processes differ from 1 by {difference}"
+
+
+def test_missing_weights_stop_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no open_clip / Hugging Face cache to find
+    result = CliRunner().invoke(train_cli, ["run", "--store", str(tmp_path / "absent.zarr"), "--class", "cookie"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "not found" in lines[0] and "--clip-weights" in lines[0], result.output
+
+
+def test_features_command_fills_a_cache_that_run_uses(train_store, tmp_path):
+    runner = CliRunner()
+    cache = tmp_path / "features.zarr"
+    result = runner.invoke(train_cli, ["features", "--store", str(train_store), "--model", "tiny", "--out", str(cache),
+                                       "--device", "cpu"])
+    assert result.exit_code == 0 and "tiny (random weights)" in result.output, result.output
+    stamp = (cache / "zarr.json").stat().st_mtime_ns
+    result = runner.invoke(train_cli, ["run", "--store", str(train_store), "--class", "cookie", "--model", "tiny",
+                                       "--epochs", "1", "--features", str(cache), "--out", str(tmp_path / "run"),
+                                       "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (cache / "zarr.json").stat().st_mtime_ns == stamp  # reused, not recomputed
+    assert not (tmp_path / "run" / "features.zarr").exists()
+    assert "model tiny (random weights)" in result.output
