@@ -1,7 +1,7 @@
 """Training samples from the render store (SPEC 4, 6): which rows, and a torch Dataset over them.
 
 Reads only through `shared.store`; never touches geometry. Items hold the per-point arrays the
-losses need; `collate` trims the padding to the longest cloud of the batch.
+losses need, cut to the sample's own points; `collate` pads to the longest cloud of the batch.
 """
 
 from __future__ import annotations
@@ -37,26 +37,50 @@ def training_rows(store: RenderStore, dataset: str | None, class_name: str) -> n
     return rows
 
 
-class StoreSamples(torch.utils.data.Dataset):
-    """Item i = row rows[i]: {"row", "sample_label", "mask" (V,S,S), "pixel" (V,P,2), "visible" (V,P),
-    "valid" (P,), "label" (P,), "proxy" (P,)} as tensors. Opens the store lazily (one per worker)."""
+PAD_VALUES = {"pixel": 0, "visible": False, "valid": False, "label": 0, "proxy": -1}
 
-    def __init__(self, store_path, rows: np.ndarray):
+
+class StoreSamples(torch.utils.data.Dataset):
+    """Item i = row rows[i]: {"row", "sample_label", "mask" (V,S,S), "pixel" (V,n,2), "visible" (V,n),
+    "valid" (n,), "label" (n,), "proxy" (n,)} as tensors, n = the sample's own point count.
+
+    Opens the store lazily (one per worker). Items are kept in memory up to `memory_limit` bytes:
+    they never change, and training reads each one every epoch.
+    """
+
+    def __init__(self, store_path, rows: np.ndarray, memory_limit: int = 4 * 2**30):
         self.store_path = store_path
         self.rows = np.asarray(rows, dtype=np.int64)
+        self.memory_limit = memory_limit
         self._store: RenderStore | None = None
+        self._kept: dict[int, dict] = {}
+        self._kept_bytes = 0
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict:
+        if i in self._kept:
+            return self._kept[i]
         if self._store is None:
             self._store = open_store(self.store_path)
         row = int(self.rows[i])
         arrays = self._store.read_batch([row], POINT_FIELDS + VIEW_FIELDS + ("n_points",))
-        item = {name: torch.from_numpy(np.ascontiguousarray(value[0])) for name, value in arrays.items()}
+        n = int(arrays["n_points"][0])
+        item = {}
+        for name, value in arrays.items():
+            value = value[0]
+            if name in ("pixel", "visible"):
+                value = value[:, :n]
+            elif name in PAD_VALUES:
+                value = value[:n]
+            item[name] = torch.from_numpy(np.ascontiguousarray(value))
         item["row"] = torch.tensor(row)
         item["sample_label"] = torch.tensor(self._store.identity(row)["label"])
+        size = sum(t.numel() * t.element_size() for t in item.values())
+        if self._kept_bytes + size <= self.memory_limit:
+            self._kept[i] = item
+            self._kept_bytes += size
         return item
 
     def __getstate__(self):
@@ -66,16 +90,24 @@ class StoreSamples(torch.utils.data.Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack items, cutting the point axis to the batch's largest n_points (padding carries no signal)."""
-    keep = int(max(int(item["n_points"]) for item in items))
+    """Stack items, padding the point axis to the batch's largest cloud with the store's fill values."""
+    keep = max(int(item["n_points"]) for item in items)
     batch = {}
     for name in items[0]:
-        stacked = torch.stack([item[name] for item in items])
-        if name in ("pixel", "visible"):
-            stacked = stacked[:, :, :keep]
-        elif name in ("valid", "label", "proxy"):
-            stacked = stacked[:, :keep]
-        batch[name] = stacked
+        if name in PAD_VALUES:
+            axis = 1 if name in ("pixel", "visible") else 0
+            padded = []
+            for item in items:
+                value = item[name]
+                missing = keep - value.shape[axis]
+                if missing:
+                    shape = list(value.shape)
+                    shape[axis] = missing
+                    value = torch.cat([value, torch.full(shape, PAD_VALUES[name], dtype=value.dtype)], dim=axis)
+                padded.append(value)
+            batch[name] = torch.stack(padded)
+        else:
+            batch[name] = torch.stack([item[name] for item in items])
     return batch
 
 

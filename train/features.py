@@ -56,10 +56,11 @@ def compute_features(backbone, store_path, rows: np.ndarray, out: Path, *, devic
         b, v = images.shape[:2]
         patches = patches.reshape(patches.shape[0], b, v, *patches.shape[2:]).permute(1, 0, 2, 3, 4)
         if global_array is None:
+            # features are dense floats: compression would cost more time than the bytes it saves
             global_array = group.create_array("global", shape=(len(rows), *global_feature.shape[1:]), dtype=dtype,
-                                              chunks=(1, *global_feature.shape[1:]))
+                                              chunks=(1, *global_feature.shape[1:]), compressors=None)
             patch_array = group.create_array("patches", shape=(len(rows), *patches.shape[1:]), dtype=dtype,
-                                             chunks=(1, *patches.shape[1:]))
+                                             chunks=(1, *patches.shape[1:]), compressors=None)
         global_array[start:start + b] = global_feature.cpu().numpy().astype(dtype)
         patch_array[start:start + b] = patches.cpu().numpy().astype(dtype)
         if progress is not None:
@@ -71,9 +72,14 @@ def compute_features(backbone, store_path, rows: np.ndarray, out: Path, *, devic
 
 
 class FeatureCache:
-    """Read side of a feature cache; `get(rows)` returns (global (B, V, D), patches (L, B*V, G*G, D)) float32."""
+    """Read side of a feature cache; `get(rows)` returns (global (B, V, D), patches (L, B*V, G*G, D)) float32.
 
-    def __init__(self, path: Path, backbone, store_path):
+    A cache smaller than `memory_limit` bytes is loaded once onto `device` (epochs then never touch
+    the disk: on a GPU, re-reading from disk costs more than re-running the vision tower); a larger
+    one is read per batch, so memory stays bounded.
+    """
+
+    def __init__(self, path: Path, backbone, store_path, device="cpu", memory_limit: int = 8 * 2**30):
         self.path = Path(path)
         group = zarr.open_group(self.path, mode="r")
         expected, found = cache_identity(backbone, store_path), dict(group.attrs)
@@ -83,14 +89,23 @@ class FeatureCache:
                                               "delete it or run 'train features' again")
         self.position = {row: i for i, row in enumerate(found["rows"])}
         self.global_array, self.patch_array = group["global"], group["patches"]
+        self.loaded = None
+        size = self.patch_array.nbytes + self.global_array.nbytes
+        if size <= memory_limit:
+            self.loaded = (torch.from_numpy(self.global_array[...]).to(device),
+                           torch.from_numpy(self.patch_array[...]).to(device))
 
     def covers(self, rows) -> bool:
         return all(int(r) in self.position for r in rows)
 
     def get(self, rows, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
         where = [self.position[int(r)] for r in rows]
-        global_feature = torch.from_numpy(self.global_array.get_orthogonal_selection((where,))).float()
-        patches = torch.from_numpy(self.patch_array.get_orthogonal_selection((where,))).float()
+        if self.loaded is not None:
+            index = torch.tensor(where, device=self.loaded[0].device)
+            global_feature, patches = self.loaded[0][index].float(), self.loaded[1][index].float()
+        else:
+            global_feature = torch.from_numpy(self.global_array.get_orthogonal_selection((where,))).float()
+            patches = torch.from_numpy(self.patch_array.get_orthogonal_selection((where,))).float()
         b, l, v = patches.shape[:3]
         patches = patches.permute(1, 0, 2, 3, 4).reshape(l, b * v, *patches.shape[3:])
         return global_feature.to(device), patches.to(device)

@@ -123,7 +123,7 @@ class Trainer:
                                  dtype="float16" if self.autocast else "float32", progress=progress)
             if self.world > 1:
                 dist.barrier()
-            self.features = FeatureCache(path, self.backbone, config.store)
+            self.features = FeatureCache(path, self.backbone, config.store, device=self.device)
 
     def _cache_usable(self, path: Path) -> bool:
         if not path.exists():
