@@ -39,7 +39,8 @@ def train():
 @click.option("--batch-size", default=4, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--seed", default=111, show_default=True)
-@click.option("--model", default="vit-l-14-336", show_default=True, help="vit-l-14-336 or tiny (random weights).")
+@click.option("--model", default="vit-l-14-336", show_default=True,
+              help="vit-l-14-336, tiny (random weights), or auto (ViT-L if its weights are present, else tiny).")
 @click.option("--clip-weights", type=click.Path(path_type=Path), help="OpenAI ViT-L/14@336 weights file.")
 @click.option("--layers", callback=_layers, help="Tapped layers, e.g. 6,12,18,24 (default: the model's).")
 @click.option("--prompt", type=click.Choice(["agnostic", "coop"]), default="agnostic", show_default=True)
@@ -57,6 +58,7 @@ def run(store, class_name, dataset, epochs, batch_size, lr, seed, model, clip_we
     from train.loop import TrainConfig, resolve_device, train as train_loop
     from train.model_config import load_model_config
     from train.weights import locate_weights
+    model = resolve_model(model, clip_weights)
     locate_weights(load_model_config(model), clip_weights)  # missing weights: fail before any work
     config = TrainConfig(store=str(store), class_name=class_name, dataset=dataset, epochs=epochs,
                          batch_size=batch_size, lr=lr, seed=seed, model=model, layers=layers, prompt=prompt,
@@ -68,6 +70,23 @@ def run(store, class_name, dataset, epochs, batch_size, lr, seed, model, clip_we
         result = train_loop(config, out, device=target, clip_weights=clip_weights, resume=resume, log=say,
                             progress_factory=_bar if rank == 0 else None, feature_path=features)
         say(f"{out}: {len(result.epochs_run)} epoch(s) run on {target}, model {_model_label(out)}")
+
+
+def resolve_model(model: str, clip_weights) -> str:
+    """`auto`: the real model when its weights are found, else the tiny one, said loudly on stderr."""
+    if model != "auto":
+        return model
+    from shared.errors import WeightsNotFoundError
+    from train.model_config import load_model_config
+    from train.weights import locate_weights
+    try:
+        locate_weights(load_model_config("vit-l-14-336"), clip_weights)
+        return "vit-l-14-336"
+    except WeightsNotFoundError as exc:
+        click.echo(f"WARNING: {exc}", err=True)
+        click.echo("WARNING: using the tiny model with RANDOM weights: a smoke run of the pipeline, "
+                   "not PointAD results", err=True)
+        return "tiny"
 
 
 def _model_label(run_dir: Path) -> str:

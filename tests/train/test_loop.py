@@ -153,3 +153,13 @@ def test_features_command_fills_a_cache_that_run_uses(train_store, tmp_path):
     assert (cache / "zarr.json").stat().st_mtime_ns == stamp  # reused, not recomputed
     assert not (tmp_path / "run" / "features.zarr").exists()
     assert "model tiny (random weights)" in result.output
+
+
+def test_model_auto_falls_back_to_tiny_loudly(train_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("POINTAD_CACHE", str(tmp_path / "cache"))
+    result = CliRunner().invoke(train_cli, ["run", "--store", str(train_store), "--class", "cookie", "--model", "auto",
+                                            "--epochs", "1", "--out", str(tmp_path / "run"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "WARNING: using the tiny model with RANDOM weights" in result.output
+    assert "model tiny (random weights)" in result.output
