@@ -14,6 +14,9 @@ demo: setup
 	.venv/bin/pointad render verify $(DEMO)/renders.zarr
 	.venv/bin/pointad render info $(DEMO)/renders.zarr
 	.venv/bin/pointad render show $(DEMO)/renders.zarr --sample cookie/test/hole/xyz/000.tiff --out $(DEMO)/cookie-hole.png
+	rm -rf $(DEMO)/run-cookie
+	.venv/bin/pointad train run --store $(DEMO)/renders.zarr --dataset synthetic --class cookie --model auto \
+		--epochs 3 --out $(DEMO)/run-cookie
 
 # pytest exits 5 when it collects no test: a broken checkout, so a failure here too.
 test: setup
