@@ -1,7 +1,11 @@
-"""`eval` command group (SPEC 7). Its commands (`report`, `detect`) land with the evaluation stage.
+"""`eval` command group (SPEC 7): `report` scores a store and tabulates the metrics.
 
 Installed as `eval`, but `eval` is a shell builtin in bash and zsh: use `pointad eval ...` there.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -14,5 +18,46 @@ def eval_():
     """Score stores with trained prompts and report metrics."""
 
 
+@eval_.command()
+@click.option("--store", required=True, type=click.Path(path_type=Path), help="Render store holding the test dataset.")
+@click.option("--checkpoints", multiple=True, type=click.Path(path_type=Path),
+              help="Run directory (its last checkpoint) or checkpoint file; repeat for several runs.")
+@click.option("--setting", type=click.Choice(["one-vs-rest", "cross-dataset"]), default="one-vs-rest",
+              show_default=True, help="one-vs-rest: test the dataset's other classes; cross-dataset: every class.")
+@click.option("--dataset", required=True, help="Test dataset (its name in the store).")
+@click.option("--classes", multiple=True, help="Only these test classes (repeat the option).")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="Write the report here (atomically) instead of stdout.")
+@click.option("--protocol", type=click.Choice(["points", "pointad-compat", "both"]), default="points",
+              show_default=True, help="points: valid points only; pointad-compat: the released code's full grid.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--method", type=click.Choice(["pointad", "clip-rendering"]), default="pointad", show_default=True,
+              help="clip-rendering: untrained baseline prompts, no checkpoints.")
+@click.option("--model", default="vit-l-14-336", show_default=True,
+              help="Model of the clip-rendering baseline (runs use their checkpoint's model).")
+@click.option("--clip-weights", type=click.Path(path_type=Path), help="OpenAI ViT-L/14@336 weights file.")
+@click.option("--batch-size", default=4, show_default=True)
+def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, device, method, model, clip_weights,
+           batch_size):
+    """Evaluate runs (or the clip-rendering baseline) on a store: I-AUROC, AP, P-AUROC, AUPRO per class."""
+    from eval.report import ReportConfig, build_report, write_report
+    from train.loop import resolve_device
+    config = ReportConfig(store=str(store), dataset=dataset, setting=setting,
+                          checkpoints=tuple(str(c) for c in checkpoints), classes=tuple(classes) or None,
+                          protocol=protocol, method=method, model=model,
+                          clip_weights=None if clip_weights is None else str(clip_weights), batch_size=batch_size)
+    target = resolve_device(device)
+    result = build_report(config, device=target, progress=lambda line: click.echo(line, err=True))
+    text = write_report(result, fmt, out)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        click.echo(f"{out}: {fmt} report, model {result.header['model']}", err=True)
+
+
 def main():
     eval_()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Per-sample scores of PointAD, SPEC 7 (paper section 3.6): point maps, sample scores, RGB and fusion.
+
+The math is in pure functions (arrays in, arrays out); `score_store` is the streaming driver that reads
+a store in batches, runs the frozen model and yields one `SampleScores` per row, so memory depends on
+the batch size, not on the store. Letters as in the store (SPEC 4): B samples, V views, P points,
+S pixels, k neighbours, D feature dimension; (H, W) an organized grid (`grid_hw`).
+
+Smoothing of missing cells (organized grids): normalised convolution. The scores are scattered to the
+grid, then A = gauss(scores * mask) / gauss(mask), mask = 1 where a cell holds a point. A missing cell
+(a hole in the scan, the background, or outside the grid, mode "constant") neither adds a zero to its
+neighbours nor counts in their weight, so a point's smoothed score is the Gaussian-weighted mean of
+the scores of the points around it. The kernel is scipy's: sigma 4 px, truncated at 4 sigma (a square
+window of radius 16), separable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+
+from shared.store import open_store
+from train.features import encode_views
+from train.maps import back_project, class_probabilities, patch_maps
+
+SIGMA = 4.0
+BASELINE_PROMPTS = ("A photo of a normal {}.", "A photo of an anomalous {}.")  # clip-rendering, SPEC 7
+BATCH_FIELDS = ("image", "pixel", "visible", "valid", "label", "proxy", "grid_index", "grid_hw", "knn",
+                "knn_weight", "rgb")
+
+
+# --- math: arrays in, arrays out -----------------------------------------------------------------------
+
+def smooth_grid(values, mask, sigma: float = SIGMA) -> np.ndarray:
+    """Return the normalised Gaussian convolution (H, W) float64 of `values` over the cells where `mask`.
+
+    values: (H, W) float; mask: (H, W) weights (1 = a cell holds a value, 0 = missing; counts allowed).
+    Cells whose window holds no value get 0.
+    """
+    values, mask = np.asarray(values, np.float64), np.asarray(mask, np.float64)
+    numerator = gaussian_filter(values * mask, sigma, mode="constant", cval=0.0)
+    denominator = gaussian_filter(mask, sigma, mode="constant", cval=0.0)
+    out = np.zeros_like(numerator)
+    np.divide(numerator, denominator, out=out, where=denominator > 1e-12)
+    return out
+
+
+def smooth_organized(point_scores, grid_index, grid_hw, sigma: float = SIGMA) -> np.ndarray:
+    """Return smoothed point scores (P,) float64: Gaussian sigma px on the organized grid, missing cells excluded.
+
+    point_scores: (P,) float; grid_index: (P,) int, row * W + col, -1 = no grid cell (such points keep
+    their own score); grid_hw: (H, W). Points sharing a cell are summed there and counted twice in the
+    weight. See the module docstring for the treatment of missing cells.
+    """
+    scores = np.asarray(point_scores, np.float64)
+    grid_index = np.asarray(grid_index)
+    height, width = (int(x) for x in grid_hw)
+    on_grid = grid_index >= 0
+    cells = grid_index[on_grid].astype(np.int64)
+    total = np.bincount(cells, weights=scores[on_grid], minlength=height * width).reshape(height, width)
+    count = np.bincount(cells, minlength=height * width).reshape(height, width).astype(np.float64)
+    average = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    smoothed = smooth_grid(average, count, sigma).ravel()
+    out = scores.copy()
+    out[on_grid] = smoothed[cells]
+    return out
+
+
+def smooth_graph(point_scores, knn, knn_weight) -> np.ndarray:
+    """Return smoothed point scores (P,) float64: A(j) = sum_k w[j, k] * s[knn[j, k]] over the stored graph.
+
+    knn: (P, k) int, -1 = none; knn_weight: (P, k), rows summing to 1 over their neighbours. The sum is
+    divided by the weight of the neighbours present (the float16 weights sum to 1 only up to rounding);
+    a point with no neighbour (padding) keeps its own score.
+    """
+    scores = np.asarray(point_scores, np.float64)
+    knn = np.asarray(knn)
+    weight = np.where(knn >= 0, np.asarray(knn_weight, np.float64), 0.0)
+    gathered = scores[np.where(knn >= 0, knn, 0)]
+    total, norm = (weight * gathered).sum(axis=1), weight.sum(axis=1)
+    return np.where(norm > 0, total / np.where(norm > 0, norm, 1.0), scores)
+
+
+def sample_score(view_anomaly_probs, point_map) -> float:
+    """Return A_s = 1/2 (mean_k P_a(f_k) + max A_m) (SPEC 7). view_anomaly_probs: (V,); point_map: (n,) valid points."""
+    return 0.5 * (float(np.mean(view_anomaly_probs)) + float(np.max(point_map)))
+
+
+def fused_point_map(point_map, rgb_point_map, grid_index, grid_hw, sigma: float = SIGMA) -> np.ndarray:
+    """Return the multimodal map (P,) = smooth(1/2 (A_m + A_m_rgb)) on the organized grid (SPEC 7)."""
+    mean = 0.5 * (np.asarray(point_map, np.float64) + np.asarray(rgb_point_map, np.float64))
+    return smooth_organized(mean, grid_index, grid_hw, sigma)
+
+
+def fused_sample_score(point_sample_score: float, rgb_sample_score: float, fused_map) -> float:
+    """Return the multimodal score 1/2 (1/2 (A_s_rgb + A_s) + max(multimodal map)) (SPEC 7)."""
+    return 0.5 * (0.5 * (rgb_sample_score + point_sample_score) + float(np.max(fused_map)))
+
+
+def rgb_point_map(rgb_map, grid_index, sigma: float = SIGMA) -> np.ndarray:
+    """Return A_m_rgb (P,) float64: the RGB anomaly map (H, W), smoothed on the full grid, read at each point's cell.
+
+    Every cell of the RGB image holds a value, so the smoothing is a plain Gaussian (normalised only at
+    the border). grid_index: (P,) int, -1 -> 0.
+    """
+    rgb_map = np.asarray(rgb_map, np.float64)
+    smoothed = smooth_grid(rgb_map, np.ones_like(rgb_map), sigma).ravel()
+    grid_index = np.asarray(grid_index)
+    return np.where(grid_index >= 0, smoothed[np.maximum(grid_index, 0)], 0.0)
+
+
+def compact_knn(knn, valid) -> np.ndarray:
+    """Return the k-NN graph (n, k) of the valid points, renumbered 0..n-1; neighbours not valid -> -1."""
+    knn, valid = np.asarray(knn), np.asarray(valid, bool)
+    new_index = np.full(valid.shape[0] + 1, -1, np.int64)   # last slot answers for -1
+    new_index[:-1][valid] = np.arange(int(valid.sum()))
+    return new_index[np.where(knn >= 0, knn, -1)][valid].astype(np.int32)
+
+
+# --- the streaming driver --------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class SampleScores:
+    """Scores of one store row. Point arrays hold the n valid points, in store order.
+
+    point_scores: A_m (n,) float32; point_labels: (n,) uint8; score: A_s. grid_index: (n,) int32 (-1 none),
+    grid_hw: (H, W), (0, 0) if unorganized; knn: (n, k) int32 among the valid points. rgb_* and
+    multimodal_*: None unless the sample is organized and has RGB.
+    """
+
+    identity: dict
+    point_scores: np.ndarray
+    point_labels: np.ndarray
+    score: float
+    grid_index: np.ndarray
+    grid_hw: tuple[int, int]
+    knn: np.ndarray
+    rgb_point_scores: np.ndarray | None = None
+    rgb_score: float | None = None
+    multimodal_point_scores: np.ndarray | None = None
+    multimodal_score: float | None = None
+
+    @property
+    def organized(self) -> bool:
+        return self.grid_hw[0] > 0 and self.grid_hw[1] > 0 and bool((self.grid_index >= 0).all())
+
+    @property
+    def has_rgb(self) -> bool:
+        return self.rgb_score is not None
+
+
+TextFeatures = torch.Tensor | Callable[[str], torch.Tensor]
+
+
+def baseline_text_features(backbone) -> Callable[[str], torch.Tensor]:
+    """clip-rendering: class name -> (2, D) features of "A photo of a normal/an anomalous <cls>." (no training)."""
+    cache: dict[str, torch.Tensor] = {}
+
+    def features(class_name: str) -> torch.Tensor:
+        if class_name not in cache:
+            with torch.no_grad():
+                cache[class_name] = backbone.encode_text([p.format(class_name) for p in BASELINE_PROMPTS])
+        return cache[class_name]
+    return features
+
+
+def _text_for(text_features: TextFeatures, class_names: list[str], device) -> torch.Tensor:
+    """(2, D) shared features, or (B, 2, D) one pair per sample from a per-class callable."""
+    if torch.is_tensor(text_features):
+        return text_features.to(device).float()
+    return torch.stack([text_features(name) for name in class_names]).to(device).float()
+
+
+def _anomaly_outputs(backbone, images: np.ndarray, text: torch.Tensor, device, autocast: bool):
+    """(view P_a (B, V), anomaly maps (B, V, S, S)) of (B, V, S, S, 3) uint8 images."""
+    global_feature, patches = encode_views(backbone, images, device, autocast)
+    b, v, size = images.shape[0], images.shape[1], images.shape[2]
+    with torch.no_grad():
+        view_probs = class_probabilities(text, global_feature)[..., 1]
+        maps2d = patch_maps(text, patches, size)[:, 1].reshape(b, v, size, size)
+    return view_probs, maps2d
+
+
+def score_store(store_path, rows, backbone, text_features: TextFeatures, device="cpu", batch_size: int = 4,
+                sigma: float = SIGMA, autocast: bool = False) -> Iterator[SampleScores]:
+    """Yield `SampleScores` for each of `rows` (in order), reading and scoring `batch_size` rows at a time.
+
+    text_features: (2, D) [g_n, g_a] for every sample, or a callable class name -> (2, D) (coop prompts,
+    the clip-rendering baseline). Point maps: back-projection of the anomalous patch maps (SPEC 5), then
+    `smooth_organized` on samples with a grid, else `smooth_graph`. RGB and fusion for organized
+    samples whose rgb/image is not all zero.
+    """
+    store = open_store(store_path)
+    rows = [int(r) for r in rows]
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        batch = store.read_batch(chunk, BATCH_FIELDS)
+        identities = [store.identity(r) for r in chunk]
+        text = _text_for(text_features, [i["class_name"] for i in identities], device)
+        view_probs, maps2d = _anomaly_outputs(backbone, batch["image"], text, device, autocast)
+        with torch.no_grad():
+            tensors = {k: torch.from_numpy(batch[k]).to(device) for k in ("pixel", "visible", "valid", "proxy")}
+            raw = back_project(maps2d, tensors["pixel"], tensors["visible"], tensors["valid"], tensors["proxy"])
+        raw, view_probs = raw.cpu().numpy(), view_probs.cpu().numpy()
+
+        organized = [bool(batch["grid_hw"][i].min() > 0 and (batch["grid_index"][i][batch["valid"][i]] >= 0).all())
+                     for i in range(len(chunk))]
+        with_rgb = [i for i in range(len(chunk)) if organized[i] and batch["rgb"][i].any()]
+        rgb_probs = rgb_maps = None
+        if with_rgb:
+            rgb_text = text[with_rgb] if text.ndim == 3 else text
+            rgb_probs, rgb_maps = _anomaly_outputs(backbone, batch["rgb"][with_rgb][:, None], rgb_text, device,
+                                                   autocast)
+            rgb_probs, rgb_maps = rgb_probs[:, 0].cpu().numpy(), rgb_maps[:, 0]
+
+        for i, row in enumerate(chunk):
+            valid = batch["valid"][i]
+            grid_hw = tuple(int(x) for x in batch["grid_hw"][i])
+            grid_index = batch["grid_index"][i][valid]
+            if organized[i]:
+                point_map = smooth_organized(raw[i][valid], grid_index, grid_hw, sigma)
+            else:
+                point_map = smooth_graph(raw[i], batch["knn"][i], batch["knn_weight"][i])[valid]
+            score = sample_score(view_probs[i], point_map)
+            extra = {}
+            if i in with_rgb:
+                j = with_rgb.index(i)
+                rgb_map = rgb_maps[j]
+                if tuple(rgb_map.shape) != grid_hw:  # the RGB image is S x S; put its map on the grid
+                    rgb_map = F.interpolate(rgb_map[None, None], size=grid_hw, mode="bilinear",
+                                            align_corners=False)[0, 0]
+                rgb_points = rgb_point_map(rgb_map.cpu().numpy(), grid_index, sigma)
+                rgb_score = sample_score(rgb_probs[j:j + 1], rgb_points)
+                fused = fused_point_map(point_map, rgb_points, grid_index, grid_hw, sigma)
+                extra = dict(rgb_point_scores=rgb_points.astype(np.float32), rgb_score=rgb_score,
+                             multimodal_point_scores=fused.astype(np.float32),
+                             multimodal_score=fused_sample_score(score, rgb_score, fused))
+            yield SampleScores(identity=identities[i], point_scores=point_map.astype(np.float32),
+                               point_labels=batch["label"][i][valid], score=score,
+                               grid_index=grid_index.astype(np.int32), grid_hw=grid_hw,
+                               knn=compact_knn(batch["knn"][i], valid), **extra)

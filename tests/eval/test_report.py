@@ -1,0 +1,203 @@
+"""`eval report` end to end on CPU with the tiny model, plus the streaming driver and per-class metrics.
+
+One store holds two synthetic datasets in different formats (MVTec 3D-AD: organized with RGB; Real3D-AD:
+unorganized, no RGB); one tiny run is trained for one epoch on the MVTec cookie class.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from eval.cli import eval_
+from eval.report import Report, class_metrics, to_markdown
+from eval.scoring import SampleScores, score_store
+from render.build import build_store
+from render.sample_render import RenderOptions
+from shared.store import open_store
+from train.backbone import load_backbone
+from train.loop import TrainConfig, train
+from train.model_config import load_model_config
+
+MVTEC, REAL3D = "synthetic-mvtec3d", "synthetic-real3d"
+LABEL = "tiny (random weights)"
+
+
+@pytest.fixture(scope="session")
+def eval_store(mvtec_dataset, real3d_dataset, tmp_path_factory):
+    """Test splits of both synthetic datasets (cookie, torus; one good and five defects each) in one store."""
+    out = tmp_path_factory.mktemp("eval") / "renders.zarr"
+    options = RenderOptions(views=3, image_size=336, supersample=1, point_size=2)
+    for _, entry in (mvtec_dataset, real3d_dataset):
+        build_store(entry, out, options, splits=["test"])
+    assert len(open_store(out)) == 24
+    return out
+
+
+@pytest.fixture(scope="session")
+def cookie_run(eval_store, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("eval-run") / "run"
+    train(TrainConfig(store=str(eval_store), class_name="cookie", dataset=MVTEC, model="tiny", epochs=1), run_dir)
+    return run_dir
+
+
+def _report(args, tmp_path, fmt="md"):
+    out = tmp_path / f"report.{fmt}"
+    result = CliRunner().invoke(eval_, ["report", *map(str, args), "--device", "cpu", "--format", fmt, "--out",
+                                        str(out)])
+    assert result.exit_code == 0, result.output
+    return out.read_text()
+
+
+def _md_rows(text):
+    """{block heading: {class: [cells]}} of the markdown tables."""
+    tables, heading = {}, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading = line[3:]
+            tables[heading] = {}
+        elif heading and line.startswith("| ") and not line.startswith("| class"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            tables[heading][cells[0].strip("*")] = cells[1:]
+    return tables
+
+
+# --- the streaming driver -------------------------------------------------------------------------------------
+
+def test_score_store_streams_the_same_scores_at_any_batch_size(eval_store):
+    store = open_store(eval_store)
+    rows = np.concatenate([store.indices(dataset=MVTEC, class_name="torus")[:2],
+                           store.indices(dataset=REAL3D, class_name="cookie")[:2]])
+    backbone = load_backbone(load_model_config("tiny"), seed=0)
+    text = backbone.encode_text(["normal object.", "damaged object."])
+    one = list(score_store(eval_store, rows, backbone, text, batch_size=1))
+    three = list(score_store(eval_store, rows, backbone, text, batch_size=3))
+    assert [r.identity["sample_id"] for r in one] == [store.identity(int(i))["sample_id"] for i in rows]
+    for a, b, row in zip(one, three, rows):
+        sample = store.sample(int(row))
+        assert a.point_scores.shape == (sample.n_points,) and np.isfinite(a.point_scores).all()
+        assert np.array_equal(a.point_labels, sample.label[sample.valid])
+        assert abs(a.score - b.score) < 1e-5 and np.abs(a.point_scores - b.point_scores).max() < 1e-5
+        assert a.organized == a.has_rgb == (a.identity["dataset"] == MVTEC)
+        if a.has_rgb:
+            assert a.multimodal_point_scores.shape == a.point_scores.shape
+            assert abs(a.multimodal_score - b.multimodal_score) < 1e-5
+            assert a.multimodal_score == pytest.approx(0.5 * (0.5 * (a.score + a.rgb_score)
+                                                              + a.multimodal_point_scores.max()), abs=1e-6)
+
+
+# --- per-class metrics -------------------------------------------------------------------------------------------
+
+def _sample(label, point_labels, scores, organized=True):
+    n = len(point_labels)
+    return SampleScores(identity={"label": label}, point_scores=np.asarray(scores, np.float32),
+                        point_labels=np.asarray(point_labels, np.uint8), score=float(max(scores)),
+                        grid_index=np.arange(n, dtype=np.int32) if organized else np.full(n, -1, np.int32),
+                        grid_hw=(2, n // 2) if organized else (0, 0),
+                        knn=np.stack([np.roll(np.arange(n), 1), np.roll(np.arange(n), -1)], 1).astype(np.int32))
+
+
+@pytest.mark.parametrize("organized", [True, False])
+def test_perfect_scores_give_one_everywhere_and_compat_needs_a_grid(organized):
+    samples = [_sample(0, [0, 0, 0, 0], [0.1, 0.2, 0.1, 0.2], organized),
+               _sample(1, [0, 1, 1, 0], [0.1, 0.9, 0.8, 0.2], organized)]
+    assert class_metrics(samples, "point", "points") == {"i_auroc": 1.0, "ap": 1.0, "p_auroc": 1.0, "aupro": 1.0}
+    compat = class_metrics(samples, "point", "pointad-compat")
+    assert compat["i_auroc"] == 1.0
+    assert (compat["p_auroc"] == 1.0) if organized else math.isnan(compat["p_auroc"])
+    assert all(math.isnan(v) for v in class_metrics(samples, "rgb", "points").values())  # no RGB here
+
+
+def test_several_runs_give_mean_and_std():
+    report = Report(header={"protocols": ["points"], "dataset": "d", "model": LABEL, "method": "pointad",
+                            "setting": "one-vs-rest", "training_classes": ["a", "b"], "runs": 2},
+                    blocks=("point",), classes=["c"],
+                    values={("points", "point", "c"): {"i_auroc": [0.5, 0.7], "ap": [0.9, math.nan],
+                                                       "p_auroc": [], "aupro": [0.2, 0.2]}})
+    assert report.cell("points", "point", "c", "i_auroc") == pytest.approx((0.6, 0.1, 2))
+    assert _md_rows(to_markdown(report))["point (points)"]["c"] == ["60.0 ± 10.0", "90.0", "n/a", "20.0 ± 0.0"]
+
+
+# --- eval report end to end ------------------------------------------------------------------------------------
+
+def test_one_vs_rest_in_md_csv_json(eval_store, cookie_run, tmp_path):
+    args = ["--store", eval_store, "--checkpoints", cookie_run, "--dataset", MVTEC, "--setting", "one-vs-rest"]
+    md = _report(args, tmp_path, "md")
+    assert f"model: {LABEL}" in md and "training class(es): cookie" in md and "protocol: points" in md
+    tables = _md_rows(md)
+    assert list(tables) == ["point (points)", "rgb (points)", "multimodal (points)"]
+    for rows in tables.values():
+        assert list(rows) == ["torus", "mean"]  # every class but the training one
+        for cells in rows.values():
+            assert len(cells) == 4 and all(0 <= float(c) <= 100 for c in cells), cells
+
+    records = list(csv.DictReader(_report(args, tmp_path, "csv").splitlines()))
+    assert {(r["block"], r["class"]) for r in records} == {(b, c) for b in ("point", "rgb", "multimodal")
+                                                          for c in ("torus", "mean")}
+    assert all(r["model"] == LABEL and 0 <= float(r["AUPRO"]) <= 1 for r in records)
+
+    data = json.loads(_report(args, tmp_path, "json"))
+    assert data["header"]["model"] == LABEL and data["header"]["training_classes"] == ["cookie"]
+    assert all(math.isfinite(row[m]) for row in data["rows"] for m in ("I-AUROC", "AP", "P-AUROC", "AUPRO"))
+
+
+def test_cross_dataset_scores_every_class_without_rgb_blocks_for_real3d(eval_store, cookie_run, tmp_path):
+    md = _report(["--store", eval_store, "--checkpoints", cookie_run, "--dataset", REAL3D,
+                  "--setting", "cross-dataset", "--protocol", "both"], tmp_path)
+    tables = _md_rows(md)
+    assert list(tables) == ["point (points)", "point (pointad-compat)"]  # no RGB in Real3D-AD
+    assert list(tables["point (points)"]) == ["cookie", "torus", "mean"]
+    assert all(0 <= float(c) <= 100 for cells in tables["point (points)"].values() for c in cells)
+    # unorganized clouds have no grid for the compat protocol's point metrics
+    assert tables["point (pointad-compat)"]["cookie"][2:] == ["n/a", "n/a"]
+
+
+def test_two_runs_report_mean_and_std(eval_store, cookie_run, tmp_path):
+    checkpoint = cookie_run / "checkpoints" / "epoch_1.pt"
+    md = _report(["--store", eval_store, "--checkpoints", cookie_run, "--checkpoints", checkpoint, "--dataset",
+                  MVTEC, "--classes", "torus"], tmp_path)
+    assert "runs: 2" in md
+    assert all(c.endswith("± 0.0") for c in _md_rows(md)["point (points)"]["torus"])  # the same run twice
+
+
+def test_clip_rendering_baseline_needs_no_checkpoints(eval_store, tmp_path):
+    data = json.loads(_report(["--store", eval_store, "--method", "clip-rendering", "--model", "tiny",
+                               "--dataset", MVTEC, "--setting", "cross-dataset"], tmp_path, "json"))
+    assert data["header"]["model"] == LABEL and data["header"]["training_classes"] == []
+    assert {(r["block"], r["class"]) for r in data["rows"]} == {(b, c) for b in ("point", "rgb", "multimodal")
+                                                               for c in ("cookie", "torus", "mean")}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", MVTEC], "--method pointad needs --checkpoints"),
+    (["--dataset", "absent", "--method", "clip-rendering", "--model", "tiny"], "no dataset 'absent'"),
+    (["--dataset", MVTEC, "--method", "clip-rendering", "--model", "tiny", "--classes", "cup"],
+     "no test class(es) ['cup']"),
+])
+def test_errors_are_one_line(eval_store, args, message):
+    result = CliRunner().invoke(eval_, ["report", "--store", str(eval_store), "--device", "cpu", *args])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
+
+
+def test_a_run_directory_without_checkpoints_is_an_error(eval_store, tmp_path):
+    result = CliRunner().invoke(eval_, ["report", "--store", str(eval_store), "--checkpoints", str(tmp_path),
+                                        "--dataset", MVTEC, "--device", "cpu"])
+    assert result.exit_code == 1 and "no checkpoints/epoch_*.pt" in result.output, result.output
+
+
+def test_coop_prompts_score_each_class_by_its_name():
+    from eval.report import _prompt_features
+    from train.prompts import PromptLearner
+    backbone = load_backbone(load_model_config("tiny"), seed=0)
+    features = _prompt_features(PromptLearner.for_backbone(backbone, variant="coop", class_names=["cookie"]), backbone)
+    torus, cookie = features("torus"), features("cookie")
+    assert torus.shape == (2, backbone.embed_dim) and (torus - cookie).abs().max() > 1e-4
+    agnostic = _prompt_features(PromptLearner.for_backbone(backbone), backbone)
+    assert agnostic.shape == (2, backbone.embed_dim)

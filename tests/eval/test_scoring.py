@@ -1,0 +1,151 @@
+"""Scoring math of SPEC 7 against loop twins and hand-computed values (the store-driven part: test_report.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eval.scoring import (compact_knn, fused_point_map, fused_sample_score, rgb_point_map, sample_score,
+                          smooth_graph, smooth_organized)
+
+
+# --- loop twins (slow, plainly correct, test-only) -----------------------------------------------------
+
+def _smooth_organized_by_loop(scores, grid_index, grid_hw, sigma):
+    """For each point: Gaussian-weighted mean over the points in its (2r+1)^2 window, r = int(4 sigma + 0.5)
+    (scipy's truncation); missing cells simply hold no point. Points without a cell keep their score."""
+    radius = int(4 * sigma + 0.5)
+    width = grid_hw[1]
+    out = np.array(scores, np.float64)
+    for j, cell in enumerate(grid_index):
+        if cell < 0:
+            continue
+        row, col = divmod(int(cell), width)
+        total = norm = 0.0
+        for i, other in enumerate(grid_index):
+            if other < 0:
+                continue
+            r, c = divmod(int(other), width)
+            if abs(r - row) <= radius and abs(c - col) <= radius:
+                weight = np.exp(-((r - row) ** 2 + (c - col) ** 2) / (2 * sigma ** 2))
+                total += weight * scores[i]
+                norm += weight
+        out[j] = total / norm
+    return out
+
+
+def _smooth_graph_by_loop(scores, knn, weight):
+    out = np.array(scores, np.float64)
+    for j in range(len(scores)):
+        pairs = [(int(n), float(w)) for n, w in zip(knn[j], weight[j]) if n >= 0]
+        norm = sum(w for _, w in pairs)
+        if norm > 0:
+            out[j] = sum(w * scores[n] for n, w in pairs) / norm
+    return out
+
+
+def _random_organized(seed, height=23, width=31, fill=0.6, padding=5):
+    """Scores of the points of a grid with missing cells, in shuffled order, plus padding points (-1)."""
+    rng = np.random.default_rng(seed)
+    cells = np.flatnonzero(rng.random(height * width) < fill)
+    grid_index = np.concatenate([rng.permutation(cells), np.full(padding, -1)]).astype(np.int32)
+    return rng.random(grid_index.size), grid_index, (height, width)
+
+
+def _assert_close(fast, slow, tolerance=1e-9):
+    difference = np.abs(fast - slow)
+    worst = int(np.argmax(difference))
+    assert difference[worst] < tolerance, f"largest difference {difference[worst]:.3g} at point {worst}"
+
+
+# --- organized smoothing ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("sigma", [4.0, 1.5])
+def test_organized_smoothing_matches_loop_with_missing_cells(seed, sigma):
+    scores, grid_index, grid_hw = _random_organized(seed)
+    fast = smooth_organized(scores, grid_index, grid_hw, sigma)
+    _assert_close(fast, _smooth_organized_by_loop(scores, grid_index, grid_hw, sigma))
+
+
+def test_missing_cells_neither_add_zeros_nor_count():
+    # a constant field with holes stays constant: a zero-filled convolution would pull it down near holes
+    _, grid_index, grid_hw = _random_organized(3, fill=0.3)
+    scores = np.full(grid_index.size, 0.7)
+    smoothed = smooth_organized(scores, grid_index, grid_hw)
+    _assert_close(smoothed, scores, 1e-12)
+
+
+def test_isolated_point_keeps_its_score_and_padding_is_untouched():
+    grid_index = np.array([0, 40 * 40 - 1, -1], np.int32)  # opposite corners: 39 px apart, beyond the window
+    smoothed = smooth_organized(np.array([0.2, 0.9, 0.5]), grid_index, (40, 40))
+    _assert_close(smoothed, np.array([0.2, 0.9, 0.5]), 1e-12)
+
+
+def test_two_neighbours_average_with_gaussian_weights():
+    # cells (0, 0) and (0, 1): each point's window holds both, weights 1 and exp(-1 / 32)
+    smoothed = smooth_organized(np.array([0.0, 1.0]), np.array([0, 1]), (5, 5))
+    w = np.exp(-1 / 32)
+    _assert_close(smoothed, np.array([w / (1 + w), 1 / (1 + w)]), 1e-12)
+
+
+# --- graph smoothing ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_graph_smoothing_matches_loop(seed):
+    rng = np.random.default_rng(seed)
+    points, k = 60, 6
+    knn = rng.integers(0, points, (points, k)).astype(np.int32)
+    knn[rng.random((points, k)) < 0.2] = -1
+    knn[-3:] = -1                                   # padding rows: no neighbours
+    weight = rng.random((points, k)).astype(np.float16)
+    weight = (weight / weight.sum(axis=1, keepdims=True)).astype(np.float16)
+    scores = rng.random(points)
+    _assert_close(smooth_graph(scores, knn, weight), _smooth_graph_by_loop(scores, knn, weight))
+    assert np.array_equal(smooth_graph(scores, knn, weight)[-3:], scores[-3:])
+
+
+def test_graph_smoothing_by_hand():
+    knn = np.array([[0, 1], [1, 0], [2, -1]])
+    weight = np.array([[0.75, 0.25], [0.5, 0.5], [1.0, 0.0]])
+    _assert_close(smooth_graph(np.array([1.0, 3.0, 5.0]), knn, weight), np.array([1.5, 2.0, 5.0]), 1e-12)
+
+
+def test_compact_knn_renumbers_valid_points():
+    valid = np.array([True, False, True, True])
+    knn = np.array([[0, 1], [1, 2], [3, 1], [-1, 0]])
+    assert compact_knn(knn, valid).tolist() == [[0, -1], [2, -1], [-1, 0]]
+
+
+# --- sample scores and fusion ---------------------------------------------------------------------------------
+
+def test_sample_score_by_hand():
+    assert sample_score(np.array([0.2, 0.4, 0.6]), np.array([0.1, 0.9, 0.3])) == pytest.approx(0.65)
+
+
+def test_fused_score_by_hand():
+    # 1/2 (1/2 (0.4 + 0.6) + 0.8)
+    assert fused_sample_score(0.6, 0.4, np.array([0.1, 0.8])) == pytest.approx(0.65)
+
+
+def test_fused_map_of_two_constant_maps_is_their_mean():
+    _, grid_index, grid_hw = _random_organized(4)
+    fused = fused_point_map(np.full(grid_index.size, 0.2), np.full(grid_index.size, 0.6), grid_index, grid_hw)
+    _assert_close(fused[grid_index >= 0], np.full(int((grid_index >= 0).sum()), 0.4), 1e-12)
+
+
+def test_fused_map_is_the_smoothed_mean_of_the_maps():
+    scores, grid_index, grid_hw = _random_organized(5)
+    other = np.random.default_rng(6).random(scores.size)
+    expected = _smooth_organized_by_loop((scores + other) / 2, grid_index, grid_hw, 4.0)
+    _assert_close(fused_point_map(scores, other, grid_index, grid_hw), expected)
+
+
+def test_rgb_point_map_reads_the_smoothed_grid_at_each_point():
+    rgb_map = np.zeros((9, 9))
+    rgb_map[4, 4] = 1.0
+    values = rgb_point_map(rgb_map, np.array([4 * 9 + 4, 0, -1]), sigma=1.0)
+    assert values[0] > values[1] > 0 and values[2] == 0
+    # every cell holds a value, so the centre is the plain (border-free) Gaussian weight of itself
+    kernel = np.exp(-np.arange(-4, 5) ** 2 / 2)
+    assert values[0] == pytest.approx(1 / kernel.sum() ** 2)
