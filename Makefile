@@ -17,6 +17,11 @@ demo: setup
 	rm -rf $(DEMO)/run-cookie
 	.venv/bin/pointad train run --store $(DEMO)/renders.zarr --dataset synthetic --class cookie --model auto \
 		--epochs 3 --out $(DEMO)/run-cookie
+	.venv/bin/pointad eval report --store $(DEMO)/renders.zarr --checkpoints $(DEMO)/run-cookie \
+		--setting one-vs-rest --dataset synthetic --out $(DEMO)/one-vs-rest.md
+	.venv/bin/pointad eval report --store $(DEMO)/renders.zarr --checkpoints $(DEMO)/run-cookie \
+		--setting cross-dataset --dataset synthetic-real3d --out $(DEMO)/cross-dataset.md
+	cat $(DEMO)/one-vs-rest.md $(DEMO)/cross-dataset.md
 
 # pytest exits 5 when it collects no test: a broken checkout, so a failure here too.
 test: setup
