@@ -55,9 +55,13 @@ def store_attrs(options: RenderOptions) -> StoreAttrs:
                       knn=options.knn, software=_software(), failures=[], render=options.to_dict())
 
 
+# Render options added after stores were first written, with what those older stores did.
+_BEFORE_OPTION = {"masks": "render"}
+
+
 def _comparable(render: dict) -> dict:
     # point size may differ per class and per build (it only changes the pictures' look)
-    return {k: v for k, v in render.items() if k not in ("point_size", "point_sizes")}
+    return {k: v for k, v in {**_BEFORE_OPTION, **render}.items() if k not in ("point_size", "point_sizes")}
 
 
 def _open_or_create(out: Path, options: RenderOptions) -> StoreAttrs:
@@ -67,7 +71,7 @@ def _open_or_create(out: Path, options: RenderOptions) -> StoreAttrs:
         return attrs
     existing = open_store(out).attrs
     if _comparable(existing.render) != _comparable(attrs.render):
-        differing = sorted(k for k in _comparable(attrs.render) if existing.render.get(k) != attrs.render[k])
+        differing = sorted(k for k, v in _comparable(attrs.render).items() if _comparable(existing.render).get(k) != v)
         raise PointADError(f"{out}: store was built with other render options ({', '.join(differing)}); "
                            "use another --out or the same options")
     return existing
@@ -88,9 +92,18 @@ def plan_rows(out: Path, entry: DatasetEntry, refs: list[SampleRef]) -> tuple[li
     return [(row, r) for row, r in todo if not complete[row]], sum(bool(complete[row]) for row, _ in todo)
 
 
-def render_row(out: Path, row: int, entry: DatasetEntry, ref: SampleRef, options: RenderOptions) -> str | None:
-    """Worker task: read, render and write one row. Returns None, or the reason the sample failed."""
-    rasterizer = worker_rasterizer(options.image_size * options.supersample, options.renderer)
+# Rasterizer threads in each worker process when several run at once: the workers are the parallelism
+# (Mesa's llvmpipe would otherwise start a thread per CPU in every worker and they would contend).
+WORKER_RASTER_THREADS = 1
+
+
+def render_row(out: Path, row: int, entry: DatasetEntry, ref: SampleRef, options: RenderOptions,
+               raster_threads: int | None = None) -> str | None:
+    """Worker task: read, render and write one row. Returns None, or the reason the sample failed.
+
+    raster_threads: Mesa rasterizer threads for this process's renderer (`worker_rasterizer`); None = Mesa's default.
+    """
+    rasterizer = worker_rasterizer(options.image_size * options.supersample, options.renderer, raster_threads)
     try:
         prep = preprocess_options(entry, ref.class_name, image_size=options.image_size, max_points=options.max_points)
         sample = read_sample(entry, ref, prep)
@@ -109,7 +122,7 @@ def _run(tasks: list[tuple], workers: int, backend: str, scheduler: str | None):
         cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                       dashboard_address=None)
         with Client(scheduler or cluster) as client:
-            futures = {client.submit(render_row, *task, pure=False): task for task in tasks}
+            futures = {client.submit(render_row, *task, WORKER_RASTER_THREADS, pure=False): task for task in tasks}
             for future in as_completed(futures):
                 yield futures[future], future.result()
         if cluster is not None:
@@ -124,7 +137,7 @@ def _run(tasks: list[tuple], workers: int, backend: str, scheduler: str | None):
 
 
 def _task(task: tuple) -> tuple[tuple, str | None]:
-    return task, render_row(*task)
+    return task, render_row(*task, WORKER_RASTER_THREADS)
 
 
 def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, classes=None, splits=None,

@@ -60,17 +60,33 @@ def fit_camera(points: np.ndarray, image_size: int, fov_degrees: float = 30.0, m
                   centre=tuple(float(c) for c in centre), distance=float(margin * radius / np.sin(half)))
 
 
+def view_coordinates(points: np.ndarray, camera: Camera, rotations: np.ndarray):
+    """Camera coordinates (x, y, z) of (P, 3) points in V views, each (V, P) float32.
+
+    Element-wise float32 arithmetic in a fixed order (no BLAS, whose summation order and FMA use vary
+    with the machine and thread count), so the same float32 points give bit-identical results anywhere:
+    `render verify` recomputes the stored pixels exactly. X_cam = B R_k (X - c) + (0, 0, D).
+    """
+    turn = (FRONT @ np.asarray(rotations, np.float64)).astype(np.float32)[:, :, :, None]  # (V, 3, 3, 1)
+    offset = (np.asarray(points, np.float32) - np.asarray(camera.centre, np.float32)).T  # (3, P)
+    dx, dy, dz = np.ascontiguousarray(offset)
+    x, y, z = (turn[:, i, 0] * dx + turn[:, i, 1] * dy + turn[:, i, 2] * dz for i in range(3))
+    return x, y, z + np.float32(camera.distance)
+
+
 def project(points: np.ndarray, camera: Camera, rotations: np.ndarray):
     """Project (P, 3) points into V views.
 
     Returns pixel (V, P, 2) int16 as (u = column, v = row), clipped to the image; depth (V, P)
     float32 camera z; inside (V, P) bool, False where the unclipped pixel fell outside the image.
+    Computed in float32 by `view_coordinates` (reproducible bit for bit); a point exactly on a pixel
+    boundary rounds half to even.
     """
-    extrinsics = camera.extrinsics(rotations)
-    cam = np.einsum("vij,pj->vpi", extrinsics[:, :3, :3], np.asarray(points, np.float64)) + extrinsics[:, None, :3, 3]
-    depth = cam[..., 2]
-    principal = camera.image_size / 2 - 0.5
-    uv = np.rint(camera.focal * cam[..., :2] / depth[..., None] + principal)
-    inside = (depth > 0) & (uv >= 0).all(-1) & (uv <= camera.image_size - 1).all(-1)
-    pixel = np.clip(uv, 0, camera.image_size - 1).astype(np.int16)
-    return pixel, depth.astype(np.float32), inside
+    x, y, depth = view_coordinates(points, camera, rotations)
+    focal, principal = np.float32(camera.focal), np.float32(camera.image_size / 2 - 0.5)
+    last = camera.image_size - 1
+    u = np.rint(focal * x / depth + principal)
+    v = np.rint(focal * y / depth + principal)
+    inside = (depth > 0) & (u >= 0) & (u <= last) & (v >= 0) & (v <= last)
+    pixel = np.stack([np.clip(u, 0, last), np.clip(v, 0, last)], axis=-1).astype(np.int16)
+    return pixel, depth, inside

@@ -14,7 +14,7 @@ from render.build import build_store
 from render.contact_sheet import contact_sheet
 from render.datasets import open_dataset
 from render.verify import store_summary, verify_store
-from render.sample_render import LIGHTS, VISIBILITY, RenderOptions
+from render.sample_render import LIGHTS, MASKS, VISIBILITY, RenderOptions
 from render.rasterize import RENDERERS
 from render.view_plan import PLANS
 from render.readers import list_samples, read_sample
@@ -98,6 +98,9 @@ def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, pe
 @click.option("--downsample", default=1.0, show_default=True, help="Fraction of points kept (farthest-point).")
 @click.option("--visibility", type=click.Choice(VISIBILITY), default="nearest", show_default=True)
 @click.option("--knn", default=8, show_default=True, help="Neighbours in the smoothing graph.")
+@click.option("--masks", type=click.Choice(MASKS),
+              help="Ground-truth mask views: splat the anomalous points (no second capture) or render them "
+                   "[default: splat with the legacy renderer, render with filament].")
 @click.option("--renderer", type=click.Choice(RENDERERS), default="legacy", show_default=True,
               help="legacy: Open3D Visualizer (EGL offscreen); filament: OffscreenRenderer (GPU driver).")
 @click.option("--workers", "-j", default=1, show_default=True, help="Worker processes.")
@@ -106,12 +109,13 @@ def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, pe
 @click.option("--scheduler", help="dask.distributed scheduler address (default: a local cluster).")
 @click.option("--keep-going", is_flag=True, help="Exit 0 even if some samples fail.")
 def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shift, image_size, supersample,
-          max_points, point_size, light, downsample, visibility, knn, renderer, workers, backend, scheduler, keep_going):
+          max_points, point_size, light, downsample, visibility, knn, masks, renderer, workers, backend, scheduler,
+          keep_going):
     """Render a dataset into a resumable Zarr store (views, masks, projections, visibility)."""
     entry = open_dataset(dataset, format=fmt, root=root)
     options = RenderOptions(views=views, view_plan=view_plan, angle_shift=angle_shift, image_size=image_size,
                             supersample=supersample, max_points=max_points, light=light, downsample=downsample,
-                            visibility=visibility, knn=knn, renderer=renderer)
+                            visibility=visibility, knn=knn, renderer=renderer, masks=masks)
     with tqdm(desc=f"render {entry.name}", unit="sample") as bar:
         result = build_store(entry, out, options, classes=classes, splits=splits, point_size=point_size,
                              workers=workers, backend=backend, scheduler=scheduler, progress=bar)

@@ -187,12 +187,19 @@ _CURRENT: LegacyRasterizer | FilamentRasterizer | None = None
 _USED: set[str] = set()
 
 
-def worker_rasterizer(size: int, renderer: str = "legacy"):
+def worker_rasterizer(size: int, renderer: str = "legacy", threads: int | None = None):
     """This process's rasterizer of the given size and kind, reused across samples.
 
     Only one Open3D window lives per process: with two, the second draws into the first's GL state.
+    threads: how many threads Mesa's software rasterizer (llvmpipe) may use in this process; None
+    leaves Mesa's default (all CPUs). Takes effect only if no window was opened in this process yet:
+    build workers pass 1 before their first sample, so N workers keep N CPUs busy, not N x CPUs.
     """
     global _CURRENT
+    if threads is not None and _CURRENT is None:
+        # Set for Mesa, never read by us (only shared/config.py reads settings): llvmpipe reads
+        # LP_NUM_THREADS once, when the process's first GL context is created. It never changes pixels.
+        os.environ["LP_NUM_THREADS"] = str(int(threads))
     if renderer == "legacy" and "filament" in _USED:
         # Filament initialises GLFW headless for the whole process; the legacy window cannot follow.
         raise RenderBackendError("this process already used the filament renderer; run legacy renders "

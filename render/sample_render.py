@@ -1,5 +1,6 @@
-"""Render one preprocessed sample into its store row (SPEC 3, steps 2-7): views, masks, projections,
-visibility, proxy and smoothing graph. Reads no files and writes none: `render/build.py` does that.
+"""Render one preprocessed sample into its store row (SPEC 3, steps 2-7): views, masks (splatted by
+`render/masks.py`, or rendered), projections, visibility, proxy and smoothing graph. Reads no files
+and writes none: `render/build.py` does that.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import open3d as o3d
 
 from render.camera import Camera, fit_camera, project
 from render.graph import knn_graph, proxy_indices
+from render.masks import splat_masks
 from render.preprocess import farthest_point_indices
 from render.rasterize import RENDERERS, DrawStyle, LegacyRasterizer, downsample
 from render.view_plan import make_view_plan
@@ -22,6 +24,7 @@ from shared.store import SampleArrays
 GREY = 0.7
 LIGHTS = {"on": (True, GREY), "off": (False, GREY), "+": (True, 0.9), "-": (True, 0.5)}
 VISIBILITY = ("nearest", "surface")
+MASKS = ("splat", "render")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +46,9 @@ class RenderOptions:
     fov_degrees: float = 30.0
     margin: float = 1.1
     renderer: str = "legacy"        # legacy (Visualizer, EGL) | filament (OffscreenRenderer)
+    # splat (render/masks.py: no second capture; matches the legacy renderer's points, see
+    # tests/render/test_masks.py) | render (a second set of captures); None: splat for legacy, render for filament
+    masks: str | None = None
 
     def __post_init__(self):
         make_view_plan(self.view_plan, self.views, self.angle_shift)  # validates plan and count
@@ -50,6 +56,13 @@ class RenderOptions:
             raise ConfigError(f"--light must be one of {', '.join(LIGHTS)}, got {self.light!r}")
         if self.renderer not in RENDERERS:
             raise ConfigError(f"--renderer must be one of {', '.join(RENDERERS)}, got {self.renderer!r}")
+        if self.masks is None:
+            object.__setattr__(self, "masks", "splat" if self.renderer == "legacy" else "render")
+        if self.masks not in MASKS:
+            raise ConfigError(f"--masks must be one of {', '.join(MASKS)}, got {self.masks!r}")
+        if self.masks == "splat" and self.renderer != "legacy":
+            raise ConfigError(f"--masks splat draws points as the legacy renderer does; with --renderer "
+                              f"{self.renderer} use --masks render")
         if self.visibility not in VISIBILITY:
             raise ConfigError(f"--visibility must be one of {', '.join(VISIBILITY)}, got {self.visibility!r}")
         if not 0 < self.downsample <= 1:
@@ -81,8 +94,19 @@ def _capture_all(rasterizer: LegacyRasterizer, camera: Camera, extrinsics: np.nd
                      for e in extrinsics])
 
 
+def render_masks(rasterizer: LegacyRasterizer, labels: np.ndarray, camera: Camera, extrinsics: np.ndarray,
+                 point_size: float, supersample: int) -> np.ndarray:
+    """(V, S, S) uint8 mask views of the rasterizer's current cloud, drawn by Open3D (SPEC 3.5): unlit,
+    anomalous points white on black, area-averaged down, binarised at 0.5. No capture for a good sample."""
+    if not labels.any():
+        return np.zeros((len(extrinsics), camera.image_size, camera.image_size), np.uint8)
+    rasterizer.set_colors(np.repeat((labels[:, None] != 0).astype(np.float64), 3, axis=1))
+    rendered = _capture_all(rasterizer, camera, extrinsics, DrawStyle(point_size, (0, 0, 0), False), supersample)
+    return (rendered.mean(axis=-1) >= 0.5).astype(np.uint8)
+
+
 def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRasterizer) -> SampleArrays:
-    """The store row of one sample: renderings, rendered masks and all per-point arrays, padded to max_points."""
+    """The store row of one sample: renderings, mask views and all per-point arrays, padded to max_points."""
     points, labels, grid_index = sample.points, sample.point_labels, sample.grid_index
     if options.downsample < 1:
         keep = farthest_point_indices(points, max(1, round(len(points) * options.downsample)))
@@ -99,12 +123,10 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
     rasterizer.set_cloud(points, np.full((len(points), 3), grey), estimate_normals(points, 0.05 * radius))
     views = _capture_all(rasterizer, camera, extrinsics, DrawStyle(options.point_size, (1, 1, 1), light_on),
                          options.supersample)
-    masks = np.zeros(views.shape[:3], np.uint8)
-    if labels.any():
-        rasterizer.set_colors(np.repeat(labels[:, None].astype(np.float64), 3, axis=1))
-        rendered = _capture_all(rasterizer, camera, extrinsics, DrawStyle(options.point_size, (0, 0, 0), False),
-                                options.supersample)
-        masks = (rendered.mean(axis=-1) >= 0.5).astype(np.uint8)
+    if options.masks == "splat":
+        masks = splat_masks(points, labels, camera, rotations, options.point_size, options.supersample)
+    else:
+        masks = render_masks(rasterizer, labels, camera, extrinsics, options.point_size, options.supersample)
 
     pixel, depth, inside = project(points, camera, rotations)
     valid = np.ones(len(points), bool)

@@ -84,6 +84,31 @@ def test_markers_land_within_one_pixel_of_the_projection(plan, renderer):
     assert worst <= 1.0, f"a marker landed {worst:.2f} px from its projection"
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_projection_agrees_with_a_float64_reference(seed):
+    """project works in float32 (bit-reproducible); against float64 it may only differ by one pixel, and
+    only for points within a hair of a pixel boundary."""
+    rng = np.random.default_rng(seed)
+    cloud = (rng.standard_normal((20000, 3)) * [0.03, 0.02, 0.01] + [0.01, -0.02, 0.3]).astype(np.float32)
+    camera = fit_camera(cloud, 336)
+    rotations = make_view_plan("paper", 9).rotations
+    pixel, depth, inside = project(cloud, camera, rotations)
+    extrinsics = camera.extrinsics(rotations)
+    cam = np.einsum("vij,pj->vpi", extrinsics[:, :3, :3], cloud.astype(np.float64)) + extrinsics[:, None, :3, 3]
+    exact = camera.focal * cam[..., :2] / cam[..., 2:] + (336 / 2 - 0.5)
+    rounded = np.rint(exact)
+    differs = pixel != rounded
+    assert np.abs(pixel - rounded).max() <= 1 and (np.abs(np.abs(exact - rounded)[differs] - 0.5) < 1e-3).all()
+    assert differs.mean() < 1e-3 and inside.all()
+    np.testing.assert_allclose(depth, cam[..., 2], rtol=1e-6)
+    again = project(cloud.copy(), camera, rotations)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (pixel, depth, inside)))
+
+
+def test_reference_store_records_splatted_masks(reference_store):
+    assert open_store(reference_store).attrs.render["masks"] == "splat"
+
+
 def test_build_then_verify_info_and_show(reference_store, mvtec_dataset, tmp_path):
     runner = CliRunner()
     result = runner.invoke(render, ["verify", str(reference_store)])

@@ -68,6 +68,24 @@ def test_missing_pixels_and_corrupt_coordinates():
         check_finite_grid(xyz)
 
 
+def _measured_by_loop(xyz):
+    """Per pixel: measured unless all three coordinates are 0 or all three are NaN."""
+    return np.array([[not ((p == 0).all() or np.isnan(p).all()) for p in row] for row in xyz])
+
+
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_measured_pixels_match_the_per_pixel_rule(with_nan):
+    """Both paths of check_finite_grid: all finite (fast) and with all-NaN missing pixels."""
+    rng = np.random.default_rng(int(with_nan))
+    xyz = rng.standard_normal((30, 40, 3)).astype(np.float32)
+    xyz[rng.random((30, 40)) < 0.3] = 0                 # missing, MVTec style
+    xyz[rng.random((30, 40, 3)) < 0.1] = 0              # single zero coordinates: still measured
+    xyz[0, 0] = [-0.0, 0.0, -0.0]                        # negative zeros are zeros
+    if with_nan:
+        xyz[rng.random((30, 40)) < 0.2] = np.nan        # missing, scanner style
+    assert np.array_equal(check_finite_grid(xyz), _measured_by_loop(xyz))
+
+
 def _tilted_plane_with_box(size=200, seed=0):
     """A tilted plane 0.3 m away with a 10 mm tall box in the middle; returns (xyz, box mask)."""
     rng = np.random.default_rng(seed)
