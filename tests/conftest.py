@@ -10,11 +10,6 @@ from render.datasets import open_dataset
 SMALL = dict(classes=("cookie", "torus"), train=1, validation=1, test_good=1, per_defect=1)
 
 
-def pytest_collection_modifyitems(items):
-    """Filament tests last: after Filament a process cannot open a legacy Open3D window."""
-    items.sort(key=lambda item: "filament" in item.nodeid)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Generated data and caches of the run go to a temporary folder, never the user's cache."""
