@@ -43,6 +43,7 @@ def train():
               help="vit-l-14-336, tiny (random weights), or auto (ViT-L if its weights are present, else tiny).")
 @click.option("--clip-weights", type=click.Path(path_type=Path), help="OpenAI ViT-L/14@336 weights file.")
 @click.option("--layers", callback=_layers, help="Tapped layers, e.g. 6,12,18,24 (default: the model's).")
+@click.option("--dpam-start", type=int, help="DPAM dual path in blocks N..last, 0 = off (default: the model's).")
 @click.option("--prompt", type=click.Choice(["agnostic", "coop"]), default="agnostic", show_default=True)
 @click.option("--loss-terms", default="all", show_default=True,
               help="all, or a comma list of 3d_global, 3d_local, 2d_global, 2d_local.")
@@ -51,8 +52,9 @@ def train():
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<dataset>-<class>-<seed>).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--resume", is_flag=True, help="Continue from the last finished epoch in --out.")
-def run(store, class_name, dataset, epochs, batch_size, lr, seed, model, clip_weights, layers, prompt, loss_terms,
-        no_feature_cache, features, out, device, resume):
+@click.option("--loader-workers", default=0, show_default=True, help="DataLoader worker processes reading the store.")
+def run(store, class_name, dataset, epochs, batch_size, lr, seed, model, clip_weights, layers, dpam_start, prompt,
+        loss_terms, no_feature_cache, features, out, device, resume, loader_workers):
     """Train the prompts on one class of a render store."""
     from train.distributed import distributed_session
     from train.loop import TrainConfig, resolve_device, train as train_loop
@@ -61,14 +63,16 @@ def run(store, class_name, dataset, epochs, batch_size, lr, seed, model, clip_we
     model = resolve_model(model, clip_weights)
     locate_weights(load_model_config(model), clip_weights)  # missing weights: fail before any work
     config = TrainConfig(store=str(store), class_name=class_name, dataset=dataset, epochs=epochs,
-                         batch_size=batch_size, lr=lr, seed=seed, model=model, layers=layers, prompt=prompt,
+                         batch_size=batch_size, lr=lr, seed=seed, model=model, layers=layers,
+                         dpam_start=dpam_start, prompt=prompt,
                          loss_terms=loss_terms, feature_cache=not no_feature_cache)
     out = out or Path("runs") / f"{dataset or Path(store).stem}-{class_name}-{seed}"
     with distributed_session(device) as (rank, device_name):
         target = resolve_device(device_name)
         say = click.echo if rank == 0 else (lambda line: None)
         result = train_loop(config, out, device=target, clip_weights=clip_weights, resume=resume, log=say,
-                            progress_factory=_bar if rank == 0 else None, feature_path=features)
+                            progress_factory=_bar if rank == 0 else None, feature_path=features,
+                            loader_workers=loader_workers)
         say(f"{out}: {len(result.epochs_run)} epoch(s) run on {target}, model {_model_label(out)}")
 
 

@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 111
     model: str = "vit-l-14-336"
     layers: tuple[int, ...] | None = None      # tapped layers; None = the model config's default
+    dpam_start: int | None = None              # DPAM in blocks dpam_start..last (0 = off); None = default
     prompt: str = "agnostic"                   # agnostic (PointAD) | coop (PointAD-CoOp)
     loss_terms: str = "all"
     feature_cache: bool = True
@@ -94,15 +95,20 @@ class Trainer:
     """Holds the frozen backbone, the prompt learner, the optimizer and the data of one run."""
 
     def __init__(self, config: TrainConfig, run_dir: Path, *, device="cpu", clip_weights=None,
-                 backbone: FrozenCLIP | None = None, feature_path: Path | None = None, progress=None):
+                 backbone: FrozenCLIP | None = None, feature_path: Path | None = None, progress=None,
+                 loader_workers: int = 0):
         self.config, self.run_dir, self.device = config, Path(run_dir), torch.device(device)
+        self.loader_workers = loader_workers
         self.rank, self.world = _world()
-        store = open_store(config.store)
+        self.store = store = open_store(config.store)
         self.store_fingerprint = store_fingerprint(config.store)
         self.rows = training_rows(store, config.dataset, config.class_name)
         model_config = load_model_config(config.model)
         if config.layers is not None:
             model_config = model_config.with_taps(config.layers)
+        if config.dpam_start is not None:
+            last = (model_config.dual_path_blocks or model_config.tap_layers)[-1]  # the dual path ends at the top
+            model_config = model_config.with_dual_path(range(config.dpam_start, last + 1) if config.dpam_start else ())
         self.backbone = backbone or load_backbone(model_config, clip_weights, seed=config.seed)
         self.backbone.to(self.device)
         self.image_size = store.attrs.image_size
@@ -140,7 +146,7 @@ class Trainer:
         rows = batch["row"].tolist()
         if self.features is not None:
             return self.features.get(rows, self.device)
-        images = open_store(self.config.store).read_batch(rows, ("image",))["image"]
+        images = self.store.read_batch(rows, ("image",))["image"]
         return encode_views(self.backbone, images, self.device, self.autocast)
 
     def batch_loss(self, batch: dict) -> tuple[torch.Tensor, dict, torch.Tensor]:
@@ -157,6 +163,16 @@ class Trainer:
                                    maps2d=maps2d, view_masks=batch["mask"])
         return total, parts, point_maps[:, 1]
 
+    def _load(self, batches: list[np.ndarray]):
+        """Iterator over the collated non-empty batches, read by DataLoader workers when asked for."""
+        parts = [[int(i) for i in part] for part in batches if len(part)]
+        if self.loader_workers == 0:
+            return (collate([self.samples[i] for i in part]) for part in parts)
+        loader = torch.utils.data.DataLoader(self.samples, batch_sampler=parts, collate_fn=collate,
+                                             num_workers=self.loader_workers,
+                                             pin_memory=self.device.type == "cuda")
+        return iter(loader)
+
     def run_epoch(self, epoch: int, progress=None) -> dict:
         """One epoch; returns its metrics (mean loss per term, point AUROC of the class, seconds)."""
         started = time.perf_counter()
@@ -164,10 +180,11 @@ class Trainer:
         scores, labels = [], []
         batches = epoch_batches(len(self.rows), self.config.batch_size, self.config.seed, epoch, self.rank, self.world)
         global_sizes = [len(b) for b in epoch_batches(len(self.rows), self.config.batch_size, self.config.seed, epoch)]
+        loaded = self._load(batches)
         for part, global_size in zip(batches, global_sizes):
             self.optimizer.zero_grad(set_to_none=False)
             if len(part):
-                batch = collate([self.samples[int(i)] for i in part])
+                batch = next(loaded)
                 total, parts, point_scores = self.batch_loss(batch)
                 # weight by this rank's share of the global batch, then sum across ranks
                 (total * (len(part) / global_size)).backward()
@@ -242,7 +259,7 @@ def _append_metrics(path: Path, row: dict) -> None:
 
 
 def train(config: TrainConfig, run_dir: Path, *, device="cpu", clip_weights=None, resume: bool = False,
-          log=None, progress_factory=None, backbone=None, feature_path=None) -> TrainResult:
+          log=None, progress_factory=None, backbone=None, feature_path=None, loader_workers: int = 0) -> TrainResult:
     """Run (or resume) training; writes config.json, metrics.csv and checkpoints/epoch_N.pt in run_dir.
 
     log: callable taking one line per epoch; progress_factory(total, desc) -> tqdm-like bar or None.
@@ -255,7 +272,7 @@ def train(config: TrainConfig, run_dir: Path, *, device="cpu", clip_weights=None
         raise PointADError(f"{run_dir}: already holds checkpoints; pass --resume to continue or choose another --out")
     bar = progress_factory(None, "features") if progress_factory and rank == 0 and config.feature_cache else None
     trainer = Trainer(config, run_dir, device=device, clip_weights=clip_weights, backbone=backbone,
-                      feature_path=feature_path, progress=bar)
+                      feature_path=feature_path, progress=bar, loader_workers=loader_workers)
     if bar is not None:
         bar.close()
     if resume and latest is not None:

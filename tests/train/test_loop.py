@@ -163,3 +163,13 @@ def test_model_auto_falls_back_to_tiny_loudly(train_store, tmp_path, monkeypatch
     assert result.exit_code == 0, result.output
     assert "WARNING: using the tiny model with RANDOM weights" in result.output
     assert "model tiny (random weights)" in result.output
+
+
+def test_dataloader_workers_and_dpam_depth(train_store, tmp_path):
+    """DataLoader workers read the same batches as the in-process loop; the DPAM depth reaches the model."""
+    inline = Trainer(_config(train_store), tmp_path / "a").run_epoch(1)
+    workers = Trainer(_config(train_store), tmp_path / "b", loader_workers=2).run_epoch(1)
+    assert abs(inline["total"] - workers["total"]) < 1e-6
+    shallow = Trainer(_config(train_store, dpam_start=4), tmp_path / "c")
+    assert shallow.backbone.config.dual_path_blocks == (4,)
+    assert shallow.run_epoch(1)["total"] != inline["total"]
