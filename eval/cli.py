@@ -1,4 +1,5 @@
-"""`eval` command group (SPEC 7): `report` scores a store and tabulates the metrics.
+"""`eval` command group (SPEC 7): `report` scores a store and tabulates the metrics; `detect` scores one new
+cloud (also `pointad detect`).
 
 Installed as `eval`, but `eval` is a shell builtin in bash and zsh: use `pointad eval ...` there.
 """
@@ -53,6 +54,36 @@ def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, de
         click.echo(text, nl=False)
     else:
         click.echo(f"{out}: {fmt} report, model {result.header['model']}", err=True)
+
+
+@click.command()
+@click.argument("cloud", type=click.Path(path_type=Path))
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="Run directory (its last checkpoint) or checkpoint file.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Folder for scores.npy and scores.ply  [default: <cloud>_scores beside the cloud]")
+@click.option("--threshold", type=float, help="Also print 'anomalous' (sample score >= T) or 'normal'.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--clip-weights", type=click.Path(path_type=Path), help="OpenAI ViT-L/14@336 weights file.")
+@click.option("--point-size", default=6.0, show_default=True, help="Rendered point size (supersampled pixels).")
+@click.option("--views", default=9, show_default=True, help="Number of rendered views.")
+@verbosity_option
+def detect(cloud, checkpoint, out, threshold, device, clip_weights, point_size, views):
+    """Score one .ply/.pcd/.tiff/.xyz/.npy cloud: per-point scores (NPY + coloured PLY) and the sample score."""
+    from eval.detect import detect as run_detect
+    from eval.detect import write_detection
+    from train.loop import resolve_device
+    result = run_detect(cloud, checkpoint, device=resolve_device(device), clip_weights=clip_weights,
+                        views=views, point_size=point_size)
+    out = out if out is not None else cloud.parent / f"{cloud.stem}_scores"
+    npy, ply = write_detection(result, out)
+    click.echo(f"{npy}, {ply}: {len(result.point_scores)} points", err=True)
+    click.echo(f"sample score: {result.score:.6f}")
+    if threshold is not None:
+        click.echo("anomalous" if result.score >= threshold else "normal")
+
+
+eval_.add_command(detect)
 
 
 def main():

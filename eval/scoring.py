@@ -2,7 +2,8 @@
 
 The math is in pure functions (arrays in, arrays out); `score_store` is the streaming driver that reads
 a store in batches, runs the frozen model and yields one `SampleScores` per row, so memory depends on
-the batch size, not on the store. Letters as in the store (SPEC 4): B samples, V views, P points,
+the batch size, not on the store. `score_batch` scores rows already in memory (`score_arrays`: one
+rendered `SampleArrays`, as `pointad detect` has). Letters as in the store (SPEC 4): B samples, V views, P points,
 S pixels, k neighbours, D feature dimension; (H, W) an organized grid (`grid_hw`).
 
 Smoothing of missing cells (organized grids): normalised convolution. The scores are scattered to the
@@ -200,46 +201,63 @@ def score_store(store_path, rows, backbone, text_features: TextFeatures, device=
         chunk = rows[start:start + batch_size]
         batch = store.read_batch(chunk, BATCH_FIELDS)
         identities = [store.identity(r) for r in chunk]
-        text = _text_for(text_features, [i["class_name"] for i in identities], device)
-        view_probs, maps2d = _anomaly_outputs(backbone, batch["image"], text, device, autocast)
-        with torch.no_grad():
-            tensors = {k: torch.from_numpy(batch[k]).to(device) for k in ("pixel", "visible", "valid", "proxy")}
-            raw = back_project(maps2d, tensors["pixel"], tensors["visible"], tensors["valid"], tensors["proxy"])
-        raw, view_probs = raw.cpu().numpy(), view_probs.cpu().numpy()
+        yield from score_batch(batch, identities, backbone, text_features, device, sigma, autocast)
 
-        organized = [bool(batch["grid_hw"][i].min() > 0 and (batch["grid_index"][i][batch["valid"][i]] >= 0).all())
-                     for i in range(len(chunk))]
-        with_rgb = [i for i in range(len(chunk)) if organized[i] and batch["rgb"][i].any()]
-        rgb_probs = rgb_maps = None
-        if with_rgb:
-            rgb_text = text[with_rgb] if text.ndim == 3 else text
-            rgb_probs, rgb_maps = _anomaly_outputs(backbone, batch["rgb"][with_rgb][:, None], rgb_text, device,
-                                                   autocast)
-            rgb_probs, rgb_maps = rgb_probs[:, 0].cpu().numpy(), rgb_maps[:, 0]
 
-        for i, row in enumerate(chunk):
-            valid = batch["valid"][i]
-            grid_hw = tuple(int(x) for x in batch["grid_hw"][i])
-            grid_index = batch["grid_index"][i][valid]
-            if organized[i]:
-                point_map = smooth_organized(raw[i][valid], grid_index, grid_hw, sigma)
-            else:
-                point_map = smooth_graph(raw[i], batch["knn"][i], batch["knn_weight"][i])[valid]
-            score = sample_score(view_probs[i], point_map)
-            extra = {}
-            if i in with_rgb:
-                j = with_rgb.index(i)
-                rgb_map = rgb_maps[j]
-                if tuple(rgb_map.shape) != grid_hw:  # the RGB image is S x S; put its map on the grid
-                    rgb_map = F.interpolate(rgb_map[None, None], size=grid_hw, mode="bilinear",
-                                            align_corners=False)[0, 0]
-                rgb_points = rgb_point_map(rgb_map.cpu().numpy(), grid_index, sigma)
-                rgb_score = sample_score(rgb_probs[j:j + 1], rgb_points)
-                fused = fused_point_map(point_map, rgb_points, grid_index, grid_hw, sigma)
-                extra = dict(rgb_point_scores=rgb_points.astype(np.float32), rgb_score=rgb_score,
-                             multimodal_point_scores=fused.astype(np.float32),
-                             multimodal_score=fused_sample_score(score, rgb_score, fused))
-            yield SampleScores(identity=identities[i], point_scores=point_map.astype(np.float32),
-                               point_labels=batch["label"][i][valid], score=score,
-                               grid_index=grid_index.astype(np.int32), grid_hw=grid_hw,
-                               knn=compact_knn(batch["knn"][i], valid), **extra)
+def score_arrays(arrays, identity: dict, backbone, text_features: TextFeatures, device="cpu", sigma: float = SIGMA,
+                 autocast: bool = False) -> SampleScores:
+    """`SampleScores` of one in-memory row (a `shared.store.SampleArrays`, e.g. from `render_sample`).
+
+    identity: needs "class_name" (for per-class text features); kept as the result's identity.
+    """
+    batch = {name: np.asarray(getattr(arrays, name))[None] for name in BATCH_FIELDS}
+    return next(score_batch(batch, [identity], backbone, text_features, device, sigma, autocast))
+
+
+def score_batch(batch: dict, identities: list[dict], backbone, text_features: TextFeatures, device="cpu",
+                sigma: float = SIGMA, autocast: bool = False) -> Iterator[SampleScores]:
+    """Yield `SampleScores` per row of `batch` ({field: (B, ...)} with the BATCH_FIELDS, as `read_batch` gives)."""
+    count = len(identities)
+    text = _text_for(text_features, [i["class_name"] for i in identities], device)
+    view_probs, maps2d = _anomaly_outputs(backbone, batch["image"], text, device, autocast)
+    with torch.no_grad():
+        tensors = {k: torch.from_numpy(batch[k]).to(device) for k in ("pixel", "visible", "valid", "proxy")}
+        raw = back_project(maps2d, tensors["pixel"], tensors["visible"], tensors["valid"], tensors["proxy"])
+    raw, view_probs = raw.cpu().numpy(), view_probs.cpu().numpy()
+
+    organized = [bool(batch["grid_hw"][i].min() > 0 and (batch["grid_index"][i][batch["valid"][i]] >= 0).all())
+                 for i in range(count)]
+    with_rgb = [i for i in range(count) if organized[i] and batch["rgb"][i].any()]
+    rgb_probs = rgb_maps = None
+    if with_rgb:
+        rgb_text = text[with_rgb] if text.ndim == 3 else text
+        rgb_probs, rgb_maps = _anomaly_outputs(backbone, batch["rgb"][with_rgb][:, None], rgb_text, device,
+                                               autocast)
+        rgb_probs, rgb_maps = rgb_probs[:, 0].cpu().numpy(), rgb_maps[:, 0]
+
+    for i in range(count):
+        valid = batch["valid"][i]
+        grid_hw = tuple(int(x) for x in batch["grid_hw"][i])
+        grid_index = batch["grid_index"][i][valid]
+        if organized[i]:
+            point_map = smooth_organized(raw[i][valid], grid_index, grid_hw, sigma)
+        else:
+            point_map = smooth_graph(raw[i], batch["knn"][i], batch["knn_weight"][i])[valid]
+        score = sample_score(view_probs[i], point_map)
+        extra = {}
+        if i in with_rgb:
+            j = with_rgb.index(i)
+            rgb_map = rgb_maps[j]
+            if tuple(rgb_map.shape) != grid_hw:  # the RGB image is S x S; put its map on the grid
+                rgb_map = F.interpolate(rgb_map[None, None], size=grid_hw, mode="bilinear",
+                                        align_corners=False)[0, 0]
+            rgb_points = rgb_point_map(rgb_map.cpu().numpy(), grid_index, sigma)
+            rgb_score = sample_score(rgb_probs[j:j + 1], rgb_points)
+            fused = fused_point_map(point_map, rgb_points, grid_index, grid_hw, sigma)
+            extra = dict(rgb_point_scores=rgb_points.astype(np.float32), rgb_score=rgb_score,
+                         multimodal_point_scores=fused.astype(np.float32),
+                         multimodal_score=fused_sample_score(score, rgb_score, fused))
+        yield SampleScores(identity=identities[i], point_scores=point_map.astype(np.float32),
+                           point_labels=batch["label"][i][valid], score=score,
+                           grid_index=grid_index.astype(np.int32), grid_hw=grid_hw,
+                           knn=compact_knn(batch["knn"][i], valid), **extra)

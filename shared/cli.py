@@ -53,7 +53,8 @@ class LazyGroup(PointADGroup):
         return getattr(importlib.import_module(module), attribute)
 
 
-@click.group(cls=LazyGroup, lazy={"render": "render.cli:render", "train": "train.cli:train", "eval": "eval.cli:eval_"})
+@click.group(cls=LazyGroup, lazy={"render": "render.cli:render", "train": "train.cli:train", "eval": "eval.cli:eval_",
+                                  "detect": "eval.cli:detect"})
 @click.version_option(package_name="pointad-toolkit")
 def pointad():
     """Zero-shot 3D anomaly detection after PointAD: render -> train -> eval."""

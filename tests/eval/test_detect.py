@@ -1,0 +1,91 @@
+"""`pointad detect` end to end on CPU: a 1-epoch tiny run scores a new PLY and a new organized TIFF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import open3d as o3d
+import pytest
+from click.testing import CliRunner
+
+from eval.detect import score_colors, to_input_points
+from render import synthetic
+from render.build import build_store
+from render.sample_render import RenderOptions
+from shared.cli import pointad
+from train.loop import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def detect_run(mvtec_dataset, tmp_path_factory):
+    """A 1-epoch tiny run on the cookie test samples (three views, 336 px)."""
+    _, entry = mvtec_dataset
+    folder = tmp_path_factory.mktemp("detect")
+    store = folder / "renders.zarr"
+    build_store(entry, store, RenderOptions(views=3, image_size=336, supersample=1, point_size=2),
+                classes=["cookie"], splits=["test"])
+    train(TrainConfig(store=str(store), class_name="cookie", model="tiny", epochs=1, batch_size=4), folder / "run")
+    return folder / "run"
+
+
+def _detect(cloud, run, out, *extra):
+    return CliRunner().invoke(pointad, ["detect", str(cloud), "--checkpoint", str(run), "--out", str(out),
+                                        "--device", "cpu", "--views", "3", "--point-size", "2", *map(str, extra)])
+
+
+def _check_outputs(out: Path, n_input: int):
+    cloud = o3d.io.read_point_cloud(str(out / "scores.ply"))
+    scores = np.load(out / "scores.npy")
+    assert len(cloud.points) == n_input == scores.shape[0]
+    assert scores.dtype == np.float32 and np.isfinite(scores).all()
+    assert scores.min() >= 0 and scores.max() <= 1
+    np.testing.assert_allclose(np.asarray(cloud.colors), score_colors(scores), atol=1 / 255)
+
+
+def test_detect_a_ply_scores_every_input_point(detect_run, real3d_dataset, tmp_path):
+    spec, _ = real3d_dataset
+    planned = next(p for p in synthetic.plan(spec) if p.split == "test" and p.defect != "good")
+    points = synthetic.sample_arrays(spec, planned)["points"]
+    ply = tmp_path / "cloud.ply"
+    o3d.io.write_point_cloud(str(ply), o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points)))
+    result = _detect(ply, detect_run, tmp_path / "out", "--threshold", "0.5")
+    assert result.exit_code == 0, result.output
+    score = float(next(line for line in result.output.splitlines() if line.startswith("sample score:")).split()[-1])
+    assert 0 <= score <= 1
+    assert result.output.strip().splitlines()[-1] == ("anomalous" if score >= 0.5 else "normal")
+    _check_outputs(tmp_path / "out", len(points))
+    np.testing.assert_allclose(np.asarray(o3d.io.read_point_cloud(str(tmp_path / "out" / "scores.ply")).points),
+                               points, atol=1e-6)  # input order kept
+
+
+def test_detect_an_organized_tiff_scores_its_measured_cells(detect_run, mvtec_dataset, tmp_path):
+    import tifffile
+    _, entry = mvtec_dataset
+    tiff = sorted(Path(entry.root).rglob("test/*/xyz/*.tiff"))[-1]
+    xyz = tifffile.imread(tiff)
+    measured = int((np.nan_to_num(xyz) != 0).any(axis=-1).sum())
+    result = _detect(tiff, detect_run, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "sample score:" in result.output and "anomalous" not in result.output and "normal" not in result.output
+    _check_outputs(tmp_path / "out", measured)
+
+
+def test_unsupported_suffix_is_a_one_line_error_naming_the_file(tmp_path):
+    path = tmp_path / "cloud.obj"
+    path.write_text("v 0 0 0\n")
+    result = CliRunner().invoke(pointad, ["detect", str(path), "--checkpoint", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"Error: {path}: unsupported suffix '.obj' (use one of "
+                                                  ".ply, .pcd, .xyz, .npy, .tiff, .tif)"]
+
+
+def test_dropped_points_take_their_nearest_kept_score():
+    kept = np.array([[0.0, 0, 0], [1, 0, 0]])
+    inputs = np.array([[1.0, 0, 0], [0.1, 0, 0], [0.9, 0.1, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(to_input_points(inputs, kept, np.array([0.2, 0.8])),
+                                  np.float32([0.8, 0.2, 0.8, 0.2]))
+
+
+def test_colour_ramp_runs_from_blue_to_red():
+    np.testing.assert_allclose(score_colors(np.array([0.0, 0.5, 1.0])), [[0, 0, 1], [0.5, 0, 0.5], [1, 0, 0]])
