@@ -21,7 +21,7 @@ import numpy as np
 import open3d as o3d
 from scipy.spatial import cKDTree
 
-from eval.report import _prompt_features, resolve_checkpoint
+from eval.report import prompt_features, resolve_checkpoint
 from eval.scoring import score_arrays
 from render.preprocess import (PreprocessOptions, check_finite_grid, flip_x180, options_for_format,
                                preprocess_organized, preprocess_unorganized)
@@ -132,7 +132,7 @@ def load_run(checkpoint, clip_weights=None, device="cpu"):
     model = ModelConfig.from_dict(payload["model"], source=str(path))
     backbone = load_backbone(model, clip_weights, seed=int(payload["config"].get("seed", 0))).to(device)
     prompts = PromptLearner.from_state(payload["prompts"], source=str(path)).to(device)
-    return backbone, _prompt_features(prompts, backbone)
+    return backbone, prompt_features(prompts, backbone)
 
 
 # --- the command's work ---------------------------------------------------------------------------------

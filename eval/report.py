@@ -215,10 +215,10 @@ def _runs(config: ReportConfig, backbones: _Backbones):
                                f"(--dataset {train['dataset']}) or use --setting cross-dataset")
         backbone = backbones.get(ModelConfig.from_dict(model, source=str(path)), int(train.get("seed", 0)))
         prompts = PromptLearner.from_state(payload["prompts"], source=str(path)).to(backbones.device)
-        yield str(path), train["class_name"], backbone, _prompt_features(prompts, backbone)
+        yield str(path), train["class_name"], backbone, prompt_features(prompts, backbone)
 
 
-def _prompt_features(prompts: PromptLearner, backbone):
+def prompt_features(prompts: PromptLearner, backbone):
     """(2, D) features of agnostic prompts; for coop, class name -> (2, D) (the learned words + that name)."""
     if prompts.variant != "coop":
         with torch.no_grad():

@@ -193,11 +193,11 @@ def test_a_run_directory_without_checkpoints_is_an_error(eval_store, tmp_path):
 
 
 def test_coop_prompts_score_each_class_by_its_name():
-    from eval.report import _prompt_features
+    from eval.report import prompt_features
     from train.prompts import PromptLearner
     backbone = load_backbone(load_model_config("tiny"), seed=0)
-    features = _prompt_features(PromptLearner.for_backbone(backbone, variant="coop", class_names=["cookie"]), backbone)
+    features = prompt_features(PromptLearner.for_backbone(backbone, variant="coop", class_names=["cookie"]), backbone)
     torus, cookie = features("torus"), features("cookie")
     assert torus.shape == (2, backbone.embed_dim) and (torus - cookie).abs().max() > 1e-4
-    agnostic = _prompt_features(PromptLearner.for_backbone(backbone), backbone)
+    agnostic = prompt_features(PromptLearner.for_backbone(backbone), backbone)
     assert agnostic.shape == (2, backbone.embed_dim)
