@@ -5,12 +5,12 @@ I-AUROC and AP (sample level), P-AUROC and AUPRO (point level) are computed per 
 multimodal) and protocol:
 - `points`: only valid points count. AUPRO: organized classes -> `aupro_organized` on the grid built
   from grid_index (valid = cells holding a point); unorganized -> `aupro_graph` on the stored k-NN graph.
-- `pointad-compat`: the released code's view: the whole organized grid (grid_hw, 336 x 336 in the
-  paper's stores), missing cells score 0 and label 0, P-AUROC over every cell and
-  `aupro_pointad_compat`; nan for classes with unorganized samples (no grid to fill).
-Sample metrics are the same in both protocols. Per run, the mean row is the mean over its test
-classes where a value is defined; across runs every cell is mean ± std (population std) of the runs
-that tested that class. The point scores of one class are held at a time, never the whole store.
+- `pointad-compat`: the released code's view: its grid maps and sample scores (`eval.scoring`, compat:
+  missing cells 0 before a plain Gaussian), the whole organized grid (grid_hw, 336 x 336 in the paper's
+  stores) with label 0 in missing cells, P-AUROC over every cell and `aupro_pointad_compat`. Classes with
+  unorganized samples keep the `points` sample metrics and get nan point metrics (no grid to fill).
+Per run, the mean row is the mean over its test classes where a value is defined; across runs every
+cell is mean ± std (population std) of the runs that tested that class. The point scores of one class are held at a time, never the whole store.
 """
 
 from __future__ import annotations
@@ -135,14 +135,27 @@ def _graph_arrays(samples, point_scores):
     return labels, scores, knn, valid
 
 
+def _compat_arrays(samples, block):
+    """(labels, scores (N, H, W), sample scores) of the released code's grid maps (`SampleScores.compat`)."""
+    if any(s.compat is None for s in samples):
+        raise ValueError("pointad-compat needs samples scored with compat=True")
+    labels, _, _ = _grid_maps(samples, [s.point_labels for s in samples])  # missing cells: label 0
+    scores = np.zeros(labels.shape, np.float64)
+    for i, sample in enumerate(samples):
+        grid = sample.compat[block][0]
+        scores[i, :grid.shape[0], :grid.shape[1]] = grid
+    return labels, scores, [s.compat[block][1] for s in samples]
+
+
 def class_metrics(results: list[SampleScores], block: str, protocol: str) -> dict[str, float]:
     """{i_auroc, ap, p_auroc, aupro} of one class's scored samples in one block and protocol (nan if undefined)."""
     samples, sample_scores, point_scores = _block_arrays(results, block)
     if not samples:
         return {name: math.nan for name in METRICS}
-    out = image_metrics(np.array([s.identity["label"] for s in samples]), np.array(sample_scores))
+    sample_labels = np.array([s.identity["label"] for s in samples])
     organized = all(s.organized for s in samples)
     if protocol == "points":
+        out = image_metrics(sample_labels, np.array(sample_scores))
         out["p_auroc"] = point_auroc(np.concatenate([s.point_labels for s in samples]), np.concatenate(point_scores))
         if organized:
             out["aupro"] = aupro_organized(*_grid_maps(samples, point_scores))
@@ -150,11 +163,12 @@ def class_metrics(results: list[SampleScores], block: str, protocol: str) -> dic
             labels, scores, knn, valid = _graph_arrays(samples, point_scores)
             out["aupro"] = aupro_graph(labels, scores, knn, valid)
     elif organized:
-        labels, scores, _ = _grid_maps(samples, point_scores)  # missing cells: score 0, label 0
+        labels, scores, compat_scores = _compat_arrays(samples, block)
+        out = image_metrics(sample_labels, np.array(compat_scores))
         out["p_auroc"] = point_auroc(labels.ravel(), scores.ravel())
         out["aupro"] = aupro_pointad_compat(labels, scores)
-    else:
-        out["p_auroc"] = out["aupro"] = math.nan
+    else:  # no grid to fill: sample metrics as in `points`, no point metrics
+        out = image_metrics(sample_labels, np.array(sample_scores)) | {"p_auroc": math.nan, "aupro": math.nan}
     return out
 
 
@@ -261,7 +275,7 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
         for name in test:
             rows = store.indices(dataset=config.dataset, class_name=name, split="test")
             results = list(score_store(config.store, rows, backbone, text, device, config.batch_size,
-                                       autocast=autocast))
+                                       autocast=autocast, compat="pointad-compat" in config.protocols))
             has_rgb |= any(r.has_rgb for r in results)
             for protocol in config.protocols:
                 for block in BLOCKS:

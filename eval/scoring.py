@@ -12,6 +12,12 @@ grid, then A = gauss(scores * mask) / gauss(mask), mask = 1 where a cell holds a
 neighbours nor counts in their weight, so a point's smoothed score is the Gaussian-weighted mean of
 the scores of the points around it. The kernel is scipy's: sigma 4 px, truncated at 4 sigma (a square
 window of radius 16), separable.
+
+The `pointad-compat` protocol scores as the released code does (`compat=True`): the raw point scores
+are put on the full grid with 0 in every missing cell and smoothed by a plain Gaussian (scipy's default
+border mode, "reflect"), so missing cells get scores and holes pull their neighbours down; the RGB map
+is smoothed the same way, the multimodal map is the smoothed mean of the two smoothed maps, and the
+sample scores take the maxima of these grids.
 """
 
 from __future__ import annotations
@@ -114,6 +120,25 @@ def rgb_point_map(rgb_map, grid_index, sigma: float = SIGMA) -> np.ndarray:
     return np.where(grid_index >= 0, smoothed[np.maximum(grid_index, 0)], 0.0)
 
 
+def compat_grid_map(point_scores, grid_index, grid_hw, sigma: float = SIGMA) -> np.ndarray:
+    """Return the released code's point map (H, W) float64: scores scattered to the grid, 0 in missing cells,
+    then a plain Gaussian (border mode "reflect"). grid_index: (P,) int, row * W + col (points with -1 are
+    left out); points sharing a cell are averaged."""
+    height, width = (int(x) for x in grid_hw)
+    grid_index = np.asarray(grid_index)
+    on_grid = grid_index >= 0
+    cells = grid_index[on_grid].astype(np.int64)
+    total = np.bincount(cells, weights=np.asarray(point_scores, np.float64)[on_grid], minlength=height * width)
+    count = np.bincount(cells, minlength=height * width)
+    grid = np.divide(total, count, out=np.zeros_like(total), where=count > 0).reshape(height, width)
+    return gaussian_filter(grid, sigma)
+
+
+def compat_fused_map(point_grid, rgb_grid, sigma: float = SIGMA) -> np.ndarray:
+    """Return the released code's multimodal map (H, W): a plain Gaussian of the mean of the two smoothed grids."""
+    return gaussian_filter(0.5 * (np.asarray(point_grid, np.float64) + np.asarray(rgb_grid, np.float64)), sigma)
+
+
 def compact_knn(knn, valid) -> np.ndarray:
     """Return the k-NN graph (n, k) of the valid points, renumbered 0..n-1; neighbours not valid -> -1."""
     knn, valid = np.asarray(knn), np.asarray(valid, bool)
@@ -130,7 +155,10 @@ class SampleScores:
 
     point_scores: A_m (n,) float32; point_labels: (n,) uint8; score: A_s. grid_index: (n,) int32 (-1 none),
     grid_hw: (H, W), (0, 0) if unorganized; knn: (n, k) int32 among the valid points. rgb_* and
-    multimodal_*: None unless the sample is organized and has RGB.
+    multimodal_*: None unless the sample is organized and has RGB. compat: with `compat=True` on an
+    organized sample, block -> (grid map (H, W) float32, sample score) as the released code scores
+    (module docstring), else None. view_maps: with `keep_view_maps=True`, the per-view anomaly maps
+    (V, S, S) float16 (and rgb_view_map (S, S) when the sample has RGB), else None.
     """
 
     identity: dict
@@ -144,6 +172,9 @@ class SampleScores:
     rgb_score: float | None = None
     multimodal_point_scores: np.ndarray | None = None
     multimodal_score: float | None = None
+    compat: dict | None = None
+    view_maps: np.ndarray | None = None
+    rgb_view_map: np.ndarray | None = None
 
     @property
     def organized(self) -> bool:
@@ -187,13 +218,15 @@ def _anomaly_outputs(backbone, images: np.ndarray, text: torch.Tensor, device, a
 
 
 def score_store(store_path, rows, backbone, text_features: TextFeatures, device="cpu", batch_size: int = 4,
-                sigma: float = SIGMA, autocast: bool = False) -> Iterator[SampleScores]:
+                sigma: float = SIGMA, autocast: bool = False, compat: bool = False,
+                keep_view_maps=False) -> Iterator[SampleScores]:
     """Yield `SampleScores` for each of `rows` (in order), reading and scoring `batch_size` rows at a time.
 
     text_features: (2, D) [g_n, g_a] for every sample, or a callable class name -> (2, D) (coop prompts,
     the clip-rendering baseline). Point maps: back-projection of the anomalous patch maps (SPEC 5), then
     `smooth_organized` on samples with a grid, else `smooth_graph`. RGB and fusion for organized
-    samples whose rgb/image is not all zero.
+    samples whose rgb/image is not all zero. compat: also the released code's grid maps and scores.
+    keep_view_maps: True, or a set of rows whose per-view maps are kept (for figures).
     """
     store = open_store(store_path)
     rows = [int(r) for r in rows]
@@ -201,7 +234,8 @@ def score_store(store_path, rows, backbone, text_features: TextFeatures, device=
         chunk = rows[start:start + batch_size]
         batch = store.read_batch(chunk, BATCH_FIELDS)
         identities = [store.identity(r) for r in chunk]
-        yield from score_batch(batch, identities, backbone, text_features, device, sigma, autocast)
+        keep = [keep_view_maps is True or (bool(keep_view_maps) and r in keep_view_maps) for r in chunk]
+        yield from score_batch(batch, identities, backbone, text_features, device, sigma, autocast, compat, keep)
 
 
 def score_arrays(arrays, identity: dict, backbone, text_features: TextFeatures, device="cpu", sigma: float = SIGMA,
@@ -214,10 +248,27 @@ def score_arrays(arrays, identity: dict, backbone, text_features: TextFeatures, 
     return next(score_batch(batch, [identity], backbone, text_features, device, sigma, autocast))
 
 
+def _compat_scores(raw_points, grid_index, grid_hw, view_probs, rgb_map, rgb_prob, sigma) -> dict:
+    """block -> (grid map (H, W) float32, sample score) as the released code scores (module docstring)."""
+    point_grid = compat_grid_map(raw_points, grid_index, grid_hw, sigma)
+    out = {"point": (point_grid, sample_score(view_probs, point_grid))}
+    if rgb_map is not None:
+        rgb_grid = gaussian_filter(np.asarray(rgb_map, np.float64), sigma)
+        fused = compat_fused_map(point_grid, rgb_grid, sigma)
+        out["rgb"] = (rgb_grid, sample_score([rgb_prob], rgb_grid))
+        out["multimodal"] = (fused, fused_sample_score(out["point"][1], out["rgb"][1], fused))
+    return {block: (grid.astype(np.float32), score) for block, (grid, score) in out.items()}
+
+
 def score_batch(batch: dict, identities: list[dict], backbone, text_features: TextFeatures, device="cpu",
-                sigma: float = SIGMA, autocast: bool = False) -> Iterator[SampleScores]:
-    """Yield `SampleScores` per row of `batch` ({field: (B, ...)} with the BATCH_FIELDS, as `read_batch` gives)."""
+                sigma: float = SIGMA, autocast: bool = False, compat: bool = False,
+                keep_view_maps: list[bool] | None = None) -> Iterator[SampleScores]:
+    """Yield `SampleScores` per row of `batch` ({field: (B, ...)} with the BATCH_FIELDS, as `read_batch` gives).
+
+    compat: also the released code's grid maps (organized rows); keep_view_maps: per row, keep its view maps.
+    """
     count = len(identities)
+    keep_view_maps = keep_view_maps or [False] * count
     text = _text_for(text_features, [i["class_name"] for i in identities], device)
     view_probs, maps2d = _anomaly_outputs(backbone, batch["image"], text, device, autocast)
     with torch.no_grad():
@@ -245,18 +296,27 @@ def score_batch(batch: dict, identities: list[dict], backbone, text_features: Te
             point_map = smooth_graph(raw[i], batch["knn"][i], batch["knn_weight"][i])[valid]
         score = sample_score(view_probs[i], point_map)
         extra = {}
+        rgb_grid = rgb_prob = None
         if i in with_rgb:
             j = with_rgb.index(i)
             rgb_map = rgb_maps[j]
+            if keep_view_maps[i]:
+                extra["rgb_view_map"] = rgb_map.cpu().numpy().astype(np.float16)
             if tuple(rgb_map.shape) != grid_hw:  # the RGB image is S x S; put its map on the grid
                 rgb_map = F.interpolate(rgb_map[None, None], size=grid_hw, mode="bilinear",
                                         align_corners=False)[0, 0]
-            rgb_points = rgb_point_map(rgb_map.cpu().numpy(), grid_index, sigma)
+            rgb_grid, rgb_prob = rgb_map.cpu().numpy(), float(rgb_probs[j])
+            rgb_points = rgb_point_map(rgb_grid, grid_index, sigma)
             rgb_score = sample_score(rgb_probs[j:j + 1], rgb_points)
             fused = fused_point_map(point_map, rgb_points, grid_index, grid_hw, sigma)
-            extra = dict(rgb_point_scores=rgb_points.astype(np.float32), rgb_score=rgb_score,
-                         multimodal_point_scores=fused.astype(np.float32),
-                         multimodal_score=fused_sample_score(score, rgb_score, fused))
+            extra |= dict(rgb_point_scores=rgb_points.astype(np.float32), rgb_score=rgb_score,
+                          multimodal_point_scores=fused.astype(np.float32),
+                          multimodal_score=fused_sample_score(score, rgb_score, fused))
+        if compat and organized[i]:
+            extra["compat"] = _compat_scores(raw[i][valid], grid_index, grid_hw, view_probs[i], rgb_grid, rgb_prob,
+                                             sigma)
+        if keep_view_maps[i]:
+            extra["view_maps"] = maps2d[i].cpu().numpy().astype(np.float16)
         yield SampleScores(identity=identities[i], point_scores=point_map.astype(np.float32),
                            point_labels=batch["label"][i][valid], score=score,
                            grid_index=grid_index.astype(np.int32), grid_hw=grid_hw,

@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from eval.cli import eval_
-from eval.report import Report, class_metrics, to_markdown
-from eval.scoring import SampleScores, score_store
+from eval.report import BLOCKS, Report, class_metrics, to_markdown
+from eval.scoring import SampleScores, compat_fused_map, score_store
 from render.build import build_store
 from render.sample_render import RenderOptions
 from shared.store import open_store
@@ -91,14 +91,40 @@ def test_score_store_streams_the_same_scores_at_any_batch_size(eval_store):
                                                               + a.multimodal_point_scores.max()), abs=1e-6)
 
 
+def test_compat_scores_follow_the_released_formulas(eval_store):
+    store = open_store(eval_store)
+    rows = np.concatenate([store.indices(dataset=MVTEC, class_name="torus")[:2],
+                           store.indices(dataset=REAL3D, class_name="cookie")[:1]])
+    backbone = load_backbone(load_model_config("tiny"), seed=0)
+    text = backbone.encode_text(["normal object.", "damaged object."])
+    results = list(score_store(eval_store, rows, backbone, text, compat=True))
+    assert results[2].compat is None  # unorganized: no grid
+    for result in results[:2]:
+        (point, point_score), (rgb, rgb_score), (fused, fused_score) = (result.compat[b] for b in BLOCKS)
+        assert point.shape == rgb.shape == fused.shape == result.grid_hw
+        assert np.allclose(fused, compat_fused_map(point, rgb), atol=1e-6)
+        assert fused_score == pytest.approx(0.5 * (0.5 * (point_score + rgb_score) + fused.max()), abs=1e-6)
+        view_mean = 2 * point_score - point.max()  # A_s = 1/2 (mean view probability + max map)
+        assert 0 <= view_mean <= 1
+        missing = np.ones(point.size, bool)
+        missing[result.grid_index] = False
+        assert point.ravel()[missing].max() > 0  # the Gaussian spreads scores into missing cells
+
+
 # --- per-class metrics -------------------------------------------------------------------------------------------
 
-def _sample(label, point_labels, scores, organized=True):
+def _sample(label, point_labels, scores, organized=True, compat_scores=None):
+    """compat_scores: the released code's grid (2, n/2) (default: the point scores on the grid, a spare row)."""
     n = len(point_labels)
+    compat = None
+    if organized:
+        grid = np.zeros((3, n // 2), np.float32)
+        grid[:2] = np.reshape(scores if compat_scores is None else compat_scores, (2, n // 2))
+        compat = {"point": (grid, float(grid.max()))}
     return SampleScores(identity={"label": label}, point_scores=np.asarray(scores, np.float32),
                         point_labels=np.asarray(point_labels, np.uint8), score=float(max(scores)),
                         grid_index=np.arange(n, dtype=np.int32) if organized else np.full(n, -1, np.int32),
-                        grid_hw=(2, n // 2) if organized else (0, 0),
+                        grid_hw=(3, n // 2) if organized else (0, 0), compat=compat,
                         knn=np.stack([np.roll(np.arange(n), 1), np.roll(np.arange(n), -1)], 1).astype(np.int32))
 
 
@@ -111,6 +137,19 @@ def test_perfect_scores_give_one_everywhere_and_compat_needs_a_grid(organized):
     assert compat["i_auroc"] == 1.0
     assert (compat["p_auroc"] == 1.0) if organized else math.isnan(compat["p_auroc"])
     assert all(math.isnan(v) for v in class_metrics(samples, "rgb", "points").values())  # no RGB here
+
+
+def test_compat_metrics_use_the_released_grid_maps_and_count_missing_cells():
+    # points ranked perfectly; the released grids rank the second sample's defect below a missing cell
+    samples = [_sample(0, [0, 0, 0, 0], [0.1, 0.2, 0.1, 0.2], compat_scores=[0.1, 0.2, 0.1, 0.2]),
+               _sample(1, [0, 1, 1, 0], [0.1, 0.9, 0.8, 0.2], compat_scores=[0.1, 0.9, 0.8, 0.2])]
+    samples[1].compat["point"][0][2, 0] = 0.95  # a missing cell (label 0) above both defect cells
+    samples[1].compat["point"] = (samples[1].compat["point"][0], 0.95)
+    assert class_metrics(samples, "point", "points")["p_auroc"] == 1.0
+    compat = class_metrics(samples, "point", "pointad-compat")
+    # 2 anomalous cells, 10 normal cells (6 + 4 in grids with a spare row), one normal cell above both
+    assert compat["p_auroc"] == pytest.approx(1 - 2 / (2 * 10))
+    assert compat["i_auroc"] == 1.0
 
 
 def test_several_runs_give_mean_and_std():

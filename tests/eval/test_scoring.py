@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.scoring import (compact_knn, fused_point_map, fused_sample_score, rgb_point_map, sample_score,
-                          smooth_graph, smooth_organized)
+from eval.scoring import (compact_knn, compat_fused_map, compat_grid_map, fused_point_map, fused_sample_score,
+                          rgb_point_map, sample_score, smooth_graph, smooth_organized)
 
 
 # --- loop twins (slow, plainly correct, test-only) -----------------------------------------------------
@@ -41,6 +41,21 @@ def _smooth_graph_by_loop(scores, knn, weight):
         norm = sum(w for _, w in pairs)
         if norm > 0:
             out[j] = sum(w * scores[n] for n, w in pairs) / norm
+    return out
+
+
+def _gaussian_reflect_by_loop(grid, sigma):
+    """Plain 2-D Gaussian, window radius int(4 sigma + 0.5), border by mirroring (d c b a | a b c d), one
+    weighted sum per cell: the released code's scipy `gaussian_filter` written out."""
+    radius = int(4 * sigma + 0.5)
+    padded = np.pad(np.asarray(grid, np.float64), radius, mode="symmetric")
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * sigma ** 2))
+    kernel /= kernel.sum()
+    out = np.zeros(np.shape(grid))
+    for row in range(out.shape[0]):
+        for col in range(out.shape[1]):
+            out[row, col] = (padded[row:row + 2 * radius + 1, col:col + 2 * radius + 1] * kernel).sum()
     return out
 
 
@@ -149,3 +164,37 @@ def test_rgb_point_map_reads_the_smoothed_grid_at_each_point():
     # every cell holds a value, so the centre is the plain (border-free) Gaussian weight of itself
     kernel = np.exp(-np.arange(-4, 5) ** 2 / 2)
     assert values[0] == pytest.approx(1 / kernel.sum() ** 2)
+
+
+# --- the released code's scoring (pointad-compat) -----------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_compat_grid_map_is_the_plain_gaussian_of_the_zero_filled_grid(seed):
+    scores, grid_index, grid_hw = _random_organized(seed, height=11, width=13)
+    grid = np.zeros(grid_hw)
+    on_grid = grid_index >= 0
+    grid.flat[grid_index[on_grid]] = scores[on_grid]  # missing cells stay 0; padding points have no cell
+    expected = _gaussian_reflect_by_loop(grid, 1.5)
+    _assert_close(compat_grid_map(scores, grid_index, grid_hw, sigma=1.5).ravel(), expected.ravel())
+
+
+def test_compat_holes_pull_scores_down_where_normalised_smoothing_does_not():
+    # one point alone in a large grid: the released code dilutes it with the zeros around it
+    grid_index = np.array([20 * 41 + 20])
+    compat = compat_grid_map(np.array([1.0]), grid_index, (41, 41), sigma=1.0)
+    kernel = np.exp(-np.arange(-4, 5) ** 2 / 2)
+    assert compat[20, 20] == pytest.approx(1 / kernel.sum() ** 2)
+    assert compat[20, 21] > 0  # a missing cell gets a score
+    assert smooth_organized(np.array([1.0]), grid_index, (41, 41), sigma=1.0)[0] == pytest.approx(1.0)
+
+
+def test_compat_fused_map_of_two_constant_grids_is_their_mean():
+    fused = compat_fused_map(np.full((7, 9), 0.2), np.full((7, 9), 0.6))
+    assert np.allclose(fused, 0.4, atol=1e-12)
+
+
+def test_compat_fused_map_smooths_the_mean_again():
+    rng = np.random.default_rng(3)
+    point, rgb = rng.random((10, 12)), rng.random((10, 12))
+    expected = _gaussian_reflect_by_loop((point + rgb) / 2, 1.0)
+    _assert_close(compat_fused_map(point, rgb, sigma=1.0).ravel(), expected.ravel())
