@@ -73,6 +73,18 @@ def aupro_organized(masks, scores, valid=None, max_fpr: float = 0.3) -> float:
     return _aupro(scores[normal_keep], scores[anomalous_keep], region[anomalous_keep] - 1, max_fpr)
 
 
+def organized_component_ids(masks) -> np.ndarray:
+    """Return region ids (N, H, W) int64 of anomalous pixels, -1 for normal ones; an (H, W) mask gives (H, W).
+
+    masks: (N, H, W) nonzero = anomalous. Regions are the 8-connected components of each full mask (as in
+    `aupro_organized`), numbered 0.. across maps. Callers keep the valid pixels, then `pro_curve` or
+    `aupro_components` on them reproduces `aupro_organized`.
+    """
+    masks = np.asarray(masks)
+    region = _label_maps(_as_maps(masks) != 0).astype(np.int64) - 1
+    return region.reshape(masks.shape)
+
+
 def graph_components(labels, knn, valid=None) -> np.ndarray:
     """Return region ids (N, P) int64 of anomalous points on the k-NN graph, -1 for normal or invalid points.
 
@@ -155,6 +167,18 @@ def pro_curve(component_id, scores) -> tuple[np.ndarray, np.ndarray]:
     anomalous = component_id >= 0
     curve = _corners(scores[~anomalous], scores[anomalous], component_id[anomalous], max_fpr=1.0)
     return curve if curve is not None else (np.empty(0), np.empty(0))
+
+
+def aupro_from_curve(fpr, pro, max_fpr: float = 0.3) -> float:
+    """Return the AU-PRO of a `pro_curve` polyline: trapezoid area up to max_fpr (interpolated) / max_fpr.
+
+    fpr, pro: (C,) float, fpr non-decreasing from 0; nan for the empty curve (undefined).
+    """
+    fpr, pro = _flat_pair(fpr, pro, "fpr", "pro")
+    _check_max_fpr(max_fpr)
+    if fpr.size == 0:
+        return float("nan")
+    return _area_up_to(np.asarray(fpr, np.float64), np.asarray(pro, np.float64), max_fpr) / max_fpr
 
 
 def aupro_pointad_compat(masks, scores, max_fpr: float = 0.3, steps: int = 200) -> float:

@@ -9,7 +9,8 @@ import open3d as o3d
 import pytest
 from click.testing import CliRunner
 
-from eval.detect import score_colors, to_input_points
+from eval.detect import to_input_points
+from eval.figures import score_colors
 from render import synthetic
 from render.build import build_store
 from render.sample_render import RenderOptions
