@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import open3d as o3d
 from scipy.spatial import cKDTree
 
-from eval.report import prompt_features, resolve_checkpoint
+from eval.figures import write_scored_ply
+from eval.runs import BackboneCache, load_run
 from eval.scoring import score_arrays
 from render.preprocess import (PreprocessOptions, check_finite_grid, flip_x180, options_for_format,
                                preprocess_organized, preprocess_unorganized)
@@ -31,10 +31,6 @@ from render.sample_render import RenderOptions, render_sample
 from shared.errors import InputFileError
 from shared.io import atomic_path
 from shared.sample import Sample
-from train.backbone import load_backbone
-from train.checkpoint import load_checkpoint
-from train.model_config import ModelConfig
-from train.prompts import PromptLearner
 
 ORGANIZED = (".tiff", ".tif")
 UNORGANIZED = (".ply", ".pcd", ".xyz", ".npy")
@@ -117,24 +113,6 @@ def to_input_points(input_points: np.ndarray, scored_points: np.ndarray, scores:
     return np.asarray(scores, np.float32)[nearest]
 
 
-def score_colors(scores: np.ndarray) -> np.ndarray:
-    """(P, 3) float64 RGB in [0, 1]: linear ramp from blue (score 0) to red (score 1); clipped to [0, 1]."""
-    s = np.clip(np.asarray(scores, np.float64), 0.0, 1.0)
-    return np.stack([s, np.zeros_like(s), 1.0 - s], axis=1)
-
-
-# --- the model ------------------------------------------------------------------------------------------
-
-def load_run(checkpoint, clip_weights=None, device="cpu"):
-    """(backbone, text features) of a run directory (its last checkpoint) or a checkpoint file."""
-    path = resolve_checkpoint(checkpoint)
-    payload = load_checkpoint(path)
-    model = ModelConfig.from_dict(payload["model"], source=str(path))
-    backbone = load_backbone(model, clip_weights, seed=int(payload["config"].get("seed", 0))).to(device)
-    prompts = PromptLearner.from_state(payload["prompts"], source=str(path)).to(device)
-    return backbone, prompt_features(prompts, backbone)
-
-
 # --- the command's work ---------------------------------------------------------------------------------
 
 def detect(cloud, checkpoint, *, device="cpu", clip_weights=None, views: int = 9, point_size: float = 6.0,
@@ -143,12 +121,12 @@ def detect(cloud, checkpoint, *, device="cpu", clip_weights=None, views: int = 9
     input_points, sample, prep = load_cloud(Path(cloud), image_size)
     options = RenderOptions(views=views, image_size=image_size, supersample=supersample, point_size=point_size,
                             max_points=max(sample.n_points, 1))
-    backbone, text = load_run(checkpoint, clip_weights, device)
+    run = load_run(checkpoint, BackboneCache(clip_weights, device))
     rasterizer = worker_rasterizer(options.image_size * options.supersample, options.renderer)
     arrays = render_sample(sample, options, rasterizer)
     autocast = str(device).startswith("cuda")
-    scored = score_arrays(arrays, {"class_name": CLASS_NAME, "sample_id": sample.sample_id}, backbone, text,
-                          device, autocast=autocast)
+    scored = score_arrays(arrays, {"class_name": CLASS_NAME, "sample_id": sample.sample_id}, run.backbone,
+                          run.text, device, autocast=autocast)
     kept = flip_x180(sample.points) if prep.flip else sample.points
     return Detection(score=float(scored.score), points=input_points,
                      point_scores=to_input_points(input_points, kept, scored.point_scores))
@@ -160,9 +138,4 @@ def write_detection(result: Detection, out: Path) -> tuple[Path, Path]:
     npy, ply = out / "scores.npy", out / "scores.ply"
     with atomic_path(npy) as tmp:
         np.save(tmp, result.point_scores.astype(np.float32))
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(result.points.astype(np.float64)))
-    cloud.colors = o3d.utility.Vector3dVector(score_colors(result.point_scores))
-    with atomic_path(ply) as tmp:
-        if not o3d.io.write_point_cloud(str(tmp), cloud, write_ascii=False):
-            raise OSError(f"{ply}: Open3D could not write the point cloud")
-    return npy, ply
+    return npy, write_scored_ply(ply, result.points, result.point_scores)

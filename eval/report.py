@@ -26,14 +26,12 @@ import numpy as np
 import torch
 
 from eval.metrics import aupro_graph, aupro_organized, aupro_pointad_compat, image_metrics, point_auroc
+from eval.runs import BackboneCache, load_run
 from eval.scoring import SampleScores, baseline_text_features, score_store
 from shared.errors import CheckpointMismatchError, ConfigError, PointADError
 from shared.io import atomic_path
 from shared.store import open_store
-from train.backbone import load_backbone
-from train.checkpoint import latest_checkpoint, load_checkpoint
-from train.model_config import ModelConfig, load_model_config
-from train.prompts import PromptLearner
+from train.model_config import load_model_config
 
 BLOCKS = ("point", "rgb", "multimodal")
 METRICS = {"i_auroc": "I-AUROC", "ap": "AP", "p_auroc": "P-AUROC", "aupro": "AUPRO"}
@@ -174,17 +172,6 @@ def class_metrics(results: list[SampleScores], block: str, protocol: str) -> dic
 
 # --- runs: checkpoints, models, text features ------------------------------------------------------------
 
-def resolve_checkpoint(path) -> Path:
-    """A checkpoint file as given, or a run directory's last checkpoint."""
-    path = Path(path)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise PointADError(f"{path}: no checkpoints/epoch_*.pt in this run directory; train it first")
-        return found
-    return path
-
-
 def dataset_classes(store, dataset: str) -> list[str]:
     """Classes of the dataset's complete test rows, sorted; PointADError if the dataset has none."""
     datasets = sorted({store.identity(int(i))["dataset"] for i in store.indices()})
@@ -196,20 +183,7 @@ def dataset_classes(store, dataset: str) -> list[str]:
     return sorted({store.identity(int(i))["class_name"] for i in rows})
 
 
-class _Backbones:
-    """Frozen models built once per (model, seed): tiny runs of other seeds have other random weights."""
-
-    def __init__(self, clip_weights, device):
-        self.clip_weights, self.device, self.built = clip_weights, device, {}
-
-    def get(self, model: ModelConfig, seed: int):
-        key = (json.dumps(model.to_dict(), sort_keys=True), seed if model.random_init else None)
-        if key not in self.built:
-            self.built = {key: load_backbone(model, self.clip_weights, seed=seed).to(self.device)}  # keep one
-        return self.built[key]
-
-
-def _runs(config: ReportConfig, backbones: _Backbones):
+def _runs(config: ReportConfig, backbones: BackboneCache):
     """Yield (label, training class or None, backbone, text features) per run."""
     if config.method == "clip-rendering":
         backbone = backbones.get(load_model_config(config.model), BASELINE_SEED)
@@ -217,34 +191,15 @@ def _runs(config: ReportConfig, backbones: _Backbones):
         return
     model = None
     for given in config.checkpoints:
-        path = resolve_checkpoint(given)
-        payload = load_checkpoint(path)
-        if model is not None and payload["model"] != model:
-            raise CheckpointMismatchError(f"{path}: made for model {payload['model'].get('label')}, the other runs "
+        run = load_run(given, backbones)
+        if model is not None and run.model != model:
+            raise CheckpointMismatchError(f"{run.path}: made for model {run.model.get('label')}, the other runs "
                                           f"for {model.get('label')}; evaluate one model per report")
-        model = payload["model"]
-        train = payload["config"]
-        if config.setting == "one-vs-rest" and train.get("dataset") not in (None, config.dataset):
-            raise PointADError(f"{path}: trained on dataset '{train['dataset']}'; one-vs-rest tests that dataset "
-                               f"(--dataset {train['dataset']}) or use --setting cross-dataset")
-        backbone = backbones.get(ModelConfig.from_dict(model, source=str(path)), int(train.get("seed", 0)))
-        prompts = PromptLearner.from_state(payload["prompts"], source=str(path)).to(backbones.device)
-        yield str(path), train["class_name"], backbone, prompt_features(prompts, backbone)
-
-
-def prompt_features(prompts: PromptLearner, backbone):
-    """(2, D) features of agnostic prompts; for coop, class name -> (2, D) (the learned words + that name)."""
-    if prompts.variant != "coop":
-        with torch.no_grad():
-            return prompts(backbone)[0]
-    cache = {}
-
-    def features(name: str) -> torch.Tensor:
-        if name not in cache:
-            with torch.no_grad():
-                cache[name] = prompts(backbone, [name])[0]
-        return cache[name]
-    return features
+        model = run.model
+        if config.setting == "one-vs-rest" and run.train.get("dataset") not in (None, config.dataset):
+            raise PointADError(f"{run.path}: trained on dataset '{run.train['dataset']}'; one-vs-rest tests that "
+                               f"dataset (--dataset {run.train['dataset']}) or use --setting cross-dataset")
+        yield str(run.path), run.train["class_name"], run.backbone, run.text
 
 
 def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
@@ -264,7 +219,7 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
     values: dict = {}
     tested: set[str] = set()
     training, label = [], None
-    backbones = _Backbones(config.clip_weights, device)
+    backbones = BackboneCache(config.clip_weights, device)
     autocast = torch.device(device).type == "cuda"
     for run, train_class, backbone, text in _runs(config, backbones):
         label = backbone.label
