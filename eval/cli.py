@@ -38,11 +38,33 @@ def eval_():
               help="Model of the clip-rendering baseline (runs use their checkpoint's model).")
 @click.option("--clip-weights", type=click.Path(path_type=Path), help="OpenAI ViT-L/14@336 weights file.")
 @click.option("--batch-size", default=4, show_default=True)
+@click.option("--runs-dir", type=click.Path(path_type=Path),
+              help="Instead of --checkpoints: the sweep's runs <train-dataset>-<class>-<seed> in this folder.")
+@click.option("--train-dataset", help="Dataset of the training classes (default: --dataset for one-vs-rest).")
+@click.option("--train-classes", multiple=True, help="Training classes (repeat; default: datasets.yaml aux_classes).")
+@click.option("--seeds", multiple=True, type=int, help="Seeds of the runs (repeat; default: 111).")
+@click.option("--train-missing", is_flag=True,
+              help="Train the runs not in --runs-dir first (as `train sweep` with --model, --epochs, --prompt).")
+@click.option("--epochs", default=15, show_default=True, help="Epochs of runs trained by --train-missing.")
+@click.option("--prompt", type=click.Choice(["agnostic", "coop"]), default="agnostic", show_default=True,
+              help="Prompts of runs trained by --train-missing.")
 def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, device, method, model, clip_weights,
-           batch_size):
-    """Evaluate runs (or the clip-rendering baseline) on a store: I-AUROC, AP, P-AUROC, AUPRO per class."""
+           batch_size, runs_dir, train_dataset, train_classes, seeds, train_missing, epochs, prompt):
+    """Evaluate runs (or the clip-rendering baseline) on a store: I-AUROC, AP, P-AUROC, AUPRO per class.
+
+    The runs come from --checkpoints, or from --runs-dir as a sweep (training classes x seeds); with
+    --train-missing the runs not there yet are trained first, so one command reproduces a setting.
+    """
     from eval.report import ReportConfig, build_report, write_report
     from train.loop import resolve_device
+    if runs_dir is not None:
+        if checkpoints:
+            raise click.UsageError("give either --checkpoints or --runs-dir, not both")
+        if train_dataset is None and setting == "cross-dataset":
+            raise click.UsageError("--setting cross-dataset with --runs-dir needs --train-dataset")
+        checkpoints = _sweep_runs(store, runs_dir, train_dataset or dataset, train_classes, seeds, train_missing,
+                                  model=model, epochs=epochs, prompt=prompt, clip_weights=clip_weights,
+                                  device=device)
     config = ReportConfig(store=str(store), dataset=dataset, setting=setting,
                           checkpoints=tuple(str(c) for c in checkpoints), classes=tuple(classes) or None,
                           protocol=protocol, method=method, model=model,
@@ -54,6 +76,29 @@ def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, de
         click.echo(text, nl=False)
     else:
         click.echo(f"{out}: {fmt} report, model {result.header['model']}", err=True)
+
+
+def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, model, epochs, prompt, clip_weights,
+                device) -> list[Path]:
+    """The run directories of a sweep; missing ones trained (--train-missing) or reported as an error."""
+    from shared.errors import PointADError
+    from train.checkpoint import latest_checkpoint
+    from train.cli import base_config
+    from train.loop import resolve_device
+    from train.sweep import DEFAULT_SEEDS, aux_classes, plan_sweep, run_dir_for, sweep
+    classes, seeds = tuple(classes) or aux_classes(dataset), tuple(seeds) or DEFAULT_SEEDS
+    if not train_missing:
+        dirs = [run_dir_for(runs_dir, dataset, c, s) for c in classes for s in seeds]
+        missing = [d.name for d in dirs if latest_checkpoint(d) is None]
+        if missing:
+            raise PointADError(f"{runs_dir}: no trained run {', '.join(missing)}; add --train-missing or run "
+                               f"`train sweep`")
+        return dirs
+    base = base_config(store=store, model=model, clip_weights=clip_weights, epochs=epochs, prompt=prompt,
+                       dataset=dataset)
+    runs = plan_sweep(base, classes, seeds, runs_dir)
+    return sweep(runs, device=resolve_device(device), clip_weights=clip_weights,
+                 log=lambda line: click.echo(line, err=True))
 
 
 @click.command()

@@ -43,3 +43,18 @@ def eyecandies_dataset(tmp_path_factory):
 def real3d_dataset(tmp_path_factory):
     """(spec, entry) of a small synthetic dataset in the Real3D-AD format."""
     return _make(tmp_path_factory, "real3d", 5)
+
+
+@pytest.fixture(scope="session")
+def eval_store(mvtec_dataset, real3d_dataset, tmp_path_factory):
+    """Test splits of two synthetic datasets in one store: synthetic-mvtec3d (organized, RGB) and
+    synthetic-real3d (unorganized), classes cookie and torus, one good and five defects each, 3 views."""
+    from render.build import build_store
+    from render.sample_render import RenderOptions
+    from shared.store import open_store
+    out = tmp_path_factory.mktemp("eval") / "renders.zarr"
+    options = RenderOptions(views=3, image_size=336, supersample=1, point_size=2)
+    for _, entry in (mvtec_dataset, real3d_dataset):
+        build_store(entry, out, options, splits=["test"])
+    assert len(open_store(out)) == 24
+    return out

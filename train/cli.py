@@ -31,49 +31,87 @@ def train():
     """Learn PointAD prompts from a render store (frozen CLIP)."""
 
 
-@train.command()
-@click.option("--store", required=True, type=click.Path(path_type=Path), help="Render store from 'render build'.")
-@click.option("--class", "class_name", required=True, help="Auxiliary class to train on (its test split).")
-@click.option("--dataset", help="Dataset in the store (needed when it holds several).")
-@click.option("--epochs", default=15, show_default=True)
-@click.option("--batch-size", default=4, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--seed", default=111, show_default=True)
-@click.option("--model", default="vit-l-14-336", show_default=True,
-              help="vit-l-14-336, tiny (random weights), or auto (ViT-L if its weights are present, else tiny).")
-@click.option("--clip-weights", type=click.Path(path_type=Path), help="OpenAI ViT-L/14@336 weights file.")
-@click.option("--layers", callback=_layers, help="Tapped layers, e.g. 6,12,18,24 (default: the model's).")
-@click.option("--dpam-start", type=int, help="DPAM dual path in blocks N..last, 0 = off (default: the model's).")
-@click.option("--prompt", type=click.Choice(["agnostic", "coop"]), default="agnostic", show_default=True)
-@click.option("--loss-terms", default="all", show_default=True,
-              help="all, or a comma list of 3d_global, 3d_local, 2d_global, 2d_local.")
-@click.option("--no-feature-cache", is_flag=True, help="Re-run the vision tower every epoch.")
-@click.option("--features", type=click.Path(path_type=Path), help="Feature cache to use (default: OUT/features.zarr).")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<dataset>-<class>-<seed>).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
-@click.option("--resume", is_flag=True, help="Continue from the last finished epoch in --out.")
-@click.option("--loader-workers", default=0, show_default=True, help="DataLoader worker processes reading the store.")
-def run(store, class_name, dataset, epochs, batch_size, lr, seed, model, clip_weights, layers, dpam_start, prompt,
-        loss_terms, no_feature_cache, features, out, device, resume, loader_workers):
-    """Train the prompts on one class of a render store."""
-    from train.distributed import distributed_session
-    from train.loop import TrainConfig, resolve_device, train as train_loop
+def training_options(command):
+    """The options every training command shares (the `TrainConfig` fields but class, seed, dataset)."""
+    options = [
+        click.option("--store", required=True, type=click.Path(path_type=Path), help="Render store from 'render build'."),
+        click.option("--epochs", default=15, show_default=True),
+        click.option("--batch-size", default=4, show_default=True),
+        click.option("--lr", default=1e-3, show_default=True),
+        click.option("--model", default="vit-l-14-336", show_default=True,
+                     help="vit-l-14-336, tiny (random weights), or auto (ViT-L if its weights are present, else tiny)."),
+        click.option("--clip-weights", type=click.Path(path_type=Path), help="OpenAI ViT-L/14@336 weights file."),
+        click.option("--layers", callback=_layers, help="Tapped layers, e.g. 6,12,18,24 (default: the model's)."),
+        click.option("--dpam-start", type=int, help="DPAM dual path in blocks N..last, 0 = off (default: the model's)."),
+        click.option("--prompt", type=click.Choice(["agnostic", "coop"]), default="agnostic", show_default=True),
+        click.option("--loss-terms", default="all", show_default=True,
+                     help="all, or a comma list of 3d_global, 3d_local, 2d_global, 2d_local."),
+        click.option("--no-feature-cache", is_flag=True, help="Re-run the vision tower every epoch."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
+        click.option("--loader-workers", default=0, show_default=True,
+                     help="DataLoader worker processes reading the store."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def base_config(*, store, model, clip_weights=None, no_feature_cache=False, class_name="", **options):
+    """`TrainConfig` from command options (those that are not its fields are ignored; missing ones take its
+    defaults); `--model auto` resolved and the weights located before any work."""
+    from dataclasses import fields
+    from train.loop import TrainConfig
     from train.model_config import load_model_config
     from train.weights import locate_weights
     model = resolve_model(model, clip_weights)
     locate_weights(load_model_config(model), clip_weights)  # missing weights: fail before any work
-    config = TrainConfig(store=str(store), class_name=class_name, dataset=dataset, epochs=epochs,
-                         batch_size=batch_size, lr=lr, seed=seed, model=model, layers=layers,
-                         dpam_start=dpam_start, prompt=prompt,
-                         loss_terms=loss_terms, feature_cache=not no_feature_cache)
-    out = out or Path("runs") / f"{dataset or Path(store).stem}-{class_name}-{seed}"
-    with distributed_session(device) as (rank, device_name):
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(store=str(store), class_name=class_name, model=model, feature_cache=not no_feature_cache,
+                       **{k: v for k, v in options.items() if k in known})
+
+
+@train.command()
+@training_options
+@click.option("--class", "class_name", required=True, help="Auxiliary class to train on (its test split).")
+@click.option("--dataset", help="Dataset in the store (needed when it holds several).")
+@click.option("--seed", default=111, show_default=True)
+@click.option("--features", type=click.Path(path_type=Path), help="Feature cache to use (default: OUT/features.zarr).")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<dataset>-<class>-<seed>).")
+@click.option("--resume", is_flag=True, help="Continue from the last finished epoch in --out.")
+def run(features, out, resume, **options):
+    """Train the prompts on one class of a render store."""
+    from train.distributed import distributed_session
+    from train.loop import resolve_device, train as train_loop
+    config = base_config(**options)
+    out = out or Path("runs") / f"{config.dataset or Path(config.store).stem}-{config.class_name}-{config.seed}"
+    with distributed_session(options["device"]) as (rank, device_name):
         target = resolve_device(device_name)
         say = click.echo if rank == 0 else (lambda line: None)
-        result = train_loop(config, out, device=target, clip_weights=clip_weights, resume=resume, log=say,
-                            progress_factory=_bar if rank == 0 else None, feature_path=features,
-                            loader_workers=loader_workers)
+        result = train_loop(config, out, device=target, clip_weights=options["clip_weights"], resume=resume,
+                            log=say, progress_factory=_bar if rank == 0 else None, feature_path=features,
+                            loader_workers=options["loader_workers"])
         say(f"{out}: {len(result.epochs_run)} epoch(s) run on {target}, model {_model_label(out)}")
+
+
+@train.command()
+@training_options
+@click.option("--dataset", required=True, help="Dataset of the training classes (its name in the store).")
+@click.option("--classes", multiple=True, help="Training classes (repeat; default: the dataset's aux_classes "
+                                               "in datasets.yaml, the paper's).")
+@click.option("--seeds", multiple=True, type=int, help="Seeds (repeat; default: 111).")
+@click.option("--runs-dir", default=Path("runs"), show_default=True, type=click.Path(path_type=Path),
+              help="Run directories go here as <dataset>-<class>-<seed>.")
+def sweep(classes, seeds, runs_dir, **options):
+    """Train every (class, seed) run of a setting that is not done yet; finished runs are skipped."""
+    from train.loop import resolve_device
+    from train.sweep import DEFAULT_SEEDS, aux_classes, plan_sweep
+    from train.sweep import sweep as run_sweep
+    runs = plan_sweep(base_config(**options), classes or aux_classes(options["dataset"]), seeds or DEFAULT_SEEDS,
+                      runs_dir)
+    target = resolve_device(options["device"])
+    done = run_sweep(runs, device=target, clip_weights=options["clip_weights"], log=click.echo,
+                     progress_factory=_bar, loader_workers=options["loader_workers"])
+    click.echo(f"{len(done)} run(s) ready in {runs_dir}: " + " ".join(p.name for p in done))
 
 
 def resolve_model(model: str, clip_weights) -> str:

@@ -17,8 +17,6 @@ from click.testing import CliRunner
 from eval.cli import eval_
 from eval.report import BLOCKS, Report, class_metrics, to_markdown
 from eval.scoring import SampleScores, compat_fused_map, score_store
-from render.build import build_store
-from render.sample_render import RenderOptions
 from shared.store import open_store
 from train.backbone import load_backbone
 from train.loop import TrainConfig, train
@@ -26,17 +24,6 @@ from train.model_config import load_model_config
 
 MVTEC, REAL3D = "synthetic-mvtec3d", "synthetic-real3d"
 LABEL = "tiny (random weights)"
-
-
-@pytest.fixture(scope="session")
-def eval_store(mvtec_dataset, real3d_dataset, tmp_path_factory):
-    """Test splits of both synthetic datasets (cookie, torus; one good and five defects each) in one store."""
-    out = tmp_path_factory.mktemp("eval") / "renders.zarr"
-    options = RenderOptions(views=3, image_size=336, supersample=1, point_size=2)
-    for _, entry in (mvtec_dataset, real3d_dataset):
-        build_store(entry, out, options, splits=["test"])
-    assert len(open_store(out)) == 24
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -232,7 +219,7 @@ def test_a_run_directory_without_checkpoints_is_an_error(eval_store, tmp_path):
 
 
 def test_coop_prompts_score_each_class_by_its_name():
-    from eval.report import prompt_features
+    from eval.runs import prompt_features
     from train.prompts import PromptLearner
     backbone = load_backbone(load_model_config("tiny"), seed=0)
     features = prompt_features(PromptLearner.for_backbone(backbone, variant="coop", class_names=["cookie"]), backbone)
@@ -240,3 +227,23 @@ def test_coop_prompts_score_each_class_by_its_name():
     assert torus.shape == (2, backbone.embed_dim) and (torus - cookie).abs().max() > 1e-4
     agnostic = prompt_features(PromptLearner.for_backbone(backbone), backbone)
     assert agnostic.shape == (2, backbone.embed_dim)
+
+
+def test_runs_dir_reports_missing_runs_then_train_missing_reproduces_the_setting(eval_store, tmp_path):
+    runs_dir = tmp_path / "runs"
+    setting = ["--store", str(eval_store), "--dataset", MVTEC, "--runs-dir", str(runs_dir), "--train-classes",
+               "cookie", "--seeds", "1", "--seeds", "2", "--device", "cpu", "--classes", "torus"]
+    missing = CliRunner().invoke(eval_, ["report", *setting])
+    assert missing.exit_code == 1, missing.output
+    assert f"no trained run {MVTEC}-cookie-1, {MVTEC}-cookie-2; add --train-missing" in missing.output
+    assert not runs_dir.exists()
+
+    trained = CliRunner().invoke(eval_, ["report", *setting, "--train-missing", "--model", "tiny", "--epochs", "1"])
+    assert trained.exit_code == 0, trained.output
+    assert "runs: 2" in trained.output and "training class(es): cookie" in trained.output
+    assert all((runs_dir / f"{MVTEC}-cookie-{s}" / "checkpoints" / "epoch_1.pt").is_file() for s in (1, 2))
+    again = CliRunner().invoke(eval_, ["report", *setting])  # the runs are there now: no training
+    assert again.exit_code == 0, again.output
+    assert _md_rows(again.output) == _md_rows(trained.output)
+    # seeds give the tiny model other random weights, so the two runs differ
+    assert not _md_rows(again.output)["point (points)"]["torus"][0].endswith("± 0.0")

@@ -1,0 +1,98 @@
+"""`train sweep`: the runs of a setting (auxiliary classes x seeds), training only the ones not done yet.
+
+A sweep is the paper's protocol (SPEC 6-7): one run per auxiliary class and seed, averaged by `eval
+report`. Run directories are named as `train run` names them, `<runs_dir>/<dataset>-<class>-<seed>`, so a
+sweep, a report and hand-made runs meet in the same folder. A run is
+- done: its last checkpoint reached the sweep's epochs and its config.json holds the sweep's settings;
+- partial: checkpoints below that epoch (an interrupted run): resumed;
+- missing: no checkpoint: trained.
+A run directory holding a run with other settings is an error, never silently reused or overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from shared.errors import ConfigError, PointADError
+from shared.registry import load_registry
+from shared.store import store_fingerprint
+from train.checkpoint import EPOCH_FILE, latest_checkpoint
+from train.loop import TrainConfig, train
+
+DEFAULT_SEEDS = (111,)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep: its config (class and seed set) and directory."""
+
+    config: TrainConfig
+    run_dir: Path
+
+
+def aux_classes(dataset: str) -> tuple[str, ...]:
+    """The paper's auxiliary training classes of a dataset, from datasets.yaml (`aux_classes`)."""
+    entry = load_registry().get(dataset)
+    if entry is None or not entry.aux_classes:
+        raise ConfigError(f"datasets.yaml lists no aux_classes for dataset '{dataset}'; name the classes "
+                          f"with --classes")
+    return entry.aux_classes
+
+
+def run_dir_for(runs_dir, dataset: str, class_name: str, seed: int) -> Path:
+    """`train run`'s default run directory name, under runs_dir."""
+    return Path(runs_dir) / f"{dataset}-{class_name}-{seed}"
+
+
+def plan_sweep(base: TrainConfig, classes, seeds, runs_dir) -> list[PlannedRun]:
+    """One `PlannedRun` per (class, seed), classes outer; base gives every other setting (dataset required)."""
+    if not base.dataset:
+        raise ConfigError("a sweep needs --dataset (the dataset of the training classes)")
+    if not classes or not seeds:
+        raise ConfigError("a sweep needs at least one class and one seed")
+    return [PlannedRun(replace(base, class_name=c, seed=int(s)), run_dir_for(runs_dir, base.dataset, c, int(s)))
+            for c in classes for s in seeds]
+
+
+def run_state(run: PlannedRun) -> str:
+    """"done", "partial" or "missing" (module docstring); PointADError if the directory holds other settings."""
+    latest = latest_checkpoint(run.run_dir)
+    if latest is None:
+        return "missing"
+    config_file = run.run_dir / "config.json"
+    try:
+        recorded = json.loads(config_file.read_text())
+        saved = recorded["train"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise PointADError(f"{config_file}: unreadable run config ({exc}); move the run directory away") from None
+    # The store is compared by content (its fingerprint), not by how its path was spelled.
+    wanted = run.config.identity()
+    differ = sorted(k for k in wanted if k != "store" and saved.get(k) != wanted[k])
+    if recorded.get("store_fingerprint") != store_fingerprint(run.config.store):
+        differ.append("store contents")
+    if differ:
+        raise PointADError(f"{run.run_dir}: holds a run with other settings (differs in: {', '.join(differ)}); "
+                           f"choose another --runs-dir or move it away")
+    epoch = int(EPOCH_FILE.search(latest.name).group(1))
+    return "done" if epoch >= run.config.epochs else "partial"
+
+
+def sweep(runs: list[PlannedRun], *, device="cpu", clip_weights=None, log=None, progress_factory=None,
+          loader_workers: int = 0) -> list[Path]:
+    """Train the missing runs and resume the partial ones, in order; return every run directory.
+
+    The states are checked for all runs before any training, so a conflicting directory fails fast.
+    """
+    say = log or (lambda line: None)
+    states = [run_state(run) for run in runs]
+    for run, state in zip(runs, states):
+        if state == "done":
+            say(f"{run.run_dir}: done, skipped")
+            continue
+        say(f"{run.run_dir}: {'resuming' if state == 'partial' else 'training'} "
+            f"(class {run.config.class_name}, seed {run.config.seed})")
+        train(run.config, run.run_dir, device=device, clip_weights=clip_weights, resume=state == "partial",
+              log=log, progress_factory=progress_factory, loader_workers=loader_workers)
+    return [run.run_dir for run in runs]
