@@ -38,6 +38,12 @@ def eval_():
               help="Model of the clip-rendering baseline (runs use their checkpoint's model).")
 @click.option("--clip-weights", type=click.Path(path_type=Path), help="OpenAI ViT-L/14@336 weights file.")
 @click.option("--batch-size", default=4, show_default=True)
+@click.option("--compare-paper", is_flag=True,
+              help="Put the paper's published numbers (same method, setting, data) and the difference beside ours.")
+@click.option("--figures", type=click.Path(path_type=Path),
+              help="Write figures here: per class ROC/PRO curves, view heatmaps and score-coloured PLY (first run).")
+@click.option("--figure-samples", default=2, show_default=True,
+              help="Anomalous samples per class drawn with --figures (plus one good sample).")
 @click.option("--runs-dir", type=click.Path(path_type=Path),
               help="Instead of --checkpoints: the sweep's runs <train-dataset>-<class>-<seed> in this folder.")
 @click.option("--train-dataset", help="Dataset of the training classes (default: --dataset for one-vs-rest).")
@@ -49,7 +55,8 @@ def eval_():
 @click.option("--prompt", type=click.Choice(["agnostic", "coop"]), default="agnostic", show_default=True,
               help="Prompts of runs trained by --train-missing.")
 def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, device, method, model, clip_weights,
-           batch_size, runs_dir, train_dataset, train_classes, seeds, train_missing, epochs, prompt):
+           batch_size, compare_paper, figures, figure_samples, runs_dir, train_dataset, train_classes, seeds,
+           train_missing, epochs, prompt):
     """Evaluate runs (or the clip-rendering baseline) on a store: I-AUROC, AP, P-AUROC, AUPRO per class.
 
     The runs come from --checkpoints, or from --runs-dir as a sweep (training classes x seeds); with
@@ -68,7 +75,9 @@ def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, de
     config = ReportConfig(store=str(store), dataset=dataset, setting=setting,
                           checkpoints=tuple(str(c) for c in checkpoints), classes=tuple(classes) or None,
                           protocol=protocol, method=method, model=model,
-                          clip_weights=None if clip_weights is None else str(clip_weights), batch_size=batch_size)
+                          clip_weights=None if clip_weights is None else str(clip_weights), batch_size=batch_size,
+                          figures=None if figures is None else str(figures), figure_samples=figure_samples,
+                          compare_paper=compare_paper)
     target = resolve_device(device)
     result = build_report(config, device=target, progress=lambda line: click.echo(line, err=True))
     text = write_report(result, fmt, out)
@@ -76,6 +85,8 @@ def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, de
         click.echo(text, nl=False)
     else:
         click.echo(f"{out}: {fmt} report, model {result.header['model']}", err=True)
+    if figures is not None:
+        click.echo(f"{figures}: figures of {len(result.classes)} class(es)", err=True)
 
 
 def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, model, epochs, prompt, clip_weights,

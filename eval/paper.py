@@ -42,14 +42,21 @@ def published(method: str, setting: str, test_dataset: str, block: str,
     train_dataset None accepts the paper's (one table per rest of the key). Every class has all four
     METRICS; None where the paper prints "-".
     """
+    entry = _find(method, setting, test_dataset, block, train_dataset)
+    if entry is None:
+        return None
+    return {name: {m: None if values.get(m) is None else values[m] / 100 for m in METRICS}
+            for name, values in entry["classes"].items()}
+
+
+def _find(method, setting, test_dataset, block, train_dataset) -> dict | None:
     rows = _load()["results"]
     _check("method", method, sorted({r["method"] for r in rows}))
     _check("setting", setting, sorted({r["setting"] for r in rows}))
     for r in rows:
         if ((r["method"], r["setting"], r["test_dataset"], r["block"]) == (method, setting, test_dataset, block)
                 and train_dataset in (None, r["train_dataset"])):
-            return {name: {m: None if values.get(m) is None else values[m] / 100 for m in METRICS}
-                    for name, values in r["classes"].items()}
+            return r
     return None
 
 
@@ -59,3 +66,11 @@ def training_classes(setting: str, train_dataset: str) -> tuple[str, ...] | None
         if (entry["setting"], entry["train_dataset"]) == (setting, train_dataset):
             return tuple(entry["classes"]) if entry["classes"] else None
     return None
+
+
+
+def table_number(method: str, setting: str, test_dataset: str, block: str,
+                 train_dataset: str | None = None) -> int | None:
+    """The paper's table number of a `published` table, None where there is none."""
+    entry = _find(method, setting, test_dataset, block, train_dataset)
+    return None if entry is None else int(entry["table"])

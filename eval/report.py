@@ -25,16 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.metrics import aupro_graph, aupro_organized, aupro_pointad_compat, image_metrics, point_auroc
+from eval.class_metrics import BLOCKS, METRICS, class_metrics
+from eval.paper import published, table_number
+from eval.report_figures import pick_rows, write_class_figures
 from eval.runs import BackboneCache, load_run
-from eval.scoring import SampleScores, baseline_text_features, score_store
+from eval.scoring import baseline_text_features, score_store
 from shared.errors import CheckpointMismatchError, ConfigError, PointADError
 from shared.io import atomic_path
 from shared.store import open_store
 from train.model_config import load_model_config
 
-BLOCKS = ("point", "rgb", "multimodal")
-METRICS = {"i_auroc": "I-AUROC", "ap": "AP", "p_auroc": "P-AUROC", "aupro": "AUPRO"}
 PROTOCOLS = ("points", "pointad-compat")
 SETTINGS = ("one-vs-rest", "cross-dataset")
 METHODS = ("pointad", "clip-rendering")
@@ -57,6 +57,9 @@ class ReportConfig:
     model: str = "vit-l-14-336"
     clip_weights: str | None = None
     batch_size: int = 4
+    figures: str | None = None        # folder for `eval.report_figures` (first run only)
+    figure_samples: int = 2           # anomalous samples per class drawn (plus one good)
+    compare_paper: bool = False
 
     def __post_init__(self):
         for name, allowed in (("setting", SETTINGS), ("method", METHODS), ("protocol", (*PROTOCOLS, "both"))):
@@ -66,6 +69,8 @@ class ReportConfig:
             raise ConfigError("--method pointad needs --checkpoints (run directories or checkpoint files)")
         if self.method == "clip-rendering" and self.checkpoints:
             raise ConfigError("--method clip-rendering uses no training; drop --checkpoints")
+        if self.figure_samples < 0:
+            raise ConfigError(f"--figure-samples must be >= 0, got {self.figure_samples}")
 
     @property
     def protocols(self) -> tuple[str, ...]:
@@ -74,12 +79,19 @@ class ReportConfig:
 
 @dataclass
 class Report:
-    """header: what was evaluated; values[(protocol, block, class)][metric] = one value per run that tested it."""
+    """header: what was evaluated; values[(protocol, block, class)][metric] = one value per run that tested it;
+    paper: with --compare-paper, block -> the paper's table ({class: {metric: fraction}}) or None."""
 
     header: dict
     blocks: tuple[str, ...]
     classes: list[str]
     values: dict = field(default_factory=dict)
+    paper: dict | None = None
+
+    def published(self, block: str, name: str, metric: str) -> float | None:
+        """The paper's value of one cell (fraction), None if it publishes none."""
+        table = (self.paper or {}).get(block) or {}
+        return (table.get(name) or {}).get(metric)
 
     def cell(self, protocol: str, block: str, name: str, metric: str) -> tuple[float, float, int]:
         """(mean, std, runs) of the finite values of one cell; (nan, nan, 0) if none."""
@@ -96,80 +108,6 @@ class Report:
                     yield protocol, block, name
 
 
-# --- metrics of one class ------------------------------------------------------------------------------
-
-def _block_arrays(results: list[SampleScores], block: str):
-    """(samples, sample scores, point scores per sample) of one block; RGB blocks keep samples with RGB."""
-    if block == "point":
-        return results, [r.score for r in results], [r.point_scores for r in results]
-    kept = [r for r in results if r.has_rgb]
-    return (kept, [getattr(r, f"{block}_score") for r in kept], [getattr(r, f"{block}_point_scores") for r in kept])
-
-
-def _grid_maps(samples, point_scores):
-    """(labels, scores, valid) (N, H, W) on the organized grids, padded to the largest grid (valid False)."""
-    height = max(s.grid_hw[0] for s in samples)
-    width = max(s.grid_hw[1] for s in samples)
-    labels = np.zeros((len(samples), height, width), np.uint8)
-    scores = np.zeros((len(samples), height, width), np.float64)
-    valid = np.zeros((len(samples), height, width), bool)
-    for i, (sample, values) in enumerate(zip(samples, point_scores)):
-        rows, cols = np.divmod(sample.grid_index, sample.grid_hw[1])
-        labels[i, rows, cols], scores[i, rows, cols], valid[i, rows, cols] = sample.point_labels, values, True
-    return labels, scores, valid
-
-
-def _graph_arrays(samples, point_scores):
-    """(labels, scores, knn, valid) (N, n_max[, k]) of unorganized samples, padded (valid False, knn -1)."""
-    n_max = max(len(s.point_labels) for s in samples)
-    k = samples[0].knn.shape[1]
-    labels = np.zeros((len(samples), n_max), np.uint8)
-    scores = np.zeros((len(samples), n_max), np.float64)
-    knn = np.full((len(samples), n_max, k), -1, np.int32)
-    valid = np.zeros((len(samples), n_max), bool)
-    for i, (sample, values) in enumerate(zip(samples, point_scores)):
-        n = len(sample.point_labels)
-        labels[i, :n], scores[i, :n], knn[i, :n], valid[i, :n] = sample.point_labels, values, sample.knn, True
-    return labels, scores, knn, valid
-
-
-def _compat_arrays(samples, block):
-    """(labels, scores (N, H, W), sample scores) of the released code's grid maps (`SampleScores.compat`)."""
-    if any(s.compat is None for s in samples):
-        raise ValueError("pointad-compat needs samples scored with compat=True")
-    labels, _, _ = _grid_maps(samples, [s.point_labels for s in samples])  # missing cells: label 0
-    scores = np.zeros(labels.shape, np.float64)
-    for i, sample in enumerate(samples):
-        grid = sample.compat[block][0]
-        scores[i, :grid.shape[0], :grid.shape[1]] = grid
-    return labels, scores, [s.compat[block][1] for s in samples]
-
-
-def class_metrics(results: list[SampleScores], block: str, protocol: str) -> dict[str, float]:
-    """{i_auroc, ap, p_auroc, aupro} of one class's scored samples in one block and protocol (nan if undefined)."""
-    samples, sample_scores, point_scores = _block_arrays(results, block)
-    if not samples:
-        return {name: math.nan for name in METRICS}
-    sample_labels = np.array([s.identity["label"] for s in samples])
-    organized = all(s.organized for s in samples)
-    if protocol == "points":
-        out = image_metrics(sample_labels, np.array(sample_scores))
-        out["p_auroc"] = point_auroc(np.concatenate([s.point_labels for s in samples]), np.concatenate(point_scores))
-        if organized:
-            out["aupro"] = aupro_organized(*_grid_maps(samples, point_scores))
-        else:
-            labels, scores, knn, valid = _graph_arrays(samples, point_scores)
-            out["aupro"] = aupro_graph(labels, scores, knn, valid)
-    elif organized:
-        labels, scores, compat_scores = _compat_arrays(samples, block)
-        out = image_metrics(sample_labels, np.array(compat_scores))
-        out["p_auroc"] = point_auroc(labels.ravel(), scores.ravel())
-        out["aupro"] = aupro_pointad_compat(labels, scores)
-    else:  # no grid to fill: sample metrics as in `points`, no point metrics
-        out = image_metrics(sample_labels, np.array(sample_scores)) | {"p_auroc": math.nan, "aupro": math.nan}
-    return out
-
-
 # --- runs: checkpoints, models, text features ------------------------------------------------------------
 
 def dataset_classes(store, dataset: str) -> list[str]:
@@ -184,7 +122,7 @@ def dataset_classes(store, dataset: str) -> list[str]:
 
 
 def _runs(config: ReportConfig, backbones: BackboneCache):
-    """Yield (label, training class or None, backbone, text features) per run."""
+    """Yield (label, training config dict or None, backbone, text features) per run."""
     if config.method == "clip-rendering":
         backbone = backbones.get(load_model_config(config.model), BASELINE_SEED)
         yield "clip-rendering", None, backbone, baseline_text_features(backbone)
@@ -199,7 +137,7 @@ def _runs(config: ReportConfig, backbones: BackboneCache):
         if config.setting == "one-vs-rest" and run.train.get("dataset") not in (None, config.dataset):
             raise PointADError(f"{run.path}: trained on dataset '{run.train['dataset']}'; one-vs-rest tests that "
                                f"dataset (--dataset {run.train['dataset']}) or use --setting cross-dataset")
-        yield str(run.path), run.train["class_name"], run.backbone, run.text
+        yield str(run.path), run.train, run.backbone, run.text
 
 
 def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
@@ -218,23 +156,29 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
     has_rgb = False
     values: dict = {}
     tested: set[str] = set()
-    training, label = [], None
+    trainings, label = [], None
     backbones = BackboneCache(config.clip_weights, device)
     autocast = torch.device(device).type == "cuda"
-    for run, train_class, backbone, text in _runs(config, backbones):
+    for number, (run, train, backbone, text) in enumerate(_runs(config, backbones)):
         label = backbone.label
-        if train_class is not None:
-            training.append(train_class)
+        train_class = None if train is None else train["class_name"]
+        if train is not None:
+            trainings.append(train)
         test = [c for c in classes if not (config.setting == "one-vs-rest" and c == train_class)]
         per_class = {}
         for name in test:
             rows = store.indices(dataset=config.dataset, class_name=name, split="test")
+            drawn = config.figures is not None and number == 0
+            keep = pick_rows(store, rows, config.figure_samples) if drawn else None
             results = list(score_store(config.store, rows, backbone, text, device, config.batch_size,
-                                       autocast=autocast, compat="pointad-compat" in config.protocols))
+                                       autocast=autocast, compat="pointad-compat" in config.protocols,
+                                       keep_view_maps=keep))
             has_rgb |= any(r.has_rgb for r in results)
             for protocol in config.protocols:
                 for block in BLOCKS:
                     per_class[protocol, block, name] = class_metrics(results, block, protocol)
+            if drawn:
+                write_class_figures(config.figures, name, results, store, BLOCKS, label)
             tested.add(name)
             if progress is not None:
                 progress(f"{run}: {name} ({len(rows)} samples)")
@@ -248,14 +192,56 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
                     finite = [v for v in column if math.isfinite(v)]
                     values.setdefault((protocol, block, MEAN_ROW), {}).setdefault(metric, []).append(
                         float(np.mean(finite)) if finite else math.nan)
+    training_classes = sorted({t["class_name"] for t in trainings})
     if not tested:
         raise PointADError(f"no test class left: dataset '{config.dataset}' classes {classes}, training "
-                           f"class(es) {sorted(set(training))} (one-vs-rest leaves out each run's class)")
+                           f"class(es) {training_classes} (one-vs-rest leaves out each run's class)")
     header = {"model": label, "method": config.method, "setting": config.setting, "dataset": config.dataset,
-              "training_classes": sorted(set(training)), "protocols": list(config.protocols),
+              "training_classes": training_classes,
+              "training_datasets": sorted({t.get("dataset") or "" for t in trainings} - {""}),
+              "prompts": sorted({t.get("prompt", "agnostic") for t in trainings}),
+              "protocols": list(config.protocols),
               "runs": len(config.checkpoints) if config.method == "pointad" else 1, "store": str(config.store)}
+    if config.figures is not None:
+        header["figures"] = str(config.figures)
     blocks = BLOCKS if has_rgb else ("point",)
-    return Report(header=header, blocks=blocks, classes=[c for c in classes if c in tested], values=values)
+    report = Report(header=header, blocks=blocks, classes=[c for c in classes if c in tested], values=values)
+    return attach_paper(report) if config.compare_paper else report
+
+
+# --- the paper's numbers ------------------------------------------------------------------------------------
+
+def paper_method(header: dict) -> str | None:
+    """The paper's row for this report: clip-rendering, pointad (agnostic prompts) or pointad-coop; None if
+    the runs mix prompt kinds."""
+    if header["method"] == "clip-rendering":
+        return "clip-rendering"
+    prompts = header.get("prompts") or ["agnostic"]
+    if len(prompts) != 1:
+        return None
+    return "pointad-coop" if prompts[0] == "coop" else "pointad"
+
+
+def attach_paper(report: Report) -> Report:
+    """Fill `report.paper` with the paper's tables of the same method, setting and datasets (eval/paper.py)
+    and say in the header which tables, or why none."""
+    h = report.header
+    method = paper_method(h)
+    trained_on = h["training_datasets"][0] if len(h.get("training_datasets", [])) == 1 else None
+    report.paper, tables = {}, []
+    if method is not None:
+        for block in report.blocks:
+            report.paper[block] = published(method, h["setting"], h["dataset"], block, trained_on)
+            number = table_number(method, h["setting"], h["dataset"], block, trained_on)
+            if number is not None:
+                tables.append(f"Table {number} ({block})")
+    if tables:
+        h["paper"] = (f"PointAD paper, {', '.join(tables)}, method {method}; the paper's numbers come from the "
+                      f"released code: compare with protocol pointad-compat")
+    else:
+        h["paper"] = (f"the paper publishes no table for method {method or 'mixed prompts'}, setting "
+                      f"{h['setting']}, test dataset {h['dataset']}")
+    return report
 
 
 # --- output formats -----------------------------------------------------------------------------------------
@@ -275,16 +261,37 @@ def _percent(mean: float, std: float, runs: int) -> str:
     return f"{100 * mean:.1f}" if runs == 1 else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
+def _paper_cells(report: Report, protocol: str, block: str, name: str, metric: str) -> list[str]:
+    """[paper value, ours - paper] in percent points, "-" where either is missing."""
+    ours, _, runs = report.cell(protocol, block, name, metric)
+    theirs = report.published(block, name, metric)
+    if theirs is None:
+        return ["-", "-"]
+    return [f"{100 * theirs:.1f}", "-" if runs == 0 else f"{100 * (ours - theirs):+.1f}"]
+
+
 def to_markdown(report: Report) -> str:
-    """The paper's shape: one table per protocol and block, rows = classes + mean, values in percent."""
+    """The paper's shape: one table per protocol and block, rows = classes + mean, values in percent.
+
+    With the paper attached, each metric of a block the paper publishes has three columns: ours, the
+    paper's value and the difference (ours - paper, in percent points).
+    """
     lines = [f"# PointAD evaluation: {report.header['dataset']}", "", header_line(report), ""]
-    names = list(METRICS.values())
+    if "paper" in report.header:
+        lines += [f"paper: {report.header['paper']}", ""]
     for protocol in report.header["protocols"]:
         for block in report.blocks:
+            compare = bool((report.paper or {}).get(block))
+            names = [f"{t} | paper | Δ" if compare else t for t in METRICS.values()]
+            columns = 3 * len(METRICS) if compare else len(METRICS)
             lines += [f"## {block} ({protocol})", "", "| class | " + " | ".join(names) + " |",
-                      "|---|" + "---:|" * len(names)]
+                      "|---|" + "---:|" * columns]
             for name in [*report.classes, MEAN_ROW]:
-                cells = [_percent(*report.cell(protocol, block, name, m)) for m in METRICS]
+                cells = []
+                for metric in METRICS:
+                    cells.append(_percent(*report.cell(protocol, block, name, metric)))
+                    if compare:
+                        cells += _paper_cells(report, protocol, block, name, metric)
                 shown = f"**{name}**" if name == MEAN_ROW else name
                 lines.append(f"| {shown} | " + " | ".join(cells) + " |")
             lines.append("")
@@ -292,7 +299,8 @@ def to_markdown(report: Report) -> str:
 
 
 def to_records(report: Report) -> list[dict]:
-    """One dict per table row: protocol, block, class, then per metric its mean, std and runs (fractions)."""
+    """One dict per table row: protocol, block, class, then per metric its mean, std and runs (fractions);
+    with the paper attached also "<metric> paper" and "<metric> diff" (ours - paper), None where missing."""
     records = []
     for protocol, block, name in report.rows():
         record = {"protocol": protocol, "block": block, "class": name}
@@ -300,6 +308,10 @@ def to_records(report: Report) -> list[dict]:
             mean, std, runs = report.cell(protocol, block, name, metric)
             record |= {title: None if runs == 0 else mean, f"{title} std": None if runs == 0 else std,
                        f"{title} runs": runs}
+            if report.paper is not None:
+                theirs = report.published(block, name, metric)
+                record |= {f"{title} paper": theirs,
+                           f"{title} diff": None if theirs is None or runs == 0 else mean - theirs}
         records.append(record)
     return records
 

@@ -225,7 +225,8 @@ def score_store(store_path, rows, backbone, text_features: TextFeatures, device=
     text_features: (2, D) [g_n, g_a] for every sample, or a callable class name -> (2, D) (coop prompts,
     the clip-rendering baseline). Point maps: back-projection of the anomalous patch maps (SPEC 5), then
     `smooth_organized` on samples with a grid, else `smooth_graph`. RGB and fusion for organized
-    samples whose rgb/image is not all zero. compat: also the released code's grid maps and scores.
+    samples whose rgb/image is not all zero. Each result's identity is the row's, plus "row". compat:
+    also the released code's grid maps and scores.
     keep_view_maps: True, or a set of rows whose per-view maps are kept (for figures).
     """
     store = open_store(store_path)
@@ -233,7 +234,7 @@ def score_store(store_path, rows, backbone, text_features: TextFeatures, device=
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         batch = store.read_batch(chunk, BATCH_FIELDS)
-        identities = [store.identity(r) for r in chunk]
+        identities = [store.identity(r) | {"row": r} for r in chunk]
         keep = [keep_view_maps is True or (bool(keep_view_maps) and r in keep_view_maps) for r in chunk]
         yield from score_batch(batch, identities, backbone, text_features, device, sigma, autocast, compat, keep)
 

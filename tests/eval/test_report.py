@@ -11,11 +11,14 @@ import json
 import math
 
 import numpy as np
+import open3d as o3d
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from eval.cli import eval_
-from eval.report import BLOCKS, Report, class_metrics, to_markdown
+from eval.class_metrics import BLOCKS, class_metrics
+from eval.report import Report, attach_paper, to_markdown, to_records
 from eval.scoring import SampleScores, compat_fused_map, score_store
 from shared.store import open_store
 from train.backbone import load_backbone
@@ -247,3 +250,71 @@ def test_runs_dir_reports_missing_runs_then_train_missing_reproduces_the_setting
     assert _md_rows(again.output) == _md_rows(trained.output)
     # seeds give the tiny model other random weights, so the two runs differ
     assert not _md_rows(again.output)["point (points)"]["torus"][0].endswith("± 0.0")
+
+
+# --- the paper's numbers and figures ---------------------------------------------------------------------------
+
+def _one_class_report(dataset, setting, values, prompts=("agnostic",), trained_on="mvtec3d", name="cable_gland"):
+    header = {"protocols": ["points"], "dataset": dataset, "model": "ViT-L-14-336", "method": "pointad",
+              "setting": setting, "training_classes": ["carrot"], "training_datasets": [trained_on],
+              "prompts": list(prompts), "runs": 1}
+    metrics = ("i_auroc", "ap", "p_auroc", "aupro")
+    return Report(header=header, blocks=("point",), classes=[name],
+                  values={("points", "point", n): {m: [v] for m, v in zip(metrics, values)} for n in (name, "mean")})
+
+
+@pytest.mark.parametrize("prompts, paper_i_auroc", [(("agnostic",), "53.7"), (("coop",), "53.8")])
+def test_compare_paper_puts_the_published_value_and_the_difference_beside_ours(prompts, paper_i_auroc):
+    # Table 18, cable gland: PointAD (53.7, 86.0 | 93.5, 79.5), PointAD-CoOp (53.8, 85.7 | 93.3, 78.5)
+    report = attach_paper(_one_class_report("mvtec3d", "one-vs-rest", [0.5, 0.9, 0.95, 0.7], prompts))
+    md = to_markdown(report)
+    assert "paper: PointAD paper, Table 18 (point)" in md
+    cells = _md_rows(md)["point (points)"]["cable_gland"]
+    assert cells[:3] == ["50.0", paper_i_auroc, f"{50.0 - float(paper_i_auroc):+.1f}"]
+    if prompts == ("agnostic",):
+        assert cells[3:] == ["90.0", "86.0", "+4.0", "95.0", "93.5", "+1.5", "70.0", "79.5", "-9.5"]
+    record = next(r for r in to_records(report) if r["class"] == "cable_gland")
+    assert record["I-AUROC paper"] == pytest.approx(float(paper_i_auroc) / 100)
+    assert record["I-AUROC diff"] == pytest.approx(0.5 - float(paper_i_auroc) / 100)
+
+
+def test_compare_paper_marks_what_the_paper_does_not_publish():
+    # Table 25 (MVTec3D-AD -> Real3D-AD) has no AUPRO; the paper has no synthetic data at all
+    report = attach_paper(_one_class_report("real3d", "cross-dataset", [0.6, 0.6, 0.6, 0.6], name="shell"))
+    assert _md_rows(to_markdown(report))["point (points)"]["shell"][9:] == ["60.0", "-", "-"]
+    none = attach_paper(_one_class_report("synthetic", "one-vs-rest", [0.6, 0.6, 0.6, 0.6]))
+    md = to_markdown(none)
+    assert "the paper publishes no table for method pointad, setting one-vs-rest, test dataset synthetic" in md
+    assert len(_md_rows(md)["point (points)"]["cable_gland"]) == 4  # no comparison columns
+    assert json.loads(json.dumps(to_records(none)))[0]["AUPRO paper"] is None
+
+
+def test_figures_of_each_class(eval_store, cookie_run, tmp_path):
+    figures = tmp_path / "figures"
+    _report(["--store", eval_store, "--checkpoints", cookie_run, "--dataset", MVTEC, "--figures", figures,
+             "--figure-samples", "1"], tmp_path)
+    store = open_store(eval_store)
+    rows = store.indices(dataset=MVTEC, class_name="torus", split="test")
+    good = next(store.sample(int(r)) for r in rows if store.identity(int(r))["label"] == 0)
+    bad = next(store.sample(int(r)) for r in rows if store.identity(int(r))["label"] == 1)
+    stems = {s.sample_id: s.sample_id.removesuffix(".tiff").replace("/", "_") for s in (good, bad)}
+    expected = {"roc.png", "pro.png"} | {f"{stem}_{kind}" for stem in stems.values()
+                                        for kind in ("views.png", "rgb.png", "point.ply", "multimodal.ply")}
+    assert {p.name for p in (figures / "torus").iterdir()} == expected
+    assert not (figures / "cookie").exists()  # the training class is not tested
+    cloud = o3d.io.read_point_cloud(str(figures / "torus" / f"{stems[bad.sample_id]}_point.ply"))
+    assert len(cloud.points) == bad.n_points
+    assert np.allclose(np.asarray(cloud.points), bad.xyz[bad.valid], atol=1e-6)
+    assert np.ptp(np.asarray(cloud.colors)[:, 0]) > 0.5  # colours span the class's score range
+    with Image.open(figures / "torus" / f"{stems[bad.sample_id]}_views.png") as sheet:
+        assert sheet.format == "PNG"
+        assert len(np.unique(np.asarray(sheet.convert("RGB")).reshape(-1, 3), axis=0)) > 100
+
+
+def test_figures_of_an_unorganized_class_have_no_rgb(eval_store, cookie_run, tmp_path):
+    figures = tmp_path / "figures"
+    _report(["--store", eval_store, "--checkpoints", cookie_run, "--dataset", REAL3D, "--setting", "cross-dataset",
+             "--classes", "cookie", "--figures", figures, "--figure-samples", "1", "--compare-paper"], tmp_path)
+    names = {p.name for p in (figures / "cookie").iterdir()}
+    assert {"roc.png", "pro.png"} <= names and len(names) == 2 + 2 * 2  # views + point PLY of 2 samples
+    assert not any("rgb" in n or "multimodal" in n for n in names)

@@ -1,0 +1,90 @@
+"""Metrics of one test class (SPEC 7): a class's `SampleScores` -> I-AUROC, AP, P-AUROC, AUPRO per block.
+
+The scored samples of a class are laid out as the metrics want them: organized maps (N, H, W) on their
+grids, unorganized clouds (N, P) with their k-NN graphs, or the released code's full grids
+(`pointad-compat`); `eval/report.py` tabulates, `eval/report_figures.py` draws the same arrays.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from eval.metrics import aupro_graph, aupro_organized, aupro_pointad_compat, image_metrics, point_auroc
+from eval.scoring import SampleScores
+
+BLOCKS = ("point", "rgb", "multimodal")
+METRICS = {"i_auroc": "I-AUROC", "ap": "AP", "p_auroc": "P-AUROC", "aupro": "AUPRO"}
+
+
+def block_arrays(results: list[SampleScores], block: str):
+    """(samples, sample scores, point scores per sample) of one block; RGB blocks keep samples with RGB."""
+    if block == "point":
+        return results, [r.score for r in results], [r.point_scores for r in results]
+    kept = [r for r in results if r.has_rgb]
+    return (kept, [getattr(r, f"{block}_score") for r in kept], [getattr(r, f"{block}_point_scores") for r in kept])
+
+
+def grid_maps(samples, point_scores):
+    """(labels, scores, valid) (N, H, W) on the organized grids, padded to the largest grid (valid False)."""
+    height = max(s.grid_hw[0] for s in samples)
+    width = max(s.grid_hw[1] for s in samples)
+    labels = np.zeros((len(samples), height, width), np.uint8)
+    scores = np.zeros((len(samples), height, width), np.float64)
+    valid = np.zeros((len(samples), height, width), bool)
+    for i, (sample, values) in enumerate(zip(samples, point_scores)):
+        rows, cols = np.divmod(sample.grid_index, sample.grid_hw[1])
+        labels[i, rows, cols], scores[i, rows, cols], valid[i, rows, cols] = sample.point_labels, values, True
+    return labels, scores, valid
+
+
+def graph_arrays(samples, point_scores):
+    """(labels, scores, knn, valid) (N, n_max[, k]) of unorganized samples, padded (valid False, knn -1)."""
+    n_max = max(len(s.point_labels) for s in samples)
+    k = samples[0].knn.shape[1]
+    labels = np.zeros((len(samples), n_max), np.uint8)
+    scores = np.zeros((len(samples), n_max), np.float64)
+    knn = np.full((len(samples), n_max, k), -1, np.int32)
+    valid = np.zeros((len(samples), n_max), bool)
+    for i, (sample, values) in enumerate(zip(samples, point_scores)):
+        n = len(sample.point_labels)
+        labels[i, :n], scores[i, :n], knn[i, :n], valid[i, :n] = sample.point_labels, values, sample.knn, True
+    return labels, scores, knn, valid
+
+
+def compat_arrays(samples, block):
+    """(labels, scores (N, H, W), sample scores) of the released code's grid maps (`SampleScores.compat`)."""
+    if any(s.compat is None for s in samples):
+        raise ValueError("pointad-compat needs samples scored with compat=True")
+    labels, _, _ = grid_maps(samples, [s.point_labels for s in samples])  # missing cells: label 0
+    scores = np.zeros(labels.shape, np.float64)
+    for i, sample in enumerate(samples):
+        grid = sample.compat[block][0]
+        scores[i, :grid.shape[0], :grid.shape[1]] = grid
+    return labels, scores, [s.compat[block][1] for s in samples]
+
+
+def class_metrics(results: list[SampleScores], block: str, protocol: str) -> dict[str, float]:
+    """{i_auroc, ap, p_auroc, aupro} of one class's scored samples in one block and protocol (nan if undefined)."""
+    samples, sample_scores, point_scores = block_arrays(results, block)
+    if not samples:
+        return {name: math.nan for name in METRICS}
+    sample_labels = np.array([s.identity["label"] for s in samples])
+    organized = all(s.organized for s in samples)
+    if protocol == "points":
+        out = image_metrics(sample_labels, np.array(sample_scores))
+        out["p_auroc"] = point_auroc(np.concatenate([s.point_labels for s in samples]), np.concatenate(point_scores))
+        if organized:
+            out["aupro"] = aupro_organized(*grid_maps(samples, point_scores))
+        else:
+            labels, scores, knn, valid = graph_arrays(samples, point_scores)
+            out["aupro"] = aupro_graph(labels, scores, knn, valid)
+    elif organized:
+        labels, scores, compat_scores = compat_arrays(samples, block)
+        out = image_metrics(sample_labels, np.array(compat_scores))
+        out["p_auroc"] = point_auroc(labels.ravel(), scores.ravel())
+        out["aupro"] = aupro_pointad_compat(labels, scores)
+    else:  # no grid to fill: sample metrics as in `points`, no point metrics
+        out = image_metrics(sample_labels, np.array(sample_scores)) | {"p_auroc": math.nan, "aupro": math.nan}
+    return out

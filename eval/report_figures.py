@@ -1,0 +1,89 @@
+"""The figures of `eval report --figures DIR` (SPEC 7), one folder per test class, from the first run:
+
+- `roc.png`: sample-level ROC per block (point, RGB, multimodal), AUROC in the legend;
+- `pro.png`: PRO against FPR per block (protocol `points`: valid points, k-NN regions when unorganized);
+- per chosen sample (`pick_rows`: the first anomalous ones in store order, then the first good one):
+  `<sample>_views.png` (each rendering with its anomaly map), `<sample>_rgb.png` (the RGB image and its
+  map, when the sample has RGB), `<sample>_point.ply` and `<sample>_multimodal.ply` (the valid points
+  coloured by their scores: open in CloudCompare or MeshLab).
+Colour scales are shared within a class (the range of that class's scores), so its samples compare.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from eval.class_metrics import block_arrays, graph_arrays, grid_maps
+from eval.figures import (graph_pro_curve, organized_pro_curve, write_pro_plot, write_roc_plot, write_scored_ply,
+                          write_view_sheet)
+from eval.scoring import SampleScores
+
+
+def pick_rows(store, rows, anomalous: int) -> set[int]:
+    """The first `anomalous` anomalous rows and the first good row among `rows` (store order)."""
+    bad = [int(r) for r in rows if store.identity(int(r))["label"] == 1][:anomalous]
+    good = [int(r) for r in rows if store.identity(int(r))["label"] == 0][:1]
+    return set(bad + good)
+
+
+def file_stem(sample_id: str) -> str:
+    """A sample id as one file name: its file suffix dropped, path separators and other odd characters '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", re.sub(r"\.[A-Za-z]+$", "", sample_id)).strip("_") or "sample"
+
+
+def _score_range(arrays) -> tuple[float, float]:
+    values = np.concatenate([np.asarray(a, np.float64).ravel() for a in arrays])
+    low, high = float(values.min()), float(values.max())
+    return (low, high) if high > low else (low, low + 1e-6)
+
+
+def _curves(results: list[SampleScores], blocks) -> tuple[dict, dict]:
+    """({block: (sample labels, sample scores)}, {block: (fpr, pro)}) of the blocks with samples."""
+    roc, pro = {}, {}
+    for block in blocks:
+        samples, sample_scores, point_scores = block_arrays(results, block)
+        if not samples:
+            continue
+        roc[block] = (np.array([s.identity["label"] for s in samples]), np.array(sample_scores))
+        if all(s.organized for s in samples):
+            pro[block] = organized_pro_curve(*grid_maps(samples, point_scores))
+        else:
+            pro[block] = graph_pro_curve(*graph_arrays(samples, point_scores))
+    return roc, pro
+
+
+def write_class_figures(directory, class_name: str, results: list[SampleScores], store, blocks,
+                        run_label: str) -> list[Path]:
+    """Write the class's figures (module docstring) under directory/class_name; return the paths.
+
+    results: the class's scored samples; those with `view_maps` (scored with keep_view_maps) get the
+    per-sample figures, their renderings and points read from `store`.
+    """
+    folder = Path(directory) / file_stem(class_name)
+    roc, pro = _curves(results, blocks)
+    written = [write_roc_plot(folder / "roc.png", roc, f"{class_name}: sample ROC ({run_label})"),
+               write_pro_plot(folder / "pro.png", pro, f"{class_name}: PRO, valid points ({run_label})")]
+    chosen = [r for r in results if r.view_maps is not None]
+    if not chosen:
+        return written
+    map_range = _score_range([r.view_maps for r in chosen])
+    point_range = _score_range([r.point_scores for r in results])
+    for result in chosen:
+        stored = store.sample(int(result.identity["row"]))
+        stem = file_stem(result.identity["sample_id"])
+        kind = "anomalous" if result.identity["label"] else "good"
+        title = f"{class_name} {result.identity['sample_id']} ({kind}), score {result.score:.3f}"
+        written.append(write_view_sheet(folder / f"{stem}_views.png", stored.image, result.view_maps, title,
+                                        vmin=map_range[0], vmax=map_range[1]))
+        points = stored.xyz[stored.valid]
+        written.append(write_scored_ply(folder / f"{stem}_point.ply", points, result.point_scores, *point_range))
+        if result.has_rgb and result.rgb_view_map is not None:
+            written.append(write_view_sheet(folder / f"{stem}_rgb.png", stored.rgb[None], result.rgb_view_map[None],
+                                            f"{title}, RGB", columns=1, vmin=map_range[0], vmax=map_range[1]))
+            written.append(write_scored_ply(folder / f"{stem}_multimodal.ply", points,
+                                            result.multimodal_point_scores,
+                                            *_score_range([r.multimodal_point_scores for r in results if r.has_rgb])))
+    return written
