@@ -35,7 +35,8 @@ def eval_():
 @click.option("--method", type=click.Choice(["pointad", "clip-rendering"]), default="pointad", show_default=True,
               help="clip-rendering: untrained baseline prompts, no checkpoints.")
 @click.option("--model", default="vit-l-14-336", show_default=True,
-              help="Model of the clip-rendering baseline (runs use their checkpoint's model).")
+              help="Model of the clip-rendering baseline and of runs trained by --train-missing (other runs use "
+                   "their checkpoint's); auto = ViT-L if its weights are present, else tiny.")
 @click.option("--clip-weights", type=click.Path(path_type=Path), help="OpenAI ViT-L/14@336 weights file.")
 @click.option("--batch-size", default=4, show_default=True)
 @click.option("--compare-paper", is_flag=True,
@@ -63,7 +64,10 @@ def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, de
     --train-missing the runs not there yet are trained first, so one command reproduces a setting.
     """
     from eval.report import ReportConfig, build_report, write_report
+    from train.cli import resolve_model
     from train.loop import resolve_device
+    if method == "clip-rendering":
+        model = resolve_model(model, clip_weights)
     if runs_dir is not None:
         if checkpoints:
             raise click.UsageError("give either --checkpoints or --runs-dir, not both")
