@@ -29,7 +29,7 @@ from eval.class_metrics import BLOCKS, METRICS, class_metrics
 from eval.paper import published, table_number
 from eval.report_figures import pick_rows, write_class_figures
 from eval.runs import BackboneCache, load_run
-from eval.scoring import baseline_text_features, score_store
+from eval.scoring import baseline_text_features, score_store_runs
 from shared.errors import CheckpointMismatchError, ConfigError, PointADError
 from shared.io import atomic_path
 from shared.store import open_store
@@ -143,7 +143,9 @@ def _runs(config: ReportConfig, backbones: BackboneCache):
 def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
     """Score every run on its test classes and collect the metric values (see the module docstring).
 
-    progress: optional callable taking one line per (run, class).
+    Runs of the same frozen model share its vision pass: per class and batch the renderings are encoded
+    once and scored with each run's text features. progress: optional callable taking one line per
+    (class, model).
     """
     store = open_store(config.store)
     classes = dataset_classes(store, config.dataset)
@@ -153,60 +155,74 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
             raise PointADError(f"{config.store}: dataset '{config.dataset}' has no test class(es) {unknown} "
                                f"(classes: {', '.join(classes)})")
         classes = [c for c in classes if c in config.classes]
-    has_rgb = False
-    values: dict = {}
-    tested: set[str] = set()
-    trainings, label = [], None
-    backbones = BackboneCache(config.clip_weights, device)
+    runs = list(_runs(config, BackboneCache(config.clip_weights, device)))
+    trainings = [train for _, train, _, _ in runs if train is not None]
     autocast = torch.device(device).type == "cuda"
-    for number, (run, train, backbone, text) in enumerate(_runs(config, backbones)):
-        label = backbone.label
-        train_class = None if train is None else train["class_name"]
-        if train is not None:
-            trainings.append(train)
-        test = [c for c in classes if not (config.setting == "one-vs-rest" and c == train_class)]
-        per_class = {}
-        for name in test:
-            rows = store.indices(dataset=config.dataset, class_name=name, split="test")
-            drawn = config.figures is not None and number == 0
+    per_run: list[dict] = [{} for _ in runs]   # run number -> {(protocol, block, class): metrics}
+    has_rgb = False
+    for name in classes:
+        rows = store.indices(dataset=config.dataset, class_name=name, split="test")
+        testing = [n for n, (_, train, _, _) in enumerate(runs)
+                   if not (config.setting == "one-vs-rest" and train is not None and train["class_name"] == name)]
+        for group in _by_backbone(runs, testing):
+            drawn = config.figures is not None and group[0] == 0
             keep = pick_rows(store, rows, config.figure_samples) if drawn else None
-            results = list(score_store(config.store, rows, backbone, text, device, config.batch_size,
-                                       autocast=autocast, compat="pointad-compat" in config.protocols,
-                                       keep_view_maps=keep))
-            has_rgb |= any(r.has_rgb for r in results)
-            for protocol in config.protocols:
-                for block in BLOCKS:
-                    per_class[protocol, block, name] = class_metrics(results, block, protocol)
-            if drawn:
-                write_class_figures(config.figures, name, results, store, BLOCKS, label)
-            tested.add(name)
+            scored = list(score_store_runs(config.store, rows, runs[group[0]][2], [runs[n][3] for n in group],
+                                           device, config.batch_size, autocast=autocast,
+                                           compat="pointad-compat" in config.protocols, keep_view_maps=keep))
+            for k, number in enumerate(group):
+                results = [per_row[k] for per_row in scored]
+                has_rgb |= any(r.has_rgb for r in results)
+                for protocol in config.protocols:
+                    for block in BLOCKS:
+                        per_run[number][protocol, block, name] = class_metrics(results, block, protocol)
+                if drawn and k == 0:
+                    write_class_figures(config.figures, name, results, store, BLOCKS, runs[0][2].label)
             if progress is not None:
-                progress(f"{run}: {name} ({len(rows)} samples)")
-        for (protocol, block, name), metrics in per_class.items():
-            for metric, value in metrics.items():
-                values.setdefault((protocol, block, name), {}).setdefault(metric, []).append(value)
-        for protocol in config.protocols:
-            for block in BLOCKS:
-                for metric in METRICS:
-                    column = [per_class[protocol, block, n][metric] for n in test]
-                    finite = [v for v in column if math.isfinite(v)]
-                    values.setdefault((protocol, block, MEAN_ROW), {}).setdefault(metric, []).append(
-                        float(np.mean(finite)) if finite else math.nan)
+                progress(f"{name}: {len(rows)} samples, {len(group)} run(s) of {runs[group[0]][2].label}")
+    values = _collect(per_run, config.protocols)
+    tested = [c for c in classes if any((config.protocols[0], "point", c) in metrics for metrics in per_run)]
     training_classes = sorted({t["class_name"] for t in trainings})
     if not tested:
         raise PointADError(f"no test class left: dataset '{config.dataset}' classes {classes}, training "
                            f"class(es) {training_classes} (one-vs-rest leaves out each run's class)")
-    header = {"model": label, "method": config.method, "setting": config.setting, "dataset": config.dataset,
-              "training_classes": training_classes,
+    header = {"model": runs[0][2].label, "method": config.method, "setting": config.setting,
+              "dataset": config.dataset, "training_classes": training_classes,
               "training_datasets": sorted({t.get("dataset") or "" for t in trainings} - {""}),
               "prompts": sorted({t.get("prompt", "agnostic") for t in trainings}),
-              "protocols": list(config.protocols),
-              "runs": len(config.checkpoints) if config.method == "pointad" else 1, "store": str(config.store)}
+              "protocols": list(config.protocols), "runs": len(runs), "store": str(config.store)}
     if config.figures is not None:
         header["figures"] = str(config.figures)
     blocks = BLOCKS if has_rgb else ("point",)
-    report = Report(header=header, blocks=blocks, classes=[c for c in classes if c in tested], values=values)
+    report = Report(header=header, blocks=blocks, classes=tested, values=values)
     return attach_paper(report) if config.compare_paper else report
+
+
+def _by_backbone(runs: list, numbers: list[int]) -> list[list[int]]:
+    """The run numbers grouped by the frozen model object they use, in order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for number in numbers:
+        groups.setdefault(id(runs[number][2]), []).append(number)
+    return list(groups.values())
+
+
+def _collect(per_run: list[dict], protocols) -> dict:
+    """values[(protocol, block, class)][metric] = one value per run that tested the class; the mean row
+    holds each run's mean over its tested classes (finite values only)."""
+    values: dict = {}
+    for metrics_of in per_run:
+        for key, metrics in metrics_of.items():
+            for metric, value in metrics.items():
+                values.setdefault(key, {}).setdefault(metric, []).append(value)
+        tested = sorted({name for (_, _, name) in metrics_of})
+        for protocol in protocols:
+            for block in BLOCKS:
+                for metric in METRICS:
+                    column = [metrics_of[protocol, block, name][metric] for name in tested]
+                    finite = [v for v in column if math.isfinite(v)]
+                    values.setdefault((protocol, block, MEAN_ROW), {}).setdefault(metric, []).append(
+                        float(np.mean(finite)) if finite else math.nan)
+    return values
 
 
 # --- the paper's numbers ------------------------------------------------------------------------------------

@@ -44,8 +44,8 @@ def resolve_checkpoint(path) -> Path:
 
 
 class BackboneCache:
-    """Frozen models built on demand, one kept at a time, keyed by (model, seed): tiny runs of other seeds
-    have other random weights; a real model ignores the seed."""
+    """Frozen models built on demand, each once, keyed by (model, seed): tiny runs of other seeds have other
+    random weights; a real model ignores the seed, so all runs of one real model share one object."""
 
     def __init__(self, clip_weights=None, device="cpu"):
         self.clip_weights, self.device, self.built = clip_weights, device, {}
@@ -53,7 +53,7 @@ class BackboneCache:
     def get(self, model: ModelConfig, seed: int):
         key = (json.dumps(model.to_dict(), sort_keys=True), seed if model.random_init else None)
         if key not in self.built:
-            self.built = {key: load_backbone(model, self.clip_weights, seed=seed).to(self.device)}
+            self.built[key] = load_backbone(model, self.clip_weights, seed=seed).to(self.device)
         return self.built[key]
 
 

@@ -207,10 +207,36 @@ def _text_for(text_features: TextFeatures, class_names: list[str], device) -> to
     return torch.stack([text_features(name) for name in class_names]).to(device).float()
 
 
-def _anomaly_outputs(backbone, images: np.ndarray, text: torch.Tensor, device, autocast: bool):
-    """(view P_a (B, V), anomaly maps (B, V, S, S)) of (B, V, S, S, 3) uint8 images."""
-    global_feature, patches = encode_views(backbone, images, device, autocast)
-    b, v, size = images.shape[0], images.shape[1], images.shape[2]
+@dataclass(frozen=True)
+class BatchFeatures:
+    """The frozen model's features of one batch, shared by every run scored with that model.
+
+    views: (global (B, V, D), patches (L, B*V, G*G, D)) of the renderings; rgb: the same for the RGB
+    images of the rows in `rgb_rows` (organized rows with RGB), or None when there are none.
+    """
+
+    views: tuple
+    rgb_rows: list[int]
+    rgb: tuple | None
+
+
+def encode_batch(batch: dict, backbone, device="cpu", autocast: bool = False) -> BatchFeatures:
+    """Run the vision tower once over a batch's renderings and RGB images (`score_batch` reuses them)."""
+    count = batch["image"].shape[0]
+    rgb_rows = [i for i in range(count) if _organized(batch, i) and batch["rgb"][i].any()]
+    views = encode_views(backbone, batch["image"], device, autocast)
+    rgb = encode_views(backbone, batch["rgb"][rgb_rows][:, None], device, autocast) if rgb_rows else None
+    return BatchFeatures(views=views, rgb_rows=rgb_rows, rgb=rgb)
+
+
+def _organized(batch: dict, i: int) -> bool:
+    return bool(batch["grid_hw"][i].min() > 0 and (batch["grid_index"][i][batch["valid"][i]] >= 0).all())
+
+
+def _anomaly_outputs(features: tuple, text: torch.Tensor, size: int):
+    """(view P_a (B, V), anomaly maps (B, V, S, S)) from `encode_views` output and the text features."""
+    global_feature, patches = features
+    b, v = global_feature.shape[:2]
     with torch.no_grad():
         view_probs = class_probabilities(text, global_feature)[..., 1]
         maps2d = patch_maps(text, patches, size)[:, 1].reshape(b, v, size, size)
@@ -226,9 +252,20 @@ def score_store(store_path, rows, backbone, text_features: TextFeatures, device=
     the clip-rendering baseline). Point maps: back-projection of the anomalous patch maps (SPEC 5), then
     `smooth_organized` on samples with a grid, else `smooth_graph`. RGB and fusion for organized
     samples whose rgb/image is not all zero. Each result's identity is the row's, plus "row". compat:
-    also the released code's grid maps and scores.
-    keep_view_maps: True, or a set of rows whose per-view maps are kept (for figures).
+    also the released code's grid maps and scores. keep_view_maps: True, or a set of rows whose
+    per-view maps are kept (for figures).
     """
+    for scored in score_store_runs(store_path, rows, backbone, [text_features], device, batch_size, sigma,
+                                   autocast, compat, keep_view_maps):
+        yield scored[0]
+
+
+def score_store_runs(store_path, rows, backbone, texts: list, device="cpu", batch_size: int = 4,
+                     sigma: float = SIGMA, autocast: bool = False, compat: bool = False,
+                     keep_view_maps=False) -> Iterator[list[SampleScores]]:
+    """As `score_store` for several runs of one frozen model: yield per row a list, one `SampleScores` per
+    text features of `texts`. The vision tower runs once per batch for all of them (the model is frozen,
+    only the prompts differ between runs); keep_view_maps applies to the first run."""
     store = open_store(store_path)
     rows = [int(r) for r in rows]
     for start in range(0, len(rows), batch_size):
@@ -236,7 +273,12 @@ def score_store(store_path, rows, backbone, text_features: TextFeatures, device=
         batch = store.read_batch(chunk, BATCH_FIELDS)
         identities = [store.identity(r) | {"row": r} for r in chunk]
         keep = [keep_view_maps is True or (bool(keep_view_maps) and r in keep_view_maps) for r in chunk]
-        yield from score_batch(batch, identities, backbone, text_features, device, sigma, autocast, compat, keep)
+        features = encode_batch(batch, backbone, device, autocast)
+        per_run = [list(score_batch(batch, identities, backbone, text, device, sigma, autocast, compat,
+                                    keep if number == 0 else None, features))
+                   for number, text in enumerate(texts)]
+        for i in range(len(chunk)):
+            yield [scored[i] for scored in per_run]
 
 
 def score_arrays(arrays, identity: dict, backbone, text_features: TextFeatures, device="cpu", sigma: float = SIGMA,
@@ -263,28 +305,30 @@ def _compat_scores(raw_points, grid_index, grid_hw, view_probs, rgb_map, rgb_pro
 
 def score_batch(batch: dict, identities: list[dict], backbone, text_features: TextFeatures, device="cpu",
                 sigma: float = SIGMA, autocast: bool = False, compat: bool = False,
-                keep_view_maps: list[bool] | None = None) -> Iterator[SampleScores]:
+                keep_view_maps: list[bool] | None = None,
+                features: BatchFeatures | None = None) -> Iterator[SampleScores]:
     """Yield `SampleScores` per row of `batch` ({field: (B, ...)} with the BATCH_FIELDS, as `read_batch` gives).
 
-    compat: also the released code's grid maps (organized rows); keep_view_maps: per row, keep its view maps.
+    compat: also the released code's grid maps (organized rows); keep_view_maps: per row, keep its view maps;
+    features: the batch's `encode_batch` output when already computed (else computed here).
     """
     count = len(identities)
     keep_view_maps = keep_view_maps or [False] * count
+    features = features if features is not None else encode_batch(batch, backbone, device, autocast)
+    size = batch["image"].shape[2]
     text = _text_for(text_features, [i["class_name"] for i in identities], device)
-    view_probs, maps2d = _anomaly_outputs(backbone, batch["image"], text, device, autocast)
+    view_probs, maps2d = _anomaly_outputs(features.views, text, size)
     with torch.no_grad():
         tensors = {k: torch.from_numpy(batch[k]).to(device) for k in ("pixel", "visible", "valid", "proxy")}
         raw = back_project(maps2d, tensors["pixel"], tensors["visible"], tensors["valid"], tensors["proxy"])
     raw, view_probs = raw.cpu().numpy(), view_probs.cpu().numpy()
 
-    organized = [bool(batch["grid_hw"][i].min() > 0 and (batch["grid_index"][i][batch["valid"][i]] >= 0).all())
-                 for i in range(count)]
-    with_rgb = [i for i in range(count) if organized[i] and batch["rgb"][i].any()]
+    organized = [_organized(batch, i) for i in range(count)]
+    with_rgb = features.rgb_rows
     rgb_probs = rgb_maps = None
     if with_rgb:
         rgb_text = text[with_rgb] if text.ndim == 3 else text
-        rgb_probs, rgb_maps = _anomaly_outputs(backbone, batch["rgb"][with_rgb][:, None], rgb_text, device,
-                                               autocast)
+        rgb_probs, rgb_maps = _anomaly_outputs(features.rgb, rgb_text, batch["rgb"].shape[1])
         rgb_probs, rgb_maps = rgb_probs[:, 0].cpu().numpy(), rgb_maps[:, 0]
 
     for i in range(count):

@@ -18,8 +18,8 @@ from PIL import Image
 
 from eval.cli import eval_
 from eval.class_metrics import BLOCKS, class_metrics
-from eval.report import Report, attach_paper, to_markdown, to_records
-from eval.scoring import SampleScores, compat_fused_map, score_store
+from eval.report import Report, ReportConfig, attach_paper, build_report, to_markdown, to_records
+from eval.scoring import SampleScores, compat_fused_map, score_store, score_store_runs
 from shared.store import open_store
 from train.backbone import load_backbone
 from train.loop import TrainConfig, train
@@ -79,6 +79,23 @@ def test_score_store_streams_the_same_scores_at_any_batch_size(eval_store):
             assert abs(a.multimodal_score - b.multimodal_score) < 1e-5
             assert a.multimodal_score == pytest.approx(0.5 * (0.5 * (a.score + a.rgb_score)
                                                               + a.multimodal_point_scores.max()), abs=1e-6)
+
+
+def test_several_runs_share_one_vision_pass_and_score_as_alone(eval_store):
+    store = open_store(eval_store)
+    rows = np.concatenate([store.indices(dataset=MVTEC, class_name="torus")[:3],
+                           store.indices(dataset=REAL3D, class_name="torus")[:2]])
+    backbone = load_backbone(load_model_config("tiny"), seed=0)
+    texts = [backbone.encode_text(["normal object.", "damaged object."]),
+             backbone.encode_text(["a flawless thing.", "a broken thing."])]
+    together = list(score_store_runs(eval_store, rows, backbone, texts, batch_size=2))
+    for k, text in enumerate(texts):
+        alone = list(score_store(eval_store, rows, backbone, text, batch_size=2))
+        for a, b in zip(alone, (per_row[k] for per_row in together)):
+            assert a.identity == b.identity and a.score == b.score
+            assert np.array_equal(a.point_scores, b.point_scores)
+            assert a.multimodal_score == b.multimodal_score
+    assert together[0][0].score != together[0][1].score  # the two prompts do differ
 
 
 def test_compat_scores_follow_the_released_formulas(eval_store):
@@ -318,3 +335,18 @@ def test_figures_of_an_unorganized_class_have_no_rgb(eval_store, cookie_run, tmp
     names = {p.name for p in (figures / "cookie").iterdir()}
     assert {"roc.png", "pro.png"} <= names and len(names) == 2 + 2 * 2  # views + point PLY of 2 samples
     assert not any("rgb" in n or "multimodal" in n for n in names)
+
+
+def test_a_report_of_two_runs_holds_each_runs_own_values(eval_store, cookie_run, tmp_path):
+    # same tiny seed: one backbone, one vision pass for both runs; the report must keep them apart
+    torus_run = tmp_path / "torus"
+    train(TrainConfig(store=str(eval_store), class_name="torus", dataset=MVTEC, model="tiny", epochs=1), torus_run)
+    base = dict(store=str(eval_store), dataset=REAL3D, setting="cross-dataset", classes=("cookie",))
+    both = build_report(ReportConfig(**base, checkpoints=(str(cookie_run), str(torus_run))))
+    alone = [build_report(ReportConfig(**base, checkpoints=(str(run),))) for run in (cookie_run, torus_run)]
+    for metric in ("i_auroc", "p_auroc", "aupro"):
+        expected = [a.values["points", "point", "cookie"][metric][0] for a in alone]
+        assert both.values["points", "point", "cookie"][metric] == pytest.approx(expected, abs=1e-9)
+    assert alone[0].values["points", "point", "cookie"]["p_auroc"] != alone[1].values["points", "point", "cookie"][
+        "p_auroc"]  # two different runs, so a mix-up would show
+    assert both.header["training_classes"] == ["cookie", "torus"] and both.header["runs"] == 2
