@@ -10,7 +10,8 @@ multimodal) and protocol:
   stores) with label 0 in missing cells, P-AUROC over every cell and `aupro_pointad_compat`. Classes with
   unorganized samples keep the `points` sample metrics and get nan point metrics (no grid to fill).
 Per run, the mean row is the mean over its test classes where a value is defined; across runs every
-cell is mean ± std (population std) of the runs that tested that class. The point scores of one class are held at a time, never the whole store.
+cell is mean ± std (population std) of the runs that tested that class. The scores of one class (for
+every run) are held at a time, never the whole store.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -121,11 +123,21 @@ def dataset_classes(store, dataset: str) -> list[str]:
     return sorted({store.identity(int(i))["class_name"] for i in rows})
 
 
+class Scorer(NamedTuple):
+    """One run as the report scores it: label (checkpoint path or method), train (its TrainConfig dict, None
+    for the baseline), the frozen backbone and the text features."""
+
+    label: str
+    train: dict | None
+    backbone: object
+    text: object
+
+
 def _runs(config: ReportConfig, backbones: BackboneCache):
-    """Yield (label, training config dict or None, backbone, text features) per run."""
+    """Yield a `Scorer` per run."""
     if config.method == "clip-rendering":
         backbone = backbones.get(load_model_config(config.model), BASELINE_SEED)
-        yield "clip-rendering", None, backbone, baseline_text_features(backbone)
+        yield Scorer("clip-rendering", None, backbone, baseline_text_features(backbone))
         return
     model = None
     for given in config.checkpoints:
@@ -137,7 +149,7 @@ def _runs(config: ReportConfig, backbones: BackboneCache):
         if config.setting == "one-vs-rest" and run.train.get("dataset") not in (None, config.dataset):
             raise PointADError(f"{run.path}: trained on dataset '{run.train['dataset']}'; one-vs-rest tests that "
                                f"dataset (--dataset {run.train['dataset']}) or use --setting cross-dataset")
-        yield str(run.path), run.train, run.backbone, run.text
+        yield Scorer(str(run.path), run.train, run.backbone, run.text)
 
 
 def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
@@ -156,18 +168,19 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
                                f"(classes: {', '.join(classes)})")
         classes = [c for c in classes if c in config.classes]
     runs = list(_runs(config, BackboneCache(config.clip_weights, device)))
-    trainings = [train for _, train, _, _ in runs if train is not None]
+    trainings = [run.train for run in runs if run.train is not None]
     autocast = torch.device(device).type == "cuda"
     per_run: list[dict] = [{} for _ in runs]   # run number -> {(protocol, block, class): metrics}
     has_rgb = False
     for name in classes:
         rows = store.indices(dataset=config.dataset, class_name=name, split="test")
-        testing = [n for n, (_, train, _, _) in enumerate(runs)
-                   if not (config.setting == "one-vs-rest" and train is not None and train["class_name"] == name)]
+        testing = [n for n, run in enumerate(runs)
+                   if not (config.setting == "one-vs-rest" and run.train and run.train["class_name"] == name)]
         for group in _by_backbone(runs, testing):
             drawn = config.figures is not None and group[0] == 0
             keep = pick_rows(store, rows, config.figure_samples) if drawn else None
-            scored = list(score_store_runs(config.store, rows, runs[group[0]][2], [runs[n][3] for n in group],
+            backbone = runs[group[0]].backbone
+            scored = list(score_store_runs(config.store, rows, backbone, [runs[n].text for n in group],
                                            device, config.batch_size, autocast=autocast,
                                            compat="pointad-compat" in config.protocols, keep_view_maps=keep))
             for k, number in enumerate(group):
@@ -177,16 +190,16 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
                     for block in BLOCKS:
                         per_run[number][protocol, block, name] = class_metrics(results, block, protocol)
                 if drawn and k == 0:
-                    write_class_figures(config.figures, name, results, store, BLOCKS, runs[0][2].label)
+                    write_class_figures(config.figures, name, results, store, BLOCKS, backbone.label)
             if progress is not None:
-                progress(f"{name}: {len(rows)} samples, {len(group)} run(s) of {runs[group[0]][2].label}")
+                progress(f"{name}: {len(rows)} samples, {len(group)} run(s) of {backbone.label}")
     values = _collect(per_run, config.protocols)
     tested = [c for c in classes if any((config.protocols[0], "point", c) in metrics for metrics in per_run)]
     training_classes = sorted({t["class_name"] for t in trainings})
     if not tested:
         raise PointADError(f"no test class left: dataset '{config.dataset}' classes {classes}, training "
                            f"class(es) {training_classes} (one-vs-rest leaves out each run's class)")
-    header = {"model": runs[0][2].label, "method": config.method, "setting": config.setting,
+    header = {"model": runs[0].backbone.label, "method": config.method, "setting": config.setting,
               "dataset": config.dataset, "training_classes": training_classes,
               "training_datasets": sorted({t.get("dataset") or "" for t in trainings} - {""}),
               "prompts": sorted({t.get("prompt", "agnostic") for t in trainings}),
@@ -198,11 +211,11 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
     return attach_paper(report) if config.compare_paper else report
 
 
-def _by_backbone(runs: list, numbers: list[int]) -> list[list[int]]:
+def _by_backbone(runs: list[Scorer], numbers: list[int]) -> list[list[int]]:
     """The run numbers grouped by the frozen model object they use, in order of first appearance."""
     groups: dict[int, list[int]] = {}
     for number in numbers:
-        groups.setdefault(id(runs[number][2]), []).append(number)
+        groups.setdefault(id(runs[number].backbone), []).append(number)
     return list(groups.values())
 
 
