@@ -4,6 +4,7 @@ full `eval report` on a synthetic store, all in one run (SPEC 9).
 Run: .venv/bin/python benchmarks/eval_bench.py [--maps 100] [--repeats 3] [--loop-maps 2]
      [--compat-loop-maps 100] [--no-report | --workdir DIR --classes cookie dowel torus --views 9
      --test-good 2 --per-defect 1 --report-repeats 3 --batch-size 4 --device cpu] [--no-aupro]
+     [--no-share | --share-model tiny|vit-l-random --share-runs 3 --share-samples 8]
 
 Part 1, AU-PRO. Maps: an elliptic object footprint per map (about 60 % of the grid) with 2 % sensor
 dropouts inside, the rest missing; ~30 % normal maps, the others with 2-5 elliptic defects; scores = smooth
@@ -27,10 +28,16 @@ trained for one epoch on the first class, as tests/eval/test_report.py does. All
 (reused when it exists, so reruns skip the build) or a temporary folder. Then `build_report` +
 `write_report` (markdown) are timed for one-vs-rest with protocol `points`, with protocol `both`, and the
 clip-rendering baseline (after one untimed warm-up report, the three take turns --report-repeats times;
-medians). The time inside `score_store` (reading the store, the model, back-projection, smoothing) and
+medians). The time inside `score_store_runs` (reading the store, the model, back-projection, smoothing) and
 inside `class_metrics` is measured by wrapping the two names that `eval.report` calls, in this process
 only (product code unchanged); the rest is model, checkpoint and prompt loading and writing. The tiny
 model has random weights: these are smoke-scale timings, not the ViT-L/14@336 cost.
+
+Part 3, several runs of one model (skip with --no-share): --share-runs text features scored over the
+first --share-samples test rows of that store, once with one `score_store` per run (the vision tower
+per run) and once with `score_store_runs` (one vision pass per batch, as `eval report` does); the
+scores must be identical. --share-model vit-l-random is ViT-L-14-336 with random weights: the real
+model's cost without its weights.
 """
 
 from __future__ import annotations
@@ -228,27 +235,20 @@ def synthetic_run(workdir: Path, args) -> tuple[Path, Path, list[tuple[str, floa
     return store, run_dir, steps
 
 
-# where `eval report` finds the two stages it calls (eval.class_metrics is new; older trees define it in eval.report)
-STAGES = {"score_store": ("eval.scoring", "eval.report"), "class_metrics": ("eval.class_metrics", "eval.report")}
-
-
 @contextmanager
 def stage_clock():
     """Yield {"scoring", "metrics": seconds, "samples", "metric_calls": counts} filled while `eval.report` runs.
 
-    Wraps `score_store` and `class_metrics` under every module name in STAGES that holds them, in this
-    process only; the originals are restored on exit. Product code is not changed.
+    Wraps the two names `eval.report` calls, `score_store_runs` and `class_metrics`, in this process only;
+    the originals are restored on exit. Product code is not changed.
     """
-    spent = {"scoring": 0.0, "metrics": 0.0, "samples": 0, "metric_calls": 0}
-    modules = {name: importlib.import_module(name) for names in STAGES.values() for name in names
-               if importlib.util.find_spec(name) is not None}
-    found = [(modules[place], name) for name, places in STAGES.items() for place in places
-             if place in modules and hasattr(modules[place], name)]
-    score_store = next(getattr(m, n) for m, n in found if n == "score_store")
-    class_metrics = next(getattr(m, n) for m, n in found if n == "class_metrics")
+    import eval.report as report
 
-    def timed_score_store(*a, **kw):
-        results = score_store(*a, **kw)
+    spent = {"scoring": 0.0, "metrics": 0.0, "samples": 0, "metric_calls": 0}
+    score_store_runs, class_metrics = report.score_store_runs, report.class_metrics
+
+    def timed_score_store_runs(*a, **kw):
+        results = score_store_runs(*a, **kw)
         while True:
             start = time.perf_counter()
             try:
@@ -268,15 +268,11 @@ def stage_clock():
             spent["metrics"] += time.perf_counter() - start
             spent["metric_calls"] += 1
 
-    wrappers = {"score_store": timed_score_store, "class_metrics": timed_class_metrics}
-    originals = [(module, name, getattr(module, name)) for module, name in found]
-    for module, name in found:
-        setattr(module, name, wrappers[name])
+    report.score_store_runs, report.class_metrics = timed_score_store_runs, timed_class_metrics
     try:
         yield spent
     finally:
-        for module, name, original in originals:
-            setattr(module, name, original)
+        report.score_store_runs, report.class_metrics = score_store_runs, class_metrics
 
 
 def time_reports(configs, workdir: Path, device: str, repeats: int) -> list[dict]:
@@ -335,18 +331,60 @@ def report_part(args) -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = timings[0][1]["total"]
     for name, t in timings:
-        scored, tabulated = t["samples"] > 0, t["metric_calls"] > 0
         cells = [name, ", ".join(t["classes"]), str(t["samples"]), f"{t['total']:.2f}", f"{t['total'] / base:.2f}x",
-                 f"{t['scoring']:.2f}" if scored else "n/a", f"{t['samples'] / t['scoring']:.1f}" if scored else "n/a",
-                 f"{t['metrics']:.3f}" if tabulated else "n/a",
-                 f"{1000 * t['metrics'] / t['samples']:.1f}" if scored and tabulated else "n/a",
-                 f"{t['total'] - t['scoring'] - t['metrics']:.2f}" if scored and tabulated else "n/a"]
+                 f"{t['scoring']:.2f}", f"{t['samples'] / t['scoring']:.1f}", f"{t['metrics']:.3f}",
+                 f"{1000 * t['metrics'] / t['samples']:.1f}",
+                 f"{t['total'] - t['scoring'] - t['metrics']:.2f}"]
         print("| " + " | ".join(cells) + " |")
     print()
-    print("scoring: inside `score_store` (store read, model, back-projection, smoothing; `both` adds the compat "
+    print("scoring: inside `score_store_runs` (store read, model, back-projection, smoothing; `both` adds the compat "
           "grids); metrics: inside `class_metrics` (every block x protocol, "
           f"{timings[1][1]['metric_calls']} calls for `both`); other: build_report's model, checkpoint and prompt "
-          "loading, plus write_report. 'n/a' = eval.report no longer calls the wrapped names.")
+          "loading, plus write_report.")
+
+
+def shared_pass_part(args) -> None:
+    """Part 3: R runs of one frozen model scored with one vision pass per batch (`score_store_runs`, as
+    `eval report` does) against one `score_store` per run (each run re-encoding the renderings)."""
+    import dataclasses
+
+    from eval.scoring import score_store, score_store_runs
+    from shared.store import open_store
+    from train.backbone import load_backbone
+    from train.model_config import load_model_config
+
+    config = load_model_config("tiny")
+    if args.share_model == "vit-l-random":  # the real model's cost without its weights
+        config = dataclasses.replace(load_model_config("vit-l-14-336"), pretrained=None, random_init=True,
+                                     label="ViT-L-14-336 (random weights)")
+    backbone = load_backbone(config, seed=0).to(args.device)
+    texts = [backbone.encode_text([f"a normal object {k}.", f"a damaged object {k}."]) for k in range(args.share_runs)]
+    with tempfile.TemporaryDirectory(prefix="eval-bench-") as tmp:
+        workdir = Path(args.workdir) if args.workdir else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        store, _, _ = synthetic_run(workdir, args)
+        rows = open_store(store).indices(dataset=DATASET, split="test")[:args.share_samples]
+        autocast = args.device.startswith("cuda")
+        start = time.perf_counter()
+        separate = [list(score_store(store, rows, backbone, text, args.device, args.batch_size, autocast=autocast))
+                    for text in texts]
+        separate_s = time.perf_counter() - start
+        start = time.perf_counter()
+        shared = list(score_store_runs(store, rows, backbone, texts, args.device, args.batch_size, autocast=autocast))
+        shared_s = time.perf_counter() - start
+    difference = max(abs(alone[i].score - per_row[k].score) for k, alone in enumerate(separate)
+                     for i, per_row in enumerate(shared))
+    print(f"## {args.share_runs} runs of one model on {len(rows)} samples ({args.views} views + RGB), "
+          f"model {backbone.label}, device {args.device}")
+    print()
+    print("| scoring | seconds | samples x runs / s | ratio |")
+    print("|---|---:|---:|---:|")
+    print(f"| one `score_store` per run (vision tower per run) | {separate_s:.2f} | "
+          f"{len(rows) * len(texts) / separate_s:.2f} | 1.00x |")
+    print(f"| `score_store_runs` (one vision pass per batch, as `eval report`) | {shared_s:.2f} | "
+          f"{len(rows) * len(texts) / shared_s:.2f} | {separate_s / shared_s:.2f}x |")
+    print()
+    print(f"sample scores of every run: max |separate - shared| = {difference:.1e}")
 
 
 def main() -> None:
@@ -367,6 +405,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--report-repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--share", action=argparse.BooleanOptionalAction, default=True, help="part 3")
+    parser.add_argument("--share-model", default="tiny", choices=["tiny", "vit-l-random"])
+    parser.add_argument("--share-runs", type=int, default=3)
+    parser.add_argument("--share-samples", type=int, default=8)
     args = parser.parse_args()
     args.compat_loop_maps = args.compat_loop_maps or args.maps
 
@@ -375,6 +417,9 @@ def main() -> None:
         aupro_part(args)
     if args.report:
         report_part(args)
+    if args.share:
+        print()
+        shared_pass_part(args)
     print()
     print(f"total runtime {time.perf_counter() - started:.0f} s")
 
