@@ -59,12 +59,16 @@ def _md_rows(text):
 
 # --- the streaming driver -------------------------------------------------------------------------------------
 
-def test_score_store_streams_the_same_scores_at_any_batch_size(eval_store):
+def _tiny_scoring(eval_store, picks):
+    """(store, rows, tiny backbone (seed 0), fixed text features); picks: (dataset, class, first n rows)."""
     store = open_store(eval_store)
-    rows = np.concatenate([store.indices(dataset=MVTEC, class_name="torus")[:2],
-                           store.indices(dataset=REAL3D, class_name="cookie")[:2]])
+    rows = np.concatenate([store.indices(dataset=d, class_name=c)[:n] for d, c, n in picks])
     backbone = load_backbone(load_model_config("tiny"), seed=0)
-    text = backbone.encode_text(["normal object.", "damaged object."])
+    return store, rows, backbone, backbone.encode_text(["normal object.", "damaged object."])
+
+
+def test_score_store_streams_the_same_scores_at_any_batch_size(eval_store):
+    store, rows, backbone, text = _tiny_scoring(eval_store, [(MVTEC, "torus", 2), (REAL3D, "cookie", 2)])
     one = list(score_store(eval_store, rows, backbone, text, batch_size=1))
     three = list(score_store(eval_store, rows, backbone, text, batch_size=3))
     assert [r.identity["sample_id"] for r in one] == [store.identity(int(i))["sample_id"] for i in rows]
@@ -82,12 +86,8 @@ def test_score_store_streams_the_same_scores_at_any_batch_size(eval_store):
 
 
 def test_several_runs_share_one_vision_pass_and_score_as_alone(eval_store):
-    store = open_store(eval_store)
-    rows = np.concatenate([store.indices(dataset=MVTEC, class_name="torus")[:3],
-                           store.indices(dataset=REAL3D, class_name="torus")[:2]])
-    backbone = load_backbone(load_model_config("tiny"), seed=0)
-    texts = [backbone.encode_text(["normal object.", "damaged object."]),
-             backbone.encode_text(["a flawless thing.", "a broken thing."])]
+    _, rows, backbone, text = _tiny_scoring(eval_store, [(MVTEC, "torus", 3), (REAL3D, "torus", 2)])
+    texts = [text, backbone.encode_text(["a flawless thing.", "a broken thing."])]
     together = list(score_store_runs(eval_store, rows, backbone, texts, batch_size=2))
     for k, text in enumerate(texts):
         alone = list(score_store(eval_store, rows, backbone, text, batch_size=2))
@@ -99,11 +99,7 @@ def test_several_runs_share_one_vision_pass_and_score_as_alone(eval_store):
 
 
 def test_compat_scores_follow_the_released_formulas(eval_store):
-    store = open_store(eval_store)
-    rows = np.concatenate([store.indices(dataset=MVTEC, class_name="torus")[:2],
-                           store.indices(dataset=REAL3D, class_name="cookie")[:1]])
-    backbone = load_backbone(load_model_config("tiny"), seed=0)
-    text = backbone.encode_text(["normal object.", "damaged object."])
+    _, rows, backbone, text = _tiny_scoring(eval_store, [(MVTEC, "torus", 2), (REAL3D, "cookie", 1)])
     results = list(score_store(eval_store, rows, backbone, text, compat=True))
     assert results[2].compat is None  # unorganized: no grid
     for result in results[:2]:
