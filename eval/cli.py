@@ -45,6 +45,8 @@ def eval_():
               help="Write figures here: per class ROC/PRO curves, view heatmaps and score-coloured PLY (first run).")
 @click.option("--figure-samples", default=2, show_default=True,
               help="Anomalous samples per class drawn with --figures (plus one good sample).")
+@click.option("--figure-sample", "figure_ids", multiple=True,
+              help="Draw this sample instead (its sample id, e.g. cookie/test/hole/xyz/000.tiff); repeat for several.")
 @click.option("--runs-dir", type=click.Path(path_type=Path),
               help="Instead of --checkpoints: the sweep's runs <train-dataset>-<class>-<seed> in this folder.")
 @click.option("--train-dataset", help="Dataset of the training classes (default: --dataset for one-vs-rest).")
@@ -56,8 +58,8 @@ def eval_():
 @click.option("--prompt", type=click.Choice(["agnostic", "coop"]), default="agnostic", show_default=True,
               help="Prompts of runs trained by --train-missing.")
 def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, device, method, model, clip_weights,
-           batch_size, compare_paper, figures, figure_samples, runs_dir, train_dataset, train_classes, seeds,
-           train_missing, epochs, prompt):
+           batch_size, compare_paper, figures, figure_samples, figure_ids, runs_dir, train_dataset, train_classes,
+           seeds, train_missing, epochs, prompt):
     """Evaluate runs (or the clip-rendering baseline) on a store: I-AUROC, AP, P-AUROC, AUPRO per class.
 
     The runs come from --checkpoints, or from --runs-dir as a sweep (training classes x seeds); with
@@ -81,6 +83,7 @@ def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, de
                           protocol=protocol, method=method, model=model,
                           clip_weights=None if clip_weights is None else str(clip_weights), batch_size=batch_size,
                           figures=None if figures is None else str(figures), figure_samples=figure_samples,
+                          figure_ids=tuple(figure_ids),
                           compare_paper=compare_paper)
     target = resolve_device(device)
     result = build_report(config, device=target, progress=lambda line: click.echo(line, err=True))

@@ -61,6 +61,7 @@ class ReportConfig:
     batch_size: int = 4
     figures: str | None = None        # folder for `eval.report_figures` (first run only)
     figure_samples: int = 2           # anomalous samples per class drawn (plus one good)
+    figure_ids: tuple[str, ...] = ()  # or exactly these sample ids
     compare_paper: bool = False
 
     def __post_init__(self):
@@ -167,6 +168,12 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
             raise PointADError(f"{config.store}: dataset '{config.dataset}' has no test class(es) {unknown} "
                                f"(classes: {', '.join(classes)})")
         classes = [c for c in classes if c in config.classes]
+    if config.figure_ids:
+        present = {store.identity(int(i))["sample_id"] for i in store.indices(dataset=config.dataset, split="test")}
+        unknown = sorted(set(config.figure_ids) - present)
+        if unknown:
+            raise PointADError(f"{config.store}: dataset '{config.dataset}' has no test sample {', '.join(unknown)} "
+                               f"(--figure-sample)")
     runs = list(_runs(config, BackboneCache(config.clip_weights, device)))
     trainings = [run.train for run in runs if run.train is not None]
     autocast = torch.device(device).type == "cuda"
@@ -178,7 +185,7 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
                    if not (config.setting == "one-vs-rest" and run.train and run.train["class_name"] == name)]
         for group in _by_backbone(runs, testing):
             drawn = config.figures is not None and group[0] == 0
-            keep = pick_rows(store, rows, config.figure_samples) if drawn else None
+            keep = pick_rows(store, rows, config.figure_samples, config.figure_ids) if drawn else None
             backbone = runs[group[0]].backbone
             scored = list(score_store_runs(config.store, rows, backbone, [runs[n].text for n in group],
                                            device, config.batch_size, autocast=autocast,

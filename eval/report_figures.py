@@ -2,7 +2,8 @@
 
 - `roc.png`: sample-level ROC per block (point, RGB, multimodal), AUROC in the legend;
 - `pro.png`: PRO against FPR per block (protocol `points`: valid points, k-NN regions when unorganized);
-- per chosen sample (`pick_rows`: the first anomalous ones in store order, then the first good one):
+- per chosen sample (`pick_rows`: the sample ids asked for, or else the first anomalous ones in store
+  order and the first good one):
   `<sample>_views.png` (each rendering with its anomaly map), `<sample>_rgb.png` (the RGB image and its
   map, when the sample has RGB), `<sample>_point.ply` and `<sample>_multimodal.ply` (the valid points
   coloured by their scores: open in CloudCompare or MeshLab).
@@ -22,8 +23,11 @@ from eval.figures import (graph_pro_curve, organized_pro_curve, write_pro_plot, 
 from eval.scoring import SampleScores
 
 
-def pick_rows(store, rows, anomalous: int) -> set[int]:
-    """The first `anomalous` anomalous rows and the first good row among `rows` (store order)."""
+def pick_rows(store, rows, anomalous: int, sample_ids=()) -> set[int]:
+    """The rows among `rows` whose sample id is in `sample_ids` when given, else the first `anomalous`
+    anomalous rows and the first good row (store order)."""
+    if sample_ids:
+        return {int(r) for r in rows if store.identity(int(r))["sample_id"] in set(sample_ids)}
     bad = [int(r) for r in rows if store.identity(int(r))["label"] == 1][:anomalous]
     good = [int(r) for r in rows if store.identity(int(r))["label"] == 0][:1]
     return set(bad + good)

@@ -33,15 +33,18 @@ def train():
 def training_options(command):
     """The options every training command shares (the `TrainConfig` fields but class, seed, dataset)."""
     options = [
-        click.option("--store", required=True, type=click.Path(path_type=Path), help="Render store from 'render build'."),
+        click.option("--store", required=True, type=click.Path(path_type=Path),
+                     help="Render store from 'render build'."),
         click.option("--epochs", default=15, show_default=True),
         click.option("--batch-size", default=4, show_default=True),
         click.option("--lr", default=1e-3, show_default=True),
         click.option("--model", default="vit-l-14-336", show_default=True,
-                     help="vit-l-14-336, tiny (random weights), or auto (ViT-L if its weights are present, else tiny)."),
+                     help="vit-l-14-336, tiny (random weights), or auto (ViT-L if its weights are present, "
+                          "else tiny)."),
         click.option("--clip-weights", type=click.Path(path_type=Path), help="OpenAI ViT-L/14@336 weights file."),
         click.option("--layers", callback=_layers, help="Tapped layers, e.g. 6,12,18,24 (default: the model's)."),
-        click.option("--dpam-start", type=int, help="DPAM dual path in blocks N..last, 0 = off (default: the model's)."),
+        click.option("--dpam-start", type=int,
+                     help="DPAM dual path in blocks N..last, 0 = off (default: the model's)."),
         click.option("--prompt", type=click.Choice(["agnostic", "coop"]), default="agnostic", show_default=True),
         click.option("--loss-terms", default="all", show_default=True,
                      help="all, or a comma list of 3d_global, 3d_local, 2d_global, 2d_local."),

@@ -142,7 +142,8 @@ def test_scored_ply_reads_back_with_the_points_and_the_ramp(tmp_path):
     s = np.clip(scores.astype(np.float64) / 2.0, 0, 1)
     ramp = np.column_stack([s, np.zeros(500), 1 - s])  # blue (vmin) -> red (vmax)
     diff = np.abs(np.asarray(cloud.colors) - ramp)
-    assert diff.max() <= 1 / 255 + 1e-9, f"largest difference {diff.max()} at {np.unravel_index(diff.argmax(), diff.shape)}"
+    worst = np.unravel_index(diff.argmax(), diff.shape)
+    assert diff.max() <= 1 / 255 + 1e-9, f"largest difference {diff.max()} at {worst}"
     assert path.read_bytes().startswith(b"ply\nformat binary_little_endian")
 
 

@@ -220,6 +220,8 @@ def test_clip_rendering_baseline_needs_no_checkpoints(eval_store, tmp_path):
     (["--dataset", "absent", "--method", "clip-rendering", "--model", "tiny"], "no dataset 'absent'"),
     (["--dataset", MVTEC, "--method", "clip-rendering", "--model", "tiny", "--classes", "cup"],
      "no test class(es) ['cup']"),
+    (["--dataset", MVTEC, "--method", "clip-rendering", "--model", "tiny", "--figures", "f", "--figure-sample", "a/b"],
+     "has no test sample a/b (--figure-sample)"),
 ])
 def test_errors_are_one_line(eval_store, args, message):
     result = CliRunner().invoke(eval_, ["report", "--store", str(eval_store), "--device", "cpu", *args])
@@ -324,25 +326,12 @@ def test_figures_of_each_class(eval_store, cookie_run, tmp_path):
         assert len(np.unique(np.asarray(sheet.convert("RGB")).reshape(-1, 3), axis=0)) > 100
 
 
-def test_figures_of_an_unorganized_class_have_no_rgb(eval_store, cookie_run, tmp_path):
+def test_figures_of_an_unorganized_class_have_no_rgb_and_chosen_samples(eval_store, cookie_run, tmp_path):
+    store = open_store(eval_store)
+    chosen = store.identity(int(store.indices(dataset=REAL3D, class_name="cookie", split="test")[-1]))["sample_id"]
     figures = tmp_path / "figures"
     _report(["--store", eval_store, "--checkpoints", cookie_run, "--dataset", REAL3D, "--setting", "cross-dataset",
-             "--classes", "cookie", "--figures", figures, "--figure-samples", "1", "--compare-paper"], tmp_path)
-    names = {p.name for p in (figures / "cookie").iterdir()}
-    assert {"roc.png", "pro.png"} <= names and len(names) == 2 + 2 * 2  # views + point PLY of 2 samples
-    assert not any("rgb" in n or "multimodal" in n for n in names)
-
-
-def test_a_report_of_two_runs_holds_each_runs_own_values(eval_store, cookie_run, tmp_path):
-    # same tiny seed: one backbone, one vision pass for both runs; the report must keep them apart
-    torus_run = tmp_path / "torus"
-    train(TrainConfig(store=str(eval_store), class_name="torus", dataset=MVTEC, model="tiny", epochs=1), torus_run)
-    base = dict(store=str(eval_store), dataset=REAL3D, setting="cross-dataset", classes=("cookie",))
-    both = build_report(ReportConfig(**base, checkpoints=(str(cookie_run), str(torus_run))))
-    alone = [build_report(ReportConfig(**base, checkpoints=(str(run),))) for run in (cookie_run, torus_run)]
-    for metric in ("i_auroc", "p_auroc", "aupro"):
-        expected = [a.values["points", "point", "cookie"][metric][0] for a in alone]
-        assert both.values["points", "point", "cookie"][metric] == pytest.approx(expected, abs=1e-9)
-    assert alone[0].values["points", "point", "cookie"]["p_auroc"] != alone[1].values["points", "point", "cookie"][
-        "p_auroc"]  # two different runs, so a mix-up would show
-    assert both.header["training_classes"] == ["cookie", "torus"] and both.header["runs"] == 2
+             "--classes", "cookie", "--figures", figures, "--figure-sample", chosen, "--compare-paper"], tmp_path)
+    stem = chosen.removesuffix(".pcd").replace("/", "_")
+    assert {p.name for p in (figures / "cookie").iterdir()} == {"roc.png", "pro.png", f"{stem}_views.png",
+                                                                f"{stem}_point.ply"}
