@@ -99,19 +99,11 @@ def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, de
 def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, model, epochs, prompt, clip_weights,
                 device) -> list[Path]:
     """The run directories of a sweep; missing ones trained (--train-missing) or reported as an error."""
-    from shared.errors import PointADError
-    from train.checkpoint import latest_checkpoint
     from train.cli import base_config
     from train.loop import resolve_device
-    from train.sweep import DEFAULT_SEEDS, aux_classes, plan_sweep, run_dir_for, sweep
-    classes, seeds = tuple(classes) or aux_classes(dataset), tuple(seeds) or DEFAULT_SEEDS
+    from train.sweep import plan_sweep, sweep, trained_runs
     if not train_missing:
-        dirs = [run_dir_for(runs_dir, dataset, c, s) for c in classes for s in seeds]
-        missing = [d.name for d in dirs if latest_checkpoint(d) is None]
-        if missing:
-            raise PointADError(f"{runs_dir}: no trained run {', '.join(missing)}; add --train-missing or run "
-                               f"`train sweep`")
-        return dirs
+        return trained_runs(runs_dir, dataset, classes, seeds)
     base = base_config(store=store, model=model, clip_weights=clip_weights, epochs=epochs, prompt=prompt,
                        dataset=dataset)
     runs = plan_sweep(base, classes, seeds, runs_dir)

@@ -35,12 +35,13 @@ from eval.scoring import baseline_text_features, score_store_runs
 from shared.errors import CheckpointMismatchError, ConfigError, PointADError
 from shared.io import atomic_path
 from shared.store import open_store
+from train.loop import TrainConfig
 from train.model_config import load_model_config
 
 PROTOCOLS = ("points", "pointad-compat")
 SETTINGS = ("one-vs-rest", "cross-dataset")
 METHODS = ("pointad", "clip-rendering")
-BASELINE_SEED = 111  # TrainConfig's default seed: the tiny model's random weights for the baseline
+BASELINE_SEED = TrainConfig.seed  # the tiny model's random weights for the baseline: those of a default run
 MEAN_ROW = "mean"
 
 
@@ -197,7 +198,7 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
                     for block in BLOCKS:
                         per_run[number][protocol, block, name] = class_metrics(results, block, protocol)
                 if drawn and k == 0:
-                    write_class_figures(config.figures, name, results, store, BLOCKS, backbone.label)
+                    write_class_figures(config.figures, name, results, store, backbone.label)
             if progress is not None:
                 progress(f"{name}: {len(rows)} samples, {len(group)} run(s) of {backbone.label}")
     values = _collect(per_run, config.protocols)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.class_metrics import block_arrays, graph_arrays, grid_maps
+from eval.class_metrics import BLOCKS, block_arrays, graph_arrays, grid_maps
 from eval.figures import (graph_pro_curve, organized_pro_curve, write_pro_plot, write_roc_plot, write_scored_ply,
                           write_view_sheet)
 from eval.scoring import SampleScores
@@ -26,10 +26,11 @@ from eval.scoring import SampleScores
 def pick_rows(store, rows, anomalous: int, sample_ids=()) -> set[int]:
     """The rows among `rows` whose sample id is in `sample_ids` when given, else the first `anomalous`
     anomalous rows and the first good row (store order)."""
+    identities = {int(r): store.identity(int(r)) for r in rows}
     if sample_ids:
-        return {int(r) for r in rows if store.identity(int(r))["sample_id"] in set(sample_ids)}
-    bad = [int(r) for r in rows if store.identity(int(r))["label"] == 1][:anomalous]
-    good = [int(r) for r in rows if store.identity(int(r))["label"] == 0][:1]
+        return {r for r, identity in identities.items() if identity["sample_id"] in set(sample_ids)}
+    bad = [r for r, identity in identities.items() if identity["label"] == 1][:anomalous]
+    good = [r for r, identity in identities.items() if identity["label"] == 0][:1]
     return set(bad + good)
 
 
@@ -44,10 +45,10 @@ def _score_range(arrays) -> tuple[float, float]:
     return (low, high) if high > low else (low, low + 1e-6)
 
 
-def _curves(results: list[SampleScores], blocks) -> tuple[dict, dict]:
+def _curves(results: list[SampleScores]) -> tuple[dict, dict]:
     """({block: (sample labels, sample scores)}, {block: (fpr, pro)}) of the blocks with samples."""
     roc, pro = {}, {}
-    for block in blocks:
+    for block in BLOCKS:
         samples, sample_scores, point_scores = block_arrays(results, block)
         if not samples:
             continue
@@ -59,15 +60,14 @@ def _curves(results: list[SampleScores], blocks) -> tuple[dict, dict]:
     return roc, pro
 
 
-def write_class_figures(directory, class_name: str, results: list[SampleScores], store, blocks,
-                        run_label: str) -> list[Path]:
+def write_class_figures(directory, class_name: str, results: list[SampleScores], store, run_label: str) -> list[Path]:
     """Write the class's figures (module docstring) under directory/class_name; return the paths.
 
     results: the class's scored samples; those with `view_maps` (scored with keep_view_maps) get the
     per-sample figures, their renderings and points read from `store`.
     """
     folder = Path(directory) / file_stem(class_name)
-    roc, pro = _curves(results, blocks)
+    roc, pro = _curves(results)
     written = [write_roc_plot(folder / "roc.png", roc, f"{class_name}: sample ROC ({run_label})"),
                write_pro_plot(folder / "pro.png", pro, f"{class_name}: PRO, valid points ({run_label})")]
     chosen = [r for r in results if r.view_maps is not None]

@@ -1,6 +1,6 @@
 """Trained runs as the evaluation stage uses them: checkpoint -> frozen model + text features.
 
-`eval report` (several runs, one model kept at a time) and `pointad detect` (one run) both go through
+`eval report` (several runs; runs of one model share its backbone) and `pointad detect` (one run) both go through
 `load_run`, so a checkpoint is turned into a scorer in one place. A run is given as a checkpoint file or
 a run directory (its last checkpoint).
 """

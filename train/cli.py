@@ -84,8 +84,10 @@ def run(features, out, resume, **options):
     """Train the prompts on one class of a render store."""
     from train.distributed import distributed_session
     from train.loop import resolve_device, train as train_loop
+    from train.sweep import DEFAULT_RUNS_DIR, run_dir_for
     config = base_config(**options)
-    out = out or Path("runs") / f"{config.dataset or Path(config.store).stem}-{config.class_name}-{config.seed}"
+    out = out or run_dir_for(DEFAULT_RUNS_DIR, config.dataset or Path(config.store).stem, config.class_name,
+                             config.seed)
     with distributed_session(options["device"]) as (rank, device_name):
         target = resolve_device(device_name)
         say = click.echo if rank == 0 else (lambda line: None)
@@ -101,15 +103,14 @@ def run(features, out, resume, **options):
 @click.option("--classes", multiple=True, help="Training classes (repeat; default: the dataset's aux_classes "
                                                "in datasets.yaml, the paper's).")
 @click.option("--seeds", multiple=True, type=int, help="Seeds (repeat; default: 111).")
-@click.option("--runs-dir", default=Path("runs"), show_default=True, type=click.Path(path_type=Path),
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(path_type=Path),
               help="Run directories go here as <dataset>-<class>-<seed>.")
 def sweep(classes, seeds, runs_dir, **options):
     """Train every (class, seed) run of a setting that is not done yet; finished runs are skipped."""
     from train.loop import resolve_device
-    from train.sweep import DEFAULT_SEEDS, aux_classes, plan_sweep
+    from train.sweep import plan_sweep
     from train.sweep import sweep as run_sweep
-    runs = plan_sweep(base_config(**options), classes or aux_classes(options["dataset"]), seeds or DEFAULT_SEEDS,
-                      runs_dir)
+    runs = plan_sweep(base_config(**options), classes, seeds, runs_dir)
     target = resolve_device(options["device"])
     done = run_sweep(runs, device=target, clip_weights=options["clip_weights"], log=click.echo,
                      progress_factory=_bar, loader_workers=options["loader_workers"])

@@ -21,7 +21,8 @@ from shared.store import store_fingerprint
 from train.checkpoint import EPOCH_FILE, latest_checkpoint
 from train.loop import TrainConfig, train
 
-DEFAULT_SEEDS = (111,)
+DEFAULT_SEEDS = (TrainConfig.seed,)
+DEFAULT_RUNS_DIR = Path("runs")
 
 
 @dataclass(frozen=True)
@@ -42,18 +43,33 @@ def aux_classes(dataset: str) -> tuple[str, ...]:
 
 
 def run_dir_for(runs_dir, dataset: str, class_name: str, seed: int) -> Path:
-    """`train run`'s default run directory name, under runs_dir."""
+    """A run's directory: `<runs_dir>/<dataset>-<class>-<seed>` (also `train run`'s default --out)."""
     return Path(runs_dir) / f"{dataset}-{class_name}-{seed}"
 
 
+def _pairs(dataset: str, classes, seeds) -> list[tuple[str, int]]:
+    """(class, seed) of a sweep, classes outer; no classes -> the dataset's aux_classes, no seeds -> DEFAULT_SEEDS."""
+    return [(c, int(s)) for c in (tuple(classes or ()) or aux_classes(dataset))
+            for s in (tuple(seeds or ()) or DEFAULT_SEEDS)]
+
+
 def plan_sweep(base: TrainConfig, classes, seeds, runs_dir) -> list[PlannedRun]:
-    """One `PlannedRun` per (class, seed), classes outer; base gives every other setting (dataset required)."""
+    """One `PlannedRun` per (class, seed) (`_pairs` defaults); base gives every other setting (dataset required)."""
     if not base.dataset:
         raise ConfigError("a sweep needs --dataset (the dataset of the training classes)")
-    if not classes or not seeds:
-        raise ConfigError("a sweep needs at least one class and one seed")
-    return [PlannedRun(replace(base, class_name=c, seed=int(s)), run_dir_for(runs_dir, base.dataset, c, int(s)))
-            for c in classes for s in seeds]
+    return [PlannedRun(replace(base, class_name=c, seed=s), run_dir_for(runs_dir, base.dataset, c, s))
+            for c, s in _pairs(base.dataset, classes, seeds)]
+
+
+def trained_runs(runs_dir, dataset: str, classes=None, seeds=None) -> list[Path]:
+    """The run directories of a sweep (`_pairs` defaults) when every one holds a checkpoint; PointADError
+    naming the missing ones otherwise. Settings are not compared: the runs are used as trained."""
+    dirs = [run_dir_for(runs_dir, dataset, c, s) for c, s in _pairs(dataset, classes, seeds)]
+    missing = [d.name for d in dirs if latest_checkpoint(d) is None]
+    if missing:
+        raise PointADError(f"{runs_dir}: no trained run {', '.join(missing)}; add --train-missing or run "
+                           f"`train sweep`")
+    return dirs
 
 
 def run_state(run: PlannedRun) -> str:
