@@ -2,11 +2,15 @@
 
 The coordinator alone creates the store, appends identity rows and writes attributes; each worker
 renders one sample and writes only that sample's chunks, completion flag last. Re-running skips
-complete rows, so a killed build resumes where it stopped.
+complete rows, so a killed build resumes where it stopped; complete rows with a missing chunk (and with
+`repair`, a chunk that does not decode) are rendered again. One build per store at a time: the store's
+writer lock is held from creation to the recorded failures. Loky workers end with their coordinator.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,9 +20,13 @@ from render.readers import list_samples, preprocess_options, read_sample
 from render.sample_render import RenderOptions, render_sample
 from render.rasterize import worker_rasterizer
 from shared.errors import InputFileError, PointADError
+from shared.io import os_error
+from shared.lock import writer_lock
 from shared.registry import DatasetEntry
 from shared.sample import SampleRef
-from shared.store import StoreAttrs, append_samples, create_store, open_store, set_failures, write_sample
+from shared.store import (StoreAttrs, append_samples, create_store, mark_incomplete, open_store, set_failures,
+                          start_chunk_checks, write_sample)
+from shared.store_check import chunk_problems, rewrite_array_metadata
 
 @dataclass
 class BuildResult:
@@ -28,11 +36,13 @@ class BuildResult:
     skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    damaged: list[str] = field(default_factory=list)  # one line per damage mended: row rendered again, metadata
 
     def summary(self) -> str:
         rate = self.rendered / self.seconds if self.seconds else 0.0
         lines = [f"{self.store}: {self.rendered} rendered, {self.skipped} already complete, "
                  f"{len(self.failures)} failed of {self.planned} planned ({self.seconds:.1f} s, {rate:.2f} samples/s)"]
+        lines += [f"repaired: {damage}" for damage in self.damaged]
         lines += [f"failed: {sample_id}: {reason}" for sample_id, reason in self.failures]
         return "\n".join(lines)
 
@@ -77,8 +87,13 @@ def _open_or_create(out: Path, options: RenderOptions) -> StoreAttrs:
     return existing
 
 
-def plan_rows(out: Path, entry: DatasetEntry, refs: list[SampleRef]) -> tuple[list[tuple[int, SampleRef]], int]:
-    """(rows still to render with their samples, number already complete); appends unseen samples."""
+def plan_rows(out: Path, entry: DatasetEntry, refs: list[SampleRef], *, decode: bool = False,
+              damaged: list[str] | None = None) -> tuple[list[tuple[int, SampleRef]], int]:
+    """(rows still to render with their samples, number already complete); appends unseen samples.
+
+    A complete row of `refs` with a missing chunk (with `decode`, also one that does not decode) is marked
+    incomplete and planned again; each such damage is appended to `damaged` as one line.
+    """
     store = open_store(out)
     known = {(store.identity(i)["dataset"], store.identity(i)["sample_id"]): i for i in range(len(store))}
     new = [r for r in refs if (entry.name, r.sample_id) not in known]
@@ -87,8 +102,16 @@ def plan_rows(out: Path, entry: DatasetEntry, refs: list[SampleRef]) -> tuple[li
                                      "defect_type": r.defect_type, "sample_id": r.sample_id, "label": r.label}
                                     for r in new])
         known.update({(entry.name, r.sample_id): row for r, row in zip(new, rows)})
-    complete = open_store(out).complete
+    store = open_store(out)
+    complete = store.complete
     todo = [(known[(entry.name, r.sample_id)], r) for r in refs]
+    problems = chunk_problems(store, [row for row, _ in todo if complete[row]], decode=decode)
+    if problems:
+        mark_incomplete(out, {row for row, _, _ in problems})
+        complete[[row for row, _, _ in problems]] = False
+        if damaged is not None:
+            damaged += [f"row {row} ({store.identity(row)['sample_id']}): {array}: {reason}"
+                        for row, array, reason in problems]
     return [(row, r) for row, r in todo if not complete[row]], sum(bool(complete[row]) for row, _ in todo)
 
 
@@ -122,7 +145,13 @@ def _run(tasks: list[tuple], workers: int, backend: str, scheduler: str | None):
         cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                       dashboard_address=None)
         with Client(scheduler or cluster) as client:
-            futures = {client.submit(render_row, *task, WORKER_RASTER_THREADS, pure=False): task for task in tasks}
+            # a cluster's workers run in folders of their own: give them absolute store and dataset paths
+            def absolute(out, row, entry, ref, options):
+                root = None if entry.root is None else Path(entry.root).absolute()
+                files = {role: Path(path).absolute() for role, path in ref.files.items()}
+                return Path(out).absolute(), row, replace(entry, root=root), replace(ref, files=files), options
+            futures = {client.submit(render_row, *absolute(*task), WORKER_RASTER_THREADS, pure=False): task
+                       for task in tasks}
             for future in as_completed(futures):
                 yield futures[future], future.result()
         if cluster is not None:
@@ -131,9 +160,25 @@ def _run(tasks: list[tuple], workers: int, backend: str, scheduler: str | None):
         for task in tasks:
             yield task, render_row(*task)
     else:
-        from joblib import Parallel, delayed
-        runner = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered")
-        yield from runner(delayed(_task)(task) for task in tasks)
+        from joblib import Parallel, delayed, parallel_config
+        with parallel_config(backend="loky", initializer=_end_with, initargs=(os.getpid(),)):
+            runner = Parallel(n_jobs=workers, return_as="generator_unordered")
+            yield from runner(delayed(_task)(task) for task in tasks)
+
+
+def _end_with(coordinator: int) -> None:
+    """Loky worker initializer: exit as soon as the coordinator process is gone.
+
+    Loky workers outlive a coordinator killed alone (kill -9): they would finish the tasks already sent
+    and then idle for loky's timeout (300 s). A watcher thread polls the parent pid instead (portable, and
+    unlike PR_SET_PDEATHSIG not tied to the thread that started the worker). A row cut short this way
+    stays incomplete, as after any kill, and the next build renders it.
+    """
+    def watch():
+        while os.getppid() == coordinator:
+            time.sleep(0.2)
+        os._exit(1)
+    threading.Thread(target=watch, name="pointad-coordinator-watch", daemon=True).start()
 
 
 def _task(task: tuple) -> tuple[tuple, str | None]:
@@ -142,18 +187,37 @@ def _task(task: tuple) -> tuple[tuple, str | None]:
 
 def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, classes=None, splits=None,
                 point_size: float | None = None, workers: int = 1, backend: str = "loky",
-                scheduler: str | None = None, progress=None) -> BuildResult:
+                scheduler: str | None = None, progress=None, repair: bool = False) -> BuildResult:
     """Render every selected sample of `entry` into the store at `out` (created or resumed).
 
+    Holds the store's writer lock throughout (LockedError at once if another build holds it). Complete
+    rows with a missing chunk are rendered again; with `repair`, also those with a chunk that does not
+    decode (this reads every selected complete row). An OSError (disk full, permissions) is a one-line
+    PointADError naming the path.
     progress: optional tqdm-like bar; its total is set once the rows to render are known.
     """
     out = Path(out)
     refs = list_samples(entry, classes, splits)
     if not refs:
         raise PointADError(f"{entry.root}: no samples for the selected classes and splits")
+    try:
+        with writer_lock(out, "render build"):
+            return _build_locked(entry, out, options, refs, point_size=point_size, workers=workers, backend=backend,
+                                 scheduler=scheduler, progress=progress, repair=repair)
+    except OSError as exc:
+        raise os_error(exc, out) from None
+
+
+def _build_locked(entry: DatasetEntry, out: Path, options: RenderOptions, refs: list[SampleRef], *, point_size,
+                  workers, backend, scheduler, progress, repair) -> BuildResult:
+    damaged = []
+    if repair and out.exists():
+        damaged += [f"{array}: zarr.json unreadable, rewritten from the schema"
+                    for array in rewrite_array_metadata(out)]
     _open_or_create(out, options)
-    todo, skipped = plan_rows(out, entry, refs)
-    result = BuildResult(store=out, planned=len(refs), skipped=skipped)
+    start_chunk_checks(out)
+    todo, skipped = plan_rows(out, entry, refs, decode=repair, damaged=damaged)
+    result = BuildResult(store=out, planned=len(refs), skipped=skipped, damaged=damaged)
     sizes = {}
     tasks = []
     for row, ref in todo:

@@ -76,6 +76,8 @@ def datasets():
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, per_defect, grid, overwrite):
     """Write a deterministic synthetic dataset in a real on-disk format."""
+    if out.exists() and not out.is_dir():
+        raise PointADError(f"{out}: exists and is not a folder; give a folder (new or empty) for the dataset")
     spec = synthetic.SyntheticSpec(format=fmt, seed=seed, classes=tuple(classes), defects=tuple(defects),
                                    train=n_train, validation=n_validation, test_good=test_good,
                                    per_defect=per_defect, grid=grid)
@@ -108,9 +110,12 @@ def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, pe
               help="Where workers run: local processes (joblib/loky) or a dask.distributed cluster.")
 @click.option("--scheduler", help="dask.distributed scheduler address (default: a local cluster).")
 @click.option("--keep-going", is_flag=True, help="Exit 0 even if some samples fail.")
+@click.option("--repair", is_flag=True,
+              help="Also render again the complete rows with a chunk that does not decode (reads every row; "
+                   "rows with a missing chunk are rendered again on any run).")
 def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shift, image_size, supersample,
           max_points, point_size, light, downsample, visibility, knn, masks, renderer, workers, backend, scheduler,
-          keep_going):
+          keep_going, repair):
     """Render a dataset into a resumable Zarr store (views, masks, projections, visibility)."""
     entry = open_dataset(dataset, format=fmt, root=root)
     options = RenderOptions(views=views, view_plan=view_plan, angle_shift=angle_shift, image_size=image_size,
@@ -118,7 +123,7 @@ def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shif
                             visibility=visibility, knn=knn, renderer=renderer, masks=masks)
     with tqdm(desc=f"render {entry.name}", unit="sample") as bar:
         result = build_store(entry, out, options, classes=classes, splits=splits, point_size=point_size,
-                             workers=workers, backend=backend, scheduler=scheduler, progress=bar)
+                             workers=workers, backend=backend, scheduler=scheduler, progress=bar, repair=repair)
     click.echo(result.summary())
     if result.failures and not keep_going:
         raise SystemExit(1)

@@ -51,6 +51,9 @@ class RenderOptions:
     masks: str | None = None
 
     def __post_init__(self):
+        for name in ("angle_shift", "point_size", "downsample", "surface_tolerance", "fov_degrees", "margin"):
+            if not np.isfinite(getattr(self, name)):  # NaN passes every comparison below
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
         make_view_plan(self.view_plan, self.views, self.angle_shift)  # validates plan and count
         if self.light not in LIGHTS:
             raise ConfigError(f"--light must be one of {', '.join(LIGHTS)}, got {self.light!r}")

@@ -1,6 +1,7 @@
 """`render verify` and `render info`: consistency checks and a summary of a render store.
 
-Every check recomputes something from the stored points, so a store that passes is one whose
+Every chunk of every complete row must exist and decode (a deleted chunk would read back as zeros);
+then every check recomputes something from the stored points, so a store that passes is one whose
 projections and visibility can be reproduced from `points/xyz` and the root attributes alone.
 """
 
@@ -15,6 +16,7 @@ from render.camera import fit_camera, project
 from render.view_plan import ViewPlan
 from render.visibility import nearest_per_pixel, surface_visible
 from shared.store import RenderStore, StoredSample
+from shared.store_check import chunk_problems
 
 
 def check_sample(sample: StoredSample, store: RenderStore) -> list[str]:
@@ -33,6 +35,8 @@ def check_sample(sample: StoredSample, store: RenderStore) -> list[str]:
         problem("point labels outside {0, 1}")
     if sample.sample_label == 0 and labels.any():
         problem(f"good sample has {int(labels.sum())} anomalous points")
+    if sample.sample_label == 1 and not labels.any():
+        problem("anomalous sample (label 1) but every point label is 0")
     masks_hit = sample.mask.reshape(len(sample.mask), -1).any(axis=1)
     if labels.any() and not masks_hit.any():
         problem("anomalous points but every rendered mask is empty")
@@ -83,13 +87,25 @@ def _reproduce(sample: StoredSample, store: RenderStore) -> list[str]:
 
 
 def verify_store(store: RenderStore, progress=None) -> list[str]:
-    """All problems of the store: incomplete rows, recorded failures, and per-row inconsistencies."""
-    problems = [f"{store.identity(i)['dataset']}:{store.identity(i)['sample_id']}: row {i} is incomplete"
-                for i in np.flatnonzero(~store.complete)]
+    """All problems of the store: incomplete rows, chunks of complete rows that are missing or do not
+    decode ('render build --repair' renders those rows again), and per-row inconsistencies."""
+    def name(i):
+        return f"{store.identity(i)['dataset']}:{store.identity(i)['sample_id']}"
+
+    problems = [f"{name(i)}: row {i} is incomplete" for i in np.flatnonzero(~store.complete)]
+    damaged = set()
     for index in store.indices():
-        problems += check_sample(store.sample(int(index)), store)
+        damage = chunk_problems(store, [index], decode=True)
+        problems += [f"{name(row)}: row {row}: array {array}: {reason}" for row, array, reason in damage]
+        if damage:
+            damaged.add(int(index))
+        else:
+            problems += check_sample(store.sample(int(index)), store)
         if progress is not None:
             progress.update(1)
+    if damaged:
+        problems.append(f"{len(damaged)} damaged row(s): 'render build --repair' with the same dataset and "
+                        "options renders them again")
     return problems
 
 

@@ -61,6 +61,8 @@ def make_view_plan(name: str = "paper", views: int = 9, angle_shift: float = 0.0
 
     angle_shift (radians) is added to every angle: the paper's rendering-angle ablation.
     """
+    if not np.isfinite(angle_shift):
+        raise ConfigError(f"--angle-shift must be a finite number of radians, got {angle_shift}")
     if name == "paper":
         if views < 1:
             raise ConfigError(f"--views must be >= 1, got {views}")

@@ -4,13 +4,17 @@ Who writes what: the coordinator alone creates the store, appends identity rows 
 attributes; each worker process writes whole rows of its own samples with `write_sample`, every array of
 the row first and `samples/complete` last. Worker-written arrays are chunked 1 along N, so two workers
 never share a chunk, and Zarr's local store writes each chunk file atomically (temp + rename).
-The row count N is the length of `samples/sample_id`, resized last on append; rows past it in other
-arrays (an append killed half-way) are ignored and overwritten by the next append.
+The row count N is the length of `samples/sample_id`, resized last on append (its new values are in
+place before), and a reader takes it before any other array's shape; rows past it in other arrays (an
+append killed half-way) are ignored and overwritten by the next append. So a reader opened while a build
+appends sees N rows with every identity set, and only complete rows are read. One writer at a time:
+`render build` holds the store's writer lock (`shared/lock.py`) around creating, appending and rendering.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
@@ -22,15 +26,25 @@ import numpy as np
 import zarr
 import zarr.errors
 from zarr.codecs import BloscCodec
+from zarr.core.array import AsyncArray
 from zarr.core.sync import sync  # runs a coroutine on Zarr's own event loop, as zarr.Array does
 
 from shared.errors import PointADError, StoreSchemaError
+from shared.io import os_error, remove_stale_temp_siblings, temp_sibling
 from shared.store_schema import (ARRAYS, BY_FIELD, FORMAT, IDENTITY, SAMPLE_FIELDS, SCHEMA_VERSION, ArraySpec,
                                  SampleArrays, StoreAttrs, StoredSample, check_failures)
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "StoreAttrs", "SampleArrays", "StoredSample", "RenderStore", "create_store",
-           "append_samples", "write_sample", "set_failures", "update_attrs", "open_store", "store_fingerprint"]
+           "append_samples", "write_sample", "start_chunk_checks", "mark_incomplete", "set_failures", "update_attrs",
+           "open_store", "store_fingerprint"]
 
+# what to do about a store this code cannot open at all (render build cannot resume it either)
+_UNUSABLE = "render into another --out"
+# Every chunk of a row is written, even one that holds only the fill value (Zarr skips those by default),
+# so a missing chunk file means damage. Stores of older versions skipped them: `samples/complete`
+# records from which row on every chunk is on disk, and only those rows' chunks are required.
+WRITE_ALL = {"write_empty_chunks": True}
+CHECKED_FROM = "every_chunk_written_from_row"
 IDENTITY_CHUNK = 4096  # identity arrays are written by the coordinator only, so they may share chunks
 CLEVEL = 5
 ROW_COUNT = "samples/sample_id"
@@ -57,8 +71,16 @@ def _open_group(path: Path, mode: str) -> zarr.Group:
     try:
         # consolidated metadata would go stale on every append, so the store never has any
         return zarr.open_group(path, mode=mode, use_consolidated=False)
-    except (FileNotFoundError, zarr.errors.NodeNotFoundError, zarr.errors.ContainsArrayError) as exc:
+    except (FileNotFoundError, NotADirectoryError, zarr.errors.NodeNotFoundError,
+            zarr.errors.ContainsArrayError) as exc:
         raise StoreSchemaError(f"{path}: not a pointad render store (no Zarr group there)") from exc
+    except ValueError as exc:  # the group's zarr.json is not JSON, or not Zarr metadata
+        raise StoreSchemaError(f"{path}: the store's zarr.json is unreadable ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _read_attrs(group: zarr.Group, path: Path) -> StoreAttrs:
@@ -68,7 +90,10 @@ def _read_attrs(group: zarr.Group, path: Path) -> StoreAttrs:
 def create_store(path, attrs: StoreAttrs) -> None:
     """Create an empty store (N = 0, every array of ARRAYS) at `path`: a new path or an empty folder.
 
-    Built under a temporary name next to `path`, then renamed, so a killed call leaves no half store.
+    Built under a temporary name next to `path` (`.<name>.tmp-<host>-<pid>`), then renamed, so a killed
+    call leaves no half store; such leftovers of dead processes on this host are removed first. A store
+    another process created meanwhile, or an OSError (disk full), is a one-line PointADError, and the
+    temporary folder is gone.
     """
     path = Path(path)
     if path.exists() and not _is_empty_dir(path):
@@ -77,17 +102,41 @@ def create_store(path, attrs: StoreAttrs) -> None:
         except StoreSchemaError:
             raise PointADError(f"{path}: exists and is not an empty folder; remove it or choose another path") from None
         raise PointADError(f"{path}: already a render store; open it (render build resumes it) instead of creating it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.open_group(tmp, mode="w-", zarr_format=3, attributes=attrs.to_dict())
-    for spec in ARRAYS:
-        parent, name = spec.path.split("/")
-        group.require_group(parent).create_array(
-            name, shape=(0, *spec.row_shape(attrs)), chunks=_chunks(spec, attrs),
-            dtype=str if spec.dtype == "str" else spec.dtype, fill_value=spec.fill,
-            compressors=_compressor(spec.dtype))
-    os.rename(tmp, path)  # POSIX: replaces an empty folder too
+    tmp = temp_sibling(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_siblings(path)
+        # made in memory, then written file by file: Zarr's own concurrent writes could still be creating
+        # folders after a failed one raised (disk full), and recreate the temp folder after its removal
+        files = {}
+        group = zarr.open_group(zarr.storage.MemoryStore(files), mode="w-", zarr_format=3, attributes=attrs.to_dict())
+        for spec in ARRAYS:
+            parent, name = spec.path.split("/")
+            group.require_group(parent).create_array(name, shape=(0, *spec.row_shape(attrs)),
+                                                     **_array_kwargs(spec, attrs))
+        group["samples/complete"].attrs[CHECKED_FROM] = 0
+        tmp.mkdir()
+        for key, value in sorted(files.items()):
+            (tmp / key).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / key).write_bytes(value.to_bytes())
+        try:
+            os.rename(tmp, path)  # POSIX: replaces an empty folder too
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise PointADError(f"{path}: created by another process meanwhile; open it (render build "
+                                   "resumes it) instead of creating it") from None
+            raise
+    except OSError as exc:
+        raise os_error(exc, path) from None
+    finally:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _array_kwargs(spec: ArraySpec, attrs: StoreAttrs) -> dict:
+    """How create_store makes the array of `spec` (all but its shape)."""
+    return dict(chunks=_chunks(spec, attrs), dtype=str if spec.dtype == "str" else spec.dtype, fill_value=spec.fill,
+                compressors=_compressor(spec.dtype))
 
 
 def _identity_columns(identities: list[dict]) -> dict[str, list]:
@@ -128,16 +177,20 @@ def append_samples(path, identities: list[dict]) -> range:
     # resize and fill everything else first: until samples/sample_id grows, the new rows do not exist
     for spec in sorted(ARRAYS, key=lambda s: s.path == ROW_COUNT):
         array = group[spec.path]
-        array.resize((n + m, *array.shape[1:]))
         group_name, name = spec.path.split("/")
         if group_name == "samples" and name in columns:
-            array[n:] = np.asarray(columns[name], dtype=np.uint8 if name == "label" else str)
+            # values first, through a grown copy of the array kept in memory, then the new shape: a reader
+            # that sees the grown samples/sample_id also sees its values (chunk files are replaced whole)
+            grown = AsyncArray(array.metadata.update_shape((n + m, *array.shape[1:])), array.async_array.store_path,
+                               WRITE_ALL)
+            sync(grown.setitem(slice(n, n + m), np.asarray(columns[name], dtype=np.uint8 if name == "label" else str)))
+        array.resize((n + m, *array.shape[1:]))
     return range(n, n + m)
 
 
 def _write_row(group: zarr.Group, index: int, arrays: SampleArrays) -> None:
     """Every SampleArrays array into row `index`; the completion flag is the caller's business."""
-    targets = [group[spec.path].async_array for spec in BY_FIELD.values()]
+    targets = [group[spec.path].async_array.with_config(WRITE_ALL) for spec in BY_FIELD.values()]
 
     async def write_all():
         # all arrays in flight at once: compressing one overlaps with writing another; every write settles
@@ -149,16 +202,35 @@ def _write_row(group: zarr.Group, index: int, arrays: SampleArrays) -> None:
         raise errors[0]
 
 
-def _read_rows(arrays: list, selection) -> list[np.ndarray]:
-    """The same rows (an int, a slice, or sorted unique int64 indices) of each array, read concurrently."""
+def _read_rows(arrays: list, selection, store_path=None) -> list[np.ndarray]:
+    """The same rows (an int, a slice, or sorted unique int64 indices) of each array, read concurrently.
+
+    A chunk that does not decode (corrupt or truncated file) is a StoreSchemaError naming the array and rows.
+    """
     async def read(array):
         if isinstance(selection, np.ndarray):
             return await array.async_array.get_orthogonal_selection((selection,))
         return await array.async_array.getitem(selection)
 
     async def read_all():
-        return await asyncio.gather(*(read(a) for a in arrays))
-    return sync(read_all())
+        return await asyncio.gather(*(read(a) for a in arrays), return_exceptions=True)
+    results = sync(read_all())
+    for array, result in zip(arrays, results):
+        if isinstance(result, BaseException):
+            if not isinstance(result, Exception):
+                raise result
+            raise StoreSchemaError(f"{store_path or array.store_path}: array {array.path} row(s) "
+                                   f"{_describe_rows(selection)}: a chunk does not decode ({_first_line(result)}); "
+                                   "run 'render verify', then 'render build --repair'") from None
+    return results
+
+
+def _describe_rows(selection) -> str:
+    if isinstance(selection, slice):
+        return f"{selection.start}-{selection.stop - 1}"
+    if isinstance(selection, np.ndarray):
+        return ", ".join(map(str, selection[:5].tolist())) + (" ..." if selection.size > 5 else "")
+    return str(selection)
 
 
 def write_sample(path, index: int, arrays: SampleArrays) -> None:
@@ -177,6 +249,23 @@ def write_sample(path, index: int, arrays: SampleArrays) -> None:
     complete[index] = False
     _write_row(group, index, arrays)
     complete[index] = True
+
+
+def start_chunk_checks(path) -> int:
+    """Record, if the store has no record yet (an older version wrote it), that every row from now on
+    has all its chunks written; return the first such row (coordinator only)."""
+    complete = _open_group(Path(path), "r+")["samples/complete"]
+    if CHECKED_FROM not in complete.attrs:
+        complete.attrs[CHECKED_FROM] = int(_open_group(Path(path), "r")[ROW_COUNT].shape[0])
+    return int(complete.attrs[CHECKED_FROM])
+
+
+def mark_incomplete(path, rows) -> None:
+    """Clear `samples/complete` of `rows` (coordinator only), so the next build renders them again."""
+    path = Path(path)
+    complete = _open_group(path, "r+")["samples/complete"]
+    for row in sorted({int(r) for r in rows}):
+        complete[row] = False
 
 
 def update_attrs(path, **changes) -> StoreAttrs:
@@ -212,11 +301,17 @@ class RenderStore:
         self.path = Path(path)
         self.attrs = _read_attrs(group, self.path)
         self._arrays = {}
-        for spec in ARRAYS:
+        # the row count before any other shape: an append grows every other array before this one
+        for spec in sorted(ARRAYS, key=lambda s: s.path != ROW_COUNT):
             try:
                 self._arrays[spec.path] = group[spec.path]
             except KeyError:
-                raise StoreSchemaError(f"{self.path}: array {spec.path} missing; re-run 'render build'") from None
+                raise StoreSchemaError(f"{self.path}: array {spec.path} missing; {_UNUSABLE}") from None
+            except Exception as exc:  # a damaged zarr.json: JSON or metadata errors of several kinds
+                raise StoreSchemaError(f"{self.path}: array {spec.path}: its zarr.json is unreadable "
+                                       f"({_first_line(exc)}); 'render build --repair' rewrites it from the "
+                                       "schema") from None
+        self._arrays = {spec.path: self._arrays[spec.path] for spec in ARRAYS}
         self._n = self._arrays[ROW_COUNT].shape[0]
         for spec in ARRAYS:
             self._check_array(spec)
@@ -224,6 +319,8 @@ class RenderStore:
                           for name in IDENTITY}  # numpy StringDType -> plain fixed-width str
         self._label = self._arrays["samples/label"][: self._n]
         self._complete = self._arrays["samples/complete"][: self._n]
+        checked = self._arrays["samples/complete"].attrs.get(CHECKED_FROM, self._n)
+        self.chunks_checked_from = int(checked) if isinstance(checked, int) and checked >= 0 else self._n
 
     def _check_array(self, spec: ArraySpec) -> None:
         array = self._arrays[spec.path]
@@ -231,7 +328,7 @@ class RenderStore:
         dtype_ok = array.dtype.kind == "T" if spec.dtype == "str" else array.dtype == np.dtype(spec.dtype)
         if array.shape[1:] != row or array.shape[0] < self._n or not dtype_ok:
             raise StoreSchemaError(f"{self.path}: array {spec.path} is {array.shape} {array.dtype}, schema says "
-                                   f"(N={self._n}, {', '.join(map(str, row))}) {spec.dtype}; re-run 'render build'")
+                                   f"(N={self._n}, {', '.join(map(str, row))}) {spec.dtype}; {_UNUSABLE}")
 
     def __len__(self) -> int:
         return self._n
@@ -273,7 +370,7 @@ class RenderStore:
         """Row i with every array (one chunk read per array); StoreSchemaError if the row is incomplete."""
         i = self._row(i)
         self._complete_rows(np.array([i]))
-        values = dict(zip(BY_FIELD, _read_rows([self._arrays[spec.path] for spec in BY_FIELD.values()], i)))
+        values = dict(zip(BY_FIELD, _read_rows([self._arrays[spec.path] for spec in BY_FIELD.values()], i, self.path)))
         values["n_points"] = int(values["n_points"])
         identity = self.identity(i)
         sample_label = identity.pop("label")
@@ -299,8 +396,13 @@ class RenderStore:
             selection = slice(int(unique[0]), int(unique[-1]) + 1)  # contiguous rows: one plain slice
         else:
             selection = unique
-        data = _read_rows([self._arrays[BY_FIELD[name].path] for name in fields], selection)
+        data = _read_rows([self._arrays[BY_FIELD[name].path] for name in fields], selection, self.path)
         return {name: values[inverse] for name, values in zip(fields, data)}
+
+
+    def array(self, path: str) -> zarr.Array:
+        """The Zarr array at `path` of ARRAYS (e.g. 'views/image') as opened; for checks, not for reading rows."""
+        return self._arrays[path]
 
 
 def open_store(path) -> RenderStore:

@@ -64,14 +64,15 @@ class StoreAttrs:
                                    "not a pointad render store")
         if data.get("schema_version") != SCHEMA_VERSION:
             raise StoreSchemaError(f"{source}: schema_version {data.get('schema_version')}, this version reads "
-                                   f"{SCHEMA_VERSION}; re-run 'render build'")
+                                   f"{SCHEMA_VERSION}; open it with the pointad version that wrote it, or render "
+                                   "into another --out")
         known = {"format", "schema_version", *(f.name for f in fields(cls))}
         unknown = sorted(set(data) - known)
         if unknown:
             raise StoreSchemaError(f"{source}: unknown store attribute(s) {unknown}; known: {sorted(known)}")
         missing = sorted(known - set(data))
         if missing:
-            raise StoreSchemaError(f"{source}: store attribute(s) {missing} missing; re-run 'render build'")
+            raise StoreSchemaError(f"{source}: store attribute(s) {missing} missing; render into another --out")
         try:
             return cls(**{f.name: data[f.name] for f in fields(cls)})
         except ValueError as exc:

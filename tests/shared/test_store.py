@@ -99,13 +99,15 @@ def test_tuples_in_attrs_come_back_equal_after_to_dict():
 def test_other_schema_version_is_refused_with_the_path_first(tmp_path):
     with pytest.raises(StoreSchemaError) as info:
         StoreAttrs.from_dict({**ATTRS.to_dict(), "schema_version": 2}, source="renders.zarr")
-    assert str(info.value) == "renders.zarr: schema_version 2, this version reads 1; re-run 'render build'"
+    assert str(info.value) == ("renders.zarr: schema_version 2, this version reads 1; open it with the pointad "
+                               "version that wrote it, or render into another --out")
     path = tmp_path / "renders.zarr"
     create_store(path, ATTRS)
     zarr.open_group(path, mode="r+").attrs["schema_version"] = 2
     with pytest.raises(StoreSchemaError) as info:
         open_store(path)
-    assert str(info.value) == f"{path}: schema_version 2, this version reads 1; re-run 'render build'"
+    assert str(info.value) == (f"{path}: schema_version 2, this version reads 1; open it with the pointad "
+                               "version that wrote it, or render into another --out")
 
 
 def test_other_format_is_refused_with_the_path_first():

@@ -1,0 +1,103 @@
+"""Damage a render store can take on disk, found and mended (design: reliability; SPEC 8).
+
+A chunk file that is deleted reads back as the fill value (zeros), so only its absence tells it from
+data; a chunk of random or truncated bytes fails to decode; a damaged `zarr.json` makes its array
+unreadable. `chunk_problems` finds the first two per row (the rows are then rendered again), and
+`rewrite_array_metadata` rewrites the third from the schema, the root attributes and the row count,
+leaving every chunk as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from shared.io import atomic_path
+from shared.store import (ARRAYS, BY_FIELD, CHECKED_FROM, IDENTITY, ROW_COUNT, RenderStore, _array_kwargs,
+                          _first_line, _open_group, _read_attrs)
+
+__all__ = ["chunk_problems", "rewrite_array_metadata"]
+
+
+def chunk_problems(store: RenderStore, rows=None, decode: bool = False) -> list[tuple[int, str, str]]:
+    """(row, array path, reason) for each chunk of `rows` (default: the complete rows) that is missing,
+    or with `decode`, does not decode; empty if every chunk is there (and decodes).
+
+    Worker-written arrays have one chunk per row; the identity arrays' shared chunks are checked too.
+    Chunk keys come from each array's own chunk key encoding. The existence check covers rows from
+    `store.chunks_checked_from` on (rows written by older versions may lack chunks that held only zeros).
+    """
+    rows = store.indices() if rows is None else np.asarray(rows, dtype=np.int64)
+    required = rows[rows >= store.chunks_checked_from]
+    checks = []  # (row, array, chunk coordinates)
+    for spec in ARRAYS:
+        array = store.array(spec.path)
+        extra = (0,) * (array.ndim - 1)
+        if spec.worker:
+            if spec.path != "samples/complete":  # a row whose flag chunk is gone reads as incomplete anyway
+                checks += [(int(row), array, (int(row), *extra)) for row in required]
+        else:
+            per_chunk = array.chunks[0]
+            checks += [(int(required[required // per_chunk == c][0]), array, (int(c), *extra))
+                       for c in np.unique(required // per_chunk)]
+
+    async def exists(array, coords):
+        return await (array.async_array.store_path / array.metadata.encode_chunk_key(coords)).exists()
+
+    async def all_exist():
+        return await asyncio.gather(*(exists(array, coords) for _, array, coords in checks))
+    found, missing = [], set()
+    for (row, array, coords), there in zip(checks, sync(all_exist()) if checks else []):
+        if not there:
+            missing.add((row, array.path))
+            found.append((row, array.path, f"chunk {array.metadata.encode_chunk_key(coords)} is missing "
+                                           "(it would read as zeros)"))
+    if decode:
+        for row in map(int, rows):
+            arrays = [store.array(spec.path) for spec in BY_FIELD.values() if (row, spec.path) not in missing]
+
+            async def read_all(row=row, arrays=arrays):
+                return await asyncio.gather(*(a.async_array.getitem(row) for a in arrays), return_exceptions=True)
+            for array, result in zip(arrays, sync(read_all())):
+                if isinstance(result, Exception):
+                    key = array.metadata.encode_chunk_key((row, *(0,) * (array.ndim - 1)))
+                    found.append((row, array.path, f"chunk {key} does not decode ({_first_line(result)})"))
+    return sorted(found, key=lambda problem: problem[:2])
+
+
+def rewrite_array_metadata(path) -> list[str]:
+    """Rewrite the `zarr.json` of each array of the schema that cannot be opened; return their paths.
+
+    The metadata of an array is fixed by the schema and the root attributes but for its length, which is
+    the row count (`samples/sample_id`, or if that one is damaged, the shortest other identity array).
+    Chunks stay as they were; rows whose chunks do not fit show up in `chunk_problems`. Writer only.
+    """
+    path = Path(path)
+    group = _open_group(path, "r")
+    attrs = _read_attrs(group, path)
+    broken, lengths = [], {}
+    for spec in ARRAYS:
+        try:
+            lengths[spec.path] = group[spec.path].shape[0]
+        except KeyError:
+            continue  # a missing array is a schema error, not damage this can mend
+        except Exception:
+            broken.append(spec)
+    if not broken:
+        return []
+    identity = [lengths[f"samples/{name}"] for name in IDENTITY if f"samples/{name}" in lengths]
+    if not identity:
+        raise ValueError(f"{path}: every identity array is unreadable; the rows cannot be recovered")
+    n = lengths.get(ROW_COUNT, min(identity))
+    for spec in broken:
+        model = zarr.create_array(store={}, shape=(n, *spec.row_shape(attrs)), **_array_kwargs(spec, attrs),
+                                  attributes={CHECKED_FROM: n} if spec.path == "samples/complete" else None)
+        document = model.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+        with atomic_path(path / spec.path / "zarr.json") as tmp:
+            tmp.write_bytes(document)
+    return [spec.path for spec in broken]
