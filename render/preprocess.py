@@ -95,11 +95,18 @@ def check_finite_grid(xyz: np.ndarray) -> np.ndarray:
     return ~nan.any(axis=-1) & (xyz != 0).any(axis=-1)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_finite_points(points: np.ndarray) -> None:
-    """Raise if any coordinate of an unorganized cloud is NaN or inf (there is no 'missing' there)."""
+    """Raise if any coordinate of an unorganized cloud is NaN or inf (there is no 'missing' there),
+    or too large to survive the cast to float32 (it would become inf there)."""
     bad = ~np.isfinite(points).all(axis=1)
     if bad.any():
         raise ValueError(f"non-finite coordinates in {int(bad.sum())} point(s)")
+    huge = (np.abs(points) > FLOAT32_MAX).any(axis=1)
+    if huge.any():
+        raise ValueError(f"coordinates beyond the float32 range in {int(huge.sum())} point(s)")
 
 
 def resize_nearest(array: np.ndarray, size: int) -> np.ndarray:

@@ -44,22 +44,27 @@ class DatasetEntry:
             raise ConfigError(f"{source}: dataset '{name}' must be a mapping")
         unknown = set(data) - _ENTRY_KEYS
         if unknown:
-            raise ConfigError(f"{source}: dataset '{name}' has unknown key(s) {sorted(unknown)}; known: {sorted(_ENTRY_KEYS)}")
+            raise ConfigError(f"{source}: dataset '{name}' has unknown key(s) {sorted(map(str, unknown))}; known: {sorted(_ENTRY_KEYS)}")
         fmt = data.get("format")
         if fmt not in FORMATS:
             raise ConfigError(f"{source}: dataset '{name}' has format {fmt!r}; known formats: {', '.join(FORMATS)}")
         if data.get("root") is None and data.get("generate") is None:
             raise ConfigError(f"{source}: dataset '{name}' needs a 'root'")
-        classes = data.get("classes")
+        where = f"{source}: dataset '{name}'"
+        root = _typed(data.get("root"), str, f"{where} key 'root'", "a path")
+        classes = _names(data.get("classes"), f"{where} key 'classes'")
+        class_options = _typed(data.get("class_options"), dict, f"{where} key 'class_options'", "a mapping of classes")
+        generate = _typed(data.get("generate"), dict, f"{where} key 'generate'", "a mapping")
         return cls(
             name=name,
             format=fmt,
-            root=Path(data["root"]) if data.get("root") is not None else None,
-            classes=tuple(str(c) for c in classes) if classes else None,
-            aux_classes=tuple(str(c) for c in data.get("aux_classes") or ()),
-            options=dict(data.get("options") or {}),
-            class_options={str(k): dict(v or {}) for k, v in (data.get("class_options") or {}).items()},
-            generate=dict(data["generate"]) if data.get("generate") is not None else None,
+            root=Path(root) if root is not None else None,
+            classes=classes or None,
+            aux_classes=_names(data.get("aux_classes"), f"{where} key 'aux_classes'"),
+            options=_sections(data.get("options"), f"{where} key 'options'"),
+            class_options={str(k): _sections(v, f"{where} key 'class_options.{k}'")
+                           for k, v in (class_options or {}).items()},
+            generate=dict(generate) if generate is not None else None,
             description=str(data.get("description", "")),
         )
 
@@ -74,6 +79,30 @@ class DatasetEntry:
         return replace(self, root=Path(root), generate=None)
 
 
+def _typed(value, kind: type, where: str, expected: str):
+    """value unchanged if None or of `kind`; otherwise a one-line error naming the key."""
+    if value is not None and not isinstance(value, kind):
+        raise ConfigError(f"{where} must be {expected}, got {type(value).__name__} {str(value)[:40]!r}")
+    return value
+
+
+def _names(value, where: str) -> tuple[str, ...]:
+    """A list of names (classes) as a tuple of strings; a single string or a mapping is an error."""
+    items = _typed(value, list, where, "a list of names") or []
+    bad = [item for item in items if not isinstance(item, (str, int))]
+    if bad:
+        raise ConfigError(f"{where} must be a list of names, has {type(bad[0]).__name__} {str(bad[0])[:40]!r}")
+    return tuple(str(item) for item in items)
+
+
+def _sections(value, where: str) -> dict:
+    """{section: {option: value}}, e.g. {"preprocess": {...}, "render": {...}}; other shapes are errors."""
+    sections = _typed(value, dict, where, "a mapping of sections (preprocess: {...}, render: {...})") or {}
+    for section, options in sections.items():
+        _typed(options, dict, f"{where[:-1]}.{section}'", "a mapping of options")
+    return {str(section): dict(options or {}) for section, options in sections.items()}
+
+
 def custom_entry(format: str, root: Path) -> DatasetEntry:
     """An entry for the user's own data in a known format: classes from the folder names."""
     if format not in FORMATS:
@@ -84,15 +113,21 @@ def custom_entry(format: str, root: Path) -> DatasetEntry:
 def load_registry(path: Path | None = None) -> dict[str, DatasetEntry]:
     """Read datasets.yaml (default: `config.registry_path()`) into entries by name."""
     path = Path(path) if path is not None else config.registry_path()
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a registry file (datasets.yaml)")
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: registry file not found (set POINTAD_REGISTRY or pass --format and --root)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: registry file unreadable ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: registry file is not text (byte {exc.start})") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
     if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
         raise ConfigError(f"{path}: expected a top-level 'datasets:' mapping")
-    return {name: DatasetEntry.from_dict(name, entry, str(path)) for name, entry in data["datasets"].items()}
+    return {str(name): DatasetEntry.from_dict(str(name), entry, str(path)) for name, entry in data["datasets"].items()}
 
 
 def resolve_dataset(name: str | None = None, *, format: str | None = None, root: Path | None = None,

@@ -53,10 +53,19 @@ def _raw_ref(entry: DatasetEntry, class_name: str, split: str, depth: Path) -> S
              "rgb": folder / f"{stem}_image_{RGB_IMAGE}.png", "gt": folder / f"{stem}_mask.png"}
     defect = GOOD
     if split == "test":
-        # The raw release names no defect type; the mask says whether there is one.
-        defect = "bad" if read_image(files["gt"], "L").any() else GOOD
+        # The raw release names no defect type; the mask says whether there is one. A missing or broken
+        # mask fails this sample when it is read (naming the mask), not the listing of the whole build.
+        defect = _defect_from_mask(files["gt"]) or "bad"
     return SampleRef(dataset=entry.name, class_name=class_name, split=split, defect_type=defect,
                      sample_id=relative_id(folder / stem, entry.root), files=files)
+
+
+def _defect_from_mask(mask: Path) -> str | None:
+    """'bad' if the mask has a nonzero pixel, 'good' if none, None if it cannot be read."""
+    try:
+        return "bad" if read_image(mask, "L").any() else GOOD
+    except InputFileError:
+        return None
 
 
 def read(ref: SampleRef, options: PreprocessOptions) -> Sample:
@@ -69,9 +78,15 @@ def read(ref: SampleRef, options: PreprocessOptions) -> Sample:
         lo, hi = float(info["normalization"]["min"]), float(info["normalization"]["max"])
     except (KeyError, TypeError, ValueError):
         raise InputFileError(f"{ref.files['info_depth']}: missing normalization min/max") from None
+    if not all(np.isfinite([lo, hi])) or max(abs(lo), abs(hi)) > 1e30:
+        raise InputFileError(f"{ref.files['info_depth']}: normalization min/max must be finite depths, got {lo}, {hi}")
     xyz = depth_to_xyz(depth, lo, hi)
     rgb = read_image(ref.files["rgb"], "RGB")
-    gt = read_image(ref.files["gt"], "L") if ref.files["gt"].exists() else None
+    mask = ref.files["gt"]
+    gt = read_image(mask, "L") if ref.split == "test" or mask.exists() else None
+    if ref.split == "test" and int(gt.any()) != ref.label:
+        raise InputFileError(f"{mask}: mask is {'empty' if ref.label else 'not empty'} now, but the sample was "
+                             f"listed as {ref.defect_type} (the mask changed after the store was planned)")
     return mvtec3d.organized_sample(ref, xyz, rgb, gt, options)
 
 

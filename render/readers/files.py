@@ -1,10 +1,12 @@
 """Load one dataset file each, with a one-line `InputFileError` that names the file on any failure.
 
-tifffile, Pillow, Open3D and numpy do the parsing; this module only checks what they return.
+tifffile, Pillow and numpy do the parsing and this module checks what they return; PLY and PCD clouds
+are parsed against their header in `cloud_files` (Open3D accepts truncated ones).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import tifffile
 import yaml
 from PIL import Image, UnidentifiedImageError
 
+from render.readers.cloud_files import read_cloud
 from shared.errors import InputFileError
 
 o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
@@ -28,6 +31,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _require(path: Path) -> None:
+    if path.is_dir():
+        raise _fail(path, "is a directory, expected a file")
     if not path.is_file():
         raise _fail(path, "file not found")
 
@@ -65,46 +70,23 @@ def read_image(path: Path, mode: str) -> np.ndarray:
         raise _fail(path, f"unreadable image ({_first_line(exc)})") from exc
 
 
-def _pcd_points_present(path: Path) -> tuple[int, int] | None:
-    """(points the PCD header declares, points the data section holds), None if not checkable.
-
-    Open3D fills the missing rows of a truncated ASCII PCD with uninitialised memory instead of
-    failing, so the count is checked here from the header and the data section's size.
-    """
-    header: dict[str, list[str]] = {}
-    with open(path, "rb") as handle:
-        for raw in handle:
-            words = raw.decode("ascii", "replace").split()
-            if words and not words[0].startswith("#"):
-                header[words[0].upper()] = words[1:]
-            if words and words[0].upper() == "DATA":
-                break
-        data = handle.read()
-    try:
-        declared = int(header["POINTS"][0])
-        kind = header["DATA"][0].lower()
-        step = sum(int(s) * int(c) for s, c in zip(header["SIZE"], header.get("COUNT", ["1"] * len(header["SIZE"]))))
-    except (KeyError, IndexError, ValueError):
-        return None
-    if kind == "ascii":
-        return declared, sum(1 for line in data.splitlines() if line.strip())
-    if kind == "binary":
-        return declared, len(data) // step
-    return None  # binary_compressed: Open3D's decompression checks the size itself
+def _open3d_points(path: Path) -> np.ndarray:
+    cloud = o3d.io.read_point_cloud(str(path), remove_nan_points=False, remove_infinite_points=False)
+    return np.asarray(cloud.points)
 
 
 def read_point_cloud(path: Path) -> np.ndarray:
-    """(P, 3) float64 points of a .pcd or .ply file (Open3D), NaN and inf kept so they can be reported."""
+    """(P, 3) float64 points of a .pcd or .ply file, exactly as many as its header declares (see cloud_files).
+
+    NaN and inf are kept so they can be reported.
+    """
     _require(path)
-    cloud = o3d.io.read_point_cloud(str(path), remove_nan_points=False, remove_infinite_points=False)
-    points = np.asarray(cloud.points)
-    if len(points) == 0:
-        raise _fail(path, "unreadable or empty point cloud")
-    if path.suffix.lower() == ".pcd":
-        counts = _pcd_points_present(path)
-        if counts is not None and counts[1] < counts[0]:
-            raise _fail(path, f"truncated: header declares {counts[0]} points, file holds {counts[1]}")
-    return points
+    try:
+        return read_cloud(path, _open3d_points)
+    except OSError as exc:
+        raise _fail(path, f"unreadable ({exc.strerror or _first_line(exc)})") from exc
+    except ValueError as exc:
+        raise _fail(path, _first_line(exc)) from exc
 
 
 def read_label_txt(path: Path) -> np.ndarray:
@@ -114,7 +96,9 @@ def read_label_txt(path: Path) -> np.ndarray:
         with open(path) as handle:
             first = handle.readline()
         delimiter = "," if "," in first else None
-        rows = np.loadtxt(path, delimiter=delimiter, ndmin=2, dtype=np.float64)
+        with warnings.catch_warnings():  # an empty table is reported below, not warned about
+            warnings.simplefilter("ignore", UserWarning)
+            rows = np.loadtxt(path, delimiter=delimiter, ndmin=2, dtype=np.float64)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _fail(path, f"unreadable label table ({_first_line(exc)})") from exc
     if rows.shape[0] == 0:

@@ -84,3 +84,30 @@ def test_registry_class_list_orders_and_limits_the_default_selection(tmp_path):
 def test_neither_name_nor_format_and_root():
     with pytest.raises(ConfigError, match="name a dataset"):
         resolve_dataset(None, format="mvtec3d")
+
+
+@pytest.mark.parametrize("value, key, expected", [
+    ("options: [1, 2]", "options", "must be a mapping of sections"),
+    ("options: {preprocess: 3}", "options.preprocess", "must be a mapping of options"),
+    ("root: [x]", "root", "must be a path"),
+    ("classes: cookie", "classes", "must be a list of names, got str"),
+    ("aux_classes: [{a: 1}]", "aux_classes", "must be a list of names, has dict"),
+    ("class_options: [foam]", "class_options", "must be a mapping of classes"),
+    ("class_options: {foam: {render: 5}}", "class_options.foam.render", "must be a mapping of options"),
+    ("generate: 5", "generate", "must be a mapping"),
+])
+def test_wrong_types_are_one_line_errors_naming_file_and_key(tmp_path, value, key, expected):
+    path = _write(tmp_path, f"datasets:\n  a:\n    format: mvtec3d\n    {value}\n" + ("    root: x\n" * ("root" not in value)))
+    with pytest.raises(ConfigError) as info:
+        load_registry(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: dataset 'a' key '{key}' {expected}") and "\n" not in message, message
+
+
+def test_registry_path_that_is_a_directory_says_so(tmp_path):
+    with pytest.raises(ConfigError, match=f"^{tmp_path}: is a directory, expected a registry file"):
+        load_registry(tmp_path)
+    path = tmp_path / "datasets.yaml"
+    path.write_bytes(b"datasets:\n  \xff\xfe: 1\n")
+    with pytest.raises(ConfigError, match=f"^{path}: registry file is not text"):
+        load_registry(path)
