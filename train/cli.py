@@ -49,6 +49,8 @@ def training_options(command):
         click.option("--loss-terms", default="all", show_default=True,
                      help="all, or a comma list of 3d_global, 3d_local, 2d_global, 2d_local."),
         click.option("--no-feature-cache", is_flag=True, help="Re-run the vision tower every epoch."),
+        click.option("--rebuild-features", is_flag=True,
+                     help="Replace a feature cache made for another model, weights, taps or store (else refused)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
         click.option("--loader-workers", default=0, show_default=True,
                      help="DataLoader worker processes reading the store."),
@@ -93,7 +95,7 @@ def run(features, out, resume, **options):
         say = click.echo if rank == 0 else (lambda line: None)
         result = train_loop(config, out, device=target, clip_weights=options["clip_weights"], resume=resume,
                             log=say, progress_factory=_bar if rank == 0 else None, feature_path=features,
-                            loader_workers=options["loader_workers"])
+                            loader_workers=options["loader_workers"], rebuild_features=options["rebuild_features"])
         say(f"{out}: {len(result.epochs_run)} epoch(s) run on {target}, model {_model_label(out)}")
 
 
@@ -113,7 +115,8 @@ def sweep(classes, seeds, runs_dir, **options):
     runs = plan_sweep(base_config(**options), classes, seeds, runs_dir)
     target = resolve_device(options["device"])
     done = run_sweep(runs, device=target, clip_weights=options["clip_weights"], log=click.echo,
-                     progress_factory=_bar, loader_workers=options["loader_workers"])
+                     progress_factory=_bar, loader_workers=options["loader_workers"],
+                     rebuild_features=options["rebuild_features"])
     click.echo(f"{len(done)} run(s) ready in {runs_dir}: " + " ".join(p.name for p in done))
 
 
@@ -149,23 +152,31 @@ def _model_label(run_dir: Path) -> str:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Feature cache to write (a Zarr group).")
 @click.option("--batch-size", default=4, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def features(store, model, clip_weights, layers, dataset, class_name, out, batch_size, device):
-    """Precompute the frozen vision features of a store's renderings (the training cache)."""
+@click.option("--seed", default=111, show_default=True,
+              help="Seed of a random-weights model (tiny): the --seed of the runs that will use the cache.")
+@click.option("--rebuild-features", is_flag=True,
+              help="Replace a cache at --out made for another model, weights, taps, store or rows (else refused).")
+def features(store, model, clip_weights, layers, dataset, class_name, out, batch_size, device, seed,
+             rebuild_features):
+    """Precompute the frozen vision features of a store's renderings (the training cache).
+
+    An up-to-date cache at --out is kept as it is; anything at --out that is not a feature cache is refused."""
     from train.backbone import load_backbone
-    from train.features import compute_features
+    from train.features import compute_features, recorded_identity
     from train.loop import resolve_device
     from train.model_config import load_model_config
     config = load_model_config(model)
     if layers:
         config = config.with_taps(layers)
     target = resolve_device(device)
-    backbone = load_backbone(config, clip_weights).to(target)
+    recorded_identity(out)  # anything but a cache at --out: refused before the model is loaded
+    backbone = load_backbone(config, clip_weights, seed=seed).to(target)
     rows = open_store(store).indices(dataset=dataset, class_name=class_name)
     with _bar(len(rows), "features") as bar:
-        compute_features(backbone, store, rows, out, device=target, batch_size=batch_size,
-                         autocast=target.type == "cuda", dtype="float16" if target.type == "cuda" else "float32",
-                         progress=bar)
-    click.echo(f"{out}: features of {len(rows)} samples, model {backbone.label}")
+        done = compute_features(backbone, store, rows, out, rebuild=rebuild_features, device=target,
+                                batch_size=batch_size, autocast=target.type == "cuda",
+                                dtype="float16" if target.type == "cuda" else "float32", progress=bar)
+    click.echo(f"{out}: features of {len(rows)} samples {done}, model {backbone.label}")
 
 
 def main():

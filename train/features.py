@@ -2,12 +2,17 @@
 
 CLIP is frozen, so the vision tower's output for a rendering never changes: `compute_features`
 runs it once over the chosen rows and writes a small Zarr group; epochs then read it and run only
-the text side, similarity, back-projection and losses. The cache records the model, its layer taps
-and the store fingerprint, and refuses to serve features for anything else.
+the text side, similarity, back-projection and losses. The cache records the model, its layer taps,
+a digest of its weights and the store fingerprint: a cache with the same record is reused, another
+one is refused (saying what differs) unless a rebuild is asked for. A cache only ever replaces a
+cache (recognised by its `format` attribute), is written under its writer lock, and appears at its
+path only when complete (temp group, then rename).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -16,7 +21,8 @@ import numpy as np
 import torch
 import zarr
 
-from shared.errors import CheckpointMismatchError
+from shared.errors import CheckpointMismatchError, PointADError
+from shared.lock import writer_lock
 from shared.store import open_store, store_fingerprint
 from train.backbone import normalize
 
@@ -33,21 +39,137 @@ def encode_views(backbone, images: np.ndarray, device, autocast: bool) -> tuple[
     return features.global_feature.float().reshape(b, v, -1), features.patch_tokens.float()
 
 
+def weights_digest(backbone) -> str:
+    """16 hex digits over the backbone's weights (names, dtypes, shapes, bytes): the tiny model's random
+    weights differ by seed, a real model's by its weights file, and either changes the features."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(backbone.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def cache_identity(backbone, store_path) -> dict:
-    """What a cache's features depend on: model, taps, dual path, and the store's content."""
-    return {"format": CACHE_FORMAT, "model": backbone.config.to_dict(), "store_fingerprint": store_fingerprint(store_path)}
+    """What a cache's features depend on: model (with its taps and dual path), its weights, the store's content."""
+    return {"format": CACHE_FORMAT, "model": backbone.config.to_dict(), "weights": weights_digest(backbone),
+            "store_fingerprint": store_fingerprint(store_path)}
 
 
-def compute_features(backbone, store_path, rows: np.ndarray, out: Path, *, device="cpu", batch_size: int = 4,
-                     autocast: bool = False, dtype: str = "float32", progress=None) -> Path:
-    """Write the features of `rows` to the Zarr group `out` (atomically: temp folder, then rename)."""
-    store = open_store(store_path)
-    rows = np.asarray(rows, dtype=np.int64)
+def differences(found: dict, expected: dict) -> list[str]:
+    """What differs between a cache's recorded identity and the wanted one, in words (empty: same)."""
+    differ = []
+    model, wanted = found.get("model") if isinstance(found.get("model"), dict) else {}, expected["model"]
+    if model.get("tap_layers") != wanted.get("tap_layers"):
+        differ.append("taps")
+    if {k: v for k, v in model.items() if k != "tap_layers"} != {k: v for k, v in wanted.items() if k != "tap_layers"}:
+        differ.append("model")
+    if found.get("weights") != expected["weights"]:
+        differ.append("model weights")
+    if found.get("store_fingerprint") != expected["store_fingerprint"]:
+        differ.append("store")
+    return differ
+
+
+def _mismatch(path, differ: list[str]) -> CheckpointMismatchError:
+    return CheckpointMismatchError(f"{path}: feature cache made for other {', '.join(differ)}; pass "
+                                   "--rebuild-features to replace it, or give another path")
+
+
+def recorded_identity(path) -> dict | None:
+    """The attributes of the feature cache at `path`; None when nothing (or an empty folder) is there.
+
+    Anything else at `path` (a file, a folder of other things, a render store, another Zarr group) is
+    a PointADError naming it: a cache only ever replaces a cache.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise PointADError(f"{path}: is a symbolic link, not a feature cache; give the path of the cache itself")
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        raise PointADError(f"{path}: is a file, not a feature cache; choose another path")
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        if any(path.iterdir()):
+            raise PointADError(f"{path}: is a folder that is not a feature cache (no zarr.json); choose another path")
+        return None
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise PointADError(f"{meta}: unreadable ({exc}); not a feature cache, choose another path") from None
+    if not isinstance(attrs, dict) or attrs.get("format") != CACHE_FORMAT:
+        kind = attrs.get("format") if isinstance(attrs, dict) else None
+        what = f"format {kind!r}" if kind else "no format"
+        raise PointADError(f"{path}: is a Zarr group of another kind ({what}), not a feature cache; "
+                           "choose another path")
+    return attrs
+
+
+def _remove_ours(path: Path) -> None:
+    """Remove a leftover of ours (an interrupted build's temp, a replaced cache); refuse anything else."""
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        recorded_identity(path)
+    except PointADError:
+        raise PointADError(f"{path}: a leftover that is not a feature cache of ours; remove it by hand") from None
+    shutil.rmtree(path)
+
+
+def _needs_build(out: Path, identity: dict, rows: np.ndarray, rebuild: bool) -> str | None:
+    """None when the cache at `out` serves (same identity, rows covered); else what building it means, in words.
+
+    A differing cache without `rebuild` is a CheckpointMismatchError saying what differs.
+    """
+    found = recorded_identity(out)
+    if found is None:
+        return "built"
+    differ = differences(found, identity)
+    if not set(rows.tolist()) <= set(found.get("rows") or []):
+        differ.append("rows")
+    if not differ:
+        return None
+    if not rebuild:
+        raise _mismatch(out, differ)
+    return f"rebuilt ({', '.join(differ)} differed)"
+
+
+def compute_features(backbone, store_path, rows: np.ndarray, out: Path, *, identity: dict | None = None,
+                     rebuild: bool = False, **options) -> str:
+    """Make `out` a feature cache of `rows`; return what was done: "reused", "built" or "rebuilt (... differed)".
+
+    A cache with the same identity (`cache_identity`) covering the rows is reused; one that differs is
+    refused (CheckpointMismatchError saying what differs) unless `rebuild`; anything but a cache at `out`
+    is refused (`recorded_identity`). Building holds the writer lock of `out` (a second writer gets
+    LockedError) and writes atomically. identity: `cache_identity` if already computed; options
+    (device, batch_size, autocast, dtype, progress) go to `_write_features`.
+    """
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.open_group(tmp, mode="w")
-    group.attrs.update(cache_identity(backbone, store_path) | {"rows": rows.tolist(), "dtype": dtype})
+    identity = identity or cache_identity(backbone, store_path)
+    rows = np.asarray(rows, dtype=np.int64)
+    if _needs_build(out, identity, rows, rebuild) is None:
+        return "reused"  # readers never lock
+    with writer_lock(out, "writing a feature cache"):
+        action = _needs_build(out, identity, rows, rebuild)  # again: another writer may have just built it
+        if action is None:
+            return "reused"
+        _write_features(backbone, store_path, rows, out, identity, **options)
+    return action
+
+
+def _write_features(backbone, store_path, rows: np.ndarray, out: Path, identity: dict, *, device="cpu",
+                    batch_size: int = 4, autocast: bool = False, dtype: str = "float32", progress=None) -> None:
+    """Write the cache into a temp group beside `out`, then rename it into place (the caller holds the lock).
+
+    A kill leaves at most the temp group (or the replaced cache under its `.old` name): never a half cache
+    at `out`; both are ours by their attributes and are removed by the next build.
+    """
+    store = open_store(store_path)
+    tmp, old = out.with_name(f".{out.name}.pointad-tmp"), out.with_name(f".{out.name}.pointad-old")
+    _remove_ours(tmp)
+    _remove_ours(old)
+    group = zarr.open_group(tmp, mode="w", attributes=identity | {"rows": rows.tolist(), "dtype": dtype})
     global_array = patch_array = None
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
@@ -65,10 +187,10 @@ def compute_features(backbone, store_path, rows: np.ndarray, out: Path, *, devic
         patch_array[start:start + b] = patches.cpu().numpy().astype(dtype)
         if progress is not None:
             progress.update(b)
-    if out.exists():
-        shutil.rmtree(out)
+    if (out / "zarr.json").exists():
+        os.replace(out, old)  # a cache of ours (checked by the caller); an empty folder is renamed over
     os.replace(tmp, out)
-    return out
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class FeatureCache:
@@ -79,14 +201,16 @@ class FeatureCache:
     one is read per batch, so memory stays bounded.
     """
 
-    def __init__(self, path: Path, backbone, store_path, device="cpu", memory_limit: int = 8 * 2**30):
+    def __init__(self, path: Path, identity: dict, device="cpu", memory_limit: int = 8 * 2**30):
+        """identity: `cache_identity` of the model and store the features must be of (else CheckpointMismatchError)."""
         self.path = Path(path)
+        found = recorded_identity(self.path)
+        if found is None:
+            raise PointADError(f"{self.path}: no feature cache there")
+        differ = differences(found, identity)
+        if differ:
+            raise _mismatch(self.path, differ)
         group = zarr.open_group(self.path, mode="r")
-        expected, found = cache_identity(backbone, store_path), dict(group.attrs)
-        for key in ("format", "model", "store_fingerprint"):
-            if found.get(key) != expected[key]:
-                raise CheckpointMismatchError(f"{self.path}: feature cache made for another {key.replace('_', ' ')}; "
-                                              "delete it or run 'train features' again")
         self.position = {row: i for i, row in enumerate(found["rows"])}
         self.global_array, self.patch_array = group["global"], group["patches"]
         self.loaded = None

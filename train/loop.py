@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,11 +23,12 @@ import torch.distributed as dist
 
 from shared.errors import ConfigError, PointADError
 from shared.io import atomic_path
+from shared.lock import writer_lock
 from shared.store import open_store, store_fingerprint
 from train.backbone import FrozenCLIP, load_backbone
 from train.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
 from train.data import StoreSamples, collate, epoch_batches, training_rows
-from train.features import FeatureCache, compute_features, encode_views
+from train.features import FeatureCache, cache_identity, compute_features, encode_views
 from train.losses import hybrid_loss, parse_loss_terms
 from train.maps import back_project, class_probabilities, patch_maps
 from train.model_config import load_model_config
@@ -38,7 +40,9 @@ METRICS_FILE = "metrics.csv"
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """A training run. Everything here goes into every checkpoint; `resume` requires it unchanged
-    except for `epochs` (a finished run may be extended)."""
+    except for `epochs` (a finished run may be extended) and the spelling of `store`: the store is
+    compared by its fingerprint (its content), so a relative path, an absolute one or a moved copy
+    are the same run."""
 
     store: str
     class_name: str
@@ -69,6 +73,7 @@ class TrainConfig:
         """The settings a checkpoint must share with a run that resumes from it."""
         data = asdict(self)
         data.pop("epochs")
+        data.pop("store")  # compared by fingerprint, not by how its path is spelled
         data["betas"] = list(self.betas)
         data["layers"] = None if self.layers is None else list(self.layers)
         return data
@@ -96,7 +101,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, run_dir: Path, *, device="cpu", clip_weights=None,
                  backbone: FrozenCLIP | None = None, feature_path: Path | None = None, progress=None,
-                 loader_workers: int = 0):
+                 loader_workers: int = 0, rebuild_features: bool = False, log=None):
+        """rebuild_features: replace a feature cache made for another model, weights, taps or store (else
+        refused); log: callable taking one line (what was done with the feature cache)."""
         self.config, self.run_dir, self.device = config, Path(run_dir), torch.device(device)
         self.loader_workers = loader_workers
         self.rank, self.world = _world()
@@ -123,21 +130,19 @@ class Trainer:
         self.features = None
         if config.feature_cache:
             path = Path(feature_path) if feature_path else self.run_dir / "features.zarr"
-            if self.rank == 0 and not self._cache_usable(path):
-                compute_features(self.backbone, config.store, self.rows, path, device=self.device,
-                                 batch_size=config.batch_size, autocast=self.autocast,
-                                 dtype="float16" if self.autocast else "float32", progress=progress)
+            if path.absolute() == self.run_dir.absolute():
+                raise ConfigError(f"{path}: --features must not be the run directory (--out)")
+            identity = cache_identity(self.backbone, config.store)
+            if self.rank == 0:
+                done = compute_features(self.backbone, config.store, self.rows, path, identity=identity,
+                                        rebuild=rebuild_features, device=self.device, batch_size=config.batch_size,
+                                        autocast=self.autocast, dtype="float16" if self.autocast else "float32",
+                                        progress=progress)
+                if log is not None:
+                    log(f"{path}: feature cache {done}")
             if self.world > 1:
                 dist.barrier()
-            self.features = FeatureCache(path, self.backbone, config.store, device=self.device)
-
-    def _cache_usable(self, path: Path) -> bool:
-        if not path.exists():
-            return False
-        try:
-            return FeatureCache(path, self.backbone, self.config.store).covers(self.rows)
-        except PointADError:
-            return False
+            self.features = FeatureCache(path, identity, device=self.device)
 
     def model_identity(self) -> dict:
         return self.backbone.config.to_dict()
@@ -174,9 +179,14 @@ class Trainer:
         return iter(loader)
 
     def run_epoch(self, epoch: int, progress=None) -> dict:
-        """One epoch; returns its metrics (mean loss per term, point AUROC of the class, seconds)."""
+        """One epoch; returns its metrics (mean loss per term, point AUROC of the class, seconds).
+
+        Under torchrun the metrics are global, the same on every rank and equal to one process's: the loss
+        sums are reduced across ranks and the AUROC is computed over every rank's point scores.
+        """
         started = time.perf_counter()
-        sums: dict[str, float] = {}
+        names = ["total", *self.terms.names()]
+        sums = torch.zeros(len(names), dtype=torch.float64)
         scores, labels = [], []
         batches = epoch_batches(len(self.rows), self.config.batch_size, self.config.seed, epoch, self.rank, self.world)
         global_sizes = [len(b) for b in epoch_batches(len(self.rows), self.config.batch_size, self.config.seed, epoch)]
@@ -188,8 +198,8 @@ class Trainer:
                 total, parts, point_scores = self.batch_loss(batch)
                 # weight by this rank's share of the global batch, then sum across ranks
                 (total * (len(part) / global_size)).backward()
-                for name, value in {"total": total, **parts}.items():
-                    sums[name] = sums.get(name, 0.0) + float(value.detach()) * len(part)
+                values = {"total": total, **parts}
+                sums += torch.tensor([float(values[name].detach()) for name in names], dtype=torch.float64) * len(part)
                 valid = batch["valid"].bool()
                 scores.append(point_scores.detach()[valid.to(self.device)].cpu().numpy())
                 labels.append(batch["label"][valid].numpy())
@@ -200,10 +210,34 @@ class Trainer:
             self.optimizer.step()
             if progress is not None:
                 progress.update(len(part))
-        metrics = {name: value / max(len(self.rows) / self.world, 1) for name, value in sums.items()}
-        metrics["point_auroc"] = _auroc(np.concatenate(labels), np.concatenate(scores)) if scores else float("nan")
+        scores = np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32)
+        labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
+        if self.world > 1:
+            sums = self._all_reduce(sums)
+            scores, labels = self._all_gather(scores), self._all_gather(labels)
+        metrics = {name: float(value) / len(self.rows) for name, value in zip(names, sums.tolist())}
+        metrics["point_auroc"] = _auroc(labels, scores)
         metrics["seconds"] = time.perf_counter() - started
         return metrics
+
+    def _all_reduce(self, values: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks of a CPU tensor (moved to this rank's device for NCCL, returned on the CPU)."""
+        values = values.to(self.device)
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values.cpu()
+
+    def _all_gather(self, values: np.ndarray) -> np.ndarray:
+        """Every rank's 1-D array, concatenated in rank order (lengths differ: padded to the longest, then cut)."""
+        local = torch.from_numpy(np.ascontiguousarray(values)).to(self.device)
+        size = torch.tensor([local.numel()], device=self.device)
+        sizes = [torch.zeros_like(size) for _ in range(self.world)]
+        dist.all_gather(sizes, size)
+        longest = int(max(sizes).item())
+        padded = torch.zeros(longest, dtype=local.dtype, device=self.device)
+        padded[:local.numel()] = local
+        gathered = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(gathered, padded)
+        return np.concatenate([part[:int(n.item())].cpu().numpy() for part, n in zip(gathered, sizes)])
 
     def evaluate(self) -> dict:
         """Mean losses and point AUROC over the training rows with the current prompts (no update)."""
@@ -232,6 +266,8 @@ class Trainer:
     def restore(self, path: Path) -> int:
         """Load a checkpoint of this run; returns its epoch."""
         payload = load_checkpoint(path)
+        if isinstance(payload.get("config"), dict):
+            payload["config"].pop("store", None)  # older checkpoints recorded the path; the fingerprint decides
         check_compatible(path, payload, model=self.model_identity(), config=self.config.identity(),
                          store_fingerprint=self.store_fingerprint)
         self.prompts.load_state(payload["prompts"])
@@ -259,27 +295,76 @@ def _append_metrics(path: Path, row: dict) -> None:
 
 
 def train(config: TrainConfig, run_dir: Path, *, device="cpu", clip_weights=None, resume: bool = False,
-          log=None, progress_factory=None, backbone=None, feature_path=None, loader_workers: int = 0) -> TrainResult:
+          log=None, progress_factory=None, backbone=None, feature_path=None, loader_workers: int = 0,
+          rebuild_features: bool = False) -> TrainResult:
     """Run (or resume) training; writes config.json, metrics.csv and checkpoints/epoch_N.pt in run_dir.
 
-    log: callable taking one line per epoch; progress_factory(total, desc) -> tqdm-like bar or None.
+    Rank 0 holds the writer lock of run_dir for the whole run (a second writer gets LockedError), and
+    of the feature cache while it is built. log: callable taking one line (the feature cache, each epoch);
+    progress_factory(total, desc) -> tqdm-like bar or None; rebuild_features: see `Trainer`.
     """
     run_dir = Path(run_dir)
     rank, _ = _world()
+    check_run_dir(run_dir)
+    with writer_lock(run_dir, "train run") if rank == 0 else nullcontext():
+        return _train_locked(config, run_dir, rank, device=device, clip_weights=clip_weights, resume=resume,
+                             log=log, progress_factory=progress_factory, backbone=backbone,
+                             feature_path=feature_path, loader_workers=loader_workers,
+                             rebuild_features=rebuild_features)
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """PointADError unless run_dir is absent, or a folder where our files may go (never a file, a Zarr
+    store, or a folder whose config.json or metrics.csv is not a run's: we would overwrite them)."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise PointADError(f"{run_dir}: is a file; --out takes a run directory")
+    if (run_dir / "zarr.json").exists():
+        raise PointADError(f"{run_dir}: is a Zarr store, not a run directory; choose another --out")
+    config_file = run_dir / "config.json"
+    if config_file.exists() or (run_dir / METRICS_FILE).exists():
+        try:
+            ours = "train" in json.loads(config_file.read_text())
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise PointADError(f"{run_dir}: holds a config.json or metrics.csv that is not a training run's; "
+                               f"choose another --out")
+
+
+def _clean_temps(run_dir: Path) -> None:
+    """Remove the temp files of an interrupted writer (atomic_path names them `.<name>.<random><suffix>`);
+    called with the run's lock held, so none of them is being written."""
+    patterns = [(run_dir / "checkpoints", ".epoch_*.pt.*.pt"), (run_dir, f".{METRICS_FILE}.*.csv"),
+                (run_dir, ".config.json.*.json")]
+    for folder, pattern in patterns:
+        for path in folder.glob(pattern):
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+
+
+def _train_locked(config: TrainConfig, run_dir: Path, rank: int, *, device, clip_weights, resume, log,
+                  progress_factory, backbone, feature_path, loader_workers, rebuild_features) -> TrainResult:
     start = 1
     latest = latest_checkpoint(run_dir)
     if latest is not None and not resume:
         raise PointADError(f"{run_dir}: already holds checkpoints; pass --resume to continue or choose another --out")
+    if rank == 0:
+        _clean_temps(run_dir)
     bar = progress_factory(None, "features") if progress_factory and rank == 0 and config.feature_cache else None
-    trainer = Trainer(config, run_dir, device=device, clip_weights=clip_weights, backbone=backbone,
-                      feature_path=feature_path, progress=bar, loader_workers=loader_workers)
-    if bar is not None:
-        bar.close()
+    try:
+        trainer = Trainer(config, run_dir, device=device, clip_weights=clip_weights, backbone=backbone,
+                          feature_path=feature_path, progress=bar, loader_workers=loader_workers,
+                          rebuild_features=rebuild_features, log=log if rank == 0 else None)
+    finally:
+        if bar is not None:
+            bar.close()
     if resume and latest is not None:
         start = trainer.restore(latest) + 1
     if rank == 0:
         with atomic_path(run_dir / "config.json") as tmp:
-            tmp.write_text(json.dumps({"train": config.identity() | {"epochs": config.epochs},
+            tmp.write_text(json.dumps({"train": config.identity() | {"epochs": config.epochs, "store": config.store},
                                        "model": trainer.model_identity(), "store_fingerprint":
                                        trainer.store_fingerprint, "rows": trainer.rows.tolist()}, indent=2))
     result = TrainResult(run_dir=run_dir)
@@ -289,8 +374,9 @@ def train(config: TrainConfig, run_dir: Path, *, device="cpu", clip_weights=None
         if bar is not None:
             bar.close()
         if rank == 0:
-            trainer.checkpoint(epoch, metrics)
+            # metrics first: a kill between the two re-runs this epoch on resume, which rewrites its row
             _append_metrics(run_dir / METRICS_FILE, {"epoch": epoch, **metrics})
+            trainer.checkpoint(epoch, metrics)
             if log is not None:
                 log(f"epoch {epoch}/{config.epochs} " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         result.epochs_run.append(epoch)

@@ -96,9 +96,11 @@ def run_state(run: PlannedRun) -> str:
 
 
 def sweep(runs: list[PlannedRun], *, device="cpu", clip_weights=None, log=None, progress_factory=None,
-          loader_workers: int = 0) -> list[Path]:
+          loader_workers: int = 0, rebuild_features: bool = False) -> list[Path]:
     """Train the missing runs and resume the partial ones, in order; return every run directory.
 
+    Each run holds its directory's writer lock while it trains (`train`): a second sweep or `train run`
+    on the same run is refused in one line.
     The states are checked for all runs before any training, so a conflicting directory fails fast.
     """
     say = log or (lambda line: None)
@@ -110,5 +112,6 @@ def sweep(runs: list[PlannedRun], *, device="cpu", clip_weights=None, log=None, 
         say(f"{run.run_dir}: {'resuming' if state == 'partial' else 'training'} "
             f"(class {run.config.class_name}, seed {run.config.seed})")
         train(run.config, run.run_dir, device=device, clip_weights=clip_weights, resume=state == "partial",
-              log=log, progress_factory=progress_factory, loader_workers=loader_workers)
+              log=log, progress_factory=progress_factory, loader_workers=loader_workers,
+              rebuild_features=rebuild_features)
     return [run.run_dir for run in runs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -129,6 +130,18 @@ def test_two_gloo_processes_match_one(train_store, tmp_path):
     difference = (_prompts(tmp_path / "one" / "checkpoints" / "epoch_2.pt") -
                   _prompts(tmp_path / "two" / "checkpoints" / "epoch_2.pt")).abs().max()
     assert difference < 1e-5, f"2 processes differ from 1 by {difference}"
+    # metrics.csv holds the global values (losses reduced, AUROC over every rank's points), not rank 0's shard
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [row["epoch"] for row in two] == ["1", "2"]
+    for a, b in zip(one, two):
+        for name in ("total", "3d_global", "3d_local", "2d_global", "2d_local"):
+            assert abs(float(a[name]) - float(b[name])) <= 2e-5 * max(1.0, abs(float(a[name]))), (name, a, b)
+        assert abs(float(a["point_auroc"]) - float(b["point_auroc"])) < 1e-6, (a["point_auroc"], b["point_auroc"])
+
+
+def _metrics(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def test_missing_weights_stop_before_any_work(tmp_path, monkeypatch):
