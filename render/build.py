@@ -15,7 +15,10 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from render.camera import camera_settings
+from render.datasets import dataset_render_options
 from render.readers import list_samples, preprocess_options, read_sample
 from render.sample_render import RenderOptions, render_sample
 from render.rasterize import worker_rasterizer
@@ -37,11 +40,13 @@ class BuildResult:
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     damaged: list[str] = field(default_factory=list)  # one line per damage mended: row rendered again, metadata
+    renderer: str = "legacy"  # what drew the store's views (RenderOptions.renderer, recorded in its attributes)
 
     def summary(self) -> str:
         rate = self.rendered / self.seconds if self.seconds else 0.0
         lines = [f"{self.store}: {self.rendered} rendered, {self.skipped} already complete, "
-                 f"{len(self.failures)} failed of {self.planned} planned ({self.seconds:.1f} s, {rate:.2f} samples/s)"]
+                 f"{len(self.failures)} failed of {self.planned} planned ({self.seconds:.1f} s, {rate:.2f} samples/s; "
+                 f"renderer {self.renderer})"]
         lines += [f"repaired: {damage}" for damage in self.damaged]
         lines += [f"failed: {sample_id}: {reason}" for sample_id, reason in self.failures]
         return "\n".join(lines)
@@ -66,7 +71,7 @@ def store_attrs(options: RenderOptions) -> StoreAttrs:
 
 
 # Render options added after stores were first written, with what those older stores did.
-_BEFORE_OPTION = {"masks": "render"}
+_BEFORE_OPTION = {"masks": "render", "code_plan": None}
 
 
 def _comparable(render: dict) -> dict:
@@ -126,7 +131,12 @@ def render_row(out: Path, row: int, entry: DatasetEntry, ref: SampleRef, options
 
     raster_threads: Mesa rasterizer threads for this process's renderer (`worker_rasterizer`); None = Mesa's default.
     """
-    rasterizer = worker_rasterizer(options.image_size * options.supersample, options.renderer, raster_threads)
+    if options.renderer == "splat":
+        rasterizer = None  # draws with torch on the CPU; workers are the parallelism, like Mesa's threads
+        if raster_threads is not None:
+            torch.set_num_threads(raster_threads)
+    else:
+        rasterizer = worker_rasterizer(options.image_size * options.supersample, options.renderer, raster_threads)
     try:
         prep = preprocess_options(entry, ref.class_name, image_size=options.image_size, max_points=options.max_points)
         sample = read_sample(entry, ref, prep)
@@ -197,6 +207,7 @@ def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, class
     progress: optional tqdm-like bar; its total is set once the rows to render are known.
     """
     out = Path(out)
+    options = dataset_render_options(options, entry)
     refs = list_samples(entry, classes, splits)
     if not refs:
         raise PointADError(f"{entry.root}: no samples for the selected classes and splits")
@@ -217,7 +228,7 @@ def _build_locked(entry: DatasetEntry, out: Path, options: RenderOptions, refs: 
     _open_or_create(out, options)
     start_chunk_checks(out)
     todo, skipped = plan_rows(out, entry, refs, decode=repair, damaged=damaged)
-    result = BuildResult(store=out, planned=len(refs), skipped=skipped, damaged=damaged)
+    result = BuildResult(store=out, planned=len(refs), skipped=skipped, damaged=damaged, renderer=options.renderer)
     sizes = {}
     tasks = []
     for row, ref in todo:

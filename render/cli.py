@@ -14,8 +14,7 @@ from render.build import build_store
 from render.contact_sheet import contact_sheet
 from render.datasets import open_dataset
 from render.verify import store_summary, verify_store
-from render.sample_render import LIGHTS, MASKS, VISIBILITY, RenderOptions
-from render.rasterize import RENDERERS
+from render.sample_render import LIGHTS, MASKS, RENDERERS, VISIBILITY, RenderOptions
 from render.view_plan import PLANS
 from render.readers import list_samples, read_sample
 from render.synthetic.scene import CLASSES, DEFECTS
@@ -102,9 +101,11 @@ def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, pe
 @click.option("--knn", default=8, show_default=True, help="Neighbours in the smoothing graph.")
 @click.option("--masks", type=click.Choice(MASKS),
               help="Ground-truth mask views: splat the anomalous points (no second capture) or render them "
-                   "[default: splat with the legacy renderer, render with filament].")
+                   "[default: render with filament, else splat].")
 @click.option("--renderer", type=click.Choice(RENDERERS), default="legacy", show_default=True,
-              help="legacy: Open3D Visualizer (EGL offscreen); filament: OffscreenRenderer (GPU driver).")
+              help="legacy: Open3D Visualizer (EGL offscreen; the reference, for exact paper reproduction); "
+                   "filament: OffscreenRenderer (GPU driver); splat: legacy's points, depth test and lights "
+                   "emulated with torch, no Open3D window (several times faster; see render/splat.py).")
 @click.option("--workers", "-j", default=1, show_default=True, help="Worker processes.")
 @click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
               help="Where workers run: local processes (joblib/loky) or a dask.distributed cluster.")
@@ -139,7 +140,8 @@ def info(store):
 @render.command()
 @click.argument("store", type=click.Path(path_type=Path))
 def verify(store):
-    """Check a render store: schema, completeness, and projections/visibility recomputed from xyz."""
+    """Check a render store: schema, completeness, projections/visibility recomputed from xyz, and the
+    images of a few rows against a fresh render with the recorded renderer."""
     opened = open_store(store)
     with tqdm(total=len(opened.indices()), desc="verify", unit="sample", leave=False) as bar:
         problems = verify_store(opened, progress=bar)

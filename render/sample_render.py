@@ -14,7 +14,8 @@ from render.camera import Camera, fit_camera, project
 from render.graph import knn_graph, proxy_indices
 from render.masks import splat_masks
 from render.preprocess import farthest_point_indices
-from render.rasterize import RENDERERS, DrawStyle, LegacyRasterizer, downsample
+from render.rasterize import RENDERERS as OPEN3D_RENDERERS, DrawStyle, LegacyRasterizer, downsample
+from render.splat import Cloud, draw_views
 from render.view_plan import make_view_plan
 from render.visibility import nearest_per_pixel, surface_visible
 from shared.errors import ConfigError
@@ -25,6 +26,9 @@ GREY = 0.7
 LIGHTS = {"on": (True, GREY), "off": (False, GREY), "+": (True, 0.9), "-": (True, 0.5)}
 VISIBILITY = ("nearest", "surface")
 MASKS = ("splat", "render")
+# legacy (Open3D Visualizer: the default and reference, for exact paper reproduction) | filament | splat
+# (render/splat.py: emulates legacy without Open3D, tests/render/test_splat.py)
+RENDERERS = (*OPEN3D_RENDERERS, "splat")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,27 +49,32 @@ class RenderOptions:
     knn: int = 8
     fov_degrees: float = 30.0
     margin: float = 1.1
-    renderer: str = "legacy"        # legacy (Visualizer, EGL) | filament (OffscreenRenderer)
+    renderer: str = "legacy"        # legacy (Visualizer, EGL) | filament (OffscreenRenderer) | splat (no Open3D)
     # splat (render/masks.py: no second capture; matches the legacy renderer's points, see
-    # tests/render/test_masks.py) | render (a second set of captures); None: splat for legacy, render for filament
+    # tests/render/test_masks.py) | render (a second set of captures); None: render for filament, else splat
     masks: str | None = None
+    # the dataset's numbers for view_plan "pointad-code" (datasets.yaml `view_plans:`, see render/view_plan.py
+    # CodePlan); filled in by render.datasets.dataset_render_options; None = the MVTec 3D-AD script's
+    code_plan: dict | None = None
 
     def __post_init__(self):
         for name in ("angle_shift", "point_size", "downsample", "surface_tolerance", "fov_degrees", "margin"):
             if not np.isfinite(getattr(self, name)):  # NaN passes every comparison below
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
-        make_view_plan(self.view_plan, self.views, self.angle_shift)  # validates plan and count
+        make_view_plan(self.view_plan, self.views, self.angle_shift, self.code_plan)  # validates plan and count
         if self.light not in LIGHTS:
             raise ConfigError(f"--light must be one of {', '.join(LIGHTS)}, got {self.light!r}")
         if self.renderer not in RENDERERS:
             raise ConfigError(f"--renderer must be one of {', '.join(RENDERERS)}, got {self.renderer!r}")
         if self.masks is None:
-            object.__setattr__(self, "masks", "splat" if self.renderer == "legacy" else "render")
+            object.__setattr__(self, "masks", "render" if self.renderer == "filament" else "splat")
         if self.masks not in MASKS:
             raise ConfigError(f"--masks must be one of {', '.join(MASKS)}, got {self.masks!r}")
-        if self.masks == "splat" and self.renderer != "legacy":
+        if self.masks == "splat" and self.renderer == "filament":
             raise ConfigError(f"--masks splat draws points as the legacy renderer does; with --renderer "
                               f"{self.renderer} use --masks render")
+        if self.masks == "render" and self.renderer == "splat":
+            raise ConfigError("--renderer splat draws without Open3D; its masks are splatted (--masks splat)")
         if self.visibility not in VISIBILITY:
             raise ConfigError(f"--visibility must be one of {', '.join(VISIBILITY)}, got {self.visibility!r}")
         if not 0 < self.downsample <= 1:
@@ -78,7 +87,7 @@ class RenderOptions:
 
     @property
     def plan(self):
-        return make_view_plan(self.view_plan, self.views, self.angle_shift)
+        return make_view_plan(self.view_plan, self.views, self.angle_shift, self.code_plan)
 
 
 def estimate_normals(points: np.ndarray, radius: float) -> np.ndarray:
@@ -108,8 +117,11 @@ def render_masks(rasterizer: LegacyRasterizer, labels: np.ndarray, camera: Camer
     return (rendered.mean(axis=-1) >= 0.5).astype(np.uint8)
 
 
-def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRasterizer) -> SampleArrays:
-    """The store row of one sample: renderings, mask views and all per-point arrays, padded to max_points."""
+def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRasterizer | None,
+                  device="cpu") -> SampleArrays:
+    """The store row of one sample: renderings, mask views and all per-point arrays, padded to max_points.
+
+    rasterizer: Open3D's; unused (may be None) with renderer "splat", which draws on torch `device`."""
     points, labels, grid_index = sample.points, sample.point_labels, sample.grid_index
     if options.downsample < 1:
         keep = farthest_point_indices(points, max(1, round(len(points) * options.downsample)))
@@ -119,13 +131,20 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
         raise ValueError(f"{len(points)} points exceed the store's max_points {options.max_points}")
     camera = fit_camera(points, options.image_size, options.fov_degrees, options.margin)
     radius = camera.distance * np.sin(np.radians(options.fov_degrees) / 2) / options.margin
-    rotations = options.plan.rotations
+    plan = options.plan
+    rotations = plan.rotations
     extrinsics = camera.extrinsics(rotations)
 
     light_on, grey = LIGHTS[options.light]
-    rasterizer.set_cloud(points, np.full((len(points), 3), grey), estimate_normals(points, 0.05 * radius))
-    views = _capture_all(rasterizer, camera, extrinsics, DrawStyle(options.point_size, (1, 1, 1), light_on),
-                         options.supersample)
+    normals = estimate_normals(points, plan.normals_radius or 0.05 * radius)
+    if options.renderer == "splat":
+        levels = draw_views([Cloud(points, normals, grey, camera)], rotations, options.point_size,
+                            options.supersample, light_on, device)[0]
+        views = np.repeat(levels[..., None] / np.float32(255), 3, axis=-1)
+    else:
+        rasterizer.set_cloud(points, np.full((len(points), 3), grey), normals)
+        views = _capture_all(rasterizer, camera, extrinsics, DrawStyle(options.point_size, (1, 1, 1), light_on),
+                             options.supersample)
     if options.masks == "splat":
         masks = splat_masks(points, labels, camera, rotations, options.point_size, options.supersample)
     else:

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from render.camera import fit_camera, project
+from render.sample_render import RenderOptions, render_sample
 from render.view_plan import ViewPlan
 from render.visibility import nearest_per_pixel, surface_visible
+from shared.sample import Sample
 from shared.store import RenderStore, StoredSample
 from shared.store_check import chunk_problems
 
@@ -86,9 +88,61 @@ def _reproduce(sample: StoredSample, store: RenderStore) -> list[str]:
     return out
 
 
-def verify_store(store: RenderStore, progress=None) -> list[str]:
+# A fresh Open3D render of a row differs from the stored one by Mesa's rounding alone; the splat renderer
+# is deterministic (tests/render/test_splat.py measures both against each other with these numbers).
+CLOSE_FRACTION, CLOSE_LEVELS, CLOSE_MEAN = 0.995, 2, 0.5
+
+
+def rerender_problems(sample: StoredSample, store: RenderStore, device="cpu") -> list[str]:
+    """Differences between a row's views and masks and a fresh render of its stored points with the
+    recorded options and renderer: splat must give the same bytes; legacy at least CLOSE_FRACTION of
+    the pixels within CLOSE_LEVELS and a mean difference under CLOSE_MEAN levels (rendered masks alike,
+    splatted masks equal). Filament stores are not re-rendered (no reference tolerance measured)."""
+    render = store.attrs.render
+    renderer = render.get("renderer", "legacy")
+    if renderer == "filament":
+        return []
+    known = RenderOptions.__dataclass_fields__
+    size = render.get("point_sizes", {}).get(f"{sample.dataset}/{sample.class_name}", render.get("point_size"))
+    options = RenderOptions(**{k: v for k, v in render.items() if k in known and k not in ("point_size", "downsample")},
+                            point_size=size, downsample=1.0)  # the stored points are the drawn ones
+    n = int(sample.n_points)
+    organized = tuple(sample.grid_hw) != (0, 0)
+    cloud = Sample(dataset=sample.dataset, class_name=sample.class_name, split=sample.split,
+                   defect_type=sample.defect_type, sample_id=sample.sample_id, label=sample.sample_label,
+                   points=sample.xyz[:n], point_labels=sample.label[:n], grid_hw=tuple(int(x) for x in sample.grid_hw),
+                   grid_index=sample.grid_index[:n] if organized else None)
+    rasterizer = None
+    if renderer != "splat":
+        from render.rasterize import worker_rasterizer  # opens an Open3D window: only when needed
+        rasterizer = worker_rasterizer(options.image_size * options.supersample, renderer)
+    fresh = render_sample(cloud, options, rasterizer, device)
+    out = []
+    for name, exact in (("image", renderer == "splat"), ("mask", renderer == "splat" or options.masks == "splat")):
+        stored, again = getattr(sample, name).astype(np.int16), getattr(fresh, name).astype(np.int16)
+        diff = np.abs(stored - again).reshape(*stored.shape[:3], -1).max(axis=-1)  # (V, S, S): per pixel
+        if exact and diff.any():
+            out.append(f"stored {name}s differ from a fresh {renderer} render at {int((diff > 0).sum())} pixel(s) "
+                       f"(largest difference {int(diff.max())})")
+        elif not exact and ((diff <= CLOSE_LEVELS).mean() < CLOSE_FRACTION or diff.mean() >= CLOSE_MEAN):
+            out.append(f"stored {name}s differ from a fresh {renderer} render: {(diff <= CLOSE_LEVELS).mean():.2%} of "
+                       f"pixels within {CLOSE_LEVELS} levels (need {CLOSE_FRACTION:.1%}), mean {diff.mean():.2f} "
+                       f"(need < {CLOSE_MEAN})")
+    return out
+
+
+def rerender_rows(indices, count: int) -> list[int]:
+    """Up to `count` rows spread evenly over the given complete rows (first and last included)."""
+    indices = np.asarray(indices)
+    if count <= 0 or len(indices) == 0:
+        return []
+    return sorted({int(indices[i]) for i in np.linspace(0, len(indices) - 1, min(count, len(indices))).round().astype(int)})
+
+
+def verify_store(store: RenderStore, progress=None, rerender: int = 3, device="cpu") -> list[str]:
     """All problems of the store: incomplete rows, chunks of complete rows that are missing or do not
-    decode ('render build --repair' renders those rows again), and per-row inconsistencies."""
+    decode ('render build --repair' renders those rows again), per-row inconsistencies, and for
+    `rerender` rows spread over the store, differences from a fresh render (`rerender_problems`)."""
     def name(i):
         return f"{store.identity(i)['dataset']}:{store.identity(i)['sample_id']}"
 
@@ -103,6 +157,8 @@ def verify_store(store: RenderStore, progress=None) -> list[str]:
             problems += check_sample(store.sample(int(index)), store)
         if progress is not None:
             progress.update(1)
+    for index in rerender_rows([i for i in store.indices() if int(i) not in damaged], rerender):
+        problems += [f"{name(index)}: {p}" for p in rerender_problems(store.sample(index), store, device)]
     if damaged:
         problems.append(f"{len(damaged)} damaged row(s): 'render build --repair' with the same dataset and "
                         "options renders them again")
@@ -126,6 +182,7 @@ def store_summary(store: RenderStore) -> str:
              f"views {attrs.views} ({attrs.view_plan['name']}), image {attrs.image_size}px, max_points "
              f"{attrs.max_points}, knn {attrs.knn}, visibility {render.get('visibility')}, light {render.get('light')}, "
              f"supersample {render.get('supersample')}",
+             f"drawn by renderer {render.get('renderer', 'legacy')}, masks {render.get('masks', 'render')}",
              f"{'dataset':<20} {'class':<18} {'split':<11} {'samples':>7} {'complete':>8} {'anomalous':>9}"]
     for (dataset, class_name, split), total in sorted(counts.items()):
         key = (dataset, class_name, split)
