@@ -12,28 +12,48 @@ import numpy as np
 import open3d as o3d
 from PIL import Image
 
+from render.background import belt_box, constant_background, rigid_transform
 from shared.errors import ConfigError
 
 # Open3D reports through its own logger; errors reach us as empty results, which we check.
 o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
 
 
+BACKGROUNDS = ("plane", "belt-box", "none")
+SQUARING = ("pad", "stretch")
+
+
 @dataclass(frozen=True, kw_only=True)
 class PreprocessOptions:
-    """How one sample is cleaned. Defaults are the literature's for MVTec 3D-AD (SPEC 2)."""
+    """How one sample is cleaned. Defaults are the literature's for MVTec 3D-AD (SPEC 2), in metres.
+
+    Every length is in the dataset's own unit (MVTec 3D-AD metres, raw Eyecandies Blender units, Real3D-AD
+    millimetres): datasets.yaml sets them per dataset.
+    """
 
     image_size: int = 336           # organized grids are resized to image_size x image_size (nearest)
+    square: str = "pad"             # non-square grids: pad with missing pixels to a square first, or stretch
     max_points: int = 336 * 336     # unorganized clouds above this are farthest-point sampled
     min_points: int = 100           # fewer valid points than this is a bad sample
-    remove_plane: bool = True       # RANSAC background plane fitted on the grid border
+    background: str = "plane"       # plane (RANSAC on the grid border) | belt-box (Eyecandies) | none
     plane_border: int = 10          # border width in pixels (of the resized grid)
     plane_distance: float = 0.005   # points this close to the plane are background
     plane_iterations: int = 1000
+    belt_height: float = 0.02       # belt-box: points at most this far above the belt are background
+    belt_length: float = 1.8        # belt-box: box length along the belt from its bottom end
+    belt_half_width: float = 1.0    # belt-box: box half-width across the belt (the walls lie beyond)
+    apply_pose: bool = False        # raw Eyecandies: move points into the release's world frame (pose.txt)
     cleanup: bool = False           # keep only the largest DBSCAN cluster
     cluster_eps: float = 0.006
     cluster_min_points: int = 30
     flip: bool = True               # 180 degrees about X so the scanned surface faces the camera
     seed: int = 0
+
+    def __post_init__(self):
+        for name, allowed in (("background", BACKGROUNDS), ("square", SQUARING)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"preprocess option '{name}' must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, data: dict | None, source: str = "preprocess options") -> "PreprocessOptions":
@@ -55,11 +75,12 @@ class PreprocessOptions:
         return cls(**typed)
 
 
-# Format defaults: Real3D-AD clouds are full object scans with no support plane and no sensor frame.
+# Format defaults: Real3D-AD clouds are full object scans with no support plane and no sensor frame;
+# raw Eyecandies scenes have belt walls, so their background is the belt box (lengths in Blender units).
 FORMAT_DEFAULTS = {
     "mvtec3d": {},
-    "eyecandies": {},
-    "real3d": {"remove_plane": False, "flip": False},
+    "eyecandies": {"background": "belt-box"},
+    "real3d": {"background": "none", "flip": False},
 }
 
 
@@ -136,17 +157,43 @@ def border_mask(height: int, width: int, border: int) -> np.ndarray:
 
 
 def fit_plane(points: np.ndarray, distance: float, iterations: int, seed: int) -> np.ndarray:
-    """Plane (a, b, c, d), unit normal, fitted robustly: Open3D RANSAC, then least squares on its inliers."""
+    """Plane (a, b, c, d), unit normal, fitted robustly: Open3D RANSAC, then least squares on its inliers.
+
+    Border points that span no plane (one repeated point, a line) are a ValueError saying so, whatever
+    Open3D returns for them (no inliers, or an error of its own).
+    """
     if len(points) < 3:
         raise ValueError(f"cannot fit the background plane: only {len(points)} valid border point(s)")
+    points = points.astype(np.float64)
+    spread = np.linalg.svd(points - points.mean(axis=0), compute_uv=False)
+    if not np.isfinite(spread).all() or spread[1] <= 1e-9 * max(spread[0], 1e-300):
+        distinct = len(np.unique(points, axis=0))
+        raise ValueError(f"cannot fit the background plane: the {len(points)} border points span no plane "
+                         f"({distinct} distinct point(s)); is the background a constant placeholder?")
     o3d.utility.random.seed(seed)
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
-    _, inliers = cloud.segment_plane(distance_threshold=distance, ransac_n=3, num_iterations=iterations)
-    inlier_points = points[np.asarray(inliers)].astype(np.float64)
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
+    try:
+        _, inliers = cloud.segment_plane(distance_threshold=distance, ransac_n=3, num_iterations=iterations)
+    except RuntimeError as exc:
+        raise ValueError(f"cannot fit the background plane: {str(exc).strip().splitlines()[0]}") from None
+    inliers = np.asarray(inliers, dtype=np.int64)
+    if len(inliers) < 3:
+        raise ValueError(f"cannot fit the background plane: {len(inliers)} of {len(points)} border points "
+                         f"within {distance} of any plane")
+    inlier_points = points[inliers]
     # The least-squares refit makes the plane independent of which random triple RANSAC kept.
     centre = inlier_points.mean(axis=0)
     normal = np.linalg.svd(inlier_points - centre, full_matrices=False)[2][-1]
     return np.append(normal, -normal @ centre)
+
+
+def _region_border(region: np.ndarray, border: int) -> np.ndarray:
+    """(S, S) bool: the outer `border` pixels of the data region (a padded grid's data sits inside padding)."""
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    out = np.zeros_like(region)
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    out[top:bottom, left:right] = border_mask(bottom - top, right - left, border)
+    return out
 
 
 def plane_distance(points: np.ndarray, plane: np.ndarray) -> np.ndarray:
@@ -169,35 +216,74 @@ def flip_x180(points: np.ndarray) -> np.ndarray:
     return points * np.array([1, -1, -1], dtype=points.dtype)
 
 
+def farthest_point_order(points: np.ndarray, count: int) -> np.ndarray:
+    """(count,) int64 indices in the order farthest-point sampling picks them (fpsample's bucket "QuickFPS").
+
+    Exact farthest-point sampling: each pick is the point farthest from those already picked. The first
+    pick is a deterministic function of the cloud (fpsample 0.3.3 maps `start_idx` through its k-d tree
+    reordering, so it is not point 0); the released code starts at a random point, so nothing depends on
+    which. The tree height grows with the cloud: 2.7M -> 112,896 points takes a few seconds
+    (benchmarks/fps_bench.py), where Open3D's plain loop took minutes.
+    """
+    import fpsample  # imported here: only unorganized clouds over budget need it
+
+    height = 3 if len(points) < 20_000 else 5 if len(points) < 200_000 else 7 if len(points) < 1_000_000 else 9
+    order = fpsample.bucket_fps_kdline_sampling(np.ascontiguousarray(points, dtype=np.float32), count,
+                                                h=height, start_idx=0)
+    return np.asarray(order, dtype=np.int64)
+
+
 def farthest_point_indices(points: np.ndarray, count: int) -> np.ndarray:
-    """Sorted indices of `count` points chosen by farthest-point sampling (Open3D), starting at point 0."""
+    """Sorted indices of `count` points chosen by farthest-point sampling (see `farthest_point_order`)."""
     if count >= len(points):
         return np.arange(len(points))
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
-    # Open3D returns points, not indices: carry each point's index through in its colour channel.
-    cloud.colors = o3d.utility.Vector3dVector(np.repeat(np.arange(len(points), dtype=np.float64)[:, None], 3, axis=1))
-    sampled = cloud.farthest_point_down_sample(count)
-    return np.sort(np.asarray(sampled.colors)[:, 0].astype(np.int64))
+    return np.sort(farthest_point_order(points, count))
+
+
+def pad_to_square(array: np.ndarray) -> np.ndarray:
+    """(H, W, ...) padded with zeros (missing points, black pixels, good ground truth) to (L, L, ...), L = max(H, W),
+    the data centred (the extra row or column of an odd difference at the end), as the released MVTec 3D-AD
+    preprocessing pads before resizing. A square array is returned unchanged."""
+    height, width = array.shape[:2]
+    side = max(height, width)
+    if height == width:
+        return array
+    top, left = (side - height) // 2, (side - width) // 2
+    pad = [(top, side - height - top), (left, side - width - left)] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, pad)
 
 
 def preprocess_organized(xyz: np.ndarray, rgb: np.ndarray | None, gt: np.ndarray | None,
-                         options: PreprocessOptions) -> OrganizedResult:
-    """Clean an organized scan: resize, drop missing and background points, optional cleanup, flip.
+                         options: PreprocessOptions, pose: np.ndarray | None = None) -> OrganizedResult:
+    """Clean an organized scan: square, resize, drop missing and background points, optional cleanup, pose, flip.
 
-    xyz: (H, W, 3) float32, missing = all zero or all NaN; rgb: (H, W, 3) uint8 or None;
-    gt: (H, W) with nonzero = anomalous, or None (all good). Shapes must already agree.
+    xyz: (H, W, 3) float32, missing = all zero, all NaN, or a converter's constant background point
+    (`render.background.constant_background`); rgb: (H, W, 3) uint8 or None; gt: (H, W) with nonzero =
+    anomalous, or None (all good). Shapes must already agree. A non-square grid is padded to a square
+    with missing pixels (options.square "pad": geometry and the RGB image's aspect unchanged) or resized
+    straight ("stretch"). pose: optional 4 x 4 rigid transform applied to the kept points after background
+    removal (whose belt frame is the camera's), before the flip.
     """
     size = options.image_size
-    measured = resize_nearest(check_finite_grid(xyz).astype(np.uint8), size).astype(bool)
+    present = check_finite_grid(xyz) & ~constant_background(xyz)
+    region = np.ones(xyz.shape[:2], bool)
+    if options.square == "pad":
+        xyz, present, region = pad_to_square(xyz), pad_to_square(present), pad_to_square(region)
+        rgb = None if rgb is None else pad_to_square(rgb)
+        gt = None if gt is None else pad_to_square(gt)
+    measured = resize_nearest(present.astype(np.uint8), size).astype(bool)
+    region = resize_nearest(region.astype(np.uint8), size).astype(bool)
     grid = resize_nearest(np.nan_to_num(xyz.astype(np.float32)), size)
     mask = np.zeros((size, size), np.uint8) if gt is None else (resize_nearest((gt > 0).astype(np.uint8), size))
     if measured.sum() < options.min_points:
         raise ValueError(f"{int(measured.sum())} valid points (need >= {options.min_points})")
     keep = measured.copy()
-    if options.remove_plane:
-        border = border_mask(size, size, options.plane_border) & measured
+    if options.background == "plane":
+        border = _region_border(region, options.plane_border) & measured
         plane = fit_plane(grid[border], options.plane_distance, options.plane_iterations, options.seed)
         keep &= plane_distance(grid, plane).reshape(size, size) > options.plane_distance
+    elif options.background == "belt-box":
+        keep &= belt_box(grid, measured, options.belt_height, options.belt_length, options.belt_half_width)
     flat_index = np.flatnonzero(keep)
     if flat_index.size < options.min_points:
         raise ValueError(f"{flat_index.size} valid points after background removal (need >= {options.min_points})")
@@ -207,6 +293,8 @@ def preprocess_organized(xyz: np.ndarray, rgb: np.ndarray | None, gt: np.ndarray
         flat_index, points = flat_index[in_cluster], points[in_cluster]
         if flat_index.size < options.min_points:
             raise ValueError(f"{flat_index.size} valid points after cluster cleanup (need >= {options.min_points})")
+    if pose is not None:
+        points = rigid_transform(points, pose)
     if options.flip:
         points = flip_x180(points)
     return OrganizedResult(

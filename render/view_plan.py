@@ -1,11 +1,14 @@
 """View plans (SPEC 3.3): the rotations that turn one cloud into K views.
 
-Each view k rotates the cloud about its centre by R_k; the camera itself never moves.
+Each view k rotates the cloud about its centre by R_k; the camera itself never moves. The released
+code's plan ("pointad-code") differs per dataset; its numbers live in datasets.yaml (`view_plans:`),
+are read by `CodePlan.from_dict`, and the resolved plan (variant, pre-rotation, angles) is recorded in
+the store's `view_plan` attribute.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -28,26 +31,87 @@ def rotation(axis: str, angle: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ViewPlan:
-    """K views as (axis, angle) pairs; `rotations` gives the (K, 3, 3) matrices."""
+    """K views as (axis, angle) pairs; `rotations` gives the (K, 3, 3) matrices R_k @ P, where P is the
+    plan's pre-rotation (identity unless the plan has one: the released Eyecandies script pre-tilts the
+    cloud, its Real3D-AD script flips it). normals_radius: the plan's normals radius in the dataset's unit
+    (None: the renderer's own, relative to the cloud's size). Angles in radians."""
 
     name: str
     axes: tuple[str, ...]
     angles: tuple[float, ...]
+    variant: str = ""
+    pre_axes: tuple[str, ...] = ()
+    pre_angles: tuple[float, ...] = ()
+    normals_radius: float | None = None
 
     @property
     def views(self) -> int:
         return len(self.angles)
 
     @property
+    def pre_rotation(self) -> np.ndarray:
+        out = np.eye(3)
+        for axis, angle in zip(self.pre_axes, self.pre_angles):
+            out = rotation(axis, angle) @ out
+        return out
+
+    @property
     def rotations(self) -> np.ndarray:
-        return np.stack([rotation(a, t) for a, t in zip(self.axes, self.angles)])
+        return np.stack([rotation(a, t) for a, t in zip(self.axes, self.angles)]) @ self.pre_rotation
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "axes": list(self.axes), "angles": [float(a) for a in self.angles]}
+        out = {"name": self.name, "axes": list(self.axes), "angles": [float(a) for a in self.angles]}
+        if self.variant:
+            out.update(variant=self.variant, pre_axes=list(self.pre_axes),
+                       pre_angles=[float(a) for a in self.pre_angles], normals_radius=self.normals_radius)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "ViewPlan":
-        return cls(data["name"], tuple(data["axes"]), tuple(float(a) for a in data["angles"]))
+        return cls(data["name"], tuple(data["axes"]), tuple(float(a) for a in data["angles"]),
+                   data.get("variant", ""), tuple(data.get("pre_axes", ())),
+                   tuple(float(a) for a in data.get("pre_angles", ())), data.get("normals_radius"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CodePlan:
+    """The released code's fixed views for one dataset, as datasets.yaml `view_plans: pointad-code:` gives them.
+
+    Angles in degrees, as the released scripts write them. Defaults are its MVTec 3D-AD script's.
+    pre_rotation: [[axis, degrees], ...] applied to the cloud before every view.
+    """
+
+    variant: str = "mvtec3d"
+    pre_rotation: tuple = ()
+    x_tilts: tuple[float, ...] = (-45.0, -15.0, 0.0, 15.0, 45.0)
+    y_tilts: tuple[float, ...] = (-30.0, -15.0, 15.0, 30.0)
+    normals_radius: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict | None, source: str = "view plan 'pointad-code'") -> "CodePlan":
+        """Validate a mapping; an unknown key, a bad axis or a non-number is an error naming it."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")
+        try:
+            pre = tuple((str(axis), float(deg)) for axis, deg in data.get("pre_rotation", ()))
+            tilts = {k: tuple(float(a) for a in data[k]) for k in ("x_tilts", "y_tilts") if k in data}
+            radius = data.get("normals_radius")
+            radius = None if radius is None else float(radius)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: pre_rotation must be [[axis, degrees], ...], x_tilts and y_tilts "
+                              "lists of degrees, normals_radius a number") from None
+        if any(axis not in ("x", "y", "z") for axis, _ in pre):
+            raise ConfigError(f"{source}: pre_rotation axes must be x, y or z, got {[a for a, _ in pre]}")
+        if radius is not None and not radius > 0:
+            raise ConfigError(f"{source}: normals_radius must be > 0, got {radius}")
+        return cls(variant=str(data.get("variant", cls.variant)), pre_rotation=pre, normals_radius=radius, **tilts)
+
+    @property
+    def views(self) -> int:
+        return len(self.x_tilts) + len(self.y_tilts)
 
 
 def paper_angles(views: int) -> np.ndarray:
@@ -56,10 +120,12 @@ def paper_angles(views: int) -> np.ndarray:
     return (k - (views - 1) / 2) * 2 * np.pi / (views + 1)
 
 
-def make_view_plan(name: str = "paper", views: int = 9, angle_shift: float = 0.0) -> ViewPlan:
-    """The paper's circular plan about X (any K >= 1), or the released code's fixed 9 views.
+def make_view_plan(name: str = "paper", views: int = 9, angle_shift: float = 0.0,
+                   code_plan: dict | None = None) -> ViewPlan:
+    """The paper's circular plan about X (any K >= 1), or the released code's fixed views for one dataset.
 
     angle_shift (radians) is added to every angle: the paper's rendering-angle ablation.
+    code_plan: the dataset's `pointad-code` numbers (see `CodePlan`); None = the MVTec 3D-AD script's.
     """
     if not np.isfinite(angle_shift):
         raise ConfigError(f"--angle-shift must be a finite number of radians, got {angle_shift}")
@@ -69,9 +135,12 @@ def make_view_plan(name: str = "paper", views: int = 9, angle_shift: float = 0.0
         angles = paper_angles(views) + angle_shift
         return ViewPlan(name, ("x",) * views, tuple(float(a) for a in angles))
     if name == "pointad-code":
-        if views != 9:
-            raise ConfigError(f"view plan 'pointad-code' has exactly 9 views, not {views}")
-        x_tilts = np.radians([-45.0, -15.0, 0.0, 15.0, 45.0]) + angle_shift
-        y_tilts = np.radians([-30.0, -15.0, 15.0, 30.0]) + angle_shift
-        return ViewPlan(name, ("x",) * 5 + ("y",) * 4, tuple(float(a) for a in (*x_tilts, *y_tilts)))
+        code = CodePlan.from_dict(code_plan)
+        if views != code.views:
+            raise ConfigError(f"view plan 'pointad-code' ({code.variant}) has exactly {code.views} views, not {views}")
+        angles = np.radians([*code.x_tilts, *code.y_tilts]) + angle_shift
+        return ViewPlan(name, ("x",) * len(code.x_tilts) + ("y",) * len(code.y_tilts),
+                        tuple(float(a) for a in angles), code.variant,
+                        tuple(axis for axis, _ in code.pre_rotation),
+                        tuple(float(np.radians(deg)) for _, deg in code.pre_rotation), code.normals_radius)
     raise ConfigError(f"unknown view plan {name!r}; known: {', '.join(PLANS)}")

@@ -15,7 +15,8 @@ from shared import config
 from shared.errors import ConfigError, DatasetError
 
 FORMATS = ("mvtec3d", "eyecandies", "real3d")
-_ENTRY_KEYS = {"format", "root", "classes", "aux_classes", "options", "class_options", "generate", "description"}
+_ENTRY_KEYS = {"format", "root", "classes", "aux_classes", "options", "class_options", "view_plans", "generate",
+               "description"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +26,8 @@ class DatasetEntry:
     root: None only for generated datasets (their root is the cache, see `generate`).
     options: {"preprocess": {...}, "render": {...}} for every class; class_options[c] overrides them.
     generate: for built-in generated data, the generator's arguments (e.g. {"format": "real3d", "seed": 0}).
+    view_plans: {plan name: its numbers for this dataset}, e.g. the released code's per-dataset
+        "pointad-code" views (validated by render/view_plan.py when a build uses them).
     """
 
     name: str
@@ -36,6 +39,7 @@ class DatasetEntry:
     class_options: dict = field(default_factory=dict)
     generate: dict | None = None
     description: str = ""
+    view_plans: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, name: str, data: dict, source: str = "datasets.yaml") -> "DatasetEntry":
@@ -55,6 +59,7 @@ class DatasetEntry:
         classes = _names(data.get("classes"), f"{where} key 'classes'")
         class_options = _typed(data.get("class_options"), dict, f"{where} key 'class_options'", "a mapping of classes")
         generate = _typed(data.get("generate"), dict, f"{where} key 'generate'", "a mapping")
+        view_plans = _sections(data.get("view_plans"), f"{where} key 'view_plans'")
         return cls(
             name=name,
             format=fmt,
@@ -66,6 +71,7 @@ class DatasetEntry:
                            for k, v in (class_options or {}).items()},
             generate=dict(generate) if generate is not None else None,
             description=str(data.get("description", "")),
+            view_plans=view_plans,
         )
 
     def options_for(self, class_name: str) -> dict:
@@ -103,11 +109,19 @@ def _sections(value, where: str) -> dict:
     return {str(section): dict(options or {}) for section, options in sections.items()}
 
 
-def custom_entry(format: str, root: Path) -> DatasetEntry:
-    """An entry for the user's own data in a known format: classes from the folder names."""
+def custom_entry(format: str, root: Path, reference: DatasetEntry | None = None) -> DatasetEntry:
+    """An entry for the user's own data in a known format: classes from the folder names.
+
+    reference: the registry's entry for the format's own dataset (`mvtec3d`, `eyecandies`, `real3d`), whose
+    options, class options and view plans (lengths in that format's unit) the custom data takes.
+    """
     if format not in FORMATS:
         raise ConfigError(f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
-    return DatasetEntry(name=Path(root).name or "custom", format=format, root=Path(root))
+    entry = DatasetEntry(name=Path(root).name or "custom", format=format, root=Path(root))
+    if reference is not None and reference.format == format:
+        entry = replace(entry, options=reference.options, class_options=reference.class_options,
+                        view_plans=reference.view_plans)
+    return entry
 
 
 def load_registry(path: Path | None = None) -> dict[str, DatasetEntry]:
@@ -140,7 +154,12 @@ def resolve_dataset(name: str | None = None, *, format: str | None = None, root:
     if name is None:
         if format is None or root is None:
             raise ConfigError("name a dataset (--dataset) or give both --format and --root")
-        return custom_entry(format, root)
+        if registry is None:
+            try:
+                registry = load_registry()
+            except ConfigError:  # no usable registry: the format's built-in defaults alone
+                registry = {}
+        return custom_entry(format, root, registry.get(format))
     registry = load_registry() if registry is None else registry
     if name not in registry:
         raise DatasetError(f"unknown dataset '{name}'; known: {', '.join(sorted(registry))} (or use --format with --root)")

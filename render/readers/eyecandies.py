@@ -1,19 +1,31 @@
 """Eyecandies, in either layout, detected per class.
 
-Raw release:  <Cat>/{train,val,test_public}/data/NNN_{image_0..5.png, depth.png, info_depth.yaml, mask.png, ...}
-  16-bit depth de-normalised with the yaml's min/max, then back-projected with the release's
-  camera (focal 711.11 px, principal point at the image centre) into camera coordinates, as the
-  community's conversion does (the pose file is not applied). RGB = image 4 (all lights on).
+Raw release:  <Cat>/{train,val,test_public}/data/NNN_{image_0..5.png, depth.png, info_depth.yaml, pose.txt, mask.png}
+  16-bit depth de-normalised with the yaml's min/max (Blender units: a candy is about one unit across),
+  back-projected with the release's camera (focal 711.11 px, principal point at (W/2, H/2)) into camera
+  coordinates. Background: the belt box (`render.background.belt_box`), as the released preprocessing
+  does it, with lengths per dataset in datasets.yaml.
+  Pose: `NNN_pose.txt` is the camera's 4 x 4 pose; the toolkit's `depth2pc` and the community conversion
+  both apply it (the conversion as its inverse). It is a rigid transform: no distance, label or
+  belt-box threshold changes with it, and views are defined relative to the sensor, so by default it is
+  not applied; preprocess option `apply_pose: true` moves the kept points by it (camera to world).
+  RGB: the release has six lights, image_0 all spotlights, image_1..4 a single spot each (bottom, right,
+  top, left), image_5 the light box. We use image_0: the released PointAD pipeline colours its clouds with
+  the toolkit's `depth2pc` default, image_0.
   Label: anomalous iff the mask has a nonzero pixel.
-Converted (MVTec 3D-AD style): <Cat>/{train,validation,test}/{good,bad}/{xyz,rgb,gt}/ -- the mvtec3d reader.
+Converted (MVTec 3D-AD style, the community conversion): <Cat>/{train,validation,test}/{good,bad}/{xyz,rgb,gt}/,
+  read by the mvtec3d reader. The conversion already removed the background, writing one constant point
+  (0, a, b) there, which is recognised as missing; no background is removed again.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from render.background import rigid_transform
 from render.preprocess import PreprocessOptions
 from render.readers import mvtec3d
 from render.readers.common import check_splits, relative_id
@@ -23,7 +35,7 @@ from shared.registry import DatasetEntry, select_classes
 from shared.sample import GOOD, Sample, SampleRef
 
 FOCAL_LENGTH = 711.11
-RGB_IMAGE = 4
+RGB_IMAGE = 0  # all spotlights; see the module docstring
 RAW_SPLITS = {"train": "train", "validation": "val", "test": "test_public"}
 
 
@@ -50,7 +62,8 @@ def _raw_ref(entry: DatasetEntry, class_name: str, split: str, depth: Path) -> S
     stem = depth.name[: -len("_depth.png")]
     folder = depth.parent
     files = {"depth": depth, "info_depth": folder / f"{stem}_info_depth.yaml",
-             "rgb": folder / f"{stem}_image_{RGB_IMAGE}.png", "gt": folder / f"{stem}_mask.png"}
+             "rgb": folder / f"{stem}_image_{RGB_IMAGE}.png", "gt": folder / f"{stem}_mask.png",
+             "pose": folder / f"{stem}_pose.txt"}
     defect = GOOD
     if split == "test":
         # The raw release names no defect type; the mask says whether there is one. A missing or broken
@@ -71,7 +84,7 @@ def _defect_from_mask(mask: Path) -> str | None:
 def read(ref: SampleRef, options: PreprocessOptions) -> Sample:
     """Load and preprocess one sample of either layout."""
     if "xyz" in ref.files:
-        return mvtec3d.read(ref, options)
+        return mvtec3d.read(ref, replace(options, background="none"))
     depth = read_image(ref.files["depth"], "I")
     info = read_yaml(ref.files["info_depth"])
     try:
@@ -87,7 +100,25 @@ def read(ref: SampleRef, options: PreprocessOptions) -> Sample:
     if ref.split == "test" and int(gt.any()) != ref.label:
         raise InputFileError(f"{mask}: mask is {'empty' if ref.label else 'not empty'} now, but the sample was "
                              f"listed as {ref.defect_type} (the mask changed after the store was planned)")
-    return mvtec3d.organized_sample(ref, xyz, rgb, gt, options)
+    pose = read_pose(ref.files["pose"]) if options.apply_pose else None
+    return mvtec3d.organized_sample(ref, xyz, rgb, gt, options, pose)
+
+
+def read_pose(path: Path) -> np.ndarray:
+    """The 4 x 4 camera pose of a raw sample (text, one row per line); anything else is an error naming the file."""
+    if not path.is_file():
+        raise InputFileError(f"{path}: file not found (apply_pose needs each sample's pose)")
+    try:
+        pose = np.loadtxt(path, ndmin=2)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputFileError(f"{path}: unreadable pose ({str(exc).splitlines()[0]})") from None
+    if pose.shape != (4, 4):
+        raise InputFileError(f"{path}: expected a 4 x 4 pose, got shape {pose.shape}")
+    try:
+        rigid_transform(np.zeros((1, 3)), pose)
+    except ValueError as exc:
+        raise InputFileError(f"{path}: {exc}") from None
+    return pose
 
 
 def depth_to_xyz(depth: np.ndarray, depth_min: float, depth_max: float,

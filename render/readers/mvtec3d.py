@@ -50,8 +50,10 @@ def read(ref: SampleRef, options: PreprocessOptions) -> Sample:
     return organized_sample(ref, xyz, rgb, gt, options)
 
 
-def organized_sample(ref: SampleRef, xyz, rgb, gt, options: PreprocessOptions) -> Sample:
-    """Shared by every organized format: check shapes against the xyz grid, preprocess, build the Sample."""
+def organized_sample(ref: SampleRef, xyz, rgb, gt, options: PreprocessOptions, pose=None) -> Sample:
+    """Shared by every organized format: check shapes against the xyz grid, preprocess, build the Sample.
+
+    pose: optional 4 x 4 rigid transform for the kept points (see `preprocess_organized`)."""
     xyz_path = ref.files.get("xyz") or ref.files["depth"]
     grid_hw = xyz.shape[:2]
     for role, array in (("rgb", rgb), ("gt", gt)):
@@ -61,7 +63,7 @@ def organized_sample(ref: SampleRef, xyz, rgb, gt, options: PreprocessOptions) -
     if ref.label == 1 and gt is None:
         raise InputFileError(f"{xyz_path}: anomalous sample ({ref.defect_type}) has no ground-truth mask")
     try:
-        result = preprocess_organized(xyz, rgb, gt, options)
+        result = preprocess_organized(xyz, rgb, gt, options, pose)
     except ValueError as exc:
         raise reraise_with_path(xyz_path, exc) from exc
     size = options.image_size

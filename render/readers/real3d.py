@@ -1,8 +1,9 @@
 """Real3D-AD layout: unorganized clouds, no RGB.
 
-<class>/train/*.pcd        good templates
-<class>/test/*.pcd         names hold 'good' or a defect type (e.g. 12_bulge.pcd)
-<class>/gt/<stem>.txt      (or GT/) one `x y z label` row per point for anomalous samples
+<class>/train/*.pcd        good templates (*_template.pcd)
+<class>/test/*.pcd         names hold 'good' or a defect type (e.g. 12_bulge.pcd, 95_sink_cut.pcd, 31_bulge_copy.pcd);
+                           files named *template* there are skipped, as the official loader skips them
+<class>/gt/<stem>.txt      (or GT/) one `x y z label` row per point for anomalous samples (millimetres)
 """
 
 from __future__ import annotations
@@ -22,12 +23,21 @@ from shared.sample import GOOD, Sample, SampleRef
 CLOUD_SUFFIXES = (".pcd", ".ply")
 
 
+VARIANT_WORDS = ("cut", "copy")  # a cut or copied variant of a sample keeps its stem's defect type
+
+
 def defect_from_name(stem: str) -> str:
-    """'good' if the file name says so, else the name's last alphabetic word (12_bulge -> bulge)."""
-    words = [w for w in re.split(r"[^A-Za-z]+", stem) if w]
-    if not words or any(w.lower() == GOOD for w in words):
+    """'good' if the file name says so, else its last alphabetic word that is not a variant marker
+    (12_bulge -> bulge, 95_sink_cut -> sink, 31_bulge_copy -> bulge)."""
+    words = [w.lower() for w in re.split(r"[^A-Za-z]+", stem) if w]
+    if not words or GOOD in words:
         return GOOD
-    return words[-1].lower()
+    kinds = [w for w in words if w not in VARIANT_WORDS]
+    return kinds[-1] if kinds else words[-1]
+
+
+def _is_template(path: Path) -> bool:
+    return "template" in path.stem.lower()
 
 
 def list_samples(entry: DatasetEntry, classes=None, splits=None) -> list[SampleRef]:
@@ -37,7 +47,8 @@ def list_samples(entry: DatasetEntry, classes=None, splits=None) -> list[SampleR
         class_dir = entry.root / class_name
         gt_dirs = [class_dir / "gt", class_dir / "GT"]
         for split in check_splits(splits):
-            for cloud in sorted(p for p in (class_dir / split).glob("*") if p.suffix.lower() in CLOUD_SUFFIXES):
+            clouds = sorted(p for p in (class_dir / split).glob("*") if p.suffix.lower() in CLOUD_SUFFIXES)
+            for cloud in clouds if split == "train" else [c for c in clouds if not _is_template(c)]:
                 defect = GOOD if split == "train" else defect_from_name(cloud.stem)
                 files = {"cloud": cloud}
                 if defect != GOOD:
@@ -56,7 +67,8 @@ def read(ref: SampleRef, options: PreprocessOptions) -> Sample:
     if "gt" in ref.files:
         rows = read_label_txt(Path(ref.files["gt"]))
         if len(rows) != len(points):
-            raise InputFileError(f"{ref.files['gt']}: {len(rows)} rows but {cloud_path.name} has {len(points)} points")
+            raise InputFileError(f"{ref.files['gt']}: {len(rows)} rows but {cloud_path.name} has {len(points)} points "
+                                 "(one label row per point; labels are never guessed)")
         points, labels = rows[:, :3], rows[:, 3].astype(np.uint8)
     try:
         points, labels = preprocess_unorganized(points, labels, options)

@@ -23,9 +23,9 @@ from shared import config
 from shared.errors import ConfigError, PointADError
 from shared.registry import DatasetEntry
 
-GENERATOR_VERSION = 1  # bump when the generated data changes, so caches are not reused
+GENERATOR_VERSION = 2  # bump when the generated data changes, so caches are not reused
 MANIFEST = "synthetic.json"
-DEFAULT_GRID = {"mvtec3d": 400, "eyecandies": 400, "real3d": 200}
+DEFAULT_GRID = {"mvtec3d": 400, "eyecandies": 256, "real3d": 200}  # eyecandies: image pixels (the release: 512)
 WRITERS = {"mvtec3d": (formats.mvtec_grid, formats.mvtec_arrays, formats.write_mvtec),
            "eyecandies": (formats.eyecandies_grid, formats.eyecandies_arrays, formats.write_eyecandies),
            "real3d": (formats.mvtec_grid, formats.real3d_arrays, formats.write_real3d)}

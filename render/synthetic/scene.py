@@ -3,7 +3,7 @@
 An object is a height field h(x, y) >= 0 over a footprint on a support plane; every shape stands
 on an 8 mm pedestal so its visible surface is well above the 5 mm background-plane threshold.
 Defects change the geometry (and darken the texture); their mask is where the surface moved.
-Units are metres, as in MVTec 3D-AD.
+Units are metres, as in MVTec 3D-AD; the Eyecandies and Real3D-AD writers convert them (Blender units, mm).
 """
 
 from __future__ import annotations

@@ -6,27 +6,44 @@ import numpy as np
 import pytest
 import torch
 
-from render.preprocess import (PreprocessOptions, border_mask, check_finite_grid, farthest_point_indices, fit_plane,
+from render.preprocess import (PreprocessOptions, border_mask, check_finite_grid, farthest_point_indices,
+                               farthest_point_order, fit_plane,
                                flip_x180, largest_cluster, options_for_format, preprocess_organized,
                                preprocess_unorganized, resize_nearest)
+from render.background import belt_box, belt_frame, constant_background, rigid_transform
+from render.preprocess import pad_to_square
 from shared.errors import ConfigError
 
 
-def _fps_by_loop(points, count):
-    """Farthest-point sampling, the textbook loop: start at 0, repeatedly take the farthest from the chosen set."""
-    chosen = [0]
-    distance = np.linalg.norm(points - points[0], axis=1)
+def _fps_by_loop(points, count, start=0):
+    """Farthest-point sampling, the textbook loop: from `start`, repeatedly take the farthest from the chosen set."""
+    chosen = [start]
+    distance = np.linalg.norm(points - points[start], axis=1)
     for _ in range(count - 1):
         nxt = int(np.argmax(distance))
         chosen.append(nxt)
         distance = np.minimum(distance, np.linalg.norm(points - points[nxt], axis=1))
-    return np.sort(chosen)
+    return np.array(chosen)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_farthest_point_sampling_matches_the_loop(seed):
-    points = np.random.default_rng(seed).random((500, 3))
-    assert np.array_equal(farthest_point_indices(points, 60), _fps_by_loop(points, 60))
+@pytest.mark.parametrize("size", [500, 30_000])
+def test_farthest_point_sampling_matches_the_loop(seed, size):
+    """The fast sampler's picks, in order, are the textbook loop's from the same first point."""
+    points = np.random.default_rng(seed).random((size, 3)).astype(np.float32).astype(np.float64)
+    order = farthest_point_order(points, 60)
+    assert np.array_equal(order, _fps_by_loop(points, 60, start=int(order[0])))
+    assert np.array_equal(farthest_point_indices(points, 60), np.sort(order))
+
+
+def test_farthest_point_sampling_is_deterministic_and_spreads_out():
+    points = np.random.default_rng(3).random((5000, 3))
+    first, again = farthest_point_indices(points, 200), farthest_point_indices(points, 200)
+    assert np.array_equal(first, again) and len(np.unique(first)) == 200
+    # covering radius: every point lies near a chosen one, nearer than for the first 200 points
+    from scipy.spatial import cKDTree
+    cover = cKDTree(points[first]).query(points)[0].max()
+    assert cover < 0.7 * cKDTree(points[:200]).query(points)[0].max()
 
 
 def test_farthest_point_sampling_keeps_everything_under_budget():
@@ -145,7 +162,140 @@ def test_unorganized_nan_is_an_error():
 def test_options_reject_unknown_keys_and_bad_types():
     with pytest.raises(ConfigError, match="unknown key.*plane_distanse"):
         PreprocessOptions.from_dict({"plane_distanse": 0.01})
-    with pytest.raises(ConfigError, match="'remove_plane' must be true or false"):
-        PreprocessOptions.from_dict({"remove_plane": "no"})
-    assert options_for_format("real3d").remove_plane is False
+    with pytest.raises(ConfigError, match="'flip' must be true or false"):
+        PreprocessOptions.from_dict({"flip": "no"})
+    with pytest.raises(ConfigError, match="'background' must be one of plane, belt-box, none, got 'ransac'"):
+        PreprocessOptions.from_dict({"background": "ransac"})
+    with pytest.raises(ConfigError, match="'square' must be one of pad, stretch"):
+        PreprocessOptions.from_dict({"square": "crop"})
+    assert options_for_format("real3d").background == "none"
+    assert options_for_format("eyecandies").background == "belt-box"
     assert options_for_format("mvtec3d", {"plane_distance": 0.01}).plane_distance == 0.01
+
+
+# --- degenerate plane fits -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["one point", "a line"])
+def test_degenerate_border_is_a_value_error_saying_so(kind):
+    """Open3D finds no inliers for these (an IndexError escaped before); the reason is a ValueError."""
+    t = np.linspace(0, 1, 400)[:, None]
+    points = np.tile([[0.0, 0.37, -1.25]], (400, 1)) if kind == "one point" else t * np.array([[1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError, match="cannot fit the background plane: the 400 border points span no plane"):
+        fit_plane(points, 0.005, 100, 0)
+
+
+# --- a converter's constant background -------------------------------------------------------------------
+
+def test_constant_background_is_the_repeated_point_at_x_zero():
+    xyz, box = _tilted_plane_with_box(size=100)
+    xyz[~box] = (0.0, 0.2, -0.4)                  # the conversion's (0, a, b)
+    xyz[0, :5] = (0.0, 0.3, 0.1)                  # a few x = 0 points elsewhere: real ones
+    expected = ~box
+    expected[0, :5] = False
+    assert np.array_equal(constant_background(xyz), expected)
+    assert not constant_background(_tilted_plane_with_box(size=100)[0]).any()
+    zeros = np.zeros((50, 50, 3), np.float32)
+    assert not constant_background(zeros).any()  # all-zero pixels are the ordinary missing convention
+
+
+def test_converted_background_reads_as_missing_in_preprocessing():
+    xyz, box = _tilted_plane_with_box(size=336)
+    xyz[~box] = (0.0, 0.2, -0.4)
+    result = preprocess_organized(xyz, None, None, PreprocessOptions(background="none"))
+    assert np.array_equal(np.sort(result.grid_index), np.flatnonzero(box))
+
+
+# --- the belt box --------------------------------------------------------------------------------------
+
+def _belt_scene(size=200, tilt=0.35, distance=4.0):
+    """Camera-frame grid of a belt (plane Z_w = 0, along Y_w) with walls beyond |X_w| = 1.1 and a 0.5-unit
+    box standing on it, seen by a camera tilted by `tilt` about X (Blender units). Returns (xyz, box mask)."""
+    v, u = np.mgrid[0:size, 0:size].astype(np.float64)
+    focal = 0.5 * size / (1.3 / distance)
+    rays = np.stack([(u - size / 2) / focal, (v - size / 2) / focal, np.ones_like(u)], -1)
+    c, s = np.cos(tilt), np.sin(tilt)
+    rotation = np.array([[1, 0, 0], [0, -c, s], [0, -s, -c]])
+    centre = np.array([0, -distance * s, distance * c])
+    world_dir = rays @ rotation.T
+    depth = -centre[2] / world_dir[..., 2]                      # the belt plane
+    hit = centre + depth[..., None] * world_dir
+    top_depth = (0.3 - centre[2]) / world_dir[..., 2]          # the box top, 0.3 units above the belt
+    top_hit = centre + top_depth[..., None] * world_dir
+    box = (np.abs(top_hit[..., 0]) < 0.25) & (np.abs(top_hit[..., 1]) < 0.25)
+    wall_depth = (0.5 - centre[2]) / world_dir[..., 2]         # wall tops, 0.5 units up
+    walls = np.abs((centre + wall_depth[..., None] * world_dir)[..., 0]) > 1.1
+    depth = np.where(box, top_depth, np.where(walls, wall_depth, depth))
+    return (rays * depth[..., None]).astype(np.float32), box
+
+
+def test_belt_box_keeps_exactly_the_box_and_drops_belt_and_walls():
+    xyz, box = _belt_scene()
+    measured = np.ones(box.shape, bool)
+    keep = belt_box(xyz, measured, height=0.02, length=1.8, half_width=1.0)
+    assert np.array_equal(keep, box), f"{int((keep & ~box).sum())} extra, {int((box & ~keep).sum())} missing"
+
+
+def test_belt_frame_measures_height_above_the_belt():
+    xyz, box = _belt_scene()
+    origin, along, up = belt_frame(xyz, np.ones(box.shape, bool))
+    heights = (xyz[box].astype(np.float64) - origin) @ up
+    np.testing.assert_allclose(heights, 0.3, atol=1e-4)       # the box top, 0.3 units above the belt
+    assert abs(along @ up) < 1e-12 and abs(np.linalg.norm(up) - 1) < 1e-12
+
+
+def test_belt_box_in_the_wrong_unit_loses_the_object():
+    xyz, box = _belt_scene()
+    keep = belt_box(xyz, np.ones(box.shape, bool), height=0.02, length=0.18, half_width=0.1)
+    assert keep.sum() < 0.3 * box.sum()
+
+
+# --- square grids -----------------------------------------------------------------------------------------
+
+def _wide_scan(height=300, width=400):
+    """A 400 x 300 grid (like tire's 800 x 600): tilted plane, a round 10 mm plateau, an RGB disk over it."""
+    v, u = np.mgrid[0:height, 0:width]
+    x, y = (u - width / 2) * 5e-4, (v - height / 2) * 5e-4
+    disk = np.hypot(x, y) < 0.03
+    z = 0.3 + 0.02 * x - 0.010 * disk
+    rgb = np.where(disk[..., None], 200, 40).astype(np.uint8) * np.ones(3, np.uint8)
+    return np.stack([x, y, z], -1).astype(np.float32), rgb, disk
+
+
+def _disk_aspect(rgb):
+    rows, cols = np.nonzero(rgb[..., 0] > 120)
+    return (cols.max() - cols.min() + 1) / (rows.max() - rows.min() + 1)
+
+
+def test_non_square_grid_is_padded_so_the_image_keeps_its_aspect():
+    xyz, rgb, disk = _wide_scan()
+    padded = preprocess_organized(xyz, rgb, None, PreprocessOptions())
+    stretched = preprocess_organized(xyz, rgb, None, PreprocessOptions(square="stretch"))
+    assert abs(_disk_aspect(padded.rgb) - 1) < 0.05
+    assert abs(_disk_aspect(stretched.rgb) - 0.75) < 0.05      # 400 columns squeezed to the 300 rows' scale
+    # geometry unchanged: every point is a grid point of the disk, the same distances either way
+    source = {tuple(p) for p in xyz[disk] * np.array([1, -1, -1], np.float32)}
+    for result in (padded, stretched):
+        assert all(tuple(p) in source for p in result.points)
+    # padding rows are missing pixels: none of the 336 x 336 grid's top 42 rows hold a point
+    assert (padded.grid_index // 336).min() >= 42 and (padded.grid_index // 336).max() < 336 - 42
+
+
+def test_pad_to_square_centres_the_data():
+    np.testing.assert_array_equal(pad_to_square(np.array([[1, 2, 3]])), [[0, 0, 0], [1, 2, 3], [0, 0, 0]])
+    a = np.arange(1, 7).reshape(2, 3)  # an odd difference: the extra row goes at the end
+    np.testing.assert_array_equal(pad_to_square(a), [[1, 2, 3], [4, 5, 6], [0, 0, 0]])
+    assert pad_to_square(np.ones((3, 3))).shape == (3, 3)
+    assert pad_to_square(np.ones((5, 2, 3))).shape == (5, 5, 3)
+
+
+# --- the pose --------------------------------------------------------------------------------------------
+
+def test_rigid_transform_applies_rotation_then_translation_and_refuses_others():
+    pose = np.eye(4)
+    pose[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]
+    pose[:3, 3] = [1, 2, 3]
+    np.testing.assert_allclose(rigid_transform(np.array([[1.0, 0, 0]]), pose), [[1, 3, 3]])
+    scaled = pose.copy()
+    scaled[:3, :3] *= 2
+    with pytest.raises(ValueError, match="not a rigid transform"):
+        rigid_transform(np.zeros((1, 3)), scaled)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import numpy as np
@@ -10,6 +11,7 @@ from scipy.spatial import cKDTree
 
 from render import synthetic
 from render.readers import list_samples, read_sample
+from shared.errors import InputFileError
 from shared.sample import SPLITS
 
 SIZE = 336
@@ -91,10 +93,14 @@ class OrganizedChecks:
     """Organized formats: exact per-point ground truth, background plane removed, object kept."""
 
     def truth(self, spec, planned):
-        """(object mask, defect mask) on the 336 grid, from the generator's own arrays."""
+        """(object mask, background mask, defect mask) on the 336 grid, from the generator's own arrays.
+
+        Background is everything off the object unless the generator says otherwise (raw Eyecandies: pixels
+        low on the candy's near edge, seen by the tilted camera, are neither)."""
         arrays = synthetic.sample_arrays(spec, planned)
         written = arrays["gt"] if "gt" in arrays else arrays["mask"]
-        return nearest(arrays["object"]), nearest(written > 0)
+        background = arrays.get("background", ~arrays["object"])
+        return nearest(arrays["object"]), nearest(background), nearest(written > 0)
 
     def test_point_labels_match_written_masks_exactly(self, data):
         spec, entry = data
@@ -102,7 +108,7 @@ class OrganizedChecks:
         plan_of, _ = planned_by_id(spec, list_samples(entry))
         for ref in refs:
             sample = read_sample(entry, ref)
-            _, defect = self.truth(spec, plan_of[ref.sample_id])
+            _, _, defect = self.truth(spec, plan_of[ref.sample_id])
             expected = defect.reshape(-1)[sample.grid_index].astype(np.uint8)
             assert np.array_equal(sample.point_labels, expected), ref.sample_id
             assert np.array_equal(sample.grid_mask, defect.astype(np.uint8)), ref.sample_id
@@ -112,10 +118,10 @@ class OrganizedChecks:
         plan_of, _ = planned_by_id(spec, list_samples(entry))
         for ref in list_samples(entry):
             sample = read_sample(entry, ref)
-            obj, _ = self.truth(spec, plan_of[ref.sample_id])
+            obj, background, _ = self.truth(spec, plan_of[ref.sample_id])
             kept = np.zeros(SIZE * SIZE, bool)
             kept[sample.grid_index] = True
-            plane_kept = int((kept & ~obj.reshape(-1)).sum())
+            plane_kept = int((kept & background.reshape(-1)).sum())
             object_fraction = (kept & obj.reshape(-1)).sum() / obj.sum()
             assert plane_kept == 0, f"{ref.sample_id}: {plane_kept} plane points kept"
             assert object_fraction >= 0.99, f"{ref.sample_id}: kept {object_fraction:.4f} of object points"
@@ -145,19 +151,62 @@ class TestMVTec3D(ReaderContract, OrganizedChecks):
 class TestEyecandiesRaw(ReaderContract, OrganizedChecks):
     fixture = "eyecandies_dataset"
 
-    def test_rgb_is_image_4_and_xyz_follows_the_camera(self, data):
+    def test_rgb_is_image_0_and_xyz_follows_the_camera(self, data):
         spec, entry = data
         ref = list_samples(entry, classes=["cookie"], splits=["train"])[0]
         sample = read_sample(entry, ref)
         plan_of, _ = planned_by_id(spec, list_samples(entry))
         arrays = synthetic.sample_arrays(spec, plan_of[ref.sample_id])
-        image4 = arrays["images"][4]
-        assert np.abs(sample.rgb.astype(int) - nearest(image4).astype(int)).mean() < 8
+        errors = [np.abs(sample.rgb.astype(int) - nearest(image).astype(int)).mean() for image in arrays["images"]]
+        assert int(np.argmin(errors)) == 0 and errors[0] < 8, errors  # all spotlights, not the left spot (image_4)
         # back-projection through the release camera: x / z = (u - W/2) / f for every point
         width = arrays["depth16"].shape[1]
         cols = np.floor(np.arange(SIZE) * (width / SIZE)).astype(int)[sample.grid_index % SIZE]
         x, z = sample.points[:, 0], -sample.points[:, 2]  # undo the 180 degree flip (z -> -z)
         np.testing.assert_allclose(x / z, (cols - width / 2) / 711.11, atol=1e-5)
+
+    def test_scene_is_in_blender_units(self, data):
+        """A candy is about one unit across and stands on a belt several units from the camera."""
+        _, entry = data
+        for ref in list_samples(entry, splits=["train"]):
+            points = read_sample(entry, ref).points
+            extent = np.ptp(points[:, :2], axis=0).max()
+            assert 0.4 < extent < 1.2, f"{ref.sample_id}: candy {extent:.3f} units across"
+
+    def test_pose_moves_points_onto_the_belt_frame(self, data):
+        """apply_pose: points move by the camera's pose (camera -> world), onto the scene's own hit points."""
+        from render.readers import preprocess_options
+        spec, entry = data
+        ref = list_samples(entry, classes=["torus"], splits=["test"])[1]
+        plan_of, _ = planned_by_id(spec, list_samples(entry))
+        arrays = synthetic.sample_arrays(spec, plan_of[ref.sample_id])
+        plain = read_sample(entry, ref)
+        posed = read_sample(entry, ref, preprocess_options(entry, "torus", apply_pose=True, flip=False))
+        assert np.array_equal(plain.grid_index, posed.grid_index)
+        hit = nearest(arrays["hit"]).reshape(-1, 3)[posed.grid_index]
+        error = np.abs(posed.points - hit).max(axis=1)
+        assert error.max() < 5e-3, f"largest difference {error.max():.2e} at point {error.argmax()}"
+        # rigid: the same distances as the camera-frame points
+        rng = np.random.default_rng(0)
+        a, b = rng.integers(0, plain.n_points, (2, 500))
+        np.testing.assert_allclose(np.linalg.norm(posed.points[a] - posed.points[b], axis=1),
+                                   np.linalg.norm(plain.points[a] - plain.points[b], axis=1), atol=1e-4)
+
+    def test_lengths_in_another_unit_lose_the_candy(self, data):
+        """The registry's belt box is in Blender units: the same numbers read as tenths (the converted
+        layout's scale) cut the candy, and MVTec's 5 mm plane keeps the belt walls."""
+        from render.readers import preprocess_options
+        spec, entry = data
+        ref = list_samples(entry, classes=["cookie"], splits=["train"])[0]
+        plan_of, _ = planned_by_id(spec, list_samples(entry))
+        obj, background, _ = self.truth(spec, plan_of[ref.sample_id])
+        assert read_sample(entry, ref).n_points > 1000
+        with pytest.raises(InputFileError, match=r"\d+ valid points after background removal \(need >= 100\)"):
+            read_sample(entry, ref, preprocess_options(entry, "cookie", belt_length=0.18, belt_half_width=0.1))
+        plane = read_sample(entry, ref, preprocess_options(entry, "cookie", background="plane"))
+        kept = np.zeros(SIZE * SIZE, bool)
+        kept[plane.grid_index] = True
+        assert (kept & background.reshape(-1)).sum() > 100  # walls and belt survive a single plane
 
 
 class TestReal3D(ReaderContract):
@@ -183,5 +232,139 @@ class TestReal3D(ReaderContract):
         assert sample.n_points == 2000
         # each kept point is one of the originals (distinct ones), with that original's label
         distance, nearest = cKDTree(arrays["points"]).query(sample.points)
-        assert distance.max() < 1e-6 and len(np.unique(nearest)) == sample.n_points
+        assert distance.max() < 1e-4 and len(np.unique(nearest)) == sample.n_points  # mm, float32
         assert np.array_equal(arrays["labels"][nearest], sample.point_labels)
+
+    def test_scans_are_in_millimetres_with_tens_of_thousands_of_points(self, data):
+        _, entry = data
+        refs = list_samples(entry)
+        assert any("template" in r.sample_id for r in refs if r.split == "train")
+        for ref in refs:
+            sample = read_sample(entry, ref)
+            extent = np.ptp(sample.points, axis=0).max()
+            assert 30 < extent < 120, f"{ref.sample_id}: {extent:.4f} across (expected tens of millimetres)"
+        counts = [len(synthetic.sample_arrays(*_spec_and_plan(data, r))["points"]) for r in refs[:2]]
+        assert min(counts) > 10_000, counts
+
+
+def _spec_and_plan(data, ref):
+    spec, entry = data
+    plan_of, _ = planned_by_id(spec, list_samples(entry))
+    return spec, plan_of[ref.sample_id]
+
+
+# --- Eyecandies in the community's MVTec-style conversion ------------------------------------------------
+
+CONVERTED_BACKGROUND = (0.0, 0.1875, -0.4375)  # the conversion's constant (0, a, b): the belt origin rotated back
+
+
+def _converted_grid(size=200, seed=0):
+    """(xyz, object mask): a dome 0.1 x Blender units (the conversion's scale) where the background is the
+    conversion's constant point, never zeros."""
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0:size, 0:size]
+    x, y = (u - size / 2) * 1e-3, (v - size / 2) * 1e-3
+    r = np.hypot(x, y)
+    dome = r < 0.05
+    z = 0.4 - np.where(dome, 0.01 + 0.02 * np.sqrt(np.clip(1 - (r / 0.05) ** 2, 0, None)), 0) \
+        + 1e-5 * rng.standard_normal(x.shape)
+    xyz = np.stack([x, y, z], -1).astype(np.float32)
+    xyz[~dome] = CONVERTED_BACKGROUND
+    return xyz, dome
+
+
+def _write_converted(root, cls="Confetto"):
+    import tifffile
+    from PIL import Image
+    xyz, dome = _converted_grid()
+    for split, defect in (("train", "good"), ("test", "bad")):
+        folder = root / cls / split / defect
+        for sub in ("xyz", "rgb", "gt"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(folder / "xyz" / "000.tiff", xyz, photometric="rgb")
+        Image.fromarray(np.full(xyz.shape, 90, np.uint8)).save(folder / "rgb" / "000.png")
+        gt = np.zeros(dome.shape, np.uint8)
+        gt[95:105, 95:105] = 255 if defect == "bad" else 0
+        Image.fromarray(gt).save(folder / "gt" / "000.png")
+    return xyz, dome
+
+
+def test_converted_eyecandies_background_point_is_missing_not_a_plane(tmp_path):
+    """Every sample of the community conversion used to crash (an IndexError from the plane fit on a
+    border of one repeated point); now its constant background is recognised and nothing else is dropped."""
+    from render.datasets import open_dataset
+    xyz, dome = _converted_grid()
+    _write_converted(tmp_path / "eye")
+    entry = open_dataset(format="eyecandies", root=tmp_path / "eye")
+    refs = list_samples(entry)
+    assert [(r.split, r.label) for r in refs] == [("train", 0), ("test", 1)]
+    for ref in refs:
+        sample = read_sample(entry, ref)
+        expected = nearest(dome).reshape(-1)
+        assert np.array_equal(np.sort(sample.grid_index), np.flatnonzero(expected)), ref.sample_id
+        grid = nearest(xyz).reshape(-1, 3)[sample.grid_index] * np.array([1, -1, -1], np.float32)
+        assert np.array_equal(sample.points, grid)
+    assert read_sample(entry, refs[1]).point_labels.sum() > 0
+
+
+def test_degenerate_plane_fit_is_one_line_under_scan_keep_going(tmp_path):
+    """A border of one repeated point (not at x = 0, so no converter's placeholder) is a sample error naming
+    the file, and `render scan --keep-going` reports it on one line and goes on."""
+    from click.testing import CliRunner
+    import tifffile
+    from render.cli import render
+    xyz, _ = _converted_grid()
+    xyz[np.all(xyz == CONVERTED_BACKGROUND, axis=-1)] = (0.25, 0.1875, -0.4375)
+    root = tmp_path / "mv"
+    _write_converted(root, cls="cookie")
+    bad = root / "cookie" / "train" / "good" / "xyz" / "000.tiff"
+    tifffile.imwrite(bad, xyz, photometric="rgb")
+    result = CliRunner().invoke(render, ["scan", "--format", "mvtec3d", "--root", str(root), "--keep-going"])
+    assert result.exit_code == 0 and result.exception is None and "Traceback" not in result.output, result.output
+    failed = sorted(line for line in result.output.splitlines() if line.startswith("failed:"))
+    converted = root / "cookie" / "test" / "bad" / "xyz" / "000.tiff"  # read as MVTec: its placeholder is missing
+    assert len(failed) == 2, result.output
+    assert failed[0] == f"failed: {converted}: cannot fit the background plane: only 0 valid border point(s)"
+    assert re.fullmatch(rf"failed: {re.escape(str(bad))}: cannot fit the background plane: the \d+ border points "
+                        r"span no plane \(1 distinct point\(s\)\); is the background a constant placeholder\?",
+                        failed[1]), failed[1]
+
+
+# --- Real3D-AD names as the official loader reads them -----------------------------------------------------
+
+def test_real3d_test_templates_skipped_and_cut_copy_keep_their_defect(real3d_dataset, tmp_path):
+    import shutil
+    from render.datasets import open_dataset
+    from render.readers.real3d import defect_from_name
+    _, entry = real3d_dataset
+    root = tmp_path / "r3d"
+    shutil.copytree(entry.root / "cookie", root / "cookie")
+    test_dir, gt_dir = root / "cookie" / "test", root / "cookie" / "gt"
+    shutil.copy(root / "cookie" / "train" / "0_template.pcd", test_dir / "0_template.pcd")
+    shutil.copy(test_dir / "1_bump.pcd", test_dir / "1_bump_cut.pcd")
+    shutil.copy(gt_dir / "1_bump.txt", gt_dir / "1_bump_cut.txt")
+    shutil.copy(test_dir / "2_dent.pcd", test_dir / "copy_2_dent.pcd")
+    shutil.copy(gt_dir / "2_dent.txt", gt_dir / "copy_2_dent.txt")
+    refs = {r.sample_id: r for r in list_samples(open_dataset(format="real3d", root=root))}
+    assert "cookie/test/0_template.pcd" not in refs and "cookie/train/0_template.pcd" in refs
+    assert refs["cookie/test/1_bump_cut.pcd"].defect_type == "bump"
+    assert refs["cookie/test/copy_2_dent.pcd"].defect_type == "dent"
+    assert [defect_from_name(s) for s in ("12_bulge", "95_sink_cut", "31_bulge_copy", "4_good", "7_good_cut")] == \
+        ["bulge", "sink", "bulge", "good", "good"]
+
+
+def test_real3d_gt_row_count_mismatch_names_both_counts(real3d_dataset, tmp_path):
+    import shutil
+    from render.datasets import open_dataset
+    _, entry = real3d_dataset
+    root = tmp_path / "r3d"
+    shutil.copytree(entry.root / "torus", root / "torus")
+    table = root / "torus" / "gt" / "1_bump.txt"
+    rows = table.read_text().splitlines()
+    table.write_text("\n".join(rows[:-3]) + "\n")
+    dataset = open_dataset(format="real3d", root=root)
+    ref = next(r for r in list_samples(dataset) if r.sample_id.endswith("1_bump.pcd"))
+    with pytest.raises(InputFileError) as caught:
+        read_sample(dataset, ref)
+    assert str(caught.value) == (f"{table}: {len(rows) - 3} rows but 1_bump.pcd has {len(rows)} points "
+                                 "(one label row per point; labels are never guessed)")

@@ -75,3 +75,58 @@ def test_registry_synthetic_generates_once_into_the_cache():
     assert again.root == entry.root and manifest.stat().st_mtime_ns == stamp
     refs = list_samples(again, splits=["test"])
     assert len(refs) == 5 * (2 + 5)  # five classes, two good and one per defect each
+
+
+def test_eyecandies_scene_has_walls_and_a_posed_camera(tmp_path):
+    """Blender units: the pose.txt written is the camera that saw the depth (world = R cam + t), the belt
+    at world Z = 0 with walls standing beyond it, and the candy about one unit across."""
+    from render.readers.eyecandies import depth_to_xyz
+    from render.readers.files import read_image
+    spec = synthetic.SyntheticSpec(format="eyecandies", seed=3, **{**TINY, "defects": ()})
+    root = synthetic.generate(tmp_path / "e", spec)
+    data = root / "dome" / "train" / "data"
+    pose = np.loadtxt(data / "000_pose.txt")
+    assert not np.allclose(pose, np.eye(4)) and np.allclose(pose[:3, :3] @ pose[:3, :3].T, np.eye(3))
+    info = __import__("yaml").safe_load((data / "000_info_depth.yaml").read_text())["normalization"]
+    xyz = depth_to_xyz(read_image(data / "000_depth.png", "I"), info["min"], info["max"]).reshape(-1, 3)
+    world = xyz @ pose[:3, :3].T + pose[:3, 3]
+    arrays = synthetic.sample_arrays(spec, synthetic.plan(spec)[0])
+    belt = arrays["background"].reshape(-1) & (np.abs(world[:, 0]) < 1.0)
+    walls = np.abs(world[:, 0]) > 1.12
+    assert np.abs(world[belt, 2]).max() < 5e-3                     # the belt plane, through the depth's 16 bits
+    assert walls.mean() > 0.01 and world[walls, 2].min() > 0.09     # the walls rise at the image's sides
+    assert world[walls, 2].max() > 0.3
+    candy = arrays["object"].reshape(-1)
+    assert 0.4 < np.ptp(world[candy, :2], axis=0).max() < 1.2
+    assert 0.04 < world[candy, 2].min() and world[candy, 2].max() < 0.5  # well above the 0.02 belt threshold
+
+
+def test_real3d_is_in_millimetres_with_a_train_template(tmp_path):
+    spec = synthetic.SyntheticSpec(format="real3d", seed=3, **TINY)
+    root = synthetic.generate(tmp_path / "r", spec)
+    assert [p.name for p in sorted((root / "dome" / "train").iterdir())] == ["0_template.pcd"]
+    arrays = synthetic.sample_arrays(spec, synthetic.plan(spec)[0])
+    assert len(arrays["points"]) > 10_000
+    assert 30 < np.ptp(arrays["points"], axis=0).max() < 120       # a dome some 60 mm across
+
+
+TINY_BUILD = ["--views", "2", "--image-size", "64", "--supersample", "1", "--max-points", "4096", "--point-size", "2"]
+
+
+@pytest.mark.parametrize("fixture,fmt,select", [("eyecandies_dataset", "eyecandies", ["--splits", "test"]),
+                                                ("real3d_dataset", "real3d", ["--splits", "train"])])
+def test_scan_and_build_run_on_the_synthetic_formats(fixture, fmt, select, request, tmp_path):
+    """`render scan` reads every sample with the registry's lengths for the format; `render build` renders some."""
+    from click.testing import CliRunner
+    from render.cli import render
+    from shared.store import open_store
+    spec, entry = request.getfixturevalue(fixture)
+    where = ["--format", fmt, "--root", str(entry.root)]
+    result = CliRunner().invoke(render, ["scan", *where])
+    assert result.exit_code == 0 and "failed:" not in result.output, result.output
+    assert f"{len(synthetic.plan(spec))} samples" in result.output
+    out = tmp_path / "s.zarr"
+    result = CliRunner().invoke(render, ["build", *where, "--classes", "cookie", *select, "--out", str(out), *TINY_BUILD])
+    assert result.exit_code == 0 and "0 failed" in result.output, result.output
+    store = open_store(out)
+    assert len(store) == len(list_samples(entry, ["cookie"], [select[1]])) and store.complete.all()

@@ -111,3 +111,34 @@ def test_registry_path_that_is_a_directory_says_so(tmp_path):
     path.write_bytes(b"datasets:\n  \xff\xfe: 1\n")
     with pytest.raises(ConfigError, match=f"^{path}: registry file is not text"):
         load_registry(path)
+
+
+def test_view_plans_are_read_and_custom_data_takes_its_formats_entry(tmp_path):
+    path = _write(tmp_path, "datasets:\n"
+                  "  real3d: {format: real3d, root: r, options: {preprocess: {cluster_eps: 2.0}},\n"
+                  "           view_plans: {pointad-code: {variant: real3d, x_tilts: [0]}}}\n"
+                  "  other: {format: mvtec3d, root: m}\n")
+    registry = load_registry(path)
+    assert registry["real3d"].view_plans == {"pointad-code": {"variant": "real3d", "x_tilts": [0]}}
+    mine = resolve_dataset(format="real3d", root=tmp_path / "mine", registry=registry)
+    assert mine.root == tmp_path / "mine" and mine.name == "mine"
+    assert mine.options == {"preprocess": {"cluster_eps": 2.0}} and mine.view_plans == registry["real3d"].view_plans
+    plain = resolve_dataset(format="eyecandies", root=tmp_path / "e", registry=registry)
+    assert plain.options == {} and plain.view_plans == {}
+    bad = _write(tmp_path, "datasets:\n  a: {format: mvtec3d, root: x, view_plans: [1]}\n")
+    with pytest.raises(ConfigError, match="dataset 'a' key 'view_plans' must be a mapping"):
+        load_registry(bad)
+
+
+def test_repository_registry_lengths_are_in_each_datasets_unit():
+    """MVTec metres, raw Eyecandies Blender units, Real3D-AD millimetres: the same kind of length differs
+    by orders of magnitude between them, and the synthetic twins share their dataset's numbers."""
+    registry = load_registry()
+    mvtec, eye, real = (registry[n].options["preprocess"] for n in ("mvtec3d", "eyecandies", "real3d"))
+    assert mvtec["plane_distance"] == 0.005 and mvtec["cluster_eps"] < 0.05
+    assert eye["background"] == "belt-box" and (eye["belt_height"], eye["belt_length"], eye["belt_half_width"]) == \
+        (0.02, 1.8, 1.0)
+    assert 0.5 < real["cluster_eps"] < 10
+    for name, twin in (("eyecandies", "synthetic-eyecandies"), ("real3d", "synthetic-real3d"), ("mvtec3d", "synthetic")):
+        assert registry[twin].options["preprocess"] == registry[name].options["preprocess"]
+        assert registry[twin].view_plans == registry[name].view_plans
