@@ -33,6 +33,7 @@ from shared.io import atomic_path
 from shared.sample import Sample
 
 ORGANIZED = (".tiff", ".tif")
+OUTPUT_FILES = ("scores.npy", "scores.ply")  # written in the --out folder
 UNORGANIZED = (".ply", ".pcd", ".xyz", ".npy")
 CLASS_NAME = "object"  # a new cloud's class is unknown; only coop prompts read it
 
@@ -61,8 +62,11 @@ def _read_text_points(path: Path) -> np.ndarray:
 def _read_npy_points(path: Path) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputFileError(f"{path}: unreadable .npy ({str(exc).strip().splitlines()[0]})") from exc
+    except Exception as exc:  # numpy raises many types for a corrupt file (EOFError, tokenize errors, ...)
+        raise InputFileError(f"{path}: unreadable .npy ({(str(exc).strip() or type(exc).__name__).splitlines()[0]})") from exc
+    if not isinstance(array, np.ndarray):  # a zip (.npz) archive under a .npy name
+        array.close()
+        raise InputFileError(f"{path}: expected one .npy array, got an .npz archive")
     if array.ndim != 2 or array.shape[1] != 3 or not np.issubdtype(array.dtype, np.number):
         raise InputFileError(f"{path}: expected a (P, 3) numeric array, got {array.shape} {array.dtype}")
     return array.astype(np.float64)
@@ -75,6 +79,8 @@ def load_cloud(path: Path, image_size: int = 336) -> tuple[np.ndarray, Sample, P
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise InputFileError(f"{path}: is a directory, not a point cloud file")
     if suffix not in ORGANIZED + UNORGANIZED:
         raise InputFileError(f"{path}: unsupported suffix '{path.suffix}' (use one of "
                              f"{', '.join(UNORGANIZED + ORGANIZED)})")
@@ -135,7 +141,7 @@ def detect(cloud, checkpoint, *, device="cpu", clip_weights=None, views: int = 9
 def write_detection(result: Detection, out: Path) -> tuple[Path, Path]:
     """Write out/scores.npy and out/scores.ply atomically; return their paths."""
     out = Path(out)
-    npy, ply = out / "scores.npy", out / "scores.ply"
+    npy, ply = (out / name for name in OUTPUT_FILES)
     with atomic_path(npy) as tmp:
         np.save(tmp, result.point_scores.astype(np.float32))
     return npy, write_scored_ply(ply, result.points, result.point_scores)

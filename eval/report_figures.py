@@ -21,6 +21,7 @@ from eval.class_metrics import BLOCKS, block_arrays, graph_arrays, grid_maps
 from eval.figures import (graph_pro_curve, organized_pro_curve, write_pro_plot, write_roc_plot, write_scored_ply,
                           write_view_sheet)
 from eval.scoring import SampleScores
+from shared.names import path_component, unique_component
 
 
 def pick_rows(store, rows, anomalous: int, sample_ids=()) -> set[int]:
@@ -35,8 +36,15 @@ def pick_rows(store, rows, anomalous: int, sample_ids=()) -> set[int]:
 
 
 def file_stem(sample_id: str) -> str:
-    """A sample id as one file name: its file suffix dropped, path separators and other odd characters '_'."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", re.sub(r"\.[A-Za-z]+$", "", sample_id)).strip("_") or "sample"
+    """A sample id as one file name (`shared.names.path_component`): its file suffix dropped, path separators
+    and other odd characters '_', never '..' or hidden."""
+    return path_component(re.sub(r"\.[A-Za-z]+$", "", str(sample_id)), fallback="sample")
+
+
+def class_folder(directory, class_name: str) -> Path:
+    """directory/<class name as one folder name>: a name that had to be cleaned gets a hash of the original
+    (`shared.names.unique_component`), so no class name reaches outside `directory` or shares a folder."""
+    return Path(directory) / unique_component(class_name, fallback="class")
 
 
 def _score_range(arrays) -> tuple[float, float]:
@@ -61,12 +69,12 @@ def _curves(results: list[SampleScores]) -> tuple[dict, dict]:
 
 
 def write_class_figures(directory, class_name: str, results: list[SampleScores], store, run_label: str) -> list[Path]:
-    """Write the class's figures (module docstring) under directory/class_name; return the paths.
+    """Write the class's figures (module docstring) under `class_folder(directory, class_name)`; return the paths.
 
     results: the class's scored samples; those with `view_maps` (scored with keep_view_maps) get the
     per-sample figures, their renderings and points read from `store`.
     """
-    folder = Path(directory) / file_stem(class_name)
+    folder = class_folder(directory, class_name)
     roc, pro = _curves(results)
     written = [write_roc_plot(folder / "roc.png", roc, f"{class_name}: sample ROC ({run_label})"),
                write_pro_plot(folder / "pro.png", pro, f"{class_name}: PRO, valid points ({run_label})")]

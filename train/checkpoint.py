@@ -13,6 +13,7 @@ import torch
 
 from shared.errors import CheckpointMismatchError, PointADError
 from shared.io import atomic_path
+from train.torch_files import UnreadableFile, load_data
 
 CHECKPOINT_FORMAT = "pointad-prompts"
 CHECKPOINT_VERSION = 1
@@ -30,19 +31,26 @@ def save_checkpoint(path: Path, *, epoch: int, prompts: dict, optimizer: dict | 
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint safely; a file that is not one of ours is an error naming it."""
+    """Read a checkpoint as data only (nothing in it is run); a file that is not one of ours is an error
+    naming it and saying plainly why."""
     path = Path(path)
+    if path.is_dir():
+        raise PointADError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise PointADError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:200]})") from exc
+        payload = load_data(path)
+    except UnreadableFile as exc:
+        raise CheckpointMismatchError(f"{path}: not a readable pointad checkpoint: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointMismatchError(f"{path}: not a pointad prompt checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:
         raise CheckpointMismatchError(f"{path}: checkpoint version {payload.get('version')}, this code reads "
                                       f"{CHECKPOINT_VERSION}")
+    for key, kind in (("epoch", int), ("prompts", dict), ("config", dict), ("model", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise CheckpointMismatchError(f"{path}: damaged pointad checkpoint ({key!r} is missing or not "
+                                          f"{kind.__name__})")
     return payload
 
 

@@ -6,17 +6,16 @@ Search order for a config with a pretrained tag (ViT-L-14-336 / "openai"):
      the place to put a manually downloaded file (`shared.config.cache_dir()`, ~/.cache/pointad);
   3. the Hugging Face hub cache where open_clip's own download lands
      (~/.cache/huggingface/hub/models--timm--vit_large_patch14_clip_336.openai/snapshots/<rev>/...);
-  4. OpenAI's `clip` package cache, ~/.cache/clip/ViT-L-14-336px.pt (a TorchScript archive, read
-     with torch.jit.load on the CPU).
+  4. OpenAI's `clip` package cache, ~/.cache/clip/ViT-L-14-336px.pt (a TorchScript archive: its tensors
+     are read by `train.torchscript` without running any of its code; never torch.jit.load).
 Missing everywhere -> WeightsNotFoundError before any work. A file that is unreadable, truncated,
 holds non-finite values, or has other tensor names or shapes than the model -> CheckpointMismatchError
-naming the file. Plain checkpoints are read with torch.load(weights_only=True).
+naming the file. Plain checkpoints are read with torch.load(weights_only=True) (`train.torch_files`).
 """
 
 from __future__ import annotations
 
 import struct
-import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +24,8 @@ import torch
 
 from shared.errors import CheckpointMismatchError, ConfigError, WeightsNotFoundError
 from train.model_config import ModelConfig
+from train.torch_files import UnreadableFile, is_torchscript, load_data, plain_reason
+from train.torchscript import ArchiveError, read_torchscript_state_dict
 
 # open_clip's names for weights on the hub (open_clip.constants HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME)
 WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -132,24 +133,15 @@ def _looks_like_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 0 < length < path.stat().st_size
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a weights file into {name: CPU tensor}: safetensors, a torch checkpoint, or a TorchScript archive.
 
     Unwraps {"state_dict": ...} and a DataParallel "module." prefix; drops OpenAI's non-weight entries.
+    Nothing in the file is ever run: a TorchScript archive's tensors are read by `train.torchscript`.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointMismatchError(f"{path}: is a directory, not a CLIP weights file")
     if not path.is_file():
         raise WeightsNotFoundError(f"{path}: CLIP weights file not found")
     try:
@@ -157,17 +149,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             data = load_file(str(path), device="cpu")
-        elif _is_torchscript(path):
-            with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated; OpenAI's files use it
-                warnings.simplefilter("ignore", FutureWarning)
-                warnings.simplefilter("ignore", DeprecationWarning)
-                data = torch.jit.load(str(path), map_location="cpu").state_dict()
+        elif is_torchscript(path):
+            with zipfile.ZipFile(path) as archive:
+                data = read_torchscript_state_dict(archive)
         else:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # every reader has its own error types; all mean "not a usable file"
-        raise CheckpointMismatchError(
-            f"{path}: cannot read CLIP weights ({_first_line(exc)}); the file is truncated, corrupt or not a "
-            "weights file") from exc
+            data = load_data(path)
+    except (UnreadableFile, ArchiveError) as exc:
+        raise CheckpointMismatchError(f"{path}: cannot read CLIP weights: {exc}") from exc
+    except Exception as exc:  # safetensors and zipfile have their own error types; all mean "not a usable file"
+        raise CheckpointMismatchError(f"{path}: cannot read CLIP weights: {plain_reason(exc)}") from exc
     if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
         data = data["state_dict"]
     if not isinstance(data, Mapping) or not data:

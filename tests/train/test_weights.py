@@ -143,7 +143,13 @@ def test_damaged_files_are_named_in_one_line(tiny_with_file, tmp_path, damage):
     with pytest.raises(CheckpointMismatchError) as info:
         FrozenCLIP.from_config(tiny_with_file, path)
     message = _one_line(info)
-    assert message.startswith(f"{path}: cannot read CLIP weights"), message
+    assert message.startswith(f"{path}: cannot read CLIP weights: "), message
+    assert "weights_only" not in message, message
+
+
+def test_directory_given_as_weights_file_says_so(tmp_path):
+    with pytest.raises(CheckpointMismatchError, match=f"^{tmp_path}: is a directory, not a CLIP weights file$"):
+        read_state_dict(tmp_path)
 
 
 def test_truncated_safetensors_is_named(tiny_with_file, tmp_path):
@@ -165,8 +171,10 @@ class _Payload:
 def test_pickled_objects_are_refused_without_running_them(tmp_path):
     path = tmp_path / "evil.bin"
     torch.save({"visual.proj": torch.zeros(2), "hook": _Payload()}, path)
-    with pytest.raises(CheckpointMismatchError, match=f"{path}: cannot read CLIP weights"):
+    with pytest.raises(CheckpointMismatchError) as info:
         read_state_dict(path)
+    assert _one_line(info) == (f"{path}: cannot read CLIP weights: it refers to posix.getcwd, which loading would "
+                               "run; a data-only file holds tensors and plain values")  # never torch's advice
     path2 = tmp_path / "list.bin"
     torch.save([torch.zeros(2)], path2)
     with pytest.raises(CheckpointMismatchError, match=f"{path2}: holds list"):
