@@ -11,7 +11,8 @@ import math
 
 import numpy as np
 
-from eval.metrics import aupro_graph, aupro_organized, aupro_pointad_compat, image_metrics, point_auroc
+from eval.metrics import (aupro_components, aupro_graph, aupro_pointad_compat, image_metrics,
+                          organized_component_ids, point_auroc)
 from eval.scoring import SampleScores
 
 BLOCKS = ("point", "rgb", "multimodal")
@@ -37,6 +38,27 @@ def grid_maps(samples, point_scores):
         rows, cols = np.divmod(sample.grid_index, sample.grid_hw[1])
         labels[i, rows, cols], scores[i, rows, cols], valid[i, rows, cols] = sample.point_labels, values, True
     return labels, scores, valid
+
+
+def organized_regions(samples) -> np.ndarray:
+    """(M,) int64 region id of every sample's points in order, -1 for normal ones: 8-connected components of
+    each sample's mask on its own grid, numbered apart across samples.
+
+    What `aupro_organized(*grid_maps(...))` counts, without the (N, H, W) grids: memory stays with the points.
+    """
+    ids, offset = [], 0
+    for sample in samples:
+        labels = np.asarray(sample.point_labels)
+        region = np.full(len(labels), -1, np.int64)
+        if labels.any():
+            mask = np.zeros(int(np.prod(sample.grid_hw)), np.uint8)
+            mask[sample.grid_index] = labels
+            region = organized_component_ids(mask.reshape(sample.grid_hw))[np.divmod(sample.grid_index,
+                                                                                      sample.grid_hw[1])]
+            region[region >= 0] += offset
+            offset = int(region.max()) + 1
+        ids.append(region)
+    return np.concatenate(ids)
 
 
 def graph_arrays(samples, point_scores):
@@ -76,7 +98,7 @@ def class_metrics(results: list[SampleScores], block: str, protocol: str) -> dic
         out = image_metrics(sample_labels, np.array(sample_scores))
         out["p_auroc"] = point_auroc(np.concatenate([s.point_labels for s in samples]), np.concatenate(point_scores))
         if organized:
-            out["aupro"] = aupro_organized(*grid_maps(samples, point_scores))
+            out["aupro"] = aupro_components(organized_regions(samples), np.concatenate(point_scores))
         else:
             labels, scores, knn, valid = graph_arrays(samples, point_scores)
             out["aupro"] = aupro_graph(labels, scores, knn, valid)
