@@ -38,6 +38,11 @@ first --share-samples test rows of that store, once with one `score_store` per r
 per run) and once with `score_store_runs` (one vision pass per batch, as `eval report` does); the
 scores must be identical. --share-model vit-l-random is ViT-L-14-336 with random weights: the real
 model's cost without its weights.
+
+Part 4, mutual scoring (skip with --no-mutual; issue 13): one blocked `mutual_scores` call on synthetic
+features of --mutual-sizes samples (default 50 100 200) x --mutual-tokens patches x --mutual-dim, on
+--device: seconds, seconds per sample and peak memory (torch's GPU allocator peak, or the process RSS
+sampled every 2 ms on CPU).
 """
 
 from __future__ import annotations
@@ -387,6 +392,66 @@ def shared_pass_part(args) -> None:
     print(f"sample scores of every run: max |separate - shared| = {difference:.1e}")
 
 
+def _peak_rss_during(fn):
+    """(fn's result, peak resident memory above the starting level in bytes), sampled every 2 ms in a thread."""
+    import threading
+
+    def rss() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+
+    start, peak, done = rss(), [0], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            done.wait(0.002)
+    thread = threading.Thread(target=watch)
+    thread.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        thread.join()
+    return result, max(0, max(peak[0], rss()) - start)
+
+
+def mutual_part(args) -> None:
+    """Part 4 (issue 13): seconds per sample and peak memory of `eval.mutual_scoring.mutual_scores` against class
+    size, on synthetic features (random normal, L2-normalised; the time does not depend on the values)."""
+    import torch
+
+    from eval.mutual_scoring import BLOCK_BYTES, block_sizes, mutual_scores
+    device = torch.device(args.device)
+    tokens, dim = args.mutual_tokens, args.mutual_dim
+    rows = []
+    for samples in args.mutual_sizes:
+        features = torch.nn.functional.normalize(torch.randn(samples, tokens, dim, generator=torch.Generator()
+                                                             .manual_seed(samples)), dim=-1).to(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        started = time.perf_counter()
+        scores, rss = _peak_rss_during(lambda: mutual_scores(features, device=device).cpu())
+        seconds = time.perf_counter() - started
+        peak = torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else rss
+        assert scores.shape == (samples, tokens) and torch.isfinite(scores).all()
+        rows.append((samples, seconds, peak, block_sizes(tokens, samples, BLOCK_BYTES)))
+    where = "GPU memory allocated by torch" if device.type == "cuda" else "process RSS above the start"
+    print(f"## Mutual scoring (issue 13): one `mutual_scores` call, T = {tokens} patches, D = {dim}, on {device}")
+    print()
+    print("| class size N | seconds | seconds per sample | peak memory MiB | samples per block |")
+    print("|---:|---:|---:|---:|---:|")
+    for samples, seconds, peak, step in rows:
+        print(f"| {samples} | {seconds:.2f} | {seconds / samples:.4f} | {peak / 2**20:.0f} | {step} |")
+    print()
+    print(f"Peak memory: {where}; one distance block is at most {BLOCK_BYTES // 2**20} MiB (measured peaks run about "
+          "twice that: the block and the allocator's slack), plus (block, T, N) nearest distances, so it grows with "
+          "N only through that last term. Cost grows as N^2 T^2 D (per sample "
+          "as N). The method makes one such call per view, tapped layer and radius (9 x 4 x 3 = 108 with the "
+          "defaults, `--mutual-views same`; `all` makes V^2 times the work per call in 1/V the calls).")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--maps", type=int, default=100)
@@ -409,6 +474,10 @@ def main() -> None:
     parser.add_argument("--share-model", default="tiny", choices=["tiny", "vit-l-random"])
     parser.add_argument("--share-runs", type=int, default=3)
     parser.add_argument("--share-samples", type=int, default=8)
+    parser.add_argument("--mutual", action=argparse.BooleanOptionalAction, default=True, help="part 4")
+    parser.add_argument("--mutual-sizes", type=int, nargs="+", default=[50, 100, 200], help="class sizes N")
+    parser.add_argument("--mutual-tokens", type=int, default=576, help="patches per sample (24 x 24: ViT-L/14@336)")
+    parser.add_argument("--mutual-dim", type=int, default=768, help="feature dimension (768: ViT-L's projection)")
     args = parser.parse_args()
     args.compat_loop_maps = args.compat_loop_maps or args.maps
 
@@ -420,6 +489,9 @@ def main() -> None:
     if args.share:
         print()
         shared_pass_part(args)
+    if args.mutual:
+        print()
+        mutual_part(args)
     print()
     print(f"total runtime {time.perf_counter() - started:.0f} s")
 

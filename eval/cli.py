@@ -32,8 +32,19 @@ def eval_():
 @click.option("--protocol", type=click.Choice(["points", "pointad-compat", "both"]), default="points",
               show_default=True, help="points: valid points only; pointad-compat: the released code's full grid.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
-@click.option("--method", type=click.Choice(["pointad", "clip-rendering"]), default="pointad", show_default=True,
-              help="clip-rendering: untrained baseline prompts, no checkpoints.")
+@click.option("--method", type=click.Choice(["pointad", "clip-rendering", "mutual-scoring"]), default="pointad",
+              show_default=True, help="clip-rendering: untrained baseline prompts, no checkpoints; mutual-scoring: "
+                                      "training-free, the test samples of a class score each other (after MuSc).")
+@click.option("--mutual-views", type=click.Choice(["same", "all"]), default="same", show_default=True,
+              help="mutual-scoring: a view against the same view of the other samples, or against all their views.")
+@click.option("--mutual-fraction", default=0.3, show_default=True,
+              help="mutual-scoring: share of the other samples whose nearest-patch distances are averaged (smallest).")
+@click.option("--mutual-radii", multiple=True, type=int,
+              help="mutual-scoring: neighbourhood sizes in patches (odd; repeat)  [default: 1 3 5]")
+@click.option("--mutual-layers", multiple=True, type=int,
+              help="mutual-scoring: tapped vision layers, 1-based (repeat)  [default: the model's taps]")
+@click.option("--rescore-k", multiple=True, type=int,
+              help="mutual-scoring: sample re-scoring neighbourhood sizes (repeat)  [default: 1 2 3]; 0 = none")
 @click.option("--model", default="vit-l-14-336", show_default=True,
               help="Model of the clip-rendering baseline and of runs trained by --train-missing (other runs use "
                    "their checkpoint's); auto = ViT-L if its weights are present, else tiny.")
@@ -59,17 +70,23 @@ def eval_():
               help="Prompts of runs trained by --train-missing.")
 def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, device, method, model, clip_weights,
            batch_size, compare_paper, figures, figure_samples, figure_ids, runs_dir, train_dataset, train_classes,
-           seeds, train_missing, epochs, prompt):
+           seeds, train_missing, epochs, prompt, mutual_views, mutual_fraction, mutual_radii, mutual_layers, rescore_k):
     """Evaluate runs (or the clip-rendering baseline) on a store: I-AUROC, AP, P-AUROC, AUPRO per class.
 
     The runs come from --checkpoints, or from --runs-dir as a sweep (training classes x seeds); with
     --train-missing the runs not there yet are trained first, so one command reproduces a setting.
     """
     from eval.report import ReportConfig, build_report, write_report
+    from eval.targets import check_file_target, check_folder_target
     from train.cli import resolve_model
     from train.loop import resolve_device
-    if method == "clip-rendering":
+    if out is not None:
+        check_file_target(out, "--out takes a file name")
+    if figures is not None:
+        check_folder_target(figures, "--figures takes a folder")
+    if method in ("clip-rendering", "mutual-scoring"):
         model = resolve_model(model, clip_weights)
+    mutual = _mutual_options(mutual_views, mutual_fraction, mutual_radii, mutual_layers, rescore_k)
     if runs_dir is not None:
         if checkpoints:
             raise click.UsageError("give either --checkpoints or --runs-dir, not both")
@@ -84,7 +101,7 @@ def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, de
                           clip_weights=None if clip_weights is None else str(clip_weights), batch_size=batch_size,
                           figures=None if figures is None else str(figures), figure_samples=figure_samples,
                           figure_ids=tuple(figure_ids),
-                          compare_paper=compare_paper)
+                          compare_paper=compare_paper, mutual=mutual)
     target = resolve_device(device)
     result = build_report(config, device=target, progress=lambda line: click.echo(line, err=True))
     text = write_report(result, fmt, out)
@@ -94,6 +111,19 @@ def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, de
         click.echo(f"{out}: {fmt} report, model {result.header['model']}", err=True)
     if figures is not None:
         click.echo(f"{figures}: figures of {len(result.classes)} class(es)", err=True)
+
+
+def _mutual_options(views, fraction, radii, layers, rescore_k):
+    """The --mutual-* and --rescore-k options as `eval.mutual.MutualOptions` (defaults where not given)."""
+    from eval.mutual import MutualOptions
+    given = {"views": views, "fraction": fraction}
+    if radii:
+        given["radii"] = tuple(radii)
+    if layers:
+        given["layers"] = tuple(layers)
+    if rescore_k:
+        given["rescore_ks"] = () if tuple(rescore_k) == (0,) else tuple(rescore_k)
+    return MutualOptions(**given)
 
 
 def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, model, epochs, prompt, clip_weights,
@@ -116,8 +146,9 @@ def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, mode
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="Run directory (its last checkpoint) or checkpoint file.")
 @click.option("--out", type=click.Path(path_type=Path),
-              help="Folder for scores.npy and scores.ply  [default: <cloud>_scores beside the cloud]")
-@click.option("--threshold", type=float, help="Also print 'anomalous' (sample score >= T) or 'normal'.")
+              help="Folder for scores.npy, scores.ply and scores.json  [default: <cloud>_scores beside the cloud]")
+@click.option("--threshold", type=float, help="Also print 'anomalous' (sample score >= T) or 'normal'; the PLY's "
+                                               "colours are then centred on T (else the scores' range).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--clip-weights", type=click.Path(path_type=Path), help="OpenAI ViT-L/14@336 weights file.")
 @click.option("--point-size", default=6.0, show_default=True, help="Rendered point size (supersampled pixels).")
@@ -125,14 +156,16 @@ def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, mode
 @verbosity_option
 def detect(cloud, checkpoint, out, threshold, device, clip_weights, point_size, views):
     """Score one .ply/.pcd/.tiff/.xyz/.npy cloud: per-point scores (NPY + coloured PLY) and the sample score."""
+    from eval.detect import OUTPUT_FILES, write_detection
     from eval.detect import detect as run_detect
-    from eval.detect import write_detection
+    from eval.targets import check_folder_target
     from train.loop import resolve_device
+    out = out if out is not None else cloud.parent / f"{cloud.stem}_scores"
+    check_folder_target(out, "--out takes a folder: scores.npy and scores.ply are written in it", OUTPUT_FILES)
     result = run_detect(cloud, checkpoint, device=resolve_device(device), clip_weights=clip_weights,
                         views=views, point_size=point_size)
-    out = out if out is not None else cloud.parent / f"{cloud.stem}_scores"
-    npy, ply = write_detection(result, out)
-    click.echo(f"{npy}, {ply}: {len(result.point_scores)} points", err=True)
+    npy, ply, summary = write_detection(result, out, threshold)
+    click.echo(f"{npy}, {ply}, {summary}: {len(result.point_scores)} points", err=True)
     click.echo(f"sample score: {result.score:.6f}")
     if threshold is not None:
         click.echo("anomalous" if result.score >= threshold else "normal")

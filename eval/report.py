@@ -1,10 +1,13 @@
 """`eval report` (SPEC 7): score a store with trained prompts (or the clip-rendering baseline) and tabulate.
 
+`--method mutual-scoring` (training-free, no prompts) scores each class's samples against each other
+with `eval.mutual.score_class` instead, into the same per-sample records; the rest below applies unchanged.
 Per run (one checkpoint) and test class: every test sample is scored by `eval.scoring.score_store`, then
 I-AUROC and AP (sample level), P-AUROC and AUPRO (point level) are computed per block (point, RGB,
 multimodal) and protocol:
-- `points`: only valid points count. AUPRO: organized classes -> `aupro_organized` on the grid built
-  from grid_index (valid = cells holding a point); unorganized -> `aupro_graph` on the stored k-NN graph.
+- `points`: only valid points count. AUPRO: organized classes -> regions of each sample's mask on its grid
+  (`class_metrics.organized_regions`, what `aupro_organized` counts, without dense grids); unorganized ->
+  `aupro_graph` on the stored k-NN graph.
 - `pointad-compat`: the released code's view: its grid maps and sample scores (`eval.scoring`, compat:
   missing cells 0 before a plain Gaussian), the whole organized grid (grid_hw, 336 x 336 in the paper's
   stores) with label 0 in missing cells, P-AUROC over every cell and `aupro_pointad_compat`. Classes with
@@ -31,7 +34,9 @@ from eval.class_metrics import BLOCKS, METRICS, class_metrics
 from eval.paper import published, table_number
 from eval.report_figures import pick_rows, write_class_figures
 from eval.runs import BackboneCache, load_run
+from eval.mutual import METHOD as MUTUAL, MutualOptions, attach_published, mutual_model_config, score_class
 from eval.scoring import baseline_text_features, score_store_runs
+from eval.targets import check_file_target
 from shared.errors import CheckpointMismatchError, ConfigError, PointADError
 from shared.io import atomic_path
 from shared.store import open_store
@@ -40,7 +45,7 @@ from train.model_config import load_model_config
 
 PROTOCOLS = ("points", "pointad-compat")
 SETTINGS = ("one-vs-rest", "cross-dataset")
-METHODS = ("pointad", "clip-rendering")
+METHODS = ("pointad", "clip-rendering", MUTUAL)
 BASELINE_SEED = TrainConfig.seed  # the tiny model's random weights for the baseline: those of a default run
 MEAN_ROW = "mean"
 
@@ -64,6 +69,7 @@ class ReportConfig:
     figure_samples: int = 2           # anomalous samples per class drawn (plus one good)
     figure_ids: tuple[str, ...] = ()  # or exactly these sample ids
     compare_paper: bool = False
+    mutual: MutualOptions = MutualOptions()  # --method mutual-scoring only (eval/mutual.py)
 
     def __post_init__(self):
         for name, allowed in (("setting", SETTINGS), ("method", METHODS), ("protocol", (*PROTOCOLS, "both"))):
@@ -71,8 +77,8 @@ class ReportConfig:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.method == "pointad" and not self.checkpoints:
             raise ConfigError("--method pointad needs --checkpoints (run directories or checkpoint files)")
-        if self.method == "clip-rendering" and self.checkpoints:
-            raise ConfigError("--method clip-rendering uses no training; drop --checkpoints")
+        if self.method in ("clip-rendering", MUTUAL) and self.checkpoints:
+            raise ConfigError(f"--method {self.method} uses no training; drop --checkpoints")
         if self.figure_samples < 0:
             raise ConfigError(f"--figure-samples must be >= 0, got {self.figure_samples}")
 
@@ -141,6 +147,10 @@ def _runs(config: ReportConfig, backbones: BackboneCache):
         backbone = backbones.get(load_model_config(config.model), BASELINE_SEED)
         yield Scorer("clip-rendering", None, backbone, baseline_text_features(backbone))
         return
+    if config.method == MUTUAL:  # no prompts: the plain attention path, samples scored by each other
+        model = mutual_model_config(load_model_config(config.model), config.mutual.layers)
+        yield Scorer(MUTUAL, None, backbones.get(model, BASELINE_SEED), None)
+        return
     model = None
     for given in config.checkpoints:
         run = load_run(given, backbones)
@@ -188,9 +198,14 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
             drawn = config.figures is not None and group[0] == 0
             keep = pick_rows(store, rows, config.figure_samples, config.figure_ids) if drawn else None
             backbone = runs[group[0]].backbone
-            scored = list(score_store_runs(config.store, rows, backbone, [runs[n].text for n in group],
-                                           device, config.batch_size, autocast=autocast,
-                                           compat="pointad-compat" in config.protocols, keep_view_maps=keep))
+            if config.method == MUTUAL:  # the class's samples score each other: one call per class
+                scored = [[r] for r in score_class(config.store, rows, backbone, config.mutual, device,
+                                                   config.batch_size, autocast=autocast, keep_view_maps=keep,
+                                                   compat="pointad-compat" in config.protocols)]
+            else:
+                scored = list(score_store_runs(config.store, rows, backbone, [runs[n].text for n in group],
+                                               device, config.batch_size, autocast=autocast,
+                                               compat="pointad-compat" in config.protocols, keep_view_maps=keep))
             for k, number in enumerate(group):
                 results = [per_row[k] for per_row in scored]
                 has_rgb |= any(r.has_rgb for r in results)
@@ -263,6 +278,9 @@ def attach_paper(report: Report) -> Report:
     """Fill `report.paper` with the paper's tables of the same method, setting and datasets (eval/paper.py)
     and say in the header which tables, or why none."""
     h = report.header
+    if h["method"] == MUTUAL:  # not in the PointAD paper: MuSc-V2's published means (eval/mutual.py)
+        attach_published(report)
+        return report
     method = paper_method(h)
     trained_on = h["training_datasets"][0] if len(h.get("training_datasets", [])) == 1 else None
     report.paper, tables = {}, []
@@ -381,6 +399,10 @@ def write_report(report: Report, fmt: str, out=None) -> str:
     """Return the report as text in `fmt`; also written atomically to `out` when given."""
     text = FORMATS[fmt](report)
     if out is not None:
-        with atomic_path(Path(out)) as tmp:
-            Path(tmp).write_text(text)
+        check_file_target(out, "give a file name for the report")
+        try:
+            with atomic_path(Path(out)) as tmp:
+                Path(tmp).write_text(text)
+        except OSError as exc:  # disk full, permission denied: one line naming the file
+            raise PointADError(f"{out}: cannot write the report ({exc.strerror or exc})") from None
     return text

@@ -1,0 +1,281 @@
+"""`--method mutual-scoring`: a training-free method scored on the same store as PointAD (issue 13, after MuSc).
+
+Per test class, every sample's renderings (and RGB image) go once through the frozen vision tower on its
+plain attention path (`mutual_model_config`: no DPAM; the tapped layers an option). The patch tokens are
+aggregated over r x r neighbourhoods and the class's samples score each other
+(`eval.mutual_scoring`); the patch scores of each view are upsampled to S x S and become point scores
+through PointAD's own back-projection (`train.maps.back_project`), proxies and smoothing
+(`eval.scoring`), so the two methods differ only in where the per-view maps come from. Sample score:
+the maximum of the point map (RGB: of the RGB map); the multimodal map and score are PointAD's fusion.
+With `rescore_ks`, the sample scores of each block are re-scored by their global-feature neighbours.
+The result is one `eval.scoring.SampleScores` per row, as the PointAD scorer gives, so the report's
+metrics, protocols and figures apply unchanged.
+
+Memory: the class's patch tokens are held as float16, N x V x L x G*G x D x 2 bytes (ViT-L/14@336, 9
+views, 4 layers: about 32 MB a sample); the mutual scoring itself is blocked (`mutual_scores`). Two
+passes over the store: features first, then the geometry in batches for the back-projection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+
+from eval.mutual_scoring import (BLOCK_BYTES, FRACTION, RADII, RESCORE_KS, aggregate_neighbourhoods,
+                                 mutual_scores, rescore_by_neighbours, upsample_scores)
+from eval.scoring import (SIGMA, SampleScores, compact_knn, compat_fused_map, compat_grid_map, encode_batch,
+                          fused_point_map, fused_sample_score, rgb_point_map, smooth_graph, smooth_organized)
+from shared.errors import ConfigError, PointADError
+from shared.store import open_store
+from train.maps import back_project
+from train.model_config import ModelConfig
+
+METHOD = "mutual-scoring"
+VIEW_MODES = ("same", "all")
+FEATURE_FIELDS = ("image", "rgb", "grid_hw", "grid_index", "valid")
+GEOMETRY_FIELDS = ("pixel", "visible", "valid", "label", "proxy", "grid_index", "grid_hw", "knn", "knn_weight")
+# Published means of MuSc-V2 (Li, Xue, Zhou, arXiv 2511.10047, 2025) as quoted in issue 13, which sets them
+# beside PointAD's point-level (ZS 3D) means; the table number was not checked here. Eyecandies: not known.
+PUBLISHED = {("mvtec3d", "point"): {"i_auroc": 0.881, "ap": 0.968, "p_auroc": 0.990, "aupro": 0.970}}
+PUBLISHED_SOURCE = ("MuSc-V2 (Li, Xue, Zhou 2025, arXiv 2511.10047) MVTec 3D-AD means as quoted in issue 13 "
+                    "(table number not checked; their method differs: 3D features, IPG, SNAMD, CAE, RsCon)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MutualOptions:
+    """radii: neighbourhood sizes r (odd, patches); fraction: the interval average's share of the N - 1 other
+    samples; views: "same" (view k against view k of the others) or "all" (against every view of the
+    others); layers: tapped layers, 1-based (None: the model config's); rescore_ks: neighbourhood sizes of
+    the sample re-scoring, () for none; block_bytes: the distance block's memory bound."""
+
+    radii: tuple[int, ...] = RADII
+    fraction: float = FRACTION
+    views: str = "same"
+    layers: tuple[int, ...] | None = None
+    rescore_ks: tuple[int, ...] = RESCORE_KS
+    block_bytes: int = BLOCK_BYTES
+
+    def __post_init__(self):
+        if not self.radii or any(r < 1 or r % 2 == 0 for r in self.radii):
+            raise ConfigError(f"--mutual-radii must be odd numbers >= 1, got {list(self.radii)}")
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"--mutual-fraction must be in (0, 1], got {self.fraction}")
+        if self.views not in VIEW_MODES:
+            raise ConfigError(f"--mutual-views must be one of {', '.join(VIEW_MODES)}, got {self.views!r}")
+        if any(k < 1 for k in self.rescore_ks):
+            raise ConfigError(f"--rescore-k must be >= 1, got {list(self.rescore_ks)}")
+
+
+def mutual_model_config(config: ModelConfig, layers=None) -> ModelConfig:
+    """`config` on its plain attention path (no DPAM blocks), tapped at `layers` (1-based; None keeps its taps);
+    the label says so."""
+    plain = config.with_dual_path(())
+    if layers:
+        plain = plain.with_taps(layers)
+    return ModelConfig.from_dict({**plain.to_dict(), "label": f"{config.label}, plain attention"}, source=config.name)
+
+
+@dataclass
+class ClassFeatures:
+    """The vision features of a class's rows. views: (L, N, V, T, D) float16 patch tokens; view_global: (N, D)
+    mean of the views' global features; rgb_rows: positions (in rows) with RGB; rgb: (L, N_rgb, T, D) or
+    None; rgb_global: (N_rgb, D) or None; size, rgb_size: S of the renderings and of the RGB images."""
+
+    views: torch.Tensor
+    view_global: torch.Tensor
+    rgb_rows: list[int]
+    rgb: torch.Tensor | None
+    rgb_global: torch.Tensor | None
+    size: int
+    rgb_size: int
+
+
+def class_features(store, rows: list[int], backbone, device="cpu", batch_size: int = 4,
+                   autocast: bool = False) -> ClassFeatures:
+    """Run the vision tower once over the rows' renderings and RGB images (`eval.scoring.encode_batch`)."""
+    views, view_global, rgb, rgb_global, rgb_rows = [], [], [], [], []
+    size = rgb_size = 0
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        batch = store.read_batch(chunk, FEATURE_FIELDS)
+        size, rgb_size = batch["image"].shape[2], batch["rgb"].shape[1]
+        features = encode_batch(batch, backbone, device, autocast)
+        global_feature, patches = features.views
+        b, v = global_feature.shape[:2]
+        views.append(patches.reshape(patches.shape[0], b, v, *patches.shape[2:]).half().cpu())
+        view_global.append(F.normalize(global_feature.mean(dim=1), dim=-1).cpu())
+        if features.rgb is not None:
+            rgb_global.append(features.rgb[0][:, 0].cpu())
+            rgb.append(features.rgb[1].half().cpu())
+            rgb_rows += [start + i for i in features.rgb_rows]
+    return ClassFeatures(views=torch.cat(views, dim=1), view_global=torch.cat(view_global),
+                         rgb_rows=rgb_rows, rgb=torch.cat(rgb, dim=1) if rgb else None,
+                         rgb_global=torch.cat(rgb_global) if rgb_global else None, size=size, rgb_size=rgb_size)
+
+
+def patch_scores(tokens: torch.Tensor, options: MutualOptions, device="cpu") -> torch.Tensor:
+    """Return (N, V, T) float32 patch scores (on CPU), the mean over layers and radii of `mutual_scores`.
+
+    tokens: (L, N, V, T, D) patch tokens of N samples (V = 1 for RGB images).
+    """
+    layers, samples, views, count, _ = tokens.shape
+    total = torch.zeros(samples, views, count, dtype=torch.float32, device=device)
+    for layer in range(layers):
+        for radius in options.radii:
+            aggregated = torch.stack([aggregate_neighbourhoods(tokens[layer, :, k].to(device), radius)
+                                      for k in range(views)], dim=1)          # (N, V, T, D)
+            if options.views == "all":
+                flat = aggregated.reshape(samples, views * count, -1)
+                total += mutual_scores(flat, options.fraction, options.block_bytes, device).reshape(total.shape)
+            else:
+                for k in range(views):
+                    total[:, k] += mutual_scores(aggregated[:, k], options.fraction, options.block_bytes, device)
+    return (total / (layers * len(options.radii))).cpu()
+
+
+def score_class(store_path, rows, backbone, options: MutualOptions = MutualOptions(), device="cpu",
+                batch_size: int = 4, sigma: float = SIGMA, autocast: bool = False, compat: bool = False,
+                keep_view_maps=False) -> list[SampleScores]:
+    """Return one `SampleScores` per row of `rows` (the test samples of ONE class, scored against each other).
+
+    As `eval.scoring.score_store` for PointAD (module docstring); keep_view_maps: True or a set of rows
+    whose per-view score maps are kept (figures). PointADError when fewer than 2 rows are given.
+    """
+    store = open_store(store_path)
+    rows = [int(r) for r in rows]
+    if len(rows) < 2:
+        raise PointADError(f"{store_path}: mutual scoring needs at least 2 test samples of a class, got {len(rows)}")
+    features = class_features(store, rows, backbone, device, batch_size, autocast)
+    view_scores = patch_scores(features.views, options, device)                # (N, V, T)
+    rgb_scores = None
+    if features.rgb is not None and len(features.rgb_rows) >= 2:
+        rgb_scores = patch_scores(features.rgb[:, :, None], options, device)[:, 0]  # (N_rgb, T)
+    results = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        batch = store.read_batch(chunk, GEOMETRY_FIELDS)
+        keep = [keep_view_maps is True or (bool(keep_view_maps) and r in keep_view_maps) for r in chunk]
+        n, v = len(chunk), view_scores.shape[1]
+        maps = upsample_scores(view_scores[start:start + n].reshape(n * v, -1), features.size)
+        maps = maps.reshape(n, v, features.size, features.size)
+        rgb_maps = {}
+        if rgb_scores is not None:
+            for i in range(n):
+                if start + i in features.rgb_rows:
+                    j = features.rgb_rows.index(start + i)
+                    rgb_maps[i] = upsample_scores(rgb_scores[j:j + 1], features.rgb_size)[0]
+        identities = [store.identity(r) | {"row": r} for r in chunk]
+        results += list(_score_rows(batch, identities, maps, rgb_maps, sigma, compat, keep))
+    if options.rescore_ks:
+        results = _rescored(results, features, options.rescore_ks)
+    return results
+
+
+def _score_rows(batch, identities, maps, rgb_maps, sigma, compat, keep):
+    """SampleScores of a batch from its per-view score maps (B, V, S, S) and RGB maps {i: (S, S)}."""
+    with torch.no_grad():
+        tensors = {k: torch.from_numpy(batch[k]) for k in ("pixel", "visible", "valid", "proxy")}
+        raw = back_project(maps, tensors["pixel"], tensors["visible"], tensors["valid"], tensors["proxy"]).numpy()
+    for i, identity in enumerate(identities):
+        valid = batch["valid"][i]
+        grid_hw = tuple(int(x) for x in batch["grid_hw"][i])
+        grid_index = batch["grid_index"][i][valid]
+        organized = min(grid_hw) > 0 and bool((grid_index >= 0).all())
+        if organized:
+            point_map = smooth_organized(raw[i][valid], grid_index, grid_hw, sigma)
+        else:
+            point_map = smooth_graph(raw[i], batch["knn"][i], batch["knn_weight"][i])[valid]
+        score = float(np.max(point_map))
+        extra, rgb_grid = {}, None
+        if i in rgb_maps and organized:
+            rgb_map = rgb_maps[i]
+            if keep[i]:
+                extra["rgb_view_map"] = rgb_map.numpy().astype(np.float16)
+            if tuple(rgb_map.shape) != grid_hw:  # the RGB image is S x S; put its map on the grid
+                rgb_map = F.interpolate(rgb_map[None, None], size=grid_hw, mode="bilinear", align_corners=False)[0, 0]
+            rgb_grid = rgb_map.numpy()
+            rgb_points = rgb_point_map(rgb_grid, grid_index, sigma)
+            rgb_score = float(np.max(rgb_points))
+            fused = fused_point_map(point_map, rgb_points, grid_index, grid_hw, sigma)
+            extra |= dict(rgb_point_scores=rgb_points.astype(np.float32), rgb_score=rgb_score,
+                          multimodal_point_scores=fused.astype(np.float32),
+                          multimodal_score=fused_sample_score(score, rgb_score, fused))
+        if compat and organized:
+            extra["compat"] = _compat(raw[i][valid], grid_index, grid_hw, rgb_grid, sigma)
+        if keep[i]:
+            extra["view_maps"] = maps[i].numpy().astype(np.float16)
+        yield SampleScores(identity=identity, point_scores=point_map.astype(np.float32),
+                           point_labels=batch["label"][i][valid], score=score,
+                           grid_index=grid_index.astype(np.int32), grid_hw=grid_hw,
+                           knn=compact_knn(batch["knn"][i], valid), **extra)
+
+
+def _compat(raw_points, grid_index, grid_hw, rgb_grid, sigma) -> dict:
+    """The `pointad-compat` grids (`eval.scoring.compat_grid_map`, `compat_fused_map`), sample score = grid max."""
+    point_grid = compat_grid_map(raw_points, grid_index, grid_hw, sigma)
+    out = {"point": (point_grid, float(point_grid.max()))}
+    if rgb_grid is not None:
+        smoothed = gaussian_filter(np.asarray(rgb_grid, np.float64), sigma)
+        fused = compat_fused_map(point_grid, smoothed, sigma)
+        out["rgb"] = (smoothed, float(smoothed.max()))
+        out["multimodal"] = (fused, fused_sample_score(out["point"][1], out["rgb"][1], fused))
+    return {block: (grid.astype(np.float32), score) for block, (grid, score) in out.items()}
+
+
+def _rescored(results: list[SampleScores], features: ClassFeatures, ks) -> list[SampleScores]:
+    """The results with each block's sample scores (and compat scores) re-scored by `rescore_by_neighbours`:
+    point by the views' mean global feature, RGB by the RGB image's, multimodal by the mean of the two."""
+    view_global = F.normalize(features.view_global.float(), dim=-1)
+    new = {i: {} for i in range(len(results))}
+    compat = {i: dict(r.compat) for i, r in enumerate(results) if r.compat is not None}
+
+    def apply(block, positions, globals_, attribute):
+        if len(positions) < 2:
+            return
+        for source in ("scores", "compat"):
+            held = [i for i in positions if source == "scores" or block in compat.get(i, {})]
+            if len(held) < 2:
+                continue
+            old = [getattr(results[i], attribute) if source == "scores" else compat[i][block][1] for i in held]
+            chosen = globals_[[positions.index(i) for i in held]]
+            for i, value in zip(held, rescore_by_neighbours(old, chosen, ks).tolist()):
+                if source == "scores":
+                    new[i][attribute] = value
+                else:
+                    compat[i][block] = (compat[i][block][0], value)
+
+    apply("point", list(range(len(results))), view_global, "score")
+    with_rgb = [i for i, r in enumerate(results) if r.has_rgb]
+    if with_rgb and features.rgb_global is not None:
+        rgb_global = F.normalize(features.rgb_global.float(), dim=-1)
+        by_row = dict(zip(features.rgb_rows, rgb_global))
+        rgb_only = torch.stack([by_row[i] for i in with_rgb])
+        apply("rgb", with_rgb, rgb_only, "rgb_score")
+        apply("multimodal", with_rgb, F.normalize(rgb_only + view_global[with_rgb], dim=-1), "multimodal_score")
+    return [dataclasses.replace(r, **new[i], **({"compat": compat[i]} if i in compat else {}))
+            for i, r in enumerate(results)]
+
+
+def attach_published(report) -> None:
+    """Fill an `eval.report.Report` of this method with the published numbers where known (`PUBLISHED`) and
+    say in its header where they come from, or that none are known for its dataset."""
+    h = report.header
+    dataset = _paper_dataset(h["dataset"])
+    report.paper = {block: ({"mean": PUBLISHED[dataset, block]} if (dataset, block) in PUBLISHED else None)
+                    for block in report.blocks}
+    if any(report.paper.values()):
+        blocks = ", ".join(b for b, table in report.paper.items() if table)
+        h["paper"] = f"{PUBLISHED_SOURCE}; mean row only, block(s): {blocks}"
+    else:
+        h["paper"] = (f"no published {METHOD} numbers known here for test dataset {h['dataset']} (MuSc-V2 also "
+                      f"reports Eyecandies, but its table is not transcribed)")
+
+
+def _paper_dataset(name: str) -> str:
+    """The paper's dataset key of a store dataset name: mvtec3d, eyecandies, real3d (synthetic-* never match)."""
+    return {"mvtec3d": "mvtec3d", "mvtec_3d": "mvtec3d", "eyecandies": "eyecandies"}.get(name.lower(), name.lower())
