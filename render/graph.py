@@ -80,13 +80,16 @@ def _self_first(distance, neighbour):
     """Put each row's own index (0..n-1) in column 0 at distance 0, keep the others in query order.
 
     The KD-tree may list a coincident point before the point itself, or (more than k coincident
-    points) not list it at all; then the last neighbour makes room."""
+    points) not list it at all; then the last neighbour makes room. Only those rows are reordered."""
     rows, found = neighbour.shape
-    own = np.arange(rows)[:, None]
-    # a stable sort moves the point's own column (if listed) to the end and keeps the others in order;
-    # keeping the first found - 1 drops it, or the farthest neighbour where the point was not listed
-    order = np.argsort(neighbour == own, axis=1, kind="stable")[:, : found - 1]
-    others = np.take_along_axis(neighbour, order, axis=1)
-    other_distance = np.take_along_axis(distance, order, axis=1)
-    return (np.concatenate([np.zeros((rows, 1)), other_distance], axis=1),
-            np.concatenate([own, others], axis=1))
+    distance, neighbour = distance.copy(), neighbour.copy()
+    odd = np.flatnonzero(neighbour[:, 0] != np.arange(rows))
+    if len(odd):
+        # a stable sort moves the point's own column (if listed) to the end and keeps the others in order;
+        # keeping the first found - 1 drops it, or the farthest neighbour where the point was not listed
+        order = np.argsort(neighbour[odd] == odd[:, None], axis=1, kind="stable")[:, : found - 1]
+        neighbour[odd, 1:] = np.take_along_axis(neighbour[odd], order, axis=1)
+        distance[odd, 1:] = np.take_along_axis(distance[odd], order, axis=1)
+        neighbour[odd, 0] = odd
+    distance[:, 0] = 0
+    return distance, neighbour

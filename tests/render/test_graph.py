@@ -159,6 +159,26 @@ def test_knn_matches_the_loop_on_random_clouds(seed, k):
     assert valid[indices[valid]].all()
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_knn_among_many_coincident_points_matches_the_loop_up_to_ties(seed):
+    # points on a coarse integer grid: most rows have copies, so the tree lists another copy first or
+    # leaves the point out, and those rows (anywhere in the cloud) must be reordered, the others kept
+    rng = np.random.default_rng(seed)
+    points = rng.integers(0, 3, (150, 3)).astype(np.float64)
+    valid = rng.random(150) > 0.1
+    k = 6
+    indices, _ = knn_graph(points, valid, k=k)
+    expected, _ = _knn_by_loop(points, valid, k)
+    rows = np.flatnonzero(valid)
+    assert np.array_equal(indices[rows, 0], rows)
+    assert all(len(set(indices[j])) == k and valid[indices[j]].all() for j in rows)
+    # ties are broken arbitrarily: the distances listed must be the loop's, in the same order
+    ours = np.linalg.norm(points[indices[rows]] - points[rows, None], axis=-1)
+    theirs = np.linalg.norm(points[expected[rows]] - points[rows, None], axis=-1)
+    worst = np.abs(ours - theirs).max(axis=1)
+    assert worst.max() == 0, f"row {rows[np.argmax(worst)]} lists other distances than the loop"
+
+
 def test_knn_refuses_k_below_one():
     with pytest.raises(ValueError, match="k must be >= 1"):
         knn_graph(np.zeros((2, 3)), np.ones(2, bool), k=0)
