@@ -8,19 +8,22 @@ as Real3D-AD: farthest-point sampled to max_points, no plane, no flip), rendered
 Scores are reported for the INPUT points, in input order: preprocessing may drop points (missing
 or background cells, farthest-point sampling, the grid resize), so every input point takes the score
 of its nearest scored point (scipy cKDTree, in the input's frame: the flip is undone first); a kept
-point is its own nearest. Outputs, written atomically: `scores.npy` (P,) float32 and `scores.ply`, the
-input points coloured by score on a linear blue (0) -> red (1) ramp.
+point is its own nearest. Outputs, written atomically: `scores.npy` (P,) float32; `scores.ply`, the input
+points coloured by score on a linear blue -> red ramp over the scores' range (or centred on --threshold),
+with the score itself as a float property (`eval.figures.write_scored_ply`); `scores.json`, the sample
+score, the colour scale used and the threshold's verdict.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-from eval.figures import write_scored_ply
+from eval.figures import color_scale, write_scored_ply
 from eval.runs import BackboneCache, load_run
 from eval.scoring import score_arrays
 from render.preprocess import (PreprocessOptions, check_finite_grid, flip_x180, options_for_format,
@@ -33,18 +36,21 @@ from shared.io import atomic_path
 from shared.sample import Sample
 
 ORGANIZED = (".tiff", ".tif")
-OUTPUT_FILES = ("scores.npy", "scores.ply")  # written in the --out folder
+OUTPUT_FILES = ("scores.npy", "scores.ply", "scores.json")  # written in the --out folder
 UNORGANIZED = (".ply", ".pcd", ".xyz", ".npy")
 CLASS_NAME = "object"  # a new cloud's class is unknown; only coop prompts read it
 
 
 @dataclass(frozen=True)
 class Detection:
-    """score: the sample score A_s; point_scores: (P,) float32 per input point; points: (P, 3) the input."""
+    """score: the sample score A_s; point_scores: (P,) float32 per input point; points: (P, 3) the input;
+    cloud, checkpoint: what was scored with what (as given)."""
 
     score: float
     points: np.ndarray
     point_scores: np.ndarray
+    cloud: str = ""
+    checkpoint: str = ""
 
 
 # --- reading and preprocessing ---------------------------------------------------------------------------
@@ -135,13 +141,35 @@ def detect(cloud, checkpoint, *, device="cpu", clip_weights=None, views: int = 9
                           run.text, device, autocast=autocast)
     kept = flip_x180(sample.points) if prep.flip else sample.points
     return Detection(score=float(scored.score), points=input_points,
-                     point_scores=to_input_points(input_points, kept, scored.point_scores))
+                     point_scores=to_input_points(input_points, kept, scored.point_scores), cloud=str(cloud),
+                     checkpoint=str(checkpoint))
 
 
-def write_detection(result: Detection, out: Path) -> tuple[Path, Path]:
-    """Write out/scores.npy and out/scores.ply atomically; return their paths."""
+def detection_summary(result: Detection, vmin: float, vmax: float, threshold: float | None = None) -> dict:
+    """What `scores.json` holds: the sample score, the number of points, the colour scale of scores.ply
+    (blue = vmin, red = vmax) and, with a threshold, the verdict (anomalous when score >= threshold)."""
+    summary = {"cloud": result.cloud, "checkpoint": result.checkpoint, "sample_score": float(result.score),
+               "points": int(len(result.point_scores)),
+               "colour_scale": {"vmin": float(vmin), "vmax": float(vmax),
+                                "from": "threshold" if threshold is not None else "scores"},
+               "threshold": None if threshold is None else float(threshold)}
+    if threshold is not None:
+        summary["anomalous"] = bool(result.score >= threshold)
+    return summary
+
+
+def write_detection(result: Detection, out: Path, threshold: float | None = None) -> tuple[Path, Path, Path]:
+    """Write out/scores.npy, out/scores.ply and out/scores.json atomically; return their paths.
+
+    The PLY's colour scale is `color_scale(point scores, threshold)`: the scores' range, or centred on the
+    threshold when one is given, so a model whose scores sit in a narrow band still shows its contrast."""
     out = Path(out)
-    npy, ply = (out / name for name in OUTPUT_FILES)
+    npy, ply, summary = (out / name for name in OUTPUT_FILES)
     with atomic_path(npy) as tmp:
         np.save(tmp, result.point_scores.astype(np.float32))
-    return npy, write_scored_ply(ply, result.points, result.point_scores)
+    vmin, vmax = color_scale(result.point_scores, threshold)
+    write_scored_ply(ply, result.points, result.point_scores, vmin, vmax, threshold=threshold,
+                     comments=[f"pointad sample_score {float(result.score)!r}"])
+    with atomic_path(summary) as tmp:
+        Path(tmp).write_text(json.dumps(detection_summary(result, vmin, vmax, threshold), indent=2) + "\n")
+    return npy, ply, summary

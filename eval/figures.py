@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import open3d as o3d
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
@@ -104,19 +103,76 @@ def write_view_sheet(path, images, heats, title: str, columns: int = 3, vmin: fl
 
 # --- the score-coloured cloud ----------------------------------------------------------------------------
 
-def write_scored_ply(path, points, scores, vmin: float = 0.0, vmax: float = 1.0) -> Path:
-    """Write a binary PLY of points (P, 3) coloured by scores (P,) with `score_colors`, atomically (Open3D);
-    return the path. Open3D stores the colours as 8-bit."""
+PLY_SCALE_COMMENT = "pointad colour_scale"  # "<name> <vmin> <vmax>" in a scored PLY's comments
+
+
+def color_scale(scores, threshold: float | None = None) -> tuple[float, float]:
+    """(vmin, vmax) of a score-coloured cloud: the scores' min..max, or, with a threshold, the smallest range
+    centred on it that holds every score (the threshold is then the middle colour). A constant cloud gets a
+    range of width 1e-6 (from its value, or around the threshold)."""
+    values = np.asarray(scores, np.float64).ravel()
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if threshold is not None:
+        half = max(abs(high - threshold), abs(threshold - low), 5e-7)
+        return float(threshold) - half, float(threshold) + half
+    return (low, high) if high > low else (low, low + 1e-6)
+
+
+def _ply_vertex_dtype(with_labels: bool) -> np.dtype:
+    fields = [("x", "<f8"), ("y", "<f8"), ("z", "<f8"), ("red", "u1"), ("green", "u1"), ("blue", "u1"),
+              ("score", "<f4")]
+    return np.dtype(fields + ([("label", "u1")] if with_labels else []))
+
+
+_PLY_TYPES = {"<f8": "double", "<f4": "float", "|u1": "uchar"}
+
+
+def write_scored_ply(path, points, scores, vmin: float | None = None, vmax: float | None = None, *,
+                     labels=None, threshold: float | None = None, comments=()) -> Path:
+    """Write a binary little-endian PLY of points (P, 3) with, per point, `score_colors` as uchar
+    red/green/blue, the score as `property float score` and, when labels (P,) 0/1 are given, `property uchar
+    label`; atomically; return the path.
+
+    The colour scale is [vmin, vmax] when given, else `color_scale(scores, threshold)`; it is written in the
+    comments as "pointad colour_scale <vmin> <vmax>" (repr floats), with the threshold and `comments` (one
+    line each). Written with numpy, so Open3D's tensor API (`open3d.t.io.read_point_cloud`: point["score"],
+    point["label"]), CloudCompare and MeshLab (scalar fields) see the numbers, not only the colours.
+    """
     points = np.asarray(points, np.float64)
     scores = np.asarray(scores)
     if points.ndim != 2 or points.shape[1] != 3 or scores.shape != (len(points),):
         raise ValueError(f"points {points.shape} and scores {scores.shape} must be (P, 3) and (P,)")
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
-    cloud.colors = o3d.utility.Vector3dVector(score_colors(scores, vmin, vmax))
+    if labels is not None and np.shape(labels) != (len(points),):
+        raise ValueError(f"labels {np.shape(labels)} must be (P,) like the scores")
+    if (vmin is None) != (vmax is None):
+        raise ValueError("give both vmin and vmax, or neither")
+    if vmin is None:
+        vmin, vmax = color_scale(scores, threshold)
+    vertex = np.empty(len(points), _ply_vertex_dtype(labels is not None))
+    vertex["x"], vertex["y"], vertex["z"] = points.T
+    shown = np.where(np.isfinite(scores), scores, vmin)  # a nan score (none expected) is painted as vmin
+    colours = np.rint(score_colors(shown, vmin, vmax) * 255.0).astype(np.uint8)
+    vertex["red"], vertex["green"], vertex["blue"] = colours.T
+    vertex["score"] = scores.astype(np.float32)
+    if labels is not None:
+        vertex["label"] = np.asarray(labels).astype(np.uint8)
+    notes = ["pointad scored cloud: score = per-point anomaly score (higher = more anomalous)",
+             f"{PLY_SCALE_COMMENT} {float(vmin)!r} {float(vmax)!r} (blue = vmin, red = vmax, clipped)"]
+    if threshold is not None:
+        notes.append(f"pointad threshold {float(threshold)!r}")
+    if labels is not None:
+        notes.append("pointad label = ground truth, 1 anomalous, 0 normal")
+    lines = ["ply", "format binary_little_endian 1.0"]
+    lines += [f"comment {' '.join(str(note).split())}" for note in [*notes, *comments]]
+    lines.append(f"element vertex {len(points)}")
+    lines += [f"property {_PLY_TYPES[vertex.dtype.fields[name][0].str]} {name}" for name in vertex.dtype.names]
+    lines.append("end_header")
     path = Path(path)
     with atomic_path(path) as tmp:
-        if not o3d.io.write_point_cloud(str(tmp), cloud, write_ascii=False):
-            raise OSError(f"{path}: Open3D could not write the point cloud")
+        with open(tmp, "wb") as handle:
+            handle.write(("\n".join(lines) + "\n").encode("ascii", "replace"))
+            handle.write(vertex.tobytes())
     return path
 
 

@@ -97,6 +97,7 @@ class Report:
     classes: list[str]
     values: dict = field(default_factory=dict)
     paper: dict | None = None
+    samples: list = field(default_factory=list)  # `sample_records` of every run and scored sample
 
     def published(self, block: str, name: str, metric: str) -> float | None:
         """The paper's value of one cell (fraction), None if it publishes none."""
@@ -189,6 +190,7 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
     trainings = [run.train for run in runs if run.train is not None]
     autocast = torch.device(device).type == "cuda"
     per_run: list[dict] = [{} for _ in runs]   # run number -> {(protocol, block, class): metrics}
+    samples: list[dict] = []                   # per run and sample: its scores (`sample_records`)
     has_rgb = False
     for name in classes:
         rows = store.indices(dataset=config.dataset, class_name=name, split="test")
@@ -209,6 +211,7 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
             for k, number in enumerate(group):
                 results = [per_row[k] for per_row in scored]
                 has_rgb |= any(r.has_rgb for r in results)
+                samples += sample_records(runs[number].label, results)
                 for protocol in config.protocols:
                     for block in BLOCKS:
                         per_run[number][protocol, block, name] = class_metrics(results, block, protocol)
@@ -230,8 +233,26 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
     if config.figures is not None:
         header["figures"] = str(config.figures)
     blocks = BLOCKS if has_rgb else ("point",)
-    report = Report(header=header, blocks=blocks, classes=tested, values=values)
+    report = Report(header=header, blocks=blocks, classes=tested, values=values, samples=samples)
     return attach_paper(report) if config.compare_paper else report
+
+
+def sample_records(run: str, results) -> list[dict]:
+    """One dict per scored sample of a run: run (its label), dataset, class, sample_id, row, label (0/1), the
+    sample score per block ("point", "rgb", "multimodal"; None without RGB) and, when scored for the
+    pointad-compat protocol, "pointad-compat": {block: the released code's sample score}. What the tables'
+    sample metrics (I-AUROC, AP) are computed from, so they can be recomputed or re-thresholded."""
+    def number(value):
+        return None if value is None or not math.isfinite(float(value)) else float(value)
+    records = []
+    for r in results:
+        record = {"run": run, "dataset": r.identity["dataset"], "class": r.identity["class_name"],
+                  "sample_id": r.identity["sample_id"], "row": int(r.identity.get("row", -1)), "label": int(r.identity["label"]),
+                  "point": number(r.score), "rgb": number(r.rgb_score), "multimodal": number(r.multimodal_score)}
+        if r.compat is not None:
+            record["pointad-compat"] = {block: number(score) for block, (_, score) in r.compat.items()}
+        records.append(record)
+    return records
 
 
 def _by_backbone(runs: list[Scorer], numbers: list[int]) -> list[list[int]]:
@@ -387,9 +408,10 @@ def to_csv(report: Report) -> str:
 
 
 def to_json(report: Report) -> str:
-    """{"header": ..., "blocks": ..., "rows": [...]}, undefined values as null."""
+    """{"header": ..., "blocks": ..., "rows": [...], "samples": [...]}, undefined values as null; samples: the
+    per-sample scores of every run (`sample_records`), from which the sample metrics of the rows follow."""
     return json.dumps({"header": report.header | {"line": header_line(report)}, "blocks": list(report.blocks),
-                       "rows": to_records(report)}, indent=2, allow_nan=False) + "\n"
+                       "rows": to_records(report), "samples": report.samples}, indent=2, allow_nan=False) + "\n"
 
 
 FORMATS = {"md": to_markdown, "csv": to_csv, "json": to_json}

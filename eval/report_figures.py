@@ -6,7 +6,8 @@
   order and the first good one):
   `<sample>_views.png` (each rendering with its anomaly map), `<sample>_rgb.png` (the RGB image and its
   map, when the sample has RGB), `<sample>_point.ply` and `<sample>_multimodal.ply` (the valid points
-  coloured by their scores: open in CloudCompare or MeshLab).
+  coloured by their scores, with `score` and the ground-truth `label` as PLY properties
+  (`figures.write_scored_ply`): open in CloudCompare or MeshLab, or with `open3d.t.io.read_point_cloud`).
 Colour scales are shared within a class (the range of that class's scores), so its samples compare.
 """
 
@@ -91,11 +92,15 @@ def write_class_figures(directory, class_name: str, results: list[SampleScores],
         written.append(write_view_sheet(folder / f"{stem}_views.png", stored.image, result.view_maps, title,
                                         vmin=map_range[0], vmax=map_range[1]))
         points = stored.xyz[stored.valid]
-        written.append(write_scored_ply(folder / f"{stem}_point.ply", points, result.point_scores, *point_range))
+        about = [f"pointad sample {result.identity['sample_id']} class {class_name} run {run_label}",
+                 "pointad colour scale shared by the class's samples"]
+        written.append(write_scored_ply(folder / f"{stem}_point.ply", points, result.point_scores, *point_range,
+                                        labels=result.point_labels, comments=about))
         if result.has_rgb and result.rgb_view_map is not None:
             written.append(write_view_sheet(folder / f"{stem}_rgb.png", stored.rgb[None], result.rgb_view_map[None],
                                             f"{title}, RGB", columns=1, vmin=map_range[0], vmax=map_range[1]))
             written.append(write_scored_ply(folder / f"{stem}_multimodal.ply", points,
                                             result.multimodal_point_scores,
-                                            *_score_range([r.multimodal_point_scores for r in results if r.has_rgb])))
+                                            *_score_range([r.multimodal_point_scores for r in results if r.has_rgb]),
+                                            labels=result.point_labels, comments=about))
     return written

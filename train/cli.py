@@ -1,4 +1,5 @@
-"""`train` command group (SPEC 6): `train run` learns the prompts; `train features` fills the cache."""
+"""`train` command group (SPEC 6): `train run` learns the prompts; `train features` fills the cache;
+`train import-released` turns the authors' released prompt checkpoints into runs."""
 
 from __future__ import annotations
 
@@ -177,6 +178,27 @@ def features(store, model, clip_weights, layers, dataset, class_name, out, batch
                                 batch_size=batch_size, autocast=target.type == "cuda",
                                 dtype="float16" if target.type == "cuda" else "float32", progress=bar)
     click.echo(f"{out}: features of {len(rows)} samples {done}, model {backbone.label}")
+
+
+@train.command("import-released")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="New run directory, e.g. runs/released-cookie.")
+@click.option("--class", "class_name", help="Training class  [default: read from exps_*/<class>/epoch_N.pth]")
+@click.option("--dataset", help="Training dataset, as named in datasets.yaml  [default: read from the path]")
+@click.option("--model", default="vit-l-14-336", show_default=True, help="Model the prompts were trained for.")
+@click.option("--layers", callback=_layers,
+              help="Tapped layers  [default: the released script's for the path's data (24, or 6,12,18,24 for "
+                   "Real3D-AD), else the model's]")
+@click.option("--seed", default=111, show_default=True, help="Seed recorded in the run (random-weights models only).")
+def import_released(checkpoint, out, class_name, dataset, model, layers, seed):
+    """Turn a released PointAD prompt checkpoint (zqhang/PointAD epoch_N.pth) into a run of ours."""
+    from train.released import import_released as run_import
+    done = run_import(checkpoint, out, class_name=class_name, dataset=dataset, model=model, layers=layers,
+                      seed=seed)
+    s = done.prompts.settings
+    click.echo(f"{done.checkpoint}: released prompts of {done.train['dataset']}/{done.train['class_name']}, "
+               f"n_ctx {s['n_ctx']}, depth {s['depth']}, t_n_ctx {s['n_pos']}, model {model}; "
+               f"use --checkpoints {done.run_dir}")
 
 
 def main():

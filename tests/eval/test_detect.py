@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +36,28 @@ def _detect(cloud, run, out, *extra):
                                         "--device", "cpu", "--views", "3", "--point-size", "2", *map(str, extra)])
 
 
-def _check_outputs(out: Path, n_input: int):
+def _check_outputs(out: Path, n_input: int, threshold=None, stdout: str = ""):
     cloud = o3d.io.read_point_cloud(str(out / "scores.ply"))
     scores = np.load(out / "scores.npy")
     assert len(cloud.points) == n_input == scores.shape[0]
     assert scores.dtype == np.float32 and np.isfinite(scores).all()
     assert scores.min() >= 0 and scores.max() <= 1
-    np.testing.assert_allclose(np.asarray(cloud.colors), score_colors(scores), atol=1 / 255)
+    # the PLY carries the scores themselves, and its colours use the scale scores.json states
+    np.testing.assert_array_equal(o3d.t.io.read_point_cloud(str(out / "scores.ply")).point["score"].numpy().ravel(),
+                                  scores)
+    summary = json.loads((out / "scores.json").read_text())
+    scale = summary["colour_scale"]
+    if threshold is None:
+        assert (scale["vmin"], scale["vmax"]) == (float(scores.min()), float(scores.max()))
+    else:
+        half = max(abs(float(scores.max()) - threshold), abs(threshold - float(scores.min())))
+        assert (scale["vmin"], scale["vmax"]) == (threshold - half, threshold + half)
+        assert summary["anomalous"] == (summary["sample_score"] >= threshold)
+    assert summary["threshold"] == threshold and summary["points"] == n_input
+    np.testing.assert_allclose(np.asarray(cloud.colors), score_colors(scores, scale["vmin"], scale["vmax"]),
+                               atol=0.5 / 255 + 1e-9)
+    if stdout:
+        assert f"sample score: {summary['sample_score']:.6f}" in stdout
 
 
 def test_detect_a_ply_scores_every_input_point(detect_run, real3d_dataset, tmp_path):
@@ -55,7 +71,7 @@ def test_detect_a_ply_scores_every_input_point(detect_run, real3d_dataset, tmp_p
     score = float(next(line for line in result.output.splitlines() if line.startswith("sample score:")).split()[-1])
     assert 0 <= score <= 1
     assert result.output.strip().splitlines()[-1] == ("anomalous" if score >= 0.5 else "normal")
-    _check_outputs(tmp_path / "out", len(points))
+    _check_outputs(tmp_path / "out", len(points), threshold=0.5, stdout=result.output)
     np.testing.assert_allclose(np.asarray(o3d.io.read_point_cloud(str(tmp_path / "out" / "scores.ply")).points),
                                points, atol=1e-6)  # input order kept
 
@@ -69,7 +85,7 @@ def test_detect_an_organized_tiff_scores_its_measured_cells(detect_run, mvtec_da
     result = _detect(tiff, detect_run, tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert "sample score:" in result.output and "anomalous" not in result.output and "normal" not in result.output
-    _check_outputs(tmp_path / "out", measured)
+    _check_outputs(tmp_path / "out", measured, stdout=result.output)
 
 
 def test_unsupported_suffix_is_a_one_line_error_naming_the_file(tmp_path):

@@ -16,6 +16,7 @@ from eval import figures
 from eval.figures import (graph_pro_curve, heatmap_overlay, organized_pro_curve, pro_figure, roc_figure, roc_points,
                           sheet_size, write_pro_plot, write_roc_plot, write_scored_ply, write_view_sheet)
 from eval.metrics import aupro_from_curve, aupro_graph, aupro_organized, organized_component_ids
+from shared.errors import PointADError
 
 
 def _jet255(value):
@@ -147,6 +148,74 @@ def test_scored_ply_reads_back_with_the_points_and_the_ramp(tmp_path):
     assert path.read_bytes().startswith(b"ply\nformat binary_little_endian")
 
 
+_PLY_NUMPY = {"double": "<f8", "float": "<f4", "uchar": "u1", "int": "<i4", "uint": "<u4"}
+
+
+def _read_ply_by_hand(path):
+    """(comments, {property: array}) of a binary little-endian PLY with one vertex element: a tiny parser of
+    the format's own rules, independent of the writer."""
+    data = path.read_bytes()
+    head, body = data.split(b"end_header\n", 1)
+    lines = head.decode("ascii").splitlines()
+    assert lines[:2] == ["ply", "format binary_little_endian 1.0"]
+    comments = [line[len("comment "):] for line in lines if line.startswith("comment ")]
+    count = next(int(line.split()[2]) for line in lines if line.startswith("element vertex"))
+    fields = [(line.split()[2], _PLY_NUMPY[line.split()[1]]) for line in lines if line.startswith("property")]
+    table = np.frombuffer(body, np.dtype(fields), count=count)
+    assert len(body) == table.nbytes, "bytes after the last vertex"
+    return comments, {name: table[name] for name, _ in fields}
+
+
+def test_scored_ply_keeps_scores_and_labels_exactly_for_open3d_tensor_api_and_a_plain_parser(tmp_path):
+    rng = np.random.default_rng(5)
+    points = rng.normal(size=(300, 3))
+    scores = rng.normal(0.4, 0.01, 300).astype(np.float32)   # a narrow band, as a weak model gives
+    labels = (rng.uniform(size=300) < 0.2).astype(np.uint8)
+    path = write_scored_ply(tmp_path / "cloud.ply", points, scores, labels=labels, comments=["run runs/x"])
+    cloud = o3d.t.io.read_point_cloud(str(path))
+    np.testing.assert_array_equal(cloud.point["score"].numpy().ravel(), scores)
+    np.testing.assert_array_equal(cloud.point["label"].numpy().ravel(), labels)
+    np.testing.assert_array_equal(cloud.point["positions"].numpy(), points)
+    comments, columns = _read_ply_by_hand(path)
+    np.testing.assert_array_equal(columns["score"], scores)
+    np.testing.assert_array_equal(columns["label"], labels)
+    np.testing.assert_array_equal(np.column_stack([columns["x"], columns["y"], columns["z"]]), points)
+    # the scale is the data's range, written in the comments; blue at the minimum, red at the maximum
+    scale = next(c for c in comments if c.startswith("pointad colour_scale")).split()[2:4]
+    assert (float(scale[0]), float(scale[1])) == (float(scores.min()), float(scores.max()))
+    rgb = np.column_stack([columns["red"], columns["green"], columns["blue"]]).astype(int)
+    assert rgb[scores.argmin()].tolist() == [0, 0, 255] and rgb[scores.argmax()].tolist() == [255, 0, 0]
+    s = (scores.astype(np.float64) - scores.min()) / (float(scores.max()) - scores.min())
+    assert np.abs(rgb[:, 0] - 255 * s).max() <= 0.5 + 1e-9
+    assert "run runs/x" in comments
+
+
+def test_scored_ply_without_labels_has_no_label_property(tmp_path):
+    path = write_scored_ply(tmp_path / "c.ply", np.zeros((4, 3)), np.float32([0, 1, 2, 3]))
+    _, columns = _read_ply_by_hand(path)
+    assert list(columns) == ["x", "y", "z", "red", "green", "blue", "score"]
+    assert "label" not in o3d.t.io.read_point_cloud(str(path)).point
+
+
+@pytest.mark.parametrize("scores, threshold, expected", [
+    ([0.2, 0.3, 0.25], None, (0.2, 0.3)),          # the data's range
+    ([0.2, 0.3, 0.25], 0.5, (0.2, 0.8)),           # centred on the threshold, reaching the farthest score
+    ([0.45, 0.9], 0.5, (0.1, 0.9)),
+    ([0.7, 0.7], None, (0.7, 0.7 + 1e-6)),         # constant: a tiny range, never vmax == vmin
+])
+def test_colour_scale_from_the_data_or_centred_on_the_threshold(scores, threshold, expected):
+    np.testing.assert_allclose(figures.color_scale(np.float64(scores), threshold), expected, rtol=0, atol=1e-12)
+
+
+def test_scored_ply_with_a_threshold_paints_it_the_middle_colour(tmp_path):
+    scores = np.float32([0.1, 0.5, 0.6])
+    path = write_scored_ply(tmp_path / "c.ply", np.zeros((3, 3)), scores, threshold=0.5)
+    comments, columns = _read_ply_by_hand(path)
+    assert "pointad threshold 0.5" in comments
+    assert [int(columns["red"][1]), int(columns["blue"][1])] == [128, 128]   # 127.5 rounded half to even
+    assert [int(columns["red"][0]), int(columns["blue"][0])] == [0, 255]     # the farthest score: an end
+
+
 # --- ROC ---------------------------------------------------------------------------------------------------
 
 def _roc_data(seed, n=200):
@@ -251,7 +320,7 @@ def _writers(target):
 def test_a_write_onto_a_folder_raises_and_leaves_no_file(tmp_path, which):
     target = tmp_path / "taken.png"
     target.mkdir()
-    with pytest.raises(OSError):
+    with pytest.raises((OSError, PointADError)):  # the PointADError names the path
         _writers(target)[which]()
     assert [p.name for p in tmp_path.iterdir()] == ["taken.png"] and list(target.iterdir()) == []
 
@@ -259,6 +328,6 @@ def test_a_write_onto_a_folder_raises_and_leaves_no_file(tmp_path, which):
 @pytest.mark.parametrize("which", range(4))
 def test_a_write_under_a_file_raises_and_leaves_no_file(tmp_path, which):
     (tmp_path / "plain").write_text("not a folder")
-    with pytest.raises(OSError):
+    with pytest.raises((OSError, PointADError)):  # the PointADError names the path
         _writers(tmp_path / "plain" / "out.png")[which]()
     assert [p.name for p in tmp_path.iterdir()] == ["plain"]
