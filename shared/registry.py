@@ -113,13 +113,16 @@ def custom_entry(format: str, root: Path, reference: DatasetEntry | None = None)
     """An entry for the user's own data in a known format: classes from the folder names.
 
     reference: the registry's entry for the format's own dataset (`mvtec3d`, `eyecandies`, `real3d`), whose
-    options, class options and view plans (lengths in that format's unit) the custom data takes.
+    preprocessing options and view plans (lengths in that format's unit) the custom data takes. Its render
+    and per-class options are that dataset's own choices (point sizes of its classes): a user's class that
+    happens to share a name with one of them does not take them.
     """
     if format not in FORMATS:
         raise ConfigError(f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
     entry = DatasetEntry(name=Path(root).name or "custom", format=format, root=Path(root))
     if reference is not None and reference.format == format:
-        entry = replace(entry, options=reference.options, class_options=reference.class_options,
+        preprocess = reference.options.get("preprocess")
+        entry = replace(entry, options={"preprocess": preprocess} if preprocess else {},
                         view_plans=reference.view_plans)
     return entry
 
