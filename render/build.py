@@ -27,8 +27,8 @@ from shared.io import os_error
 from shared.lock import writer_lock
 from shared.registry import DatasetEntry
 from shared.sample import SampleRef
-from shared.store import (StoreAttrs, append_samples, create_store, mark_incomplete, open_store, set_failures,
-                          start_chunk_checks, write_sample)
+from shared.store import (StoreAttrs, append_samples, create_store, mark_incomplete, open_store, require_writable,
+                          set_failures, start_chunk_checks, write_sample)
 from shared.store_check import chunk_problems, rewrite_array_metadata
 
 @dataclass
@@ -84,6 +84,7 @@ def _open_or_create(out: Path, options: RenderOptions) -> StoreAttrs:
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         create_store(out, attrs)
         return attrs
+    require_writable(out)  # a schema v1 store: one line naming 'render migrate'
     existing = open_store(out).attrs
     if _comparable(existing.render) != _comparable(attrs.render):
         differing = sorted(k for k, v in _comparable(attrs.render).items() if _comparable(existing.render).get(k) != v)
@@ -131,10 +132,13 @@ def render_row(out: Path, row: int, entry: DatasetEntry, ref: SampleRef, options
 
     raster_threads: Mesa rasterizer threads for this process's renderer (`worker_rasterizer`); None = Mesa's default.
     """
+    torch_threads = torch.get_num_threads()
     if options.renderer == "splat":
         rasterizer = None  # draws with torch on the CPU; workers are the parallelism, like Mesa's threads
-        if raster_threads is not None:
-            torch.set_num_threads(raster_threads)
+        # one torch thread unless told (the caller's count is restored): the draw's many small element-wise
+        # passes ran 4x longer on 2 threads than on 1, for 5x the CPU time, on a shared 2-CPU machine
+        # (benchmarks/render_bench.py); the images are the same bytes
+        torch.set_num_threads(raster_threads or 1)
     else:
         rasterizer = worker_rasterizer(options.image_size * options.supersample, options.renderer, raster_threads)
     try:
@@ -145,6 +149,8 @@ def render_row(out: Path, row: int, entry: DatasetEntry, ref: SampleRef, options
         return str(exc)
     except ValueError as exc:
         return f"{ref.sample_id}: {exc}"
+    finally:
+        torch.set_num_threads(torch_threads)
     return None
 
 
@@ -222,6 +228,8 @@ def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, class
 def _build_locked(entry: DatasetEntry, out: Path, options: RenderOptions, refs: list[SampleRef], *, point_size,
                   workers, backend, scheduler, progress, repair) -> BuildResult:
     damaged = []
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        require_writable(out)  # before --repair rewrites anything: v1 metadata is not v2's
     if repair and out.exists():
         damaged += [f"{array}: zarr.json unreadable, rewritten from the schema"
                     for array in rewrite_array_metadata(out)]

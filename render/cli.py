@@ -154,6 +154,25 @@ def verify(store):
 
 @render.command()
 @click.argument("store", type=click.Path(path_type=Path))
+def migrate(store):
+    """Upgrade a schema v1 store to v2 in place: dimension names, array attributes, cameras (SPEC 4)."""
+    from render.migrate import migrate_store
+    click.echo(migrate_store(store))
+
+
+@render.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="HDF5 file to write (e.g. renders.h5); replaces only an earlier export.")
+def export(store, out):
+    """Write the HDF5 twin of a store: same paths, dtypes, attributes and chunks, gzip-compressed."""
+    from shared.h5store import export_h5
+    rows = export_h5(store, out)
+    click.echo(f"wrote {out}: {rows} rows of {store}")
+
+
+@render.command()
+@click.argument("store", type=click.Path(path_type=Path))
 @click.option("--sample", "sample_id", required=True, help="Sample id (as in 'render info') or row number.")
 @click.option("--dataset", help="Dataset of the sample, when several datasets share a store.")
 @click.option("--out", type=click.Path(path_type=Path), help="PNG to write (default: <sample>.png here).")

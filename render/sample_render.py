@@ -159,10 +159,12 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
                                   options.surface_tolerance * radius, inside)
     proxy = proxy_indices(points, valid, visible.any(axis=0))
     knn, knn_weight = knn_graph(points, valid, options.knn)
-    return _padded(sample, options, views, masks, pixel, visible, points, labels, grid_index, proxy, knn, knn_weight)
+    return _padded(sample, options, views, masks, pixel, visible, points, labels, grid_index, proxy, knn, knn_weight,
+                   camera.intrinsic(), extrinsics)
 
 
-def _padded(sample, options, views, masks, pixel, visible, points, labels, grid_index, proxy, knn, knn_weight):
+def _padded(sample, options, views, masks, pixel, visible, points, labels, grid_index, proxy, knn, knn_weight,
+            intrinsic, extrinsic):
     """Place the per-point arrays in max_points slots; padding as the store's fill values."""
     n, total, size, v = len(points), options.max_points, options.image_size, options.views
 
@@ -188,6 +190,8 @@ def _padded(sample, options, views, masks, pixel, visible, points, labels, grid_
         knn_weight=slot((total, options.knn), 0, np.float16, knn_weight),
         rgb=np.zeros((size, size, 3), np.uint8) if sample.rgb is None else _fit_grid(sample.rgb, size),
         rgb_mask=np.zeros((size, size), np.uint8) if sample.grid_mask is None else _fit_grid(sample.grid_mask, size),
+        intrinsic=np.asarray(intrinsic, np.float64),  # the camera of the projection above, at image size
+        extrinsic=np.asarray(extrinsic, np.float64),
     )
 
 

@@ -2,7 +2,7 @@
 
 Every chunk of every complete row must exist and decode (a deleted chunk would read back as zeros);
 then every check recomputes something from the stored points, so a store that passes is one whose
-projections and visibility can be reproduced from `points/xyz` and the root attributes alone.
+projections and visibility follow from `points/xyz` and the stored cameras (`cameras/*`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from render.camera import fit_camera, project
 from render.sample_render import RenderOptions, render_sample
-from render.view_plan import ViewPlan
-from render.visibility import nearest_per_pixel, surface_visible
 from shared.sample import Sample
 from shared.store import RenderStore, StoredSample
 from shared.store_check import chunk_problems
@@ -65,27 +62,65 @@ def check_sample(sample: StoredSample, store: RenderStore) -> list[str]:
 
 
 def _reproduce(sample: StoredSample, store: RenderStore) -> list[str]:
-    """Recompute projection and visibility from xyz and the attributes; report any difference."""
+    """Check the stored pixels and visibility against the stored cameras (`cameras/intrinsic`, `extrinsic`);
+    report any difference. A v1 store has no cameras: they are derived from xyz and the attributes as
+    `render migrate` computes them.
+
+    The stored pixels were computed in float32 (render/camera.py); here the projection is float64 through
+    the matrices, so a pixel may differ only by rounding (within PIXEL_SLACK of half a pixel), a point's
+    depth only relatively by DEPTH_SLACK, and points within PIXEL_SLACK of the image border are not judged.
+    """
     attrs, n = store.attrs, int(sample.n_points)
-    render = attrs.render
     points = sample.xyz[:n]
-    camera = fit_camera(points, attrs.image_size, attrs.camera["fov_degrees"], attrs.camera["margin"])
-    rotations = ViewPlan.from_dict(attrs.view_plan).rotations
-    pixel, depth, inside = project(points, camera, rotations)
-    out = []
-    if not np.array_equal(pixel, sample.pixel[:, :n]):
-        out.append(f"stored pixels differ from the projection at {int((pixel != sample.pixel[:, :n]).any(-1).sum())} "
-                   "point-views")
-    if render.get("visibility", "nearest") == "nearest":
-        visible = nearest_per_pixel(pixel, depth, np.ones(n, bool), attrs.image_size, inside)
+    if sample.intrinsic is None:
+        from render.migrate import store_cameras  # v1: the cameras v1's verify derived
+        intrinsic, extrinsic = (c[0] for c in store_cameras(store, [sample.index]))
     else:
-        radius = camera.distance * np.sin(np.radians(attrs.camera["fov_degrees"]) / 2) / attrs.camera["margin"]
-        visible = surface_visible(pixel, depth, np.ones(n, bool), attrs.image_size,
-                                  render["surface_tolerance"] * radius, inside)
-    if not np.array_equal(visible, sample.visible[:, :n]):
-        out.append(f"stored visibility differs from the recomputed one at "
-                   f"{int((visible != sample.visible[:, :n]).sum())} point-views")
+        intrinsic, extrinsic = sample.intrinsic, sample.extrinsic
+    if not (np.isfinite(intrinsic).all() and np.isfinite(extrinsic).all()):
+        return ["cameras not recorded (NaN): 'render build --repair' renders the row again"]
+    camera_xyz = np.einsum("vij,pj->vpi", extrinsic[:, :3, :3], points.astype(np.float64)) + extrinsic[:, None, :3, 3]
+    depth = camera_xyz[..., 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = np.einsum("ij,vpj->vpi", intrinsic[:2], camera_xyz) / depth[..., None]  # (V, P, 2) unrounded
+    last = attrs.image_size - 1
+    near_border = ((np.abs(uv + 0.5) < PIXEL_SLACK) | (np.abs(uv - last - 0.5) < PIXEL_SLACK)).any(-1)
+    inside = (depth > 0) & (np.rint(uv) >= 0).all(-1) & (np.rint(uv) <= last).all(-1)
+    out = []
+    off = (np.abs(np.clip(uv, 0, last) - sample.pixel[:, :n]) > 0.5 + PIXEL_SLACK).any(-1) & ~near_border
+    if off.any():
+        out.append(f"stored pixels differ from the projection through the stored cameras at {int(off.sum())} "
+                   "point-views")
+    stored = sample.visible[:, :n]
+    judged = ~near_border
+    pid = sample.pixel[:, :n, 1].astype(np.int64) * attrs.image_size + sample.pixel[:, :n, 0]
+    nearest = np.full((len(depth), attrs.image_size ** 2), np.inf)
+    for view in range(len(depth)):
+        np.minimum.at(nearest[view], pid[view][inside[view]], depth[view][inside[view]])
+    front = np.take_along_axis(nearest, pid, axis=1)  # (V, n): nearest depth in each point's pixel
+    if store.attrs.render.get("visibility", "nearest") == "nearest":
+        wrong = stored & (~inside | (depth > front * (1 + DEPTH_SLACK)))
+        counts = np.zeros_like(nearest, dtype=np.int64)
+        for view in range(len(depth)):
+            np.add.at(counts[view], pid[view][stored[view]], 1)
+        hit = np.isfinite(nearest)
+        wrong_pixels = int(((counts != 1) & hit).sum() + (counts[~hit] > 0).sum())
+        if wrong_pixels:
+            out.append(f"{wrong_pixels} pixel-view(s) with other than one visible point (nearest visibility)")
+    else:
+        centre = (points.min(axis=0) + points.max(axis=0)) / 2  # the bounding radius, as render_sample uses
+        radius = float(np.linalg.norm(points - centre, axis=1).max(initial=0))
+        limit = front + attrs.render["surface_tolerance"] * radius
+        wrong = (stored & (~inside | (depth > limit * (1 + DEPTH_SLACK)))) | \
+            (~stored & inside & (depth < limit * (1 - DEPTH_SLACK)))
+    wrong &= judged
+    if wrong.any():
+        out.append(f"stored visibility differs from the recomputed one at {int(wrong.sum())} point-views")
     return out
+
+
+# float64 through the stored matrices against the stored float32 results: rounding slack
+PIXEL_SLACK, DEPTH_SLACK = 1e-3, 1e-5
 
 
 # A fresh Open3D render of a row differs from the stored one by Mesa's rounding alone; the splat renderer
@@ -177,7 +212,7 @@ def store_summary(store: RenderStore) -> str:
         anomalous[key] += identity["label"]
     size = sum(p.stat().st_size for p in Path(store.path).rglob("*") if p.is_file())
     render = attrs.render
-    lines = [f"{store.path}: pointad render store, schema v1, {len(store)} samples, {size / 2**20:.1f} MiB "
+    lines = [f"{store.path}: pointad render store, schema v{store.schema_version}, {len(store)} samples, {size / 2**20:.1f} MiB "
              f"({size / max(len(store), 1) / 2**20:.2f} MiB per sample)",
              f"views {attrs.views} ({attrs.view_plan['name']}), image {attrs.image_size}px, max_points "
              f"{attrs.max_points}, knn {attrs.knn}, visibility {render.get('visibility')}, light {render.get('light')}, "

@@ -9,6 +9,8 @@ place before), and a reader takes it before any other array's shape; rows past i
 append killed half-way) are ignored and overwritten by the next append. So a reader opened while a build
 appends sees N rows with every identity set, and only complete rows are read. One writer at a time:
 `render build` holds the store's writer lock (`shared/lock.py`) around creating, appending and rendering.
+Schema v1 stores are read (no cameras) but never written: every write refuses them (MIGRATE_NOTE).
+`open_store` also reads the HDF5 twin that `render export` writes (`shared/h5store.py`).
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ from zarr.core.sync import sync  # runs a coroutine on Zarr's own event loop, as
 
 from shared.errors import PointADError, StoreSchemaError
 from shared.io import os_error, remove_stale_temp_siblings, temp_sibling
-from shared.store_schema import (ARRAYS, BY_FIELD, FORMAT, IDENTITY, SAMPLE_FIELDS, SCHEMA_VERSION, ArraySpec,
-                                 SampleArrays, StoreAttrs, StoredSample, check_failures)
+from shared.store_schema import (ARRAYS, BY_FIELD, FORMAT, IDENTITY, MIGRATE_NOTE, SAMPLE_FIELDS, SCHEMA_VERSION,
+                                 V2_ONLY, ArraySpec, SampleArrays, StoreAttrs, StoredSample, check_failures)
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "StoreAttrs", "SampleArrays", "StoredSample", "RenderStore", "create_store",
            "append_samples", "write_sample", "start_chunk_checks", "mark_incomplete", "set_failures", "update_attrs",
-           "open_store", "store_fingerprint"]
+           "open_store", "store_fingerprint", "require_writable"]
 
 # what to do about a store this code cannot open at all (render build cannot resume it either)
 _UNUSABLE = "render into another --out"
@@ -46,7 +48,10 @@ _UNUSABLE = "render into another --out"
 WRITE_ALL = {"write_empty_chunks": True}
 CHECKED_FROM = "every_chunk_written_from_row"
 IDENTITY_CHUNK = 4096  # identity arrays are written by the coordinator only, so they may share chunks
-CLEVEL = 5
+# zstd level 1: a 112 896-point row compresses ~8x faster than at level 5 (0.04 s vs 0.31 s) for ~8% more
+# bytes (benchmarks/render_bench.py). Blosc frames record their own codec and level, so rows written at any
+# level (stores of older versions used 5) decode the same
+CLEVEL = 1
 ROW_COUNT = "samples/sample_id"
 DEFAULT_BATCH_FIELDS = ("image", "pixel", "visible", "valid", "label", "proxy")
 _MUTABLE_ATTRS = ("failures", "render", "software")
@@ -87,6 +92,21 @@ def _read_attrs(group: zarr.Group, path: Path) -> StoreAttrs:
     return StoreAttrs.from_dict(dict(group.attrs), source=str(path))
 
 
+def _writable_attrs(group: zarr.Group, path: Path) -> StoreAttrs:
+    """The store's attributes; StoreSchemaError if this version may not write it (schema v1)."""
+    attrs = _read_attrs(group, path)
+    if attrs.schema_version != SCHEMA_VERSION:
+        raise StoreSchemaError(f"{path}: {MIGRATE_NOTE.format(path=path)}")
+    return attrs
+
+
+def require_writable(path) -> StoreAttrs:
+    """The attributes of the store at `path`; StoreSchemaError (one line naming `render migrate`) for a
+    schema v1 store, which this version reads but does not write."""
+    path = Path(path)
+    return _writable_attrs(_open_group(path, "r"), path)
+
+
 def create_store(path, attrs: StoreAttrs) -> None:
     """Create an empty store (N = 0, every array of ARRAYS) at `path`: a new path or an empty folder.
 
@@ -113,8 +133,7 @@ def create_store(path, attrs: StoreAttrs) -> None:
         for spec in ARRAYS:
             parent, name = spec.path.split("/")
             group.require_group(parent).create_array(name, shape=(0, *spec.row_shape(attrs)),
-                                                     **_array_kwargs(spec, attrs))
-        group["samples/complete"].attrs[CHECKED_FROM] = 0
+                                                     **_array_kwargs(spec, attrs), attributes=array_attributes(spec, 0))
         tmp.mkdir()
         for key, value in sorted(files.items()):
             (tmp / key).parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +155,14 @@ def create_store(path, attrs: StoreAttrs) -> None:
 def _array_kwargs(spec: ArraySpec, attrs: StoreAttrs) -> dict:
     """How create_store makes the array of `spec` (all but its shape)."""
     return dict(chunks=_chunks(spec, attrs), dtype=str if spec.dtype == "str" else spec.dtype, fill_value=spec.fill,
-                compressors=_compressor(spec.dtype))
+                compressors=_compressor(spec.dtype), dimension_names=spec.dimension_names())
+
+
+def array_attributes(spec: ArraySpec, checked_from: int | None = None) -> dict:
+    """The attributes of the array of `spec`: meaning, units, fill value; `samples/complete` also records
+    from which row on every chunk is written (CHECKED_FROM)."""
+    extra = {CHECKED_FROM: checked_from} if spec.path == "samples/complete" and checked_from is not None else {}
+    return {**spec.attributes(), **extra}
 
 
 def _identity_columns(identities: list[dict]) -> dict[str, list]:
@@ -164,7 +190,7 @@ def append_samples(path, identities: list[dict]) -> range:
     """
     path = Path(path)
     group = _open_group(path, "r+")
-    _read_attrs(group, path)
+    _writable_attrs(group, path)
     columns = _identity_columns(identities)
     n, m = group[ROW_COUNT].shape[0], len(identities)
     seen = set(zip(group["samples/dataset"][:n].tolist(), group["samples/sample_id"][:n].tolist()))
@@ -241,7 +267,7 @@ def write_sample(path, index: int, arrays: SampleArrays) -> None:
     """
     path = Path(path)
     group = _open_group(path, "r+")
-    arrays.validate(_read_attrs(group, path))
+    arrays.validate(_writable_attrs(group, path))
     n = group[ROW_COUNT].shape[0]
     if not 0 <= index < n:
         raise IndexError(f"{path}: row {index} out of range (the store has {n} rows)")
@@ -254,7 +280,9 @@ def write_sample(path, index: int, arrays: SampleArrays) -> None:
 def start_chunk_checks(path) -> int:
     """Record, if the store has no record yet (an older version wrote it), that every row from now on
     has all its chunks written; return the first such row (coordinator only)."""
-    complete = _open_group(Path(path), "r+")["samples/complete"]
+    group = _open_group(Path(path), "r+")
+    _writable_attrs(group, Path(path))
+    complete = group["samples/complete"]
     if CHECKED_FROM not in complete.attrs:
         complete.attrs[CHECKED_FROM] = int(_open_group(Path(path), "r")[ROW_COUNT].shape[0])
     return int(complete.attrs[CHECKED_FROM])
@@ -263,7 +291,9 @@ def start_chunk_checks(path) -> int:
 def mark_incomplete(path, rows) -> None:
     """Clear `samples/complete` of `rows` (coordinator only), so the next build renders them again."""
     path = Path(path)
-    complete = _open_group(path, "r+")["samples/complete"]
+    group = _open_group(path, "r+")
+    _writable_attrs(group, path)
+    complete = group["samples/complete"]
     for row in sorted({int(r) for r in rows}):
         complete[row] = False
 
@@ -276,7 +306,7 @@ def update_attrs(path, **changes) -> StoreAttrs:
         raise ValueError(f"{path}: store attribute(s) {unknown} cannot change after creation; "
                          f"changeable: {', '.join(_MUTABLE_ATTRS)}")
     group = _open_group(path, "r+")
-    data = {**_read_attrs(group, path).to_dict(), **changes}
+    data = {**_writable_attrs(group, path).to_dict(), **changes}
     attrs = StoreAttrs.from_dict(data, source=str(path))  # validates the new values before anything is written
     group.attrs.update(attrs.to_dict())
     return attrs
@@ -294,7 +324,8 @@ def set_failures(path, failures: list[dict], *, render: dict | None = None) -> S
 class RenderStore:
     """Read-only view of a store as it was when opened: rows, identities and completion flags.
 
-    Rows written after opening become visible by opening the store again.
+    Rows written after opening become visible by opening the store again. A schema v1 store reads the
+    same but for its cameras (None in samples; `render migrate` computes them).
     """
 
     def __init__(self, path, group: zarr.Group):
@@ -302,7 +333,7 @@ class RenderStore:
         self.attrs = _read_attrs(group, self.path)
         self._arrays = {}
         # the row count before any other shape: an append grows every other array before this one
-        for spec in sorted(ARRAYS, key=lambda s: s.path != ROW_COUNT):
+        for spec in sorted(self._specs(), key=lambda s: s.path != ROW_COUNT):
             try:
                 self._arrays[spec.path] = group[spec.path]
             except KeyError:
@@ -311,27 +342,58 @@ class RenderStore:
                 raise StoreSchemaError(f"{self.path}: array {spec.path}: its zarr.json is unreadable "
                                        f"({_first_line(exc)}); 'render build --repair' rewrites it from the "
                                        "schema") from None
-        self._arrays = {spec.path: self._arrays[spec.path] for spec in ARRAYS}
+        self._index_arrays()
+
+    def _specs(self) -> tuple[ArraySpec, ...]:
+        """The arrays of ARRAYS this store's schema version has."""
+        return tuple(s for s in ARRAYS if self.attrs.schema_version >= 2 or s.path not in V2_ONLY)
+
+    def _index_arrays(self) -> None:
+        """Row count, schema checks, identity columns and flags, once `self._arrays` holds every array."""
+        self._arrays = {spec.path: self._arrays[spec.path] for spec in self._specs()}
         self._n = self._arrays[ROW_COUNT].shape[0]
-        for spec in ARRAYS:
+        for spec in self._specs():
             self._check_array(spec)
-        self._identity = {name: np.array(self._arrays[f"samples/{name}"][: self._n].tolist(), dtype=str)
-                          for name in IDENTITY}  # numpy StringDType -> plain fixed-width str
-        self._label = self._arrays["samples/label"][: self._n]
-        self._complete = self._arrays["samples/complete"][: self._n]
-        checked = self._arrays["samples/complete"].attrs.get(CHECKED_FROM, self._n)
+        self._identity = {name: self._strings(f"samples/{name}") for name in IDENTITY}
+        self._label = np.asarray(self._arrays["samples/label"][: self._n])
+        self._complete = np.asarray(self._arrays["samples/complete"][: self._n])
+        checked = self._array_attr("samples/complete", CHECKED_FROM, self._n)
         self.chunks_checked_from = int(checked) if isinstance(checked, int) and checked >= 0 else self._n
+
+    def _array_attr(self, path: str, key: str, default):
+        return self._arrays[path].attrs.get(key, default)
+
+    def _strings(self, path: str) -> np.ndarray:
+        """(N,) plain fixed-width str array of an identity column."""
+        return np.array(self._arrays[path][: self._n].tolist(), dtype=str)  # numpy StringDType -> plain str
+
+    def _is_string(self, array) -> bool:
+        return array.dtype.kind == "T"
+
+    def _read(self, paths: list[str], selection) -> list[np.ndarray]:
+        """The same rows (int, slice or sorted unique int64 indices) of each array at `paths`."""
+        return _read_rows([self._arrays[p] for p in paths], selection, self.path)
 
     def _check_array(self, spec: ArraySpec) -> None:
         array = self._arrays[spec.path]
         row = spec.row_shape(self.attrs)
-        dtype_ok = array.dtype.kind == "T" if spec.dtype == "str" else array.dtype == np.dtype(spec.dtype)
+        dtype_ok = self._is_string(array) if spec.dtype == "str" else array.dtype == np.dtype(spec.dtype)
         if array.shape[1:] != row or array.shape[0] < self._n or not dtype_ok:
             raise StoreSchemaError(f"{self.path}: array {spec.path} is {array.shape} {array.dtype}, schema says "
                                    f"(N={self._n}, {', '.join(map(str, row))}) {spec.dtype}; {_UNUSABLE}")
 
     def __len__(self) -> int:
         return self._n
+
+    @property
+    def schema_version(self) -> int:
+        return self.attrs.schema_version
+
+    def table(self) -> dict[str, np.ndarray]:
+        """The sample table in one call: {row (N,) int64, dataset, class_name, split, defect_type, sample_id
+        (N,) str, label (N,) uint8 (1 anomalous), complete (N,) bool}, copies, in row order."""
+        return {"row": np.arange(self._n, dtype=np.int64), **{k: v.copy() for k, v in self._identity.items()},
+                "label": self._label.astype(np.uint8), "complete": self._complete.copy()}
 
     def __repr__(self) -> str:
         return f"RenderStore({str(self.path)!r}, rows={self._n}, complete={int(self._complete.sum())})"
@@ -370,7 +432,9 @@ class RenderStore:
         """Row i with every array (one chunk read per array); StoreSchemaError if the row is incomplete."""
         i = self._row(i)
         self._complete_rows(np.array([i]))
-        values = dict(zip(BY_FIELD, _read_rows([self._arrays[spec.path] for spec in BY_FIELD.values()], i, self.path)))
+        present = [name for name, spec in BY_FIELD.items() if spec.path in self._arrays]
+        values = dict.fromkeys(BY_FIELD)  # v1: no cameras, None
+        values.update(zip(present, self._read([BY_FIELD[name].path for name in present], i)))
         values["n_points"] = int(values["n_points"])
         identity = self.identity(i)
         sample_label = identity.pop("label")
@@ -389,6 +453,10 @@ class RenderStore:
         unknown = [f for f in fields if f not in BY_FIELD]
         if unknown:
             raise ValueError(f"unknown field(s) {unknown}; known: {', '.join(SAMPLE_FIELDS)}")
+        absent = [f for f in fields if BY_FIELD[f].path not in self._arrays]
+        if absent:
+            raise StoreSchemaError(f"{self.path}: no {', '.join(absent)} in a schema_version 1 store; run "
+                                   f"'render migrate {self.path}' to compute them")
         rows = np.array([self._row(i) for i in indices], dtype=np.int64)
         self._complete_rows(rows)
         unique, inverse = np.unique(rows, return_inverse=True)
@@ -396,9 +464,8 @@ class RenderStore:
             selection = slice(int(unique[0]), int(unique[-1]) + 1)  # contiguous rows: one plain slice
         else:
             selection = unique
-        data = _read_rows([self._arrays[BY_FIELD[name].path] for name in fields], selection, self.path)
+        data = self._read([BY_FIELD[name].path for name in fields], selection)
         return {name: values[inverse] for name, values in zip(fields, data)}
-
 
     def array(self, path: str) -> zarr.Array:
         """The Zarr array at `path` of ARRAYS (e.g. 'views/image') as opened; for checks, not for reading rows."""
@@ -406,22 +473,34 @@ class RenderStore:
 
 
 def open_store(path) -> RenderStore:
-    """Open the store at `path` read-only; StoreSchemaError (message starting with the path) if it is not
-    a pointad render store, has another format or schema_version, or its arrays do not match the schema."""
+    """Open the store at `path` read-only: a Zarr store (schema v2, or v1 without cameras), or its HDF5 twin
+    (a file, `render export`); StoreSchemaError (message starting with the path) if it is not a pointad
+    render store, has another format or schema_version, or its arrays do not match the schema."""
     path = Path(path)
+    if path.suffix in (".h5", ".hdf5") or (path.is_file() and _is_hdf5(path)):
+        from shared.h5store import open_h5_store  # h5py only when an HDF5 file is read
+        return open_h5_store(path)
     return RenderStore(path, _open_group(path, "r"))
+
+
+def _is_hdf5(path: Path) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False
 
 
 def store_fingerprint(path) -> str:
     """16 hex digits over the attributes (less `failures`) and the identity of every row, in order.
 
     Unchanged by workers finishing rows or by failures being recorded; changed by appending samples
-    or by any change of render options.
+    or by any change of render options; the same for a store and its HDF5 twin, and for a v1 store before
+    and after `render migrate` (StoreAttrs.identity_form).
     """
     store = open_store(path)
     digest = hashlib.sha256()
-    attrs = {k: v for k, v in store.attrs.to_dict().items() if k != "failures"}
-    digest.update(json.dumps(attrs, sort_keys=True).encode())
+    digest.update(json.dumps(store.attrs.identity_form(), sort_keys=True).encode())
     for name in IDENTITY:
         digest.update(json.dumps(store._identity[name].tolist()).encode())
     digest.update(store._label.astype(np.uint8).tobytes())

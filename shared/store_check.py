@@ -18,8 +18,8 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from shared.io import atomic_path
-from shared.store import (ARRAYS, BY_FIELD, CHECKED_FROM, IDENTITY, ROW_COUNT, RenderStore, _array_kwargs,
-                          _first_line, _open_group, _read_attrs)
+from shared.store import (ARRAYS, IDENTITY, ROW_COUNT, RenderStore, _array_kwargs,
+                          _first_line, _open_group, _writable_attrs, array_attributes)
 
 __all__ = ["chunk_problems", "rewrite_array_metadata"]
 
@@ -35,7 +35,7 @@ def chunk_problems(store: RenderStore, rows=None, decode: bool = False) -> list[
     rows = store.indices() if rows is None else np.asarray(rows, dtype=np.int64)
     required = rows[rows >= store.chunks_checked_from]
     checks = []  # (row, array, chunk coordinates)
-    for spec in ARRAYS:
+    for spec in store._specs():
         array = store.array(spec.path)
         extra = (0,) * (array.ndim - 1)
         if spec.worker:
@@ -59,7 +59,8 @@ def chunk_problems(store: RenderStore, rows=None, decode: bool = False) -> list[
                                            "(it would read as zeros)"))
     if decode:
         for row in map(int, rows):
-            arrays = [store.array(spec.path) for spec in BY_FIELD.values() if (row, spec.path) not in missing]
+            arrays = [store.array(spec.path) for spec in store._specs()
+                      if spec.field is not None and (row, spec.path) not in missing]
 
             async def read_all(row=row, arrays=arrays):
                 return await asyncio.gather(*(a.async_array.getitem(row) for a in arrays), return_exceptions=True)
@@ -79,7 +80,7 @@ def rewrite_array_metadata(path) -> list[str]:
     """
     path = Path(path)
     group = _open_group(path, "r")
-    attrs = _read_attrs(group, path)
+    attrs = _writable_attrs(group, path)  # a v1 store's metadata is not v2's: migrate it first
     broken, lengths = [], {}
     for spec in ARRAYS:
         try:
@@ -96,7 +97,7 @@ def rewrite_array_metadata(path) -> list[str]:
     n = lengths.get(ROW_COUNT, min(identity))
     for spec in broken:
         model = zarr.create_array(store={}, shape=(n, *spec.row_shape(attrs)), **_array_kwargs(spec, attrs),
-                                  attributes={CHECKED_FROM: n} if spec.path == "samples/complete" else None)
+                                  attributes=array_attributes(spec, n))
         document = model.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
         with atomic_path(path / spec.path / "zarr.json") as tmp:
             tmp.write_bytes(document)

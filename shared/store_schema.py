@@ -1,7 +1,11 @@
-"""Render store schema v1 (SPEC 4): root attributes, the array table, and one sample's row as arrays.
+"""Render store schema v2 (SPEC 4): root attributes, the array table, and one sample's row as arrays.
 
 No I/O here: `shared/store.py` creates, writes and reads stores from these definitions.
 Letters: N samples (axis 0 of every array), V views, S image size, P max_points, k knn.
+Every array carries Zarr v3 `dimension_names` (DIMENSIONS: never the name of a variable of its group, so
+xarray opens each group as a Dataset) and attributes `meaning`, `units`, `fill_value`. Schema v1 stores
+(no dimension names, no cameras, render options repeated) are read as they are and written only after
+`render migrate`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import numpy as np
 from shared.errors import StoreSchemaError
 
 FORMAT = "pointad-renders"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # v1: read-only until `render migrate` (MIGRATE_NOTE)
+MIGRATE_NOTE = "schema_version 1 store, read-only in this version; run 'render migrate {path}' to upgrade it in place"
 IDENTITY = ("dataset", "class_name", "split", "defect_type", "sample_id")
 FAILURE_KEYS = ("dataset", "sample_id", "reason")
 
@@ -26,6 +32,9 @@ class StoreAttrs:
     view_plan: {"name", "axes", "angles"}; camera: how each sample's camera is derived;
     software: {package: version}; failures: [{"dataset", "sample_id", "reason"}];
     render: the render options, free-form (recorded so a resumed build can refuse other options).
+    In memory `render` also holds views, image_size, max_points, knn (and fov_degrees, margin from
+    `camera`); on disk (v2) they are written once, as the top-level attributes and `camera`
+    (RENDER_ELSEWHERE), and put back into `render` when read. schema_version: of the store read (1 or 2).
     """
 
     views: int
@@ -37,6 +46,7 @@ class StoreAttrs:
     software: dict = field(default_factory=dict)
     failures: list = field(default_factory=list)
     render: dict = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
         for name in ("views", "image_size", "max_points", "knn"):
@@ -47,10 +57,25 @@ class StoreAttrs:
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"store attribute {name} must be a mapping, got {type(getattr(self, name)).__name__}")
         check_failures(self.failures)
+        recorded = self._recorded_once()
+        clash = sorted(k for k, v in recorded.items() if k in self.render and self.render[k] != v)
+        if clash:
+            raise ValueError(f"render option(s) {clash} differ from the store attributes "
+                             f"{ {k: recorded[k] for k in clash} }")
+        object.__setattr__(self, "render", {**self.render, **recorded})
+
+    def _recorded_once(self) -> dict:
+        """The render options written elsewhere than `render` on disk, with their values."""
+        sizes = {"views": self.views, "image_size": self.image_size, "max_points": self.max_points, "knn": self.knn}
+        return {**sizes, **{k: self.camera[k] for k in ("fov_degrees", "margin") if k in self.camera}}
 
     def to_dict(self) -> dict:
-        """JSON-ready attributes, `format` and `schema_version` first; raises TypeError if a value is not JSON."""
-        data = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **asdict(self)}
+        """JSON-ready attributes as written (schema v2), `format` and `schema_version` first; TypeError if a
+        value is not JSON."""
+        data = {"format": FORMAT, **asdict(self), "schema_version": SCHEMA_VERSION}
+        data = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **data}  # read as v1, written as v2
+        data["render"] = {k: v for k, v in self.render.items() if k not in RENDER_ELSEWHERE}
+        data["camera"] = {**CAMERA_CONVENTION, **self.camera}
         # a JSON round trip turns tuples into lists now, so a written and re-read store compares equal
         return json.loads(json.dumps(data, allow_nan=False))
 
@@ -62,11 +87,12 @@ class StoreAttrs:
         if data["format"] != FORMAT:
             raise StoreSchemaError(f"{source}: format {data['format']!r}, this version reads {FORMAT!r}; "
                                    "not a pointad render store")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise StoreSchemaError(f"{source}: schema_version {data.get('schema_version')}, this version reads "
-                                   f"{SCHEMA_VERSION}; open it with the pointad version that wrote it, or render "
-                                   "into another --out")
-        known = {"format", "schema_version", *(f.name for f in fields(cls))}
+        version = data.get("schema_version")
+        if isinstance(version, bool) or version not in READABLE_VERSIONS:
+            raise StoreSchemaError(f"{source}: schema_version {version}, this version reads "
+                                   f"{', '.join(map(str, READABLE_VERSIONS))}; open it with the pointad version that "
+                                   "wrote it, or render into another --out")
+        known = {"format", *(f.name for f in fields(cls))}
         unknown = sorted(set(data) - known)
         if unknown:
             raise StoreSchemaError(f"{source}: unknown store attribute(s) {unknown}; known: {sorted(known)}")
@@ -74,9 +100,21 @@ class StoreAttrs:
         if missing:
             raise StoreSchemaError(f"{source}: store attribute(s) {missing} missing; render into another --out")
         try:
-            return cls(**{f.name: data[f.name] for f in fields(cls)})
+            values = {f.name: data[f.name] for f in fields(cls)}
+            if isinstance(values["camera"], dict):  # the convention is this version's constant text
+                values["camera"] = {k: v for k, v in values["camera"].items() if k not in CAMERA_CONVENTION}
+            return cls(**values)  # v1's repeated render options must agree with its attributes
         except ValueError as exc:
             raise StoreSchemaError(f"{source}: {exc}") from exc
+
+    def identity_form(self) -> dict:
+        """The attributes in schema v1's form, less `failures`: what `store_fingerprint` hashes, the same
+        for a v1 store and for it after `render migrate` (runs made before migrating resume after it)."""
+        data = {"format": FORMAT, "schema_version": 1, **asdict(self)}
+        data["schema_version"] = 1
+        data["camera"] = {k: v for k, v in self.camera.items() if k not in CAMERA_CONVENTION}
+        del data["failures"]
+        return json.loads(json.dumps(data, allow_nan=False))
 
     def dims(self) -> dict[str, int]:
         """Sizes of the letters used in the array table."""
@@ -93,11 +131,28 @@ def check_failures(failures) -> None:
             raise ValueError(f"each failure must be {{'dataset', 'sample_id', 'reason'}} strings, got {entry!r}")
 
 
+# render options a v2 store writes once outside `render` (StoreAttrs docstring)
+RENDER_ELSEWHERE = ("views", "image_size", "max_points", "knn", "fov_degrees", "margin")
+# written once, in the root attribute `camera`: how to read cameras/intrinsic and cameras/extrinsic
+CAMERA_CONVENTION = {
+    "convention": "OpenCV pinhole: camera x right, y down, z forward; pixel centres at integer (u = column, "
+                  "v = row)",
+    "intrinsic": "cameras/intrinsic (N, 3, 3) K at image_size: [[f, 0, cu], [0, f, cv], [0, 0, 1]], "
+                 "cu = cv = image_size / 2 - 0.5",
+    "extrinsic": "cameras/extrinsic (N, V, 4, 4) world-to-camera [R | t]: X_cam = R X + t, X in points/xyz units; "
+                 "pixel = K X_cam / z_cam, rounded half to even",
+}
+
+# Dimension names of the letters (and fixed sizes) of the array table; none is a variable's name.
+DIMENSIONS = {"N": "sample", "V": "view", "P": "point", "k": "neighbour"}
+
+
 @dataclass(frozen=True)
 class ArraySpec:
     """One array of the store: its path, row shape after N (letters resolved by StoreAttrs.dims), dtype,
-    fill value, and the SampleArrays field a worker writes it from (None: written by the coordinator,
-    or `samples/complete`, which write_sample sets itself)."""
+    fill value, the SampleArrays field a worker writes it from (None: written by the coordinator, or
+    `samples/complete`, which write_sample sets itself), dimension names after `sample`, what it means
+    and its units."""
 
     path: str
     row: tuple
@@ -105,34 +160,74 @@ class ArraySpec:
     fill: object
     field: str | None = None
     worker: bool = True
+    dims: tuple = ()
+    meaning: str = ""
+    units: str = "1"
 
     def row_shape(self, attrs: StoreAttrs) -> tuple[int, ...]:
         dims = attrs.dims()
         return tuple(dims[d] if isinstance(d, str) else d for d in self.row)
 
+    def dimension_names(self) -> tuple[str, ...]:
+        """Zarr v3 `dimension_names`: `sample` then one name per row axis."""
+        return ("sample", *self.dims)
+
+    def attributes(self) -> dict:
+        """The array's descriptive attributes (JSON): meaning, units, fill value (NaN as "NaN")."""
+        fill = self.fill
+        if isinstance(fill, float) and np.isnan(fill):
+            fill = "NaN"
+        return {"meaning": self.meaning, "units": self.units, "fill_value": fill}
+
 
 # SPEC 4, in its order. Worker-written arrays are chunked 1 along N, the rest of the row in one chunk.
+_IDENTITY_MEANING = {"dataset": "dataset name in datasets.yaml", "class_name": "object class",
+                     "split": "train, validation or test", "defect_type": "defect type ('good' if none)",
+                     "sample_id": "source file relative to the dataset root"}
+_UNITS = "points/xyz units (the dataset's, after preprocessing)"
 ARRAYS = (
-    *(ArraySpec(f"samples/{name}", (), "str", "", worker=False) for name in IDENTITY),
-    ArraySpec("samples/label", (), "uint8", 0, worker=False),
-    ArraySpec("samples/n_points", (), "int32", 0, "n_points"),
-    ArraySpec("samples/grid_hw", (2,), "int32", 0, "grid_hw"),
-    ArraySpec("samples/complete", (), "bool", False),
-    ArraySpec("views/image", ("V", "S", "S", 3), "uint8", 0, "image"),
-    ArraySpec("views/mask", ("V", "S", "S"), "uint8", 0, "mask"),
-    ArraySpec("points/pixel", ("V", "P", 2), "int16", 0, "pixel"),
-    ArraySpec("points/visible", ("V", "P"), "bool", False, "visible"),
-    ArraySpec("points/xyz", ("P", 3), "float32", 0.0, "xyz"),
-    ArraySpec("points/valid", ("P",), "bool", False, "valid"),
-    ArraySpec("points/label", ("P",), "uint8", 0, "label"),
-    ArraySpec("points/grid_index", ("P",), "int32", -1, "grid_index"),
-    ArraySpec("points/proxy", ("P",), "int32", -1, "proxy"),
-    ArraySpec("points/knn", ("P", "k"), "int32", -1, "knn"),
-    ArraySpec("points/knn_weight", ("P", "k"), "float16", 0.0, "knn_weight"),
-    ArraySpec("rgb/image", ("S", "S", 3), "uint8", 0, "rgb"),
-    ArraySpec("rgb/mask", ("S", "S"), "uint8", 0, "rgb_mask"),
+    *(ArraySpec(f"samples/{name}", (), "str", "", worker=False, meaning=_IDENTITY_MEANING[name]) for name in IDENTITY),
+    ArraySpec("samples/label", (), "uint8", 0, worker=False, meaning="1 anomalous sample, 0 good"),
+    ArraySpec("samples/n_points", (), "int32", 0, "n_points", meaning="valid points: the first n_points point slots"),
+    ArraySpec("samples/grid_hw", (2,), "int32", 0, "grid_hw", dims=("hw",),
+              meaning="organized grid (height, width); (0, 0) if the cloud is unorganized", units="pixel"),
+    ArraySpec("samples/complete", (), "bool", False,
+              meaning="True once a worker wrote the whole row (written last); read only complete rows"),
+    ArraySpec("views/image", ("V", "S", "S", 3), "uint8", 0, "image", dims=("view", "row", "col", "channel"),
+              meaning="rendered view, grey points shaded, RGB 0..255"),
+    ArraySpec("views/mask", ("V", "S", "S"), "uint8", 0, "mask", dims=("view", "row", "col"),
+              meaning="rendered ground truth per view: 1 anomalous pixel"),
+    ArraySpec("points/pixel", ("V", "P", 2), "int16", 0, "pixel", dims=("view", "point", "uv"),
+              meaning="projection of each point per view (u = column, v = row), clipped to the image; 0 on padding",
+              units="pixel"),
+    ArraySpec("points/visible", ("V", "P"), "bool", False, "visible", dims=("view", "point"),
+              meaning="point seen in the view (depth test); False on padding"),
+    ArraySpec("points/xyz", ("P", 3), "float32", 0.0, "xyz", dims=("point", "axis"),
+              meaning="preprocessed point coordinates (x, y, z); 0 on padding", units=_UNITS),
+    ArraySpec("points/valid", ("P",), "bool", False, "valid", dims=("point",),
+              meaning="True for the first n_points slots, False on padding"),
+    ArraySpec("points/label", ("P",), "uint8", 0, "label", dims=("point",), meaning="1 anomalous point, 0 good"),
+    ArraySpec("points/grid_index", ("P",), "int32", -1, "grid_index", dims=("point",),
+              meaning="row * width + col in the organized grid; -1 if none or padding"),
+    ArraySpec("points/proxy", ("P",), "int32", -1, "proxy", dims=("point",),
+              meaning="nearest point seen in some view (SPEC 3.7); -1 on padding"),
+    ArraySpec("points/knn", ("P", "k"), "int32", -1, "knn", dims=("point", "neighbour"),
+              meaning="smoothing graph: neighbour point slots, the point itself first; -1 = none"),
+    ArraySpec("points/knn_weight", ("P", "k"), "float16", 0.0, "knn_weight", dims=("point", "neighbour"),
+              meaning="weights of points/knn, summing to 1 per valid point; 0 = none"),
+    ArraySpec("rgb/image", ("S", "S", 3), "uint8", 0, "rgb", dims=("row", "col", "channel"),
+              meaning="source RGB on the organized grid; zeros if none"),
+    ArraySpec("rgb/mask", ("S", "S"), "uint8", 0, "rgb_mask", dims=("row", "col"),
+              meaning="2D ground truth on the organized grid: 1 anomalous"),
+    ArraySpec("cameras/intrinsic", (3, 3), "float64", float("nan"), "intrinsic", dims=("row3", "col3"),
+              meaning="pinhole K at image_size (root attribute camera); NaN = not recorded", units="pixel"),
+    ArraySpec("cameras/extrinsic", ("V", 4, 4), "float64", float("nan"), "extrinsic",
+              dims=("view", "row4", "col4"),
+              meaning="world-to-camera transform per view (root attribute camera); NaN = not recorded",
+              units=_UNITS),
 )
 BY_FIELD = {spec.field: spec for spec in ARRAYS if spec.field is not None}
+V2_ONLY = ("cameras/intrinsic", "cameras/extrinsic")  # arrays a v1 store lacks
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -145,6 +240,8 @@ class SampleArrays:
     xyz: (P, 3) float32; valid: (P,) bool; label: (P,) uint8; grid_index: (P,) int32, -1 = no grid cell;
     proxy: (P,) int32, -1 for padding (SPEC 3.7); knn: (P, k) int32, -1 = none; knn_weight: (P, k) float16.
     rgb: (S, S, 3) uint8, zeros if none; rgb_mask: (S, S) uint8.
+    intrinsic: (3, 3) float64 K at S; extrinsic: (V, 4, 4) float64 world-to-camera (CAMERA_CONVENTION);
+    None only in rows read from a schema v1 store, which has no cameras.
     """
 
     n_points: int
@@ -162,6 +259,8 @@ class SampleArrays:
     knn_weight: np.ndarray
     rgb: np.ndarray
     rgb_mask: np.ndarray
+    intrinsic: np.ndarray | None
+    extrinsic: np.ndarray | None
 
     def validate(self, attrs: StoreAttrs) -> None:
         """Raise ValueError naming the first array whose shape or dtype differs from the store's schema."""

@@ -67,9 +67,9 @@ def test_schema_mismatch_message_names_a_remedy_that_works(mvtec_dataset, tmp_pa
     args = ["build", "--format", "mvtec3d", "--root", str(entry.root), "--classes", "cookie", "--splits",
             "validation", *TINY]
     assert CliRunner().invoke(render, [*args, "--out", str(out)]).exit_code == 0
-    zarr.open_group(out, mode="r+").attrs["schema_version"] = 2
+    zarr.open_group(out, mode="r+").attrs["schema_version"] = 3
     error = _error(CliRunner().invoke(render, [*args, "--out", str(out)]))
-    assert error == (f"Error: {out}: schema_version 2, this version reads 1; open it with the pointad version that "
+    assert error == (f"Error: {out}: schema_version 3, this version reads 1, 2; open it with the pointad version that "
                      "wrote it, or render into another --out")
     # the remedy it names works
     assert CliRunner().invoke(render, [*args, "--out", str(tmp_path / "new.zarr")]).exit_code == 0

@@ -1,4 +1,4 @@
-"""Render store schema v1 (SPEC 4): attributes, the array table, writes by row, reads back, refusals."""
+"""Render store schema v2 (SPEC 4): attributes, the array table, writes by row, reads back, refusals."""
 
 from __future__ import annotations
 
@@ -55,6 +55,8 @@ def _arrays(seed: int, n: int | None = None) -> SampleArrays:
         knn_weight=pad(rng.random((n, K)).astype(np.float16), 0, np.float16),
         rgb=rng.integers(0, 256, (S, S, 3), dtype=np.uint8),
         rgb_mask=rng.integers(0, 2, (S, S), dtype=np.uint8),
+        intrinsic=rng.standard_normal((3, 3)),
+        extrinsic=rng.standard_normal((V, 4, 4)),
     )
 
 
@@ -83,7 +85,7 @@ def store(tmp_path):
 
 def test_attrs_round_trip_through_dict_and_store(tmp_path):
     data = ATTRS.to_dict()
-    assert data["format"] == "pointad-renders" and data["schema_version"] == 1
+    assert data["format"] == "pointad-renders" and data["schema_version"] == 2
     assert StoreAttrs.from_dict(data) == ATTRS
     path = tmp_path / "renders.zarr"
     create_store(path, ATTRS)
@@ -98,15 +100,15 @@ def test_tuples_in_attrs_come_back_equal_after_to_dict():
 
 def test_other_schema_version_is_refused_with_the_path_first(tmp_path):
     with pytest.raises(StoreSchemaError) as info:
-        StoreAttrs.from_dict({**ATTRS.to_dict(), "schema_version": 2}, source="renders.zarr")
-    assert str(info.value) == ("renders.zarr: schema_version 2, this version reads 1; open it with the pointad "
+        StoreAttrs.from_dict({**ATTRS.to_dict(), "schema_version": 3}, source="renders.zarr")
+    assert str(info.value) == ("renders.zarr: schema_version 3, this version reads 1, 2; open it with the pointad "
                                "version that wrote it, or render into another --out")
     path = tmp_path / "renders.zarr"
     create_store(path, ATTRS)
-    zarr.open_group(path, mode="r+").attrs["schema_version"] = 2
+    zarr.open_group(path, mode="r+").attrs["schema_version"] = 3
     with pytest.raises(StoreSchemaError) as info:
         open_store(path)
-    assert str(info.value) == (f"{path}: schema_version 2, this version reads 1; open it with the pointad "
+    assert str(info.value) == (f"{path}: schema_version 3, this version reads 1, 2; open it with the pointad "
                                "version that wrote it, or render into another --out")
 
 
@@ -159,9 +161,10 @@ def test_every_array_starts_empty_with_the_schema_shape_dtype_chunks_and_codec(t
     group = zarr.open_group(path, mode="r")
     rows = {"samples/grid_hw": (2,), "views/image": (V, S, S, 3), "views/mask": (V, S, S),
             "points/pixel": (V, P, 2), "points/visible": (V, P), "points/xyz": (P, 3), "points/knn": (P, K),
-            "points/knn_weight": (P, K), "rgb/image": (S, S, 3), "rgb/mask": (S, S)}
+            "points/knn_weight": (P, K), "rgb/image": (S, S, 3), "rgb/mask": (S, S),
+            "cameras/intrinsic": (3, 3), "cameras/extrinsic": (V, 4, 4)}
     worker_written = {spec.path for spec in ARRAYS if spec.field} | {"samples/complete"}
-    assert len(worker_written) == 16
+    assert len(worker_written) == 18
     for spec in ARRAYS:
         array = group[spec.path]
         row = rows.get(spec.path, (P,) if spec.path.startswith("points/") else ())
@@ -392,3 +395,26 @@ def test_shared_package_exports_the_store_reader():
     assert {"open_store", "load_registry", "Sample"} <= set(dir(shared))
     with pytest.raises(AttributeError):
         shared.not_there
+
+
+def test_rows_written_at_another_compression_level_read_back_and_resume(tmp_path, monkeypatch):
+    # stores of older versions were written at zstd level 5: their rows must read back equal, a build
+    # resuming them must write into them, and their metadata rewritten from today's schema (repair) must
+    # still decode the old chunks
+    import shared.store as store_module
+    from shared.store_check import rewrite_array_metadata
+    assert store_module.CLEVEL != 9
+    path = tmp_path / "old.zarr"
+    monkeypatch.setattr(store_module, "CLEVEL", 9)
+    create_store(path, ATTRS)
+    append_samples(path, [_identity("a", i) for i in range(2)])
+    write_sample(path, 0, _arrays(0))
+    monkeypatch.undo()
+    assert zarr.open_group(path, mode="r")["views/image"].compressors[0].clevel == 9
+    write_sample(path, 1, _arrays(1))
+    (path / "views/image/zarr.json").write_text("{")
+    assert rewrite_array_metadata(path) == ["views/image"]
+    assert zarr.open_group(path, mode="r")["views/image"].compressors[0].clevel == store_module.CLEVEL
+    opened = open_store(path)
+    for row in range(2):
+        _assert_row_equal(opened.sample(row), _arrays(row))

@@ -1,0 +1,149 @@
+"""The HDF5 twin of a render store (SPEC 4): one file with the same paths, dtypes, attributes and chunks.
+
+`export_h5` writes it from a Zarr store (`render export`); `open_h5_store` reads it as a RenderStore, so
+train and eval take `--store renders.h5`. Zarr stays the format that workers write: HDF5 has no safe
+concurrent writers, so the twin is written whole, once, and is never appended to.
+
+Layout: groups `samples`, `views`, `points`, `rgb`, `cameras` as in the Zarr store; identity strings are
+variable-length UTF-8. Attributes are JSON text (HDF5 attributes hold no nested mappings): the root's are
+the store's root attributes, each dataset's are its Zarr attributes plus `dimension_names`, and
+`json.loads` of each gives the Zarr value back. Compression: gzip level 4 with HDF5's byte shuffle, which
+every HDF5 reader decodes without plugins (the Zarr store uses Blosc/zstd, which would need hdf5plugin).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from shared.errors import PointADError, StoreSchemaError
+from shared.io import os_error, temp_sibling
+from shared.store import (FORMAT, RenderStore, StoreAttrs, _first_line, _open_group, open_store,
+                          require_writable)
+
+__all__ = ["export_h5", "open_h5_store", "GZIP_LEVEL"]
+
+GZIP_LEVEL = 4
+ROWS_PER_COPY = 16  # rows read from Zarr per copy step: bounded memory, several chunks per read
+
+
+def _json_attrs(attrs) -> dict:
+    return {key: json.loads(value) for key, value in attrs.items()}
+
+
+def export_h5(store_path, out) -> int:
+    """Write the HDF5 twin of the Zarr store at `store_path` to `out`; return the rows written (N).
+
+    Written under a temporary name beside `out`, then renamed: a killed export leaves no half file. `out`
+    may replace only an earlier twin (a file whose root attribute `format` is ours); a schema v1 store is
+    refused (migrate it first: the twin holds the current schema).
+    """
+    store_path, out = Path(store_path), Path(out)
+    require_writable(store_path)  # v1 refused with the one-line note naming `render migrate`
+    store = open_store(store_path)
+    if out.exists():
+        _check_replaceable(out)
+    group = _open_group(store_path, "r")
+    n = len(store)
+    tmp = temp_sibling(out)
+    try:
+        with h5py.File(tmp, "w") as file:
+            for key, value in group.attrs.items():
+                file.attrs[key] = json.dumps(value)
+            for spec in store._specs():
+                source = store.array(spec.path)
+                row = source.shape[1:]
+                string = spec.dtype == "str"
+                target = file.create_dataset(
+                    spec.path, shape=(n, *row), maxshape=(None, *row), chunks=source.chunks,
+                    dtype=h5py.string_dtype("utf-8") if string else np.dtype(spec.dtype),
+                    compression="gzip", compression_opts=GZIP_LEVEL, shuffle=not string,
+                    **({} if string else {"fillvalue": np.array(spec.fill, dtype=spec.dtype)}))
+                for key, value in source.attrs.items():
+                    target.attrs[key] = json.dumps(value)
+                target.attrs["dimension_names"] = json.dumps(list(source.metadata.dimension_names))
+                step = n if not spec.worker else ROWS_PER_COPY
+                for start in range(0, n, max(step, 1)):
+                    values = source[start: start + step]
+                    target[start: start + len(values)] = values.astype(object) if string else values
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise os_error(exc, out) from None
+    finally:
+        if tmp.is_file():
+            tmp.unlink()
+    return n
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace anything but an HDF5 twin of ours."""
+    try:
+        with h5py.File(out, "r") as file:
+            ours = json.loads(file.attrs.get("format", "null")) == FORMAT
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise PointADError(f"{out}: exists and is not an HDF5 render store; remove it or choose another --out")
+
+
+class H5RenderStore(RenderStore):
+    """A RenderStore read from the HDF5 twin; the file stays open (read-only) while the object lives."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self._file = h5py.File(self.path, "r")
+        except (OSError, ValueError) as exc:
+            raise StoreSchemaError(f"{self.path}: not a pointad render store (not a readable HDF5 file: "
+                                   f"{_first_line(exc)})") from None
+        try:
+            attrs = _json_attrs(self._file.attrs)
+        except (TypeError, ValueError) as exc:
+            raise StoreSchemaError(f"{self.path}: root attributes are not JSON text ({_first_line(exc)}); "
+                                   "not a twin written by 'render export'") from None
+        self.attrs = StoreAttrs.from_dict(attrs, source=str(self.path))
+        self._arrays = {}
+        for spec in self._specs():
+            array = self._file.get(spec.path)
+            if not isinstance(array, h5py.Dataset):
+                raise StoreSchemaError(f"{self.path}: array {spec.path} missing; export the store again")
+            self._arrays[spec.path] = array
+        self._index_arrays()
+
+    def __getstate__(self):
+        raise TypeError("an open HDF5 store is not picklable; pass its path and open it in each process")
+
+    def _array_attr(self, path: str, key: str, default):
+        value = self._arrays[path].attrs.get(key)
+        return default if value is None else json.loads(value)
+
+    def _strings(self, path: str) -> np.ndarray:
+        return np.array(self._arrays[path].asstr()[: self._n].tolist(), dtype=str)
+
+    def _is_string(self, array) -> bool:
+        return h5py.check_string_dtype(array.dtype) is not None
+
+    def _read(self, paths, selection):
+        if isinstance(selection, np.ndarray):
+            selection = selection.tolist()  # h5py: increasing indices along one axis
+        out = []
+        for path in paths:
+            try:
+                out.append(np.asarray(self._arrays[path][selection]))
+            except (OSError, ValueError) as exc:  # a damaged chunk fails its filter pipeline
+                raise StoreSchemaError(f"{self.path}: array {path}: rows do not read ({_first_line(exc)}); "
+                                       "export the store again") from None
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def open_h5_store(path) -> H5RenderStore:
+    """Open the HDF5 twin at `path` read-only (StoreSchemaError naming the path if it is not one)."""
+    return H5RenderStore(path)
+

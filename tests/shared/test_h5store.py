@@ -1,0 +1,112 @@
+"""The HDF5 twin (`render export`, SPEC 4): every array and attribute as in the Zarr store, read by
+`open_store`, and train and eval on it give what they give on the Zarr store."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+
+from eval.cli import eval_
+from render.build import build_store
+from render.cli import render
+from render.sample_render import RenderOptions
+from shared.errors import PointADError
+from shared.h5store import GZIP_LEVEL, export_h5
+from shared.store import open_store, store_fingerprint
+from shared.store_schema import ARRAYS, SAMPLE_FIELDS
+from train.checkpoint import load_checkpoint
+from train.loop import TrainConfig, train
+
+MVTEC = "synthetic-mvtec3d"
+
+
+@pytest.fixture(scope="module")
+def twin(mvtec_dataset, tmp_path_factory):
+    """(Zarr store, its HDF5 twin): the cookie test split at CLIP's 336 px, 2 views, splat renderer."""
+    _, entry = mvtec_dataset
+    folder = tmp_path_factory.mktemp("twin")
+    options = RenderOptions(views=2, image_size=336, supersample=1, point_size=2, renderer="splat")
+    assert build_store(entry, folder / "renders.zarr", options, classes=["cookie"], splits=["test"]).rendered == 6
+    result = CliRunner().invoke(render, ["export", str(folder / "renders.zarr"), "--out", str(folder / "renders.h5")])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"wrote {folder / 'renders.h5'}: 6 rows of {folder / 'renders.zarr'}"
+    return folder / "renders.zarr", folder / "renders.h5"
+
+
+def test_every_array_and_attribute_round_trips_equal(twin):
+    zarr_path, h5_path = twin
+    group = zarr.open_group(zarr_path, mode="r")
+    with h5py.File(h5_path, "r") as file:
+        assert {key: json.loads(value) for key, value in file.attrs.items()} == dict(group.attrs)
+        for spec in ARRAYS:
+            source, copy = group[spec.path], file[spec.path]
+            if spec.dtype == "str":
+                assert copy.asstr()[:].tolist() == source[:].tolist(), spec.path
+            else:
+                assert copy.dtype == source.dtype and np.array_equal(copy[:], source[:], equal_nan=True), spec.path
+            assert copy.shape == source.shape and copy.chunks == source.chunks, spec.path
+            assert copy.compression == "gzip" and copy.compression_opts == GZIP_LEVEL, spec.path
+            attrs = {key: json.loads(value) for key, value in copy.attrs.items()}
+            assert attrs == {**source.attrs, "dimension_names": list(source.metadata.dimension_names)}, spec.path
+
+
+def test_open_store_reads_the_twin_as_the_zarr_store(twin):
+    a, b = (open_store(path) for path in twin)
+    assert type(b).__name__ == "H5RenderStore" and a.attrs == b.attrs and len(a) == len(b) == 6
+    assert store_fingerprint(twin[0]) == store_fingerprint(twin[1])
+    for key, values in a.table().items():
+        assert values.dtype == b.table()[key].dtype and np.array_equal(values, b.table()[key]), key
+    for row in range(6):
+        x, y = a.sample(row), b.sample(row)
+        for name in SAMPLE_FIELDS:
+            assert np.array_equal(getattr(x, name), getattr(y, name)), (row, name)
+    for order in ([5, 0, 2], [1, 2, 3], [4, 4]):
+        batch_a, batch_b = a.read_batch(order, SAMPLE_FIELDS), b.read_batch(order, SAMPLE_FIELDS)
+        assert all(np.array_equal(batch_a[f], batch_b[f]) for f in SAMPLE_FIELDS), order
+    assert b.indices(split="test").tolist() == a.indices(split="test").tolist()
+
+
+def test_export_replaces_only_an_earlier_twin(twin, tmp_path):
+    zarr_path, _ = twin
+    other = tmp_path / "notes.h5"
+    other.write_text("keep me")
+    with pytest.raises(PointADError, match=f"^{other}: exists and is not an HDF5 render store"):
+        export_h5(zarr_path, other)
+    assert other.read_text() == "keep me" and [p.name for p in tmp_path.iterdir()] == ["notes.h5"]
+    out = tmp_path / "renders.h5"
+    assert export_h5(zarr_path, out) == 6 and export_h5(zarr_path, out) == 6  # an earlier twin is replaced
+
+
+def test_training_on_the_twin_gives_the_same_checkpoint_and_eval_report_reads_it(twin, tmp_path):
+    states = []
+    for name, store in zip(("zarr", "h5"), twin):
+        config = TrainConfig(store=str(store), class_name="cookie", dataset=MVTEC, model="tiny", epochs=1,
+                             batch_size=4)
+        train(config, tmp_path / name)
+        states.append(load_checkpoint(tmp_path / name / "checkpoints" / "epoch_1.pt")["prompts"])
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        a, b = states[0][key], states[1][key]
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, key
+    assert any(isinstance(v, torch.Tensor) and v.abs().sum() > 0 for v in states[0].values())
+    reports = []
+    for name, store in zip(("zarr", "h5"), twin):
+        out = tmp_path / f"{name}.json"
+        result = CliRunner().invoke(eval_, ["report", "--store", str(store), "--checkpoints", str(tmp_path / name),
+                                            "--dataset", MVTEC, "--setting", "cross-dataset", "--device", "cpu",
+                                            "--format", "json", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads(out.read_text()))
+    assert _without_paths(reports[0], twin[0]) == _without_paths(reports[1], twin[1])
+
+
+def _without_paths(report, store):
+    """The report with the store's path and the run folder's name taken out (they differ by design)."""
+    text = json.dumps(report).replace(str(store), "STORE").replace("zarr", "X").replace("h5", "X")
+    return json.loads(text)

@@ -1,0 +1,235 @@
+"""Schema v2 (SPEC 4, issue 11): a store other tools read (xarray, dask), its cameras, the sample table,
+and schema v1 stores read but not written until `render migrate` makes them equal to a fresh v2 build."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import dask.array
+import numpy as np
+import pytest
+import xarray
+import zarr
+from click.testing import CliRunner
+
+from render.build import build_store
+from render.camera import fit_camera, project
+from render.cli import render
+from render.migrate import migrate_store
+from render.sample_render import RenderOptions
+from render.view_plan import ViewPlan
+from shared.errors import StoreSchemaError
+from shared.store import append_samples, open_store, store_fingerprint, write_sample
+from shared.store_schema import ARRAYS, CAMERA_CONVENTION, RENDER_ELSEWHERE, SAMPLE_FIELDS, V2_ONLY
+
+OPTIONS = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 48, point_size=3, renderer="splat")
+
+
+@pytest.fixture(scope="module")
+def v2_store(mvtec_dataset, tmp_path_factory):
+    """A fresh v2 build of the cookie test split (6 rows), splat renderer (no Open3D window)."""
+    _, entry = mvtec_dataset
+    out = tmp_path_factory.mktemp("v2") / "renders.zarr"
+    result = build_store(entry, out, OPTIONS, classes=["cookie"], splits=["test"])
+    assert result.rendered == 6 and not result.failures
+    return out
+
+
+def make_v1(v2: Path, out: Path) -> Path:
+    """The same store in schema v1's layout, as the v1 code wrote it: no cameras, no dimension names, no
+    array attributes but the chunk record, every render option inside `render` as well, prose camera."""
+    shutil.copytree(v2, out)
+    for group in V2_ONLY:
+        shutil.rmtree(out / group.split("/")[0], ignore_errors=True)
+    for spec in ARRAYS:
+        document = out / spec.path / "zarr.json"
+        if document.exists():
+            meta = json.loads(document.read_text())
+            meta.pop("dimension_names", None)
+            meta["attributes"] = {k: v for k, v in meta["attributes"].items() if k == "every_chunk_written_from_row"}
+            document.write_text(json.dumps(meta))
+    root = json.loads((out / "zarr.json").read_text())
+    attrs = root["attributes"]
+    attrs["schema_version"] = 1
+    attrs["camera"] = {k: v for k, v in attrs["camera"].items() if k not in CAMERA_CONVENTION}
+    attrs["render"] = {**attrs["render"], **{k: attrs[k] for k in ("views", "image_size", "max_points", "knn")},
+                       "fov_degrees": attrs["camera"]["fov_degrees"], "margin": attrs["camera"]["margin"]}
+    (out / "zarr.json").write_text(json.dumps(root))
+    return out
+
+
+def test_xarray_opens_every_group_lazily_with_named_dimensions(v2_store):
+    tree = xarray.open_datatree(v2_store, engine="zarr", consolidated=False)  # the store has none, by design
+    groups = {"samples", "views", "points", "rgb", "cameras"}
+    assert set(tree.children) == groups
+    seen = set()
+    for name in groups:
+        dataset = tree[name].dataset
+        for variable, array in dataset.data_vars.items():
+            path = f"{name}/{variable}"
+            seen.add(path)
+            assert not isinstance(array.variable._data, np.ndarray), f"{path} was loaded eagerly"
+            stored = zarr.open_array(v2_store / path, mode="r")
+            assert array.dims == tuple(stored.metadata.dimension_names) and array.shape == stored.shape, path
+            assert array.dims[0] == "sample" and not set(array.dims) & set(dataset.variables), path
+            assert {"meaning", "units", "fill_value"} <= set(array.attrs), path
+    assert seen == {spec.path for spec in ARRAYS}
+    views = tree["views"].dataset
+    assert views["image"].dims == ("sample", "view", "row", "col", "channel")
+    assert tree["points"].dataset["pixel"].dims == ("sample", "view", "point", "uv")
+    store = open_store(v2_store)
+    np.testing.assert_array_equal(views["image"][4].values, store.sample(4).image)  # a lazy read, one row
+    assert tree["samples"].dataset["sample_id"].values.tolist() == store.table()["sample_id"].tolist()
+
+
+def test_dask_reads_a_view_array_chunk_by_chunk(v2_store):
+    image = dask.array.from_zarr(str(v2_store), component="views/image")
+    assert image.chunks[0] == (1,) * 6 and image.numblocks == (6, 1, 1, 1, 1)
+    store = open_store(v2_store)
+    for row in range(6):
+        np.testing.assert_array_equal(image.blocks[row].compute()[0], store.sample(row).image)
+    assert int(image.sum().compute()) == sum(int(store.sample(r).image.sum(dtype=np.int64)) for r in range(6))
+
+
+def test_cameras_are_the_renderers_and_reproduce_the_stored_pixels(v2_store):
+    store = open_store(v2_store)
+    rotations = ViewPlan.from_dict(store.attrs.view_plan).rotations
+    for row in range(len(store)):
+        sample = store.sample(row)
+        points = sample.xyz[: sample.n_points]
+        camera = fit_camera(points, 48, OPTIONS.fov_degrees, OPTIONS.margin)
+        np.testing.assert_array_equal(sample.intrinsic, camera.intrinsic())
+        np.testing.assert_array_equal(sample.extrinsic, camera.extrinsics(rotations))
+        # an independent float64 pinhole through the stored matrices lands in the stored pixel
+        homogeneous = np.c_[points, np.ones(len(points))].astype(np.float64)
+        xyz = np.einsum("vij,pj->vpi", sample.extrinsic, homogeneous)[..., :3]
+        uv = (xyz @ sample.intrinsic.T)[..., :2] / xyz[..., 2:]
+        pixel, _, inside = project(points, camera, rotations)
+        gap = np.abs(uv - sample.pixel[:, : sample.n_points])[inside]
+        assert gap.max() <= 0.5 + 1e-4, f"row {row}: largest gap {gap.max()} px"
+    attrs = zarr.open_group(v2_store, mode="r").attrs
+    assert {k: attrs["camera"][k] for k in CAMERA_CONVENTION} == CAMERA_CONVENTION
+    assert not set(RENDER_ELSEWHERE) & set(attrs["render"])  # each option once on disk
+    assert store.attrs.render["views"] == 2 and store.attrs.render["fov_degrees"] == OPTIONS.fov_degrees
+
+
+def test_table_returns_every_identity_column_in_one_call(v2_store):
+    store = open_store(v2_store)
+    table = store.table()
+    assert set(table) == {"row", "dataset", "class_name", "split", "defect_type", "sample_id", "label", "complete"}
+    assert table["row"].tolist() == list(range(6)) and table["complete"].all()
+    for row in range(6):
+        identity = store.identity(row)
+        assert {k: (table[k][row].item()) for k in identity} == identity
+    assert (table["label"] == (table["defect_type"] != "good")).all()
+
+
+def test_v1_store_reads_the_same_but_refuses_writes_until_migrated(v2_store, tmp_path):
+    v1 = make_v1(v2_store, tmp_path / "v1.zarr")
+    old, new = open_store(v1), open_store(v2_store)
+    assert old.schema_version == 1 and old.attrs == replace(new.attrs, schema_version=1)
+    for row in range(6):
+        a, b = old.sample(row), new.sample(row)
+        assert a.intrinsic is None and a.extrinsic is None
+        for name in SAMPLE_FIELDS:
+            if name not in ("intrinsic", "extrinsic"):
+                assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert store_fingerprint(v1) == store_fingerprint(v2_store)  # runs made on v1 resume after migrating
+    with pytest.raises(StoreSchemaError, match="no intrinsic in a schema_version 1 store"):
+        old.read_batch([0], ("intrinsic",))
+    note = f"^{v1}: schema_version 1 store, read-only in this version; run 'render migrate {v1}' to upgrade it"
+    before = {p: p.read_bytes() for p in sorted(v1.rglob("*")) if p.is_file()}
+    with pytest.raises(StoreSchemaError, match=note):
+        write_sample(v1, 0, new.sample(0))
+    with pytest.raises(StoreSchemaError, match=note):
+        append_samples(v1, [{**old.identity(0), "sample_id": "other"}])
+    # v1 verify derives the cameras (as migrate does) and finds what v2's finds with the stored ones
+    problems = [_problems(v, str(v)) for v in (v1, v2_store)]
+    assert problems[0] == problems[1] and not [p for p in problems[0] if "pixel" in p or "visib" in p]
+    assert {p: p.read_bytes() for p in sorted(v1.rglob("*")) if p.is_file()} == before  # nothing written
+
+
+def _problems(path, name):
+    verified = CliRunner().invoke(render, ["verify", str(path)])
+    return [line.replace(name, "STORE") for line in verified.stdout.splitlines() if line.startswith("problem:")]
+
+
+def test_verify_checks_the_pixels_against_the_stored_cameras(v2_store, tmp_path):
+    out = tmp_path / "moved.zarr"
+    shutil.copytree(v2_store, out)
+    extrinsic = zarr.open_array(out / "cameras/extrinsic", mode="r+")
+    moved = extrinsic[3]
+    moved[1, 0, 3] += 0.2 * abs(moved[1, 2, 3])  # view 1 of row 3 shifted sideways
+    extrinsic[3] = moved
+    sample_id = open_store(out).identity(3)["sample_id"]
+    added = sorted(set(_problems(out, str(out))) - set(_problems(v2_store, str(v2_store))))
+    assert added[0].startswith(f"problem: synthetic-mvtec3d:{sample_id}: stored pixels differ from the projection "
+                               "through the stored cameras at ")
+    assert all(sample_id in line for line in added)
+
+
+def test_build_on_a_v1_store_is_one_line_naming_migrate(v2_store, mvtec_dataset, tmp_path):
+    _, entry = mvtec_dataset
+    v1 = make_v1(v2_store, tmp_path / "v1.zarr")
+    args = ["build", "--format", "mvtec3d", "--root", str(entry.root), "--classes", "cookie", "--splits", "test",
+            "--out", str(v1), "--views", "2", "--image-size", "48", "--supersample", "1", "--max-points", "2304",
+            "--point-size", "3", "--renderer", "splat"]
+    for extra in ([], ["--repair"]):
+        result = CliRunner().invoke(render, args + extra)
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines()[-1] == (
+            f"Error: {v1}: schema_version 1 store, read-only in this version; run 'render migrate {v1}' to "
+            "upgrade it in place")
+
+
+def _metadata(path: Path) -> dict:
+    return {str(p.relative_to(path)): json.loads(p.read_text()) for p in sorted(path.rglob("zarr.json"))}
+
+
+def _chunks(path: Path) -> dict:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name != "zarr.json" and not p.name.startswith(".")}
+
+
+def test_migrate_makes_a_v1_store_equal_to_a_fresh_v2_build(v2_store, tmp_path):
+    v1 = make_v1(v2_store, tmp_path / "v1.zarr")
+    result = CliRunner().invoke(render, ["migrate", str(v1)])
+    assert result.exit_code == 0, result.output
+    assert "migrated from schema_version 1 to 2" in result.output and "cameras of 6 complete row(s)" in result.output
+    assert _metadata(v1) == _metadata(v2_store)
+    assert _chunks(v1) == _chunks(v2_store)  # v1 chunks untouched, cameras bit for bit the renderer's
+    assert open_store(v1).attrs == open_store(v2_store).attrs
+    again = CliRunner().invoke(render, ["migrate", str(v1)])
+    assert again.exit_code == 0 and "already schema_version 2; nothing to do" in again.output
+
+
+KILL_AFTER = """
+import sys, render.migrate as m
+calls = []
+real = m._upgrade_array_metadata
+def stop(document, spec):
+    real(document, spec)
+    calls.append(1)
+    if len(calls) == int(sys.argv[2]):
+        import os; os.kill(os.getpid(), 9)
+m._upgrade_array_metadata = stop
+m.migrate_store(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("after", [3, 17])
+def test_migration_killed_part_way_leaves_a_readable_v1_store_and_finishes_on_rerun(v2_store, tmp_path, after):
+    v1 = make_v1(v2_store, tmp_path / "v1.zarr")
+    expected = [open_store(v1).sample(r).image for r in range(6)]
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER, str(v1), str(after)], cwd=Path(__file__).parents[2],
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    half = open_store(v1)
+    assert half.schema_version == 1 and [np.array_equal(half.sample(r).image, expected[r]) for r in range(6)] == [True] * 6
+    assert migrate_store(v1).startswith(f"{v1}: migrated")
+    assert _metadata(v1) == _metadata(v2_store) and _chunks(v1) == _chunks(v2_store)
