@@ -31,6 +31,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing Python packages into .venv (pinned in pyproject.toml)"
   # (this machine's pip config lists local index folders that may not exist: drop those warnings)
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
-  .venv/bin/python -c "import render, shared, open3d, zarr, torch" || { echo "setup: install failed" >&2; exit 1; }
+  .venv/bin/python -c "import pointad.render, pointad.shared, open3d, zarr, torch" || { echo "setup: install failed" >&2; exit 1; }
   touch "$stamp"
 fi

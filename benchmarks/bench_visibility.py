@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from render.camera import fit_camera, project
-from render.graph import knn_graph, proxy_indices
-from render.view_plan import make_view_plan
-from render.visibility import nearest_per_pixel, surface_visible
+from pointad.render.camera import fit_camera, project
+from pointad.render.graph import knn_graph, proxy_indices
+from pointad.render.view_plan import make_view_plan
+from pointad.render.visibility import nearest_per_pixel, surface_visible
 
 ROOT = Path(__file__).resolve().parents[1]
 

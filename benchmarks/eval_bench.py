@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from eval.metrics import aupro_organized, aupro_pointad_compat
+from pointad.eval.metrics import aupro_organized, aupro_pointad_compat
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = "synthetic"  # the generated folder's name, so the dataset reads as the registry's built-in one
@@ -200,13 +200,13 @@ def aupro_part(args) -> None:
 
 def synthetic_run(workdir: Path, args) -> tuple[Path, Path, list[tuple[str, float]]]:
     """(store, run dir, [(step, seconds)]): generate, render and train what `workdir` does not hold yet."""
-    from render import synthetic
-    from render.build import build_store
-    from render.datasets import open_dataset
-    from render.sample_render import RenderOptions
-    from shared.store import open_store
-    from train.checkpoint import latest_checkpoint
-    from train.loop import TrainConfig, train
+    from pointad.render import synthetic
+    from pointad.render.build import build_store
+    from pointad.render.datasets import open_dataset
+    from pointad.render.sample_render import RenderOptions
+    from pointad.shared.store import open_store
+    from pointad.train.checkpoint import latest_checkpoint
+    from pointad.train.loop import TrainConfig, train
 
     steps = []
     spec = synthetic.SyntheticSpec(format="mvtec3d", seed=0, classes=tuple(args.classes), train=1, validation=1,
@@ -247,7 +247,7 @@ def stage_clock():
     Wraps the two names `eval.report` calls, `score_store_runs` and `class_metrics`, in this process only;
     the originals are restored on exit. Product code is not changed.
     """
-    import eval.report as report
+    import pointad.eval.report as report
 
     spent = {"scoring": 0.0, "metrics": 0.0, "samples": 0, "metric_calls": 0}
     score_store_runs, class_metrics = report.score_store_runs, report.class_metrics
@@ -283,7 +283,7 @@ def stage_clock():
 def time_reports(configs, workdir: Path, device: str, repeats: int) -> list[dict]:
     """Per config, medians over repeats of total / scoring / metrics seconds of build_report + write_report(md),
     and its counts. The configs take turns in each repeat, so a noisy spell hits them all alike."""
-    from eval.report import build_report, write_report
+    from pointad.eval.report import build_report, write_report
 
     runs = [[] for _ in configs]
     for _ in range(repeats):
@@ -301,7 +301,7 @@ def time_reports(configs, workdir: Path, device: str, repeats: int) -> list[dict
 
 def report_part(args) -> None:
     """Print part 2's setup line and table (module docstring)."""
-    from eval.report import ReportConfig, build_report
+    from pointad.eval.report import ReportConfig, build_report
 
     with tempfile.TemporaryDirectory(prefix="eval-bench-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
@@ -353,10 +353,10 @@ def shared_pass_part(args) -> None:
     `eval report` does) against one `score_store` per run (each run re-encoding the renderings)."""
     import dataclasses
 
-    from eval.scoring import score_store, score_store_runs
-    from shared.store import open_store
-    from train.backbone import load_backbone
-    from train.model_config import load_model_config
+    from pointad.eval.scoring import score_store, score_store_runs
+    from pointad.shared.store import open_store
+    from pointad.train.backbone import load_backbone
+    from pointad.train.model_config import load_model_config
 
     config = load_model_config("tiny")
     if args.share_model == "vit-l-random":  # the real model's cost without its weights
@@ -420,7 +420,7 @@ def mutual_part(args) -> None:
     size, on synthetic features (random normal, L2-normalised; the time does not depend on the values)."""
     import torch
 
-    from eval.mutual_scoring import BLOCK_BYTES, block_sizes, mutual_scores
+    from pointad.eval.mutual_scoring import BLOCK_BYTES, block_sizes, mutual_scores
     device = torch.device(args.device)
     tokens, dim = args.mutual_tokens, args.mutual_dim
     rows = []

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import open3d as o3d
 
-from render.preprocess import farthest_point_indices
+from pointad.render.preprocess import farthest_point_indices
 
 
 def shell(points: int, seed: int = 0) -> np.ndarray:

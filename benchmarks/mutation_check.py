@@ -12,6 +12,7 @@ mutation whose original line is not found exactly once is reported as such, not 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -126,11 +127,22 @@ def apply(copy: Path, mutation: Mutation) -> str | None:
 
 def check_imports(copy: Path) -> None:
     """The copy's packages, not the checkout's (the venv holds an editable install of it), must be imported."""
-    code = "import render, train, eval, shared; print('\\n'.join(m.__file__ for m in (render, train, eval, shared)))"
-    files = subprocess.run([str(PYTHON), "-c", code], cwd=copy, capture_output=True, text=True, check=True).stdout
+    code = ("import pointad.render as r, pointad.train as t, pointad.eval as e, pointad.shared as s; "
+            "print('\\n'.join(m.__file__ for m in (r, t, e, s)))")
+    files = subprocess.run([str(PYTHON), "-c", code], cwd=copy, env=_env(copy), capture_output=True, text=True,
+                           check=True).stdout
     outside = [f for f in files.split() if not Path(f).resolve().is_relative_to(copy.resolve())]
     if outside:
         raise SystemExit(f"the copy imports packages from elsewhere: {outside}")
+
+
+def _env(copy: Path) -> dict:
+    """The copy importable as `pointad` ahead of the venv's editable install: a `pointad` link beside it."""
+    link = copy.parent / f"{copy.name}-import" / "pointad"
+    link.parent.mkdir(exist_ok=True)
+    if not link.exists():
+        link.symlink_to(copy.resolve(), target_is_directory=True)
+    return {**os.environ, "PYTHONPATH": str(link.parent)}
 
 
 def run_tests(copy: Path, tests, timeout: float) -> tuple[str, float, str]:
@@ -138,6 +150,7 @@ def run_tests(copy: Path, tests, timeout: float) -> tuple[str, float, str]:
     start = time.monotonic()
     try:
         done = subprocess.run([str(PYTHON), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=copy,
+                              env=_env(copy),
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return "timeout", time.monotonic() - start, ""

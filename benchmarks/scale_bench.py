@@ -33,10 +33,10 @@ CLASSES = ("cookie", "torus")  # cookie is trained on; torus is the one-vs-rest 
 
 def base_store(folder: Path, views: int, max_points: int) -> Path:
     """A rendered store of a few test samples per class (real `build_store`), made once in `folder`."""
-    from render import synthetic
-    from render.build import build_store
-    from render.datasets import open_dataset
-    from render.sample_render import RenderOptions
+    from pointad.render import synthetic
+    from pointad.render.build import build_store
+    from pointad.render.datasets import open_dataset
+    from pointad.render.sample_render import RenderOptions
     out = folder / "base.zarr"
     if out.exists():
         return out
@@ -53,7 +53,7 @@ def base_store(folder: Path, views: int, max_points: int) -> Path:
 
 def scaled_store(base: Path, out: Path, n: int) -> Path:
     """A store of n rows, n/2 per class, each a copy of a base row of its class under a new sample id."""
-    from shared.store import SAMPLE_FIELDS, SampleArrays, append_samples, create_store, open_store, write_sample
+    from pointad.shared.store import SAMPLE_FIELDS, SampleArrays, append_samples, create_store, open_store, write_sample
     if out.exists():
         store = open_store(out)
         if len(store) == n and store.complete.all():
@@ -116,10 +116,10 @@ def main() -> None:
             made = time.perf_counter() - started
             run = folder / f"run-n{n}"
             shutil.rmtree(run, ignore_errors=True)  # our run folder from an earlier invocation: train afresh
-            train = measure([python, "-m", "train.cli", "run", "--store", str(store), "--class", CLASSES[0],
+            train = measure([python, "-m", "pointad.train.cli", "run", "--store", str(store), "--class", CLASSES[0],
                              "--model", "tiny", "--epochs", "1", "--batch-size", str(args.batch_size),
                              "--device", "cpu", "--out", str(run)], folder / f"train-n{n}.log")
-            report = measure([python, "-m", "eval.cli", "report", "--store", str(store), "--checkpoints", str(run),
+            report = measure([python, "-m", "pointad.eval.cli", "report", "--store", str(store), "--checkpoints", str(run),
                               "--dataset", DATASET, "--device", "cpu", "--batch-size", str(args.batch_size),
                               "--out", str(folder / f"report-n{n}.md")], folder / f"eval-n{n}.log")
             table.append((n, *train, *report))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -36,16 +35,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from render.camera import fit_camera
-from render.rasterize import DrawStyle, LegacyRasterizer
-from render.readers import list_samples, preprocess_options, read_sample
-from render.sample_render import LIGHTS, RenderOptions, _capture_all, estimate_normals, render_sample
-from render.synthetic import CLASSES, SyntheticSpec, generate
-from shared.registry import custom_entry
-from train.backbone import FrozenCLIP, normalize
-from train.maps import patch_maps
-from train.model_config import ModelConfig, load_model_config
-from train.prompts import PromptLearner
+from pointad.render.camera import fit_camera
+from pointad.render.rasterize import DrawStyle, LegacyRasterizer
+from pointad.render.readers import list_samples, preprocess_options, read_sample
+from pointad.render.sample_render import LIGHTS, RenderOptions, _capture_all, estimate_normals, render_sample
+from pointad.render.synthetic import CLASSES, SyntheticSpec, generate
+from pointad.shared.registry import custom_entry
+from pointad.train.backbone import FrozenCLIP, normalize
+from pointad.train.maps import patch_maps
+from pointad.train.model_config import ModelConfig, load_model_config
+from pointad.train.prompts import PromptLearner
 
 WAYS = ("splat", "shifted")
 

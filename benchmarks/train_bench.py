@@ -25,8 +25,8 @@ import torch
 
 
 def backbone_for(name: str):
-    from train.backbone import load_backbone
-    from train.model_config import load_model_config
+    from pointad.train.backbone import load_backbone
+    from pointad.train.model_config import load_model_config
     if name == "vit-l-random":
         config = dataclasses.replace(load_model_config("vit-l-14-336"), pretrained=None, random_init=True,
                                      label="ViT-L-14-336 (random weights)")
@@ -35,10 +35,10 @@ def backbone_for(name: str):
 
 
 def build_store(root: Path, classes: tuple[str, ...]) -> Path:
-    from render import synthetic
-    from render.build import build_store as build
-    from render.datasets import open_dataset
-    from render.sample_render import RenderOptions
+    from pointad.render import synthetic
+    from pointad.render.build import build_store as build
+    from pointad.render.datasets import open_dataset
+    from pointad.render.sample_render import RenderOptions
     data = synthetic.generate(root / "data", synthetic.SyntheticSpec(classes=classes, train=0, validation=0,
                                                                      test_good=3, per_defect=1))
     out = root / "renders.zarr"
@@ -48,7 +48,7 @@ def build_store(root: Path, classes: tuple[str, ...]) -> Path:
 
 def time_epochs(store: str, run_dir: str, model: str, device: str, cached: bool, epochs: int, queue) -> None:
     """Child process: set up a trainer, time `epochs` epochs, report seconds and peak memory."""
-    from train.loop import Trainer, TrainConfig
+    from pointad.train.loop import Trainer, TrainConfig
     backbone = backbone_for(model)
     config = TrainConfig(store=store, class_name="cookie", model="tiny" if model == "tiny" else "vit-l-14-336",
                          feature_cache=cached, epochs=epochs)

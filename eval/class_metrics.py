@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 
-from eval.metrics import (aupro_components, aupro_graph, aupro_pointad_compat, image_metrics,
+from pointad.eval.metrics import (aupro_components, aupro_graph, aupro_pointad_compat, image_metrics,
                           organized_component_ids, point_auroc)
-from eval.scoring import SampleScores
+from pointad.eval.scoring import SampleScores
 
 BLOCKS = ("point", "rgb", "multimodal")
 METRICS = {"i_auroc": "I-AUROC", "ap": "AP", "p_auroc": "P-AUROC", "aupro": "AUPRO"}

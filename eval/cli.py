@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from shared.cli import PointADGroup, verbosity_option
+from pointad.shared.cli import PointADGroup, verbosity_option
 
 
 @click.group(name="eval", cls=PointADGroup)
@@ -20,12 +20,14 @@ def eval_():
 
 
 @eval_.command()
-@click.option("--store", required=True, type=click.Path(path_type=Path), help="Render store holding the test dataset.")
+@click.option("--store", default=Path("renders.zarr"), show_default=True, type=click.Path(path_type=Path),
+              help="Render store holding the test dataset(s).")
 @click.option("--checkpoints", multiple=True, type=click.Path(path_type=Path),
               help="Run directory (its last checkpoint) or checkpoint file; repeat for several runs.")
 @click.option("--setting", type=click.Choice(["one-vs-rest", "cross-dataset"]), default="one-vs-rest",
               show_default=True, help="one-vs-rest: test the dataset's other classes; cross-dataset: every class.")
-@click.option("--dataset", required=True, help="Test dataset (its name in the store).")
+@click.option("--dataset", help="Test dataset (its name in the store)  [default: one-vs-rest: the runs' training "
+                               "dataset; cross-dataset: every other dataset in the store]")
 @click.option("--classes", multiple=True, help="Only these test classes (repeat the option).")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the report here (atomically) instead of stdout.")
@@ -59,7 +61,8 @@ def eval_():
 @click.option("--figure-sample", "figure_ids", multiple=True,
               help="Draw this sample instead (its sample id, e.g. cookie/test/hole/xyz/000.tiff); repeat for several.")
 @click.option("--runs-dir", type=click.Path(path_type=Path),
-              help="Instead of --checkpoints: the sweep's runs <train-dataset>-<class>-<seed> in this folder.")
+              help="Instead of --checkpoints: the sweep's runs <train-dataset>-<class>-<seed> in this folder  "
+                   "[default with neither: runs, every trained run in it]")
 @click.option("--train-dataset", help="Dataset of the training classes (default: --dataset for one-vs-rest).")
 @click.option("--train-classes", multiple=True, help="Training classes (repeat; default: datasets.yaml aux_classes).")
 @click.option("--seeds", multiple=True, type=int, help="Seeds of the runs (repeat; default: 111).")
@@ -76,10 +79,11 @@ def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, de
     The runs come from --checkpoints, or from --runs-dir as a sweep (training classes x seeds); with
     --train-missing the runs not there yet are trained first, so one command reproduces a setting.
     """
-    from eval.report import ReportConfig, build_report, write_report
-    from eval.targets import check_file_target, check_folder_target
-    from train.cli import resolve_model
-    from train.loop import resolve_device
+    from pointad.eval.report import ReportConfig, build_report, write_report
+    from pointad.eval.targets import check_file_target, check_folder_target
+    from pointad.shared.errors import PointADError
+    from pointad.train.cli import resolve_model
+    from pointad.train.loop import resolve_device
     if out is not None:
         check_file_target(out, "--out takes a file name")
     if figures is not None:
@@ -87,35 +91,106 @@ def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, de
     if method in ("clip-rendering", "mutual-scoring"):
         model = resolve_model(model, clip_weights)
     mutual = _mutual_options(mutual_views, mutual_fraction, mutual_radii, mutual_layers, rescore_k)
+    chosen = []  # the defaults taken, said in the first lines
+    trained_on = None
+    if method == "pointad" and not checkpoints and runs_dir is None:
+        runs_dir = Path("runs")
+        if not runs_dir.is_dir():
+            raise PointADError("no --checkpoints and no runs folder 'runs' here: train with `train run` "
+                               "(or `train sweep`), or pass --checkpoints or --runs-dir")
+        chosen.append(f"runs from {runs_dir}")
     if runs_dir is not None:
         if checkpoints:
             raise click.UsageError("give either --checkpoints or --runs-dir, not both")
-        if train_dataset is None and setting == "cross-dataset":
-            raise click.UsageError("--setting cross-dataset with --runs-dir needs --train-dataset")
-        checkpoints = _sweep_runs(store, runs_dir, train_dataset or dataset, train_classes, seeds, train_missing,
-                                  model=model, epochs=epochs, prompt=prompt, clip_weights=clip_weights,
-                                  device=device)
-    config = ReportConfig(store=str(store), dataset=dataset, setting=setting,
-                          checkpoints=tuple(str(c) for c in checkpoints), classes=tuple(classes) or None,
-                          protocol=protocol, method=method, model=model,
-                          clip_weights=None if clip_weights is None else str(clip_weights), batch_size=batch_size,
-                          figures=None if figures is None else str(figures), figure_samples=figure_samples,
-                          figure_ids=tuple(figure_ids),
-                          compare_paper=compare_paper, mutual=mutual)
+        if train_dataset is None and dataset is None and not (train_classes or seeds or train_missing):
+            checkpoints, trained_on = _all_trained_runs(runs_dir)  # the card's plain `eval report`
+            chosen.append(f"{len(checkpoints)} trained run(s) of dataset {trained_on}: "
+                          + " ".join(c.name for c in checkpoints))
+        else:
+            if train_dataset is None and setting == "cross-dataset":
+                raise click.UsageError("--setting cross-dataset with --runs-dir needs --train-dataset")
+            trained_on = train_dataset or dataset
+            checkpoints = _sweep_runs(store, runs_dir, trained_on, train_classes, seeds, train_missing,
+                                      model=model, epochs=epochs, prompt=prompt, clip_weights=clip_weights,
+                                      device=device)
+    datasets = [dataset] if dataset else _test_datasets(store, setting, trained_on, checkpoints)
+    if not dataset:
+        chosen.append(f"test dataset(s) {', '.join(datasets)}")
+    if chosen:
+        click.echo(f"eval report: store {store}; " + "; ".join(chosen), err=True)
     target = resolve_device(device)
-    result = build_report(config, device=target, progress=lambda line: click.echo(line, err=True))
-    text = write_report(result, fmt, out)
+    results = []
+    for name in datasets:
+        config = ReportConfig(store=str(store), dataset=name, setting=setting,
+                              checkpoints=tuple(str(c) for c in checkpoints), classes=tuple(classes) or None,
+                              protocol=protocol, method=method, model=model,
+                              clip_weights=None if clip_weights is None else str(clip_weights),
+                              batch_size=batch_size, figures=None if figures is None else str(figures),
+                              figure_samples=figure_samples, figure_ids=tuple(figure_ids),
+                              compare_paper=compare_paper, mutual=mutual)
+        results.append(build_report(config, device=target, progress=lambda line: click.echo(line, err=True)))
+    text = write_report(results, fmt, out)
     if out is None:
         click.echo(text, nl=False)
     else:
-        click.echo(f"{out}: {fmt} report, model {result.header['model']}", err=True)
+        click.echo(f"{out}: {fmt} report, model {results[0].header['model']}", err=True)
     if figures is not None:
-        click.echo(f"{figures}: figures of {len(result.classes)} class(es)", err=True)
+        click.echo(f"{figures}: figures of {sum(len(r.classes) for r in results)} class(es)", err=True)
+
+
+def _all_trained_runs(runs_dir: Path) -> tuple[list[Path], str]:
+    """Every run folder in `runs_dir` holding a checkpoint, and their one training dataset (PointADError if the
+    folder holds none, or runs of several datasets)."""
+    import json
+    from pointad.shared.errors import PointADError
+    from pointad.train.checkpoint import latest_checkpoint
+    runs = sorted(p for p in Path(runs_dir).iterdir() if p.is_dir() and latest_checkpoint(p) is not None)
+    if not runs:
+        raise PointADError(f"{runs_dir}: holds no trained run")
+    datasets = {}
+    for run in runs:
+        try:
+            datasets.setdefault(json.loads((run / "config.json").read_text())["train"]["dataset"], []).append(run)
+        except (OSError, ValueError, KeyError, TypeError):
+            raise PointADError(f"{run / 'config.json'}: unreadable run config") from None
+    if len(datasets) != 1:
+        listed = "; ".join(f"{d}: {', '.join(r.name for r in rs)}" for d, rs in sorted(datasets.items(), key=str))
+        raise PointADError(f"{runs_dir}: runs of several training datasets ({listed}); choose with --train-dataset")
+    return runs, next(iter(datasets))
+
+
+def _test_datasets(store: Path, setting: str, trained_on: str | None, checkpoints) -> list[str]:
+    """The default test datasets: one-vs-rest the runs' training dataset, cross-dataset every other one in the
+    store (without runs: the store's only dataset)."""
+    from pointad.shared.errors import PointADError
+    from pointad.shared.store import open_store
+    present = sorted(set(open_store(store).table()["dataset"].tolist()))
+    if trained_on is None and checkpoints:
+        trained_on = _checkpoint_dataset(checkpoints)
+    if trained_on is None:
+        if len(present) != 1:
+            raise PointADError(f"{store}: holds datasets {', '.join(present)}; choose the test one with --dataset")
+        return present
+    if setting == "one-vs-rest":
+        return [trained_on]
+    others = [d for d in present if d != trained_on]
+    if not others:
+        raise PointADError(f"{store}: holds no dataset but the runs' training dataset {trained_on}; render another "
+                           "one into it for --setting cross-dataset")
+    return others
+
+
+def _checkpoint_dataset(checkpoints) -> str | None:
+    """The one training dataset recorded by the given runs (None if they record none or several)."""
+    from pointad.eval.runs import resolve_checkpoint
+    from pointad.train.checkpoint import load_checkpoint
+    found = {load_checkpoint(resolve_checkpoint(given))["config"].get("dataset") for given in checkpoints}
+    return found.pop() if len(found) == 1 else None
 
 
 def _mutual_options(views, fraction, radii, layers, rescore_k):
     """The --mutual-* and --rescore-k options as `eval.mutual.MutualOptions` (defaults where not given)."""
-    from eval.mutual import MutualOptions
+    from pointad.eval.mutual import MutualOptions
     given = {"views": views, "fraction": fraction}
     if radii:
         given["radii"] = tuple(radii)
@@ -129,9 +204,9 @@ def _mutual_options(views, fraction, radii, layers, rescore_k):
 def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, model, epochs, prompt, clip_weights,
                 device) -> list[Path]:
     """The run directories of a sweep; missing ones trained (--train-missing) or reported as an error."""
-    from train.cli import base_config
-    from train.loop import resolve_device
-    from train.sweep import plan_sweep, sweep, trained_runs
+    from pointad.train.cli import base_config
+    from pointad.train.loop import resolve_device
+    from pointad.train.sweep import plan_sweep, sweep, trained_runs
     if not train_missing:
         return trained_runs(runs_dir, dataset, classes, seeds)
     base = base_config(store=store, model=model, clip_weights=clip_weights, epochs=epochs, prompt=prompt,
@@ -156,10 +231,10 @@ def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, mode
 @verbosity_option
 def detect(cloud, checkpoint, out, threshold, device, clip_weights, point_size, views):
     """Score one .ply/.pcd/.tiff/.xyz/.npy cloud: per-point scores (NPY + coloured PLY) and the sample score."""
-    from eval.detect import OUTPUT_FILES, write_detection
-    from eval.detect import detect as run_detect
-    from eval.targets import check_folder_target
-    from train.loop import resolve_device
+    from pointad.eval.detect import OUTPUT_FILES, write_detection
+    from pointad.eval.detect import detect as run_detect
+    from pointad.eval.targets import check_folder_target
+    from pointad.train.loop import resolve_device
     out = out if out is not None else cloud.parent / f"{cloud.stem}_scores"
     check_folder_target(out, "--out takes a folder: scores.npy and scores.ply are written in it", OUTPUT_FILES)
     result = run_detect(cloud, checkpoint, device=resolve_device(device), clip_weights=clip_weights,

@@ -23,17 +23,17 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from eval.figures import color_scale, write_scored_ply
-from eval.runs import BackboneCache, load_run
-from eval.scoring import score_arrays
-from render.preprocess import (PreprocessOptions, check_finite_grid, flip_x180, options_for_format,
+from pointad.eval.figures import color_scale, write_scored_ply
+from pointad.eval.runs import BackboneCache, load_run
+from pointad.eval.scoring import score_arrays
+from pointad.render.preprocess import (PreprocessOptions, check_finite_grid, flip_x180, options_for_format,
                                preprocess_organized, preprocess_unorganized)
-from render.rasterize import worker_rasterizer
-from render.readers.files import read_point_cloud, read_xyz_tiff
-from render.sample_render import RenderOptions, render_sample
-from shared.errors import InputFileError
-from shared.io import atomic_path
-from shared.sample import Sample
+from pointad.render.rasterize import worker_rasterizer
+from pointad.render.readers.files import read_point_cloud, read_xyz_tiff
+from pointad.render.sample_render import RenderOptions, render_sample
+from pointad.shared.errors import InputFileError
+from pointad.shared.io import atomic_path
+from pointad.shared.sample import Sample
 
 ORGANIZED = (".tiff", ".tif")
 OUTPUT_FILES = ("scores.npy", "scores.ply", "scores.json")  # written in the --out folder

@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from eval.mutual_scoring import (BLOCK_BYTES, FRACTION, RADII, RESCORE_KS, aggregate_neighbourhoods,
+from pointad.eval.mutual_scoring import (BLOCK_BYTES, FRACTION, RADII, RESCORE_KS, aggregate_neighbourhoods,
                                  mutual_scores, rescore_by_neighbours, upsample_scores)
-from eval.scoring import (SIGMA, SampleScores, compact_knn, compat_fused_map, compat_grid_map, encode_batch,
+from pointad.eval.scoring import (SIGMA, SampleScores, compact_knn, compat_fused_map, compat_grid_map, encode_batch,
                           fused_point_map, fused_sample_score, rgb_point_map, smooth_graph, smooth_organized)
-from shared.errors import ConfigError, PointADError
-from shared.store import open_store
-from train.maps import back_project
-from train.model_config import ModelConfig
+from pointad.shared.errors import ConfigError, PointADError
+from pointad.shared.store import open_store
+from pointad.train.maps import back_project
+from pointad.train.model_config import ModelConfig
 
 METHOD = "mutual-scoring"
 VIEW_MODES = ("same", "all")

@@ -30,18 +30,18 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from eval.class_metrics import BLOCKS, METRICS, class_metrics
-from eval.paper import published, table_number
-from eval.report_figures import pick_rows, write_class_figures
-from eval.runs import BackboneCache, load_run
-from eval.mutual import METHOD as MUTUAL, MutualOptions, attach_published, mutual_model_config, score_class
-from eval.scoring import baseline_text_features, score_store_runs
-from eval.targets import check_file_target
-from shared.errors import CheckpointMismatchError, ConfigError, PointADError
-from shared.io import atomic_path
-from shared.store import open_store
-from train.loop import TrainConfig
-from train.model_config import load_model_config
+from pointad.eval.class_metrics import BLOCKS, METRICS, class_metrics
+from pointad.eval.paper import published, table_number
+from pointad.eval.report_figures import pick_rows, write_class_figures
+from pointad.eval.runs import BackboneCache, load_run
+from pointad.eval.mutual import METHOD as MUTUAL, MutualOptions, attach_published, mutual_model_config, score_class
+from pointad.eval.scoring import baseline_text_features, score_store_runs
+from pointad.eval.targets import check_file_target
+from pointad.shared.errors import CheckpointMismatchError, ConfigError, PointADError
+from pointad.shared.io import atomic_path
+from pointad.shared.store import open_store
+from pointad.train.loop import TrainConfig
+from pointad.train.model_config import load_model_config
 
 PROTOCOLS = ("points", "pointad-compat")
 SETTINGS = ("one-vs-rest", "cross-dataset")
@@ -417,9 +417,20 @@ def to_json(report: Report) -> str:
 FORMATS = {"md": to_markdown, "csv": to_csv, "json": to_json}
 
 
-def write_report(report: Report, fmt: str, out=None) -> str:
-    """Return the report as text in `fmt`; also written atomically to `out` when given."""
-    text = FORMATS[fmt](report)
+def write_report(report: Report | list[Report], fmt: str, out=None) -> str:
+    """Return the report as text in `fmt`; also written atomically to `out` when given.
+
+    Several reports (one per test dataset) make one text: markdown sections one after the other, one CSV
+    table (every row names its dataset), or a JSON list.
+    """
+    reports = report if isinstance(report, list) else [report]
+    texts = [FORMATS[fmt](r) for r in reports]
+    if fmt == "json" and len(texts) > 1:
+        text = "[\n" + ",\n".join(t.rstrip("\n") for t in texts) + "\n]\n"
+    elif fmt == "csv" and len({t.split("\n", 1)[0] for t in texts}) == 1:  # same columns: one table
+        text = texts[0] + "".join(t.split("\n", 1)[1] for t in texts[1:])
+    else:
+        text = "\n".join(texts)
     if out is not None:
         check_file_target(out, "give a file name for the report")
         try:

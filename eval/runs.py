@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from shared.errors import PointADError
-from train.backbone import load_backbone
-from train.checkpoint import latest_checkpoint, load_checkpoint
-from train.model_config import ModelConfig
-from train.prompts import PromptLearner
+from pointad.shared.errors import PointADError
+from pointad.train.backbone import load_backbone
+from pointad.train.checkpoint import latest_checkpoint, load_checkpoint
+from pointad.train.model_config import ModelConfig
+from pointad.train.prompts import PromptLearner
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from shared.store import open_store
-from train.features import encode_views
-from train.maps import back_project, class_probabilities, patch_maps
+from pointad.shared.store import open_store
+from pointad.train.features import encode_views
+from pointad.train.maps import back_project, class_probabilities, patch_maps
 
 SIGMA = 4.0
 BASELINE_PROMPTS = ("A photo of a normal {}.", "A photo of an anomalous {}.")  # clip-rendering, SPEC 7

@@ -17,19 +17,19 @@ from pathlib import Path
 
 import torch
 
-from render.camera import camera_settings
-from render.datasets import dataset_render_options
-from render.readers import list_samples, preprocess_options, read_sample
-from render.sample_render import RenderOptions, render_sample
-from render.rasterize import worker_rasterizer
-from shared.errors import InputFileError, PointADError
-from shared.io import os_error
-from shared.lock import writer_lock
-from shared.registry import DatasetEntry
-from shared.sample import SampleRef
-from shared.store import (StoreAttrs, append_samples, create_store, mark_incomplete, open_store, require_writable,
+from pointad.render.camera import camera_settings
+from pointad.render.datasets import dataset_render_options
+from pointad.render.readers import list_samples, preprocess_options, read_sample
+from pointad.render.sample_render import RenderOptions, render_sample
+from pointad.render.rasterize import worker_rasterizer
+from pointad.shared.errors import InputFileError, PointADError
+from pointad.shared.io import os_error
+from pointad.shared.lock import writer_lock
+from pointad.shared.registry import DatasetEntry
+from pointad.shared.sample import SampleRef
+from pointad.shared.store import (StoreAttrs, append_samples, create_store, mark_incomplete, open_store, require_writable,
                           set_failures, start_chunk_checks, write_sample)
-from shared.store_check import chunk_problems, rewrite_array_metadata
+from pointad.shared.store_check import chunk_problems, rewrite_array_metadata
 
 @dataclass
 class BuildResult:

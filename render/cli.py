@@ -9,20 +9,20 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from render import synthetic
-from render.build import build_store
-from render.contact_sheet import contact_sheet
-from render.datasets import open_dataset
-from render.verify import store_summary, verify_store
-from render.sample_render import LIGHTS, MASKS, RENDERERS, VISIBILITY, RenderOptions
-from render.view_plan import PLANS
-from render.readers import list_samples, read_sample
-from render.synthetic.scene import CLASSES, DEFECTS
-from shared.cli import PointADGroup, verbosity_option
-from shared.errors import InputFileError, PointADError
-from shared.io import write_png
-from shared.store import open_store
-from shared.registry import FORMATS, load_registry, resolve_dataset
+from pointad.render import synthetic
+from pointad.render.build import build_store
+from pointad.render.contact_sheet import contact_sheet
+from pointad.render.datasets import open_dataset
+from pointad.render.verify import store_summary, verify_store
+from pointad.render.sample_render import LIGHTS, MASKS, RENDERERS, VISIBILITY, RenderOptions
+from pointad.render.view_plan import PLANS
+from pointad.render.readers import list_samples, read_sample
+from pointad.render.synthetic.scene import CLASSES, DEFECTS
+from pointad.shared.cli import PointADGroup, verbosity_option
+from pointad.shared.errors import InputFileError, PointADError
+from pointad.shared.io import write_png
+from pointad.shared.store import open_store
+from pointad.shared.registry import FORMATS, load_registry, resolve_dataset
 
 
 def _csv(value):
@@ -156,7 +156,7 @@ def verify(store):
 @click.argument("store", type=click.Path(path_type=Path))
 def migrate(store):
     """Upgrade a schema v1 store to v2 in place: dimension names, array attributes, cameras (SPEC 4)."""
-    from render.migrate import migrate_store
+    from pointad.render.migrate import migrate_store
     click.echo(migrate_store(store))
 
 
@@ -166,7 +166,7 @@ def migrate(store):
               help="HDF5 file to write (e.g. renders.h5); replaces only an earlier export.")
 def export(store, out):
     """Write the HDF5 twin of a store: same paths, dtypes, attributes and chunks, gzip-compressed."""
-    from shared.h5store import export_h5
+    from pointad.shared.h5store import export_h5
     rows = export_h5(store, out)
     click.echo(f"wrote {out}: {rows} rows of {store}")
 

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from render.camera import fit_camera
-from render.view_plan import ViewPlan
-from shared.errors import PointADError
-from shared.io import atomic_path, os_error
-from shared.lock import writer_lock
-from shared.store import (ARRAYS, RenderStore, StoreAttrs, _array_kwargs, _open_group, _read_attrs, array_attributes,
+from pointad.render.camera import fit_camera
+from pointad.render.view_plan import ViewPlan
+from pointad.shared.errors import PointADError
+from pointad.shared.io import atomic_path, os_error
+from pointad.shared.lock import writer_lock
+from pointad.shared.store import (ARRAYS, RenderStore, StoreAttrs, _array_kwargs, _open_group, _read_attrs, array_attributes,
                           open_store)
-from shared.store_schema import SCHEMA_VERSION, V2_ONLY
+from pointad.shared.store_schema import SCHEMA_VERSION, V2_ONLY
 
 __all__ = ["migrate_store", "store_cameras"]
 

@@ -12,8 +12,8 @@ import numpy as np
 import open3d as o3d
 from PIL import Image
 
-from render.background import belt_box, constant_background, rigid_transform
-from shared.errors import ConfigError
+from pointad.render.background import belt_box, constant_background, rigid_transform
+from pointad.shared.errors import ConfigError
 
 # Open3D reports through its own logger; errors reach us as empty results, which we check.
 o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)

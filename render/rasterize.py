@@ -23,7 +23,7 @@ import numpy as np
 import open3d as o3d
 from PIL import Image
 
-from shared.errors import PointADError
+from pointad.shared.errors import PointADError
 
 o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
 

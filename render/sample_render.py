@@ -10,17 +10,17 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import open3d as o3d
 
-from render.camera import Camera, fit_camera, project
-from render.graph import knn_graph, proxy_indices
-from render.masks import splat_masks
-from render.preprocess import farthest_point_indices
-from render.rasterize import RENDERERS as OPEN3D_RENDERERS, DrawStyle, LegacyRasterizer, downsample
-from render.splat import Cloud, draw_views
-from render.view_plan import make_view_plan
-from render.visibility import nearest_per_pixel, surface_visible
-from shared.errors import ConfigError
-from shared.sample import Sample
-from shared.store import SampleArrays
+from pointad.render.camera import Camera, fit_camera, project
+from pointad.render.graph import knn_graph, proxy_indices
+from pointad.render.masks import splat_masks
+from pointad.render.preprocess import farthest_point_indices
+from pointad.render.rasterize import RENDERERS as OPEN3D_RENDERERS, DrawStyle, LegacyRasterizer, downsample
+from pointad.render.splat import Cloud, draw_views
+from pointad.render.view_plan import make_view_plan
+from pointad.render.visibility import nearest_per_pixel, surface_visible
+from pointad.shared.errors import ConfigError
+from pointad.shared.sample import Sample
+from pointad.shared.store import SampleArrays
 
 GREY = 0.7
 LIGHTS = {"on": (True, GREY), "off": (False, GREY), "+": (True, 0.9), "-": (True, 0.5)}

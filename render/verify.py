@@ -12,15 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from render.sample_render import RenderOptions, render_sample
-from shared.sample import Sample
-from shared.store import RenderStore, StoredSample
-from shared.store_check import chunk_problems
+from pointad.render.sample_render import RenderOptions, render_sample
+from pointad.shared.sample import Sample
+from pointad.shared.store import RenderStore, StoredSample
+from pointad.shared.store_check import chunk_problems
 
 
 def check_sample(sample: StoredSample, store: RenderStore) -> list[str]:
     """Problems of one complete row (empty if none), each prefixed with its sample id."""
-    attrs, n = store.attrs, int(sample.n_points)
+    n = int(sample.n_points)
     problems = []
 
     def problem(text):
@@ -73,7 +73,7 @@ def _reproduce(sample: StoredSample, store: RenderStore) -> list[str]:
     attrs, n = store.attrs, int(sample.n_points)
     points = sample.xyz[:n]
     if sample.intrinsic is None:
-        from render.migrate import store_cameras  # v1: the cameras v1's verify derived
+        from pointad.render.migrate import store_cameras  # v1: the cameras v1's verify derived
         intrinsic, extrinsic = (c[0] for c in store_cameras(store, [sample.index]))
     else:
         intrinsic, extrinsic = sample.intrinsic, sample.extrinsic
@@ -149,7 +149,7 @@ def rerender_problems(sample: StoredSample, store: RenderStore, device="cpu") ->
                    grid_index=sample.grid_index[:n] if organized else None)
     rasterizer = None
     if renderer != "splat":
-        from render.rasterize import worker_rasterizer  # opens an Open3D window: only when needed
+        from pointad.render.rasterize import worker_rasterizer  # opens an Open3D window: only when needed
         rasterizer = worker_rasterizer(options.image_size * options.supersample, renderer)
     fresh = render_sample(cloud, options, rasterizer, device)
     out = []

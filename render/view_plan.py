@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from shared.errors import ConfigError
+from pointad.shared.errors import ConfigError
 
 PLANS = ("paper", "pointad-code")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 __all__ = ["open_store", "load_registry", "Sample"]
-_HOMES = {"open_store": "shared.store", "load_registry": "shared.registry", "Sample": "shared.sample"}
+_HOMES = {"open_store": "pointad.shared.store", "load_registry": "pointad.shared.registry", "Sample": "pointad.shared.sample"}
 
 
 def __getattr__(name: str):

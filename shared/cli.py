@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from shared.errors import PointADError
-from shared.logging import setup_logging
+from pointad.shared.errors import PointADError
+from pointad.shared.logging import setup_logging
 
 
 class PointADGroup(click.Group):
@@ -53,8 +53,8 @@ class LazyGroup(PointADGroup):
         return getattr(importlib.import_module(module), attribute)
 
 
-@click.group(cls=LazyGroup, lazy={"render": "render.cli:render", "train": "train.cli:train", "eval": "eval.cli:eval_",
-                                  "detect": "eval.cli:detect"})
+@click.group(cls=LazyGroup, lazy={"render": "pointad.render.cli:render", "train": "pointad.train.cli:train", "eval": "pointad.eval.cli:eval_",
+                                  "detect": "pointad.eval.cli:detect"})
 @click.version_option(package_name="pointad-toolkit")
 def pointad():
     """Zero-shot 3D anomaly detection after PointAD: render -> train -> eval."""

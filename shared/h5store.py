@@ -20,9 +20,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from shared.errors import PointADError, StoreSchemaError
-from shared.io import os_error, temp_sibling
-from shared.store import (FORMAT, RenderStore, StoreAttrs, _first_line, _open_group, open_store,
+from pointad.shared.errors import PointADError, StoreSchemaError
+from pointad.shared.io import os_error, temp_sibling
+from pointad.shared.store import (FORMAT, RenderStore, StoreAttrs, _first_line, _open_group, open_store,
                           require_writable)
 
 __all__ = ["export_h5", "open_h5_store", "GZIP_LEVEL"]

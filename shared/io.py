@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shared.errors import PointADError
+from pointad.shared.errors import PointADError
 
 
 def os_error(exc: OSError, path) -> PointADError:

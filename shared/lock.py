@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from shared.errors import PointADError
+from pointad.shared.errors import PointADError
 
 __all__ = ["LockedError", "lock_path", "writer_lock", "holder"]
 

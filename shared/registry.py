@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from shared import config
-from shared.errors import ConfigError, DatasetError
+from pointad.shared import config
+from pointad.shared.errors import ConfigError, DatasetError
 
 FORMATS = ("mvtec3d", "eyecandies", "real3d")
 _ENTRY_KEYS = {"format", "root", "classes", "aux_classes", "options", "class_options", "view_plans", "generate",

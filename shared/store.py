@@ -31,9 +31,9 @@ from zarr.codecs import BloscCodec
 from zarr.core.array import AsyncArray
 from zarr.core.sync import sync  # runs a coroutine on Zarr's own event loop, as zarr.Array does
 
-from shared.errors import PointADError, StoreSchemaError
-from shared.io import os_error, remove_stale_temp_siblings, temp_sibling
-from shared.store_schema import (ARRAYS, BY_FIELD, FORMAT, IDENTITY, MIGRATE_NOTE, SAMPLE_FIELDS, SCHEMA_VERSION,
+from pointad.shared.errors import PointADError, StoreSchemaError
+from pointad.shared.io import os_error, remove_stale_temp_siblings, temp_sibling
+from pointad.shared.store_schema import (ARRAYS, BY_FIELD, FORMAT, IDENTITY, MIGRATE_NOTE, SAMPLE_FIELDS, SCHEMA_VERSION,
                                  V2_ONLY, ArraySpec, SampleArrays, StoreAttrs, StoredSample, check_failures)
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "StoreAttrs", "SampleArrays", "StoredSample", "RenderStore", "create_store",
@@ -478,7 +478,7 @@ def open_store(path) -> RenderStore:
     render store, has another format or schema_version, or its arrays do not match the schema."""
     path = Path(path)
     if path.suffix in (".h5", ".hdf5") or (path.is_file() and _is_hdf5(path)):
-        from shared.h5store import open_h5_store  # h5py only when an HDF5 file is read
+        from pointad.shared.h5store import open_h5_store  # h5py only when an HDF5 file is read
         return open_h5_store(path)
     return RenderStore(path, _open_group(path, "r"))
 

@@ -17,8 +17,8 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from shared.io import atomic_path
-from shared.store import (ARRAYS, IDENTITY, ROW_COUNT, RenderStore, _array_kwargs,
+from pointad.shared.io import atomic_path
+from pointad.shared.store import (ARRAYS, IDENTITY, ROW_COUNT, RenderStore, _array_kwargs,
                           _first_line, _open_group, _writable_attrs, array_attributes)
 
 __all__ = ["chunk_problems", "rewrite_array_metadata"]

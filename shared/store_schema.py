@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from shared.errors import StoreSchemaError
+from pointad.shared.errors import StoreSchemaError
 
 FORMAT = "pointad-renders"
 SCHEMA_VERSION = 2

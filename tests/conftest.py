@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 # Loaded before any test renders: Mesa's llvmpipe and triton (pulled in by torchvision) each bring an LLVM,
 # and importing triton after Mesa has loaded its own crashes the process (seen: segfault in triton/knobs.py).
-import torchvision  # noqa: F401
+import torchvision  # noqa: F401  (imported for its side effect)
 
-from render import synthetic
-from render.datasets import open_dataset
+from pointad.render import synthetic
+from pointad.render.datasets import open_dataset
 
 SMALL = dict(classes=("cookie", "torus"), train=1, validation=1, test_good=1, per_defect=1)
 
@@ -52,9 +52,9 @@ def real3d_dataset(tmp_path_factory):
 def eval_store(mvtec_dataset, real3d_dataset, tmp_path_factory):
     """Test splits of two synthetic datasets in one store: synthetic-mvtec3d (organized, RGB) and
     synthetic-real3d (unorganized), classes cookie and torus, one good and five defects each, 3 views."""
-    from render.build import build_store
-    from render.sample_render import RenderOptions
-    from shared.store import open_store
+    from pointad.render.build import build_store
+    from pointad.render.sample_render import RenderOptions
+    from pointad.shared.store import open_store
     out = tmp_path_factory.mktemp("eval") / "renders.zarr"
     options = RenderOptions(views=3, image_size=336, supersample=1, point_size=2)
     for _, entry in (mvtec_dataset, real3d_dataset):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from render.cli import render
-from shared.cli import pointad
+from pointad.render.cli import render
+from pointad.shared.cli import pointad
 
 
 def test_umbrella_lists_the_three_stages():

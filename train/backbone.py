@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
 
-from shared.errors import ConfigError
-from train.model_config import ModelConfig
-from train.weights import check_state_dict, locate_weights, read_state_dict
+from pointad.shared.errors import ConfigError
+from pointad.train.model_config import ModelConfig
+from pointad.train.weights import check_state_dict, locate_weights, read_state_dict
 
 CLIP_MEAN = tuple(OPENAI_DATASET_MEAN)  # (0.48145466, 0.4578275, 0.40821073), RGB
 CLIP_STD = tuple(OPENAI_DATASET_STD)    # (0.26862954, 0.26130258, 0.27577711)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from shared.errors import CheckpointMismatchError, PointADError
-from shared.io import atomic_path
-from train.torch_files import UnreadableFile, load_data
+from pointad.shared.errors import CheckpointMismatchError, PointADError
+from pointad.shared.io import atomic_path
+from pointad.train.torch_files import UnreadableFile, load_data
 
 CHECKPOINT_FORMAT = "pointad-prompts"
 CHECKPOINT_VERSION = 1

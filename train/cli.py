@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from shared.cli import PointADGroup, verbosity_option
-from shared.store import open_store
+from pointad.shared.cli import PointADGroup, verbosity_option
+from pointad.shared.store import open_store
 
 
 def _layers(ctx, param, value):
@@ -65,9 +65,9 @@ def base_config(*, store, model, clip_weights=None, no_feature_cache=False, clas
     """`TrainConfig` from command options (those that are not its fields are ignored; missing ones take its
     defaults); `--model auto` resolved and the weights located before any work."""
     from dataclasses import fields
-    from train.loop import TrainConfig
-    from train.model_config import load_model_config
-    from train.weights import locate_weights
+    from pointad.train.loop import TrainConfig
+    from pointad.train.model_config import load_model_config
+    from pointad.train.weights import locate_weights
     model = resolve_model(model, clip_weights)
     locate_weights(load_model_config(model), clip_weights)  # missing weights: fail before any work
     known = {f.name for f in fields(TrainConfig)}
@@ -77,20 +77,34 @@ def base_config(*, store, model, clip_weights=None, no_feature_cache=False, clas
 
 @train.command()
 @training_options
-@click.option("--class", "class_name", required=True, help="Auxiliary class to train on (its test split).")
-@click.option("--dataset", help="Dataset in the store (needed when it holds several).")
+@click.option("--class", "class_name",
+              help="Auxiliary class to train on (its test split)  [default: the dataset's first aux_classes entry "
+                   "in datasets.yaml]")
+@click.option("--dataset", help="Dataset in the store  [default: the store's only dataset]")
 @click.option("--seed", default=111, show_default=True)
 @click.option("--features", type=click.Path(path_type=Path), help="Feature cache to use (default: OUT/features.zarr).")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<dataset>-<class>-<seed>).")
 @click.option("--resume", is_flag=True, help="Continue from the last finished epoch in --out.")
 def run(features, out, resume, **options):
     """Train the prompts on one class of a render store."""
-    from train.distributed import distributed_session
-    from train.loop import resolve_device, train as train_loop
-    from train.sweep import DEFAULT_RUNS_DIR, run_dir_for
-    config = base_config(**options)
-    out = out or run_dir_for(DEFAULT_RUNS_DIR, config.dataset or Path(config.store).stem, config.class_name,
-                             config.seed)
+    from pointad.train.distributed import distributed_session
+    from pointad.train.loop import resolve_device, train as train_loop
+    from dataclasses import replace
+    from pointad.shared.config import distributed_env
+    from pointad.train.sweep import DEFAULT_RUNS_DIR, aux_classes, run_dir_for, store_dataset
+    config = base_config(**options)  # missing weights stop the run before anything else
+    chosen = []  # the defaults taken, said in the first lines
+    if config.dataset is None:
+        config = replace(config, dataset=store_dataset(config.store))
+        chosen.append(f"dataset {config.dataset} (the store's only dataset)")
+    if not config.class_name:
+        config = replace(config, class_name=aux_classes(config.dataset)[0])
+        chosen.append(f"class {config.class_name} (first aux_classes entry of {config.dataset} in datasets.yaml)")
+    if out is None:
+        out = run_dir_for(DEFAULT_RUNS_DIR, config.dataset, config.class_name, config.seed)
+        chosen.append(f"out {out}")
+    if chosen and (distributed_env() or (0,))[0] == 0:
+        click.echo("train run: " + "; ".join(chosen), err=True)
     with distributed_session(options["device"]) as (rank, device_name):
         target = resolve_device(device_name)
         say = click.echo if rank == 0 else (lambda line: None)
@@ -110,9 +124,9 @@ def run(features, out, resume, **options):
               help="Run directories go here as <dataset>-<class>-<seed>.")
 def sweep(classes, seeds, runs_dir, **options):
     """Train every (class, seed) run of a setting that is not done yet; finished runs are skipped."""
-    from train.loop import resolve_device
-    from train.sweep import plan_sweep
-    from train.sweep import sweep as run_sweep
+    from pointad.train.loop import resolve_device
+    from pointad.train.sweep import plan_sweep
+    from pointad.train.sweep import sweep as run_sweep
     runs = plan_sweep(base_config(**options), classes, seeds, runs_dir)
     target = resolve_device(options["device"])
     done = run_sweep(runs, device=target, clip_weights=options["clip_weights"], log=click.echo,
@@ -125,9 +139,9 @@ def resolve_model(model: str, clip_weights) -> str:
     """`auto`: the real model when its weights are found, else the tiny one, said loudly on stderr."""
     if model != "auto":
         return model
-    from shared.errors import WeightsNotFoundError
-    from train.model_config import load_model_config
-    from train.weights import locate_weights
+    from pointad.shared.errors import WeightsNotFoundError
+    from pointad.train.model_config import load_model_config
+    from pointad.train.weights import locate_weights
     try:
         locate_weights(load_model_config("vit-l-14-336"), clip_weights)
         return "vit-l-14-336"
@@ -162,10 +176,10 @@ def features(store, model, clip_weights, layers, dataset, class_name, out, batch
     """Precompute the frozen vision features of a store's renderings (the training cache).
 
     An up-to-date cache at --out is kept as it is; anything at --out that is not a feature cache is refused."""
-    from train.backbone import load_backbone
-    from train.features import compute_features, recorded_identity
-    from train.loop import resolve_device
-    from train.model_config import load_model_config
+    from pointad.train.backbone import load_backbone
+    from pointad.train.features import compute_features, recorded_identity
+    from pointad.train.loop import resolve_device
+    from pointad.train.model_config import load_model_config
     config = load_model_config(model)
     if layers:
         config = config.with_taps(layers)
@@ -192,7 +206,7 @@ def features(store, model, clip_weights, layers, dataset, class_name, out, batch
 @click.option("--seed", default=111, show_default=True, help="Seed recorded in the run (random-weights models only).")
 def import_released(checkpoint, out, class_name, dataset, model, layers, seed):
     """Turn a released PointAD prompt checkpoint (zqhang/PointAD epoch_N.pth) into a run of ours."""
-    from train.released import import_released as run_import
+    from pointad.train.released import import_released as run_import
     done = run_import(checkpoint, out, class_name=class_name, dataset=dataset, model=model, layers=layers,
                       seed=seed)
     s = done.prompts.settings

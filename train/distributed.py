@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from shared import config
+from pointad.shared import config
 
 
 @contextmanager

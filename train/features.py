@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import zarr
 
-from shared.errors import CheckpointMismatchError, PointADError
-from shared.lock import writer_lock
-from shared.store import open_store, store_fingerprint
-from train.backbone import normalize
+from pointad.shared.errors import CheckpointMismatchError, PointADError
+from pointad.shared.lock import writer_lock
+from pointad.shared.store import open_store, store_fingerprint
+from pointad.train.backbone import normalize
 
 CACHE_FORMAT = "pointad-features"
 

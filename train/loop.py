@@ -21,18 +21,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from shared.errors import ConfigError, PointADError
-from shared.io import atomic_path
-from shared.lock import writer_lock
-from shared.store import open_store, store_fingerprint
-from train.backbone import FrozenCLIP, load_backbone
-from train.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
-from train.data import StoreSamples, collate, epoch_batches, training_rows
-from train.features import FeatureCache, cache_identity, compute_features, encode_views
-from train.losses import hybrid_loss, parse_loss_terms
-from train.maps import back_project, class_probabilities, patch_maps
-from train.model_config import load_model_config
-from train.prompts import PromptLearner
+from pointad.shared.errors import ConfigError, PointADError
+from pointad.shared.io import atomic_path
+from pointad.shared.lock import writer_lock
+from pointad.shared.store import open_store, store_fingerprint
+from pointad.train.backbone import FrozenCLIP, load_backbone
+from pointad.train.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
+from pointad.train.data import StoreSamples, collate, epoch_batches, training_rows
+from pointad.train.features import FeatureCache, cache_identity, compute_features, encode_views
+from pointad.train.losses import hybrid_loss, parse_loss_terms
+from pointad.train.maps import back_project, class_probabilities, patch_maps
+from pointad.train.model_config import load_model_config
+from pointad.train.prompts import PromptLearner
 
 METRICS_FILE = "metrics.csv"
 

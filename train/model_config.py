@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from shared.errors import ConfigError
+from pointad.shared.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 # other spellings users type for the same file; names are also matched case-insensitively

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from shared.errors import CheckpointMismatchError, ConfigError
+from pointad.shared.errors import CheckpointMismatchError, ConfigError
 
 VARIANTS = ("agnostic", "coop")
 STATES = ("{}.", "damaged {}.")   # normal, anomalous; the learnable words go in front

@@ -32,14 +32,14 @@ from pathlib import Path
 
 import torch
 
-from shared.errors import CheckpointMismatchError, ConfigError, PointADError
-from shared.io import atomic_path
-from shared.lock import writer_lock
-from train.checkpoint import save_checkpoint
-from train.loop import TrainConfig
-from train.model_config import ModelConfig, load_model_config
-from train.prompts import PromptLearner
-from train.torch_files import UnreadableFile, load_data
+from pointad.shared.errors import CheckpointMismatchError, ConfigError, PointADError
+from pointad.shared.io import atomic_path
+from pointad.shared.lock import writer_lock
+from pointad.train.checkpoint import save_checkpoint
+from pointad.train.loop import TrainConfig
+from pointad.train.model_config import ModelConfig, load_model_config
+from pointad.train.prompts import PromptLearner
+from pointad.train.torch_files import UnreadableFile, load_data
 
 TOP_KEY = "prompt_learner"
 PROJECTION_WIDTH = 896  # the released code's unused projection layers map W -> 896

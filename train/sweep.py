@@ -15,11 +15,11 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from shared.errors import ConfigError, PointADError
-from shared.registry import load_registry
-from shared.store import store_fingerprint
-from train.checkpoint import EPOCH_FILE, latest_checkpoint
-from train.loop import TrainConfig, train
+from pointad.shared.errors import ConfigError, PointADError
+from pointad.shared.registry import load_registry
+from pointad.shared.store import open_store, store_fingerprint
+from pointad.train.checkpoint import EPOCH_FILE, latest_checkpoint
+from pointad.train.loop import TrainConfig, train
 
 DEFAULT_SEEDS = (TrainConfig.seed,)
 DEFAULT_RUNS_DIR = Path("runs")
@@ -40,6 +40,18 @@ def aux_classes(dataset: str) -> tuple[str, ...]:
         raise ConfigError(f"datasets.yaml lists no aux_classes for dataset '{dataset}'; name the classes "
                           f"with --classes")
     return entry.aux_classes
+
+
+def store_dataset(store_path, dataset: str | None = None) -> str:
+    """`dataset`, checked to be in the store, or the store's only dataset; PointADError listing them otherwise."""
+    present = sorted(set(open_store(store_path).table()["dataset"].tolist()))
+    if dataset is not None:
+        if dataset not in present:
+            raise PointADError(f"{store_path}: no dataset '{dataset}' (present: {', '.join(present) or 'none'})")
+        return dataset
+    if len(present) != 1:
+        raise PointADError(f"{store_path}: holds datasets {', '.join(present) or '(none)'}; choose one with --dataset")
+    return present[0]
 
 
 def run_dir_for(runs_dir, dataset: str, class_name: str, seed: int) -> Path:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from shared.errors import CheckpointMismatchError, ConfigError, WeightsNotFoundError
-from train.model_config import ModelConfig
-from train.torch_files import UnreadableFile, is_torchscript, load_data, plain_reason
-from train.torchscript import ArchiveError, read_torchscript_state_dict
+from pointad.shared.errors import CheckpointMismatchError, ConfigError, WeightsNotFoundError
+from pointad.train.model_config import ModelConfig
+from pointad.train.torch_files import UnreadableFile, is_torchscript, load_data, plain_reason
+from pointad.train.torchscript import ArchiveError, read_torchscript_state_dict
 
 # open_clip's names for weights on the hub (open_clip.constants HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME)
 WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -47,7 +47,7 @@ def _pretrained_sources(config: ModelConfig) -> tuple[str, str]:
 def pointad_weights_dir(config: ModelConfig, pointad_cache: Path | None = None) -> Path:
     """Folder where a manually placed weights file is looked for: <pointad cache>/clip/<config name>."""
     if pointad_cache is None:
-        from shared.config import cache_dir  # the one module that reads the environment
+        from pointad.shared.config import cache_dir  # the one module that reads the environment
 
         pointad_cache = cache_dir()
     return Path(pointad_cache) / "clip" / config.name

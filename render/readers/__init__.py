@@ -6,10 +6,10 @@ build reads no point data.
 
 from __future__ import annotations
 
-from render.preprocess import PreprocessOptions, options_for_format
-from render.readers import eyecandies, mvtec3d, real3d
-from shared.registry import DatasetEntry
-from shared.sample import Sample, SampleRef
+from pointad.render.preprocess import PreprocessOptions, options_for_format
+from pointad.render.readers import eyecandies, mvtec3d, real3d
+from pointad.shared.registry import DatasetEntry
+from pointad.shared.sample import Sample, SampleRef
 
 READERS = {"mvtec3d": mvtec3d, "eyecandies": eyecandies, "real3d": real3d}
 

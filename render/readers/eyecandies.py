@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from render.background import rigid_transform
-from render.preprocess import PreprocessOptions
-from render.readers import mvtec3d
-from render.readers.common import check_splits, relative_id
-from render.readers.files import read_image, read_yaml
-from shared.errors import InputFileError
-from shared.registry import DatasetEntry, select_classes
-from shared.sample import GOOD, Sample, SampleRef
+from pointad.render.background import rigid_transform
+from pointad.render.preprocess import PreprocessOptions
+from pointad.render.readers import mvtec3d
+from pointad.render.readers.common import check_splits, relative_id
+from pointad.render.readers.files import read_image, read_yaml
+from pointad.shared.errors import InputFileError
+from pointad.shared.registry import DatasetEntry, select_classes
+from pointad.shared.sample import GOOD, Sample, SampleRef
 
 FOCAL_LENGTH = 711.11
 RGB_IMAGE = 0  # all spotlights; see the module docstring

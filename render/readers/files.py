@@ -15,8 +15,8 @@ import tifffile
 import yaml
 from PIL import Image, UnidentifiedImageError
 
-from render.readers.cloud_files import read_cloud
-from shared.errors import InputFileError
+from pointad.render.readers.cloud_files import read_cloud
+from pointad.shared.errors import InputFileError
 
 o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
 

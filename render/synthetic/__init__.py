@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from render.synthetic import formats
-from render.synthetic.scene import CLASSES, DEFECTS, make_scene
-from shared import config
-from shared.errors import ConfigError, PointADError
-from shared.registry import DatasetEntry
+from pointad.render.synthetic import formats
+from pointad.render.synthetic.scene import CLASSES, DEFECTS, make_scene
+from pointad.shared import config
+from pointad.shared.errors import ConfigError, PointADError
+from pointad.shared.registry import DatasetEntry
 
 GENERATOR_VERSION = 2  # bump when the generated data changes, so caches are not reused
 MANIFEST = "synthetic.json"

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from eval.class_metrics import grid_maps, organized_regions
-from eval.metrics import aupro_components, aupro_organized
+from pointad.eval.class_metrics import grid_maps, organized_regions
+from pointad.eval.metrics import aupro_components, aupro_organized
 
 
 def _sample(rng, height, width, fill):

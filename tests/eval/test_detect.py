@@ -10,13 +10,13 @@ import open3d as o3d
 import pytest
 from click.testing import CliRunner
 
-from eval.detect import to_input_points
-from eval.figures import score_colors
-from render import synthetic
-from render.build import build_store
-from render.sample_render import RenderOptions
-from shared.cli import pointad
-from train.loop import TrainConfig, train
+from pointad.eval.detect import to_input_points
+from pointad.eval.figures import score_colors
+from pointad.render import synthetic
+from pointad.render.build import build_store
+from pointad.render.sample_render import RenderOptions
+from pointad.shared.cli import pointad
+from pointad.train.loop import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ import pytest
 import tifffile
 from scipy.spatial import cKDTree
 
-from eval.detect import detect, write_detection
-from eval.runs import BackboneCache, load_run
-from eval.scoring import score_store
-from shared.store import open_store
+from pointad.eval.detect import detect, write_detection
+from pointad.eval.runs import BackboneCache, load_run
+from pointad.eval.scoring import score_store
+from pointad.shared.store import open_store
 
 MVTEC, REAL3D = "synthetic-mvtec3d", "synthetic-real3d"
 
@@ -54,7 +54,7 @@ def test_detect_scores_are_the_store_scores_of_the_nearest_point(eval_store, num
     point_size = options.get("point_sizes", {}).get(f"{dataset}/cookie", options["point_size"])
     result = detect(path, numbers_run, views=store.attrs.views, point_size=point_size,
                     supersample=options["supersample"], image_size=store.attrs.image_size)
-    npy, _ = write_detection(result, tmp_path / "out")
+    npy, _, _ = write_detection(result, tmp_path / "out")
 
     inputs = _input_points(path)
     np.testing.assert_array_equal(result.points, inputs)  # every input point, in input order

@@ -12,11 +12,11 @@ from PIL import Image
 from scipy.spatial import cKDTree
 from sklearn.metrics import roc_auc_score
 
-from eval import figures
-from eval.figures import (graph_pro_curve, heatmap_overlay, organized_pro_curve, pro_figure, roc_figure, roc_points,
+from pointad.eval import figures
+from pointad.eval.figures import (graph_pro_curve, heatmap_overlay, organized_pro_curve, pro_figure, roc_figure, roc_points,
                           sheet_size, write_pro_plot, write_roc_plot, write_scored_ply, write_view_sheet)
-from eval.metrics import aupro_from_curve, aupro_graph, aupro_organized, organized_component_ids
-from shared.errors import PointADError
+from pointad.eval.metrics import aupro_from_curve, aupro_graph, aupro_organized, organized_component_ids
+from pointad.shared.errors import PointADError
 
 
 def _jet255(value):

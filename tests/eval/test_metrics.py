@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import auc
 
-from eval.metrics import (aupro_components, aupro_graph, aupro_organized, aupro_pointad_compat,
+from pointad.eval.metrics import (aupro_components, aupro_graph, aupro_organized, aupro_pointad_compat,
                           graph_components, image_metrics, point_auroc, pro_curve)
 
 

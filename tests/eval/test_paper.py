@@ -8,9 +8,9 @@ import re
 import pytest
 import yaml
 
-from eval import paper
-from shared.errors import ConfigError
-from shared.registry import load_registry
+from pointad.eval import paper
+from pointad.shared.errors import ConfigError
+from pointad.shared.registry import load_registry
 
 RAW = yaml.safe_load(paper.RESULTS_FILE.read_text())  # percent as printed
 METRICS = ("i_auroc", "ap", "p_auroc", "aupro")

@@ -16,14 +16,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from eval.cli import eval_
-from eval.class_metrics import BLOCKS, class_metrics
-from eval.report import Report, ReportConfig, attach_paper, build_report, to_markdown, to_records
-from eval.scoring import SampleScores, compat_fused_map, score_store, score_store_runs
-from shared.store import open_store
-from train.backbone import load_backbone
-from train.loop import TrainConfig, train
-from train.model_config import load_model_config
+from pointad.eval.cli import eval_
+from pointad.eval.class_metrics import BLOCKS, class_metrics
+from pointad.eval.report import Report, attach_paper, to_markdown, to_records
+from pointad.eval.scoring import SampleScores, compat_fused_map, score_store, score_store_runs
+from pointad.shared.store import open_store
+from pointad.train.backbone import load_backbone
+from pointad.train.loop import TrainConfig, train
+from pointad.train.model_config import load_model_config
 
 MVTEC, REAL3D = "synthetic-mvtec3d", "synthetic-real3d"
 LABEL = "tiny (random weights)"
@@ -216,7 +216,7 @@ def test_clip_rendering_baseline_needs_no_checkpoints(eval_store, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--dataset", MVTEC], "--method pointad needs --checkpoints"),
+    (["--dataset", MVTEC], "no --checkpoints and no runs folder 'runs' here"),
     (["--dataset", "absent", "--method", "clip-rendering", "--model", "tiny"], "no dataset 'absent'"),
     (["--dataset", MVTEC, "--method", "clip-rendering", "--model", "tiny", "--classes", "cup"],
      "no test class(es) ['cup']"),
@@ -237,8 +237,8 @@ def test_a_run_directory_without_checkpoints_is_an_error(eval_store, tmp_path):
 
 
 def test_coop_prompts_score_each_class_by_its_name():
-    from eval.runs import prompt_features
-    from train.prompts import PromptLearner
+    from pointad.eval.runs import prompt_features
+    from pointad.train.prompts import PromptLearner
     backbone = load_backbone(load_model_config("tiny"), seed=0)
     features = prompt_features(PromptLearner.for_backbone(backbone, variant="coop", class_names=["cookie"]), backbone)
     torus, cookie = features("torus"), features("cookie")

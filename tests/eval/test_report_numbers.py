@@ -21,10 +21,10 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import auc, average_precision_score, roc_auc_score
 
-from eval.cli import eval_
-from eval.runs import BackboneCache, load_run
-from eval.scoring import score_store
-from shared.store import open_store
+from pointad.eval.cli import eval_
+from pointad.eval.runs import BackboneCache, load_run
+from pointad.eval.scoring import score_store
+from pointad.shared.store import open_store
 
 MVTEC, REAL3D = "synthetic-mvtec3d", "synthetic-real3d"
 COLUMNS = ("I-AUROC", "AP", "P-AUROC", "AUPRO")

@@ -17,12 +17,11 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-from eval.cli import eval_
-from eval.report_figures import class_folder, file_stem
-from shared.cli import pointad
-from shared.store import open_store
+from pointad.eval.cli import eval_
+from pointad.eval.report_figures import class_folder, file_stem
+from pointad.shared.cli import pointad
+from pointad.shared.store import open_store
 
-REPO = Path(__file__).resolve().parents[2]
 MVTEC, REAL3D = "synthetic-mvtec3d", "synthetic-real3d"
 HOSTILE_CLASSES = {"cookie": "..", "torus": "a/../../b"}
 BASELINE = ["--method", "clip-rendering", "--model", "tiny", "--device", "cpu"]
@@ -166,8 +165,8 @@ def test_detect_wrong_kinds_of_path_are_one_line(tmp_path, wrong):
 # --- kill -9 while the report is written ------------------------------------------------------------------------
 
 def _report_process(store: Path, out: Path, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", "from shared.cli import main; main()", "eval", "report",
+    env = dict(os.environ)
+    return subprocess.Popen([sys.executable, "-c", "from pointad.shared.cli import main; main()", "eval", "report",
                              "--store", str(store), "--dataset", MVTEC, "--classes", "torus", "--format", "csv",
                              "--out", str(out), *BASELINE], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)

@@ -11,8 +11,8 @@ import numpy as np
 from click.testing import CliRunner
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from shared.cli import pointad
-from shared.store import open_store
+from pointad.shared.cli import pointad
+from pointad.shared.store import open_store
 
 MVTEC = "synthetic-mvtec3d"
 

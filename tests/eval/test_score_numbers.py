@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.runs import BackboneCache, load_run
-from eval.scoring import score_store
-from shared.store import open_store
+from pointad.eval.runs import BackboneCache, load_run
+from pointad.eval.scoring import score_store
+from pointad.shared.store import open_store
 
 MVTEC, REAL3D = "synthetic-mvtec3d", "synthetic-real3d"
 SIGMA, RADIUS = 4.0, 16  # scipy's gaussian_filter truncates at 4 sigma: radius int(4 * 4 + 0.5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.scoring import (compact_knn, compat_fused_map, compat_grid_map, fused_point_map, fused_sample_score,
+from pointad.eval.scoring import (compact_knn, compat_fused_map, compat_grid_map, fused_point_map, fused_sample_score,
                           rgb_point_map, sample_score, smooth_graph, smooth_organized)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.store import open_store
+from pointad.shared.store import open_store
 
 pytest.importorskip("distributed")
 
@@ -85,7 +85,7 @@ def cluster(tmp_path):
 
 
 def _build(args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "render.cli", "build", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pointad.render.cli", "build", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=180)
 
 

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from render import synthetic
-from render.datasets import open_dataset
-from render.readers import list_samples, read_sample
-from shared.errors import PointADError
+from pointad.render import synthetic
+from pointad.render.datasets import open_dataset
+from pointad.render.readers import list_samples, read_sample
+from pointad.shared.errors import PointADError
 
 GRID = 64  # small synthetic scans: each read is a few milliseconds
 FEW = dict(classes=("cookie",), defects=("bump",), train=0, validation=0, test_good=1, per_defect=1, grid=GRID)
@@ -155,7 +155,7 @@ def test_damaged_raw_eyecandies_mask_at_listing(datasets, scratch):
 
 def _detect_sources(datasets, folder: Path) -> dict[str, Path]:
     """One valid file per layout detect reads, from the synthetic Real3D cloud and MVTec scan."""
-    from render.readers.files import read_point_cloud
+    from pointad.render.readers.files import read_point_cloud
     _, refs = datasets["real3d"]
     points = read_point_cloud(refs[0].files["cloud"])
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
@@ -183,7 +183,7 @@ def _check_loaded(result) -> None:
 @pytest.mark.parametrize("name", ["binary.ply", "ascii.ply", "binary.pcd", "ascii.pcd", "text.xyz", "array.npy",
                                   "scan.tiff"])
 def test_damaged_cloud_given_to_detect(datasets, scratch, name):
-    from eval.detect import load_cloud
+    from pointad.eval.detect import load_cloud
     folder = scratch / "detect-sources"
     folder.mkdir(exist_ok=True)
     source = _detect_sources(datasets, folder)[name]

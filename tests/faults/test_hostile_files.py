@@ -23,15 +23,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from eval.cli import eval_
-from shared.errors import CheckpointMismatchError
-from train.backbone import create_clip
-from train.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
-from train.model_config import load_model_config
-from train.torchscript import ArchiveError, read_torchscript_state_dict
-from train.weights import read_state_dict
+from pointad.eval.cli import eval_
+from pointad.shared.errors import CheckpointMismatchError
+from pointad.train.backbone import create_clip
+from pointad.train.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
+from pointad.train.model_config import load_model_config
+from pointad.train.torchscript import read_torchscript_state_dict
+from pointad.train.weights import read_state_dict
 
-REPO = Path(__file__).resolve().parents[2]
 MVTEC = "synthetic-mvtec3d"
 
 
@@ -246,8 +245,8 @@ def test_hostile_archives_are_read_as_data_and_refused(tmp_path, tiny_archive):
 
 def _pointad(args, cwd: Path, **env) -> subprocess.CompletedProcess:
     """`pointad ARGS` as its own process."""
-    environment = {**os.environ, "PYTHONPATH": str(REPO), **env}
-    return subprocess.run([sys.executable, "-c", "from shared.cli import main; main()", *map(str, args)], cwd=cwd,
+    environment = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", "from pointad.shared.cli import main; main()", *map(str, args)], cwd=cwd,
                           env=environment, capture_output=True, text=True, timeout=300)
 
 

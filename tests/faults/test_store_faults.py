@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from render.build import build_store
-from render.cli import render
-from render.sample_render import RenderOptions
-from shared.errors import PointADError
-from shared.store import CHECKED_FROM, SampleArrays, open_store, write_sample
-from shared.store_schema import BY_FIELD, SAMPLE_FIELDS
+from pointad.render.build import build_store
+from pointad.render.cli import render
+from pointad.render.sample_render import RenderOptions
+from pointad.shared.errors import PointADError
+from pointad.shared.store import CHECKED_FROM, SampleArrays, open_store, write_sample
+from pointad.shared.store_schema import BY_FIELD, SAMPLE_FIELDS
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -37,7 +37,7 @@ SMALL_ARGS = ["--views", "3", "--image-size", "96", "--supersample", "2", "--max
 
 
 def build_command(entry, out, *extra, classes="cookie", splits="test", args=SMALL_ARGS):
-    return [sys.executable, "-m", "render.cli", "build", "--format", "mvtec3d", "--root", str(entry.root),
+    return [sys.executable, "-m", "pointad.render.cli", "build", "--format", "mvtec3d", "--root", str(entry.root),
             "--classes", classes, "--splits", splits, "--out", str(out), *args, *extra]
 
 
@@ -95,8 +95,8 @@ def test_kill9_at_a_random_moment_then_rerun_equals_uninterrupted(seed, referenc
 READER = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from shared.store import open_store
-    from shared.errors import StoreSchemaError
+    from pointad.shared.store import open_store
+    from pointad.shared.errors import StoreSchemaError
     path, deadline = sys.argv[1], time.time() + float(sys.argv[2])
     opened = complete_reads = 0
     while time.time() < deadline:
@@ -127,8 +127,8 @@ def test_second_build_is_refused_and_a_reader_sees_complete_rows_during_a_build(
     process only ever sees rows with an identity and complete rows that read whole."""
     _, entry = mvtec_dataset
     out = tmp_path / "renders.zarr"
-    script = ("import sys; from render.build import build_store; from render.datasets import open_dataset; "
-              "from render.sample_render import RenderOptions; "
+    script = ("import sys; from pointad.render.build import build_store; from pointad.render.datasets import open_dataset; "
+              "from pointad.render.sample_render import RenderOptions; "
               "entry = open_dataset(format='mvtec3d', root=sys.argv[1]); "
               "options = RenderOptions(views=3, image_size=96, supersample=2, max_points=96 * 96, point_size=3); "
               "[build_store(entry, sys.argv[2], options, classes=['cookie', 'torus'], splits=[s]) "
@@ -173,8 +173,8 @@ def test_second_build_is_refused_and_a_reader_sees_complete_rows_during_a_build(
 
 CREATE = textwrap.dedent("""
     import os, sys
-    from shared.errors import PointADError
-    from shared.store import StoreAttrs, create_store
+    from pointad.shared.errors import PointADError
+    from pointad.shared.store import StoreAttrs, create_store
     attrs = StoreAttrs(views=2, image_size=8, max_points=16, knn=2, view_plan={}, camera={})
     print("ready", flush=True)
     while not os.path.exists(sys.argv[2]):  # both start creating at the same instant
@@ -208,12 +208,12 @@ def test_two_processes_creating_one_new_store_one_wins_no_temp_left(tmp_path):
 def test_stale_temp_folders_of_dead_writers_are_removed_others_kept(tmp_path):
     """A killed create leaves `.<name>.tmp-<host>-<pid>`; the next create removes it, and leaves alone the
     temp folders of a live process, of another host, and anything not named by our pattern."""
-    from render.build import store_attrs
-    from shared.store import create_store
+    from pointad.render.build import store_attrs
+    from pointad.shared.store import create_store
     out = tmp_path / "renders.zarr"
     killed = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import os, signal, sys, zarr
-        from shared.io import temp_sibling
+        from pointad.shared.io import temp_sibling
         tmp = temp_sibling(sys.argv[1])
         zarr.open_group(tmp, mode="w-", zarr_format=3)
         print(os.getpid(), flush=True)

@@ -23,16 +23,16 @@ import torch
 import zarr
 from click.testing import CliRunner
 
-from render.build import build_store
-from render.sample_render import RenderOptions
-from shared.lock import holder, lock_path
-from shared.store import update_attrs
-from train.backbone import load_backbone
-from train.checkpoint import load_checkpoint
-from train.cli import train as train_cli
-from train.features import weights_digest
-from train.loop import TrainConfig, train
-from train.model_config import load_model_config
+from pointad.render.build import build_store
+from pointad.render.sample_render import RenderOptions
+from pointad.shared.lock import holder, lock_path
+from pointad.shared.store import update_attrs
+from pointad.train.backbone import load_backbone
+from pointad.train.checkpoint import load_checkpoint
+from pointad.train.cli import train as train_cli
+from pointad.train.features import weights_digest
+from pointad.train.loop import TrainConfig, train
+from pointad.train.model_config import load_model_config
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 EPOCHS = 3
@@ -175,7 +175,7 @@ def test_cache_is_reused_refused_or_rebuilt_by_its_fingerprint(store, tmp_path):
 @contextmanager
 def _lock_held_by_another_process(target):
     """A separate Python process holding `target`'s writer lock until the block ends."""
-    code = ("import sys, time; from shared.lock import writer_lock\n"
+    code = ("import sys, time; from pointad.shared.lock import writer_lock\n"
             "with writer_lock(sys.argv[1], 'test holder'):\n    print('held', flush=True); time.sleep(120)")
     process = subprocess.Popen([sys.executable, "-c", code, str(target)], env=ENV, stdout=subprocess.PIPE,
                                text=True, start_new_session=True)
@@ -254,7 +254,7 @@ def test_kill_at_any_moment_then_resume_equals_uninterrupted(store, uninterrupte
     """moment: killed as the feature cache is being written, or at a random delay (drawn from seed) after the
     run took its lock or after its first checkpoint."""
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "train.cli", *_run_args(store, run_dir, "--epochs", str(EPOCHS))]
+    command = [sys.executable, "-m", "pointad.train.cli", *_run_args(store, run_dir, "--epochs", str(EPOCHS))]
     process = subprocess.Popen(command, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:

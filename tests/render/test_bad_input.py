@@ -7,12 +7,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from render import synthetic
-from render.datasets import open_dataset
-from render.readers import list_samples, read_sample
-from render.readers.files import read_point_cloud
-from shared.errors import DatasetError, InputFileError
-from shared.registry import resolve_dataset
+from pointad.render import synthetic
+from pointad.render.datasets import open_dataset
+from pointad.render.readers import list_samples, read_sample
+from pointad.render.readers.files import read_point_cloud
+from pointad.shared.errors import DatasetError, InputFileError
+from pointad.shared.registry import resolve_dataset
 
 TWO_SAMPLES = dict(classes=("cookie",), defects=("bump",), train=0, validation=0, test_good=1, per_defect=1)
 
@@ -344,7 +344,7 @@ def test_ascii_pcd_with_more_rows_than_declared(tmp_path):
 
 def test_truncated_ply_in_a_real3d_build_and_in_detect(real3d, tmp_path):
     """The reader and detect's loader both refuse a cut PLY; the other sample still reads."""
-    from eval.detect import load_cloud
+    from pointad.eval.detect import load_cloud
     entry, refs = real3d
     i = next(i for i, r in enumerate(refs) if not r.label)
     pcd = refs[i].files["cloud"]
@@ -388,9 +388,9 @@ def test_bad_raw_eyecandies_mask_fails_only_its_sample(tmp_path, damage):
 
 
 def test_build_records_a_bad_raw_eyecandies_mask_and_renders_the_rest(tmp_path):
-    from render.build import build_store
-    from render.sample_render import RenderOptions
-    from shared.store import open_store
+    from pointad.render.build import build_store
+    from pointad.render.sample_render import RenderOptions
+    from pointad.shared.store import open_store
     entry, refs = _dataset(tmp_path, "eyecandies")
     i = _anomalous(refs)
     refs[i].files["gt"].write_bytes(b"\x89PNG\r\n\x1a\n garbage")
@@ -414,7 +414,7 @@ def test_double_coordinates_beyond_float32_are_an_error(tmp_path):
               "property double x\nproperty double y\nproperty double z\nend_header\n").encode()
     path = tmp_path / "huge.ply"
     path.write_bytes(header + points.astype("<f8").tobytes())
-    from eval.detect import load_cloud
+    from pointad.eval.detect import load_cloud
     with pytest.raises(InputFileError, match=f"^{path}: coordinates beyond the float32 range in 1 point\\(s\\)$"):
         load_cloud(path)
 
@@ -426,7 +426,7 @@ def test_double_coordinates_beyond_float32_are_an_error(tmp_path):
     (b"PK\x05\x06" + b"\x00" * 18, "expected one .npy array, got an .npz archive"),
 ])
 def test_broken_npy_given_to_detect(tmp_path, content, reason):
-    from eval.detect import load_cloud
+    from pointad.eval.detect import load_cloud
     path = tmp_path / "cloud.npy"
     path.write_bytes(content)
     with pytest.raises(InputFileError) as info:

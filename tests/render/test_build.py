@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from render.build import build_store
-from render.camera import fit_camera, project
-from render.rasterize import DrawStyle, downsample, worker_rasterizer
-from render.readers import list_samples, preprocess_options, read_sample
-from render.sample_render import RenderOptions
-from render.view_plan import make_view_plan
-from render.cli import render
-from shared.store import open_store
+from pointad.render.build import build_store
+from pointad.render.camera import fit_camera, project
+from pointad.render.rasterize import DrawStyle, downsample, worker_rasterizer
+from pointad.render.readers import list_samples, preprocess_options, read_sample
+from pointad.render.sample_render import RenderOptions
+from pointad.render.view_plan import make_view_plan
+from pointad.render.cli import render
+from pointad.shared.store import open_store
 
 FIELDS = ("image", "mask", "pixel", "visible", "xyz", "valid", "label", "grid_index", "proxy", "knn", "knn_weight",
           "rgb", "rgb_mask", "n_points", "grid_hw")
@@ -199,7 +199,7 @@ def test_dask_local_cluster_equals_one_worker(reference_store, mvtec_dataset, tm
 def test_sigkill_part_way_then_rerun_equals_uninterrupted(reference_store, mvtec_dataset, tmp_path):
     _, entry = mvtec_dataset
     out = tmp_path / "killed.zarr"
-    command = [sys.executable, "-m", "render.cli", "build", "--format", "mvtec3d", "--root", str(entry.root),
+    command = [sys.executable, "-m", "pointad.render.cli", "build", "--format", "mvtec3d", "--root", str(entry.root),
                "--classes", "cookie", "--splits", "test", "--out", str(out), "--views", "3", "--image-size", "96",
                "--supersample", "2", "--max-points", str(96 * 96), "--point-size", "3"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -263,7 +263,7 @@ def test_failures_are_listed_and_exit_1_unless_keep_going(mvtec_dataset, tmp_pat
 def test_other_render_options_into_the_same_store_is_an_error(reference_store, mvtec_dataset):
     _, entry = mvtec_dataset
     from dataclasses import replace
-    from shared.errors import PointADError
+    from pointad.shared.errors import PointADError
     with pytest.raises(PointADError, match=r"store was built with other render options \(.*views.*\)"):
         build_store(entry, reference_store, replace(SMALL, views=5), classes=["cookie"], splits=["test"])
 

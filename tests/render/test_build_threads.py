@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from render import synthetic
-from render.build import build_store, render_row
-from render.readers import list_samples
-from render.sample_render import RenderOptions
-from shared.registry import custom_entry
-from shared.store import open_store
+from pointad.render import synthetic
+from pointad.render.build import build_store, render_row
+from pointad.render.readers import list_samples
+from pointad.render.sample_render import RenderOptions
+from pointad.shared.registry import custom_entry
+from pointad.shared.store import open_store
 
 
 def test_splat_row_leaves_the_callers_torch_threads_and_draws_the_same_bytes(tmp_path):

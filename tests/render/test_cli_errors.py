@@ -6,9 +6,9 @@ from __future__ import annotations
 import zarr
 from click.testing import CliRunner
 
-from render.build import build_store
-from render.cli import render
-from render.sample_render import RenderOptions
+from pointad.render.build import build_store
+from pointad.render.cli import render
+from pointad.render.sample_render import RenderOptions
 
 TINY = ["--views", "2", "--image-size", "32", "--supersample", "1", "--max-points", "1024", "--point-size", "2"]
 

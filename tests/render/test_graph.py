@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from render.graph import knn_graph, proxy_indices
+from pointad.render.graph import knn_graph, proxy_indices
 
 
 def _proxy_by_loop(points, valid, visible_any):

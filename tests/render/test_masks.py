@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from render.camera import Camera, fit_camera
-from render.cli import render
-from render.masks import anomalous_on_top, binarise_blocks, footprints, splat_masks, supersampled_positions
-from render.rasterize import DrawStyle, downsample, worker_rasterizer
-from render.readers import list_samples, preprocess_options, read_sample
-from render.sample_render import RenderOptions, render_masks, render_sample
-from shared.errors import ConfigError
-from shared.store import open_store, set_failures
+from pointad.render.camera import Camera, fit_camera
+from pointad.render.cli import render
+from pointad.render.masks import anomalous_on_top, binarise_blocks, footprints, splat_masks, supersampled_positions
+from pointad.render.rasterize import DrawStyle, downsample, worker_rasterizer
+from pointad.render.readers import list_samples, preprocess_options, read_sample
+from pointad.render.sample_render import RenderOptions, render_masks, render_sample
+from pointad.shared.errors import ConfigError
+from pointad.shared.store import open_store, set_failures
 
 
 def _full(white, top, left, size):

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from render.preprocess import (PreprocessOptions, border_mask, check_finite_grid, farthest_point_indices,
+from pointad.render.preprocess import (PreprocessOptions, border_mask, check_finite_grid, farthest_point_indices,
                                farthest_point_order, fit_plane,
                                flip_x180, largest_cluster, options_for_format, preprocess_organized,
                                preprocess_unorganized, resize_nearest)
-from render.background import belt_box, belt_frame, constant_background, rigid_transform
-from render.preprocess import pad_to_square
-from shared.errors import ConfigError
+from pointad.render.background import belt_box, belt_frame, constant_background, rigid_transform
+from pointad.render.preprocess import pad_to_square
+from pointad.shared.errors import ConfigError
 
 
 def _fps_by_loop(points, count, start=0):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from render import synthetic
-from render.readers import list_samples, read_sample
-from shared.errors import InputFileError
-from shared.sample import SPLITS
+from pointad.render import synthetic
+from pointad.render.readers import list_samples, read_sample
+from pointad.shared.errors import InputFileError
+from pointad.shared.sample import SPLITS
 
 SIZE = 336
 
@@ -175,7 +175,7 @@ class TestEyecandiesRaw(ReaderContract, OrganizedChecks):
 
     def test_pose_moves_points_onto_the_belt_frame(self, data):
         """apply_pose: points move by the camera's pose (camera -> world), onto the scene's own hit points."""
-        from render.readers import preprocess_options
+        from pointad.render.readers import preprocess_options
         spec, entry = data
         ref = list_samples(entry, classes=["torus"], splits=["test"])[1]
         plan_of, _ = planned_by_id(spec, list_samples(entry))
@@ -195,7 +195,7 @@ class TestEyecandiesRaw(ReaderContract, OrganizedChecks):
     def test_lengths_in_another_unit_lose_the_candy(self, data):
         """The registry's belt box is in Blender units: the same numbers read as tenths (the converted
         layout's scale) cut the candy, and MVTec's 5 mm plane keeps the belt walls."""
-        from render.readers import preprocess_options
+        from pointad.render.readers import preprocess_options
         spec, entry = data
         ref = list_samples(entry, classes=["cookie"], splits=["train"])[0]
         plan_of, _ = planned_by_id(spec, list_samples(entry))
@@ -227,7 +227,7 @@ class TestReal3D(ReaderContract):
         ref = [r for r in list_samples(entry, splits=["test"]) if r.label][0]
         plan_of, _ = planned_by_id(spec, list_samples(entry))
         arrays = synthetic.sample_arrays(spec, plan_of[ref.sample_id])
-        from render.readers import preprocess_options
+        from pointad.render.readers import preprocess_options
         sample = read_sample(entry, ref, preprocess_options(entry, ref.class_name, max_points=2000))
         assert sample.n_points == 2000
         # each kept point is one of the originals (distinct ones), with that original's label
@@ -292,7 +292,7 @@ def _write_converted(root, cls="Confetto"):
 def test_converted_eyecandies_background_point_is_missing_not_a_plane(tmp_path):
     """Every sample of the community conversion used to crash (an IndexError from the plane fit on a
     border of one repeated point); now its constant background is recognised and nothing else is dropped."""
-    from render.datasets import open_dataset
+    from pointad.render.datasets import open_dataset
     xyz, dome = _converted_grid()
     _write_converted(tmp_path / "eye")
     entry = open_dataset(format="eyecandies", root=tmp_path / "eye")
@@ -312,7 +312,7 @@ def test_degenerate_plane_fit_is_one_line_under_scan_keep_going(tmp_path):
     the file, and `render scan --keep-going` reports it on one line and goes on."""
     from click.testing import CliRunner
     import tifffile
-    from render.cli import render
+    from pointad.render.cli import render
     xyz, _ = _converted_grid()
     xyz[np.all(xyz == CONVERTED_BACKGROUND, axis=-1)] = (0.25, 0.1875, -0.4375)
     root = tmp_path / "mv"
@@ -334,8 +334,8 @@ def test_degenerate_plane_fit_is_one_line_under_scan_keep_going(tmp_path):
 
 def test_real3d_test_templates_skipped_and_cut_copy_keep_their_defect(real3d_dataset, tmp_path):
     import shutil
-    from render.datasets import open_dataset
-    from render.readers.real3d import defect_from_name
+    from pointad.render.datasets import open_dataset
+    from pointad.render.readers.real3d import defect_from_name
     _, entry = real3d_dataset
     root = tmp_path / "r3d"
     shutil.copytree(entry.root / "cookie", root / "cookie")
@@ -355,7 +355,7 @@ def test_real3d_test_templates_skipped_and_cut_copy_keep_their_defect(real3d_dat
 
 def test_real3d_gt_row_count_mismatch_names_both_counts(real3d_dataset, tmp_path):
     import shutil
-    from render.datasets import open_dataset
+    from pointad.render.datasets import open_dataset
     _, entry = real3d_dataset
     root = tmp_path / "r3d"
     shutil.copytree(entry.root / "torus", root / "torus")

@@ -11,18 +11,18 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-from render import synthetic
-from render.camera import Camera, fit_camera
-from render.cli import render
-from render.datasets import open_dataset
-from render.masks import footprints, splat_masks
-from render.rasterize import worker_rasterizer
-from render.readers import list_samples, preprocess_options, read_sample
-from render.sample_render import LIGHTS, RenderOptions, _capture_all, estimate_normals, render_masks, render_sample
-from render.rasterize import DrawStyle
-from render.splat import Cloud, draw_views, shade, splat_levels
-from shared.errors import ConfigError
-from shared.store import open_store
+from pointad.render import synthetic
+from pointad.render.camera import Camera, fit_camera
+from pointad.render.cli import render
+from pointad.render.datasets import open_dataset
+from pointad.render.masks import footprints, splat_masks
+from pointad.render.rasterize import worker_rasterizer
+from pointad.render.readers import list_samples, preprocess_options, read_sample
+from pointad.render.sample_render import LIGHTS, RenderOptions, _capture_all, estimate_normals, render_masks, render_sample
+from pointad.render.rasterize import DrawStyle
+from pointad.render.splat import Cloud, draw_views, shade, splat_levels
+from pointad.shared.errors import ConfigError
+from pointad.shared.store import open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from render_bench import dense_sample  # noqa: E402  the 112 896-point cloud of the benchmark

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.store import open_store
+from pointad.shared.store import open_store
 
 # Stored pixels are the float32 projection rounded to the nearest pixel, so they lie within 0.5 px of the
 # exact float64 position plus float32 rounding. Measured on this store: 0.5 + 9.4e-5 px at worst. A

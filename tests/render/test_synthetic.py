@@ -7,11 +7,11 @@ import hashlib
 import numpy as np
 import pytest
 
-from render import synthetic
-from render.datasets import open_dataset
-from render.readers import list_samples
-from shared import config
-from shared.errors import ConfigError, PointADError
+from pointad.render import synthetic
+from pointad.render.datasets import open_dataset
+from pointad.render.readers import list_samples
+from pointad.shared import config
+from pointad.shared.errors import ConfigError, PointADError
 
 TINY = dict(classes=("dome",), defects=("crack", "hole"), train=1, validation=0, test_good=1, per_defect=1)
 
@@ -80,8 +80,8 @@ def test_registry_synthetic_generates_once_into_the_cache():
 def test_eyecandies_scene_has_walls_and_a_posed_camera(tmp_path):
     """Blender units: the pose.txt written is the camera that saw the depth (world = R cam + t), the belt
     at world Z = 0 with walls standing beyond it, and the candy about one unit across."""
-    from render.readers.eyecandies import depth_to_xyz
-    from render.readers.files import read_image
+    from pointad.render.readers.eyecandies import depth_to_xyz
+    from pointad.render.readers.files import read_image
     spec = synthetic.SyntheticSpec(format="eyecandies", seed=3, **{**TINY, "defects": ()})
     root = synthetic.generate(tmp_path / "e", spec)
     data = root / "dome" / "train" / "data"
@@ -118,8 +118,8 @@ TINY_BUILD = ["--views", "2", "--image-size", "64", "--supersample", "1", "--max
 def test_scan_and_build_run_on_the_synthetic_formats(fixture, fmt, select, request, tmp_path):
     """`render scan` reads every sample with the registry's lengths for the format; `render build` renders some."""
     from click.testing import CliRunner
-    from render.cli import render
-    from shared.store import open_store
+    from pointad.render.cli import render
+    from pointad.shared.store import open_store
     spec, entry = request.getfixturevalue(fixture)
     where = ["--format", fmt, "--root", str(entry.root)]
     result = CliRunner().invoke(render, ["scan", *where])

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from render.build import build_store
-from render.sample_render import RenderOptions
-from render.view_plan import CodePlan, ViewPlan, make_view_plan, rotation
-from shared.errors import ConfigError, PointADError
-from shared.registry import load_registry
-from shared.store import open_store
+from pointad.render.build import build_store
+from pointad.render.sample_render import RenderOptions
+from pointad.render.view_plan import CodePlan, ViewPlan, make_view_plan, rotation
+from pointad.shared.errors import ConfigError, PointADError
+from pointad.shared.registry import load_registry
+from pointad.shared.store import open_store
 
 
 def _rx(degrees):
@@ -80,7 +80,7 @@ def test_build_records_the_datasets_variant_and_refuses_mixing_variants(real3d_d
     assert attrs.view_plan["variant"] == "real3d" and attrs.view_plan["normals_radius"] == 0.8
     np.testing.assert_allclose(attrs.view_plan["pre_angles"], [np.pi])
     assert attrs.render["code_plan"] == load_registry()["real3d"].view_plans["pointad-code"]
-    from render.verify import check_sample
+    from pointad.render.verify import check_sample
     store = open_store(out)
     assert [p for i in range(len(store)) for p in check_sample(store.sample(i), store)] == []  # pixels re-projected
     with pytest.raises(PointADError, match="other render options \\(code_plan\\)"):

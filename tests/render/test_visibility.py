@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from render.camera import fit_camera, project
-from render.view_plan import make_view_plan
-from render.visibility import nearest_per_pixel, surface_visible
+from pointad.render.camera import fit_camera, project
+from pointad.render.view_plan import make_view_plan
+from pointad.render.visibility import nearest_per_pixel, surface_visible
 
 
 def _visible_by_loop(pixel, depth, valid, size, inside=None):

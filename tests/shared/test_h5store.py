@@ -12,16 +12,16 @@ import torch
 import zarr
 from click.testing import CliRunner
 
-from eval.cli import eval_
-from render.build import build_store
-from render.cli import render
-from render.sample_render import RenderOptions
-from shared.errors import PointADError
-from shared.h5store import GZIP_LEVEL, export_h5
-from shared.store import open_store, store_fingerprint
-from shared.store_schema import ARRAYS, SAMPLE_FIELDS
-from train.checkpoint import load_checkpoint
-from train.loop import TrainConfig, train
+from pointad.eval.cli import eval_
+from pointad.render.build import build_store
+from pointad.render.cli import render
+from pointad.render.sample_render import RenderOptions
+from pointad.shared.errors import PointADError
+from pointad.shared.h5store import GZIP_LEVEL, export_h5
+from pointad.shared.store import open_store, store_fingerprint
+from pointad.shared.store_schema import ARRAYS, SAMPLE_FIELDS
+from pointad.train.checkpoint import load_checkpoint
+from pointad.train.loop import TrainConfig, train
 
 MVTEC = "synthetic-mvtec3d"
 

@@ -5,15 +5,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
-from shared.lock import LockedError, holder, lock_path, writer_lock
+from pointad.shared.lock import LockedError, holder, lock_path, writer_lock
 
 HOLD = textwrap.dedent("""
     import sys, time
-    from shared.lock import writer_lock
+    from pointad.shared.lock import writer_lock
     with writer_lock(sys.argv[1], "test holder"):
         print("held", flush=True)
         time.sleep(60)
@@ -21,8 +20,7 @@ HOLD = textwrap.dedent("""
 
 
 def _start_holder(target):
-    process = subprocess.Popen([sys.executable, "-c", HOLD, str(target)], stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": os.getcwd()})
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(target)], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "held"
     return process
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ConfigError, DatasetError
-from shared.registry import (DatasetEntry, custom_entry, load_registry, resolve_dataset, select_classes)
+from pointad.shared.errors import ConfigError, DatasetError
+from pointad.shared.registry import (DatasetEntry, custom_entry, load_registry, resolve_dataset, select_classes)
 
 
 def _write(tmp_path, text):

@@ -17,15 +17,15 @@ import xarray
 import zarr
 from click.testing import CliRunner
 
-from render.build import build_store
-from render.camera import fit_camera, project
-from render.cli import render
-from render.migrate import migrate_store
-from render.sample_render import RenderOptions
-from render.view_plan import ViewPlan
-from shared.errors import StoreSchemaError
-from shared.store import append_samples, open_store, store_fingerprint, write_sample
-from shared.store_schema import ARRAYS, CAMERA_CONVENTION, RENDER_ELSEWHERE, SAMPLE_FIELDS, V2_ONLY
+from pointad.render.build import build_store
+from pointad.render.camera import fit_camera, project
+from pointad.render.cli import render
+from pointad.render.migrate import migrate_store
+from pointad.render.sample_render import RenderOptions
+from pointad.render.view_plan import ViewPlan
+from pointad.shared.errors import StoreSchemaError
+from pointad.shared.store import append_samples, open_store, store_fingerprint, write_sample
+from pointad.shared.store_schema import ARRAYS, CAMERA_CONVENTION, RENDER_ELSEWHERE, SAMPLE_FIELDS, V2_ONLY
 
 OPTIONS = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 48, point_size=3, renderer="splat")
 

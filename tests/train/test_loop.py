@@ -8,18 +8,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from render.build import build_store
-from render.sample_render import RenderOptions
-from shared.errors import CheckpointMismatchError, PointADError
-from train.checkpoint import load_checkpoint
-from train.cli import train as train_cli
-from train.loop import TrainConfig, Trainer, train
+from pointad.render.build import build_store
+from pointad.render.sample_render import RenderOptions
+from pointad.shared.errors import CheckpointMismatchError, PointADError
+from pointad.train.checkpoint import load_checkpoint
+from pointad.train.cli import train as train_cli
+from pointad.train.loop import TrainConfig, Trainer, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -98,7 +97,7 @@ def test_resume_refuses_other_settings_and_other_models(train_store, tmp_path):
 
 
 def test_sigkill_after_epoch_1_then_resume_equals_uninterrupted(train_store, tmp_path):
-    args = ["-m", "train.cli", "run", "--store", str(train_store), "--class", "cookie", "--model", "tiny",
+    args = ["-m", "pointad.train.cli", "run", "--store", str(train_store), "--class", "cookie", "--model", "tiny",
             "--epochs", "3", "--device", "cpu"]
     subprocess.run([sys.executable, *args, "--out", str(tmp_path / "full")], check=True, env=ENV,
                    capture_output=True)
@@ -121,10 +120,10 @@ def test_sigkill_after_epoch_1_then_resume_equals_uninterrupted(train_store, tmp
 def test_two_gloo_processes_match_one(train_store, tmp_path):
     args = ["run", "--store", str(train_store), "--class", "cookie", "--model", "tiny", "--epochs", "2",
             "--device", "cpu", "--batch-size", "4"]
-    subprocess.run([sys.executable, "-m", "train.cli", *args, "--out", str(tmp_path / "one")], check=True, env=ENV,
+    subprocess.run([sys.executable, "-m", "pointad.train.cli", *args, "--out", str(tmp_path / "one")], check=True, env=ENV,
                    capture_output=True)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(29500 + os.getpid() % 1000), "-m", "train.cli", *args,
+                          "--master_port", str(29500 + os.getpid() % 1000), "-m", "pointad.train.cli", *args,
                           "--out", str(tmp_path / "two")], env=ENV, capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-2000:]
     difference = (_prompts(tmp_path / "one" / "checkpoints" / "epoch_2.pt") -

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.losses import (LossTerms, TERM_NAMES, dice_loss, focal_loss, global_2d_loss, global_3d_loss,
+from pointad.train.losses import (LossTerms, TERM_NAMES, dice_loss, focal_loss, global_2d_loss, global_3d_loss,
                           hybrid_loss, local_2d_loss, local_3d_loss, parse_loss_terms)
 
 

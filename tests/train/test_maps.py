@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.maps import back_project, class_probabilities, patch_maps, sample_probability
+from pointad.train.maps import back_project, class_probabilities, patch_maps, sample_probability
 
 
 def _close(actual, expected, atol=1e-6):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from shared.errors import CheckpointMismatchError, ConfigError
-from train.backbone import FrozenCLIP
-from train.model_config import load_model_config
-from train.prompts import PromptLearner
+from pointad.shared.errors import CheckpointMismatchError, ConfigError
+from pointad.train.backbone import FrozenCLIP
+from pointad.train.model_config import load_model_config
+from pointad.train.prompts import PromptLearner
 
 E = 12
 

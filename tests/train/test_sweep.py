@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from shared.errors import ConfigError, PointADError
-from train.checkpoint import latest_checkpoint
-from train.cli import train as train_cli
-from train.loop import TrainConfig, train
-from train.sweep import aux_classes, plan_sweep, run_state, sweep
+from pointad.shared.errors import ConfigError, PointADError
+from pointad.train.checkpoint import latest_checkpoint
+from pointad.train.cli import train as train_cli
+from pointad.train.loop import TrainConfig, train
+from pointad.train.sweep import aux_classes, plan_sweep, run_state, sweep
 
 MVTEC = "synthetic-mvtec3d"
 
