@@ -61,3 +61,17 @@ def eval_store(mvtec_dataset, real3d_dataset, tmp_path_factory):
         build_store(entry, out, options, splits=["test"])
     assert len(open_store(out)) == 24
     return out
+
+
+@pytest.fixture(scope="session")
+def reference_store(mvtec_dataset, tmp_path_factory):
+    """One-worker build of the MVTec-format cookie test split (6 samples; 3 views at 96 px, supersample 2,
+    point size 3): the store other builds must equal. Read-only: tests copy it before changing it."""
+    from pointad.render.build import build_store
+    from pointad.render.sample_render import RenderOptions
+    _, entry = mvtec_dataset
+    out = tmp_path_factory.mktemp("ref") / "renders.zarr"
+    options = RenderOptions(views=3, image_size=96, supersample=2, max_points=96 * 96, point_size=3)
+    result = build_store(entry, out, options, classes=["cookie"], splits=["test"])
+    assert result.rendered == 6 and not result.failures
+    return out

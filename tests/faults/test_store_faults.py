@@ -63,14 +63,10 @@ def no_temp_folders(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if ".tmp-" in p.name]
 
 
-@pytest.fixture(scope="module")
-def reference(mvtec_dataset, tmp_path_factory):
-    """Uninterrupted one-process build of the cookie test split (6 samples), the store the others must equal."""
-    _, entry = mvtec_dataset
-    out = tmp_path_factory.mktemp("reference") / "renders.zarr"
-    result = build_store(entry, out, SMALL, classes=["cookie"], splits=["test"])
-    assert result.rendered == 6 and not result.failures
-    return out
+@pytest.fixture
+def reference(reference_store):
+    """The uninterrupted one-process build of the cookie test split with SMALL (tests/conftest.py)."""
+    return reference_store
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -23,7 +23,7 @@ from pointad.shared.store import open_store
 
 FIELDS = ("image", "mask", "pixel", "visible", "xyz", "valid", "label", "grid_index", "proxy", "knn", "knn_weight",
           "rgb", "rgb_mask", "n_points", "grid_hw")
-SMALL = RenderOptions(views=3, image_size=96, supersample=2, max_points=96 * 96, point_size=3)
+SMALL = RenderOptions(views=3, image_size=96, supersample=2, max_points=96 * 96, point_size=3)  # = reference_store's
 
 
 def assert_same_stores(a, b):
@@ -35,16 +35,6 @@ def assert_same_stores(a, b):
         x, y = sa.sample(i), sb.sample(rows_b[sa.identity(i)["sample_id"]])
         for field in FIELDS:
             assert np.array_equal(getattr(x, field), getattr(y, field)), (sa.identity(i)["sample_id"], field)
-
-
-@pytest.fixture(scope="session")
-def reference_store(mvtec_dataset, tmp_path_factory):
-    """One-worker build of the cookie test split (6 samples), the reference the other builds must equal."""
-    _, entry = mvtec_dataset
-    out = tmp_path_factory.mktemp("ref") / "renders.zarr"
-    result = build_store(entry, out, SMALL, classes=["cookie"], splits=["test"])
-    assert result.rendered == 6 and not result.failures
-    return out
 
 
 def ran_in_own_process(request) -> bool:
