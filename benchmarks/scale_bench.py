@@ -103,7 +103,12 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     folder = args.dir or Path(__import__("tempfile").mkdtemp(prefix="pointad-scale-"))
+    # the bench deletes its own stores and runs in --dir: only in a folder it made (marked) or an empty one
+    marker = folder / ".pointad-scale-bench"
+    if folder.is_dir() and any(folder.iterdir()) and not marker.exists():
+        raise SystemExit(f"{folder}: not empty and not a scale_bench folder; give a new or empty --dir")
     folder.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     python = sys.executable
     try:
         started = time.perf_counter()
