@@ -35,3 +35,19 @@ def test_regions_are_numbered_apart_across_samples_and_connected_diagonally():
     second = SimpleNamespace(grid_hw=(2, 2), grid_index=np.array([0, 3]), point_labels=np.array([1, 1]))
     # first: one diagonal region (0, 4, 8); second: cells 0 and 3 touch diagonally: one region, not the first's
     assert organized_regions([first, second]).tolist() == [0, 0, 0, -1, 1, 1]
+
+
+def test_mean_row_averages_the_defined_classes_only():
+    """A class whose metric is undefined (nan: e.g. only good samples) stays nan and leaves the mean alone."""
+    import math
+
+    from pointad.eval.class_metrics import BLOCKS, METRICS
+    from pointad.eval.report import MEAN_ROW, _collect
+    by_class = {"a": 0.2, "b": math.nan, "c": 0.8}
+    per_run = [{("points", block, name): {metric: value for metric in METRICS}
+                for block in BLOCKS for name, value in by_class.items()}]
+    values = _collect(per_run, ["points"])
+    for block in BLOCKS:
+        for metric in METRICS:
+            assert values["points", block, MEAN_ROW][metric] == [pytest.approx((0.2 + 0.8) / 2)]
+            assert math.isnan(values["points", block, "b"][metric][0])
