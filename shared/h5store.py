@@ -50,8 +50,10 @@ def export_h5(store_path, out) -> int:
     group = _open_group(store_path, "r")
     n = len(store)
     tmp = temp_sibling(out)
+    made = False  # the temp file is removed on failure only if this call created it
     try:
-        with h5py.File(tmp, "w") as file:
+        with h5py.File(tmp, "x") as file:  # "x": never truncate a file that is not ours
+            made = True
             for key, value in group.attrs.items():
                 file.attrs[key] = json.dumps(value)
             for spec in store._specs():
@@ -74,7 +76,7 @@ def export_h5(store_path, out) -> int:
     except OSError as exc:
         raise os_error(exc, out) from None
     finally:
-        if tmp.is_file():
+        if made and tmp.is_file():
             tmp.unlink()
     return n
 

@@ -123,6 +123,7 @@ def create_store(path, attrs: StoreAttrs) -> None:
             raise PointADError(f"{path}: exists and is not an empty folder; remove it or choose another path") from None
         raise PointADError(f"{path}: already a render store; open it (render build resumes it) instead of creating it")
     tmp = temp_sibling(path)
+    made = False  # the temp folder is removed on failure only if this call created it
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_siblings(path)
@@ -135,6 +136,7 @@ def create_store(path, attrs: StoreAttrs) -> None:
             group.require_group(parent).create_array(name, shape=(0, *spec.row_shape(attrs)),
                                                      **_array_kwargs(spec, attrs), attributes=array_attributes(spec, 0))
         tmp.mkdir()
+        made = True
         for key, value in sorted(files.items()):
             (tmp / key).parent.mkdir(parents=True, exist_ok=True)
             (tmp / key).write_bytes(value.to_bytes())
@@ -148,7 +150,7 @@ def create_store(path, attrs: StoreAttrs) -> None:
     except OSError as exc:
         raise os_error(exc, path) from None
     finally:
-        if tmp.is_dir() and not tmp.is_symlink():
+        if made and tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
 
 

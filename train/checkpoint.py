@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from pointad.shared.errors import CheckpointMismatchError, PointADError
+from pointad.shared.errors import CheckpointMismatchError
 from pointad.shared.io import atomic_path
-from pointad.train.torch_files import UnreadableFile, load_data
+from pointad.train.torch_files import load_checkpoint_file
 
 CHECKPOINT_FORMAT = "pointad-prompts"
 CHECKPOINT_VERSION = 1
@@ -34,14 +34,7 @@ def load_checkpoint(path: Path) -> dict:
     """Read a checkpoint as data only (nothing in it is run); a file that is not one of ours is an error
     naming it and saying plainly why."""
     path = Path(path)
-    if path.is_dir():
-        raise PointADError(f"{path}: is a directory, not a checkpoint file")
-    if not path.is_file():
-        raise PointADError(f"{path}: checkpoint not found")
-    try:
-        payload = load_data(path)
-    except UnreadableFile as exc:
-        raise CheckpointMismatchError(f"{path}: not a readable pointad checkpoint: {exc}") from exc
+    payload = load_checkpoint_file(path, "pointad checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointMismatchError(f"{path}: not a pointad prompt checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:

@@ -39,7 +39,7 @@ from pointad.train.checkpoint import save_checkpoint
 from pointad.train.loop import TrainConfig
 from pointad.train.model_config import ModelConfig, load_model_config
 from pointad.train.prompts import PromptLearner
-from pointad.train.torch_files import UnreadableFile, load_data
+from pointad.train.torch_files import load_checkpoint_file
 
 TOP_KEY = "prompt_learner"
 PROJECTION_WIDTH = 896  # the released code's unused projection layers map W -> 896
@@ -177,12 +177,7 @@ def _text_shape(model: ModelConfig) -> tuple[int, int]:
 def read_released(path) -> ReleasedPrompts:
     """Read a released checkpoint file as data only (`torch.load(weights_only=True)`) -> `ReleasedPrompts`."""
     path = Path(path)
-    if not path.is_file():
-        raise PointADError(f"{path}: {'is a directory, not' if path.is_dir() else 'not found:'} a checkpoint file")
-    try:
-        payload = load_data(path)
-    except UnreadableFile as exc:
-        raise CheckpointMismatchError(f"{path}: not a readable released PointAD checkpoint: {exc}") from exc
+    payload = load_checkpoint_file(path, "released PointAD checkpoint")
     if isinstance(payload, dict) and payload.get("format") == "pointad-prompts":
         raise CheckpointMismatchError(f"{path}: already a checkpoint of this toolkit; use it (or its run "
                                       "directory) directly")

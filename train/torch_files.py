@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from pointad.shared.errors import CheckpointMismatchError, PointADError
+
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
@@ -61,3 +63,17 @@ def load_data(path: Path):
         raise
     except Exception as exc:  # torch raises many types for truncated or foreign files
         raise UnreadableFile(plain_reason(exc)) from exc
+
+
+def load_checkpoint_file(path, what: str):
+    """`load_data` for a file meant to be a checkpoint: a missing path or a folder is a PointADError, an
+    unreadable file a CheckpointMismatchError `<path>: not a readable <what>: <reason>`."""
+    path = Path(path)
+    if path.is_dir():
+        raise PointADError(f"{path}: is a directory, not a checkpoint file")
+    if not path.is_file():
+        raise PointADError(f"{path}: checkpoint not found")
+    try:
+        return load_data(path)
+    except UnreadableFile as exc:
+        raise CheckpointMismatchError(f"{path}: not a readable {what}: {exc}") from exc

@@ -110,3 +110,16 @@ def _without_paths(report, store):
     """The report with the store's path and the run folder's name taken out (they differ by design)."""
     text = json.dumps(report).replace(str(store), "STORE").replace("zarr", "X").replace("h5", "X")
     return json.loads(text)
+
+
+def test_a_file_already_at_the_temp_name_is_never_truncated_or_removed(twin, tmp_path):
+    """The export writes under `temp_sibling(out)`; a file someone left at that exact name is not ours."""
+    from pointad.shared.io import temp_sibling
+    store, _ = twin
+    out = tmp_path / "renders.h5"
+    squatter = temp_sibling(out)
+    squatter.write_text("someone else's notes\n")
+    with pytest.raises(PointADError, match="File exists|exists"):
+        export_h5(store, out)
+    assert squatter.read_text() == "someone else's notes\n" and not out.exists()
+
