@@ -205,7 +205,7 @@ def synthetic_run(workdir: Path, args) -> tuple[Path, Path, list[tuple[str, floa
     from pointad.render.datasets import open_dataset
     from pointad.render.sample_render import RenderOptions
     from pointad.shared.store import open_store
-    from pointad.train.checkpoint import latest_checkpoint
+    from pointad.train.model.checkpoint import latest_checkpoint
     from pointad.train.loop import TrainConfig, train
 
     steps = []
@@ -355,8 +355,8 @@ def shared_pass_part(args) -> None:
 
     from pointad.eval.scoring import score_store, score_store_runs
     from pointad.shared.store import open_store
-    from pointad.train.backbone import load_backbone
-    from pointad.train.model_config import load_model_config
+    from pointad.train.model.backbone import load_backbone
+    from pointad.train.model.model_config import load_model_config
 
     config = load_model_config("tiny")
     if args.share_model == "vit-l-random":  # the real model's cost without its weights

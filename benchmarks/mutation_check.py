@@ -88,7 +88,7 @@ MUTATIONS = [
              "    return 0.5 * (0.5 * (rgb_sample_score + point_sample_score) + float(np.max(fused_map)))",
              "    return 0.5 * (0.5 * (rgb_sample_score + point_sample_score) + float(np.mean(fused_map)))",
              (SCORING, SCORES)),
-    Mutation("maps: back-projection divides by all views (paper's 1/K)", "train/maps.py",
+    Mutation("maps: back-projection divides by all views (paper's 1/K)", "train/model/maps.py",
              "    out = total / count",
              "    out = total / views", (MAPS, SCORES)),
     Mutation("camera: principal point shifted by 0.17 px", "render/camera.py",

@@ -15,7 +15,7 @@ Each set goes through the frozen backbone (random weights, seed 0; the tiny conf
 ViT-L-14-336) and, against legacy, we print per class: the mean cosine distance 1 - cos of the tapped
 layers' patch tokens (over layers, views and patches), their mean relative L2 |a - b| / |a|, the cosine
 distance of the global features, and the mean absolute difference of the anomaly maps (channel 1 of
-train/maps.py `patch_maps` with a PromptLearner's text features, seed 0; and, simpler, of the maps of
+train/model/maps.py `patch_maps` with a PromptLearner's text features, seed 0; and, simpler, of the maps of
 the patch tokens' cosine to the mean patch token of the legacy views). The splat column must be well
 under the shifted one. Random weights are not CLIP's: what the table shows is how much each change of
 pixels moves a network of this shape, not the trained model's scores.
@@ -41,10 +41,10 @@ from pointad.render.readers import list_samples, preprocess_options, read_sample
 from pointad.render.sample_render import LIGHTS, RenderOptions, _capture_all, estimate_normals, render_sample
 from pointad.render.synthetic import CLASSES, SyntheticSpec, generate
 from pointad.shared.registry import custom_entry
-from pointad.train.backbone import FrozenCLIP, normalize
-from pointad.train.maps import patch_maps
-from pointad.train.model_config import ModelConfig, load_model_config
-from pointad.train.prompts import PromptLearner
+from pointad.train.model.backbone import FrozenCLIP, normalize
+from pointad.train.model.maps import patch_maps
+from pointad.train.model.model_config import ModelConfig, load_model_config
+from pointad.train.model.prompts import PromptLearner
 
 WAYS = ("splat", "shifted")
 

@@ -25,8 +25,8 @@ import torch
 
 
 def backbone_for(name: str):
-    from pointad.train.backbone import load_backbone
-    from pointad.train.model_config import load_model_config
+    from pointad.train.model.backbone import load_backbone
+    from pointad.train.model.model_config import load_model_config
     if name == "vit-l-random":
         config = dataclasses.replace(load_model_config("vit-l-14-336"), pretrained=None, random_init=True,
                                      label="ViT-L-14-336 (random weights)")

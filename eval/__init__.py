@@ -1,9 +1,27 @@
-"""Evaluation stage (SPEC 7): per-sample scores, metrics and reports."""
+"""Evaluation stage (SPEC 7): per-sample scores, metrics and reports.
 
-from pointad.eval.metrics import aupro_graph, aupro_organized, aupro_pointad_compat, image_metrics, point_auroc
-from pointad.eval.report import ReportConfig, build_report, write_report
-from pointad.eval.scoring import SampleScores, score_store, smooth_graph, smooth_organized
+Public API, imported on first use so that `import pointad.eval.metrics` loads neither torch nor Open3D.
+"""
 
-__all__ = ["aupro_graph", "aupro_organized", "aupro_pointad_compat", "image_metrics", "point_auroc",
-           "ReportConfig", "build_report", "write_report", "SampleScores", "score_store", "smooth_graph",
-           "smooth_organized"]
+from __future__ import annotations
+
+import importlib
+
+_HOMES = {
+    "aupro_graph": "pointad.eval.metrics", "aupro_organized": "pointad.eval.metrics",
+    "aupro_pointad_compat": "pointad.eval.metrics", "image_metrics": "pointad.eval.metrics",
+    "point_auroc": "pointad.eval.metrics", "ReportConfig": "pointad.eval.report", "build_report": "pointad.eval.report",
+    "write_report": "pointad.eval.report", "SampleScores": "pointad.eval.scoring", "score_store": "pointad.eval.scoring",
+    "smooth_graph": "pointad.eval.scoring", "smooth_organized": "pointad.eval.scoring",
+}
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'pointad.eval' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

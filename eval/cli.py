@@ -82,8 +82,8 @@ def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, de
     from pointad.eval.report import ReportConfig, build_report, write_report
     from pointad.eval.targets import check_file_target, check_folder_target
     from pointad.shared.errors import PointADError
-    from pointad.train.cli import resolve_model
-    from pointad.train.loop import resolve_device
+    from pointad.shared.cli import resolve_model
+    from pointad.train.model.device import resolve_device
     if out is not None:
         check_file_target(out, "--out takes a file name")
     if figures is not None:
@@ -143,7 +143,7 @@ def _all_trained_runs(runs_dir: Path) -> tuple[list[Path], str]:
     folder holds none, or runs of several datasets)."""
     import json
     from pointad.shared.errors import PointADError
-    from pointad.train.checkpoint import latest_checkpoint
+    from pointad.train.model.checkpoint import latest_checkpoint
     runs = sorted(p for p in Path(runs_dir).iterdir() if p.is_dir() and latest_checkpoint(p) is not None)
     if not runs:
         raise PointADError(f"{runs_dir}: holds no trained run")
@@ -183,7 +183,7 @@ def _test_datasets(store: Path, setting: str, trained_on: str | None, checkpoint
 def _checkpoint_dataset(checkpoints) -> str | None:
     """The one training dataset recorded by the given runs (None if they record none or several)."""
     from pointad.eval.runs import resolve_checkpoint
-    from pointad.train.checkpoint import load_checkpoint
+    from pointad.train.model.checkpoint import load_checkpoint
     found = {load_checkpoint(resolve_checkpoint(given))["config"].get("dataset") for given in checkpoints}
     return found.pop() if len(found) == 1 else None
 
@@ -205,7 +205,7 @@ def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, mode
                 device) -> list[Path]:
     """The run directories of a sweep; missing ones trained (--train-missing) or reported as an error."""
     from pointad.train.cli import base_config
-    from pointad.train.loop import resolve_device
+    from pointad.train.model.device import resolve_device
     from pointad.train.sweep import plan_sweep, sweep, trained_runs
     if not train_missing:
         return trained_runs(runs_dir, dataset, classes, seeds)
@@ -234,7 +234,7 @@ def detect(cloud, checkpoint, out, threshold, device, clip_weights, point_size, 
     from pointad.eval.detect import OUTPUT_FILES, write_detection
     from pointad.eval.detect import detect as run_detect
     from pointad.eval.targets import check_folder_target
-    from pointad.train.loop import resolve_device
+    from pointad.train.model.device import resolve_device
     out = out if out is not None else cloud.parent / f"{cloud.stem}_scores"
     check_folder_target(out, "--out takes a folder: scores.npy and scores.ply are written in it", OUTPUT_FILES)
     result = run_detect(cloud, checkpoint, device=resolve_device(device), clip_weights=clip_weights,

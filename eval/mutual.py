@@ -32,8 +32,8 @@ from pointad.eval.scoring import (SIGMA, SampleScores, compact_knn, compat_fused
                           fused_point_map, fused_sample_score, rgb_point_map, smooth_graph, smooth_organized)
 from pointad.shared.errors import ConfigError, PointADError
 from pointad.shared.store import open_store
-from pointad.train.maps import back_project
-from pointad.train.model_config import ModelConfig
+from pointad.train.model.maps import back_project
+from pointad.train.model.model_config import ModelConfig
 
 METHOD = "mutual-scoring"
 VIEW_MODES = ("same", "all")

@@ -40,13 +40,12 @@ from pointad.eval.targets import check_file_target
 from pointad.shared.errors import CheckpointMismatchError, ConfigError, PointADError
 from pointad.shared.io import atomic_path
 from pointad.shared.store import open_store
-from pointad.train.loop import TrainConfig
-from pointad.train.model_config import load_model_config
+from pointad.train.model.model_config import DEFAULT_SEED, load_model_config
 
 PROTOCOLS = ("points", "pointad-compat")
 SETTINGS = ("one-vs-rest", "cross-dataset")
 METHODS = ("pointad", "clip-rendering", MUTUAL)
-BASELINE_SEED = TrainConfig.seed  # the tiny model's random weights for the baseline: those of a default run
+BASELINE_SEED = DEFAULT_SEED  # the tiny model's random weights for the baseline: those of a default run
 MEAN_ROW = "mean"
 
 

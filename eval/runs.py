@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from pointad.shared.errors import PointADError
-from pointad.train.backbone import load_backbone
-from pointad.train.checkpoint import latest_checkpoint, load_checkpoint
-from pointad.train.model_config import ModelConfig
-from pointad.train.prompts import PromptLearner
+from pointad.train.model.backbone import load_backbone
+from pointad.train.model.checkpoint import latest_checkpoint, load_checkpoint
+from pointad.train.model.model_config import ModelConfig
+from pointad.train.model.prompts import PromptLearner
 
 
 @dataclass(frozen=True)

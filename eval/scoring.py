@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from pointad.shared.store import open_store
-from pointad.train.features import encode_views
-from pointad.train.maps import back_project, class_probabilities, patch_maps
+from pointad.train.model.backbone import encode_views
+from pointad.train.model.maps import back_project, class_probabilities, patch_maps
 
 SIGMA = 4.0
 BASELINE_PROMPTS = ("A photo of a normal {}.", "A photo of an anomalous {}.")  # clip-rendering, SPEC 7

@@ -36,6 +36,15 @@ def verbosity_option(func):
                         help="More log output (-vv for debug).")(func)
 
 
+def resolve_model(model: str, clip_weights) -> str:
+    """`--model auto` resolved (the model library decides); a substitution of the tiny model is said loudly."""
+    from pointad.train.model.weights import resolve_auto_model
+    name, warning = resolve_auto_model(model, clip_weights)
+    for line in (warning or "").splitlines():
+        click.echo(f"WARNING: {line}", err=True)
+    return name
+
+
 class LazyGroup(PointADGroup):
     """Subcommands given as 'module:attribute', imported only when used."""
 

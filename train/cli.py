@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from pointad.shared.cli import PointADGroup, verbosity_option
+from pointad.shared.cli import PointADGroup, resolve_model, verbosity_option
 from pointad.shared.store import open_store
 
 
@@ -65,9 +65,9 @@ def base_config(*, store, model, clip_weights=None, no_feature_cache=False, clas
     """`TrainConfig` from command options (those that are not its fields are ignored; missing ones take its
     defaults); `--model auto` resolved and the weights located before any work."""
     from dataclasses import fields
-    from pointad.train.loop import TrainConfig
-    from pointad.train.model_config import load_model_config
-    from pointad.train.weights import locate_weights
+    from pointad.train.config import TrainConfig
+    from pointad.train.model.model_config import load_model_config
+    from pointad.train.model.weights import locate_weights
     model = resolve_model(model, clip_weights)
     locate_weights(load_model_config(model), clip_weights)  # missing weights: fail before any work
     known = {f.name for f in fields(TrainConfig)}
@@ -88,7 +88,8 @@ def base_config(*, store, model, clip_weights=None, no_feature_cache=False, clas
 def run(features, out, resume, **options):
     """Train the prompts on one class of a render store."""
     from pointad.train.distributed import distributed_session
-    from pointad.train.loop import resolve_device, train as train_loop
+    from pointad.train.loop import train as train_loop
+    from pointad.train.model.device import resolve_device
     from dataclasses import replace
     from pointad.shared.config import distributed_env
     from pointad.train.sweep import DEFAULT_RUNS_DIR, aux_classes, run_dir_for, store_dataset
@@ -124,7 +125,7 @@ def run(features, out, resume, **options):
               help="Run directories go here as <dataset>-<class>-<seed>.")
 def sweep(classes, seeds, runs_dir, **options):
     """Train every (class, seed) run of a setting that is not done yet; finished runs are skipped."""
-    from pointad.train.loop import resolve_device
+    from pointad.train.model.device import resolve_device
     from pointad.train.sweep import plan_sweep
     from pointad.train.sweep import sweep as run_sweep
     runs = plan_sweep(base_config(**options), classes, seeds, runs_dir)
@@ -133,23 +134,6 @@ def sweep(classes, seeds, runs_dir, **options):
                      progress_factory=_bar, loader_workers=options["loader_workers"],
                      rebuild_features=options["rebuild_features"])
     click.echo(f"{len(done)} run(s) ready in {runs_dir}: " + " ".join(p.name for p in done))
-
-
-def resolve_model(model: str, clip_weights) -> str:
-    """`auto`: the real model when its weights are found, else the tiny one, said loudly on stderr."""
-    if model != "auto":
-        return model
-    from pointad.shared.errors import WeightsNotFoundError
-    from pointad.train.model_config import load_model_config
-    from pointad.train.weights import locate_weights
-    try:
-        locate_weights(load_model_config("vit-l-14-336"), clip_weights)
-        return "vit-l-14-336"
-    except WeightsNotFoundError as exc:
-        click.echo(f"WARNING: {exc}", err=True)
-        click.echo("WARNING: using the tiny model with RANDOM weights: a smoke run of the pipeline, "
-                   "not PointAD results", err=True)
-        return "tiny"
 
 
 def _model_label(run_dir: Path) -> str:
@@ -161,7 +145,8 @@ def _model_label(run_dir: Path) -> str:
 @click.option("--store", required=True, type=click.Path(path_type=Path))
 @click.option("--model", default="vit-l-14-336", show_default=True)
 @click.option("--clip-weights", type=click.Path(path_type=Path))
-@click.option("--layers", callback=_layers)
+@click.option("--layers", callback=_layers, help="Tapped layers, e.g. 6,12,18,24 (default: the model's).")
+@click.option("--dpam-start", type=int, help="DPAM dual path in blocks N..last, 0 = off (default: the model's).")
 @click.option("--dataset", help="Only this dataset's rows (default: all).")
 @click.option("--class", "class_name", help="Only this class's rows (default: all).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Feature cache to write (a Zarr group).")
@@ -171,18 +156,16 @@ def _model_label(run_dir: Path) -> str:
               help="Seed of a random-weights model (tiny): the --seed of the runs that will use the cache.")
 @click.option("--rebuild-features", is_flag=True,
               help="Replace a cache at --out made for another model, weights, taps, store or rows (else refused).")
-def features(store, model, clip_weights, layers, dataset, class_name, out, batch_size, device, seed,
+def features(store, model, clip_weights, layers, dpam_start, dataset, class_name, out, batch_size, device, seed,
              rebuild_features):
     """Precompute the frozen vision features of a store's renderings (the training cache).
 
     An up-to-date cache at --out is kept as it is; anything at --out that is not a feature cache is refused."""
-    from pointad.train.backbone import load_backbone
+    from pointad.train.model.backbone import load_backbone
     from pointad.train.features import compute_features, recorded_identity
-    from pointad.train.loop import resolve_device
-    from pointad.train.model_config import load_model_config
-    config = load_model_config(model)
-    if layers:
-        config = config.with_taps(layers)
+    from pointad.train.model.device import resolve_device
+    from pointad.train.model.model_config import model_config_for
+    config = model_config_for(resolve_model(model, clip_weights), layers, dpam_start)
     target = resolve_device(device)
     recorded_identity(out)  # anything but a cache at --out: refused before the model is loaded
     backbone = load_backbone(config, clip_weights, seed=seed).to(target)

@@ -24,19 +24,9 @@ import zarr
 from pointad.shared.errors import CheckpointMismatchError, PointADError
 from pointad.shared.lock import writer_lock
 from pointad.shared.store import open_store, store_fingerprint
-from pointad.train.backbone import normalize
+from pointad.train.model.backbone import encode_views
 
 CACHE_FORMAT = "pointad-features"
-
-
-def encode_views(backbone, images: np.ndarray, device, autocast: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Vision features of (B, V, S, S, 3) renderings: global (B, V, D), patches (L, B*V, G*G, D), float32."""
-    b, v = images.shape[:2]
-    pixels = normalize(torch.from_numpy(images.reshape(b * v, *images.shape[2:])).to(device))
-    with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                                         enabled=autocast):
-        features = backbone.encode_image(pixels)
-    return features.global_feature.float().reshape(b, v, -1), features.patch_tokens.float()
 
 
 def weights_digest(backbone) -> str:

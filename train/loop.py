@@ -25,58 +25,17 @@ from pointad.shared.errors import ConfigError, PointADError
 from pointad.shared.io import atomic_path
 from pointad.shared.lock import writer_lock
 from pointad.shared.store import open_store, store_fingerprint
-from pointad.train.backbone import FrozenCLIP, load_backbone
-from pointad.train.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
+from pointad.train.model.backbone import FrozenCLIP, encode_views, load_backbone
+from pointad.train.model.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
 from pointad.train.data import StoreSamples, collate, epoch_batches, training_rows
-from pointad.train.features import FeatureCache, cache_identity, compute_features, encode_views
+from pointad.train.features import FeatureCache, cache_identity, compute_features
 from pointad.train.losses import hybrid_loss, parse_loss_terms
-from pointad.train.maps import back_project, class_probabilities, patch_maps
-from pointad.train.model_config import load_model_config
-from pointad.train.prompts import PromptLearner
+from pointad.train.model.maps import back_project, class_probabilities, patch_maps
+from pointad.train.config import TrainConfig
+from pointad.train.model.model_config import model_config_for
+from pointad.train.model.prompts import PromptLearner
 
 METRICS_FILE = "metrics.csv"
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """A training run. Everything here goes into every checkpoint; `resume` requires it unchanged
-    except for `epochs` (a finished run may be extended) and the spelling of `store`: the store is
-    compared by its fingerprint (its content), so a relative path, an absolute one or a moved copy
-    are the same run."""
-
-    store: str
-    class_name: str
-    dataset: str | None = None
-    epochs: int = 15
-    batch_size: int = 4
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.5, 0.999)
-    seed: int = 111
-    model: str = "vit-l-14-336"
-    layers: tuple[int, ...] | None = None      # tapped layers; None = the model config's default
-    dpam_start: int | None = None              # DPAM in blocks dpam_start..last (0 = off); None = default
-    prompt: str = "agnostic"                   # agnostic (PointAD) | coop (PointAD-CoOp)
-    loss_terms: str = "all"
-    feature_cache: bool = True
-
-    def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("epochs and batch size must be >= 1 and the learning rate > 0")
-        if self.prompt not in ("agnostic", "coop"):
-            raise ConfigError(f"--prompt must be agnostic or coop, got {self.prompt!r}")
-        try:
-            parse_loss_terms(self.loss_terms)
-        except ValueError as exc:
-            raise ConfigError(f"--loss-terms: {exc}") from None
-
-    def identity(self) -> dict:
-        """The settings a checkpoint must share with a run that resumes from it."""
-        data = asdict(self)
-        data.pop("epochs")
-        data.pop("store")  # compared by fingerprint, not by how its path is spelled
-        data["betas"] = list(self.betas)
-        data["layers"] = None if self.layers is None else list(self.layers)
-        return data
 
 
 @dataclass
@@ -84,12 +43,6 @@ class TrainResult:
     run_dir: Path
     epochs_run: list[int] = field(default_factory=list)
     metrics: list[dict] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _world() -> tuple[int, int]:
@@ -110,12 +63,7 @@ class Trainer:
         self.store = store = open_store(config.store)
         self.store_fingerprint = store_fingerprint(config.store)
         self.rows = training_rows(store, config.dataset, config.class_name)
-        model_config = load_model_config(config.model)
-        if config.layers is not None:
-            model_config = model_config.with_taps(config.layers)
-        if config.dpam_start is not None:
-            last = (model_config.dual_path_blocks or model_config.tap_layers)[-1]  # the dual path ends at the top
-            model_config = model_config.with_dual_path(range(config.dpam_start, last + 1) if config.dpam_start else ())
+        model_config = model_config_for(config.model, config.layers, config.dpam_start)
         self.backbone = backbone or load_backbone(model_config, clip_weights, seed=config.seed)
         self.backbone.to(self.device)
         self.image_size = store.attrs.image_size

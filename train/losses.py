@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pointad.train.maps import sample_probability
+from pointad.train.model.maps import sample_probability
 
 TERM_NAMES = ("3d_global", "3d_local", "2d_global", "2d_local")
 EPS = 1e-6  # floor of a probability before its log: log(1e-6) = -13.8 bounds the loss of one entry

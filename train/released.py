@@ -35,11 +35,11 @@ import torch
 from pointad.shared.errors import CheckpointMismatchError, ConfigError, PointADError
 from pointad.shared.io import atomic_path
 from pointad.shared.lock import writer_lock
-from pointad.train.checkpoint import save_checkpoint
-from pointad.train.loop import TrainConfig
-from pointad.train.model_config import ModelConfig, load_model_config
-from pointad.train.prompts import PromptLearner
-from pointad.train.torch_files import load_checkpoint_file
+from pointad.train.model.checkpoint import save_checkpoint
+from pointad.train.config import TrainConfig
+from pointad.train.model.model_config import ModelConfig, load_model_config
+from pointad.train.model.prompts import PromptLearner
+from pointad.train.model.torch_files import load_checkpoint_file
 
 TOP_KEY = "prompt_learner"
 PROJECTION_WIDTH = 896  # the released code's unused projection layers map W -> 896

@@ -18,8 +18,9 @@ from pathlib import Path
 from pointad.shared.errors import ConfigError, PointADError
 from pointad.shared.registry import load_registry
 from pointad.shared.store import open_store, store_fingerprint
-from pointad.train.checkpoint import EPOCH_FILE, latest_checkpoint
-from pointad.train.loop import TrainConfig, train
+from pointad.train.model.checkpoint import EPOCH_FILE, latest_checkpoint
+from pointad.train.config import TrainConfig
+from pointad.train.loop import train
 
 DEFAULT_SEEDS = (TrainConfig.seed,)
 DEFAULT_RUNS_DIR = Path("runs")

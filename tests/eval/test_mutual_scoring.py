@@ -14,15 +14,15 @@ from click.testing import CliRunner
 
 import pointad.eval.mutual as mutual
 import pointad.eval.scoring as scoring
-import pointad.train.maps as maps
+import pointad.train.model.maps as maps
 from pointad.eval.cli import eval_
 from pointad.eval.mutual import MutualOptions, attach_published, mutual_model_config, score_class
 from pointad.eval.mutual_scoring import (aggregate_neighbourhoods, block_sizes, kept_count, mutual_scores,
                                  rescore_by_neighbours)
 from pointad.eval.report import Report, to_markdown
 from pointad.shared.store import open_store
-from pointad.train.backbone import load_backbone
-from pointad.train.model_config import load_model_config
+from pointad.train.model.backbone import load_backbone
+from pointad.train.model.model_config import load_model_config
 
 MVTEC, REAL3D = "synthetic-mvtec3d", "synthetic-real3d"
 FAST = MutualOptions(radii=(1,), rescore_ks=())   # one radius: the store tests stay quick on CPU

@@ -21,9 +21,9 @@ from pointad.eval.class_metrics import BLOCKS, class_metrics
 from pointad.eval.report import Report, attach_paper, to_markdown, to_records
 from pointad.eval.scoring import SampleScores, compat_fused_map, score_store, score_store_runs
 from pointad.shared.store import open_store
-from pointad.train.backbone import load_backbone
+from pointad.train.model.backbone import load_backbone
 from pointad.train.loop import TrainConfig, train
-from pointad.train.model_config import load_model_config
+from pointad.train.model.model_config import load_model_config
 
 MVTEC, REAL3D = "synthetic-mvtec3d", "synthetic-real3d"
 LABEL = "tiny (random weights)"
@@ -238,7 +238,7 @@ def test_a_run_directory_without_checkpoints_is_an_error(eval_store, tmp_path):
 
 def test_coop_prompts_score_each_class_by_its_name():
     from pointad.eval.runs import prompt_features
-    from pointad.train.prompts import PromptLearner
+    from pointad.train.model.prompts import PromptLearner
     backbone = load_backbone(load_model_config("tiny"), seed=0)
     features = prompt_features(PromptLearner.for_backbone(backbone, variant="coop", class_names=["cookie"]), backbone)
     torus, cookie = features("torus"), features("cookie")

@@ -25,11 +25,11 @@ from click.testing import CliRunner
 
 from pointad.eval.cli import eval_
 from pointad.shared.errors import CheckpointMismatchError
-from pointad.train.backbone import create_clip
-from pointad.train.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
-from pointad.train.model_config import load_model_config
-from pointad.train.torchscript import read_torchscript_state_dict
-from pointad.train.weights import read_state_dict
+from pointad.train.model.backbone import create_clip
+from pointad.train.model.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
+from pointad.train.model.model_config import load_model_config
+from pointad.train.model.torchscript import read_torchscript_state_dict
+from pointad.train.model.weights import read_state_dict
 
 MVTEC = "synthetic-mvtec3d"
 

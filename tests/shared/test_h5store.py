@@ -20,7 +20,7 @@ from pointad.shared.errors import PointADError
 from pointad.shared.h5store import GZIP_LEVEL, export_h5
 from pointad.shared.store import open_store, store_fingerprint
 from pointad.shared.store_schema import ARRAYS, SAMPLE_FIELDS
-from pointad.train.checkpoint import load_checkpoint
+from pointad.train.model.checkpoint import load_checkpoint
 from pointad.train.loop import TrainConfig, train
 
 MVTEC = "synthetic-mvtec3d"

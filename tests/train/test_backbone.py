@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from pointad.shared.errors import ConfigError
-from pointad.train.backbone import CLIP_MEAN, CLIP_STD, FrozenCLIP, create_clip, expected_shapes, normalize
-from pointad.train.model_config import ModelConfig, known_model_configs, load_model_config
+from pointad.train.model.backbone import CLIP_MEAN, CLIP_STD, FrozenCLIP, create_clip, expected_shapes, normalize
+from pointad.train.model.model_config import ModelConfig, known_model_configs, load_model_config
 
 TOL = 1e-5
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from pointad.render.build import build_store
 from pointad.render.sample_render import RenderOptions
 from pointad.shared.errors import CheckpointMismatchError, PointADError
-from pointad.train.checkpoint import load_checkpoint
+from pointad.train.model.checkpoint import load_checkpoint
 from pointad.train.cli import train as train_cli
 from pointad.train.loop import TrainConfig, Trainer, train
 

@@ -1,4 +1,4 @@
-"""train/maps.py against hand cases and plainly-correct loops (STYLE 3)."""
+"""train/model/maps.py against hand cases and plainly-correct loops (STYLE 3)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pointad.train.maps import back_project, class_probabilities, patch_maps, sample_probability
+from pointad.train.model.maps import back_project, class_probabilities, patch_maps, sample_probability
 
 
 def _close(actual, expected, atol=1e-6):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from pointad.shared.errors import CheckpointMismatchError, ConfigError
-from pointad.train.backbone import FrozenCLIP
-from pointad.train.model_config import load_model_config
-from pointad.train.prompts import PromptLearner
+from pointad.train.model.backbone import FrozenCLIP
+from pointad.train.model.model_config import load_model_config
+from pointad.train.model.prompts import PromptLearner
 
 E = 12
 

@@ -26,9 +26,9 @@ from click.testing import CliRunner
 from pointad.eval.runs import BackboneCache, load_run, prompt_features
 from pointad.eval.scoring import score_store_runs
 from pointad.shared.cli import pointad
-from pointad.train.backbone import load_backbone
-from pointad.train.model_config import load_model_config
-from pointad.train.prompts import PromptLearner
+from pointad.train.model.backbone import load_backbone
+from pointad.train.model.model_config import load_model_config
+from pointad.train.model.prompts import PromptLearner
 
 WIDTH, LENGTH, N_CTX, DEPTH, N_POS = 64, 77, 12, 4, 4   # tiny's text width and context; D <= its 4 layers
 MVTEC = "synthetic-mvtec3d"

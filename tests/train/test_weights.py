@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from pointad.shared.errors import CheckpointMismatchError, ConfigError, WeightsNotFoundError
-from pointad.train.backbone import FrozenCLIP, create_clip, load_backbone
-from pointad.train.model_config import ModelConfig, load_model_config
-from pointad.train.weights import WEIGHT_NAMES, check_state_dict, locate_weights, read_state_dict
+from pointad.train.model.backbone import FrozenCLIP, create_clip, load_backbone
+from pointad.train.model.model_config import ModelConfig, load_model_config
+from pointad.train.model.weights import WEIGHT_NAMES, check_state_dict, locate_weights, read_state_dict
 
 HUB_REPO_DIR = "models--timm--vit_large_patch14_clip_336.openai"
 

@@ -15,6 +15,7 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,8 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
 
 from pointad.shared.errors import ConfigError
-from pointad.train.model_config import ModelConfig
-from pointad.train.weights import check_state_dict, locate_weights, read_state_dict
+from pointad.train.model.model_config import ModelConfig
+from pointad.train.model.weights import check_state_dict, locate_weights, read_state_dict
 
 CLIP_MEAN = tuple(OPENAI_DATASET_MEAN)  # (0.48145466, 0.4578275, 0.40821073), RGB
 CLIP_STD = tuple(OPENAI_DATASET_STD)    # (0.26862954, 0.26130258, 0.27577711)
@@ -40,6 +41,16 @@ def normalize(images) -> torch.Tensor:
     mean = torch.tensor(CLIP_MEAN, device=x.device)
     std = torch.tensor(CLIP_STD, device=x.device)
     return ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
+
+
+def encode_views(backbone, images: np.ndarray, device, autocast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vision features of (B, V, S, S, 3) renderings: global (B, V, D), patches (L, B*V, G*G, D), float32."""
+    b, v = images.shape[:2]
+    pixels = normalize(torch.from_numpy(images.reshape(b * v, *images.shape[2:])).to(device))
+    with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                                         enabled=autocast):
+        features = backbone.encode_image(pixels)
+    return features.global_feature.float().reshape(b, v, -1), features.patch_tokens.float()
 
 
 def open_clip_architecture(config: ModelConfig) -> dict:

@@ -13,7 +13,7 @@ import torch
 
 from pointad.shared.errors import CheckpointMismatchError
 from pointad.shared.io import atomic_path
-from pointad.train.torch_files import load_checkpoint_file
+from pointad.train.model.torch_files import load_checkpoint_file
 
 CHECKPOINT_FORMAT = "pointad-prompts"
 CHECKPOINT_VERSION = 1

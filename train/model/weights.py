@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from pointad.shared.errors import CheckpointMismatchError, ConfigError, WeightsNotFoundError
-from pointad.train.model_config import ModelConfig
-from pointad.train.torch_files import UnreadableFile, is_torchscript, load_data, plain_reason
-from pointad.train.torchscript import ArchiveError, read_torchscript_state_dict
+from pointad.train.model.model_config import DEFAULT_MODEL, ModelConfig, load_model_config
+from pointad.train.model.torch_files import UnreadableFile, is_torchscript, load_data, plain_reason
+from pointad.train.model.torchscript import ArchiveError, read_torchscript_state_dict
 
 # open_clip's names for weights on the hub (open_clip.constants HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME)
 WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -200,3 +200,17 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
         if not bool(torch.isfinite(tensor).all()):
             raise CheckpointMismatchError(f"{path}: {key} holds NaN or infinite values; the file is damaged")
 
+
+def resolve_auto_model(model: str, clip_weights=None) -> tuple[str, str | None]:
+    """`--model auto`: the paper's model when its weights are found, else the tiny one; other names as they are.
+
+    Returns (model name, warning): the warning says why the tiny model with random weights was taken, for
+    the command line to print loudly; None when nothing was substituted."""
+    if model != "auto":
+        return model, None
+    try:
+        locate_weights(load_model_config(DEFAULT_MODEL), clip_weights)
+        return DEFAULT_MODEL, None
+    except WeightsNotFoundError as exc:
+        return "tiny", (f"{exc}\nusing the tiny model with RANDOM weights: a smoke run of the pipeline, "
+                        "not PointAD results")

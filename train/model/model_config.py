@@ -1,7 +1,7 @@
 """Which CLIP the model uses and how its vision tower is tapped (SPEC 5); one JSON file per model.
 
-`train/model_configs/<name>.json` holds the keys of `ModelConfig`; `load_model_config` reads one.
-Block and layer numbers are 1-based as users see them ("blocks 6..24"); `train/backbone.py`
+`train/model/model_configs/<name>.json` holds the keys of `ModelConfig`; `load_model_config` reads one.
+Block and layer numbers are 1-based as users see them ("blocks 6..24"); `train/model/backbone.py`
 converts them once. No open_clip here: this module is data only.
 """
 
@@ -15,6 +15,8 @@ from pointad.shared.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 # other spellings users type for the same file; names are also matched case-insensitively
+DEFAULT_MODEL = "vit-l-14-336"  # the paper's backbone, OpenAI's ViT-L/14 at 336 px
+DEFAULT_SEED = 111  # the released scripts' seed: prompt initialisation and a random-weights model's weights
 ALIASES = {"vit-l-14-336-quickgelu": "vit-l-14-336", "vit-l/14@336": "vit-l-14-336"}
 
 
@@ -123,7 +125,7 @@ def known_model_configs() -> list[str]:
 
 
 def load_model_config(name: str) -> ModelConfig:
-    """Read `train/model_configs/<name>.json`; `name` is case-insensitive ("ViT-L-14-336" works).
+    """Read `train/model/model_configs/<name>.json`; `name` is case-insensitive ("ViT-L-14-336" works).
 
     A path to a .json file of the same keys is read as well. Unknown name -> ConfigError listing the known.
     """
@@ -142,3 +144,15 @@ def load_model_config(name: str) -> ModelConfig:
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{source}: cannot read model config: {exc}") from exc
     return ModelConfig.from_dict(data, source=source)
+
+
+def model_config_for(name: str, layers=None, dpam_start: int | None = None) -> ModelConfig:
+    """The model a command asks for: config `name` with other tapped `layers` (1-based) and the dual path
+    from block `dpam_start` to the top (0: no dual path); None keeps the config's own."""
+    config = load_model_config(name)
+    if layers is not None:
+        config = config.with_taps(layers)
+    if dpam_start is not None:
+        last = (config.dual_path_blocks or config.tap_layers)[-1]  # the dual path always ends at the top block
+        config = config.with_dual_path(range(dpam_start, last + 1) if dpam_start else ())
+    return config

@@ -1,0 +1,54 @@
+"""What a training run is (`TrainConfig`): its settings and their defaults, stated once.
+
+Light on purpose (no torch at import): the command line takes its defaults from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from pointad.shared.errors import ConfigError
+from pointad.train.model.model_config import DEFAULT_MODEL, DEFAULT_SEED
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """A training run. Everything here goes into every checkpoint; `resume` requires it unchanged
+    except for `epochs` (a finished run may be extended) and the spelling of `store`: the store is
+    compared by its fingerprint (its content), so a relative path, an absolute one or a moved copy
+    are the same run."""
+
+    store: str
+    class_name: str
+    dataset: str | None = None
+    epochs: int = 15
+    batch_size: int = 4
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    seed: int = DEFAULT_SEED
+    model: str = DEFAULT_MODEL
+    layers: tuple[int, ...] | None = None      # tapped layers; None = the model config's default
+    dpam_start: int | None = None              # DPAM in blocks dpam_start..last (0 = off); None = default
+    prompt: str = "agnostic"                   # agnostic (PointAD) | coop (PointAD-CoOp)
+    loss_terms: str = "all"
+    feature_cache: bool = True
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs and batch size must be >= 1 and the learning rate > 0")
+        if self.prompt not in ("agnostic", "coop"):
+            raise ConfigError(f"--prompt must be agnostic or coop, got {self.prompt!r}")
+        from pointad.train.losses import parse_loss_terms  # torch: loaded when a run is configured, not by --help
+        try:
+            parse_loss_terms(self.loss_terms)
+        except ValueError as exc:
+            raise ConfigError(f"--loss-terms: {exc}") from None
+
+    def identity(self) -> dict:
+        """The settings a checkpoint must share with a run that resumes from it."""
+        data = asdict(self)
+        data.pop("epochs")
+        data.pop("store")  # compared by fingerprint, not by how its path is spelled
+        data["betas"] = list(self.betas)
+        data["layers"] = None if self.layers is None else list(self.layers)
+        return data
