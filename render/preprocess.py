@@ -6,13 +6,14 @@ Open3D does the robust parts (RANSAC plane, DBSCAN, farthest-point sampling), PI
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import open3d as o3d
 from PIL import Image
 
 from pointad.render.background import belt_box, constant_background, rigid_transform
+from pointad.shared import strict
 from pointad.shared.errors import ConfigError
 
 # Open3D reports through its own logger; errors reach us as empty results, which we check.
@@ -58,21 +59,7 @@ class PreprocessOptions:
     @classmethod
     def from_dict(cls, data: dict | None, source: str = "preprocess options") -> "PreprocessOptions":
         """Build from a mapping (datasets.yaml `preprocess:`); an unknown key is an error naming it."""
-        data = dict(data or {})
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")
-        typed = {}
-        for key, value in data.items():
-            kind = type(known[key].default)
-            if kind is bool and not isinstance(value, bool):
-                raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
-            try:
-                typed[key] = kind(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{source}: '{key}' must be {kind.__name__}, got {value!r}") from None
-        return cls(**typed)
+        return strict.from_dict(cls, {} if data is None else data, source)
 
 
 # Format defaults: Real3D-AD clouds are full object scans with no support plane and no sensor frame;

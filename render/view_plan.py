@@ -8,10 +8,11 @@ the store's `view_plan` attribute.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
+from pointad.shared import strict
 from pointad.shared.errors import ConfigError
 
 PLANS = ("paper", "pointad-code")
@@ -67,10 +68,9 @@ class ViewPlan:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ViewPlan":
-        return cls(data["name"], tuple(data["axes"]), tuple(float(a) for a in data["angles"]),
-                   data.get("variant", ""), tuple(data.get("pre_axes", ())),
-                   tuple(float(a) for a in data.get("pre_angles", ())), data.get("normals_radius"))
+    def from_dict(cls, data: dict, source: str = "view plan") -> "ViewPlan":
+        """The plan a store's `view_plan` attribute records (`to_dict`'s output)."""
+        return strict.from_dict(cls, data, source)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,32 +82,22 @@ class CodePlan:
     """
 
     variant: str = "mvtec3d"
-    pre_rotation: tuple = ()
+    pre_rotation: tuple[tuple[str, float], ...] = ()
     x_tilts: tuple[float, ...] = (-45.0, -15.0, 0.0, 15.0, 45.0)
     y_tilts: tuple[float, ...] = (-30.0, -15.0, 15.0, 30.0)
     normals_radius: float | None = None
 
+    def __post_init__(self):
+        # ValueError: strict.from_dict re-raises it as a ConfigError naming the source
+        if any(axis not in ("x", "y", "z") for axis, _ in self.pre_rotation):
+            raise ValueError(f"pre_rotation axes must be x, y or z, got {[a for a, _ in self.pre_rotation]}")
+        if self.normals_radius is not None and not self.normals_radius > 0:
+            raise ValueError(f"normals_radius must be > 0, got {self.normals_radius}")
+
     @classmethod
     def from_dict(cls, data: dict | None, source: str = "view plan 'pointad-code'") -> "CodePlan":
         """Validate a mapping; an unknown key, a bad axis or a non-number is an error naming it."""
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")
-        try:
-            pre = tuple((str(axis), float(deg)) for axis, deg in data.get("pre_rotation", ()))
-            tilts = {k: tuple(float(a) for a in data[k]) for k in ("x_tilts", "y_tilts") if k in data}
-            radius = data.get("normals_radius")
-            radius = None if radius is None else float(radius)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{source}: pre_rotation must be [[axis, degrees], ...], x_tilts and y_tilts "
-                              "lists of degrees, normals_radius a number") from None
-        if any(axis not in ("x", "y", "z") for axis, _ in pre):
-            raise ConfigError(f"{source}: pre_rotation axes must be x, y or z, got {[a for a, _ in pre]}")
-        if radius is not None and not radius > 0:
-            raise ConfigError(f"{source}: normals_radius must be > 0, got {radius}")
-        return cls(variant=str(data.get("variant", cls.variant)), pre_rotation=pre, normals_radius=radius, **tilts)
+        return strict.from_dict(cls, {} if data is None else data, source)
 
     @property
     def views(self) -> int:

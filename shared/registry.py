@@ -11,12 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from pointad.shared import config
+from pointad.shared import config, strict
 from pointad.shared.errors import ConfigError, DatasetError
 
 FORMATS = ("mvtec3d", "eyecandies", "real3d")
-_ENTRY_KEYS = {"format", "root", "classes", "aux_classes", "options", "class_options", "view_plans", "generate",
-               "description"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,44 +33,25 @@ class DatasetEntry:
     root: Path | None = None
     classes: tuple[str, ...] | None = None
     aux_classes: tuple[str, ...] = ()
-    options: dict = field(default_factory=dict)
-    class_options: dict = field(default_factory=dict)
+    options: dict[str, dict] = field(default_factory=dict)
+    class_options: dict[str, dict[str, dict]] = field(default_factory=dict)
     generate: dict | None = None
     description: str = ""
-    view_plans: dict = field(default_factory=dict)
+    view_plans: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self):
+        # ValueError: strict.from_dict re-raises it as a ConfigError naming the file and the dataset
+        if self.format not in FORMATS:
+            raise ValueError(f"format {self.format!r}; known formats: {', '.join(FORMATS)}")
+        if self.root is None and self.generate is None:
+            raise ValueError("needs a 'root'")
+        if self.classes == ():  # an empty list: every class folder, as if none were listed
+            object.__setattr__(self, "classes", None)
 
     @classmethod
     def from_dict(cls, name: str, data: dict, source: str = "datasets.yaml") -> "DatasetEntry":
         """Validate one entry; an unknown key or format is an error naming it."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: dataset '{name}' must be a mapping")
-        unknown = set(data) - _ENTRY_KEYS
-        if unknown:
-            raise ConfigError(f"{source}: dataset '{name}' has unknown key(s) {sorted(map(str, unknown))}; known: {sorted(_ENTRY_KEYS)}")
-        fmt = data.get("format")
-        if fmt not in FORMATS:
-            raise ConfigError(f"{source}: dataset '{name}' has format {fmt!r}; known formats: {', '.join(FORMATS)}")
-        if data.get("root") is None and data.get("generate") is None:
-            raise ConfigError(f"{source}: dataset '{name}' needs a 'root'")
-        where = f"{source}: dataset '{name}'"
-        root = _typed(data.get("root"), str, f"{where} key 'root'", "a path")
-        classes = _names(data.get("classes"), f"{where} key 'classes'")
-        class_options = _typed(data.get("class_options"), dict, f"{where} key 'class_options'", "a mapping of classes")
-        generate = _typed(data.get("generate"), dict, f"{where} key 'generate'", "a mapping")
-        view_plans = _sections(data.get("view_plans"), f"{where} key 'view_plans'")
-        return cls(
-            name=name,
-            format=fmt,
-            root=Path(root) if root is not None else None,
-            classes=classes or None,
-            aux_classes=_names(data.get("aux_classes"), f"{where} key 'aux_classes'"),
-            options=_sections(data.get("options"), f"{where} key 'options'"),
-            class_options={str(k): _sections(v, f"{where} key 'class_options.{k}'")
-                           for k, v in (class_options or {}).items()},
-            generate=dict(generate) if generate is not None else None,
-            description=str(data.get("description", "")),
-            view_plans=view_plans,
-        )
+        return strict.from_dict(cls, data, f"{source}: dataset '{name}'", given={"name": name})
 
     def options_for(self, class_name: str) -> dict:
         """Options of one class: the entry's, with that class's overrides merged per section."""
@@ -83,30 +62,6 @@ class DatasetEntry:
 
     def with_root(self, root: Path) -> "DatasetEntry":
         return replace(self, root=Path(root), generate=None)
-
-
-def _typed(value, kind: type, where: str, expected: str):
-    """value unchanged if None or of `kind`; otherwise a one-line error naming the key."""
-    if value is not None and not isinstance(value, kind):
-        raise ConfigError(f"{where} must be {expected}, got {type(value).__name__} {str(value)[:40]!r}")
-    return value
-
-
-def _names(value, where: str) -> tuple[str, ...]:
-    """A list of names (classes) as a tuple of strings; a single string or a mapping is an error."""
-    items = _typed(value, list, where, "a list of names") or []
-    bad = [item for item in items if not isinstance(item, (str, int))]
-    if bad:
-        raise ConfigError(f"{where} must be a list of names, has {type(bad[0]).__name__} {str(bad[0])[:40]!r}")
-    return tuple(str(item) for item in items)
-
-
-def _sections(value, where: str) -> dict:
-    """{section: {option: value}}, e.g. {"preprocess": {...}, "render": {...}}; other shapes are errors."""
-    sections = _typed(value, dict, where, "a mapping of sections (preprocess: {...}, render: {...})") or {}
-    for section, options in sections.items():
-        _typed(options, dict, f"{where[:-1]}.{section}'", "a mapping of options")
-    return {str(section): dict(options or {}) for section, options in sections.items()}
 
 
 def custom_entry(format: str, root: Path, reference: DatasetEntry | None = None) -> DatasetEntry:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from pointad.shared import strict
 from pointad.shared.errors import StoreSchemaError
 
 FORMAT = "pointad-renders"
@@ -92,20 +93,14 @@ class StoreAttrs:
             raise StoreSchemaError(f"{source}: schema_version {version}, this version reads "
                                    f"{', '.join(map(str, READABLE_VERSIONS))}; open it with the pointad version that "
                                    "wrote it, or render into another --out")
-        known = {"format", *(f.name for f in fields(cls))}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise StoreSchemaError(f"{source}: unknown store attribute(s) {unknown}; known: {sorted(known)}")
-        missing = sorted(known - set(data))
+        values = {k: v for k, v in data.items() if k != "format"}
+        if isinstance(values.get("camera"), dict):  # the convention is this version's constant text
+            values["camera"] = {k: v for k, v in values["camera"].items() if k not in CAMERA_CONVENTION}
+        # every attribute is required: a store written by this code has them all
+        missing = sorted(f.name for f in fields(cls) if f.name not in values)
         if missing:
-            raise StoreSchemaError(f"{source}: store attribute(s) {missing} missing; render into another --out")
-        try:
-            values = {f.name: data[f.name] for f in fields(cls)}
-            if isinstance(values["camera"], dict):  # the convention is this version's constant text
-                values["camera"] = {k: v for k, v in values["camera"].items() if k not in CAMERA_CONVENTION}
-            return cls(**values)  # v1's repeated render options must agree with its attributes
-        except ValueError as exc:
-            raise StoreSchemaError(f"{source}: {exc}") from exc
+            raise StoreSchemaError(f"{source}: missing key(s) {missing}; render into another --out")
+        return strict.from_dict(cls, values, source, error=StoreSchemaError)
 
     def identity_form(self) -> dict:
         """The attributes in schema v1's form, less `failures`: what `store_fingerprint` hashes, the same

@@ -28,7 +28,7 @@ def test_repository_registry_names_the_paper_datasets_and_aux_classes():
 
 def test_unknown_key_and_format_are_errors_naming_them(tmp_path):
     path = _write(tmp_path, "datasets:\n  a: {format: mvtec3d, root: x, clases: [a]}\n")
-    with pytest.raises(ConfigError, match=r"dataset 'a' has unknown key\(s\) \['clases'\]"):
+    with pytest.raises(ConfigError, match=r"dataset 'a': unknown key\(s\) \['clases'\]"):
         load_registry(path)
     path = _write(tmp_path, "datasets:\n  a: {format: ply, root: x}\n")
     with pytest.raises(ConfigError, match="format 'ply'; known formats: mvtec3d, eyecandies, real3d"):
@@ -87,21 +87,21 @@ def test_neither_name_nor_format_and_root():
 
 
 @pytest.mark.parametrize("value, key, expected", [
-    ("options: [1, 2]", "options", "must be a mapping of sections"),
-    ("options: {preprocess: 3}", "options.preprocess", "must be a mapping of options"),
-    ("root: [x]", "root", "must be a path"),
-    ("classes: cookie", "classes", "must be a list of names, got str"),
-    ("aux_classes: [{a: 1}]", "aux_classes", "must be a list of names, has dict"),
-    ("class_options: [foam]", "class_options", "must be a mapping of classes"),
-    ("class_options: {foam: {render: 5}}", "class_options.foam.render", "must be a mapping of options"),
-    ("generate: 5", "generate", "must be a mapping"),
+    ("options: [1, 2]", "options", "must be a mapping, got [1, 2]"),
+    ("options: {preprocess: 3}", "options.preprocess", "must be a mapping, got 3"),
+    ("root: [x]", "root", "must be a path or null, got ['x']"),
+    ("classes: cookie", "classes", "must be a list of str or null, got 'cookie'"),
+    ("aux_classes: [{a: 1}]", "aux_classes[0]", "must be str, got {'a': 1}"),
+    ("class_options: [foam]", "class_options", "must be a mapping, got ['foam']"),
+    ("class_options: {foam: {render: 5}}", "class_options.foam.render", "must be a mapping, got 5"),
+    ("generate: 5", "generate", "must be a mapping or null, got 5"),
 ])
 def test_wrong_types_are_one_line_errors_naming_file_and_key(tmp_path, value, key, expected):
     path = _write(tmp_path, f"datasets:\n  a:\n    format: mvtec3d\n    {value}\n" + ("    root: x\n" * ("root" not in value)))
     with pytest.raises(ConfigError) as info:
         load_registry(path)
     message = str(info.value)
-    assert message.startswith(f"{path}: dataset 'a' key '{key}' {expected}") and "\n" not in message, message
+    assert message == f"{path}: dataset 'a': '{key}' {expected}", message
 
 
 def test_registry_path_that_is_a_directory_says_so(tmp_path):
@@ -126,7 +126,7 @@ def test_view_plans_are_read_and_custom_data_takes_its_formats_entry(tmp_path):
     plain = resolve_dataset(format="eyecandies", root=tmp_path / "e", registry=registry)
     assert plain.options == {} and plain.view_plans == {}
     bad = _write(tmp_path, "datasets:\n  a: {format: mvtec3d, root: x, view_plans: [1]}\n")
-    with pytest.raises(ConfigError, match="dataset 'a' key 'view_plans' must be a mapping"):
+    with pytest.raises(ConfigError, match="dataset 'a': 'view_plans' must be a mapping"):
         load_registry(bad)
 
 

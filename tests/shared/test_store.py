@@ -120,14 +120,16 @@ def test_other_format_is_refused_with_the_path_first():
 
 
 def test_unknown_and_missing_attributes_are_errors_naming_them():
-    with pytest.raises(StoreSchemaError, match=r"^renders.zarr: unknown store attribute\(s\) \['colour'\]"):
+    with pytest.raises(StoreSchemaError, match=r"^renders.zarr: unknown key\(s\) \['colour'\]"):
         StoreAttrs.from_dict({**ATTRS.to_dict(), "colour": 1}, source="renders.zarr")
     data = ATTRS.to_dict()
     del data["knn"]
-    with pytest.raises(StoreSchemaError, match=r"^renders.zarr: store attribute\(s\) \['knn'\] missing"):
+    with pytest.raises(StoreSchemaError, match=r"^renders.zarr: missing key\(s\) \['knn'\]"):
         StoreAttrs.from_dict(data, source="renders.zarr")
-    with pytest.raises(StoreSchemaError, match=r"^renders.zarr: store attribute views must be a positive integer"):
+    with pytest.raises(StoreSchemaError, match=r"^renders.zarr: 'views' must be int, got '9'$"):
         StoreAttrs.from_dict({**ATTRS.to_dict(), "views": "9"}, source="renders.zarr")
+    with pytest.raises(StoreSchemaError, match=r"^renders.zarr: store attribute views must be a positive integer"):
+        StoreAttrs.from_dict({**ATTRS.to_dict(), "views": 0}, source="renders.zarr")
 
 
 def test_folder_that_is_not_a_store_is_refused(tmp_path):

@@ -8,9 +8,10 @@ converts them once. No open_clip here: this module is data only.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pointad.shared import strict
 from pointad.shared.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
@@ -41,9 +42,6 @@ class ModelConfig:
     open_clip_config: dict | None = None
 
     def __post_init__(self):
-        # JSON gives lists; tuples keep the frozen config hashable in spirit and comparable after a round trip
-        object.__setattr__(self, "dual_path_blocks", tuple(self.dual_path_blocks))
-        object.__setattr__(self, "tap_layers", tuple(self.tap_layers))
         where = f"model config '{self.name}'"
         if self.random_init == (self.pretrained is not None):
             raise ConfigError(f"{where}: set exactly one of 'pretrained' (a weights tag) and 'random_init': true")
@@ -51,7 +49,7 @@ class ModelConfig:
             raise ConfigError(f"{where}: 'image_size' must be positive, got {self.image_size}")
         for key in ("dual_path_blocks", "tap_layers"):
             value = getattr(self, key)
-            if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+            if any(v < 1 for v in value):
                 raise ConfigError(f"{where}: '{key}' must hold 1-based block numbers, got {list(value)}")
             if list(value) != sorted(set(value)):
                 raise ConfigError(f"{where}: '{key}' must be increasing without repeats, got {list(value)}")
@@ -92,31 +90,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict, source: str = "model config") -> "ModelConfig":
         """Validate a mapping (a JSON file, a checkpoint's config); an unknown key is an error naming it."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")
-        for key in ("name", "label", "open_clip_name"):
-            if key not in data:
-                raise ConfigError(f"{source}: missing key '{key}'")
-        for key, value in data.items():
-            _check_type(source, key, value)
-        return cls(**data)
-
-
-def _check_type(source: str, key: str, value) -> None:
-    """Raise ConfigError unless `value` has the JSON type field `key` needs."""
-    expected = {
-        "name": str, "label": str, "open_clip_name": str, "pretrained": (str, type(None)),
-        "random_init": bool, "quick_gelu": bool, "image_size": int,
-        "dual_path_blocks": (list, tuple), "tap_layers": (list, tuple), "open_clip_config": (dict, type(None)),
-    }[key]
-    wrong_bool = isinstance(value, bool) and expected is int
-    if wrong_bool or not isinstance(value, expected):
-        names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
-        raise ConfigError(f"{source}: '{key}' must be {names.replace('NoneType', 'null')}, got {value!r}")
+        return strict.from_dict(cls, data, source)
 
 
 def known_model_configs() -> list[str]:
