@@ -16,7 +16,12 @@ render/splat.py, torch on the CPU here; GPU rates are not measured by this scrip
    "cookie" scan at 800 x 800 (read and preprocessed to the 336 x 336 grid), and a dense height field
    with a point in every cell of the 336 x 336 grid (112 896 points, the paper's budget; given
    directly, so no read). Medians of several repetitions; one `render_sample` call is timed as a
-   cross-check.
+   cross-check. Threads as in a 1-worker build (render.build.render_row): torch 1 (the splat draw),
+   Open3D, BLAS and the k-NN query all CPUs.
+1b. Normals and k-NN on the dense cloud with all CPUs and with a 2-worker build's budget of one thread
+   each (render.build.WORKER_RASTER_THREADS), and the candidate that was not taken: one 30-NN query
+   shared by the normals (PCA of the neighbours within the radius, as Open3D's hybrid search) and the
+   graph (its first 8 columns), timed and compared with Open3D's normals (angle up to sign).
 2. Samples/s of render.build.build_store on a small synthetic dataset with 1 and 2 workers, per
    renderer (fresh store each; a first "cold" build starts the workers, the later "warm" ones are the
    throughput).
@@ -44,11 +49,15 @@ from pathlib import Path
 
 import numcodecs
 import numpy as np
+import open3d as o3d
+import scipy.sparse
+import torch
+from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper module next to this script
 
 import released_procedure  # noqa: E402
-from pointad.render.build import build_store, store_attrs  # noqa: E402
+from pointad.render.build import WORKER_RASTER_THREADS, build_store, store_attrs  # noqa: E402
 from pointad.render.camera import fit_camera, project  # noqa: E402
 from pointad.render.graph import knn_graph, proxy_indices  # noqa: E402
 from pointad.render.rasterize import DrawStyle, LegacyRasterizer, downsample  # noqa: E402
@@ -152,6 +161,55 @@ def compress_row(arrays) -> int:
     return total
 
 
+def shared_neighbourhood(cloud: np.ndarray, radius: float, k: int, max_nn: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate not taken: (P, 3) unit normals and the (P, k) graph neighbours from ONE 30-NN query.
+
+    Normals: PCA of the neighbours within `radius` (Open3D's hybrid search keeps d^2 < r^2 of its max_nn
+    nearest), covariance from moment sums by a sparse product (coordinates centred first), eigh's
+    eigenvector of the smallest eigenvalue. Benchmark only: assumes >= 3 neighbours per point (the dense
+    cloud has 30) and skips Open3D's rules for degenerate covariances."""
+    distance, neighbour = cKDTree(cloud).query(cloud, k=max_nn, workers=WORKER_RASTER_THREADS)
+    keep = distance < radius
+    count = keep.sum(axis=1)
+    adjacency = scipy.sparse.csr_matrix((np.ones(int(count.sum())), neighbour[keep], np.r_[0, np.cumsum(count)]),
+                                        shape=(len(cloud),) * 2)  # rows in order: CSR as it is, no sort
+    centred = cloud - cloud.mean(axis=0)
+    moments = np.concatenate([centred, (centred[:, :, None] * centred[:, None, :]).reshape(-1, 9)], axis=1)
+    sums = adjacency @ moments / count[:, None]
+    covariance = sums[:, 3:].reshape(-1, 3, 3) - sums[:, :3, None] * sums[:, None, :3]
+    return np.linalg.eigh(covariance)[1][:, :, 0], neighbour[:, :k]
+
+
+def neighbour_steps(sample: Sample, options: RenderOptions, repeats: int) -> dict:
+    """Median seconds of the normals (camera fit excluded) and the k-NN graph on `sample`, with all CPUs and
+    with one thread (Open3D's pool and the KD-tree query), and of the shared-neighbourhood candidate at
+    one thread; plus how far the candidate's normals are from Open3D's (degrees, up to sign)."""
+    points = sample.points
+    camera = fit_camera(points, options.image_size, options.fov_degrees, options.margin)
+    radius = 0.05 * camera.distance * np.sin(np.radians(options.fov_degrees) / 2) / options.margin
+    valid = np.ones(len(points), bool)
+    before = o3d.utility.get_max_threads()
+    out = {}
+
+    def median(fn):
+        return statistics.median(timed(fn)[0] for _ in range(repeats))
+    try:
+        for threads in (0, WORKER_RASTER_THREADS):  # 0: Open3D's default, all CPUs
+            o3d.utility.set_max_threads(threads)
+            out["normals", threads] = median(lambda: estimate_normals(points, radius))
+            out["knn", threads] = median(lambda: knn_graph(points, valid, options.knn, workers=threads or -1))
+        reference = estimate_normals(points, radius)
+        cloud = points.astype(np.float64)
+        out["shared", WORKER_RASTER_THREADS] = median(lambda: shared_neighbourhood(cloud, radius, options.knn))
+        normals, graph = shared_neighbourhood(cloud, radius, options.knn)
+    finally:
+        o3d.utility.set_max_threads(before)
+    cosine = np.abs(np.sum(normals * reference, axis=1)).clip(0, 1)
+    out["angle p99.9"], out["angle max"] = np.degrees(np.arccos(np.quantile(cosine, [0.001, 0.0])))
+    out["graph same"] = float(np.mean(graph == knn_graph(points, valid, options.knn)[0]))
+    return out
+
+
 def one_row_store(path: Path, options: RenderOptions, sample: Sample) -> Path:
     create_store(path, store_attrs(options))
     append_samples(path, [{"dataset": sample.dataset, "class_name": sample.class_name, "split": sample.split,
@@ -170,20 +228,36 @@ def per_sample(read, options, rasterizer, store, repeats: int) -> tuple[dict, ob
     return result, arrays
 
 
-def build_rates(entry, options, warm_runs: int, tmp: Path) -> tuple[dict, dict, float, Path]:
-    """({workers: cold samples/s}, {workers: median warm samples/s}, CPUs kept busy by one worker, a 1-worker store).
+def children_cpu_seconds() -> float | None:
+    """CPU seconds (user + system) so far of this process's live child processes (the loky workers), read from
+    /proc (Linux); None where that fails."""
+    try:
+        kids = [pid for task in os.listdir("/proc/self/task")
+                for pid in Path(f"/proc/self/task/{task}/children").read_text().split()]
+        ticks = sum(sum(map(int, Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]))
+                    for pid in kids)
+    except (OSError, ValueError):
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def build_rates(entry, options, warm_runs: int, tmp: Path) -> tuple[dict, dict, float, Path, dict]:
+    """({workers: cold samples/s}, {workers: median warm samples/s}, CPUs kept busy by one worker, a 1-worker
+    store, {workers: median warm CPU seconds per sample, None if unknown}).
 
     Workers 1 and 2, a fresh store each run; the two alternate so drifting load on a shared machine hits both.
     The cold runs start the worker processes (loky keeps them for the next runs) and their windows. One worker
     runs in this process, so its CPU time (all threads: Mesa's llvmpipe rasterizes on several) over wall time
-    says how many CPUs a single worker already uses."""
+    says how many CPUs a single worker already uses. Two workers' CPU time is theirs (children_cpu_seconds):
+    the same CPU seconds per sample as one worker means they waste none on contending threads, and then only
+    CPUs taken by other processes keep 1 -> 2 workers below 2x."""
     tmp.mkdir(parents=True, exist_ok=True)
-    rates = {1: [], 2: []}
+    rates, cpu_per_sample = {1: [], 2: []}, {1: [], 2: []}
     store, busy = None, []
     for attempt in range(1 + warm_runs):
         for workers in (1, 2):
             out = tmp / f"build-{workers}w-{attempt}.zarr"
-            cpu = time.process_time()
+            cpu, children = time.process_time(), children_cpu_seconds()
             result = build_store(entry, out, options, workers=workers)
             if result.failures:
                 raise SystemExit(f"build failed: {result.failures}")
@@ -191,8 +265,12 @@ def build_rates(entry, options, warm_runs: int, tmp: Path) -> tuple[dict, dict, 
             if workers == 1:
                 store = out
                 busy.append((time.process_time() - cpu) / result.seconds)
+                cpu_per_sample[1].append((time.process_time() - cpu) / result.rendered)
+            elif children is not None and children_cpu_seconds() is not None:
+                cpu_per_sample[2].append((children_cpu_seconds() - children) / result.rendered)
+    warm_cpu = {w: statistics.median(c[1:]) if len(c) > 1 else None for w, c in cpu_per_sample.items()}
     return ({w: r[0] for w, r in rates.items()}, {w: statistics.median(r[1:]) for w, r in rates.items()},
-            statistics.median(busy[1:]), store)
+            statistics.median(busy[1:]), store, warm_cpu)
 
 
 def disk_bytes(path: Path) -> tuple[int, int]:
@@ -234,6 +312,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="render-bench-"))
     os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp))  # Mesa's EGL wants one; workers inherit it
     started, load_before = time.perf_counter(), os.getloadavg()[0]
+    torch.set_num_threads(1)  # as render_row draws splats: the per-sample steps are a 1-worker build's
     try:
         options = RenderOptions()
         by_renderer = {name: replace(options, renderer=name) for name in RENDERERS}
@@ -257,6 +336,7 @@ def main() -> None:
         for case in ours.values():
             case["total"] = sum(case[s] for s in STEPS)
             case["rest"] = sum(case[s] for s in REST)
+        neighbours = neighbour_steps(dense, options, repeats)
 
         # 4. the released procedure on the same clouds
         base = {"cookie": baseline(cookie, options.point_size, base_repeats),
@@ -280,11 +360,11 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report(args, options, ours, base, builds, refs, mean_points, warm_runs, (n_rows, allocated, apparent, raw),
-           one_row, (cookie, dense), (repeats, base_repeats, dense_base_repeats), total_s, load_before)
+           one_row, (cookie, dense), (repeats, base_repeats, dense_base_repeats), total_s, load_before, neighbours)
 
 
 def report(args, options, ours, base, builds, refs, mean_points, warm_runs, sizes, one_row, clouds, runs, total_s,
-           load_before) -> None:
+           load_before, neighbours) -> None:
     """Print the markdown tables (module docstring's sections)."""
     cookie, dense = clouds
     repeats, base_repeats, dense_base_repeats = runs
@@ -319,6 +399,24 @@ def report(args, options, ours, base, builds, refs, mean_points, warm_runs, size
           f"the totals: legacy masks drawn by Open3D (--masks render) take {fmt(ours['legacy', 'cookie']['rendered masks'])}"
           f" s (cookie) and {fmt(ours['legacy', 'dense']['rendered masks'])} s (dense).\n")
 
+    one = WORKER_RASTER_THREADS
+    n = neighbours
+    print(f"## 1b. Normals and k-NN graph, dense {dense.n_points} pts (median of {repeats} runs, seconds): all "
+          f"CPUs (a 1-worker build) and {one} thread (each worker of a 2-worker build)\n")
+    print(f"| step | all {os.cpu_count()} CPUs | {one} thread |")
+    print("|---|---:|---:|")
+    print(f"| normals: Open3D estimate_normals (hybrid, r, 30) | {fmt(n['normals', 0])} | {fmt(n['normals', one])} |")
+    print(f"| k-NN graph: cKDTree query, k = {options.knn} | {fmt(n['knn', 0])} | {fmt(n['knn', one])} |")
+    print(f"| normals + k-NN graph | {fmt(n['normals', 0] + n['knn', 0])} | "
+          f"{fmt(n['normals', one] + n['knn', one])} |")
+    print(f"| candidate: one 30-NN query (cKDTree) for both + PCA normals (sparse moments, eigh) | | "
+          f"{fmt(n['shared', one])} |")
+    print(f"\nThe candidate's normals vs Open3D's: 99.9% within {n['angle p99.9']:.2g} deg, at most "
+          f"{n['angle max']:.2g} deg (up to sign: both renderers turn normals toward the eye); its graph columns "
+          f"equal knn_graph's for {n['graph same']:.2%} of entries; it takes "
+          f"{n['shared', one] / (n['normals', one] + n['knn', one]):.2f}x the time of normals + k-NN graph at "
+          f"{one} thread (not taken: Open3D's C++ search for 30 neighbours costs less than cKDTree's).\n")
+
     print(f"## 2. Released procedure re-enacted (median of {base_repeats} / {dense_base_repeats} runs, seconds), "
           "against ours\n")
     print("| | cookie | dense |")
@@ -343,17 +441,20 @@ def report(args, options, ours, base, builds, refs, mean_points, warm_runs, size
     print(f"## 3. build_store throughput ({len(refs)} samples: cookie + dome at 800², mean {mean_points:.0f} points, "
           f"{sum(r.label for r in refs)} anomalous)\n")
     print(f"| renderer | workers | cold samples/s (incl. worker start) | warm samples/s (median of {warm_runs}) "
-          "| warm s/sample |")
-    print("|---|---:|---:|---:|---:|")
+          "| warm s/sample | warm CPU s/sample (all workers) |")
+    print("|---|---:|---:|---:|---:|---:|")
     cpus = os.cpu_count() or 1
     notes = []
     for r in RENDERERS:
-        cold, warm, busy, _ = builds[r]
+        cold, warm, busy, _, cpu = builds[r]
         for w in (1, 2):
-            print(f"| {r} | {w} | {cold[w]:.2f} | {warm[w]:.2f} | {1 / warm[w]:.3f} |")
+            print(f"| {r} | {w} | {cold[w]:.2f} | {warm[w]:.2f} | {1 / warm[w]:.3f} | "
+                  f"{'n/a' if cpu[w] is None else fmt(cpu[w])} |")
         notes.append(f"{r}: 1 -> 2 workers warm {warm[2] / warm[1]:.2f}x, cold {cold[2] / cold[1]:.2f}x; one worker "
                      f"keeps {busy:.2f} CPUs busy (CPU time / wall), so {cpus} CPUs allow at most about "
-                     f"{min(2.0, cpus / busy):.2f}x")
+                     f"{min(2.0, cpus / busy):.2f}x" + ("" if None in cpu.values() else
+                     f"; CPU s per sample 2 workers / 1 worker {cpu[2] / cpu[1]:.2f} (1.00: no time lost to "
+                     "contending threads)"))
     print("\n" + ".\n".join(notes) + ".\n")
 
     n_rows, allocated, apparent, raw = sizes

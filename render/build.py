@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import open3d as o3d
 import torch
+from threadpoolctl import threadpool_limits
 
 from pointad.render.camera import camera_settings
 from pointad.render.datasets import dataset_render_options
@@ -121,8 +123,9 @@ def plan_rows(out: Path, entry: DatasetEntry, refs: list[SampleRef], *, decode: 
     return [(row, r) for row, r in todo if not complete[row]], sum(bool(complete[row]) for row, _ in todo)
 
 
-# Rasterizer threads in each worker process when several run at once: the workers are the parallelism
-# (Mesa's llvmpipe would otherwise start a thread per CPU in every worker and they would contend).
+# Threads of each worker process when several run at once: the workers are the parallelism. Mesa's llvmpipe,
+# torch, Open3D (TBB: the normals), BLAS/OpenMP and the k-NN query would otherwise each start a thread per CPU
+# in every worker, and the workers would contend (benchmarks/render_bench.py measures 1 -> 2 workers).
 WORKER_RASTER_THREADS = 1
 
 
@@ -130,9 +133,12 @@ def render_row(out: Path, row: int, entry: DatasetEntry, ref: SampleRef, options
                raster_threads: int | None = None) -> str | None:
     """Worker task: read, render and write one row. Returns None, or the reason the sample failed.
 
-    raster_threads: Mesa rasterizer threads for this process's renderer (`worker_rasterizer`); None = Mesa's default.
+    raster_threads: this worker's thread budget: Mesa's rasterizer (`worker_rasterizer`), Open3D, BLAS and
+    OpenMP pools, torch, and the k-NN query (`render_sample`); None = each library's default (all CPUs),
+    except torch for the splat renderer (1, below). Torch's and Open3D's counts are restored afterwards.
+    The row does not depend on it.
     """
-    torch_threads = torch.get_num_threads()
+    torch_threads, open3d_threads = torch.get_num_threads(), o3d.utility.get_max_threads()
     if options.renderer == "splat":
         rasterizer = None  # draws with torch on the CPU; workers are the parallelism, like Mesa's threads
         # one torch thread unless told (the caller's count is restored): the draw's many small element-wise
@@ -141,16 +147,22 @@ def render_row(out: Path, row: int, entry: DatasetEntry, ref: SampleRef, options
         torch.set_num_threads(raster_threads or 1)
     else:
         rasterizer = worker_rasterizer(options.image_size * options.supersample, options.renderer, raster_threads)
+    if raster_threads:
+        o3d.utility.set_max_threads(raster_threads)  # the normals (estimate_normals) run on Open3D's TBB pool
     try:
-        prep = preprocess_options(entry, ref.class_name, image_size=options.image_size, max_points=options.max_points)
-        sample = read_sample(entry, ref, prep)
-        write_sample(out, row, render_sample(sample, options, rasterizer))
+        with threadpool_limits(raster_threads):  # None: no limit
+            prep = preprocess_options(entry, ref.class_name, image_size=options.image_size,
+                                      max_points=options.max_points)
+            sample = read_sample(entry, ref, prep)
+            write_sample(out, row, render_sample(sample, options, rasterizer, threads=raster_threads))
     except InputFileError as exc:
         return str(exc)
     except ValueError as exc:
         return f"{ref.sample_id}: {exc}"
     finally:
-        torch.set_num_threads(torch_threads)
+        if raster_threads:
+            o3d.utility.set_max_threads(open3d_threads)
+        torch.set_num_threads(torch_threads)  # after threadpool_limits restored OpenMP's count, which torch shares
     return None
 
 

@@ -34,7 +34,7 @@ def proxy_indices(points, valid, visible_any) -> np.ndarray:
     return proxy
 
 
-def knn_graph(points, valid, k: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def knn_graph(points, valid, k: int = 8, workers: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """Return indices (P, k) int32 and weights (P, k) float16: the smoothing graph of SPEC 3.7.
 
     points: (P, 3) float; valid: (P,) bool, False for padding. Row j of a valid point lists its k
@@ -48,6 +48,7 @@ def knn_graph(points, valid, k: int = 8) -> tuple[np.ndarray, np.ndarray]:
     Padding rows: indices -1, weights 0. With fewer than k valid points the missing trailing columns
     are -1 with weight 0 (and sigma uses the last available neighbour). These are the store's
     `points/knn` and `points/knn_weight` arrays.
+    workers: threads of the KD-tree query (-1: one per CPU); the result does not depend on it.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -60,7 +61,7 @@ def knn_graph(points, valid, k: int = 8) -> tuple[np.ndarray, np.ndarray]:
         return indices, weights
     found = min(k, count)
     cloud = points[valid_index]
-    distance, neighbour = cKDTree(cloud).query(cloud, k=found, workers=-1)
+    distance, neighbour = cKDTree(cloud).query(cloud, k=found, workers=workers)
     distance = distance.reshape(count, found)
     neighbour = neighbour.reshape(count, found)
     distance, neighbour = _self_first(distance, neighbour)

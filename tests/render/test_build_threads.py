@@ -1,8 +1,10 @@
-"""render_row's torch thread count for the splat renderer: one thread while drawing, the caller's afterwards."""
+"""render_row's thread budget: torch (one thread for the splat renderer) and Open3D limited while a worker renders,
+the caller's counts afterwards, and the same row whatever the budget."""
 
 from __future__ import annotations
 
 import numpy as np
+import open3d as o3d
 import torch
 
 from pointad.render import synthetic
@@ -19,17 +21,22 @@ def test_splat_row_leaves_the_callers_torch_threads_and_draws_the_same_bytes(tmp
     entry = custom_entry("mvtec3d", tmp_path / "data")
     options = RenderOptions(renderer="splat")
     out = tmp_path / "renders.zarr"
-    before = torch.get_num_threads()
+    before, open3d_before = torch.get_num_threads(), o3d.utility.get_max_threads()
     torch.set_num_threads(2)
+    o3d.utility.set_max_threads(2)
     try:
         result = build_store(entry, out, options, workers=1)
         assert result.rendered == 1 and not result.failures
         assert torch.get_num_threads() == 2
-        first = open_store(out).sample(0).image
-        # a loky worker's call (raster_threads=1) must not leave its count behind either
+        first = open_store(out).sample(0)
+        # a loky worker's call (raster_threads=1) must not leave its counts behind either
         (ref,) = list_samples(entry)
         assert render_row(out, 0, entry, ref, options, 1) is None
-        assert torch.get_num_threads() == 2
-        assert np.array_equal(open_store(out).sample(0).image, first)
+        assert torch.get_num_threads() == 2 and o3d.utility.get_max_threads() == 2
+        again = open_store(out).sample(0)
+        # one thread for Open3D's normals (they shade the image) and the k-NN query: the same bytes
+        for name in ("image", "mask", "visible", "proxy", "knn", "knn_weight"):
+            assert np.array_equal(getattr(again, name), getattr(first, name)), name
     finally:
         torch.set_num_threads(before)
+        o3d.utility.set_max_threads(open3d_before)

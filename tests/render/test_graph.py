@@ -144,9 +144,10 @@ def test_knn_of_only_padding_is_empty():
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("k", [1, 3, 8])
-def test_knn_matches_the_loop_on_random_clouds(seed, k):
+@pytest.mark.parametrize("workers", [1, -1])  # a build worker's one thread, and every CPU
+def test_knn_matches_the_loop_on_random_clouds(seed, k, workers):
     points, valid, _ = _cloud(seed, count=200)
-    indices, weights = knn_graph(points, valid, k=k)
+    indices, weights = knn_graph(points, valid, k=k, workers=workers)
     expected, expected_weights = _knn_by_loop(points, valid, k)
     # random float coordinates: no distance ties, so the order is unique
     wrong = np.argwhere((indices != expected).any(1))
