@@ -8,11 +8,16 @@ written through the store's writer API (create_store / append_samples / write_sa
 real rendering, complete and valid (`render verify` passes), only repeated.
 
 Then, each in a child process whose peak resident memory (ru_maxrss of that child, from os.wait4) is
-read when it exits: `train run` (tiny model, random weights, 1 epoch, feature cache on) and
-`eval report` (that run, one-vs-rest, protocol points). Prints a markdown table.
+read when it exits: `train features` (the feature cache of the training rows, which both runs below use),
+`train run` (tiny model, random weights, 2 epochs) with
+`--cache-memory` (default 32MiB, less than the training data of every N here: memory stays flat in N),
+the same run with the default budget (8GiB: everything kept, memory grows with N; its epoch 2 is the
+baseline of the bounded run's, timed in the same invocation: epoch 1 reads everything either way, epoch 2
+is served from memory as far as the budget allows), and `eval report` (the bounded run, one-vs-rest,
+protocol points). Prints a markdown table.
 
     .venv/bin/python benchmarks/scale_bench.py --dir /tmp/scale          # N = 250 500 1000 2000
-    .venv/bin/python benchmarks/scale_bench.py --dir /tmp/scale --sizes 250,500
+    .venv/bin/python benchmarks/scale_bench.py --dir /tmp/scale --sizes 250,500 --cache-memory 16MiB
 
 The tiny model needs 336 px views; the point budget (--max-points) and the views (--views) set the size.
 """
@@ -20,6 +25,7 @@ The tiny model needs 336 px views; the point budget (--max-points) and the views
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import shutil
 import subprocess
@@ -100,6 +106,8 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=3)
     parser.add_argument("--max-points", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--cache-memory", default="32MiB", help="`train run --cache-memory` of the bounded run.")
+    parser.add_argument("--full-cache-memory", default="8GiB", help="... of the keep-everything baseline.")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     folder = args.dir or Path(__import__("tempfile").mkdtemp(prefix="pointad-scale-"))
@@ -119,23 +127,41 @@ def main() -> None:
             started = time.perf_counter()
             store = scaled_store(base, folder / f"n{n}.zarr", n)
             made = time.perf_counter() - started
-            run = folder / f"run-n{n}"
-            shutil.rmtree(run, ignore_errors=True)  # our run folder from an earlier invocation: train afresh
-            train = measure([python, "-m", "pointad.train.cli", "run", "--store", str(store), "--class", CLASSES[0],
-                             "--model", "tiny", "--epochs", "1", "--batch-size", str(args.batch_size),
-                             "--device", "cpu", "--out", str(run)], folder / f"train-n{n}.log")
-            report = measure([python, "-m", "pointad.eval.cli", "report", "--store", str(store), "--checkpoints", str(run),
-                              "--dataset", DATASET, "--device", "cpu", "--batch-size", str(args.batch_size),
-                              "--out", str(folder / f"report-n{n}.md")], folder / f"eval-n{n}.log")
-            table.append((n, *train, *report))
-            print(f"N={n}: store {made:.0f} s, train {train[0]:.0f} s {train[1]:.0f} MiB, "
-                  f"eval {report[0]:.0f} s {report[1]:.0f} MiB", file=sys.stderr, flush=True)
-        print(f"\nviews {args.views} x 336 px, max points {args.max_points}, tiny model, CPU; "
-              f"train: 1 epoch on the N/2 {CLASSES[0]} rows; eval: one-vs-rest on the N/2 {CLASSES[1]} rows\n")
-        print("| N | train s | train peak MiB | eval s | eval peak MiB |")
-        print("|---:|---:|---:|---:|---:|")
-        for n, train_s, train_mib, eval_s, eval_mib in table:
-            print(f"| {n} | {train_s:.1f} | {train_mib:.0f} | {eval_s:.1f} | {eval_mib:.0f} |")
+            features = folder / f"features-n{n}.zarr"  # built once (`train features`), used by both runs
+            shutil.rmtree(features, ignore_errors=True)  # ours, from an earlier invocation
+            built = measure([python, "-m", "pointad.train.cli", "features", "--store", str(store), "--class",
+                             CLASSES[0], "--model", "tiny", "--batch-size", str(args.batch_size), "--device", "cpu",
+                             "--out", str(features)], folder / f"features-n{n}.log")
+            runs = {}
+            for name, budget in (("bounded", args.cache_memory), ("full", args.full_cache_memory)):
+                run = folder / f"run-n{n}-{name}"
+                shutil.rmtree(run, ignore_errors=True)  # our run folder from an earlier invocation: train afresh
+                seconds, peak = measure([python, "-m", "pointad.train.cli", "run", "--store", str(store), "--class",
+                                         CLASSES[0], "--model", "tiny", "--epochs", "2", "--batch-size",
+                                         str(args.batch_size), "--device", "cpu", "--cache-memory", budget,
+                                         "--features", str(features), "--out", str(run)],
+                                        folder / f"train-n{n}-{name}.log")
+                with open(run / "metrics.csv", newline="") as handle:
+                    epoch_seconds = [float(row["seconds"]) for row in csv.DictReader(handle)]
+                runs[name] = (run, seconds, peak, epoch_seconds)
+            report = measure([python, "-m", "pointad.eval.cli", "report", "--store", str(store), "--checkpoints",
+                              str(runs["bounded"][0]), "--dataset", DATASET, "--device", "cpu", "--batch-size",
+                              str(args.batch_size), "--out", str(folder / f"report-n{n}.md")],
+                             folder / f"eval-n{n}.log")
+            table.append((n, built, runs["bounded"][1:], runs["full"][1:], report))
+            print(f"N={n}: store {made:.0f} s, features {built[0]:.0f} s {built[1]:.0f} MiB, "
+                  f"train {runs['bounded'][1]:.0f} s {runs['bounded'][2]:.0f} MiB "
+                  f"(keep-all {runs['full'][2]:.0f} MiB), eval {report[0]:.0f} s {report[1]:.0f} MiB",
+                  file=sys.stderr, flush=True)
+        print(f"\nviews {args.views} x 336 px, max points {args.max_points}, tiny model, CPU; train: 2 epochs on "
+              f"the N/2 {CLASSES[0]} rows, --cache-memory {args.cache_memory} (keep-all: {args.full_cache_memory}); "
+              f"eval: one-vs-rest on the N/2 {CLASSES[1]} rows. Epoch 2 ratio = bounded / keep-all, same run.\n")
+        print("| N | features peak MiB | train peak MiB | epoch 1 s | epoch 2 s | keep-all peak MiB | keep-all epoch 2 s "
+              "| epoch 2 ratio | eval s | eval peak MiB |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n, (_, features_peak), (_, peak, epochs), (_, full_peak, full_epochs), (eval_s, eval_mib) in table:
+            print(f"| {n} | {features_peak:.0f} | {peak:.0f} | {epochs[0]:.1f} | {epochs[1]:.1f} | {full_peak:.0f} "
+                  f"| {full_epochs[1]:.1f} | {epochs[1] / full_epochs[1]:.2f} | {eval_s:.1f} | {eval_mib:.0f} |")
     finally:
         if args.dir is None:
             shutil.rmtree(folder, ignore_errors=True)

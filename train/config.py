@@ -16,7 +16,8 @@ class TrainConfig:
     """A training run. Everything here goes into every checkpoint; `resume` requires it unchanged
     except for `epochs` (a finished run may be extended) and the spelling of `store`: the store is
     compared by its fingerprint (its content), so a relative path, an absolute one or a moved copy
-    are the same run."""
+    are the same run. `cache_memory` is no part of a run either: it only says how much of the data is kept
+    in memory between epochs (results are the same whatever it is)."""
 
     store: str
     class_name: str
@@ -32,10 +33,16 @@ class TrainConfig:
     prompt: str = "agnostic"                   # agnostic (PointAD) | coop (PointAD-CoOp)
     loss_terms: str = "all"
     feature_cache: bool = True
+    # bytes of features and samples kept in memory between epochs, both caches together; features are
+    # kept first (on the device). 8 GiB holds a paper-size class: ~130 samples x 9 views of ViT-L
+    # features in float16 (30 MiB each) plus their store rows; more rows are re-read from disk each epoch
+    cache_memory: int = 8 * 2**30
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs and batch size must be >= 1 and the learning rate > 0")
+        if self.cache_memory < 0:
+            raise ConfigError(f"--cache-memory must be >= 0 bytes, got {self.cache_memory}")
         if self.prompt not in ("agnostic", "coop"):
             raise ConfigError(f"--prompt must be agnostic or coop, got {self.prompt!r}")
         from pointad.train.losses import parse_loss_terms  # torch: loaded when a run is configured, not by --help
@@ -49,6 +56,7 @@ class TrainConfig:
         data = asdict(self)
         data.pop("epochs")
         data.pop("store")  # compared by fingerprint, not by how its path is spelled
+        data.pop("cache_memory")  # changes memory and speed, never results
         data["betas"] = list(self.betas)
         data["layers"] = None if self.layers is None else list(self.layers)
         return data

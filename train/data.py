@@ -44,8 +44,12 @@ class StoreSamples(torch.utils.data.Dataset):
     """Item i = row rows[i]: {"row", "sample_label", "mask" (V,S,S), "pixel" (V,n,2), "visible" (V,n),
     "valid" (n,), "label" (n,), "proxy" (n,)} as tensors, n = the sample's own point count.
 
-    Opens the store lazily (one per worker). Items are kept in memory up to `memory_limit` bytes:
-    they never change, and training reads each one every epoch.
+    Opens the store lazily (one per worker). Items never change and training reads each one every
+    epoch, so the first ones read are kept in memory while their bytes (`kept_bytes`, counted from the
+    tensors' storage) stay within `memory_limit`; the others are read again each time, so memory is
+    bounded whatever the number of rows. Nothing is evicted: under a uniform random order any cache of
+    K items serves the same expected share of reads, and this one never churns. DataLoader workers keep
+    nothing: they live for one epoch, in which each item is read once.
     """
 
     def __init__(self, store_path, rows: np.ndarray, memory_limit: int = 4 * 2**30):
@@ -74,14 +78,19 @@ class StoreSamples(torch.utils.data.Dataset):
                 value = value[:, :n]
             elif name in PAD_VALUES:
                 value = value[:n]
-            item[name] = torch.from_numpy(np.ascontiguousarray(value))
+            item[name] = torch.from_numpy(np.array(value, ndmin=1))  # a copy: a view would hold the padded row
         item["row"] = torch.tensor(row)
         item["sample_label"] = torch.tensor(self._store.identity(row)["label"])
-        size = sum(t.numel() * t.element_size() for t in item.values())
-        if self._kept_bytes + size <= self.memory_limit:
+        size = sum(t.untyped_storage().nbytes() for t in item.values())
+        if self._kept_bytes + size <= self.memory_limit and torch.utils.data.get_worker_info() is None:
             self._kept[i] = item
             self._kept_bytes += size
         return item
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the items held in memory (never more than `memory_limit`)."""
+        return self._kept_bytes
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -186,10 +186,13 @@ def _write_features(backbone, store_path, rows: np.ndarray, out: Path, identity:
 class FeatureCache:
     """Read side of a feature cache; `get(rows)` returns (global (B, V, D), patches (L, B*V, G*G, D)) float32.
 
-    A cache smaller than `memory_limit` bytes is loaded once onto `device` (epochs then never touch
-    the disk: on a GPU, re-reading from disk costs more than re-running the vision tower); a larger
-    one is read per batch, so memory stays bounded.
+    The first rows of the cache, as many as fit in `memory_limit` bytes (`nbytes`: every row has the same
+    size), are loaded once onto `device`: epochs then never read them from disk (on a GPU, re-reading from
+    disk costs more than re-running the vision tower). The other rows are read per batch, so memory stays
+    bounded whatever the number of rows; a row gives the same values from memory or from disk.
     """
+
+    LOAD_ROWS = 16  # rows copied to the device at a time: the host holds at most this many extra while loading
 
     def __init__(self, path: Path, identity: dict, device="cpu", memory_limit: int = 8 * 2**30):
         """identity: `cache_identity` of the model and store the features must be of (else CheckpointMismatchError)."""
@@ -203,23 +206,40 @@ class FeatureCache:
         group = zarr.open_group(self.path, mode="r")
         self.position = {row: i for i, row in enumerate(found["rows"])}
         self.global_array, self.patch_array = group["global"], group["patches"]
+        n = self.patch_array.shape[0]
+        row_bytes = (self.patch_array.nbytes + self.global_array.nbytes) // max(n, 1)
+        self.kept = min(n, max(memory_limit, 0) // row_bytes) if row_bytes else n
+        self.nbytes = self.kept * row_bytes
         self.loaded = None
-        size = self.patch_array.nbytes + self.global_array.nbytes
-        if size <= memory_limit:
-            self.loaded = (torch.from_numpy(self.global_array[...]).to(device),
-                           torch.from_numpy(self.patch_array[...]).to(device))
+        if self.kept:
+            self.loaded = tuple(torch.empty(self.kept, *array.shape[1:], dtype=_torch_dtype(array.dtype),
+                                            device=device) for array in (self.global_array, self.patch_array))
+            for start in range(0, self.kept, self.LOAD_ROWS):
+                stop = min(start + self.LOAD_ROWS, self.kept)
+                for array, loaded in zip((self.global_array, self.patch_array), self.loaded):
+                    loaded[start:stop] = torch.from_numpy(array[start:stop])
 
     def covers(self, rows) -> bool:
         return all(int(r) in self.position for r in rows)
 
     def get(self, rows, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        where = [self.position[int(r)] for r in rows]
-        if self.loaded is not None:
-            index = torch.tensor(where, device=self.loaded[0].device)
-            global_feature, patches = self.loaded[0][index].float(), self.loaded[1][index].float()
-        else:
-            global_feature = torch.from_numpy(self.global_array.get_orthogonal_selection((where,))).float()
-            patches = torch.from_numpy(self.patch_array.get_orthogonal_selection((where,))).float()
+        where = np.array([self.position[int(r)] for r in rows], dtype=np.int64)
+        in_memory = where < self.kept
+        parts = []
+        for array, loaded in zip((self.global_array, self.patch_array), self.loaded or (None, None)):
+            out = torch.empty(len(where), *array.shape[1:], dtype=torch.float32, device=device)
+            if in_memory.any():
+                out[torch.from_numpy(in_memory).to(device)] = \
+                    loaded[torch.from_numpy(where[in_memory]).to(loaded.device)].float().to(device)
+            if not in_memory.all():
+                read = array.get_orthogonal_selection((where[~in_memory].tolist(),))
+                out[torch.from_numpy(~in_memory).to(device)] = torch.from_numpy(read).float().to(device)
+            parts.append(out)
+        global_feature, patches = parts
         b, l, v = patches.shape[:3]
         patches = patches.permute(1, 0, 2, 3, 4).reshape(l, b * v, *patches.shape[3:])
-        return global_feature.to(device), patches.to(device)
+        return global_feature, patches
+
+
+def _torch_dtype(dtype) -> torch.dtype:
+    return torch.from_numpy(np.zeros(0, dtype=np.dtype(str(dtype)))).dtype

@@ -26,7 +26,8 @@ from pointad.shared.io import atomic_path
 from pointad.shared.lock import writer_lock
 from pointad.shared.store import open_store, store_fingerprint
 from pointad.train.model.backbone import FrozenCLIP, encode_views, load_backbone
-from pointad.train.model.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
+from pointad.train.model.checkpoint import (check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint,
+                                           store_render_record)
 from pointad.train.data import StoreSamples, collate, epoch_batches, training_rows
 from pointad.train.features import FeatureCache, cache_identity, compute_features
 from pointad.train.losses import hybrid_loss, parse_loss_terms
@@ -73,7 +74,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam([p for p in self.prompts.parameters() if p.requires_grad],
                                           lr=config.lr, betas=config.betas)
         self.terms = parse_loss_terms(config.loss_terms)
-        self.samples = StoreSamples(config.store, self.rows)
+        self.samples = StoreSamples(config.store, self.rows, memory_limit=config.cache_memory)
         self.autocast = self.device.type == "cuda"
         self.features = None
         if config.feature_cache:
@@ -90,10 +91,16 @@ class Trainer:
                     log(f"{path}: feature cache {done}")
             if self.world > 1:
                 dist.barrier()
-            self.features = FeatureCache(path, identity, device=self.device)
+            self.features = FeatureCache(path, identity, device=self.device, memory_limit=config.cache_memory)
+            self.samples.memory_limit = config.cache_memory - self.features.nbytes  # one budget for both
 
     def model_identity(self) -> dict:
         return self.backbone.config.to_dict()
+
+    def render_record(self) -> dict:
+        """The store's render options the training rows were drawn with (`detect` renders a cloud the same way)."""
+        first = self.store.identity(int(self.rows[0]))
+        return store_render_record(self.store.attrs.render, first["dataset"], first["class_name"])
 
     def _vision(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         rows = batch["row"].tolist()
@@ -208,7 +215,8 @@ class Trainer:
         path = self.run_dir / "checkpoints" / f"epoch_{epoch}.pt"
         save_checkpoint(path, epoch=epoch, prompts=self.prompts.state_for_checkpoint(),
                         optimizer=self.optimizer.state_dict(), config=self.config.identity(),
-                        model=self.model_identity(), store_fingerprint=self.store_fingerprint, metrics=metrics)
+                        model=self.model_identity(), store_fingerprint=self.store_fingerprint, metrics=metrics,
+                        render=self.render_record())
         return path
 
     def restore(self, path: Path) -> int:
@@ -314,7 +322,8 @@ def _train_locked(config: TrainConfig, run_dir: Path, rank: int, *, device, clip
         with atomic_path(run_dir / "config.json") as tmp:
             tmp.write_text(json.dumps({"train": config.identity() | {"epochs": config.epochs, "store": config.store},
                                        "model": trainer.model_identity(), "store_fingerprint":
-                                       trainer.store_fingerprint, "rows": trainer.rows.tolist()}, indent=2))
+                                       trainer.store_fingerprint, "rows": trainer.rows.tolist(),
+                                       "render": trainer.render_record()}, indent=2))
     result = TrainResult(run_dir=run_dir)
     for epoch in range(start, config.epochs + 1):
         bar = progress_factory(len(trainer.rows), f"epoch {epoch}/{config.epochs}") if progress_factory else None
