@@ -1,19 +1,55 @@
-"""`eval` command group (SPEC 7): `report` scores a store and tabulates the metrics; `detect` scores one new
-cloud (also `pointad detect`).
+"""`eval` command group (SPEC 7): `report` scores a store and tabulates the metrics. `detect`, which scores
+one new cloud, is defined here and registered once, as `pointad detect` (shared/cli.py).
 
 Installed as `eval`, but `eval` is a shell builtin in bash and zsh: use `pointad eval ...` there.
+Defaults come from `ReportConfig` and `MutualOptions` (eval/settings.py) and, for --train-missing, `TrainConfig`.
 """
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 import click
+from tqdm import tqdm
 
-from pointad.shared.cli import PointADGroup, verbosity_option
+from pointad.eval.settings import (METHODS, PROTOCOLS, REPORT_FORMATS, SETTINGS, VIEW_MODES, MutualOptions,
+                                   ReportConfig)
+from pointad.shared.cli import PointADGroup, default_of, list_option, verbosity_option
+from pointad.shared.logging import get_logger
+from pointad.train.cli import PROMPTS
+from pointad.train.config import TrainConfig
+
+log = get_logger("eval.report")
 
 
-@click.group(name="eval", cls=PointADGroup)
+def _report(name):
+    return default_of(ReportConfig, name)
+
+
+def _mutual(name):
+    return default_of(MutualOptions, name)
+
+
+class _ScoringBar:
+    """A tqdm bar opened once the work is known (`build_report` calls `reset(total)` after its checks), so a
+    command that fails early prints its one error line and no bar."""
+
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def reset(self, total: int):
+        self.bar = tqdm(total=total, desc=self.desc, unit="sample", leave=False)
+
+    def update(self, n: int = 1):
+        self.bar.update(n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+@click.group(name="eval", cls=PointADGroup, epilog="One new cloud: `pointad detect CLOUD --checkpoint RUN`.")
 @verbosity_option
 def eval_():
     """Score stores with trained prompts and report metrics."""
@@ -22,68 +58,79 @@ def eval_():
 @eval_.command()
 @click.option("--store", default=Path("renders.zarr"), show_default=True, type=click.Path(path_type=Path),
               help="Render store holding the test dataset(s).")
-@click.option("--checkpoints", multiple=True, type=click.Path(path_type=Path),
-              help="Run directory (its last checkpoint) or checkpoint file; repeat for several runs.")
-@click.option("--setting", type=click.Choice(["one-vs-rest", "cross-dataset"]), default="one-vs-rest",
-              show_default=True, help="one-vs-rest: test the dataset's other classes; cross-dataset: every class.")
+@list_option("--checkpoints", type=click.Path(path_type=Path),
+             help="Run directories (their last checkpoint) or checkpoint files, one per run.")
+@click.option("--setting", type=click.Choice(SETTINGS), default=_report("setting"), show_default=True,
+              help="one-vs-rest: test the dataset's other classes; cross-dataset: every class.")
 @click.option("--dataset", help="Test dataset (its name in the store)  [default: one-vs-rest: the runs' training "
                                "dataset; cross-dataset: every other dataset in the store]")
-@click.option("--classes", multiple=True, help="Only these test classes (repeat the option).")
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@list_option("--classes", help="Only these test classes  [default: all]")
+@click.option("--report-format", type=click.Choice(REPORT_FORMATS), default=REPORT_FORMATS[0], show_default=True,
+              help="Format of the report: markdown tables, CSV rows, or JSON (with every sample's scores).")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the report here (atomically) instead of stdout.")
-@click.option("--protocol", type=click.Choice(["points", "pointad-compat", "both"]), default="points",
+@click.option("--protocol", type=click.Choice([*PROTOCOLS, "both"]), default=_report("protocol"),
               show_default=True, help="points: valid points only; pointad-compat: the released code's full grid.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
-@click.option("--method", type=click.Choice(["pointad", "clip-rendering", "mutual-scoring"]), default="pointad",
+@click.option("--method", type=click.Choice(METHODS), default=_report("method"),
               show_default=True, help="clip-rendering: untrained baseline prompts, no checkpoints; mutual-scoring: "
                                       "training-free, the test samples of a class score each other (after MuSc).")
-@click.option("--mutual-views", type=click.Choice(["same", "all"]), default="same", show_default=True,
+@click.option("--mutual-views", type=click.Choice(VIEW_MODES), default=_mutual("views"), show_default=True,
               help="mutual-scoring: a view against the same view of the other samples, or against all their views.")
-@click.option("--mutual-fraction", default=0.3, show_default=True,
+@click.option("--mutual-fraction", default=_mutual("fraction"), show_default=True,
               help="mutual-scoring: share of the other samples whose nearest-patch distances are averaged (smallest).")
-@click.option("--mutual-radii", multiple=True, type=int,
-              help="mutual-scoring: neighbourhood sizes in patches (odd; repeat)  [default: 1 3 5]")
-@click.option("--mutual-layers", multiple=True, type=int,
-              help="mutual-scoring: tapped vision layers, 1-based (repeat)  [default: the model's taps]")
-@click.option("--rescore-k", multiple=True, type=int,
-              help="mutual-scoring: sample re-scoring neighbourhood sizes (repeat)  [default: 1 2 3]; 0 = none")
-@click.option("--model", default="vit-l-14-336", show_default=True,
-              help="Model of the clip-rendering baseline and of runs trained by --train-missing (other runs use "
-                   "their checkpoint's); auto = ViT-L if its weights are present, else tiny.")
-@click.option("--clip-weights", type=click.Path(path_type=Path), help="OpenAI ViT-L/14@336 weights file.")
-@click.option("--batch-size", default=4, show_default=True)
+@list_option("--mutual-radii", type=int, default=_mutual("radii"), show_default=True,
+             help="mutual-scoring: neighbourhood sizes in patches (odd).")
+@list_option("--mutual-layers", type=int, default=_mutual("layers"),
+             help="mutual-scoring: tapped vision layers, 1-based  [default: the model's taps]")
+@list_option("--rescore-k", type=int, default=_mutual("rescore_ks"), show_default=True,
+             help="mutual-scoring: sample re-scoring neighbourhood sizes; 0 = no re-scoring.")
+@click.option("--model", default=_report("model"), show_default=True,
+              help="Model of the clip-rendering baseline, of mutual-scoring and of runs trained by --train-missing "
+                   "(other runs use their checkpoint's); auto = ViT-L if its weights are present, else tiny.")
+@click.option("--clip-weights", type=click.Path(path_type=Path),
+              help="OpenAI ViT-L/14@336 weights file  [default: found in the weights cache]")
+@click.option("--batch-size", default=_report("batch_size"), show_default=True,
+              help="Samples scored per batch.")
 @click.option("--compare-paper", is_flag=True,
               help="Put the paper's published numbers (same method, setting, data) and the difference beside ours.")
 @click.option("--figures", type=click.Path(path_type=Path),
               help="Write figures here: per class ROC/PRO curves, view heatmaps and score-coloured PLY (first run).")
-@click.option("--figure-samples", default=2, show_default=True,
+@click.option("--figure-samples", default=_report("figure_samples"), show_default=True,
               help="Anomalous samples per class drawn with --figures (plus one good sample).")
-@click.option("--figure-sample", "figure_ids", multiple=True,
-              help="Draw this sample instead (its sample id, e.g. cookie/test/hole/xyz/000.tiff); repeat for several.")
+@list_option("--figure-sample", "figure_ids",
+             help="Draw these samples instead (sample ids, e.g. cookie/test/hole/xyz/000.tiff).")
 @click.option("--runs-dir", type=click.Path(path_type=Path),
               help="Instead of --checkpoints: the sweep's runs <train-dataset>-<class>-<seed> in this folder  "
                    "[default with neither: runs, every trained run in it]")
 @click.option("--train-dataset", help="Dataset of the training classes (default: --dataset for one-vs-rest).")
-@click.option("--train-classes", multiple=True, help="Training classes (repeat; default: datasets.yaml aux_classes).")
-@click.option("--seeds", multiple=True, type=int, help="Seeds of the runs (repeat; default: 111).")
+@list_option("--train-classes", help="Training classes of the runs  [default: datasets.yaml aux_classes]")
+@list_option("--seeds", type=int, help=f"Seeds of the runs  [default: {default_of(TrainConfig, 'seed')}]")
 @click.option("--train-missing", is_flag=True,
-              help="Train the runs not in --runs-dir first (as `train sweep` with --model, --epochs, --prompt).")
-@click.option("--epochs", default=15, show_default=True, help="Epochs of runs trained by --train-missing.")
-@click.option("--prompt", type=click.Choice(["agnostic", "coop"]), default="agnostic", show_default=True,
-              help="Prompts of runs trained by --train-missing.")
-def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, device, method, model, clip_weights,
-           batch_size, compare_paper, figures, figure_samples, figure_ids, runs_dir, train_dataset, train_classes,
-           seeds, train_missing, epochs, prompt, mutual_views, mutual_fraction, mutual_radii, mutual_layers, rescore_k):
+              help="Train the runs not in --runs-dir first (as `train sweep`, with --model, --train-epochs and "
+                   "--train-prompt).")
+@click.option("--train-epochs", default=default_of(TrainConfig, "epochs"), show_default=True,
+              help="--train-missing only: epochs of the runs it trains.")
+@click.option("--train-prompt", type=click.Choice(PROMPTS), default=default_of(TrainConfig, "prompt"),
+              show_default=True, help="--train-missing only: prompts of the runs it trains.")
+def report(store, checkpoints, setting, dataset, classes, report_format, out, protocol, device, method, model,
+           clip_weights, batch_size, compare_paper, figures, figure_samples, figure_ids, runs_dir, train_dataset,
+           train_classes, seeds, train_missing, train_epochs, train_prompt, mutual_views, mutual_fraction, mutual_radii,
+           mutual_layers, rescore_k):
     """Evaluate runs (or the clip-rendering baseline) on a store: I-AUROC, AP, P-AUROC, AUPRO per class.
 
     The runs come from --checkpoints, or from --runs-dir as a sweep (training classes x seeds); with
     --train-missing the runs not there yet are trained first, so one command reproduces a setting.
     """
-    from pointad.eval.report import ReportConfig, build_report, write_report
+    from pointad.eval.report import build_report, write_report
     from pointad.eval.targets import check_file_target, check_folder_target
     from pointad.shared.errors import PointADError
     from pointad.shared.cli import resolve_model
     from pointad.train.model.device import resolve_device
+    source = click.get_current_context().get_parameter_source
+    given = [f"--{n.replace('_', '-')}" for n in ("train_epochs", "train_prompt")
+             if source(n) is not click.core.ParameterSource.DEFAULT]
+    if given and not train_missing:
+        raise click.UsageError(f"{' and '.join(given)} apply to --train-missing only")
     if out is not None:
         check_file_target(out, "--out takes a file name")
     if figures is not None:
@@ -111,7 +158,7 @@ def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, de
                 raise click.UsageError("--setting cross-dataset with --runs-dir needs --train-dataset")
             trained_on = train_dataset or dataset
             checkpoints = _sweep_runs(store, runs_dir, trained_on, train_classes, seeds, train_missing,
-                                      model=model, epochs=epochs, prompt=prompt, clip_weights=clip_weights,
+                                      model=model, epochs=train_epochs, prompt=train_prompt, clip_weights=clip_weights,
                                       device=device)
     datasets = [dataset] if dataset else _test_datasets(store, setting, trained_on, checkpoints)
     if not dataset:
@@ -122,18 +169,19 @@ def report(store, checkpoints, setting, dataset, classes, fmt, out, protocol, de
     results = []
     for name in datasets:
         config = ReportConfig(store=str(store), dataset=name, setting=setting,
-                              checkpoints=tuple(str(c) for c in checkpoints), classes=tuple(classes) or None,
+                              checkpoints=tuple(str(c) for c in checkpoints), classes=classes or None,
                               protocol=protocol, method=method, model=model,
                               clip_weights=None if clip_weights is None else str(clip_weights),
                               batch_size=batch_size, figures=None if figures is None else str(figures),
-                              figure_samples=figure_samples, figure_ids=tuple(figure_ids),
+                              figure_samples=figure_samples, figure_ids=figure_ids,
                               compare_paper=compare_paper, mutual=mutual)
-        results.append(build_report(config, device=target, progress=lambda line: click.echo(line, err=True)))
-    text = write_report(results, fmt, out)
+        with closing(_ScoringBar(f"eval {name}")) as bar:
+            results.append(build_report(config, device=target, progress=log.info, bar=bar))
+    text = write_report(results, report_format, out)
     if out is None:
         click.echo(text, nl=False)
     else:
-        click.echo(f"{out}: {fmt} report, model {results[0].header['model']}", err=True)
+        click.echo(f"{out}: {report_format} report, model {results[0].header['model']}", err=True)
     if figures is not None:
         click.echo(f"{figures}: figures of {sum(len(r.classes) for r in results)} class(es)", err=True)
 
@@ -189,8 +237,7 @@ def _checkpoint_dataset(checkpoints) -> str | None:
 
 
 def _mutual_options(views, fraction, radii, layers, rescore_k):
-    """The --mutual-* and --rescore-k options as `eval.mutual.MutualOptions` (defaults where not given)."""
-    from pointad.eval.mutual import MutualOptions
+    """The --mutual-* and --rescore-k options as `MutualOptions` (its defaults where not given)."""
     given = {"views": views, "fraction": fraction}
     if radii:
         given["radii"] = tuple(radii)
@@ -218,35 +265,106 @@ def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, mode
 
 @click.command()
 @click.argument("cloud", type=click.Path(path_type=Path))
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="Run directory (its last checkpoint) or checkpoint file.")
+@click.option("--method", type=click.Choice(["pointad", "mutual-scoring"]), default="pointad", show_default=True,
+              help="pointad: a trained run (--checkpoint); mutual-scoring: training-free, against the test samples "
+                   "of a class in a reference store (--reference).")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="pointad: run directory (its last checkpoint) or checkpoint file.")
+@click.option("--reference", type=click.Path(path_type=Path),
+              help="mutual-scoring: render store whose test samples of --class the cloud is scored against.")
+@click.option("--class", "class_name", help="mutual-scoring: the reference class  [default: the dataset's only one]")
+@click.option("--dataset", help="mutual-scoring: the reference dataset  [default: the store's only one]")
+@click.option("--model", default=_report("model"), show_default=True,
+              help="mutual-scoring: frozen model, as in eval report (auto = ViT-L if its weights are present, else "
+                   "tiny).")
+@click.option("--mutual-views", type=click.Choice(["same", "all"]),
+              help="mutual-scoring: a view against the same view of the references, or all their views  "
+                   "[default: as eval report]")
+@click.option("--mutual-fraction", type=float,
+              help="mutual-scoring: share of the references whose nearest-patch distances are averaged  "
+                   "[default: as eval report]")
+@list_option("--mutual-radii", type=int,
+             help="mutual-scoring: neighbourhood sizes in patches (odd; repeat)  [default: as eval report]")
+@list_option("--mutual-layers", type=int,
+             help="mutual-scoring: tapped vision layers, 1-based (repeat)  [default: the model's taps]")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Folder for scores.npy, scores.ply and scores.json  [default: <cloud>_scores beside the cloud]")
 @click.option("--threshold", type=float, help="Also print 'anomalous' (sample score >= T) or 'normal'; the PLY's "
                                                "colours are then centred on T (else the scores' range).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--clip-weights", type=click.Path(path_type=Path), help="OpenAI ViT-L/14@336 weights file.")
-@click.option("--point-size", default=6.0, show_default=True, help="Rendered point size (supersampled pixels).")
-@click.option("--views", default=9, show_default=True, help="Number of rendered views.")
+@click.option("--views", type=int, help="Number of rendered views  [default: as the store was rendered]")
+@click.option("--view-plan", help="View plan (paper, pointad-code, ...)  [default: as the store was rendered]")
+@click.option("--point-size", type=float,
+              help="Rendered point size (supersampled pixels)  [default: as the store drew the class]")
+@click.option("--supersample", type=int, help="Render at image size x this, then average down  "
+                                               "[default: as the store was rendered]")
+@click.option("--light", help="Lighting: on, off, + or -  [default: as the store was rendered]")
+@click.option("--renderer", help="legacy, filament or splat  [default: as the store was rendered]")
 @verbosity_option
-def detect(cloud, checkpoint, out, threshold, device, clip_weights, point_size, views):
-    """Score one .ply/.pcd/.tiff/.xyz/.npy cloud: per-point scores (NPY + coloured PLY) and the sample score."""
-    from pointad.eval.detect import OUTPUT_FILES, write_detection
-    from pointad.eval.detect import detect as run_detect
+def detect(cloud, method, checkpoint, reference, class_name, dataset, model, mutual_views, mutual_fraction,
+           mutual_radii, mutual_layers, out, threshold, device, clip_weights, views, view_plan, point_size,
+           supersample, light, renderer):
+    """Score one .ply/.pcd/.tiff/.xyz/.npy cloud: per-point scores (NPY + coloured PLY) and the sample score.
+
+    The cloud is rendered as the checkpoint's training store (or the reference store) was rendered; the
+    render options given here replace single ones. The first lines say which option came from where.
+    """
+    from pointad.eval.detect import OUTPUT_FILES, check_cloud_path, write_detection
     from pointad.eval.targets import check_folder_target
     from pointad.train.model.device import resolve_device
+    check_cloud_path(cloud)
+
+    def _given(name):
+        return click.get_current_context().get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+    overrides = dict(views=views, view_plan=view_plan, point_size=point_size, supersample=supersample, light=light,
+                     renderer=renderer)
+    if method == "pointad":
+        if checkpoint is None:
+            raise click.UsageError("--method pointad needs --checkpoint (a run directory or checkpoint file)")
+        given = [name for name, value in (("--reference", reference), ("--class", class_name), ("--dataset", dataset),
+                                          ("--model", _given("model") and model), ("--mutual-views", mutual_views),
+                                          ("--mutual-fraction", mutual_fraction), ("--mutual-radii", mutual_radii),
+                                          ("--mutual-layers", mutual_layers)) if value]
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: for --method mutual-scoring only")
+    elif reference is None or checkpoint is not None:
+        raise click.UsageError("--method mutual-scoring needs --reference (a render store) and no --checkpoint")
     out = out if out is not None else cloud.parent / f"{cloud.stem}_scores"
     check_folder_target(out, "--out takes a folder: scores.npy and scores.ply are written in it", OUTPUT_FILES)
-    result = run_detect(cloud, checkpoint, device=resolve_device(device), clip_weights=clip_weights,
-                        views=views, point_size=point_size)
+    target = resolve_device(device)
+    if method == "pointad":
+        from pointad.eval.detect import checkpoint_render, detect as run_detect
+        choice = checkpoint_render(checkpoint, **overrides)
+        for line in choice.lines():
+            click.echo(f"detect: {line}", err=True)
+        result = run_detect(cloud, checkpoint, device=target, clip_weights=clip_weights, render=choice)
+    else:
+        from pointad.eval.detect import detect_mutual, reference_render, reference_rows
+        from pointad.eval.mutual import MutualOptions
+        from pointad.shared.cli import resolve_model
+        given = {"views": mutual_views, "fraction": mutual_fraction, "radii": tuple(mutual_radii) or None,
+                 "layers": tuple(mutual_layers) or None}
+        options = MutualOptions(**{k: v for k, v in given.items() if v is not None}, rescore_ks=())
+        model = resolve_model(model, clip_weights)
+        ref = reference_rows(reference, dataset, class_name)
+        choice = reference_render(ref, **overrides)
+        click.echo(f"detect: mutual-scoring against {len(ref.rows)} test sample(s) of {ref.dataset}/{ref.class_name} "
+                   f"in {reference}; model {model}; views {options.views}, fraction {options.fraction}, radii "
+                   f"{' '.join(map(str, options.radii))}, layers "
+                   f"{' '.join(map(str, options.layers)) if options.layers else 'the model taps'}", err=True)
+        for line in choice.lines():
+            click.echo(f"detect: {line}", err=True)
+        result = detect_mutual(cloud, ref, model=model, clip_weights=clip_weights, device=target, options=options,
+                               render=choice)
+        if result.reference.excluded:
+            click.echo(f"detect: left out of the reference, being the cloud itself: "
+                       f"{', '.join(result.reference.excluded)}", err=True)
     npy, ply, summary = write_detection(result, out, threshold)
     click.echo(f"{npy}, {ply}, {summary}: {len(result.point_scores)} points", err=True)
     click.echo(f"sample score: {result.score:.6f}")
     if threshold is not None:
         click.echo("anomalous" if result.score >= threshold else "normal")
-
-
-eval_.add_command(detect)
 
 
 def main():

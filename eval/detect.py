@@ -1,9 +1,19 @@
-"""`pointad detect` (SPEC 7): score one new point cloud with a trained checkpoint, no store involved.
+"""`pointad detect` (SPEC 7): score one new point cloud with a trained checkpoint (PointAD), or against the
+samples of a reference store (`--method mutual-scoring`, issue 13).
 
 The cloud is read by its suffix, preprocessed as the render stage does (an organized .tiff as MVTec
 3D-AD: resize to the image size, background plane removed, flipped; an unorganized .ply/.pcd/.xyz/.npy
 as Real3D-AD: farthest-point sampled to max_points, no plane, no flip), rendered in this process with
-`render.sample_render.render_sample` (legacy renderer) and scored with `eval.scoring.score_arrays`.
+`render.sample_render.render_sample` and scored with `eval.scoring.score_arrays` (PointAD) or
+`eval.mutual.score_against_reference` (mutual scoring).
+
+Rendering: as the store was rendered (issue 10): a checkpoint records its training store's render options
+(`train.model.checkpoint.store_render_record`: views, view plan, image size, supersample, point size of the
+trained class, lighting, renderer, max points, k, ...), and a reference store records its own; options
+given to `detect` replace single ones; a checkpoint that records none (written before they were recorded,
+or converted from the released code) renders with `RenderOptions`' defaults (`RenderChoice.lines` says
+which came from where). The image size and max points also set the preprocessing, as in `render build`;
+the store records no other preprocessing options, so the format's defaults apply, chosen by suffix.
 
 Scores are reported for the INPUT points, in input order: preprocessing may drop points (missing
 or background cells, farthest-point sampling, the grid resize), so every input point takes the score
@@ -17,40 +27,153 @@ score, the colour scale used and the threshold's verdict.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from pointad.eval.figures import color_scale, write_scored_ply
-from pointad.eval.runs import BackboneCache, load_run
+from pointad.eval.mutual import METHOD as MUTUAL, MutualOptions, mutual_model_config, score_against_reference
+from pointad.eval.runs import BackboneCache, load_run, resolve_checkpoint
 from pointad.eval.scoring import score_arrays
 from pointad.render.preprocess import (PreprocessOptions, check_finite_grid, flip_x180, options_for_format,
                                preprocess_organized, preprocess_unorganized)
 from pointad.render.rasterize import worker_rasterizer
 from pointad.render.readers.files import read_point_cloud, read_xyz_tiff
-from pointad.render.sample_render import RenderOptions, render_sample
-from pointad.shared.errors import InputFileError
+from pointad.render.render_options import RenderOptions
+from pointad.render.sample_render import render_sample
+from pointad.shared.errors import ConfigError, InputFileError, PointADError
 from pointad.shared.io import atomic_path
 from pointad.shared.sample import Sample
+from pointad.shared.strict import from_dict
+from pointad.shared.store import open_store
+from pointad.train.model.checkpoint import load_checkpoint, store_render_record
+from pointad.train.model.model_config import DEFAULT_MODEL, DEFAULT_SEED, load_model_config
 
 ORGANIZED = (".tiff", ".tif")
 OUTPUT_FILES = ("scores.npy", "scores.ply", "scores.json")  # written in the --out folder
 UNORGANIZED = (".ply", ".pcd", ".xyz", ".npy")
 CLASS_NAME = "object"  # a new cloud's class is unknown; only coop prompts read it
+RENDER_FIELDS = tuple(f.name for f in fields(RenderOptions))
+# the frozen model's random weights for mutual scoring: `eval report`'s (eval.report.BASELINE_SEED; a test checks)
+MUTUAL_SEED = DEFAULT_SEED
+
+
+@dataclass(frozen=True)
+class RenderChoice:
+    """options: what the cloud is rendered with (max_points: the preprocessing's cap, as in the store);
+    sources: option -> "recorded", "command line" or "default"; origin: what recorded them ("checkpoint
+    runs/x/checkpoints/epoch_15.pt"); recorded: whether it recorded any."""
+
+    options: RenderOptions
+    sources: dict
+    origin: str
+    recorded: bool
+
+    def lines(self) -> list[str]:
+        """What `detect` says first: each option's value, grouped by where it came from."""
+        def listed(source):
+            return ", ".join(f"{k} {getattr(self.options, k)}" for k in RENDER_FIELDS if self.sources[k] == source)
+        out = []
+        if self.recorded:
+            out.append(f"render options recorded in {self.origin}: {listed('recorded')}")
+        else:
+            out.append(f"{self.origin} records no render options (older, or imported from the released code); "
+                       "RenderOptions' defaults apply")
+        if listed("command line"):
+            out.append(f"render options from the command line: {listed('command line')}")
+        if listed("default"):
+            out.append(f"render options by default{' (not recorded)' if self.recorded else ''}: {listed('default')}")
+        return out
+
+
+def choose_render(recorded: dict | None, origin: str, **overrides) -> RenderChoice:
+    """Render options: each from `overrides` (RenderOptions field names; None = not given), else from the
+    `recorded` mapping, else RenderOptions' default. `masks` follows an overridden renderer (a new cloud has
+    no labels: its mask views are empty either way). ConfigError for an unknown or invalid option."""
+    unknown = sorted(set(overrides) - set(RENDER_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown render option(s) {unknown}; known: {', '.join(RENDER_FIELDS)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    recorded = dict(recorded or {})
+    if "renderer" in given and "masks" not in given:
+        recorded.pop("masks", None)
+    values, sources = {}, {}
+    for name in RENDER_FIELDS:
+        if name in given:
+            values[name], sources[name] = given[name], "command line"
+        elif name in recorded:
+            values[name], sources[name] = recorded[name], "recorded"
+        else:
+            sources[name] = "default"
+    options = from_dict(RenderOptions, values, f"render options ({origin} and the command line)")
+    return RenderChoice(options=options, sources=sources, origin=origin, recorded=bool(recorded))
+
+
+def checkpoint_render(checkpoint, **overrides) -> RenderChoice:
+    """`choose_render` with the render options the checkpoint recorded (its training store's)."""
+    path = resolve_checkpoint(checkpoint)
+    return choose_render(load_checkpoint(path).get("render"), f"checkpoint {path}", **overrides)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference samples of `detect --method mutual-scoring`: store, dataset, class, its test rows, and
+    the rows left out because they hold the cloud itself (sample ids)."""
+
+    store: str
+    dataset: str
+    class_name: str
+    rows: list
+    excluded: list = field(default_factory=list)
+
+
+def reference_rows(store_path, dataset: str | None = None, class_name: str | None = None) -> Reference:
+    """The complete test rows of `class_name` in `dataset` of the store (defaults: its only dataset, the
+    dataset's only class); PointADError naming what is present otherwise."""
+    store = open_store(store_path)
+    table = store.table()
+    present = sorted(set(table["dataset"].tolist()))
+    if dataset is None:
+        if len(present) != 1:
+            raise PointADError(f"{store_path}: holds datasets {', '.join(present)}; choose one with --dataset")
+        dataset = present[0]
+    if dataset not in present:
+        raise PointADError(f"{store_path}: no dataset '{dataset}' (present: {', '.join(present) or 'none'})")
+    classes = sorted({store.identity(int(i))["class_name"] for i in store.indices(dataset=dataset, split="test")})
+    if class_name is None:
+        if len(classes) != 1:
+            raise PointADError(f"{store_path}: dataset '{dataset}' holds classes {', '.join(classes)}; "
+                               "choose one with --class")
+        class_name = classes[0]
+    if class_name not in classes:
+        raise PointADError(f"{store_path}: dataset '{dataset}' has no test samples of class '{class_name}' "
+                           f"(classes: {', '.join(classes) or 'none'})")
+    rows = [int(r) for r in store.indices(dataset=dataset, class_name=class_name, split="test")]
+    return Reference(store=str(store_path), dataset=dataset, class_name=class_name, rows=rows)
+
+
+def reference_render(reference: Reference, **overrides) -> RenderChoice:
+    """`choose_render` with the reference store's render options, at the point size its class was drawn with."""
+    record = store_render_record(open_store(reference.store).attrs.render, reference.dataset, reference.class_name)
+    return choose_render(record, f"reference store {reference.store}", **overrides)
 
 
 @dataclass(frozen=True)
 class Detection:
     """score: the sample score A_s; point_scores: (P,) float32 per input point; points: (P, 3) the input;
-    cloud, checkpoint: what was scored with what (as given)."""
+    cloud, checkpoint: what was scored with what (as given); method: pointad or mutual-scoring; render: how
+    the cloud was rendered; reference: the reference samples (mutual scoring)."""
 
     score: float
     points: np.ndarray
     point_scores: np.ndarray
     cloud: str = ""
     checkpoint: str = ""
+    method: str = "pointad"
+    render: RenderChoice | None = None
+    reference: Reference | None = None
 
 
 # --- reading and preprocessing ---------------------------------------------------------------------------
@@ -78,25 +201,34 @@ def _read_npy_points(path: Path) -> np.ndarray:
     return array.astype(np.float64)
 
 
-def load_cloud(path: Path, image_size: int = 336) -> tuple[np.ndarray, Sample, PreprocessOptions]:
-    """(input points (P, 3) float64, preprocessed `Sample` with zero labels, the options used).
-
-    The input points of an organized .tiff are its measured cells in row-major order.
-    """
+def check_cloud_path(path) -> Path:
+    """The path, if it names an existing file of a readable suffix (else InputFileError): checked before the
+    model or the store is read."""
     path = Path(path)
-    suffix = path.suffix.lower()
     if path.is_dir():
         raise InputFileError(f"{path}: is a directory, not a point cloud file")
-    if suffix not in ORGANIZED + UNORGANIZED:
+    if path.suffix.lower() not in ORGANIZED + UNORGANIZED:
         raise InputFileError(f"{path}: unsupported suffix '{path.suffix}' (use one of "
                              f"{', '.join(UNORGANIZED + ORGANIZED)})")
     if not path.is_file():
         raise InputFileError(f"{path}: file not found")
+    return path
+
+
+def load_cloud(path: Path, image_size: int = RenderOptions.image_size,
+               max_points: int = RenderOptions.max_points) -> tuple[np.ndarray, Sample, PreprocessOptions]:
+    """(input points (P, 3) float64, preprocessed `Sample` with zero labels, the options used).
+
+    The input points of an organized .tiff are its measured cells in row-major order. image_size, max_points:
+    the store's, as `render build` preprocesses its samples.
+    """
+    path = check_cloud_path(path)
+    suffix = path.suffix.lower()
     identity = dict(dataset="detect", class_name=CLASS_NAME, split="test", defect_type="unknown",
                     sample_id=path.name, label=0)
     try:
         if suffix in ORGANIZED:
-            options = options_for_format("mvtec3d", {"image_size": image_size})
+            options = options_for_format("mvtec3d", {"image_size": image_size, "max_points": max_points})
             xyz = read_xyz_tiff(path)
             measured = check_finite_grid(xyz)
             result = preprocess_organized(xyz, None, None, options)
@@ -104,7 +236,7 @@ def load_cloud(path: Path, image_size: int = 336) -> tuple[np.ndarray, Sample, P
                             grid_hw=(image_size, image_size), grid_index=result.grid_index,
                             grid_mask=result.grid_mask)
             return xyz[measured].astype(np.float64), sample, options
-        options = options_for_format("real3d", {"image_size": image_size})
+        options = options_for_format("real3d", {"image_size": image_size, "max_points": max_points})
         if suffix in (".ply", ".pcd"):
             points = read_point_cloud(path)
         elif suffix == ".xyz":
@@ -127,34 +259,97 @@ def to_input_points(input_points: np.ndarray, scored_points: np.ndarray, scores:
 
 # --- the command's work ---------------------------------------------------------------------------------
 
-def detect(cloud, checkpoint, *, device="cpu", clip_weights=None, views: int = 9, point_size: float = 6.0,
-           supersample: int = 3, image_size: int = 336) -> Detection:
-    """Read, preprocess, render and score one cloud; see the module docstring."""
-    input_points, sample, prep = load_cloud(Path(cloud), image_size)
-    options = RenderOptions(views=views, image_size=image_size, supersample=supersample, point_size=point_size,
-                            max_points=max(sample.n_points, 1))
+def render_cloud(cloud, choice: RenderChoice, device="cpu"):
+    """(input points (P, 3), preprocessed `Sample`, its points in the input frame, the rendered row
+    `SampleArrays`): the cloud read, preprocessed and rendered as `choice` says."""
+    options = choice.options
+    input_points, sample, prep = load_cloud(Path(cloud), options.image_size, options.max_points)
+    options = replace(options, max_points=max(sample.n_points, 1))  # no padding slots: they change no score
+    rasterizer = (None if options.renderer == "splat"
+                  else worker_rasterizer(options.image_size * options.supersample, options.renderer))
+    arrays = render_sample(sample, options, rasterizer, device=device)
+    kept = flip_x180(sample.points) if prep.flip else sample.points
+    return input_points, sample, kept, arrays
+
+
+def detect(cloud, checkpoint, *, device="cpu", clip_weights=None, render: RenderChoice | None = None,
+           **overrides) -> Detection:
+    """Read, preprocess, render and score one cloud with a trained run; see the module docstring.
+
+    render: the options (default: `checkpoint_render(checkpoint, **overrides)`); overrides: RenderOptions
+    fields (views=3, point_size=2.0, ...) replacing the recorded ones."""
+    choice = render if render is not None else checkpoint_render(checkpoint, **overrides)
     run = load_run(checkpoint, BackboneCache(clip_weights, device))
-    rasterizer = worker_rasterizer(options.image_size * options.supersample, options.renderer)
-    arrays = render_sample(sample, options, rasterizer)
+    input_points, sample, kept, arrays = render_cloud(cloud, choice, device)
     autocast = str(device).startswith("cuda")
     scored = score_arrays(arrays, {"class_name": CLASS_NAME, "sample_id": sample.sample_id}, run.backbone,
                           run.text, device, autocast=autocast)
-    kept = flip_x180(sample.points) if prep.flip else sample.points
     return Detection(score=float(scored.score), points=input_points,
                      point_scores=to_input_points(input_points, kept, scored.point_scores), cloud=str(cloud),
-                     checkpoint=str(checkpoint))
+                     checkpoint=str(checkpoint), render=choice)
+
+
+def same_cloud_rows(store_path, rows, points: np.ndarray, chunk: int = 16) -> list[int]:
+    """The rows of `rows` whose points are `points` (P, 3) (in the store's frame, to float32 rounding: 1e-5 of
+    the cloud's extent): a store sample given as the cloud, which mutual scoring never scores against itself."""
+    store = open_store(store_path)
+    points = np.asarray(points, np.float64)
+    tolerance = 1e-5 * max(float(np.ptp(points, axis=0).max()) if len(points) else 0.0, 1e-12)
+    found = []
+    for start in range(0, len(rows), chunk):
+        part = list(rows[start:start + chunk])
+        batch = store.read_batch(part, ("xyz", "valid"))
+        for row, xyz, valid in zip(part, batch["xyz"], batch["valid"]):
+            stored = xyz[valid].astype(np.float64)
+            if stored.shape == points.shape and np.abs(stored - points).max(initial=0.0) <= tolerance:
+                found.append(int(row))
+    return found
+
+
+def detect_mutual(cloud, reference: Reference, *, model: str = DEFAULT_MODEL, clip_weights=None, device="cpu",
+                  options: MutualOptions = MutualOptions(), batch_size: int = 4, render: RenderChoice | None = None,
+                  **overrides) -> Detection:
+    """Score one cloud against the reference samples by mutual scoring (`eval.mutual.score_against_reference`:
+    the frozen model's plain path, tapped at options.layers, random weights of `eval report`'s seed for the
+    tiny model). A reference row holding the cloud itself is left out (`same_cloud_rows`), as `eval report`
+    leaves each sample out of its own reference. render: default `reference_render(reference, **overrides)`."""
+    choice = render if render is not None else reference_render(reference, **overrides)
+    input_points, sample, kept, arrays = render_cloud(cloud, choice, device)
+    excluded = same_cloud_rows(reference.store, reference.rows, sample.points)
+    rows = [r for r in reference.rows if r not in excluded]
+    if not rows:
+        raise PointADError(f"{reference.store}: no reference sample of {reference.dataset}/{reference.class_name} "
+                           "besides the cloud itself")
+    store = open_store(reference.store)
+    reference = replace(reference, rows=rows, excluded=[store.identity(r)["sample_id"] for r in excluded])
+    config = mutual_model_config(load_model_config(model), options.layers)
+    backbone = BackboneCache(clip_weights, device).get(config, MUTUAL_SEED)
+    scored = score_against_reference(arrays, {"class_name": reference.class_name, "sample_id": sample.sample_id},
+                                     reference.store, rows, backbone, options, device, batch_size,
+                                     autocast=str(device).startswith("cuda"))
+    return Detection(score=float(scored.score), points=input_points,
+                     point_scores=to_input_points(input_points, kept, scored.point_scores), cloud=str(cloud),
+                     checkpoint="", method=MUTUAL, render=choice, reference=reference)
 
 
 def detection_summary(result: Detection, vmin: float, vmax: float, threshold: float | None = None) -> dict:
     """What `scores.json` holds: the sample score, the number of points, the colour scale of scores.ply
     (blue = vmin, red = vmax) and, with a threshold, the verdict (anomalous when score >= threshold)."""
-    summary = {"cloud": result.cloud, "checkpoint": result.checkpoint, "sample_score": float(result.score),
-               "points": int(len(result.point_scores)),
+    summary = {"cloud": result.cloud, "method": result.method, "checkpoint": result.checkpoint or None,
+               "sample_score": float(result.score), "points": int(len(result.point_scores)),
                "colour_scale": {"vmin": float(vmin), "vmax": float(vmax),
                                 "from": "threshold" if threshold is not None else "scores"},
                "threshold": None if threshold is None else float(threshold)}
     if threshold is not None:
         summary["anomalous"] = bool(result.score >= threshold)
+    if result.render is not None:
+        summary["render"] = {"options": result.render.options.to_dict(), "from": result.render.sources,
+                             "recorded_in": result.render.origin if result.render.recorded else None}
+    if result.reference is not None:
+        ref = result.reference
+        summary["reference"] = {"store": ref.store, "dataset": ref.dataset, "class": ref.class_name,
+                                "samples": len(ref.rows), "excluded": ref.excluded,
+                                "sample_score": "maximum of the point scores, not re-scored"}
     return summary
 
 

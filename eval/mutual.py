@@ -9,7 +9,8 @@ through PointAD's own back-projection (`train.maps.back_project`), proxies and s
 the maximum of the point map (RGB: of the RGB map); the multimodal map and score are PointAD's fusion.
 With `rescore_ks`, the sample scores of each block are re-scored by their global-feature neighbours.
 The result is one `eval.scoring.SampleScores` per row, as the PointAD scorer gives, so the report's
-metrics, protocols and figures apply unchanged.
+metrics, protocols and figures apply unchanged. `score_against_reference` scores one in-memory rendering
+(`detect --method mutual-scoring`) against a store's samples with the same functions.
 
 Memory: the class's patch tokens are held as float16, N x V x L x G*G x D x 2 bytes (ViT-L/14@336, 9
 views, 4 layers: about 32 MB a sample); the mutual scoring itself is blocked (`mutual_scores`). Two
@@ -26,17 +27,16 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from pointad.eval.mutual_scoring import (BLOCK_BYTES, FRACTION, RADII, RESCORE_KS, aggregate_neighbourhoods,
-                                 mutual_scores, rescore_by_neighbours, upsample_scores)
+from pointad.eval.mutual_scoring import aggregate_neighbourhoods, mutual_scores, rescore_by_neighbours, upsample_scores
 from pointad.eval.scoring import (SIGMA, SampleScores, compact_knn, compat_fused_map, compat_grid_map, encode_batch,
                           fused_point_map, fused_sample_score, rgb_point_map, smooth_graph, smooth_organized)
-from pointad.shared.errors import ConfigError, PointADError
+from pointad.shared.errors import PointADError
 from pointad.shared.store import open_store
 from pointad.train.model.maps import back_project
 from pointad.train.model.model_config import ModelConfig
 
-METHOD = "mutual-scoring"
-VIEW_MODES = ("same", "all")
+# MutualOptions and its choices live in the light eval.settings (the command line reads them); re-exported here
+from pointad.eval.settings import MUTUAL as METHOD, VIEW_MODES, MutualOptions  # noqa: E402,F401
 FEATURE_FIELDS = ("image", "rgb", "grid_hw", "grid_index", "valid")
 GEOMETRY_FIELDS = ("pixel", "visible", "valid", "label", "proxy", "grid_index", "grid_hw", "knn", "knn_weight")
 # Published means of MuSc-V2 (Li, Xue, Zhou, arXiv 2511.10047, 2025) as quoted in issue 13, which sets them
@@ -44,31 +44,6 @@ GEOMETRY_FIELDS = ("pixel", "visible", "valid", "label", "proxy", "grid_index", 
 PUBLISHED = {("mvtec3d", "point"): {"i_auroc": 0.881, "ap": 0.968, "p_auroc": 0.990, "aupro": 0.970}}
 PUBLISHED_SOURCE = ("MuSc-V2 (Li, Xue, Zhou 2025, arXiv 2511.10047) MVTec 3D-AD means as quoted in issue 13 "
                     "(table number not checked; their method differs: 3D features, IPG, SNAMD, CAE, RsCon)")
-
-
-@dataclass(frozen=True, kw_only=True)
-class MutualOptions:
-    """radii: neighbourhood sizes r (odd, patches); fraction: the interval average's share of the N - 1 other
-    samples; views: "same" (view k against view k of the others) or "all" (against every view of the
-    others); layers: tapped layers, 1-based (None: the model config's); rescore_ks: neighbourhood sizes of
-    the sample re-scoring, () for none; block_bytes: the distance block's memory bound."""
-
-    radii: tuple[int, ...] = RADII
-    fraction: float = FRACTION
-    views: str = "same"
-    layers: tuple[int, ...] | None = None
-    rescore_ks: tuple[int, ...] = RESCORE_KS
-    block_bytes: int = BLOCK_BYTES
-
-    def __post_init__(self):
-        if not self.radii or any(r < 1 or r % 2 == 0 for r in self.radii):
-            raise ConfigError(f"--mutual-radii must be odd numbers >= 1, got {list(self.radii)}")
-        if not 0 < self.fraction <= 1:
-            raise ConfigError(f"--mutual-fraction must be in (0, 1], got {self.fraction}")
-        if self.views not in VIEW_MODES:
-            raise ConfigError(f"--mutual-views must be one of {', '.join(VIEW_MODES)}, got {self.views!r}")
-        if any(k < 1 for k in self.rescore_ks):
-            raise ConfigError(f"--rescore-k must be >= 1, got {list(self.rescore_ks)}")
 
 
 def mutual_model_config(config: ModelConfig, layers=None) -> ModelConfig:
@@ -98,11 +73,17 @@ class ClassFeatures:
 def class_features(store, rows: list[int], backbone, device="cpu", batch_size: int = 4,
                    autocast: bool = False) -> ClassFeatures:
     """Run the vision tower once over the rows' renderings and RGB images (`eval.scoring.encode_batch`)."""
+    batches = ((start, store.read_batch(rows[start:start + batch_size], FEATURE_FIELDS))
+               for start in range(0, len(rows), batch_size))
+    return batch_features(batches, backbone, device, autocast)
+
+
+def batch_features(batches, backbone, device="cpu", autocast: bool = False) -> ClassFeatures:
+    """`ClassFeatures` of (position of the batch's first sample, {FEATURE_FIELDS: (B, ...)}) pairs, in order:
+    store rows (`class_features`) or one in-memory rendering (`score_against_reference`)."""
     views, view_global, rgb, rgb_global, rgb_rows = [], [], [], [], []
     size = rgb_size = 0
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        batch = store.read_batch(chunk, FEATURE_FIELDS)
+    for start, batch in batches:
         size, rgb_size = batch["image"].shape[2], batch["rgb"].shape[1]
         features = encode_batch(batch, backbone, device, autocast)
         global_feature, patches = features.views
@@ -118,23 +99,27 @@ def class_features(store, rows: list[int], backbone, device="cpu", batch_size: i
                          rgb_global=torch.cat(rgb_global) if rgb_global else None, size=size, rgb_size=rgb_size)
 
 
-def patch_scores(tokens: torch.Tensor, options: MutualOptions, device="cpu") -> torch.Tensor:
-    """Return (N, V, T) float32 patch scores (on CPU), the mean over layers and radii of `mutual_scores`.
+def patch_scores(tokens: torch.Tensor, options: MutualOptions, device="cpu", queries: int | None = None) -> torch.Tensor:
+    """Return (Q, V, T) float32 patch scores (on CPU), the mean over layers and radii of `mutual_scores`.
 
-    tokens: (L, N, V, T, D) patch tokens of N samples (V = 1 for RGB images).
+    tokens: (L, N, V, T, D) patch tokens of N samples (V = 1 for RGB images). queries: score only the first
+    Q samples, each against all N - 1 others (default all, Q = N).
     """
     layers, samples, views, count, _ = tokens.shape
-    total = torch.zeros(samples, views, count, dtype=torch.float32, device=device)
+    queries = samples if queries is None else queries
+    total = torch.zeros(queries, views, count, dtype=torch.float32, device=device)
     for layer in range(layers):
         for radius in options.radii:
             aggregated = torch.stack([aggregate_neighbourhoods(tokens[layer, :, k].to(device), radius)
                                       for k in range(views)], dim=1)          # (N, V, T, D)
             if options.views == "all":
                 flat = aggregated.reshape(samples, views * count, -1)
-                total += mutual_scores(flat, options.fraction, options.block_bytes, device).reshape(total.shape)
+                total += mutual_scores(flat, options.fraction, options.block_bytes, device,
+                                       queries).reshape(total.shape)
             else:
                 for k in range(views):
-                    total[:, k] += mutual_scores(aggregated[:, k], options.fraction, options.block_bytes, device)
+                    total[:, k] += mutual_scores(aggregated[:, k], options.fraction, options.block_bytes, device,
+                                                 queries)
     return (total / (layers * len(options.radii))).cpu()
 
 
@@ -174,6 +159,30 @@ def score_class(store_path, rows, backbone, options: MutualOptions = MutualOptio
     if options.rescore_ks:
         results = _rescored(results, features, options.rescore_ks)
     return results
+
+
+def score_against_reference(arrays, identity: dict, store_path, rows, backbone, options: MutualOptions = MutualOptions(),
+                            device="cpu", batch_size: int = 4, sigma: float = SIGMA,
+                            autocast: bool = False) -> SampleScores:
+    """`SampleScores` of one in-memory row (a `shared.store.SampleArrays`, e.g. from `render_sample`) scored
+    against the store's `rows` (its reference samples; `detect --method mutual-scoring`).
+
+    As `score_class` for a row that is not among `rows`: the row is the query and the N - 1 = len(rows)
+    reference samples the others, so a store sample scored here against its class's other test rows gets
+    the scores `score_class` gives it. Point scores only: the sample score is the point map's maximum,
+    without `rescore_ks` (it re-scores a whole set), and no RGB (a cloud file has none).
+    """
+    rows = [int(r) for r in rows]
+    if not rows:
+        raise PointADError(f"{store_path}: mutual scoring needs at least 1 reference sample, got none")
+    reference = class_features(open_store(store_path), rows, backbone, device, batch_size, autocast)
+    batch = {name: np.asarray(getattr(arrays, name))[None] for name in FEATURE_FIELDS + GEOMETRY_FIELDS}
+    query = batch_features([(0, {k: batch[k] for k in FEATURE_FIELDS})], backbone, device, autocast)
+    if query.size != reference.size:
+        raise PointADError(f"{store_path}: reference renderings are {reference.size} px, the cloud's {query.size} px")
+    scores = patch_scores(torch.cat([query.views, reference.views], dim=1), options, device, queries=1)
+    maps = upsample_scores(scores.reshape(scores.shape[1], -1), query.size)[None]   # (1, V, S, S)
+    return next(_score_rows(batch, [identity], maps, {}, sigma, False, [False]))
 
 
 def _score_rows(batch, identities, maps, rgb_maps, sigma, compat, keep):

@@ -24,10 +24,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-RADII = (1, 3, 5)
-FRACTION = 0.3
-RESCORE_KS = (1, 2, 3)
-BLOCK_BYTES = 256 * 2**20
+from pointad.eval.settings import BLOCK_BYTES, FRACTION, RADII, RESCORE_KS  # noqa: F401 (stated once there)
 
 
 def aggregate_neighbourhoods(patches: torch.Tensor, radius: int) -> torch.Tensor:

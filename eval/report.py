@@ -34,56 +34,18 @@ from pointad.eval.class_metrics import BLOCKS, METRICS, class_metrics
 from pointad.eval.paper import published, table_number
 from pointad.eval.report_figures import pick_rows, write_class_figures
 from pointad.eval.runs import BackboneCache, load_run
-from pointad.eval.mutual import METHOD as MUTUAL, MutualOptions, attach_published, mutual_model_config, score_class
+from pointad.eval.mutual import METHOD as MUTUAL, attach_published, mutual_model_config, score_class
 from pointad.eval.scoring import baseline_text_features, score_store_runs
 from pointad.eval.targets import check_file_target
-from pointad.shared.errors import CheckpointMismatchError, ConfigError, PointADError
+from pointad.shared.errors import CheckpointMismatchError, PointADError
 from pointad.shared.io import atomic_path
 from pointad.shared.store import open_store
 from pointad.train.model.model_config import DEFAULT_SEED, load_model_config
 
-PROTOCOLS = ("points", "pointad-compat")
-SETTINGS = ("one-vs-rest", "cross-dataset")
-METHODS = ("pointad", "clip-rendering", MUTUAL)
+# ReportConfig and its choices live in the light eval.settings (the command line reads them); re-exported here
+from pointad.eval.settings import METHODS, PROTOCOLS, SETTINGS, ReportConfig  # noqa: E402,F401
 BASELINE_SEED = DEFAULT_SEED  # the tiny model's random weights for the baseline: those of a default run
 MEAN_ROW = "mean"
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReportConfig:
-    """One `eval report`. checkpoints: run directories (their last checkpoint) or checkpoint files;
-    model: only for the clip-rendering baseline (a run's model comes from its checkpoint)."""
-
-    store: str
-    dataset: str
-    setting: str = "one-vs-rest"
-    checkpoints: tuple[str, ...] = ()
-    classes: tuple[str, ...] | None = None
-    protocol: str = "points"
-    method: str = "pointad"
-    model: str = "vit-l-14-336"
-    clip_weights: str | None = None
-    batch_size: int = 4
-    figures: str | None = None        # folder for `eval.report_figures` (first run only)
-    figure_samples: int = 2           # anomalous samples per class drawn (plus one good)
-    figure_ids: tuple[str, ...] = ()  # or exactly these sample ids
-    compare_paper: bool = False
-    mutual: MutualOptions = MutualOptions()  # --method mutual-scoring only (eval/mutual.py)
-
-    def __post_init__(self):
-        for name, allowed in (("setting", SETTINGS), ("method", METHODS), ("protocol", (*PROTOCOLS, "both"))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.method == "pointad" and not self.checkpoints:
-            raise ConfigError("--method pointad needs --checkpoints (run directories or checkpoint files)")
-        if self.method in ("clip-rendering", MUTUAL) and self.checkpoints:
-            raise ConfigError(f"--method {self.method} uses no training; drop --checkpoints")
-        if self.figure_samples < 0:
-            raise ConfigError(f"--figure-samples must be >= 0, got {self.figure_samples}")
-
-    @property
-    def protocols(self) -> tuple[str, ...]:
-        return PROTOCOLS if self.protocol == "both" else (self.protocol,)
 
 
 @dataclass
@@ -164,12 +126,12 @@ def _runs(config: ReportConfig, backbones: BackboneCache):
         yield Scorer(str(run.path), run.train, run.backbone, run.text)
 
 
-def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
+def build_report(config: ReportConfig, device="cpu", progress=None, bar=None) -> Report:
     """Score every run on its test classes and collect the metric values (see the module docstring).
 
     Runs of the same frozen model share its vision pass: per class and batch the renderings are encoded
     once and scored with each run's text features. progress: optional callable taking one line per
-    (class, model).
+    (class, model). bar: optional tqdm-like bar; its total is set to the test samples, advanced per class.
     """
     store = open_store(config.store)
     classes = dataset_classes(store, config.dataset)
@@ -191,8 +153,11 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
     per_run: list[dict] = [{} for _ in runs]   # run number -> {(protocol, block, class): metrics}
     samples: list[dict] = []                   # per run and sample: its scores (`sample_records`)
     has_rgb = False
+    class_rows = {name: store.indices(dataset=config.dataset, class_name=name, split="test") for name in classes}
+    if bar is not None:
+        bar.reset(total=sum(len(rows) for rows in class_rows.values()))
     for name in classes:
-        rows = store.indices(dataset=config.dataset, class_name=name, split="test")
+        rows = class_rows[name]
         testing = [n for n, run in enumerate(runs)
                    if not (config.setting == "one-vs-rest" and run.train and run.train["class_name"] == name)]
         for group in _by_backbone(runs, testing):
@@ -218,6 +183,8 @@ def build_report(config: ReportConfig, device="cpu", progress=None) -> Report:
                     write_class_figures(config.figures, name, results, store, backbone.label)
             if progress is not None:
                 progress(f"{name}: {len(rows)} samples, {len(group)} run(s) of {backbone.label}")
+        if bar is not None:
+            bar.update(len(rows))
     values = _collect(per_run, config.protocols)
     tested = [c for c in classes if any((config.protocols[0], "point", c) in metrics for metrics in per_run)]
     training_classes = sorted({t["class_name"] for t in trainings})

@@ -1,42 +1,62 @@
-"""`render` command group: datasets in, render store out (SPEC 3). Thin: options -> library call -> print."""
+"""`render` command group: datasets in, render store out (SPEC 3). Thin: options -> library call -> print.
+
+Defaults come from `RenderOptions` and `SyntheticSpec`; the rendering code (Open3D, torch) is imported by the
+commands that use it, so `render --help` stays light.
+"""
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from pathlib import Path
 
 import click
-import numpy as np
 from tqdm import tqdm
 
-from pointad.render import synthetic
-from pointad.render.build import build_store
-from pointad.render.contact_sheet import contact_sheet
-from pointad.render.datasets import open_dataset
-from pointad.render.verify import store_summary, verify_store
-from pointad.render.sample_render import LIGHTS, MASKS, RENDERERS, VISIBILITY, RenderOptions
+from pointad.render.render_options import LIGHTS, MASKS, RENDERERS, VISIBILITY, RenderOptions
+from pointad.render.synthetic import SyntheticSpec
 from pointad.render.view_plan import PLANS
-from pointad.render.readers import list_samples, read_sample
-from pointad.render.synthetic.scene import CLASSES, DEFECTS
-from pointad.shared.cli import PointADGroup, verbosity_option
-from pointad.shared.errors import InputFileError, PointADError
-from pointad.shared.io import write_png
-from pointad.shared.store import open_store
+from pointad.shared.cli import PointADGroup, default_of, list_option, verbosity_option
+from pointad.shared.errors import PointADError
 from pointad.shared.registry import FORMATS, load_registry, resolve_dataset
 
 
-def _csv(value):
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+def _render(name):
+    return default_of(RenderOptions, name)
+
+
+def _synthetic(name):
+    return default_of(SyntheticSpec, name)
+
+
+def _generation_bar(what: str):
+    """A `progress(done, total)` callable that opens a tqdm bar at the first sample written (so none appears
+    when the data is already there) and closes it at the last."""
+    bar = None
+
+    def step(done, total):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=f"generate {what}", unit="sample", leave=False)
+        bar.update(1)
+        if done == total:
+            bar.close()
+    return step
+
+
+def _open_dataset(dataset, fmt, root):
+    from pointad.render.datasets import open_dataset
+    return open_dataset(dataset, format=fmt, root=root, progress=_generation_bar(f"{dataset} (first use)"))
 
 
 def dataset_options(func):
     """--dataset / --format / --root / --classes / --splits, shared by every command that reads data."""
     options = [
         click.option("--dataset", "-d", help="Name in datasets.yaml (e.g. mvtec3d, synthetic)."),
-        click.option("--format", "fmt", type=click.Choice(FORMATS), help="On-disk format, for data with no registry entry."),
+        click.option("--format", "fmt", type=click.Choice(FORMATS),
+                     help="The dataset's on-disk format, for data with no registry entry (with --root)."),
         click.option("--root", type=click.Path(path_type=Path), help="Dataset folder (overrides the registry's root)."),
-        click.option("--classes", callback=lambda c, p, v: _csv(v), help="Comma-separated classes (default: all)."),
-        click.option("--splits", callback=lambda c, p, v: _csv(v), help="Comma-separated splits: train,validation,test."),
+        list_option("--classes", help="Only these classes  [default: all]"),
+        list_option("--splits", type=click.Choice(["train", "validation", "test"]),
+                    help="Only these splits  [default: all]"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -63,24 +83,29 @@ def datasets():
 
 @render.command()
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to write the dataset into.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="mvtec3d", show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--classes", default=",".join(CLASSES), show_default=True, callback=lambda c, p, v: _csv(v))
-@click.option("--defects", default=",".join(DEFECTS), show_default=True, callback=lambda c, p, v: _csv(v))
-@click.option("--train", "n_train", default=2, show_default=True, help="Good training samples per class.")
-@click.option("--validation", "n_validation", default=1, show_default=True, help="Good validation samples per class.")
-@click.option("--test-good", default=2, show_default=True, help="Good test samples per class.")
-@click.option("--per-defect", default=1, show_default=True, help="Test samples per class and defect type.")
-@click.option("--grid", default=0, show_default=True, help="Scanner grid size in pixels (0 = the format's default).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=_synthetic("format"), show_default=True,
+              help="The dataset's on-disk format to write.")
+@click.option("--seed", default=_synthetic("seed"), show_default=True, help="Seed of the generator (same seed, same data).")
+@list_option("--classes", default=_synthetic("classes"), show_default=True, help="Object classes to generate.")
+@list_option("--defects", default=_synthetic("defects"), show_default=True, help="Defect types of the test samples.")
+@click.option("--train", "n_train", default=_synthetic("train"), show_default=True,
+              help="Good training samples per class.")
+@click.option("--validation", "n_validation", default=_synthetic("validation"), show_default=True,
+              help="Good validation samples per class.")
+@click.option("--test-good", default=_synthetic("test_good"), show_default=True, help="Good test samples per class.")
+@click.option("--per-defect", default=_synthetic("per_defect"), show_default=True,
+              help="Test samples per class and defect type.")
+@click.option("--grid", default=_synthetic("grid"), show_default=True,
+              help="Scanner grid size in pixels (0 = the format's default).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, per_defect, grid, overwrite):
     """Write a deterministic synthetic dataset in a real on-disk format."""
+    from pointad.render import synthetic
     if out.exists() and not out.is_dir():
         raise PointADError(f"{out}: exists and is not a folder; give a folder (new or empty) for the dataset")
-    spec = synthetic.SyntheticSpec(format=fmt, seed=seed, classes=tuple(classes), defects=tuple(defects),
-                                   train=n_train, validation=n_validation, test_good=test_good,
-                                   per_defect=per_defect, grid=grid)
-    synthetic.generate(out, spec, overwrite=overwrite)
+    spec = SyntheticSpec(format=fmt, seed=seed, classes=classes or (), defects=defects or (), train=n_train,
+                         validation=n_validation, test_good=test_good, per_defect=per_defect, grid=grid)
+    synthetic.generate(out, spec, overwrite=overwrite, progress=_generation_bar(str(out)))
     click.echo(f"wrote {len(synthetic.plan(spec))} {fmt} samples of {len(classes)} classes to {out}")
 
 
@@ -88,21 +113,30 @@ def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, pe
 @dataset_options
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("renders.zarr"), show_default=True,
               help="Store to create, resume or append to.")
-@click.option("--views", default=9, show_default=True, help="Views per sample (any K >= 1 with the paper plan).")
-@click.option("--view-plan", type=click.Choice(PLANS), default="paper", show_default=True)
-@click.option("--angle-shift", default=0.0, show_default=True, help="Radians added to every view angle.")
-@click.option("--image-size", default=336, show_default=True)
-@click.option("--supersample", default=3, show_default=True, help="Render at this multiple of the image size.")
-@click.option("--max-points", default=336 * 336, show_default=True)
-@click.option("--point-size", type=float, help="Point size in rendered pixels (default: datasets.yaml, else 6).")
-@click.option("--light", type=click.Choice(list(LIGHTS)), default="on", show_default=True)
-@click.option("--downsample", default=1.0, show_default=True, help="Fraction of points kept (farthest-point).")
-@click.option("--visibility", type=click.Choice(VISIBILITY), default="nearest", show_default=True)
-@click.option("--knn", default=8, show_default=True, help="Neighbours in the smoothing graph.")
-@click.option("--masks", type=click.Choice(MASKS),
+@click.option("--views", default=_render("views"), show_default=True,
+              help="Views per sample (any K >= 1 with the paper plan).")
+@click.option("--view-plan", type=click.Choice(PLANS), default=_render("view_plan"), show_default=True,
+              help="paper: K views on a circle (the paper's); pointad-code: the released code's views.")
+@click.option("--angle-shift", default=_render("angle_shift"), show_default=True,
+              help="Radians added to every view angle.")
+@click.option("--image-size", default=_render("image_size"), show_default=True, help="Side of a view in pixels.")
+@click.option("--supersample", default=_render("supersample"), show_default=True,
+              help="Render at this multiple of the image size.")
+@click.option("--max-points", default=_render("max_points"), show_default=True,
+              help="Points per sample the store holds (a sample with more is refused).")
+@click.option("--point-size", type=float,
+              help=f"Point size in supersampled pixels  [default: datasets.yaml's, else {_render('point_size')}]")
+@click.option("--light", type=click.Choice(list(LIGHTS)), default=_render("light"), show_default=True,
+              help="Shading: on, off, + (stronger) or - (weaker).")
+@click.option("--downsample", default=_render("downsample"), show_default=True,
+              help="Fraction of points kept (farthest-point).")
+@click.option("--visibility", type=click.Choice(VISIBILITY), default=_render("visibility"), show_default=True,
+              help="nearest: the nearest point per pixel is visible (paper); surface: all within a tolerance of it.")
+@click.option("--knn", default=_render("knn"), show_default=True, help="Neighbours in the smoothing graph.")
+@click.option("--masks", type=click.Choice(MASKS), default=_render("masks"),
               help="Ground-truth mask views: splat the anomalous points (no second capture) or render them "
                    "[default: render with filament, else splat].")
-@click.option("--renderer", type=click.Choice(RENDERERS), default="legacy", show_default=True,
+@click.option("--renderer", type=click.Choice(RENDERERS), default=_render("renderer"), show_default=True,
               help="legacy: Open3D Visualizer (EGL offscreen; the reference, for exact paper reproduction); "
                    "filament: OffscreenRenderer (GPU driver); splat: legacy's points, depth test and lights "
                    "emulated with torch, no Open3D window (several times faster; see render/splat.py).")
@@ -118,12 +152,13 @@ def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shif
           max_points, point_size, light, downsample, visibility, knn, masks, renderer, workers, backend, scheduler,
           keep_going, repair):
     """Render a dataset into a resumable Zarr store (views, masks, projections, visibility)."""
-    entry = open_dataset(dataset, format=fmt, root=root)
+    from pointad.render.build import build_store
+    entry = _open_dataset(dataset, fmt, root)
     options = RenderOptions(views=views, view_plan=view_plan, angle_shift=angle_shift, image_size=image_size,
                             supersample=supersample, max_points=max_points, light=light, downsample=downsample,
                             visibility=visibility, knn=knn, renderer=renderer, masks=masks)
     with tqdm(desc=f"render {entry.name}", unit="sample") as bar:
-        result = build_store(entry, out, options, classes=classes, splits=splits, point_size=point_size,
+        result = build_store(entry, out, options, classes=classes or None, splits=splits or None, point_size=point_size,
                              workers=workers, backend=backend, scheduler=scheduler, progress=bar, repair=repair)
     click.echo(result.summary())
     if result.failures and not keep_going:
@@ -134,6 +169,8 @@ def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shif
 @click.argument("store", type=click.Path(path_type=Path))
 def info(store):
     """Summarise a render store: options, counts per dataset/class/split, failures, size."""
+    from pointad.render.verify import store_summary
+    from pointad.shared.store import open_store
     click.echo(store_summary(open_store(store)))
 
 
@@ -142,6 +179,8 @@ def info(store):
 def verify(store):
     """Check a render store: schema, completeness, projections/visibility recomputed from xyz, and the
     images of a few rows against a fresh render with the recorded renderer."""
+    from pointad.render.verify import verify_store
+    from pointad.shared.store import open_store
     opened = open_store(store)
     with tqdm(total=len(opened.indices()), desc="verify", unit="sample", leave=False) as bar:
         problems = verify_store(opened, progress=bar)
@@ -178,6 +217,9 @@ def export(store, out):
 @click.option("--out", type=click.Path(path_type=Path), help="PNG to write (default: <sample>.png here).")
 def show(store, sample_id, dataset, out):
     """Write a PNG contact sheet of one sample: views, rendered masks, visible points overlaid."""
+    from pointad.render.contact_sheet import contact_sheet
+    from pointad.shared.io import write_png
+    from pointad.shared.store import open_store
     opened = open_store(store)
     row = _find_row(opened, sample_id, dataset)
     out = out or Path(sample_id.replace("/", "_") + ".png")
@@ -201,8 +243,12 @@ def _find_row(store, sample_id: str, dataset: str | None) -> int:
 @click.option("--keep-going", is_flag=True, help="Exit 0 even if some samples fail.")
 def scan(dataset, fmt, root, classes, splits, keep_going):
     """Read and preprocess every sample of a dataset; print counts and any unreadable samples."""
-    entry = open_dataset(dataset, format=fmt, root=root)
-    refs = list_samples(entry, classes, splits)
+    from collections import Counter, defaultdict
+    import numpy as np
+    from pointad.render.readers import list_samples, read_sample
+    from pointad.shared.errors import InputFileError
+    entry = _open_dataset(dataset, fmt, root)
+    refs = list_samples(entry, classes or None, splits or None)
     stats = defaultdict(Counter)
     points = defaultdict(list)
     failures = []

@@ -11,9 +11,10 @@ from pointad.shared.registry import DatasetEntry, resolve_dataset
 
 
 def open_dataset(name: str | None = None, *, format: str | None = None, root: Path | None = None,
-                 registry: dict | None = None) -> DatasetEntry:
-    """The registry entry (or a custom one), with built-in synthetic data generated on first use."""
-    return materialize(resolve_dataset(name, format=format, root=root, registry=registry))
+                 registry: dict | None = None, progress=None) -> DatasetEntry:
+    """The registry entry (or a custom one), with built-in synthetic data generated on first use
+    (`progress`: optional callable (samples written, total) while generating)."""
+    return materialize(resolve_dataset(name, format=format, root=root, registry=registry), progress=progress)
 
 
 def dataset_render_options(options, entry: DatasetEntry):

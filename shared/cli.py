@@ -3,10 +3,16 @@
 `PointADGroup` is the one place that turns a `PointADError` into `Error: <one line>` and exit 1.
 `pointad` loads its groups lazily by import path, so `shared` imports no stage package and
 `pointad render ...` never imports torch.
+
+Conventions every command follows (tests/test_cli.py checks them): an option's default is read from the
+dataclass that owns it (`default_of`), never typed again here; a list option is `list_option`: repeat it,
+or give several values comma-separated in one (`--classes a --classes b` = `--classes a,b`); every
+option has help text; `--format` is a dataset's on-disk format only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 
@@ -28,12 +34,48 @@ class PointADGroup(click.Group):
 
 
 def verbosity_option(func):
-    """-v / -q on a group: set up logging before any command runs."""
+    """-v on a group or command: set up logging before any command runs. The most -v given anywhere on the
+    command line wins (`pointad -v eval report` and `eval -v report` both log at INFO)."""
     def callback(ctx, param, value):
-        setup_logging(value)
+        meta = ctx.find_root().meta
+        meta["pointad.verbosity"] = max(meta.get("pointad.verbosity", 0), value)
+        setup_logging(meta["pointad.verbosity"])
         return value
     return click.option("-v", "--verbose", count=True, expose_value=False, is_eager=True, callback=callback,
-                        help="More log output (-vv for debug).")(func)
+                        help="Log progress to stderr: -v at INFO, -vv at DEBUG  [default: warnings only].")(func)
+
+
+def default_of(cls, name: str):
+    """The default of field `name` of dataclass `cls`: the one place a command-line default comes from."""
+    for field in dataclasses.fields(cls):
+        if field.name == name:
+            if field.default is not dataclasses.MISSING:
+                return field.default
+            if field.default_factory is not dataclasses.MISSING:
+                return field.default_factory()
+            raise ValueError(f"{cls.__name__}.{name} has no default")
+    raise ValueError(f"{cls.__name__} has no field {name!r}")
+
+
+class ListOption(click.Option):
+    """A list option: repeatable, and each value may hold several items separated by commas. The value is a
+    tuple of items converted by `item_type`; () when the option is not given and has no default."""
+
+    def __init__(self, *args, item_type=click.STRING, **kwargs):
+        self.item_type = click.types.convert_type(item_type)
+        choices = getattr(self.item_type, "choices", None)
+        kwargs.setdefault("metavar", f"{'|'.join(map(str, choices)) if choices else self.item_type.name.upper()}[,...]")
+        super().__init__(*args, multiple=True, type=click.STRING, **kwargs)
+
+    def type_cast_value(self, ctx, value):
+        value = super().type_cast_value(ctx, value)  # a tuple of the strings given
+        return tuple(self.item_type.convert(piece.strip(), self, ctx) for given in value or ()
+                     for piece in str(given).split(",") if piece.strip())
+
+
+def list_option(*decls, type=click.STRING, **kwargs):
+    """`click.option` for a list (see `ListOption`): --x A --x B, or --x A,B. `type` is each item's type."""
+    return click.option(*decls, cls=ListOption, item_type=type, **kwargs)
 
 
 def resolve_model(model: str, clip_weights) -> str:
@@ -62,11 +104,13 @@ class LazyGroup(PointADGroup):
         return getattr(importlib.import_module(module), attribute)
 
 
-@click.group(cls=LazyGroup, lazy={"render": "pointad.render.cli:render", "train": "pointad.train.cli:train", "eval": "pointad.eval.cli:eval_",
-                                  "detect": "pointad.eval.cli:detect"})
+# `detect` is registered here only: `pointad detect` (the eval group lists it in its help, not as a command)
+@click.group(cls=LazyGroup, lazy={"render": "pointad.render.cli:render", "train": "pointad.train.cli:train",
+                                  "eval": "pointad.eval.cli:eval_", "detect": "pointad.eval.cli:detect"})
 @click.version_option(package_name="pointad-toolkit")
+@verbosity_option
 def pointad():
-    """Zero-shot 3D anomaly detection after PointAD: render -> train -> eval."""
+    """Zero-shot 3D anomaly detection after PointAD: render -> train -> eval; detect scores one new cloud."""
 
 
 def main():

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import click
+import pytest
 from click.testing import CliRunner
 
+from pointad.eval.settings import MutualOptions, ReportConfig
 from pointad.render.cli import render
-from pointad.shared.cli import pointad
+from pointad.render.render_options import RenderOptions
+from pointad.render.synthetic import SyntheticSpec
+from pointad.shared.cli import ListOption, pointad
+from pointad.shared.registry import FORMATS
+from pointad.train.config import TrainConfig
 
 
 def test_umbrella_lists_the_three_stages():
@@ -56,3 +65,153 @@ def test_errors_are_one_line_with_exit_code_1(tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     result = runner.invoke(render, ["synth", "--out", str(tmp_path / "full")])
     assert result.exit_code == 1 and "folder exists and is not empty" in result.output
+
+
+def _commands(group=pointad, path=()):
+    """(path, command) for every command of every group under `pointad`, lazy ones included."""
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def _options(command):
+    return [p for p in command.params if isinstance(p, click.Option) and p.name != "help"]
+
+
+def _names(option):
+    """The names an option goes by: its parameter name and its long option names, as identifiers."""
+    return {option.name} | {o.lstrip("-").replace("-", "_") for o in option.opts if o.startswith("--")}
+
+
+ALL_COMMANDS = dict(_commands())
+
+# command -> the dataclasses its options' defaults come from: (class, option prefix, {option: field})
+DEFAULT_SOURCES = {
+    ("render", "build"): [(RenderOptions, "", {})],
+    ("render", "synth"): [(SyntheticSpec, "", {})],
+    ("train", "run"): [(TrainConfig, "", {})],
+    ("train", "sweep"): [(TrainConfig, "", {})],
+    ("train", "features"): [(TrainConfig, "", {})],
+    ("train", "import-released"): [(TrainConfig, "", {})],
+    ("eval", "report"): [(ReportConfig, "", {}), (MutualOptions, "mutual_", {"rescore_k": "rescore_ks"}),
+                         (TrainConfig, "train_", {})],
+    ("detect",): [(RenderOptions, "", {})],
+}
+
+
+def test_the_walk_sees_every_group_and_detect_once():
+    assert {("render", "build"), ("train", "run"), ("eval", "report"), ("detect",)} <= set(ALL_COMMANDS)
+    assert [path for path in ALL_COMMANDS if path[-1] == "detect"] == [("detect",)]  # registered once
+    result = CliRunner().invoke(pointad, ["eval", "--help"])
+    assert result.exit_code == 0 and "pointad detect" in result.output  # eval's help says where it is
+
+
+def test_every_option_has_help_text():
+    missing = [f"{' '.join(path)} {option.opts[0]}" for path, command in ALL_COMMANDS.items()
+               for option in _options(command) if not (option.help or "").strip()]
+    missing += [f"{' '.join(path)} {option.opts[0]}" for path, group in [((), pointad), (("render",), render)]
+                for option in _options(group) if not (option.help or "").strip()]
+    assert missing == []
+
+
+def test_list_options_share_one_style():
+    """Every option taking several values is a `ListOption` (repeatable, commas split); no single-value
+    option takes a comma list in disguise."""
+    lists, disguised = [], []
+    for path, command in ALL_COMMANDS.items():
+        for option in _options(command):
+            where = f"{' '.join(path)} {option.opts[0]}"
+            if option.multiple:
+                lists.append(where)
+                assert isinstance(option, ListOption), f"{where}: multiple=True without shared.cli.list_option"
+            elif "comma" in (option.help or "").lower() or "repeat" in (option.help or "").lower():
+                disguised.append(where)
+    assert disguised == []
+    assert {"train run --layers", "eval report --classes", "eval report --checkpoints", "render build --splits",
+            "train sweep --seeds"} <= set(lists)
+
+
+def test_a_list_option_takes_repeats_and_commas_alike(tmp_path):
+    result = CliRunner().invoke(pointad, ["render", "synth", "--out", str(tmp_path / "a"), "--classes", "box",
+                                          "--classes", "dome,torus", "--defects", "bump", "--train", "0",
+                                          "--validation", "0", "--test-good", "0"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 3 mvtec3d samples of 3 classes" in result.output
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["box", "dome", "synthetic.json", "torus"]
+
+
+@pytest.mark.parametrize("path", sorted(DEFAULT_SOURCES), ids=" ".join)
+def test_option_defaults_are_the_dataclass_defaults(path):
+    """An option named after a dataclass field defaults to that field's default (as the command receives it),
+    or to None: not given, the dataclass (or a source its help names) decides."""
+    command = ALL_COMMANDS[path]
+    received = command.make_context(path[-1], [], resilient_parsing=True).params  # what the body gets, no options
+    checked, wrong = [], []
+    for option in _options(command):
+        for cls, prefix, renames in DEFAULT_SOURCES[path]:
+            fields = {f.name: f for f in dataclasses.fields(cls)}
+            names = {renames.get(n, n) for n in _names(option)}
+            names = {n[len(prefix):] for n in names if n.startswith(prefix)}
+            field = next((fields[n] for n in sorted(names) if n in fields), None)
+            if field is None or field.default is dataclasses.MISSING:
+                continue
+            value = received[option.name]
+            if isinstance(value, tuple) and isinstance(field.default, str):
+                value = ",".join(value)  # a list option feeding a comma-list field (--loss-terms)
+            checked.append(option.name)
+            if value not in (None, ()) and value != field.default:
+                wrong.append(f"{option.opts[0]}: {value!r}, {cls.__name__}.{field.name} = {field.default!r}")
+            break
+    assert wrong == []
+    assert len(checked) >= {("render", "build"): 10, ("render", "synth"): 8, ("eval", "report"): 10}.get(path, 2)
+
+
+def test_format_is_a_dataset_format_only():
+    for path, command in ALL_COMMANDS.items():
+        for option in _options(command):
+            if "--format" in option.opts:
+                assert set(option.type.choices) <= set(FORMATS), " ".join(path)
+
+
+def test_verbose_logs_at_info_to_stderr(tmp_path):
+    args = ["render", "synth", "--out", str(tmp_path / "s"), "--classes", "box", "--defects", "bump",
+            "--train", "0", "--validation", "0", "--test-good", "0"]
+    quiet = CliRunner().invoke(pointad, args)
+    assert quiet.exit_code == 0, quiet.output
+    assert "INFO" not in quiet.stderr
+    loud = CliRunner().invoke(pointad, ["-v", *args[:2], "--out", str(tmp_path / "v"), *args[4:]])
+    assert loud.exit_code == 0, loud.output
+    assert f"INFO pointad.render.synthetic: writing 1 mvtec3d samples of 1 classes into {tmp_path / 'v'}" \
+        in loud.stderr
+
+
+def test_first_use_generation_shows_a_progress_bar(tmp_path, monkeypatch):
+    registry = tmp_path / "datasets.yaml"
+    registry.write_text("datasets:\n  tiny-syn:\n    format: mvtec3d\n    generate: {format: mvtec3d, classes: [box], "
+                        "defects: [bump, dent], train: 0, validation: 0, test_good: 1}\n")
+    monkeypatch.setenv("POINTAD_REGISTRY", str(registry))
+    monkeypatch.setenv("POINTAD_CACHE", str(tmp_path / "cache"))
+    first = CliRunner().invoke(pointad, ["render", "scan", "--dataset", "tiny-syn"])
+    assert first.exit_code == 0, first.output
+    assert "generate tiny-syn (first use)" in first.stderr and "| 0/3 [" in first.stderr  # bar over 3 samples
+    again = CliRunner().invoke(pointad, ["render", "scan", "--dataset", "tiny-syn"])
+    assert again.exit_code == 0 and "generate" not in again.stderr  # generated once, cached
+
+
+def test_train_missing_options_need_train_missing():
+    result = CliRunner().invoke(pointad, ["eval", "report", "--train-epochs", "2", "--train-prompt", "coop"])
+    assert result.exit_code == 2
+    assert "--train-epochs and --train-prompt apply to --train-missing only" in result.output
+
+
+def test_choices_stated_in_the_light_modules_match_the_code_using_them():
+    from pointad.eval.report import FORMATS as REPORT_WRITERS
+    from pointad.eval.settings import REPORT_FORMATS
+    from pointad.render.rasterize import RENDERERS as OPEN3D_RENDERERS
+    from pointad.render.render_options import RENDERERS
+    assert tuple(REPORT_WRITERS) == REPORT_FORMATS
+    assert RENDERERS == (*OPEN3D_RENDERERS, "splat")

@@ -71,7 +71,7 @@ def test_the_three_stages_run_from_an_empty_folder(wheel_env, tmp_path):
     trained = run("train", "run", "--store", "renders.zarr", "--model", "tiny", "--epochs", "1", "--device", "cpu")
     assert "class cookie (first aux_classes entry of synthetic" in trained.stderr  # the packaged datasets.yaml
     assert (folder / "runs" / "synthetic-cookie-111" / "checkpoints" / "epoch_1.pt").is_file()
-    reported = run("eval", "report", "--format", "json", "--device", "cpu")
+    reported = run("eval", "report", "--report-format", "json", "--device", "cpu")
     report = json.loads(reported.stdout)
     assert report["header"]["dataset"] == "synthetic" and report["header"]["model"] == "tiny (random weights)"
     assert {r["class"] for r in report["rows"]} == {"torus", "mean"}

@@ -8,17 +8,44 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from pointad.shared.cli import PointADGroup, resolve_model, verbosity_option
-from pointad.shared.store import open_store
+from pointad.shared.cli import PointADGroup, default_of, list_option, resolve_model, verbosity_option
+from pointad.train.config import TrainConfig
+
+PROMPTS = ("agnostic", "coop")  # TrainConfig.prompt: PointAD, PointAD-CoOp
 
 
-def _layers(ctx, param, value):
-    if not value:
-        return None
-    try:
-        return tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter("comma-separated layer numbers, e.g. 6,12,18,24") from None
+def _default(name):
+    return default_of(TrainConfig, name)
+
+
+def layers_option(help="Tapped layers, 1-based, e.g. 6,12,18,24  [default: the model's]"):
+    return list_option("--layers", type=int, default=_default("layers"), help=help)
+
+
+def dpam_option(command):
+    return click.option("--dpam-start", type=int, default=_default("dpam_start"),
+                        help="DPAM dual path in blocks N..last, 0 = off  [default: the model's]")(command)
+
+
+def model_option(help="vit-l-14-336, tiny (random weights), or auto (ViT-L if its weights are present, else tiny)."):
+    return click.option("--model", default=_default("model"), show_default=True, help=help)
+
+
+def clip_weights_option(command):
+    return click.option("--clip-weights", type=click.Path(path_type=Path),
+                        help="OpenAI ViT-L/14@336 weights file  [default: found in the weights cache]")(command)
+
+
+SIZE_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _bytes(ctx, param, value):
+    """'8GiB', '512MiB', '0' or a plain number of bytes -> int."""
+    import re
+    found = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([a-z]*)\s*", str(value).lower())
+    if found is None or found.group(2) not in SIZE_UNITS:
+        raise click.BadParameter(f"{value!r}: give a size such as 8GiB, 512MiB or 0 (units B, KiB, MiB, GiB, TiB)")
+    return int(float(found.group(1)) * SIZE_UNITS[found.group(2)])
 
 
 def _bar(total, desc):
@@ -36,22 +63,24 @@ def training_options(command):
     options = [
         click.option("--store", required=True, type=click.Path(path_type=Path),
                      help="Render store from 'render build'."),
-        click.option("--epochs", default=15, show_default=True),
-        click.option("--batch-size", default=4, show_default=True),
-        click.option("--lr", default=1e-3, show_default=True),
-        click.option("--model", default="vit-l-14-336", show_default=True,
-                     help="vit-l-14-336, tiny (random weights), or auto (ViT-L if its weights are present, "
-                          "else tiny)."),
-        click.option("--clip-weights", type=click.Path(path_type=Path), help="OpenAI ViT-L/14@336 weights file."),
-        click.option("--layers", callback=_layers, help="Tapped layers, e.g. 6,12,18,24 (default: the model's)."),
-        click.option("--dpam-start", type=int,
-                     help="DPAM dual path in blocks N..last, 0 = off (default: the model's)."),
-        click.option("--prompt", type=click.Choice(["agnostic", "coop"]), default="agnostic", show_default=True),
-        click.option("--loss-terms", default="all", show_default=True,
-                     help="all, or a comma list of 3d_global, 3d_local, 2d_global, 2d_local."),
+        click.option("--epochs", default=_default("epochs"), show_default=True, help="Training epochs."),
+        click.option("--batch-size", default=_default("batch_size"), show_default=True, help="Samples per batch."),
+        click.option("--lr", default=_default("lr"), show_default=True, help="Adam learning rate."),
+        model_option(),
+        clip_weights_option,
+        layers_option(),
+        dpam_option,
+        click.option("--prompt", type=click.Choice(PROMPTS), default=_default("prompt"), show_default=True,
+                     help="agnostic: object-agnostic prompts (PointAD); coop: the class name in them (PointAD-CoOp)."),
+        list_option("--loss-terms", default=tuple(_default("loss_terms").split(",")), show_default=True,
+                    help="Loss terms: all, or some of 3d_global, 3d_local, 2d_global, 2d_local."),
         click.option("--no-feature-cache", is_flag=True, help="Re-run the vision tower every epoch."),
         click.option("--rebuild-features", is_flag=True,
                      help="Replace a feature cache made for another model, weights, taps or store (else refused)."),
+        click.option("--cache-memory", default=f"{_default('cache_memory') / 2**30:g}GiB", show_default=True,
+                     callback=_bytes,
+                     help="Features and samples kept in memory between epochs (both together, e.g. 1GiB; 0 = "
+                          "none); the rest is re-read each epoch, so memory stays bounded whatever the store's size."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
         click.option("--loader-workers", default=0, show_default=True,
                      help="DataLoader worker processes reading the store."),
@@ -65,12 +94,14 @@ def base_config(*, store, model, clip_weights=None, no_feature_cache=False, clas
     """`TrainConfig` from command options (those that are not its fields are ignored; missing ones take its
     defaults); `--model auto` resolved and the weights located before any work."""
     from dataclasses import fields
-    from pointad.train.config import TrainConfig
     from pointad.train.model.model_config import load_model_config
     from pointad.train.model.weights import locate_weights
     model = resolve_model(model, clip_weights)
     locate_weights(load_model_config(model), clip_weights)  # missing weights: fail before any work
     known = {f.name for f in fields(TrainConfig)}
+    options = {k: v for k, v in options.items() if v != ()}  # a list option not given: the field's default
+    if "loss_terms" in options:  # a list option; TrainConfig takes the comma list
+        options["loss_terms"] = ",".join(options["loss_terms"])
     return TrainConfig(store=str(store), class_name=class_name, model=model, feature_cache=not no_feature_cache,
                        **{k: v for k, v in options.items() if k in known})
 
@@ -81,7 +112,8 @@ def base_config(*, store, model, clip_weights=None, no_feature_cache=False, clas
               help="Auxiliary class to train on (its test split)  [default: the dataset's first aux_classes entry "
                    "in datasets.yaml]")
 @click.option("--dataset", help="Dataset in the store  [default: the store's only dataset]")
-@click.option("--seed", default=111, show_default=True)
+@click.option("--seed", default=_default("seed"), show_default=True,
+              help="Seed of the prompt initialisation, the data order and a random-weights model.")
 @click.option("--features", type=click.Path(path_type=Path), help="Feature cache to use (default: OUT/features.zarr).")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<dataset>-<class>-<seed>).")
 @click.option("--resume", is_flag=True, help="Continue from the last finished epoch in --out.")
@@ -118,9 +150,9 @@ def run(features, out, resume, **options):
 @train.command()
 @training_options
 @click.option("--dataset", required=True, help="Dataset of the training classes (its name in the store).")
-@click.option("--classes", multiple=True, help="Training classes (repeat; default: the dataset's aux_classes "
-                                               "in datasets.yaml, the paper's).")
-@click.option("--seeds", multiple=True, type=int, help="Seeds (repeat; default: 111).")
+@list_option("--classes", help="Training classes  [default: the dataset's aux_classes in datasets.yaml, the "
+                               "paper's]")
+@list_option("--seeds", type=int, help=f"Seeds of the runs  [default: {_default('seed')}]")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(path_type=Path),
               help="Run directories go here as <dataset>-<class>-<seed>.")
 def sweep(classes, seeds, runs_dir, **options):
@@ -142,17 +174,17 @@ def _model_label(run_dir: Path) -> str:
 
 
 @train.command()
-@click.option("--store", required=True, type=click.Path(path_type=Path))
-@click.option("--model", default="vit-l-14-336", show_default=True)
-@click.option("--clip-weights", type=click.Path(path_type=Path))
-@click.option("--layers", callback=_layers, help="Tapped layers, e.g. 6,12,18,24 (default: the model's).")
-@click.option("--dpam-start", type=int, help="DPAM dual path in blocks N..last, 0 = off (default: the model's).")
+@click.option("--store", required=True, type=click.Path(path_type=Path), help="Render store from 'render build'.")
+@model_option()
+@clip_weights_option
+@layers_option()
+@dpam_option
 @click.option("--dataset", help="Only this dataset's rows (default: all).")
 @click.option("--class", "class_name", help="Only this class's rows (default: all).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Feature cache to write (a Zarr group).")
-@click.option("--batch-size", default=4, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--seed", default=111, show_default=True,
+@click.option("--batch-size", default=_default("batch_size"), show_default=True, help="Samples per batch.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--seed", default=_default("seed"), show_default=True,
               help="Seed of a random-weights model (tiny): the --seed of the runs that will use the cache.")
 @click.option("--rebuild-features", is_flag=True,
               help="Replace a cache at --out made for another model, weights, taps, store or rows (else refused).")
@@ -164,8 +196,9 @@ def features(store, model, clip_weights, layers, dpam_start, dataset, class_name
     from pointad.train.model.backbone import load_backbone
     from pointad.train.features import compute_features, recorded_identity
     from pointad.train.model.device import resolve_device
+    from pointad.shared.store import open_store
     from pointad.train.model.model_config import model_config_for
-    config = model_config_for(resolve_model(model, clip_weights), layers, dpam_start)
+    config = model_config_for(resolve_model(model, clip_weights), layers or None, dpam_start)
     target = resolve_device(device)
     recorded_identity(out)  # anything but a cache at --out: refused before the model is loaded
     backbone = load_backbone(config, clip_weights, seed=seed).to(target)
@@ -182,15 +215,15 @@ def features(store, model, clip_weights, layers, dpam_start, dataset, class_name
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="New run directory, e.g. runs/released-cookie.")
 @click.option("--class", "class_name", help="Training class  [default: read from exps_*/<class>/epoch_N.pth]")
 @click.option("--dataset", help="Training dataset, as named in datasets.yaml  [default: read from the path]")
-@click.option("--model", default="vit-l-14-336", show_default=True, help="Model the prompts were trained for.")
-@click.option("--layers", callback=_layers,
-              help="Tapped layers  [default: the released script's for the path's data (24, or 6,12,18,24 for "
-                   "Real3D-AD), else the model's]")
-@click.option("--seed", default=111, show_default=True, help="Seed recorded in the run (random-weights models only).")
+@model_option(help="Model the prompts were trained for.")
+@layers_option(help="Tapped layers  [default: the released script's for the path's data (24, or 6,12,18,24 for "
+                    "Real3D-AD), else the model's]")
+@click.option("--seed", default=_default("seed"), show_default=True,
+              help="Seed recorded in the run (random-weights models only).")
 def import_released(checkpoint, out, class_name, dataset, model, layers, seed):
     """Turn a released PointAD prompt checkpoint (zqhang/PointAD epoch_N.pth) into a run of ours."""
     from pointad.train.released import import_released as run_import
-    done = run_import(checkpoint, out, class_name=class_name, dataset=dataset, model=model, layers=layers,
+    done = run_import(checkpoint, out, class_name=class_name, dataset=dataset, model=model, layers=layers or None,
                       seed=seed)
     s = done.prompts.settings
     click.echo(f"{done.checkpoint}: released prompts of {done.train['dataset']}/{done.train['class_name']}, "

@@ -12,16 +12,19 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pointad.render.synthetic import formats
 from pointad.render.synthetic.scene import CLASSES, DEFECTS, make_scene
-from pointad.shared import config
+from pointad.shared import config, strict
 from pointad.shared.errors import ConfigError, PointADError
+from pointad.shared.logging import get_logger
 from pointad.shared.registry import DatasetEntry
+
+log = get_logger("render.synthetic")
 
 GENERATOR_VERSION = 2  # bump when the generated data changes, so caches are not reused
 MANIFEST = "synthetic.json"
@@ -54,13 +57,9 @@ class SyntheticSpec:
                 raise ConfigError(f"unknown synthetic {kind}(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SyntheticSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"synthetic generator: unknown key(s) {unknown}; known: {sorted(known)}")
-        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**data)
+    def from_dict(cls, data: dict, source: str = "synthetic generator") -> "SyntheticSpec":
+        """Validate a mapping (a registry entry's `generate:`, a manifest); an unknown key is an error naming it."""
+        return strict.from_dict(cls, data, source)
 
     @property
     def grid_size(self) -> int:
@@ -115,8 +114,9 @@ def sample_arrays(spec: SyntheticSpec, planned: PlannedSample) -> dict:
     return arrays_fn(scene, x, y, rng)
 
 
-def generate(out: Path, spec: SyntheticSpec, overwrite: bool = False) -> Path:
-    """Write the dataset into `out` atomically; refuse to touch a non-empty folder unless `overwrite`."""
+def generate(out: Path, spec: SyntheticSpec, overwrite: bool = False, progress=None) -> Path:
+    """Write the dataset into `out` atomically; refuse to touch a non-empty folder unless `overwrite`.
+    progress: optional callable (samples written, total), called after each sample."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise PointADError(f"{out}: folder exists and is not empty (use --overwrite to replace it)")
@@ -124,9 +124,14 @@ def generate(out: Path, spec: SyntheticSpec, overwrite: bool = False) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         _, _, write = WRITERS[spec.format]
-        for planned in plan(spec):
+        planned_samples = plan(spec)
+        log.info("writing %d %s samples of %d classes into %s", len(planned_samples), spec.format,
+                 len(spec.classes), out)
+        for done, planned in enumerate(planned_samples, 1):
             write(tmp, planned.class_name, planned.split, planned.defect, planned.index,
                   sample_arrays(spec, planned))
+            if progress is not None:
+                progress(done, len(planned_samples))
         (tmp / MANIFEST).write_text(json.dumps({**asdict(spec), "version": GENERATOR_VERSION}, indent=2))
         if out.exists():
             shutil.rmtree(out)
@@ -137,17 +142,19 @@ def generate(out: Path, spec: SyntheticSpec, overwrite: bool = False) -> Path:
     return out
 
 
-def materialize(entry: DatasetEntry) -> DatasetEntry:
-    """For a generated registry entry, its cached root (generated on first use); other entries unchanged."""
+def materialize(entry: DatasetEntry, progress=None) -> DatasetEntry:
+    """For a generated registry entry, its cached root (generated on first use, `progress` as in `generate`);
+    other entries unchanged."""
     if entry.generate is None:
         return entry
-    spec = SyntheticSpec.from_dict(entry.generate)
+    spec = SyntheticSpec.from_dict(entry.generate, f"dataset '{entry.name}' generate")
     if spec.format != entry.format:
         raise ConfigError(f"dataset '{entry.name}': generate.format {spec.format} differs from format {entry.format}")
     root = config.cache_dir() / "synthetic" / f"{entry.name}-{spec.digest()}"
     if not (root / MANIFEST).exists():
         try:
-            generate(root, spec)
+            log.info("dataset '%s': first use, generating it into the cache", entry.name)
+            generate(root, spec, progress=progress)
         except (PointADError, OSError):
             # Another process finished the same generation first; its result is identical.
             if not (root / MANIFEST).exists():

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import open3d as o3d
 import tifffile
 import yaml
 from PIL import Image
@@ -200,6 +199,7 @@ def write_real3d(root: Path, class_name: str, split: str, defect: str, index: in
     name = f"{index}_template" if split == "train" else f"{index}_{defect}"
     folder = root / class_name / split
     folder.mkdir(parents=True, exist_ok=True)
+    import open3d as o3d  # here, not at import: `render --help` reads the synthetic defaults without Open3D
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(arrays["points"]))
     if not o3d.io.write_point_cloud(str(folder / f"{name}.pcd"), cloud, write_ascii=False):
         raise OSError(f"{folder / name}.pcd: Open3D could not write the point cloud")

@@ -51,16 +51,17 @@ def test_card_commands_train_then_report_cross_dataset_and_one_vs_rest(card_fold
                      f"out runs/{MVTEC}-cookie-111")
     assert json.loads((run / "config.json").read_text())["train"]["class_name"] == "cookie"
 
-    cross = _invoke(eval_, ["report", "--setting", "cross-dataset", "--format", "json", "--device", "cpu"])
+    cross = _invoke(eval_, ["report", "--setting", "cross-dataset", "--report-format", "json", "--device", "cpu"])
     assert cross.exit_code == 0, cross.output
     said = [line for line in cross.output.splitlines() if line.startswith("eval report:")]
     assert said == [f"eval report: store renders.zarr; runs from runs; 1 trained run(s) of dataset {MVTEC}: "
                     f"{MVTEC}-cookie-111; test dataset(s) {REAL3D}"]
-    report = json.loads(cross.output[cross.output.index("{"):])
+    assert f"eval {REAL3D}:" in cross.stderr  # the progress bar over the test samples
+    report = json.loads(cross.stdout)
     assert report["header"]["dataset"] == REAL3D and report["header"]["setting"] == "cross-dataset"
     assert {r["class"] for r in report["rows"]} == {"cookie", "torus", "mean"}  # cross-dataset: every class
 
-    rest = _invoke(eval_, ["report", "--format", "json", "--device", "cpu"])  # one-vs-rest: the runs' dataset
+    rest = _invoke(eval_, ["report", "--report-format", "json", "--device", "cpu"])  # one-vs-rest: the runs' dataset
     assert rest.exit_code == 0, rest.output
     report = json.loads(rest.output[rest.output.index("{"):])
     assert report["header"]["dataset"] == MVTEC and {r["class"] for r in report["rows"]} == {"torus", "mean"}

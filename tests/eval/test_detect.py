@@ -106,3 +106,62 @@ def test_dropped_points_take_their_nearest_kept_score():
 
 def test_colour_ramp_runs_from_blue_to_red():
     np.testing.assert_allclose(score_colors(np.array([0.0, 0.5, 1.0])), [[0, 0, 1], [0.5, 0, 0.5], [1, 0, 0]])
+
+
+# --- render options: as the training store recorded them (issue 10) -------------------------------------
+
+def _tiff(mvtec_dataset) -> Path:
+    return sorted(Path(mvtec_dataset[1].root).rglob("test/*/xyz/*.tiff"))[-1]
+
+
+def test_the_run_records_its_stores_render_options(detect_run):
+    from pointad.train.model.checkpoint import latest_checkpoint, load_checkpoint
+    recorded = json.loads((detect_run / "config.json").read_text())["render"]
+    assert load_checkpoint(latest_checkpoint(detect_run))["render"] == recorded
+    assert (recorded["views"], recorded["image_size"], recorded["supersample"], recorded["point_size"]) == (3, 336, 1, 2.0)
+    assert "point_sizes" not in recorded
+
+
+def test_the_record_takes_the_point_size_the_class_was_drawn_with():
+    from pointad.train.model.checkpoint import store_render_record
+    render = {"views": 3, "point_size": 6.0, "point_sizes": {"a/cookie": 2.5, "b/cookie": 4.0}}
+    assert store_render_record(render, "b", "cookie") == {"views": 3, "point_size": 4.0}
+    assert store_render_record(render, "a", "torus") == {"views": 3, "point_size": 6.0}
+
+
+def test_first_lines_say_where_each_render_option_came_from(detect_run, mvtec_dataset, tmp_path):
+    result = CliRunner().invoke(pointad, ["detect", str(_tiff(mvtec_dataset)), "--checkpoint", str(detect_run),
+                                          "--out", str(tmp_path / "out"), "--device", "cpu", "--point-size", "3"])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"detect: render options recorded in checkpoint {detect_run}/checkpoints/epoch_1.pt: "
+                               "views 3, view_plan paper, angle_shift 0.0, image_size 336, supersample 1, ")
+    assert "point_size" not in lines[0]
+    assert lines[1] == "detect: render options from the command line: point_size 3.0"
+    render = json.loads((tmp_path / "out" / "scores.json").read_text())["render"]
+    assert render["options"]["point_size"] == 3.0 and render["from"]["point_size"] == "command line"
+    assert render["options"]["views"] == 3 and render["from"]["views"] == "recorded"
+
+
+def test_a_checkpoint_without_the_record_renders_with_the_defaults_and_says_so(detect_run, mvtec_dataset, tmp_path):
+    import torch
+    from pointad.train.model.checkpoint import latest_checkpoint, load_checkpoint
+    payload = load_checkpoint(latest_checkpoint(detect_run))
+    del payload["render"]  # as written before checkpoints recorded the store's render options
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    tiff = _tiff(mvtec_dataset)
+    result = CliRunner().invoke(pointad, ["detect", str(tiff), "--checkpoint", str(old), "--out",
+                                          str(tmp_path / "old"), "--device", "cpu", "--views", "3", "--supersample",
+                                          "1", "--point-size", "2"])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0] == (f"detect: checkpoint {old} records no render options (older, or imported from the released code); "
+                        "RenderOptions' defaults apply")
+    assert lines[1] == "detect: render options from the command line: views 3, supersample 1, point_size 2.0"
+    assert lines[2].startswith("detect: render options by default: view_plan paper, angle_shift 0.0, image_size 336")
+    # the defaults plus these three are the store's options: the same scores as the recording run's
+    recorded = CliRunner().invoke(pointad, ["detect", str(tiff), "--checkpoint", str(detect_run), "--out",
+                                            str(tmp_path / "new"), "--device", "cpu"])
+    assert recorded.exit_code == 0, recorded.output
+    np.testing.assert_array_equal(np.load(tmp_path / "old" / "scores.npy"), np.load(tmp_path / "new" / "scores.npy"))

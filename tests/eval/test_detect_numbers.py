@@ -1,10 +1,12 @@
 """`pointad detect` scores equal the store's scores of the same sample, mapped to the input points here.
 
 A cloud of the synthetic datasets is both a row of the evaluation store and a file `detect` can read.
-Rendered with the store's options, `detect`'s per-point scores must be the store-based scores of
-that row (`score_store`), each input point taking the score of its nearest stored point, found by a
-KD-tree built in this test in the INPUT frame: the MVTec 3D-AD preprocessing turns the scan 180
-degrees about X ((x, y, z) -> (x, -y, -z)), so the stored points are turned back first.
+Given no render options, `detect` renders as the checkpoint's training store was rendered (the store
+uses non-default ones: 3 views, supersample 1, point size 2), so its rendering must be the stored row's
+and its per-point scores the store-based scores of that row (`score_store`), each input point taking the
+score of its nearest stored point, found by a KD-tree built in this test in the INPUT frame: the MVTec
+3D-AD preprocessing turns the scan 180 degrees about X ((x, y, z) -> (x, -y, -z)), so the stored points
+are turned back first.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 import tifffile
 from scipy.spatial import cKDTree
 
-from pointad.eval.detect import detect, write_detection
+from pointad.eval.detect import checkpoint_render, detect, render_cloud, write_detection
 from pointad.eval.runs import BackboneCache, load_run
 from pointad.eval.scoring import score_store
 from pointad.shared.store import open_store
@@ -50,10 +52,7 @@ def test_detect_scores_are_the_store_scores_of_the_nearest_point(eval_store, num
                if store.identity(int(r))["defect_type"] == "crack")
     sample = store.sample(row)
     path = Path(entry.root) / sample.sample_id
-    options = store.attrs.render  # the point size the class was drawn with: a per-class one wins
-    point_size = options.get("point_sizes", {}).get(f"{dataset}/cookie", options["point_size"])
-    result = detect(path, numbers_run, views=store.attrs.views, point_size=point_size,
-                    supersample=options["supersample"], image_size=store.attrs.image_size)
+    result = detect(path, numbers_run)  # no render options: the checkpoint's record decides
     npy, _, _ = write_detection(result, tmp_path / "out")
 
     inputs = _input_points(path)
@@ -68,3 +67,23 @@ def test_detect_scores_are_the_store_scores_of_the_nearest_point(eval_store, num
     assert difference[worst] <= tolerance, f"largest difference {difference[worst]:.3g} at input point {worst}"
     assert abs(result.score - stored.score) <= tolerance
     assert len(inputs) > sample.n_points or dataset == REAL3D  # the TIFF's dropped cells took a neighbour's score
+
+
+def _crack_row(store, dataset):
+    return next(int(r) for r in store.indices(dataset=dataset, class_name="cookie", split="test")
+                if store.identity(int(r))["defect_type"] == "crack")
+
+
+def test_detect_renders_a_store_sample_as_the_store_did(eval_store, numbers_run, mvtec_dataset):
+    store = open_store(eval_store)
+    sample = store.sample(_crack_row(store, MVTEC))
+    choice = checkpoint_render(numbers_run)
+    assert choice.recorded and set(choice.sources.values()) == {"recorded"}
+    assert (choice.options.views, choice.options.supersample, choice.options.point_size) == (3, 1, 2.0)
+    _, _, _, arrays = render_cloud(Path(mvtec_dataset[1].root) / sample.sample_id, choice)
+    np.testing.assert_array_equal(arrays.image, sample.image)   # (3, 336, 336, 3): every pixel of every view
+    n = sample.n_points
+    assert arrays.n_points == n
+    np.testing.assert_array_equal(arrays.xyz[:n], sample.xyz[:n])
+    np.testing.assert_array_equal(arrays.pixel[:, :n], sample.pixel[:, :n])
+    np.testing.assert_array_equal(arrays.visible[:, :n], sample.visible[:, :n])

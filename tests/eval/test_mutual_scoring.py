@@ -179,7 +179,7 @@ def test_report_prints_the_methods_tables_labelled_as_a_smoke_run(eval_store, tm
     result = CliRunner().invoke(eval_, ["report", "--store", str(eval_store), "--method", "mutual-scoring",
                                         "--model", "tiny", "--dataset", MVTEC, "--classes", "cookie", "--protocol",
                                         "both", "--compare-paper", "--mutual-radii", "1", "--rescore-k", "1",
-                                        "--rescore-k", "2", "--device", "cpu", "--format", "json",
+                                        "--rescore-k", "2", "--device", "cpu", "--report-format", "json",
                                         "--out", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())

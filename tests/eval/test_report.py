@@ -38,7 +38,7 @@ def cookie_run(eval_store, tmp_path_factory):
 
 def _report(args, tmp_path, fmt="md"):
     out = tmp_path / f"report.{fmt}"
-    result = CliRunner().invoke(eval_, ["report", *map(str, args), "--device", "cpu", "--format", fmt, "--out",
+    result = CliRunner().invoke(eval_, ["report", *map(str, args), "--device", "cpu", "--report-format", fmt, "--out",
                                         str(out)])
     assert result.exit_code == 0, result.output
     return out.read_text()
@@ -256,7 +256,7 @@ def test_runs_dir_reports_missing_runs_then_train_missing_reproduces_the_setting
     assert f"no trained run {MVTEC}-cookie-1, {MVTEC}-cookie-2; add --train-missing" in missing.output
     assert not runs_dir.exists()
 
-    trained = CliRunner().invoke(eval_, ["report", *setting, "--train-missing", "--model", "tiny", "--epochs", "1"])
+    trained = CliRunner().invoke(eval_, ["report", *setting, "--train-missing", "--model", "tiny", "--train-epochs", "1"])
     assert trained.exit_code == 0, trained.output
     assert "runs: 2" in trained.output and "training class(es): cookie" in trained.output
     assert all((runs_dir / f"{MVTEC}-cookie-{s}" / "checkpoints" / "epoch_1.pt").is_file() for s in (1, 2))

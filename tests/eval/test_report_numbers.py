@@ -224,7 +224,7 @@ def test_every_report_cell_equals_the_independent_recomputation(eval_store, numb
     result = CliRunner().invoke(eval_, ["report", "--store", str(eval_store), "--checkpoints", str(numbers_run),
                                         "--dataset", dataset, "--setting", "cross-dataset", "--protocol", "both",
                                         *[f"--classes={name}" for name in classes],
-                                        "--device", "cpu", "--format", "json", "--out", str(out)])
+                                        "--device", "cpu", "--report-format", "json", "--out", str(out)])
     assert result.exit_code == 0, result.output
     rows = {(r["protocol"], r["block"], r["class"]): r for r in json.loads(out.read_text())["rows"]}
     expected = _expected_rows(eval_store, numbers_run, dataset, classes)

@@ -167,7 +167,7 @@ def test_detect_wrong_kinds_of_path_are_one_line(tmp_path, wrong):
 def _report_process(store: Path, out: Path, cwd: Path) -> subprocess.Popen:
     env = dict(os.environ)
     return subprocess.Popen([sys.executable, "-c", "from pointad.shared.cli import main; main()", "eval", "report",
-                             "--store", str(store), "--dataset", MVTEC, "--classes", "torus", "--format", "csv",
+                             "--store", str(store), "--dataset", MVTEC, "--classes", "torus", "--report-format", "csv",
                              "--out", str(out), *BASELINE], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 

@@ -1,4 +1,4 @@
-"""`eval report --format json` carries the per-sample scores: the table's sample metrics follow from them."""
+"""`eval report --report-format json` carries the per-sample scores: the table's sample metrics follow from them."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def json_report(eval_store, tmp_path_factory):
     """The JSON report of the untrained baseline (tiny model) on the organized, RGB dataset's cookie class,
     both protocols."""
     result = CliRunner().invoke(pointad, ["eval", "report", "--store", str(eval_store), "--dataset", MVTEC,
-                                          "--method", "clip-rendering", "--model", "tiny", "--format", "json",
+                                          "--method", "clip-rendering", "--model", "tiny", "--report-format", "json",
                                           "--protocol", "both", "--classes", "cookie", "--device", "cpu",
                                           "--figures", tmp_path_factory.mktemp("figures"), "--figure-samples", "1"])
     assert result.exit_code == 0, result.output

@@ -100,7 +100,7 @@ def test_training_on_the_twin_gives_the_same_checkpoint_and_eval_report_reads_it
         out = tmp_path / f"{name}.json"
         result = CliRunner().invoke(eval_, ["report", "--store", str(store), "--checkpoints", str(tmp_path / name),
                                             "--dataset", MVTEC, "--setting", "cross-dataset", "--device", "cpu",
-                                            "--format", "json", "--out", str(out)])
+                                            "--report-format", "json", "--out", str(out)])
         assert result.exit_code == 0, result.output
         reports.append(json.loads(out.read_text()))
     assert _without_paths(reports[0], twin[0]) == _without_paths(reports[1], twin[1])

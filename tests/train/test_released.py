@@ -118,7 +118,7 @@ def test_eval_report_takes_the_imported_run_like_any_run(imported, eval_store):
     _, run_dir = imported
     result = CliRunner().invoke(pointad, [
         "eval", "report", "--store", str(eval_store), "--checkpoints", str(run_dir), "--dataset", MVTEC,
-        "--format", "json", "--device", "cpu"])
+        "--report-format", "json", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["header"]["training_classes"] == ["cookie"] and report["header"]["model"].startswith("tiny")
