@@ -1,4 +1,4 @@
-"""Time visibility, proxy and k-NN graph at the store's default size (SPEC 3.6-3.7), against the loop twin.
+"""Time visibility, proxy and k-NN graph at the store's default size (design §3.6-3.7), against the loop twin.
 
 Run: .venv/bin/python benchmarks/bench_visibility.py [--repeats 5] [--loop-budget 60]
 

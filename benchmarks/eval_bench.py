@@ -1,5 +1,5 @@
 """Time AU-PRO on 100 organized 336 x 336 maps (both protocols, ours against a per-threshold loop) and the
-full `eval report` on a synthetic store, all in one run (SPEC 9).
+full `eval report` on a synthetic store, all in one run (design §9).
 
 Run: .venv/bin/python benchmarks/eval_bench.py [--maps 100] [--repeats 3] [--loop-maps 2]
      [--compat-loop-maps 100] [--no-report | --workdir DIR --classes cookie dowel torus --views 9

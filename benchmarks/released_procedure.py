@@ -1,6 +1,6 @@
-"""Re-enactment of the released PointAD code's per-sample render + visibility procedure: the baseline of SPEC 9.
+"""Re-enactment of the released PointAD code's per-sample render + visibility procedure: the baseline of design §9.
 
-Written from its description (SPEC 5 "Where the released code differs" and the render issue: "a window
+Written from its description (design §5.6 "Where the released code differs" and the render issue: "a window
 per view at 1024², per-point Python z-buffer"), not from its source; nothing of that repository is here.
 Per sample: normals once (Open3D hybrid search, radius 0.1, max_nn 50), grey 0.7; then for each of the
 9 views of the released plan (X tilts -45, -15, 0, 15, 45 degrees, then Y tilts -30, -15, 15, 30):

@@ -1,4 +1,4 @@
-"""Time the render stage per sample and per build, against the released code's procedure (SPEC 3, SPEC 9).
+"""Time the render stage per sample and per build, against the released code's procedure (design §3, §9).
 
 Run: .venv/bin/python benchmarks/render_bench.py [--quick]
 (about 1-2 minutes with --quick, up to ~6 minutes without; prints markdown tables, writes only to a
@@ -29,7 +29,7 @@ render/splat.py, torch on the CPU here; GPU rates are not measured by this scrip
 4. The released code's per-sample procedure (benchmarks/released_procedure.py: a new 1024² window per
    view plus a 1036² ground-truth window, Python z-buffer loops) on the same clouds, split into
    rendering and visibility; medians of 2-3 runs.
-5. The SPEC 9 goals: baseline / ours >= 10x, visibility of 112 896 points x 9 views < 0.1 s,
+5. The design §9 goals: baseline / ours >= 10x, visibility of 112 896 points x 9 views < 0.1 s,
    1 -> 2 workers >= 1.8x, for each renderer.
 The machine may be shared: ratios are only meaningful between numbers of the same run, and the
 1-minute load average before and after the run is printed.
@@ -466,7 +466,7 @@ def report(args, options, ours, base, builds, refs, mean_points, warm_runs, size
     for (r, n), size in one_row.items():
         print(f"| one-row store, {n}, {r} | 1 | {size / 1e6:.2f} MB | {raw / 1e6:.2f} MB | {raw / size:.1f}x |")
 
-    print("\n## 5. Goals (SPEC 9)\n")
+    print("\n## 5. Goals (design §9)\n")
     print("| goal | target | measured | met |")
     print("|---|---|---|---|")
     for r in RENDERERS:

@@ -1,4 +1,4 @@
-"""Peak memory and time of `train run` and `eval report` against the number of samples N (issue 9, SPEC 9).
+"""Peak memory and time of `train run` and `eval report` against the number of samples N (issue 9, design §9).
 
 Builds (or reuses, from --dir) synthetic render stores of N = 250, 500, 1000, 2000 rows with a small
 point budget: half the rows of class cookie (the training class), half of class torus (tested one-vs-rest).

@@ -1,4 +1,4 @@
-"""Training speed with and without the frozen-feature cache (SPEC 6, 9), printed as a markdown table.
+"""Training speed with and without the frozen-feature cache (design §6, §9), printed as a markdown table.
 
 Builds a small synthetic render store (9 views at 336 px), then times `Trainer.run_epoch` with the
 feature cache (vision tower run once, beforehand) and without it (vision tower every batch), each

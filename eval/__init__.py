@@ -1,4 +1,4 @@
-"""Evaluation stage (SPEC 7): per-sample scores, metrics and reports.
+"""Evaluation stage (design §7): per-sample scores, metrics and reports.
 
 Public API, imported on first use so that `import pointad.eval.metrics` loads neither torch nor Open3D.
 """

@@ -1,4 +1,4 @@
-"""Metrics of one test class (SPEC 7): a class's `SampleScores` -> I-AUROC, AP, P-AUROC, AUPRO per block.
+"""Metrics of one test class (design §7): a class's `SampleScores` -> I-AUROC, AP, P-AUROC, AUPRO per block.
 
 The scored samples of a class are laid out as the metrics want them: organized maps (N, H, W) on their
 grids, unorganized clouds (N, P) with their k-NN graphs, or the released code's full grids

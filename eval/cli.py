@@ -1,4 +1,4 @@
-"""`eval` command group (SPEC 7): `report` scores a store and tabulates the metrics. `detect`, which scores
+"""`eval` command group (design §7): `report` scores a store and tabulates the metrics. `detect`, which scores
 one new cloud, is defined here and registered once, as `pointad detect` (shared/cli.py).
 
 Installed as `eval`, but `eval` is a shell builtin in bash and zsh: use `pointad eval ...` there.

@@ -1,4 +1,4 @@
-"""`pointad detect` (SPEC 7): score one new point cloud with a trained checkpoint (PointAD), or against the
+"""`pointad detect` (design §7): score one new point cloud with a trained checkpoint (PointAD), or against the
 samples of a reference store (`--method mutual-scoring`, issue 13).
 
 The cloud is read by its suffix, preprocessed as the render stage does (an organized .tiff as MVTec

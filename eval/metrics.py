@@ -1,4 +1,4 @@
-"""Metrics of the evaluation stage, SPEC 7: I-AUROC and AP per sample, P-AUROC and AU-PRO per point.
+"""Metrics of the evaluation stage, design §7: I-AUROC and AP per sample, P-AUROC and AU-PRO per point.
 
 Arrays in, numbers out; no I/O. AU-PRO comes in the two documented protocols:
 
@@ -48,7 +48,7 @@ def image_metrics(labels, scores) -> dict[str, float]:
 def point_auroc(labels, scores) -> float:
     """Return the point-level AUROC (P-AUROC). labels: (M,) 0/1 over the points that count; scores: (M,).
 
-    Callers select the valid points first (SPEC 7 `points` protocol); nan with one class only.
+    Callers select the valid points first (design §7 `points` protocol); nan with one class only.
     """
     labels, scores = _flat_pair(labels, scores, "labels", "scores")
     return float(roc_auc_score(labels, scores)) if _two_classes(labels) else float("nan")
@@ -243,7 +243,7 @@ def _corners(normal_scores, anomalous_scores, region, max_fpr):
     score. Walking the distinct anomalous scores a_1 > a_2 > ... with PRO_i the weight at or above a_i,
     the curve runs horizontally at PRO_{i-1} to FPR(> a_i), then straight (ties between normal and
     anomalous points) to (FPR(>= a_i), PRO_i). FPR needs only normal scores above the cut, the score at
-    which FPR first exceeds max_fpr (SPEC 9): one partition and a sort of that top part replace the
+    which FPR first exceeds max_fpr (design §9): one partition and a sort of that top part replace the
     full sort; the curve beyond the cut is replaced by a horizontal run to FPR 1, which agrees with it up
     to max_fpr.
     """

@@ -1,4 +1,4 @@
-"""`eval report` (SPEC 7): score a store with trained prompts (or the clip-rendering baseline) and tabulate.
+"""`eval report` (design §7): score a store with trained prompts (or the clip-rendering baseline) and tabulate.
 
 `--method mutual-scoring` (training-free, no prompts) scores each class's samples against each other
 with `eval.mutual.score_class` instead, into the same per-sample records; the rest below applies unchanged.

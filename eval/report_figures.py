@@ -1,4 +1,4 @@
-"""The figures of `eval report --figures DIR` (SPEC 7), one folder per test class, from the first run:
+"""The figures of `eval report --figures DIR` (design §7), one folder per test class, from the first run:
 
 - `roc.png`: sample-level ROC per block (point, RGB, multimodal), AUROC in the legend;
 - `pro.png`: PRO against FPR per block (protocol `points`: valid points, k-NN regions when unorganized);

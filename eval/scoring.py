@@ -1,9 +1,9 @@
-"""Per-sample scores of PointAD, SPEC 7 (paper section 3.6): point maps, sample scores, RGB and fusion.
+"""Per-sample scores of PointAD, design §7 (paper section 3.6): point maps, sample scores, RGB and fusion.
 
 The math is in pure functions (arrays in, arrays out); `score_store` is the streaming driver that reads
 a store in batches, runs the frozen model and yields one `SampleScores` per row, so memory depends on
 the batch size, not on the store. `score_batch` scores rows already in memory (`score_arrays`: one
-rendered `SampleArrays`, as `pointad detect` has). Letters as in the store (SPEC 4): B samples, V views, P points,
+rendered `SampleArrays`, as `pointad detect` has). Letters as in the store (design §4): B samples, V views, P points,
 S pixels, k neighbours, D feature dimension; (H, W) an organized grid (`grid_hw`).
 
 Smoothing of missing cells (organized grids): normalised convolution. The scores are scattered to the
@@ -35,7 +35,7 @@ from pointad.train.model.backbone import encode_views
 from pointad.train.model.maps import back_project, class_probabilities, patch_maps
 
 SIGMA = 4.0
-BASELINE_PROMPTS = ("A photo of a normal {}.", "A photo of an anomalous {}.")  # clip-rendering, SPEC 7
+BASELINE_PROMPTS = ("A photo of a normal {}.", "A photo of an anomalous {}.")  # clip-rendering, design §7
 BATCH_FIELDS = ("image", "pixel", "visible", "valid", "label", "proxy", "grid_index", "grid_hw", "knn",
                 "knn_weight", "rgb")
 
@@ -93,18 +93,18 @@ def smooth_graph(point_scores, knn, knn_weight) -> np.ndarray:
 
 
 def sample_score(view_anomaly_probs, point_map) -> float:
-    """Return A_s = 1/2 (mean_k P_a(f_k) + max A_m) (SPEC 7). view_anomaly_probs: (V,); point_map: (n,) valid points."""
+    """Return A_s = 1/2 (mean_k P_a(f_k) + max A_m) (design §7). view_anomaly_probs: (V,); point_map: (n,) valid points."""
     return 0.5 * (float(np.mean(view_anomaly_probs)) + float(np.max(point_map)))
 
 
 def fused_point_map(point_map, rgb_point_map, grid_index, grid_hw, sigma: float = SIGMA) -> np.ndarray:
-    """Return the multimodal map (P,) = smooth(1/2 (A_m + A_m_rgb)) on the organized grid (SPEC 7)."""
+    """Return the multimodal map (P,) = smooth(1/2 (A_m + A_m_rgb)) on the organized grid (design §7)."""
     mean = 0.5 * (np.asarray(point_map, np.float64) + np.asarray(rgb_point_map, np.float64))
     return smooth_organized(mean, grid_index, grid_hw, sigma)
 
 
 def fused_sample_score(point_sample_score: float, rgb_sample_score: float, fused_map) -> float:
-    """Return the multimodal score 1/2 (1/2 (A_s_rgb + A_s) + max(multimodal map)) (SPEC 7)."""
+    """Return the multimodal score 1/2 (1/2 (A_s_rgb + A_s) + max(multimodal map)) (design §7)."""
     return 0.5 * (0.5 * (rgb_sample_score + point_sample_score) + float(np.max(fused_map)))
 
 
@@ -249,7 +249,7 @@ def score_store(store_path, rows, backbone, text_features: TextFeatures, device=
     """Yield `SampleScores` for each of `rows` (in order), reading and scoring `batch_size` rows at a time.
 
     text_features: (2, D) [g_n, g_a] for every sample, or a callable class name -> (2, D) (coop prompts,
-    the clip-rendering baseline). Point maps: back-projection of the anomalous patch maps (SPEC 5), then
+    the clip-rendering baseline). Point maps: back-projection of the anomalous patch maps (design §5), then
     `smooth_organized` on samples with a grid, else `smooth_graph`. RGB and fusion for organized
     samples whose rgb/image is not all zero. Each result's identity is the row's, plus "row". compat:
     also the released code's grid maps and scores. keep_view_maps: True, or a set of rows whose

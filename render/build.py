@@ -1,4 +1,4 @@
-"""`render build` orchestration (SPEC 3): plan rows, render them on workers, record failures.
+"""`render build` orchestration (design §3): plan rows, render them on workers, record failures.
 
 The coordinator alone creates the store, appends identity rows and writes attributes; each worker
 renders one sample and writes only that sample's chunks, completion flag last. Re-running skips

@@ -1,4 +1,4 @@
-"""One explicit pinhole camera per sample (SPEC 3.4) and the projection of points into every view.
+"""One explicit pinhole camera per sample (design §3.4) and the projection of points into every view.
 
 Convention (OpenCV, as Open3D's PinholeCameraParameters): camera x right, y down, z forward;
 pixel centres at integer coordinates, principal point (S/2 - 0.5, S/2 - 0.5). View k sees the

@@ -1,4 +1,4 @@
-"""`render` command group: datasets in, render store out (SPEC 3). Thin: options -> library call -> print.
+"""`render` command group: datasets in, render store out (design §3). Thin: options -> library call -> print.
 
 Defaults come from `RenderOptions` and `SyntheticSpec`; the rendering code (Open3D, torch) is imported by the
 commands that use it, so `render --help` stays light.
@@ -194,7 +194,7 @@ def verify(store):
 @render.command()
 @click.argument("store", type=click.Path(path_type=Path))
 def migrate(store):
-    """Upgrade a schema v1 store to v2 in place: dimension names, array attributes, cameras (SPEC 4)."""
+    """Upgrade a schema v1 store to v2 in place: dimension names, array attributes, cameras (design §4)."""
     from pointad.render.migrate import migrate_store
     click.echo(migrate_store(store))
 

@@ -1,4 +1,4 @@
-"""Neighbour structures on a cloud, SPEC 3.7: the proxy of points seen in no view, and the k-NN graph.
+"""Neighbour structures on a cloud, design §3.7: the proxy of points seen in no view, and the k-NN graph.
 
 Both are written to the store (`points/proxy`, `points/knn`, `points/knn_weight`) and read by eval;
 distances are 3D Euclidean on `points/xyz`, padding points take part in nothing.
@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 
 
 def proxy_indices(points, valid, visible_any) -> np.ndarray:
-    """Return proxy (P,) int32: the point whose scores stand in for each point (SPEC 3.7).
+    """Return proxy (P,) int32: the point whose scores stand in for each point (design §3.7).
 
     points: (P, 3) float; valid: (P,) bool, False for padding; visible_any: (P,) bool, visible in
     at least one view (`visible.any(axis=0)`). A valid visible point is its own proxy; a valid point
@@ -35,7 +35,7 @@ def proxy_indices(points, valid, visible_any) -> np.ndarray:
 
 
 def knn_graph(points, valid, k: int = 8, workers: int = -1) -> tuple[np.ndarray, np.ndarray]:
-    """Return indices (P, k) int32 and weights (P, k) float16: the smoothing graph of SPEC 3.7.
+    """Return indices (P, k) int32 and weights (P, k) float16: the smoothing graph of design §3.7.
 
     points: (P, 3) float; valid: (P,) bool, False for padding. Row j of a valid point lists its k
     nearest valid points (3D Euclidean) by increasing distance, itself first (column 0, distance 0,

@@ -1,4 +1,4 @@
-"""Ground-truth mask views by splatting (SPEC 3.5's cheaper equivalent of rendering them).
+"""Ground-truth mask views by splatting (design §3.5's cheaper equivalent of rendering them).
 
 The rendered mask view is the cloud drawn unlit, anomalous points white and the others black, on
 black, at the supersampled resolution; then area-averaged down and binarised at 0.5. Here the same
@@ -25,7 +25,7 @@ _EMPTY = np.iinfo(np.uint64).max
 
 def splat_masks(points: np.ndarray, labels: np.ndarray, camera: Camera, rotations: np.ndarray, point_size: float,
                 supersample: int) -> np.ndarray:
-    """Return masks (V, S, S) uint8 in {0, 1}: the mask views of SPEC 3.5, drawn by splatting.
+    """Return masks (V, S, S) uint8 in {0, 1}: the mask views of design §3.5, drawn by splatting.
 
     points: (P, 3); labels: (P,) nonzero = anomalous; camera, rotations (V, 3, 3): as for the views;
     point_size: N in pixels at the supersampled resolution S * supersample. A cloud with no

@@ -1,4 +1,4 @@
-"""`render migrate`: upgrade a schema v1 render store to v2 in place (SPEC 4).
+"""`render migrate`: upgrade a schema v1 render store to v2 in place (design §4).
 
 What changes: each array's `zarr.json` gains `dimension_names` and its attributes (meaning, units, fill
 value; `samples/complete` keeps its chunk record); the arrays `cameras/intrinsic` and `cameras/extrinsic`

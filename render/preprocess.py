@@ -1,4 +1,4 @@
-"""Point-cloud preprocessing of SPEC 2: organized grids and unorganized clouds to clean points.
+"""Point-cloud preprocessing of design §2: organized grids and unorganized clouds to clean points.
 
 Arrays in, arrays out; failures are ValueError with the reason only (readers add the path).
 Open3D does the robust parts (RANSAC plane, DBSCAN, farthest-point sampling), PIL resizes RGB.
@@ -26,7 +26,7 @@ SQUARING = ("pad", "stretch")
 
 @dataclass(frozen=True, kw_only=True)
 class PreprocessOptions:
-    """How one sample is cleaned. Defaults are the literature's for MVTec 3D-AD (SPEC 2), in metres.
+    """How one sample is cleaned. Defaults are the literature's for MVTec 3D-AD (design §2), in metres.
 
     Every length is in the dataset's own unit (MVTec 3D-AD metres, raw Eyecandies Blender units, Real3D-AD
     millimetres): datasets.yaml sets them per dataset.

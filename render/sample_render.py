@@ -1,4 +1,4 @@
-"""Render one preprocessed sample into its store row (SPEC 3, steps 2-7): views, masks (splatted by
+"""Render one preprocessed sample into its store row (design §3, steps 2-7): views, masks (splatted by
 `render/masks.py`, or rendered), projections, visibility, proxy and smoothing graph. Reads no files
 and writes none: `render/build.py` does that.
 """
@@ -40,7 +40,7 @@ def _capture_all(rasterizer: LegacyRasterizer, camera: Camera, extrinsics: np.nd
 
 def render_masks(rasterizer: LegacyRasterizer, labels: np.ndarray, camera: Camera, extrinsics: np.ndarray,
                  point_size: float, supersample: int) -> np.ndarray:
-    """(V, S, S) uint8 mask views of the rasterizer's current cloud, drawn by Open3D (SPEC 3.5): unlit,
+    """(V, S, S) uint8 mask views of the rasterizer's current cloud, drawn by Open3D (design §3.5): unlit,
     anomalous points white on black, area-averaged down, binarised at 0.5. No capture for a good sample."""
     if not labels.any():
         return np.zeros((len(extrinsics), camera.image_size, camera.image_size), np.uint8)

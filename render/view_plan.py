@@ -1,4 +1,4 @@
-"""View plans (SPEC 3.3): the rotations that turn one cloud into K views.
+"""View plans (design §3.3): the rotations that turn one cloud into K views.
 
 Each view k rotates the cloud about its centre by R_k; the camera itself never moves. The released
 code's plan ("pointad-code") differs per dataset; its numbers live in datasets.yaml (`view_plans:`),

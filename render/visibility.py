@@ -1,4 +1,4 @@
-"""Per-view visibility, SPEC 3.6: the nearest point per pixel wins (or every point near the nearest one).
+"""Per-view visibility, design §3.6: the nearest point per pixel wins (or every point near the nearest one).
 
 Both rules work on the output of `render.camera.project`: every considered point (valid, and inside
 the image when `inside` is given) falls into one pixel of one view; a pixel's points compete only
@@ -19,7 +19,7 @@ def nearest_per_pixel(pixel, depth, valid, image_size, inside=None) -> np.ndarra
     nearer); valid: (P,) bool, False for padding; image_size: S; inside: optional (V, P) bool, False
     where the point fell outside the image (`project`'s third output). Only valid (and inside) points
     compete and can be visible. Exactly one point per hit pixel is visible: the smallest depth, ties
-    (bit-identical depths) broken by the lower point index. This is the paper's rule (SPEC 3.6).
+    (bit-identical depths) broken by the lower point index. This is the paper's rule (design §3.6).
     """
     cell, considered = _pixel_cells(pixel, depth, valid, image_size, inside)
     count = depth.shape[1]
@@ -35,7 +35,7 @@ def surface_visible(pixel, depth, valid, image_size, tolerance, inside=None) -> 
     """Return visible (V, P) bool: True where depth <= nearest depth in the point's pixel + tolerance.
 
     Same inputs as `nearest_per_pixel`; tolerance: absolute depth tolerance in the cloud's units
-    (SPEC 3.6 `--visibility surface`, e.g. 1% of the bounding radius; the caller converts). A superset
+    (design §3.6 `--visibility surface`, e.g. 1% of the bounding radius; the caller converts). A superset
     of `nearest_per_pixel`; with tolerance 0 it differs only where several points tie for the nearest
     depth (all of them are visible here). Invalid and outside points are never visible.
     """

@@ -10,7 +10,7 @@ class InputFileError(PointADError, ValueError):
 
 
 class DatasetError(InputFileError):
-    """A dataset cannot be used: unknown name or class, missing root, bad sample (SPEC 8)."""
+    """A dataset cannot be used: unknown name or class, missing root, bad sample (design §8)."""
 
 
 class ConfigError(PointADError, ValueError):

@@ -1,4 +1,4 @@
-"""The HDF5 twin of a render store (SPEC 4): one file with the same paths, dtypes, attributes and chunks.
+"""The HDF5 twin of a render store (design §4): one file with the same paths, dtypes, attributes and chunks.
 
 `export_h5` writes it from a Zarr store (`render export`); `open_h5_store` reads it as a RenderStore, so
 train and eval take `--store renders.h5`. Zarr stays the format that workers write: HDF5 has no safe

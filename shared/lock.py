@@ -1,4 +1,4 @@
-"""Writer locks on what we write: a render store, a run folder, a feature cache (design: reliability).
+"""Writer locks on what we write: a render store, a run folder, a feature cache (design §8).
 
 One writer at a time per path; readers never lock. The lock is a small JSON file beside the target,
 `.<name>.pointad-lock`, holding the holder's pid, host and start time, and an exclusive `flock` on

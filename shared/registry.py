@@ -1,4 +1,4 @@
-"""Dataset registry: `datasets.yaml` names datasets, their format, root and options (SPEC 2).
+"""Dataset registry: `datasets.yaml` names datasets, their format, root and options (design §2).
 
 A registry entry only adds names, class lists and per-class options: `--format FMT --root DIR`
 works without one (see `custom_entry`). Classes are whatever folders exist under the root.

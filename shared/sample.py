@@ -1,4 +1,4 @@
-"""The `Sample` record every dataset reader yields (SPEC 2)."""
+"""The `Sample` record every dataset reader yields (design §2)."""
 
 from __future__ import annotations
 

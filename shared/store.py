@@ -1,4 +1,4 @@
-"""The render store on disk (SPEC 4): a Zarr v3 group, the only way other stages touch renders.
+"""The render store on disk (design §4): a Zarr v3 group, the only way other stages touch renders.
 
 Who writes what: the coordinator alone creates the store, appends identity rows and updates the
 attributes; each worker process writes whole rows of its own samples with `write_sample`, every array of

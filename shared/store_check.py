@@ -1,4 +1,4 @@
-"""Damage a render store can take on disk, found and mended (design: reliability; SPEC 8).
+"""Damage a render store can take on disk, found and mended (design §8).
 
 A chunk file that is deleted reads back as the fill value (zeros), so only its absence tells it from
 data; a chunk of random or truncated bytes fails to decode; a damaged `zarr.json` makes its array

@@ -1,4 +1,4 @@
-"""Render store schema v2 (SPEC 4): root attributes, the array table, and one sample's row as arrays.
+"""Render store schema v2 (design §4): root attributes, the array table, and one sample's row as arrays.
 
 No I/O here: `shared/store.py` creates, writes and reads stores from these definitions.
 Letters: N samples (axis 0 of every array), V views, S image size, P max_points, k knn.
@@ -175,7 +175,7 @@ class ArraySpec:
         return {"meaning": self.meaning, "units": self.units, "fill_value": fill}
 
 
-# SPEC 4, in its order. Worker-written arrays are chunked 1 along N, the rest of the row in one chunk.
+# design §4, in its order. Worker-written arrays are chunked 1 along N, the rest of the row in one chunk.
 _IDENTITY_MEANING = {"dataset": "dataset name in datasets.yaml", "class_name": "object class",
                      "split": "train, validation or test", "defect_type": "defect type ('good' if none)",
                      "sample_id": "source file relative to the dataset root"}
@@ -205,7 +205,7 @@ ARRAYS = (
     ArraySpec("points/grid_index", ("P",), "int32", -1, "grid_index", dims=("point",),
               meaning="row * width + col in the organized grid; -1 if none or padding"),
     ArraySpec("points/proxy", ("P",), "int32", -1, "proxy", dims=("point",),
-              meaning="nearest point seen in some view (SPEC 3.7); -1 on padding"),
+              meaning="nearest point seen in some view (design §3.7); -1 on padding"),
     ArraySpec("points/knn", ("P", "k"), "int32", -1, "knn", dims=("point", "neighbour"),
               meaning="smoothing graph: neighbour point slots, the point itself first; -1 = none"),
     ArraySpec("points/knn_weight", ("P", "k"), "float16", 0.0, "knn_weight", dims=("point", "neighbour"),
@@ -233,7 +233,7 @@ class SampleArrays:
     image: (V, S, S, 3) uint8; mask: (V, S, S) uint8 0/1.
     pixel: (V, P, 2) int16 (u = column, v = row); visible: (V, P) bool.
     xyz: (P, 3) float32; valid: (P,) bool; label: (P,) uint8; grid_index: (P,) int32, -1 = no grid cell;
-    proxy: (P,) int32, -1 for padding (SPEC 3.7); knn: (P, k) int32, -1 = none; knn_weight: (P, k) float16.
+    proxy: (P,) int32, -1 for padding (design §3.7); knn: (P, k) int32, -1 = none; knn_weight: (P, k) float16.
     rgb: (S, S, 3) uint8, zeros if none; rgb_mask: (S, S) uint8.
     intrinsic: (3, 3) float64 K at S; extrinsic: (V, 4, 4) float64 world-to-camera (CAMERA_CONVENTION);
     None only in rows read from a schema v1 store, which has no cameras.

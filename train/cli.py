@@ -1,4 +1,4 @@
-"""`train` command group (SPEC 6): `train run` learns the prompts; `train features` fills the cache;
+"""`train` command group (design §6): `train run` learns the prompts; `train features` fills the cache;
 `train import-released` turns the authors' released prompt checkpoints into runs."""
 
 from __future__ import annotations

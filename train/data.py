@@ -1,4 +1,4 @@
-"""Training samples from the render store (SPEC 4, 6): which rows, and a torch Dataset over them.
+"""Training samples from the render store (design §4, §6): which rows, and a torch Dataset over them.
 
 Reads only through `shared.store`; never touches geometry. Items hold the per-point arrays the
 losses need, cut to the sample's own points; `collate` pads to the longest cloud of the batch.

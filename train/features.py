@@ -1,4 +1,4 @@
-"""Frozen vision features, computed once per rendering and cached (SPEC 6).
+"""Frozen vision features, computed once per rendering and cached (design §6).
 
 CLIP is frozen, so the vision tower's output for a rendering never changes: `compute_features`
 runs it once over the chosen rows and writes a small Zarr group; epochs then read it and run only

@@ -1,4 +1,4 @@
-"""`train run`: learn the prompts of one auxiliary class from the render store (SPEC 6).
+"""`train run`: learn the prompts of one auxiliary class from the render store (design §6).
 
 Per batch: text features from the prompt learner, view probabilities and patch maps from the
 (frozen, usually cached) vision features, back-projection to the points, the hybrid loss, one Adam

@@ -1,4 +1,4 @@
-"""Hybrid loss of PointAD, SPEC 5: Dice, Focal and the four switchable terms (3D/2D x global/local).
+"""Hybrid loss of PointAD, design §5: Dice, Focal and the four switchable terms (3D/2D x global/local).
 
 Pure torch, arrays in and arrays out, batch-first; letters as in the store (B samples, V views,
 P points, S pixels, N entries of a flattened map). Every two-class input is probabilities (not
@@ -109,7 +109,7 @@ def local_2d_loss(maps2d: torch.Tensor, view_masks: torch.Tensor, gamma: float =
 
 @dataclass(frozen=True)
 class LossTerms:
-    """Which terms of the hybrid loss are on (SPEC 5, for ablations); str() gives the canonical spelling."""
+    """Which terms of the hybrid loss are on (design §5, for ablations); str() gives the canonical spelling."""
 
     enabled: frozenset[str] = frozenset(TERM_NAMES)
 
@@ -169,7 +169,7 @@ _INPUTS = {
 
 def hybrid_loss(terms, *, view_probs=None, labels=None, point_maps=None, point_labels=None, valid=None,
                 maps2d=None, view_masks=None, gamma: float = 2.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Return (total, {term name: value}): the sum of the enabled terms of the hybrid loss (SPEC 5).
+    """Return (total, {term name: value}): the sum of the enabled terms of the hybrid loss (design §5).
 
     terms: LossTerms, "all"/"3d_global,2d_local"-style string, or dict {name: bool} (missing = off).
     Inputs (only those of the enabled terms are needed; a missing one raises ValueError naming it):

@@ -1,6 +1,6 @@
 """`train sweep`: the runs of a setting (auxiliary classes x seeds), training only the ones not done yet.
 
-A sweep is the paper's protocol (SPEC 6-7): one run per auxiliary class and seed, averaged by `eval
+A sweep is the paper's protocol (design §6-7): one run per auxiliary class and seed, averaged by `eval
 report`. Run directories are named as `train run` names them, `<runs_dir>/<dataset>-<class>-<seed>`, so a
 sweep, a report and hand-made runs meet in the same folder. A run is
 - done: its last checkpoint reached the sweep's epochs and its config.json holds the sweep's settings;

@@ -42,7 +42,7 @@ def _list_defect(entry: DatasetEntry, class_name: str, split: str, defect_dir: P
 
 
 def read(ref: SampleRef, options: PreprocessOptions) -> Sample:
-    """Load and preprocess one sample (SPEC 2)."""
+    """Load and preprocess one sample (design §2)."""
     xyz_path = ref.files["xyz"]
     xyz = read_xyz_tiff(xyz_path)
     rgb = read_image(ref.files["rgb"], "RGB") if ref.files["rgb"].exists() else None

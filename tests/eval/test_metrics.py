@@ -1,4 +1,4 @@
-"""Metrics of SPEC 7 against loop twins, hand-computed cases and the documented reference values."""
+"""Metrics of design §7 against loop twins, hand-computed cases and the documented reference values."""
 
 from __future__ import annotations
 

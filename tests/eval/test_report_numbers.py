@@ -2,7 +2,7 @@
 
 The scoring stays the code's (`eval.scoring.score_store`: point, RGB and multimodal maps and sample
 scores, and the released code's grids). Everything after it is redone here from the definitions in
-SPEC 7, reading point labels (sample labels follow from them), grid cells and k-NN graphs from the
+design §7, reading point labels (sample labels follow from them), grid cells and k-NN graphs from the
 store itself: sklearn's AUROC and AP on raw arrays, the regions by flood fill, the `points` AU-PRO
 walked threshold by threshold, the `pointad-compat` AU-PRO as the released code's 200-threshold loop,
 and plain means over classes.
@@ -81,7 +81,7 @@ def _graph_regions(anomalous, knn):
 
 
 def _aupro_by_definition(normal_scores, region_scores, max_fpr=MAX_FPR):
-    """SPEC 7 `points`: at every distinct score t (descending) FPR(t) = share of normal points >= t and
+    """design §7 `points`: at every distinct score t (descending) FPR(t) = share of normal points >= t and
     PRO(t) = mean over the regions of the share of their points >= t; the polyline from (0, 0) is
     integrated by trapezoids up to FPR = max_fpr, interpolated there, divided by max_fpr."""
     if len(normal_scores) == 0 or not region_scores:

@@ -2,7 +2,7 @@
 
 `score_store(..., keep_view_maps=True)` returns the anomaly map of every view (float16) next to the
 point scores. From those maps and the store's pixel, visible, proxy, grid and k-NN arrays this test
-redoes SPEC 5 and 7 by hand: each point's mean over the views that see it (a point seen nowhere takes
+redoes design §5 and §7 by hand: each point's mean over the views that see it (a point seen nowhere takes
 its proxy's value), then the smoothing the sample's kind asks for: the k-NN graph with the stored
 weights for an unorganized cloud, a normalised Gaussian (sigma 4 px, radius 16, missing cells left
 out) on the organized grid, and for RGB the plain Gaussian of the RGB map read at each point's cell

@@ -1,4 +1,4 @@
-"""Scoring math of SPEC 7 against loop twins and hand-computed values (the store-driven part: test_report.py)."""
+"""Scoring math of design §7 against loop twins and hand-computed values (the store-driven part: test_report.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""render build on a dask cluster run the way clusters are run (SPEC 9): a `dask scheduler` process and two
+"""render build on a dask cluster run the way clusters are run (design §9): a `dask scheduler` process and two
 `dask worker` processes on loopback, each its own process, started from the command line."""
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def apply(data: bytes, damage: tuple) -> bytes:
 
 
 def check_sample(sample) -> None:
-    """The `Sample` contract (SPEC 2) on whatever a damaged file still yielded."""
+    """The `Sample` contract (design §2) on whatever a damaged file still yielded."""
     p = sample.n_points
     assert p > 0 and sample.points.dtype == np.float32 and sample.points.shape == (p, 3)
     assert np.isfinite(sample.points).all()

@@ -1,4 +1,4 @@
-"""Faults of the render store as real processes (SPEC 8): kill -9 at random moments of `render build`, two
+"""Faults of the render store as real processes (design §8): kill -9 at random moments of `render build`, two
 writers at once, a reader during a build, stale temp folders, a full disk, deleted and corrupt chunks and
 metadata (verify names them, --repair mends exactly those rows), workers outliving a killed coordinator."""
 

@@ -1,4 +1,4 @@
-"""Bad input (SPEC 8): one-line errors naming the file and the reason; other samples unaffected."""
+"""Bad input (design §8): one-line errors naming the file and the reason; other samples unaffected."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""render build end to end (SPEC 3, 4): real Open3D rendering into a real Zarr store."""
+"""render build end to end (design §3, §4): real Open3D rendering into a real Zarr store."""
 
 from __future__ import annotations
 

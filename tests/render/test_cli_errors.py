@@ -1,5 +1,5 @@
 """`render` commands given a wrong kind of path or a non-finite number: one line `Error: ...`, exit 1,
-nothing written (SPEC 8)."""
+nothing written (design §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Proxy and k-NN graph (SPEC 3.7) against brute-force loops, hand-made clouds and invariants."""
+"""Proxy and k-NN graph (design §3.7) against brute-force loops, hand-made clouds and invariants."""
 
 from __future__ import annotations
 

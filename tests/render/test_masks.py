@@ -1,4 +1,4 @@
-"""Splatted mask views (render/masks.py, SPEC 3.5) against a plain loop, hand cases and Open3D's own drawing."""
+"""Splatted mask views (render/masks.py, design §3.5) against a plain loop, hand cases and Open3D's own drawing."""
 
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def _iou(a, b):
 @pytest.mark.parametrize("dataset,point_size,supersample", [("mvtec_dataset", 6, 3), ("mvtec_dataset", 6.5, 3),
                                                             ("real3d_dataset", 12, 3), ("real3d_dataset", 3, 2)])
 def test_splatted_masks_match_rendered_masks(dataset, point_size, supersample, request):
-    """IoU >= 0.95 (SPEC 3.5) over all views of every anomalous test sample; good samples all zero."""
+    """IoU >= 0.95 (design §3.5) over all views of every anomalous test sample; good samples all zero."""
     _, entry = request.getfixturevalue(dataset)
     options = RenderOptions(views=5, image_size=160, supersample=supersample, max_points=160 * 160,
                             point_size=point_size)

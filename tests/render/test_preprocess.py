@@ -1,4 +1,4 @@
-"""Preprocessing math (SPEC 2) against hand-made scenes and plainly-correct references."""
+"""Preprocessing math (design §2) against hand-made scenes and plainly-correct references."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reader contract, checked on synthetic data written in each real on-disk format (SPEC 2)."""
+"""Reader contract, checked on synthetic data written in each real on-disk format (design §2)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""A built store's per-point arrays against computations written apart from render/ (SPEC 3.3, 3.4, 3.7).
+"""A built store's per-point arrays against computations written apart from render/ (design §3.3, §3.4, §3.7).
 
 The evaluation store (conftest: both synthetic datasets, 3 views, 336 px) is read back and checked
-against plain float64 numpy written from the SPEC alone: the pinhole projection of every point in
+against plain float64 numpy written from the design alone: the pinhole projection of every point in
 every view (not `render.camera`), and the proxy of the points no view sees from the stored
 visibility: every seen point is its own proxy, and (for up to 96 unseen points per row) the proxy is
 the nearest seen point by brute force (not a KD-tree).
@@ -26,7 +26,7 @@ def store(eval_store):
 
 
 def _paper_rotations(views):
-    """SPEC 3.3: K rotations about X, theta_k = (k - (K - 1) / 2) * 2 pi / (K + 1)."""
+    """design §3.3: K rotations about X, theta_k = (k - (K - 1) / 2) * 2 pi / (K + 1)."""
     out = []
     for k in range(views):
         theta = (k - (views - 1) / 2) * 2 * np.pi / (views + 1)
@@ -36,7 +36,7 @@ def _paper_rotations(views):
 
 
 def _pinhole(points, size, fov_degrees, margin, rotation):
-    """(P, 2) exact (u, v) in float64, SPEC 3.4: centre c = bounding-box centre, radius = farthest point from
+    """(P, 2) exact (u, v) in float64, design §3.4: centre c = bounding-box centre, radius = farthest point from
     c, camera distance D = margin * radius / sin(fov / 2), focal (S / 2) / tan(fov / 2), principal point
     S / 2 - 0.5, X_cam = diag(1, -1, -1) R (X - c) + (0, 0, D)."""
     centre = (points.min(axis=0) + points.max(axis=0)) / 2

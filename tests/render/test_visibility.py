@@ -1,4 +1,4 @@
-"""Per-view visibility (SPEC 3.6) against a z-buffer loop, hand-made scenes and invariants."""
+"""Per-view visibility (design §3.6) against a z-buffer loop, hand-made scenes and invariants."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The HDF5 twin (`render export`, SPEC 4): every array and attribute as in the Zarr store, read by
+"""The HDF5 twin (`render export`, design §4): every array and attribute as in the Zarr store, read by
 `open_store`, and train and eval on it give what they give on the Zarr store."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Dataset registry (SPEC 2): datasets.yaml validation, root resolution, class selection."""
+"""Dataset registry (design §2): datasets.yaml validation, root resolution, class selection."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Render store schema v2 (SPEC 4): attributes, the array table, writes by row, reads back, refusals."""
+"""Render store schema v2 (design §4): attributes, the array table, writes by row, reads back, refusals."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Schema v2 (SPEC 4, issue 11): a store other tools read (xarray, dask), its cameras, the sample table,
+"""Schema v2 (design §4, issue 11): a store other tools read (xarray, dask), its cameras, the sample table,
 and schema v1 stores read but not written until `render migrate` makes them equal to a fresh v2 build."""
 
 from __future__ import annotations

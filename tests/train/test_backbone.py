@@ -39,7 +39,7 @@ def build(config, seed=0):
     return FrozenCLIP.from_config(config, seed=seed)
 
 
-# ---- brute-force DPAM, written from SPEC 5 without the backbone's code ------------------------------
+# ---- brute-force DPAM, written from design §5 without the backbone's code ------------------------------
 
 def _layer_norm(x, module):
     return F.layer_norm(x, (x.shape[-1],), module.weight, module.bias, module.eps)

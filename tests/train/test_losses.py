@@ -1,4 +1,4 @@
-"""train/losses.py against the formulas on a few numbers written out by hand (STYLE 3)."""
+"""train/losses.py against the formulas on a few numbers written out by hand (an independent computation)."""
 
 from __future__ import annotations
 

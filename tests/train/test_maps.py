@@ -1,4 +1,4 @@
-"""train/model/maps.py against hand cases and plainly-correct loops (STYLE 3)."""
+"""train/model/maps.py against hand cases and plainly-correct loops (an independent computation)."""
 
 from __future__ import annotations
 

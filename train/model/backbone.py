@@ -1,4 +1,4 @@
-"""The frozen CLIP of PointAD (SPEC 5): DPAM vision features and prompt-embedding text encoding.
+"""The frozen CLIP of PointAD (design §5): DPAM vision features and prompt-embedding text encoding.
 
 The only module that knows open_clip's internals (pinned open_clip_torch 3.3.0): the CLIP class and
 its attributes, the visual tower's pre-transformer modules, the residual blocks' ln_1 / attn
@@ -112,7 +112,7 @@ def expected_shapes(config: ModelConfig) -> tuple[dict[str, torch.Size], set[str
 
 @dataclass(frozen=True)
 class VisionFeatures:
-    """What the vision tower gives per image (SPEC 5), all L2-normalised along D."""
+    """What the vision tower gives per image (design §5), all L2-normalised along D."""
 
     global_feature: torch.Tensor       # (B, D) class token of the original path -> ln_post -> proj
     patch_tokens: torch.Tensor         # (L, B, G*G, D) surgery path at each tapped layer -> ln_post -> proj
@@ -235,7 +235,7 @@ class FrozenCLIP(torch.nn.Module):
 
     @staticmethod
     def _dual_block(block, h: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One DPAM block (SPEC 5) on batch-first (B, N, W) states: original path h, surgery path s.
+        """One DPAM block (design §5) on batch-first (B, N, W) states: original path h, surgery path s.
 
         h <- h + Attn_qk(LN1(h)); h <- h + MLP(LN2(h));  s <- s + Attn_vv(LN1(h)), no MLP on s.
         Attn_vv is the block's attention with values in place of queries and keys: same in_proj,
@@ -305,7 +305,7 @@ class FrozenCLIP(torch.nn.Module):
 
     def encode_text_embeddings(self, token_embeddings: torch.Tensor, eot_positions: torch.Tensor,
                                deep_prompts=None) -> torch.Tensor:
-        """Return L2-normalised text features (T, D) of token embeddings (T, C, W) (SPEC 5).
+        """Return L2-normalised text features (T, D) of token embeddings (T, C, W) (design §5).
 
         eot_positions: (T,) index of each sequence's end token, where the feature is pooled.
         deep_prompts: None, or a sequence of (n_pos, W) tensors; entry j replaces the hidden states of

@@ -1,4 +1,4 @@
-"""Checkpoints: prompt parameters + optimizer + full run config + store fingerprint + model (SPEC 6, 8), and
+"""Checkpoints: prompt parameters + optimizer + full run config + store fingerprint + model (design §6, §8), and
 the store's render options (`store_render_record`: `detect` renders a new cloud as the training rows were).
 
 Written atomically (temp file, then rename), read with `torch.load(weights_only=True)`. Loading one

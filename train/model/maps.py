@@ -1,6 +1,6 @@
-"""Similarity maps of PointAD, SPEC 5: class probabilities, 2D patch maps, back-projection to points (eq. 2).
+"""Similarity maps of PointAD, design §5: class probabilities, 2D patch maps, back-projection to points (eq. 2).
 
-Pure torch, arrays in and arrays out, batch-first. Letters as in the store (SPEC 4): B samples,
+Pure torch, arrays in and arrays out, batch-first. Letters as in the store (design §4): B samples,
 V views, P points, S pixels per image side, G patch grid side (24 for ViT-L/14 at 336), D feature
 dimension, L tapped layers. Channel 0 of every two-class output is "normal", channel 1 "anomalous".
 All functions are differentiable with respect to their float inputs; integer and bool inputs only
@@ -19,7 +19,7 @@ TEMPERATURE = 0.07  # CLIP's logit scale 1/100 is not used: PointAD and AnomalyC
 
 def class_probabilities(text_features: torch.Tensor, image_features: torch.Tensor,
                         temperature: float = TEMPERATURE) -> torch.Tensor:
-    """Return P(g, f) (..., 2): softmax over {normal, anomalous} of cos(g, f) / temperature (SPEC 5).
+    """Return P(g, f) (..., 2): softmax over {normal, anomalous} of cos(g, f) / temperature (design §5).
 
     text_features: (2, D) rows g_n, g_a shared by every image, or (B, 2, D) one pair per sample, in
     which case image_features must start with the same B: (B, ..., D).
@@ -54,7 +54,7 @@ def patch_maps(text_features: torch.Tensor, patch_tokens: torch.Tensor | Sequenc
     Per layer: P(g, token) as in `class_probabilities`, reshaped to G x G, bilinear upsampling to
     S x S with align_corners=False (pixel-centre alignment, the default of F.interpolate and what the
     released code uses, so patch centres land at pixel (i + 0.5) * S/G - 0.5 and borders are
-    clamped); then the mean over the L layers (SPEC 5). Bilinear upsampling is linear, so averaging
+    clamped); then the mean over the L layers (design §5). Bilinear upsampling is linear, so averaging
     at G x G and upsampling once gives the same maps as upsampling each layer: done in that order.
     """
     if not torch.is_tensor(patch_tokens):
@@ -79,13 +79,13 @@ def patch_maps(text_features: torch.Tensor, patch_tokens: torch.Tensor | Sequenc
 
 def back_project(maps2d: torch.Tensor, pixel: torch.Tensor, visible: torch.Tensor, valid: torch.Tensor,
                  proxy: torch.Tensor) -> torch.Tensor:
-    """Return point maps S3d (B, P), or (B, C, P) for channelled maps: paper eq. 2, SPEC 5.
+    """Return point maps S3d (B, P), or (B, C, P) for channelled maps: paper eq. 2, design §5.
 
     maps2d: (B, V, S, S) or (B, V, C, S, S) float per-view maps (e.g. C = 2: S2d_n, S2d_a).
     pixel: (B, V, P, 2) int (any integer dtype; the store's int16 is widened before indexing),
     (u = column, v = row); only read where the point is visible.
     visible: (B, V, P) bool; valid: (B, P) bool, False for padding; proxy: (B, P) int, the index of
-    a point visible in some view (itself for a visible point, -1 for padding; SPEC 3.7).
+    a point visible in some view (itself for a visible point, -1 for padding; design §3.7).
 
     For point j: S3d(j) = mean over the views k where j is visible of map_k[v_kj, u_kj] (the mean
     over the visible views, as the released code does, not the paper's 1/K sum); a valid point
@@ -129,7 +129,7 @@ def back_project(maps2d: torch.Tensor, pixel: torch.Tensor, visible: torch.Tenso
 
 
 def sample_probability(view_global_probs: torch.Tensor) -> torch.Tensor:
-    """Return the sample's class probabilities (B, 2): mean over its V views (view MIL, SPEC 5).
+    """Return the sample's class probabilities (B, 2): mean over its V views (view MIL, design §5).
 
     view_global_probs: (B, V, 2) P(g, f_k) of each view's global feature. Averaged per sample (the
     released training script averages across the batch when B > 1: a bug not reproduced here).

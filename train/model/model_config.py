@@ -1,4 +1,4 @@
-"""Which CLIP the model uses and how its vision tower is tapped (SPEC 5); one JSON file per model.
+"""Which CLIP the model uses and how its vision tower is tapped (design §5); one JSON file per model.
 
 `train/model/model_configs/<name>.json` holds the keys of `ModelConfig`; `load_model_config` reads one.
 Block and layer numbers are 1-based as users see them ("blocks 6..24"); `train/model/backbone.py`
@@ -23,7 +23,7 @@ ALIASES = {"vit-l-14-336-quickgelu": "vit-l-14-336", "vit-l/14@336": "vit-l-14-3
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """A frozen CLIP backbone and its DPAM taps (SPEC 5). Defaults live here, once.
+    """A frozen CLIP backbone and its DPAM taps (design §5). Defaults live here, once.
 
     open_clip_config: the open_clip architecture (embed_dim, quick_gelu, vision_cfg, text_cfg) for an
     architecture open_clip does not ship (tiny); it is registered under open_clip_name. None means

@@ -1,4 +1,4 @@
-"""Learnable text prompts of PointAD (SPEC 5): the only trainable parameters of the model.
+"""Learnable text prompts of PointAD (design §5): the only trainable parameters of the model.
 
 Templates, each with E learnable word embeddings right after the start token:
   agnostic (default): "[V1..VE] object."   and  "[W1..WE] damaged object."

@@ -1,4 +1,4 @@
-"""Read the tensors of a TorchScript archive without running any of it (SPEC 5; STYLE 10).
+"""Read the tensors of a TorchScript archive without running any of it (design §5): no code from a data file, ever.
 
 `torch.jit.load` compiles the archive's `code/` and calls its `__setstate__` methods while loading: a
 crafted file runs what it likes. OpenAI's own weights (ViT-L-14-336px.pt) are such archives, so this

@@ -1,4 +1,4 @@
-"""Find, read and check CLIP weight files (SPEC 5) without ever downloading anything.
+"""Find, read and check CLIP weight files (design §5) without ever downloading anything.
 
 Search order for a config with a pretrained tag (ViT-L-14-336 / "openai"):
   1. --clip-weights PATH (a file, or a folder holding one of WEIGHT_NAMES);
