@@ -15,10 +15,9 @@ from tqdm import tqdm
 
 from pointad.eval.settings import (METHODS, PROTOCOLS, REPORT_FORMATS, SETTINGS, VIEW_MODES, MutualOptions,
                                    ReportConfig)
-from pointad.shared.cli import PointADGroup, default_of, list_option, verbosity_option
+from pointad.shared.cli import PointADGroup, default_of, list_option, resolve_model, verbosity_option
 from pointad.shared.logging import get_logger
-from pointad.train.cli import PROMPTS
-from pointad.train.config import TrainConfig
+from pointad.train.config import PROMPTS, TrainConfig
 
 log = get_logger("eval.report")
 
@@ -124,7 +123,6 @@ def report(store, checkpoints, setting, dataset, classes, report_format, out, pr
     from pointad.eval.report import build_report, write_report
     from pointad.eval.targets import check_file_target, check_folder_target
     from pointad.shared.errors import PointADError
-    from pointad.shared.cli import resolve_model
     from pointad.train.model.device import resolve_device
     source = click.get_current_context().get_parameter_source
     given = [f"--{n.replace('_', '-')}" for n in ("train_epochs", "train_prompt")
@@ -251,13 +249,13 @@ def _mutual_options(views, fraction, radii, layers, rescore_k):
 def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, model, epochs, prompt, clip_weights,
                 device) -> list[Path]:
     """The run directories of a sweep; missing ones trained (--train-missing) or reported as an error."""
-    from pointad.train.cli import base_config
+    from pointad.train.config import config_from_options
     from pointad.train.model.device import resolve_device
     from pointad.train.sweep import plan_sweep, sweep, trained_runs
     if not train_missing:
         return trained_runs(runs_dir, dataset, classes, seeds)
-    base = base_config(store=store, model=model, clip_weights=clip_weights, epochs=epochs, prompt=prompt,
-                       dataset=dataset)
+    base = config_from_options(store=store, model=resolve_model(model, clip_weights), clip_weights=clip_weights,
+                               epochs=epochs, prompt=prompt, dataset=dataset)
     runs = plan_sweep(base, classes, seeds, runs_dir)
     return sweep(runs, device=resolve_device(device), clip_weights=clip_weights,
                  log=lambda line: click.echo(line, err=True))
@@ -342,7 +340,6 @@ def detect(cloud, method, checkpoint, reference, class_name, dataset, model, mut
     else:
         from pointad.eval.detect import detect_mutual, reference_render, reference_rows
         from pointad.eval.mutual import MutualOptions
-        from pointad.shared.cli import resolve_model
         given = {"views": mutual_views, "fraction": mutual_fraction, "radii": tuple(mutual_radii) or None,
                  "layers": tuple(mutual_layers) or None}
         options = MutualOptions(**{k: v for k, v in given.items() if v is not None}, rescore_ks=())

@@ -9,9 +9,8 @@ import click
 from tqdm import tqdm
 
 from pointad.shared.cli import PointADGroup, default_of, list_option, resolve_model, verbosity_option
-from pointad.train.config import TrainConfig
+from pointad.train.config import PROMPTS, TrainConfig
 
-PROMPTS = ("agnostic", "coop")  # TrainConfig.prompt: PointAD, PointAD-CoOp
 
 
 def _default(name):
@@ -90,20 +89,10 @@ def training_options(command):
     return command
 
 
-def base_config(*, store, model, clip_weights=None, no_feature_cache=False, class_name="", **options):
-    """`TrainConfig` from command options (those that are not its fields are ignored; missing ones take its
-    defaults); `--model auto` resolved and the weights located before any work."""
-    from dataclasses import fields
-    from pointad.train.model.model_config import load_model_config
-    from pointad.train.model.weights import locate_weights
-    model = resolve_model(model, clip_weights)
-    locate_weights(load_model_config(model), clip_weights)  # missing weights: fail before any work
-    known = {f.name for f in fields(TrainConfig)}
-    options = {k: v for k, v in options.items() if v != ()}  # a list option not given: the field's default
-    if "loss_terms" in options:  # a list option; TrainConfig takes the comma list
-        options["loss_terms"] = ",".join(options["loss_terms"])
-    return TrainConfig(store=str(store), class_name=class_name, model=model, feature_cache=not no_feature_cache,
-                       **{k: v for k, v in options.items() if k in known})
+def base_config(**options):
+    """`TrainConfig` from command options, `--model auto` resolved (said loudly when it falls back to tiny)."""
+    from pointad.train.config import config_from_options
+    return config_from_options(**{**options, "model": resolve_model(options["model"], options.get("clip_weights"))})
 
 
 @train.command()

@@ -5,10 +5,12 @@ Light on purpose (no torch at import): the command line takes its defaults from 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from pointad.shared.errors import ConfigError
 from pointad.train.model.model_config import DEFAULT_MODEL, DEFAULT_SEED
+
+PROMPTS = ("agnostic", "coop")  # TrainConfig.prompt: PointAD, PointAD-CoOp
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,8 +45,8 @@ class TrainConfig:
             raise ConfigError("epochs and batch size must be >= 1 and the learning rate > 0")
         if self.cache_memory < 0:
             raise ConfigError(f"--cache-memory must be >= 0 bytes, got {self.cache_memory}")
-        if self.prompt not in ("agnostic", "coop"):
-            raise ConfigError(f"--prompt must be agnostic or coop, got {self.prompt!r}")
+        if self.prompt not in PROMPTS:
+            raise ConfigError(f"--prompt must be {' or '.join(PROMPTS)}, got {self.prompt!r}")
         from pointad.train.losses import parse_loss_terms  # torch: loaded when a run is configured, not by --help
         try:
             parse_loss_terms(self.loss_terms)
@@ -60,3 +62,19 @@ class TrainConfig:
         data["betas"] = list(self.betas)
         data["layers"] = None if self.layers is None else list(self.layers)
         return data
+
+
+def config_from_options(*, store, model, clip_weights=None, no_feature_cache=False, class_name="", **options):
+    """`TrainConfig` from command options (those that are not its fields are ignored; missing ones, and list
+    options not given, take its defaults); the weights are located first, so missing ones stop a run before
+    any work. `model` is a config name (`--model auto` already resolved)."""
+    from pointad.train.model.model_config import load_model_config
+    from pointad.train.model.weights import locate_weights
+    locate_weights(load_model_config(model), clip_weights)
+    known = {f.name for f in fields(TrainConfig)}
+    options = {k: v for k, v in options.items() if v != ()}
+    if "loss_terms" in options:  # a list option; TrainConfig takes the comma list
+        options["loss_terms"] = ",".join(options["loss_terms"])
+    return TrainConfig(store=str(store), class_name=class_name, model=model, feature_cache=not no_feature_cache,
+                       **{k: v for k, v in options.items() if k in known})
+

@@ -27,6 +27,12 @@ def test_scoring_and_detect_import_no_training_code():
     assert sorted(loaded & set(TRAINING_SIDE)) == []
 
 
+def test_eval_command_line_loads_no_training_code_until_train_missing():
+    loaded = _modules_after("import pointad.eval.cli")
+    assert "pointad.eval.cli" in loaded
+    assert sorted(loaded & set(TRAINING_SIDE)) == []
+
+
 def test_metrics_import_is_light():
     loaded = _modules_after("import pointad.eval.metrics")
     assert "pointad.eval.metrics" in loaded
