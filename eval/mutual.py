@@ -30,13 +30,13 @@ from scipy.ndimage import gaussian_filter
 from pointad.eval.mutual_scoring import aggregate_neighbourhoods, mutual_scores, rescore_by_neighbours, upsample_scores
 from pointad.eval.scoring import (SIGMA, SampleScores, compact_knn, compat_fused_map, compat_grid_map, encode_batch,
                           fused_point_map, fused_sample_score, rgb_point_map, smooth_graph, smooth_organized)
+# MutualOptions and its choices live in the light eval.settings (the command line reads them); re-exported here
+from pointad.eval.settings import MUTUAL as METHOD, VIEW_MODES, MutualOptions  # noqa: F401
 from pointad.shared.errors import PointADError
 from pointad.shared.store import open_store
 from pointad.train.model.maps import back_project
 from pointad.train.model.model_config import ModelConfig
 
-# MutualOptions and its choices live in the light eval.settings (the command line reads them); re-exported here
-from pointad.eval.settings import MUTUAL as METHOD, VIEW_MODES, MutualOptions  # noqa: E402,F401
 FEATURE_FIELDS = ("image", "rgb", "grid_hw", "grid_index", "valid")
 GEOMETRY_FIELDS = ("pixel", "visible", "valid", "label", "proxy", "grid_index", "grid_hw", "knn", "knn_weight")
 # Published means of MuSc-V2 (Li, Xue, Zhou, arXiv 2511.10047, 2025) as quoted in issue 13, which sets them
