@@ -312,6 +312,20 @@ def test_pointad_compat_matches_the_released_definition(seed):
     _assert_close(aupro_pointad_compat(masks, scores), _compat_by_loop(masks, scores), f"seed {seed}", tol=1e-9)
 
 
+def test_pointad_compat_leaves_out_an_fpr_of_exactly_max_fpr():
+    """Hand-made: 10 normal cells, so FPR takes the values 0.0, 0.1, ... exactly; 3 of them score above the
+    thresholds in [0.45, 0.6), where FPR == 0.3 exactly. The released code keeps FPR < 0.3 only."""
+    normal = [0.0, 0.0, 0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 0.9]
+    defect = [0.5, 0.7, 0.95, 1.0]
+    scores = np.array([normal[:7], normal[7:] + defect], dtype=np.float64)[None]   # (1, 2, 7)
+    masks = np.array([[0] * 7, [0] * 3 + [1] * 4])[None]
+    assert 3 / 10 == 0.3  # the edge FPR is the float max_fpr itself
+    ours = aupro_pointad_compat(masks, scores)
+    _assert_close(ours, _compat_by_loop(masks, scores), "strict FPR < 0.3", tol=1e-12)
+    with_edge = _compat_by_loop(masks, scores, max_fpr=0.3 + 1e-9)  # what keeping FPR == 0.3 would give
+    assert abs(ours - with_edge) > 1e-3, (ours, with_edge)
+
+
 def test_pointad_compat_differs_from_points_where_it_should():
     masks, scores, _ = _random_maps(2)
     compat, points = aupro_pointad_compat(masks, scores), aupro_organized(masks, scores)
