@@ -69,7 +69,8 @@ from pointad.render.synthetic import SyntheticSpec, generate  # noqa: E402
 from pointad.render.visibility import nearest_per_pixel  # noqa: E402
 from pointad.shared.registry import custom_entry  # noqa: E402
 from pointad.shared.sample import Sample  # noqa: E402
-from pointad.shared.store import CLEVEL, append_samples, create_store, open_store, write_sample  # noqa: E402
+from pointad.shared.store import open_store# noqa: E402
+from pointad.shared.store_write import CLEVEL, append_samples, create_store, write_sample# noqa: E402
 
 STEPS = ("read", "normals", "render", "masks", "projection", "visibility", "proxy + knn", "write")
 # the per-sample work besides drawing (views and masks) and reading: what compression and neighbours cost

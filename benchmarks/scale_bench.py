@@ -59,7 +59,8 @@ def base_store(folder: Path, views: int, max_points: int) -> Path:
 
 def scaled_store(base: Path, out: Path, n: int) -> Path:
     """A store of n rows, n/2 per class, each a copy of a base row of its class under a new sample id."""
-    from pointad.shared.store import SAMPLE_FIELDS, SampleArrays, append_samples, create_store, open_store, write_sample
+    from pointad.shared.store import SAMPLE_FIELDS, SampleArrays, open_store
+    from pointad.shared.store_write import append_samples, create_store, write_sample
     if out.exists():
         store = open_store(out)
         if len(store) == n and store.complete.all():

@@ -29,8 +29,9 @@ from pointad.shared.io import os_error
 from pointad.shared.lock import writer_lock
 from pointad.shared.registry import DatasetEntry
 from pointad.shared.sample import SampleRef
-from pointad.shared.store import (StoreAttrs, append_samples, create_store, mark_incomplete, open_store, require_writable,
-                          set_failures, start_chunk_checks, write_sample)
+from pointad.shared.store import StoreAttrs, open_store
+from pointad.shared.store_write import (append_samples, create_store, mark_incomplete, require_writable, set_failures,
+                                        start_chunk_checks, write_sample)
 from pointad.shared.store_check import chunk_problems, rewrite_array_metadata
 
 @dataclass

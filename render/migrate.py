@@ -22,8 +22,8 @@ from pointad.render.view_plan import ViewPlan
 from pointad.shared.errors import PointADError
 from pointad.shared.io import atomic_path, os_error
 from pointad.shared.lock import writer_lock
-from pointad.shared.store import (ARRAYS, RenderStore, StoreAttrs, _array_kwargs, _open_group, _read_attrs, array_attributes,
-                          open_store)
+from pointad.shared.store import ARRAYS, RenderStore, StoreAttrs, open_group, open_store, read_attrs
+from pointad.shared.store_write import array_attributes, array_kwargs
 from pointad.shared.store_schema import SCHEMA_VERSION, V2_ONLY
 
 __all__ = ["migrate_store", "store_cameras"]
@@ -68,8 +68,8 @@ def migrate_store(path) -> str:
 
 
 def _migrate_locked(path: Path) -> str:
-    group = _open_group(path, "r")
-    attrs = _read_attrs(group, path)
+    group = open_group(path, "r")
+    attrs = read_attrs(group, path)
     if attrs.schema_version == SCHEMA_VERSION:  # migrated meanwhile
         return f"{path}: already schema_version {SCHEMA_VERSION}; nothing to do"
     store = RenderStore(path, group)
@@ -81,7 +81,7 @@ def _migrate_locked(path: Path) -> str:
     for spec, values in zip([s for s in ARRAYS if s.path in V2_ONLY], (intrinsic, extrinsic)):
         parent, name = spec.path.split("/")
         array = writable.require_group(parent).create_array(
-            name, shape=values.shape, **_array_kwargs(spec, attrs), attributes=array_attributes(spec),
+            name, shape=values.shape, **array_kwargs(spec, attrs), attributes=array_attributes(spec),
             overwrite=True, config={"write_empty_chunks": True})  # every chunk on disk, as a build writes it
         if len(values):
             array[:] = values

@@ -22,8 +22,8 @@ import numpy as np
 
 from pointad.shared.errors import PointADError, StoreSchemaError
 from pointad.shared.io import os_error, temp_sibling
-from pointad.shared.store import (FORMAT, RenderStore, StoreAttrs, _first_line, _open_group, open_store,
-                          require_writable)
+from pointad.shared.store import FORMAT, RenderStore, StoreAttrs, first_line, open_group, open_store
+from pointad.shared.store_write import require_writable
 
 __all__ = ["export_h5", "open_h5_store", "GZIP_LEVEL"]
 
@@ -47,7 +47,7 @@ def export_h5(store_path, out) -> int:
     store = open_store(store_path)
     if out.exists():
         _check_replaceable(out)
-    group = _open_group(store_path, "r")
+    group = open_group(store_path, "r")
     n = len(store)
     tmp = temp_sibling(out)
     made = False  # the temp file is removed on failure only if this call created it
@@ -101,11 +101,11 @@ class H5RenderStore(RenderStore):
             self._file = h5py.File(self.path, "r")
         except (OSError, ValueError) as exc:
             raise StoreSchemaError(f"{self.path}: not a pointad render store (not a readable HDF5 file: "
-                                   f"{_first_line(exc)})") from None
+                                   f"{first_line(exc)})") from None
         try:
             attrs = _json_attrs(self._file.attrs)
         except (TypeError, ValueError) as exc:
-            raise StoreSchemaError(f"{self.path}: root attributes are not JSON text ({_first_line(exc)}); "
+            raise StoreSchemaError(f"{self.path}: root attributes are not JSON text ({first_line(exc)}); "
                                    "not a twin written by 'render export'") from None
         self.attrs = StoreAttrs.from_dict(attrs, source=str(self.path))
         self._arrays = {}
@@ -137,7 +137,7 @@ class H5RenderStore(RenderStore):
             try:
                 out.append(np.asarray(self._arrays[path][selection]))
             except (OSError, ValueError) as exc:  # a damaged chunk fails its filter pipeline
-                raise StoreSchemaError(f"{self.path}: array {path}: rows do not read ({_first_line(exc)}); "
+                raise StoreSchemaError(f"{self.path}: array {path}: rows do not read ({first_line(exc)}); "
                                        "export the store again") from None
         return out
 

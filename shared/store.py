@@ -1,77 +1,42 @@
-"""The render store on disk (design §4): a Zarr v3 group, the only way other stages touch renders.
+"""Reading the render store (design §4): a Zarr v3 group, the only way other stages touch renders.
 
-Who writes what: the coordinator alone creates the store, appends identity rows and updates the
-attributes; each worker process writes whole rows of its own samples with `write_sample`, every array of
-the row first and `samples/complete` last. Worker-written arrays are chunked 1 along N, so two workers
-never share a chunk, and Zarr's local store writes each chunk file atomically (temp + rename).
-The row count N is the length of `samples/sample_id`, resized last on append (its new values are in
-place before), and a reader takes it before any other array's shape; rows past it in other arrays (an
-append killed half-way) are ignored and overwritten by the next append. So a reader opened while a build
-appends sees N rows with every identity set, and only complete rows are read. One writer at a time:
-`render build` holds the store's writer lock (`shared/lock.py`) around creating, appending and rendering.
-Schema v1 stores are read (no cameras) but never written: every write refuses them (MIGRATE_NOTE).
-`open_store` also reads the HDF5 twin that `render export` writes (`shared/h5store.py`).
+The row count N is the length of `samples/sample_id`, which a build resizes last on append (its new values
+are in place before); a reader takes it before any other array's shape, and rows past it in other arrays
+(an append killed half-way) are ignored. So a reader opened while a build appends sees N rows with every
+identity set, and only complete rows are read. Writing is `shared/store_write.py`'s. Schema v1 stores are
+read (no cameras); `open_store` also reads the HDF5 twin that `render export` writes (`shared/h5store.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import zarr
 import zarr.errors
-from zarr.codecs import BloscCodec
-from zarr.core.array import AsyncArray
 from zarr.core.sync import sync  # runs a coroutine on Zarr's own event loop, as zarr.Array does
 
-from pointad.shared.errors import PointADError, StoreSchemaError
-from pointad.shared.io import os_error, remove_stale_temp_siblings, temp_sibling
-from pointad.shared.store_schema import (ARRAYS, BY_FIELD, FORMAT, IDENTITY, MIGRATE_NOTE, SAMPLE_FIELDS, SCHEMA_VERSION,
-                                 V2_ONLY, ArraySpec, SampleArrays, StoreAttrs, StoredSample, check_failures)
+from pointad.shared.errors import StoreSchemaError
+from pointad.shared.store_schema import (ARRAYS, BY_FIELD, FORMAT, IDENTITY, SAMPLE_FIELDS, SCHEMA_VERSION, V2_ONLY,
+                                         ArraySpec, SampleArrays, StoreAttrs, StoredSample)
 
-__all__ = ["FORMAT", "SCHEMA_VERSION", "StoreAttrs", "SampleArrays", "StoredSample", "RenderStore", "create_store",
-           "append_samples", "write_sample", "start_chunk_checks", "mark_incomplete", "set_failures", "update_attrs",
-           "open_store", "store_fingerprint", "require_writable"]
+__all__ = ["FORMAT", "SCHEMA_VERSION", "StoreAttrs", "SampleArrays", "StoredSample", "RenderStore", "open_store",
+           "store_fingerprint"]
 
 # what to do about a store this code cannot open at all (render build cannot resume it either)
 _UNUSABLE = "render into another --out"
-# Every chunk of a row is written, even one that holds only the fill value (Zarr skips those by default),
-# so a missing chunk file means damage. Stores of older versions skipped them: `samples/complete`
-# records from which row on every chunk is on disk, and only those rows' chunks are required.
-WRITE_ALL = {"write_empty_chunks": True}
+# `samples/complete` records from which row on every chunk of a row is on disk (shared/store_write.py writes
+# them all; older versions skipped chunks holding only the fill value): only those rows' chunks are required
 CHECKED_FROM = "every_chunk_written_from_row"
-IDENTITY_CHUNK = 4096  # identity arrays are written by the coordinator only, so they may share chunks
-# zstd level 1: a 112 896-point row compresses ~8x faster than at level 5 (0.04 s vs 0.31 s) for ~8% more
-# bytes (benchmarks/render_bench.py). Blosc frames record their own codec and level, so rows written at any
-# level (stores of older versions used 5) decode the same
-CLEVEL = 1
 ROW_COUNT = "samples/sample_id"
 DEFAULT_BATCH_FIELDS = ("image", "pixel", "visible", "valid", "label", "proxy")
-_MUTABLE_ATTRS = ("failures", "render", "software")
 
 
-def _compressor(dtype: str) -> BloscCodec:
-    # byte shuffle groups the bytes of multi-byte numbers; bool packs best bit-shuffled
-    return BloscCodec(cname="zstd", clevel=CLEVEL, shuffle="bitshuffle" if dtype == "bool" else "shuffle")
-
-
-def _chunks(spec: ArraySpec, attrs: StoreAttrs) -> tuple[int, ...]:
-    """1 along N and the whole row in one chunk for worker-written arrays; IDENTITY_CHUNK rows otherwise."""
-    return (1 if spec.worker else IDENTITY_CHUNK, *spec.row_shape(attrs))
-
-
-def _is_empty_dir(path: Path) -> bool:
-    return path.is_dir() and not any(path.iterdir())
-
-
-def _open_group(path: Path, mode: str) -> zarr.Group:
+def open_group(path: Path, mode: str) -> zarr.Group:
     """The store's root group; a path that is missing or holds no Zarr group is 'not a store'."""
     try:
         # consolidated metadata would go stale on every append, so the store never has any
@@ -80,154 +45,16 @@ def _open_group(path: Path, mode: str) -> zarr.Group:
             zarr.errors.ContainsArrayError) as exc:
         raise StoreSchemaError(f"{path}: not a pointad render store (no Zarr group there)") from exc
     except ValueError as exc:  # the group's zarr.json is not JSON, or not Zarr metadata
-        raise StoreSchemaError(f"{path}: the store's zarr.json is unreadable ({_first_line(exc)})") from None
+        raise StoreSchemaError(f"{path}: the store's zarr.json is unreadable ({first_line(exc)})") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _read_attrs(group: zarr.Group, path: Path) -> StoreAttrs:
+def read_attrs(group: zarr.Group, path: Path) -> StoreAttrs:
     return StoreAttrs.from_dict(dict(group.attrs), source=str(path))
-
-
-def _writable_attrs(group: zarr.Group, path: Path) -> StoreAttrs:
-    """The store's attributes; StoreSchemaError if this version may not write it (schema v1)."""
-    attrs = _read_attrs(group, path)
-    if attrs.schema_version != SCHEMA_VERSION:
-        raise StoreSchemaError(f"{path}: {MIGRATE_NOTE.format(path=path)}")
-    return attrs
-
-
-def require_writable(path) -> StoreAttrs:
-    """The attributes of the store at `path`; StoreSchemaError (one line naming `render migrate`) for a
-    schema v1 store, which this version reads but does not write."""
-    path = Path(path)
-    return _writable_attrs(_open_group(path, "r"), path)
-
-
-def create_store(path, attrs: StoreAttrs) -> None:
-    """Create an empty store (N = 0, every array of ARRAYS) at `path`: a new path or an empty folder.
-
-    Built under a temporary name next to `path` (`.<name>.tmp-<host>-<pid>`), then renamed, so a killed
-    call leaves no half store; such leftovers of dead processes on this host are removed first. A store
-    another process created meanwhile, or an OSError (disk full), is a one-line PointADError, and the
-    temporary folder is gone.
-    """
-    path = Path(path)
-    if path.exists() and not _is_empty_dir(path):
-        try:
-            open_store(path)
-        except StoreSchemaError:
-            raise PointADError(f"{path}: exists and is not an empty folder; remove it or choose another path") from None
-        raise PointADError(f"{path}: already a render store; open it (render build resumes it) instead of creating it")
-    tmp = temp_sibling(path)
-    made = False  # the temp folder is removed on failure only if this call created it
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_siblings(path)
-        # made in memory, then written file by file: Zarr's own concurrent writes could still be creating
-        # folders after a failed one raised (disk full), and recreate the temp folder after its removal
-        files = {}
-        group = zarr.open_group(zarr.storage.MemoryStore(files), mode="w-", zarr_format=3, attributes=attrs.to_dict())
-        for spec in ARRAYS:
-            parent, name = spec.path.split("/")
-            group.require_group(parent).create_array(name, shape=(0, *spec.row_shape(attrs)),
-                                                     **_array_kwargs(spec, attrs), attributes=array_attributes(spec, 0))
-        tmp.mkdir()
-        made = True
-        for key, value in sorted(files.items()):
-            (tmp / key).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / key).write_bytes(value.to_bytes())
-        try:
-            os.rename(tmp, path)  # POSIX: replaces an empty folder too
-        except OSError as exc:
-            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
-                raise PointADError(f"{path}: created by another process meanwhile; open it (render build "
-                                   "resumes it) instead of creating it") from None
-            raise
-    except OSError as exc:
-        raise os_error(exc, path) from None
-    finally:
-        if made and tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _array_kwargs(spec: ArraySpec, attrs: StoreAttrs) -> dict:
-    """How create_store makes the array of `spec` (all but its shape)."""
-    return dict(chunks=_chunks(spec, attrs), dtype=str if spec.dtype == "str" else spec.dtype, fill_value=spec.fill,
-                compressors=_compressor(spec.dtype), dimension_names=spec.dimension_names())
-
-
-def array_attributes(spec: ArraySpec, checked_from: int | None = None) -> dict:
-    """The attributes of the array of `spec`: meaning, units, fill value; `samples/complete` also records
-    from which row on every chunk is written (CHECKED_FROM)."""
-    extra = {CHECKED_FROM: checked_from} if spec.path == "samples/complete" and checked_from is not None else {}
-    return {**spec.attributes(), **extra}
-
-
-def _identity_columns(identities: list[dict]) -> dict[str, list]:
-    """Columns of IDENTITY + label, checked: every key present, no other, label 0 or 1."""
-    keys = {*IDENTITY, "label"}
-    columns = {key: [] for key in (*IDENTITY, "label")}
-    for i, identity in enumerate(identities):
-        if set(identity) != keys:
-            raise ValueError(f"identity {i} has keys {sorted(identity)}; expected {sorted(keys)}")
-        for key in IDENTITY:
-            if not isinstance(identity[key], str) or not identity[key]:
-                raise ValueError(f"identity {i}: {key} must be a non-empty string, got {identity[key]!r}")
-        if identity["label"] not in (0, 1):
-            raise ValueError(f"identity {i}: label must be 0 or 1, got {identity['label']!r}")
-        for key in columns:
-            columns[key].append(identity[key])
-    return columns
-
-
-def append_samples(path, identities: list[dict]) -> range:
-    """Add one row per identity ({dataset, class_name, split, defect_type, sample_id, label}); return the rows.
-
-    Coordinator only. Every array grows along N; the new rows are incomplete until a worker writes them.
-    A (dataset, sample_id) already in the store, or repeated in `identities`, is a ValueError.
-    """
-    path = Path(path)
-    group = _open_group(path, "r+")
-    _writable_attrs(group, path)
-    columns = _identity_columns(identities)
-    n, m = group[ROW_COUNT].shape[0], len(identities)
-    seen = set(zip(group["samples/dataset"][:n].tolist(), group["samples/sample_id"][:n].tolist()))
-    for key in zip(columns["dataset"], columns["sample_id"]):
-        if key in seen:
-            raise ValueError(f"{path}: sample {key[1]} of dataset {key[0]} is already in the store")
-        seen.add(key)
-    if m == 0:
-        return range(n, n)
-    # resize and fill everything else first: until samples/sample_id grows, the new rows do not exist
-    for spec in sorted(ARRAYS, key=lambda s: s.path == ROW_COUNT):
-        array = group[spec.path]
-        group_name, name = spec.path.split("/")
-        if group_name == "samples" and name in columns:
-            # values first, through a grown copy of the array kept in memory, then the new shape: a reader
-            # that sees the grown samples/sample_id also sees its values (chunk files are replaced whole)
-            grown = AsyncArray(array.metadata.update_shape((n + m, *array.shape[1:])), array.async_array.store_path,
-                               WRITE_ALL)
-            sync(grown.setitem(slice(n, n + m), np.asarray(columns[name], dtype=np.uint8 if name == "label" else str)))
-        array.resize((n + m, *array.shape[1:]))
-    return range(n, n + m)
-
-
-def _write_row(group: zarr.Group, index: int, arrays: SampleArrays) -> None:
-    """Every SampleArrays array into row `index`; the completion flag is the caller's business."""
-    targets = [group[spec.path].async_array.with_config(WRITE_ALL) for spec in BY_FIELD.values()]
-
-    async def write_all():
-        # all arrays in flight at once: compressing one overlaps with writing another; every write settles
-        # before the first error is raised, so nothing is still writing when the caller hears of it
-        return await asyncio.gather(*(t.setitem(index, getattr(arrays, name)) for t, name in zip(targets, BY_FIELD)),
-                                    return_exceptions=True)
-    errors = [result for result in sync(write_all()) if isinstance(result, BaseException)]
-    if errors:
-        raise errors[0]
 
 
 def _read_rows(arrays: list, selection, store_path=None) -> list[np.ndarray]:
@@ -248,7 +75,7 @@ def _read_rows(arrays: list, selection, store_path=None) -> list[np.ndarray]:
             if not isinstance(result, Exception):
                 raise result
             raise StoreSchemaError(f"{store_path or array.store_path}: array {array.path} row(s) "
-                                   f"{_describe_rows(selection)}: a chunk does not decode ({_first_line(result)}); "
+                                   f"{_describe_rows(selection)}: a chunk does not decode ({first_line(result)}); "
                                    "run 'render verify', then 'render build --repair'") from None
     return results
 
@@ -261,68 +88,6 @@ def _describe_rows(selection) -> str:
     return str(selection)
 
 
-def write_sample(path, index: int, arrays: SampleArrays) -> None:
-    """Write row `index` of the store at `path` (worker side), `samples/complete[index] = True` last.
-
-    The flag is cleared first, so a rewritten row killed half-way reads as incomplete as well.
-    Safe to call from several processes at once for different rows; ValueError if `arrays` does not fit.
-    """
-    path = Path(path)
-    group = _open_group(path, "r+")
-    arrays.validate(_writable_attrs(group, path))
-    n = group[ROW_COUNT].shape[0]
-    if not 0 <= index < n:
-        raise IndexError(f"{path}: row {index} out of range (the store has {n} rows)")
-    complete = group["samples/complete"]
-    complete[index] = False
-    _write_row(group, index, arrays)
-    complete[index] = True
-
-
-def start_chunk_checks(path) -> int:
-    """Record, if the store has no record yet (an older version wrote it), that every row from now on
-    has all its chunks written; return the first such row (coordinator only)."""
-    group = _open_group(Path(path), "r+")
-    _writable_attrs(group, Path(path))
-    complete = group["samples/complete"]
-    if CHECKED_FROM not in complete.attrs:
-        complete.attrs[CHECKED_FROM] = int(_open_group(Path(path), "r")[ROW_COUNT].shape[0])
-    return int(complete.attrs[CHECKED_FROM])
-
-
-def mark_incomplete(path, rows) -> None:
-    """Clear `samples/complete` of `rows` (coordinator only), so the next build renders them again."""
-    path = Path(path)
-    group = _open_group(path, "r+")
-    _writable_attrs(group, path)
-    complete = group["samples/complete"]
-    for row in sorted({int(r) for r in rows}):
-        complete[row] = False
-
-
-def update_attrs(path, **changes) -> StoreAttrs:
-    """Replace some of `failures`, `render`, `software` in the store's attributes (coordinator only)."""
-    path = Path(path)
-    unknown = sorted(set(changes) - set(_MUTABLE_ATTRS))
-    if unknown:
-        raise ValueError(f"{path}: store attribute(s) {unknown} cannot change after creation; "
-                         f"changeable: {', '.join(_MUTABLE_ATTRS)}")
-    group = _open_group(path, "r+")
-    data = {**_writable_attrs(group, path).to_dict(), **changes}
-    attrs = StoreAttrs.from_dict(data, source=str(path))  # validates the new values before anything is written
-    group.attrs.update(attrs.to_dict())
-    return attrs
-
-
-def set_failures(path, failures: list[dict], *, render: dict | None = None) -> StoreAttrs:
-    """Replace the store's failure list ([{dataset, sample_id, reason}]), and its `render` options if given."""
-    check_failures(failures)
-    changes = {"failures": [dict(f) for f in failures]}
-    if render is not None:
-        changes["render"] = render
-    return update_attrs(path, **changes)
-
-
 class RenderStore:
     """Read-only view of a store as it was when opened: rows, identities and completion flags.
 
@@ -332,7 +97,7 @@ class RenderStore:
 
     def __init__(self, path, group: zarr.Group):
         self.path = Path(path)
-        self.attrs = _read_attrs(group, self.path)
+        self.attrs = read_attrs(group, self.path)
         self._arrays = {}
         # the row count before any other shape: an append grows every other array before this one
         for spec in sorted(self._specs(), key=lambda s: s.path != ROW_COUNT):
@@ -342,7 +107,7 @@ class RenderStore:
                 raise StoreSchemaError(f"{self.path}: array {spec.path} missing; {_UNUSABLE}") from None
             except Exception as exc:  # a damaged zarr.json: JSON or metadata errors of several kinds
                 raise StoreSchemaError(f"{self.path}: array {spec.path}: its zarr.json is unreadable "
-                                       f"({_first_line(exc)}); 'render build --repair' rewrites it from the "
+                                       f"({first_line(exc)}); 'render build --repair' rewrites it from the "
                                        "schema") from None
         self._index_arrays()
 
@@ -482,7 +247,7 @@ def open_store(path) -> RenderStore:
     if path.suffix in (".h5", ".hdf5") or (path.is_file() and _is_hdf5(path)):
         from pointad.shared.h5store import open_h5_store  # h5py only when an HDF5 file is read
         return open_h5_store(path)
-    return RenderStore(path, _open_group(path, "r"))
+    return RenderStore(path, open_group(path, "r"))
 
 
 def _is_hdf5(path: Path) -> bool:

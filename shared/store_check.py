@@ -18,8 +18,8 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from pointad.shared.io import atomic_path
-from pointad.shared.store import (ARRAYS, IDENTITY, ROW_COUNT, RenderStore, _array_kwargs,
-                          _first_line, _open_group, _writable_attrs, array_attributes)
+from pointad.shared.store import ARRAYS, IDENTITY, ROW_COUNT, RenderStore, first_line, open_group
+from pointad.shared.store_write import array_attributes, array_kwargs, writable_attrs
 
 __all__ = ["chunk_problems", "rewrite_array_metadata"]
 
@@ -67,7 +67,7 @@ def chunk_problems(store: RenderStore, rows=None, decode: bool = False) -> list[
             for array, result in zip(arrays, sync(read_all())):
                 if isinstance(result, Exception):
                     key = array.metadata.encode_chunk_key((row, *(0,) * (array.ndim - 1)))
-                    found.append((row, array.path, f"chunk {key} does not decode ({_first_line(result)})"))
+                    found.append((row, array.path, f"chunk {key} does not decode ({first_line(result)})"))
     return sorted(found, key=lambda problem: problem[:2])
 
 
@@ -79,8 +79,8 @@ def rewrite_array_metadata(path) -> list[str]:
     Chunks stay as they were; rows whose chunks do not fit show up in `chunk_problems`. Writer only.
     """
     path = Path(path)
-    group = _open_group(path, "r")
-    attrs = _writable_attrs(group, path)  # a v1 store's metadata is not v2's: migrate it first
+    group = open_group(path, "r")
+    attrs = writable_attrs(group, path)  # a v1 store's metadata is not v2's: migrate it first
     broken, lengths = [], {}
     for spec in ARRAYS:
         try:
@@ -96,7 +96,7 @@ def rewrite_array_metadata(path) -> list[str]:
         raise ValueError(f"{path}: every identity array is unreadable; the rows cannot be recovered")
     n = lengths.get(ROW_COUNT, min(identity))
     for spec in broken:
-        model = zarr.create_array(store={}, shape=(n, *spec.row_shape(attrs)), **_array_kwargs(spec, attrs),
+        model = zarr.create_array(store={}, shape=(n, *spec.row_shape(attrs)), **array_kwargs(spec, attrs),
                                   attributes=array_attributes(spec, n))
         document = model.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
         with atomic_path(path / spec.path / "zarr.json") as tmp:

@@ -25,7 +25,8 @@ from pointad.render.build import build_store
 from pointad.render.cli import render
 from pointad.render.sample_render import RenderOptions
 from pointad.shared.errors import PointADError
-from pointad.shared.store import CHECKED_FROM, SampleArrays, open_store, write_sample
+from pointad.shared.store import CHECKED_FROM, SampleArrays, open_store
+from pointad.shared.store_write import write_sample
 from pointad.shared.store_schema import BY_FIELD, SAMPLE_FIELDS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,7 +171,8 @@ def test_second_build_is_refused_and_a_reader_sees_complete_rows_during_a_build(
 CREATE = textwrap.dedent("""
     import os, sys
     from pointad.shared.errors import PointADError
-    from pointad.shared.store import StoreAttrs, create_store
+    from pointad.shared.store import StoreAttrs
+    from pointad.shared.store_write import create_store
     attrs = StoreAttrs(views=2, image_size=8, max_points=16, knn=2, view_plan={}, camera={})
     print("ready", flush=True)
     while not os.path.exists(sys.argv[2]):  # both start creating at the same instant
@@ -205,7 +207,7 @@ def test_stale_temp_folders_of_dead_writers_are_removed_others_kept(tmp_path):
     """A killed create leaves `.<name>.tmp-<host>-<pid>`; the next create removes it, and leaves alone the
     temp folders of a live process, of another host, and anything not named by our pattern."""
     from pointad.render.build import store_attrs
-    from pointad.shared.store import create_store
+    from pointad.shared.store_write import create_store
     out = tmp_path / "renders.zarr"
     killed = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import os, signal, sys, zarr

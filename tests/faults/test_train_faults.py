@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from pointad.render.build import build_store
 from pointad.render.sample_render import RenderOptions
 from pointad.shared.lock import holder, lock_path
-from pointad.shared.store import update_attrs
+from pointad.shared.store_write import update_attrs
 from pointad.train.model.backbone import load_backbone
 from pointad.train.model.checkpoint import load_checkpoint
 from pointad.train.cli import train as train_cli

@@ -15,7 +15,8 @@ from pointad.render.rasterize import DrawStyle, downsample, worker_rasterizer
 from pointad.render.readers import list_samples, preprocess_options, read_sample
 from pointad.render.sample_render import RenderOptions, render_masks, render_sample
 from pointad.shared.errors import ConfigError
-from pointad.shared.store import open_store, set_failures
+from pointad.shared.store import open_store
+from pointad.shared.store_write import set_failures
 
 
 def _full(white, top, left, size):

@@ -14,8 +14,9 @@ from zarr.codecs import BloscCodec
 
 import pointad.shared as shared
 from pointad.shared.errors import PointADError, StoreSchemaError
-from pointad.shared.store import (SampleArrays, StoreAttrs, _write_row, append_samples, create_store, open_store,
-                          set_failures, store_fingerprint, update_attrs, write_sample)
+from pointad.shared.store import SampleArrays, StoreAttrs, open_store, store_fingerprint
+from pointad.shared.store_write import (_write_row, append_samples, create_store, set_failures, update_attrs,
+                                        write_sample)
 from pointad.shared.store_schema import ARRAYS, BY_FIELD, SAMPLE_FIELDS
 
 V, S, P, K = 2, 8, 16, 3
@@ -403,7 +404,7 @@ def test_rows_written_at_another_compression_level_read_back_and_resume(tmp_path
     # stores of older versions were written at zstd level 5: their rows must read back equal, a build
     # resuming them must write into them, and their metadata rewritten from today's schema (repair) must
     # still decode the old chunks
-    import pointad.shared.store as store_module
+    import pointad.shared.store_write as store_module
     from pointad.shared.store_check import rewrite_array_metadata
     assert store_module.CLEVEL != 9
     path = tmp_path / "old.zarr"

@@ -24,7 +24,8 @@ from pointad.render.migrate import migrate_store
 from pointad.render.sample_render import RenderOptions
 from pointad.render.view_plan import ViewPlan
 from pointad.shared.errors import StoreSchemaError
-from pointad.shared.store import append_samples, open_store, store_fingerprint, write_sample
+from pointad.shared.store import open_store, store_fingerprint
+from pointad.shared.store_write import append_samples, write_sample
 from pointad.shared.store_schema import ARRAYS, CAMERA_CONVENTION, RENDER_ELSEWHERE, SAMPLE_FIELDS, V2_ONLY
 
 OPTIONS = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 48, point_size=3, renderer="splat")
