@@ -23,6 +23,7 @@ sample scores take the maxima of these grids.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -262,23 +263,31 @@ def score_store(store_path, rows, backbone, text_features: TextFeatures, device=
 
 def score_store_runs(store_path, rows, backbone, texts: list, device="cpu", batch_size: int = 4,
                      sigma: float = SIGMA, autocast: bool = False, compat: bool = False,
-                     keep_view_maps=False) -> Iterator[list[SampleScores]]:
+                     keep_view_maps=False, prefetch: bool = True) -> Iterator[list[SampleScores]]:
     """As `score_store` for several runs of one frozen model: yield per row a list, one `SampleScores` per
     text features of `texts`. The vision tower runs once per batch for all of them (the model is frozen,
-    only the prompts differ between runs); keep_view_maps applies to the first run."""
+    only the prompts differ between runs); keep_view_maps applies to the first run. prefetch: read the next
+    batch from the store in a thread while this one is scored (the same scores either way)."""
     store = open_store(store_path)
     rows = [int(r) for r in rows]
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        batch = store.read_batch(chunk, BATCH_FIELDS)
-        identities = [store.identity(r) | {"row": r} for r in chunk]
-        keep = [keep_view_maps is True or (bool(keep_view_maps) and r in keep_view_maps) for r in chunk]
-        features = encode_batch(batch, backbone, device, autocast)
-        per_run = [list(score_batch(batch, identities, backbone, text, device, sigma, autocast, compat,
-                                    keep if number == 0 else None, features))
-                   for number, text in enumerate(texts)]
-        for i in range(len(chunk)):
-            yield [scored[i] for scored in per_run]
+    chunks = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
+
+    def read(chunk):
+        return store.read_batch(chunk, BATCH_FIELDS), [store.identity(r) | {"row": r} for r in chunk]
+    # the next batch is read (decompressed: Blosc releases the GIL) while this one is scored
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(read, chunks[0]) if chunks and prefetch else None
+        for number, chunk in enumerate(chunks):
+            batch, identities = pending.result() if prefetch else read(chunk)
+            if prefetch and number + 1 < len(chunks):
+                pending = reader.submit(read, chunks[number + 1])
+            keep = [keep_view_maps is True or (bool(keep_view_maps) and r in keep_view_maps) for r in chunk]
+            features = encode_batch(batch, backbone, device, autocast)
+            per_run = [list(score_batch(batch, identities, backbone, text, device, sigma, autocast, compat,
+                                        keep if run == 0 else None, features))
+                       for run, text in enumerate(texts)]
+            for i in range(len(chunk)):
+                yield [scored[i] for scored in per_run]
 
 
 def score_arrays(arrays, identity: dict, backbone, text_features: TextFeatures, device="cpu", sigma: float = SIGMA,

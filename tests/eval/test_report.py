@@ -85,6 +85,16 @@ def test_score_store_streams_the_same_scores_at_any_batch_size(eval_store):
                                                               + a.multimodal_point_scores.max()), abs=1e-6)
 
 
+def test_prefetching_the_next_batch_changes_no_score_and_no_order(eval_store):
+    store, rows, backbone, text = _tiny_scoring(eval_store, [(MVTEC, "dome", 3), (REAL3D, "dome", 2)])
+    ahead = list(score_store_runs(eval_store, rows, backbone, [text], batch_size=2, prefetch=True))
+    inline = list(score_store_runs(eval_store, rows, backbone, [text], batch_size=2, prefetch=False))
+    assert [r[0].identity["row"] for r in ahead] == [int(r) for r in rows]
+    for (a,), (b,) in zip(ahead, inline, strict=True):
+        assert a.identity == b.identity and a.score == b.score
+        assert np.array_equal(a.point_scores, b.point_scores) and np.array_equal(a.point_labels, b.point_labels)
+
+
 def test_several_runs_share_one_vision_pass_and_score_as_alone(eval_store):
     _, rows, backbone, text = _tiny_scoring(eval_store, [(MVTEC, "torus", 3), (REAL3D, "torus", 2)])
     texts = [text, backbone.encode_text(["a flawless thing.", "a broken thing."])]
