@@ -133,14 +133,7 @@ def reference_rows(store_path, dataset: str | None = None, class_name: str | Non
     """The complete test rows of `class_name` in `dataset` of the store (defaults: its only dataset, the
     dataset's only class); PointADError naming what is present otherwise."""
     store = open_store(store_path)
-    table = store.table()
-    present = sorted(set(table["dataset"].tolist()))
-    if dataset is None:
-        if len(present) != 1:
-            raise PointADError(f"{store_path}: holds datasets {', '.join(present)}; choose one with --dataset")
-        dataset = present[0]
-    if dataset not in present:
-        raise PointADError(f"{store_path}: no dataset '{dataset}' (present: {', '.join(present) or 'none'})")
+    dataset = store.choose_dataset(dataset)
     classes = sorted({store.identity(int(i))["class_name"] for i in store.indices(dataset=dataset, split="test")})
     if class_name is None:
         if len(classes) != 1:

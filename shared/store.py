@@ -20,7 +20,7 @@ import zarr
 import zarr.errors
 from zarr.core.sync import sync  # runs a coroutine on Zarr's own event loop, as zarr.Array does
 
-from pointad.shared.errors import StoreSchemaError
+from pointad.shared.errors import PointADError, StoreSchemaError
 from pointad.shared.store_schema import (ARRAYS, BY_FIELD, FORMAT, IDENTITY, SAMPLE_FIELDS, SCHEMA_VERSION, V2_ONLY,
                                          ArraySpec, SampleArrays, StoreAttrs, StoredSample)
 
@@ -161,6 +161,19 @@ class RenderStore:
         (N,) str, label (N,) uint8 (1 anomalous), complete (N,) bool}, copies, in row order."""
         return {"row": np.arange(self._n, dtype=np.int64), **{k: v.copy() for k, v in self._identity.items()},
                 "label": self._label.astype(np.uint8), "complete": self._complete.copy()}
+
+    def choose_dataset(self, dataset: str | None = None) -> str:
+        """`dataset`, checked to be in the store, or the store's only dataset; PointADError listing the
+        datasets otherwise (the commands' --dataset default)."""
+        present = sorted(set(self._identity["dataset"].tolist()))
+        if dataset is None:
+            if len(present) != 1:
+                raise PointADError(f"{self.path}: holds datasets {', '.join(present) or '(none)'}; "
+                                   "choose one with --dataset")
+            return present[0]
+        if dataset not in present:
+            raise PointADError(f"{self.path}: no dataset '{dataset}' (present: {', '.join(present) or 'none'})")
+        return dataset
 
     def __repr__(self) -> str:
         return f"RenderStore({str(self.path)!r}, rows={self._n}, complete={int(self._complete.sum())})"

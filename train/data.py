@@ -18,13 +18,7 @@ VIEW_FIELDS = ("mask",)
 
 def training_rows(store: RenderStore, dataset: str | None, class_name: str) -> np.ndarray:
     """Complete rows of the class's test split (the datasets' train splits hold normal samples only)."""
-    datasets = sorted({store.identity(i)["dataset"] for i in range(len(store))})
-    if dataset is None:
-        if len(datasets) != 1:
-            raise PointADError(f"{store.path}: holds datasets {', '.join(datasets)}; pass --dataset")
-        dataset = datasets[0]
-    if dataset not in datasets:
-        raise PointADError(f"{store.path}: no dataset '{dataset}' (present: {', '.join(datasets) or 'none'})")
+    dataset = store.choose_dataset(dataset)
     rows = store.indices(dataset=dataset, class_name=class_name, split="test")
     if rows.size == 0:
         classes = sorted({store.identity(i)["class_name"] for i in store.indices(dataset=dataset)})

@@ -45,14 +45,7 @@ def aux_classes(dataset: str) -> tuple[str, ...]:
 
 def store_dataset(store_path, dataset: str | None = None) -> str:
     """`dataset`, checked to be in the store, or the store's only dataset; PointADError listing them otherwise."""
-    present = sorted(set(open_store(store_path).table()["dataset"].tolist()))
-    if dataset is not None:
-        if dataset not in present:
-            raise PointADError(f"{store_path}: no dataset '{dataset}' (present: {', '.join(present) or 'none'})")
-        return dataset
-    if len(present) != 1:
-        raise PointADError(f"{store_path}: holds datasets {', '.join(present) or '(none)'}; choose one with --dataset")
-    return present[0]
+    return open_store(store_path).choose_dataset(dataset)
 
 
 def run_dir_for(runs_dir, dataset: str, class_name: str, seed: int) -> Path:

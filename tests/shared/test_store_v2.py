@@ -23,7 +23,7 @@ from pointad.render.cli import render
 from pointad.render.migrate import migrate_store
 from pointad.render.sample_render import RenderOptions
 from pointad.render.view_plan import ViewPlan
-from pointad.shared.errors import StoreSchemaError
+from pointad.shared.errors import PointADError, StoreSchemaError
 from pointad.shared.store import open_store, store_fingerprint
 from pointad.shared.store_write import append_samples, write_sample
 from pointad.shared.store_schema import ARRAYS, CAMERA_CONVENTION, RENDER_ELSEWHERE, SAMPLE_FIELDS, V2_ONLY
@@ -234,3 +234,14 @@ def test_migration_killed_part_way_leaves_a_readable_v1_store_and_finishes_on_re
     assert half.schema_version == 1 and [np.array_equal(half.sample(r).image, expected[r]) for r in range(6)] == [True] * 6
     assert migrate_store(v1).startswith(f"{v1}: migrated")
     assert _metadata(v1) == _metadata(v2_store) and _chunks(v1) == _chunks(v2_store)
+
+
+def test_choose_dataset_takes_the_only_one_or_names_them(eval_store, tmp_path):
+    store = open_store(eval_store)
+    names = sorted(set(store.table()["dataset"].tolist()))
+    assert len(names) == 2  # the shared fixture holds two datasets
+    assert [store.choose_dataset(n) for n in names] == names
+    with pytest.raises(PointADError, match=f"holds datasets {names[0]}, {names[1]}; choose one with --dataset"):
+        store.choose_dataset()
+    with pytest.raises(PointADError, match=f"no dataset 'nope' \\(present: {names[0]}, {names[1]}\\)"):
+        store.choose_dataset("nope")
