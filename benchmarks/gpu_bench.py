@@ -79,6 +79,7 @@ DATASET = "synthetic"  # the generated folder's name, so the dataset reads as th
 SEED_SPEC = dict(classes=("cookie", "dowel", "torus"), defects=("bump", "hole"), test_good=1, per_defect=1, grid=0)
 SMOKE_SPEC = dict(classes=("cookie", "dowel"), defects=("bump",), test_good=1, per_defect=1, grid=100)
 # what the bare device machine lacks (KINDS.md), at the versions installed here; timm at the project's pin
+WHEELS_MARK = ".gpu-bench-wheels"  # in the wheel folder --prepare made (only its wheels are ever deleted)
 WHEELS = ("zarr", "numcodecs", "donfig", "google-crc32c", "open_clip_torch", "ftfy", "wcwidth", "timm")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
@@ -209,14 +210,19 @@ def render_seed(workdir: Path, out: Path, smoke: bool, workers: int) -> Path:
     from pointad.render.render_options import RenderOptions
 
     spec = SMOKE_SPEC if smoke else SEED_SPEC
-    root = synthetic.generate(workdir / DATASET, synthetic.SyntheticSpec(format="mvtec3d", seed=0, train=0,
-                                                                         validation=0, **spec))
-    options = (RenderOptions(views=2, supersample=1, renderer="splat") if smoke
-               else RenderOptions(renderer="splat"))
-    result = build_store(open_dataset(format="mvtec3d", root=root), out, options, splits=["test"], workers=workers)
+    # generated in a folder this call makes (never a `synthetic` folder already in --workdir), removed after
+    made = Path(tempfile.mkdtemp(prefix="gpu-bench-data-", dir=workdir))
+    try:
+        root = synthetic.generate(made / DATASET, synthetic.SyntheticSpec(format="mvtec3d", seed=0, train=0,
+                                                                          validation=0, **spec))
+        options = (RenderOptions(views=2, supersample=1, renderer="splat") if smoke
+                   else RenderOptions(renderer="splat"))
+        result = build_store(open_dataset(format="mvtec3d", root=root), out, options, splits=["test"],
+                             workers=workers)
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
     if result.failures:
         raise SystemExit(f"{out}: {len(result.failures)} sample(s) failed to render, first: {result.failures[0]}")
-    shutil.rmtree(root)  # generated above by this call
     return out
 
 
@@ -669,13 +675,20 @@ def prepare(folder: Path, workers: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     from pointad.shared.store import open_store
 
+    # wheels of an earlier --prepare are replaced below, so the wheel folder must be ours: made by this script
+    wheels = folder / "whl"
+    if wheels.exists() and not (wheels / WHEELS_MARK).is_file():
+        raise SystemExit(f"{wheels}: exists and was not made by gpu_bench.py --prepare (no {WHEELS_MARK}); "
+                         "choose another --prepare folder")
+    wheels.mkdir(exist_ok=True)
+    (wheels / WHEELS_MARK).write_text("wheels downloaded by benchmarks/gpu_bench.py --prepare\n")
+
     seed = folder / "seed.zarr"
     if seed.exists():
         open_store(seed)  # reused only if this code still reads it (StoreSchemaError, naming it, if not)
     else:
         with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
             render_seed(Path(tmp), seed, smoke=False, workers=workers)
-    wheels = folder / "whl"
     pins = [f"{name}=={version(name)}" for name in WHEELS]
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                     "--python-version", "3.12", "--implementation", "cp",

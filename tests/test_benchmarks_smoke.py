@@ -21,12 +21,18 @@ PARTS = ("## Set-up", "## A. Vision tower alone", "## B. `eval report` end to en
 
 def test_gpu_bench_smoke_runs_every_part_and_copies_seed_rows(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
+    theirs = work / "synthetic" / "keep.txt"  # a folder of the name the script generates into: not its own
+    theirs.parent.mkdir(parents=True)
+    theirs.write_text("user data")
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_bench.py"), "--smoke", "--workdir", str(work)],
                           capture_output=True, text=True, env=os.environ | {"OUT": str(out)}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     missing = [part for part in PARTS if part not in done.stdout]
     assert not missing, f"sections missing from stdout: {missing}\n{done.stderr[-3000:]}"
     assert "FAILED" not in done.stdout, done.stdout
+
+    assert theirs.read_text() == "user data" and sorted(p.name for p in theirs.parent.iterdir()) == ["keep.txt"]
+    assert not list(work.glob("gpu-bench-data-*"))  # the generated data went to a folder of its own, now removed
 
     markdown = (out / "gpu_bench.md").read_text()
     assert all(part in markdown for part in PARTS)
@@ -46,3 +52,15 @@ def test_gpu_bench_smoke_runs_every_part_and_copies_seed_rows(tmp_path):
         got, want = copies.sample(int(row)), seed.sample(source)
         for name in ("image", "pixel", "visible", "valid", "knn", "rgb"):
             assert np.array_equal(getattr(got, name), getattr(want, name)), f"row {row}: {name} differs"
+
+
+def test_prepare_refuses_a_wheel_folder_it_did_not_make(tmp_path):
+    wheels = tmp_path / "whl"
+    wheels.mkdir()
+    (wheels / "mine-1.0-py3-none-any.whl").write_text("a user's wheel")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_bench.py"), "--prepare", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (f"{wheels}: exists and was not made by gpu_bench.py --prepare "
+                                                    "(no .gpu-bench-wheels); choose another --prepare folder")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mine-1.0-py3-none-any.whl", "whl"]
