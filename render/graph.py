@@ -10,7 +10,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 
-def proxy_indices(points, valid, visible_any) -> np.ndarray:
+def proxy_indices(points, valid, visible_any, knn: np.ndarray | None = None, workers: int = -1) -> np.ndarray:
     """Return proxy (P,) int32: the point whose scores stand in for each point (design §3.7).
 
     points: (P, 3) float; valid: (P,) bool, False for padding; visible_any: (P,) bool, visible in
@@ -18,6 +18,10 @@ def proxy_indices(points, valid, visible_any) -> np.ndarray:
     visible in no view gets the index of its nearest (3D Euclidean) valid visible point (one of them
     if several are equally near); padding gets -1 (visibility of padding is ignored). Raises
     ValueError if no valid point is visible in any view.
+    knn: optional (P, k) neighbours of each valid point by increasing distance (`knn_graph`'s indices):
+    the first seen one is the nearest seen point, since every point nearer than it is listed before it;
+    a KD-tree of the seen points is built only for the points with no seen neighbour in their row.
+    workers: threads of the KD-tree query (-1: one per CPU); the result does not depend on it.
     """
     points = np.asarray(points, dtype=np.float64)
     valid = np.asarray(valid, dtype=bool)
@@ -28,8 +32,14 @@ def proxy_indices(points, valid, visible_any) -> np.ndarray:
     seen_index = np.flatnonzero(seen)
     proxy[seen_index] = seen_index
     unseen_index = np.flatnonzero(valid & ~seen)
+    if knn is not None and len(unseen_index):
+        rows = np.asarray(knn)[unseen_index]
+        seen_here = seen[np.maximum(rows, 0)] & (rows >= 0)
+        listed = seen_here.any(axis=1)
+        proxy[unseen_index[listed]] = rows[listed, seen_here[listed].argmax(axis=1)]
+        unseen_index = unseen_index[~listed]
     if len(unseen_index):
-        _, nearest = cKDTree(points[seen_index]).query(points[unseen_index], k=1, workers=-1)
+        _, nearest = cKDTree(points[seen_index]).query(points[unseen_index], k=1, workers=workers)
         proxy[unseen_index] = seen_index[nearest]
     return proxy
 

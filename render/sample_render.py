@@ -5,6 +5,9 @@ and writes none: `render/build.py` does that.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 import open3d as o3d
 
@@ -54,8 +57,10 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
     """The store row of one sample: renderings, mask views and all per-point arrays, padded to max_points.
 
     rasterizer: Open3D's; unused (may be None) with renderer "splat", which draws on torch `device`.
-    threads: threads of the k-NN graph's KD-tree query (None: one per CPU); the process-wide pools (torch,
-    Open3D, BLAS, Mesa) are the caller's to limit (`render.build.render_row`). The row does not depend on it."""
+    threads: this call's threads (None: one per CPU): the KD-tree queries, the splat draw's views, and with
+    more than one, the k-NN graph beside the drawing; the process-wide pools (torch, Open3D, BLAS, Mesa) are
+    the caller's to limit (`render.build.render_row`). The row does not depend on it."""
+    budget = threads or len(os.sched_getaffinity(0))
     points, labels, grid_index = sample.points, sample.point_labels, sample.grid_index
     if options.downsample < 1:
         keep = farthest_point_indices(points, max(1, round(len(points) * options.downsample)))
@@ -69,32 +74,51 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
     rotations = plan.rotations
     extrinsics = camera.extrinsics(rotations)
 
-    light_on, grey = LIGHTS[options.light]
-    normals = estimate_normals(points, plan.normals_radius or 0.05 * radius)
-    if options.renderer == "splat":
-        levels = draw_views([Cloud(points, normals, grey, camera)], rotations, options.point_size,
-                            options.supersample, light_on, device)[0]
-        views = np.repeat(levels[..., None] / np.float32(255), 3, axis=-1)
-    else:
-        rasterizer.set_cloud(points, np.full((len(points), 3), grey), normals)
-        views = _capture_all(rasterizer, camera, extrinsics, DrawStyle(options.point_size, (1, 1, 1), light_on),
-                             options.supersample)
-    if options.masks == "splat":
-        masks = splat_masks(points, labels, camera, rotations, options.point_size, options.supersample)
-    else:
-        masks = render_masks(rasterizer, labels, camera, extrinsics, options.point_size, options.supersample)
-
-    pixel, depth, inside = project(points, camera, rotations)
     valid = np.ones(len(points), bool)
+    normals = estimate_normals(points, plan.normals_radius or 0.05 * radius)  # holds the GIL: nothing beside it
+    with ThreadPoolExecutor(1) as beside:
+        # the graph needs neither normals nor views: with a thread to spare its query (the GIL released) runs
+        # while the views are drawn
+        graph = (beside.submit(knn_graph, points, valid, options.knn, workers=budget) if budget > 1
+                 else _done(knn_graph(points, valid, options.knn, workers=1)))
+        views, masks = _draw(points, labels, normals, camera, rotations, extrinsics, options, rasterizer, device,
+                             budget)
+        knn, knn_weight = graph.result()
+    pixel, depth, inside = project(points, camera, rotations)
     if options.visibility == "nearest":
         visible = nearest_per_pixel(pixel, depth, valid, options.image_size, inside)
     else:
         visible = surface_visible(pixel, depth, valid, options.image_size,
                                   options.surface_tolerance * radius, inside)
-    proxy = proxy_indices(points, valid, visible.any(axis=0))
-    knn, knn_weight = knn_graph(points, valid, options.knn, workers=threads or -1)
+    proxy = proxy_indices(points, valid, visible.any(axis=0), knn, workers=budget)
     return _padded(sample, options, views, masks, pixel, visible, points, labels, grid_index, proxy, knn, knn_weight,
                    camera.intrinsic(), extrinsics)
+
+
+def _done(result) -> Future:
+    future = Future()
+    future.set_result(result)
+    return future
+
+
+def _draw(points, labels, normals, camera, rotations, extrinsics, options: RenderOptions, rasterizer, device,
+          threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """(V, S, S, 3) uint8 views and (V, S, S) uint8 masks of one cloud, by the options' renderers."""
+    light_on, grey = LIGHTS[options.light]
+    if options.renderer == "splat":
+        levels = draw_views([Cloud(points, normals, grey, camera)], rotations, options.point_size,
+                            options.supersample, light_on, device, threads)[0]
+        views = np.repeat(levels[..., None], 3, axis=-1)
+    else:
+        rasterizer.set_cloud(points, np.full((len(points), 3), grey), normals)
+        views = _capture_all(rasterizer, camera, extrinsics, DrawStyle(options.point_size, (1, 1, 1), light_on),
+                             options.supersample)
+        views = np.clip(np.rint(views * 255), 0, 255).astype(np.uint8)
+    if options.masks == "splat":
+        masks = splat_masks(points, labels, camera, rotations, options.point_size, options.supersample)
+    else:
+        masks = render_masks(rasterizer, labels, camera, extrinsics, options.point_size, options.supersample)
+    return views, masks
 
 
 def _padded(sample, options, views, masks, pixel, visible, points, labels, grid_index, proxy, knn, knn_weight,
@@ -111,7 +135,7 @@ def _padded(sample, options, views, masks, pixel, visible, points, labels, grid_
     return SampleArrays(
         n_points=np.int32(n),
         grid_hw=grid_hw,
-        image=np.clip(np.rint(views * 255), 0, 255).astype(np.uint8),
+        image=views,
         mask=masks,
         pixel=slot((v, total, 2), 0, np.int16, pixel, axis_points=1),
         visible=slot((v, total), False, bool, visible, axis_points=1),

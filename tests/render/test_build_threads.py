@@ -40,3 +40,27 @@ def test_splat_row_leaves_the_callers_torch_threads_and_draws_the_same_bytes(tmp
     finally:
         torch.set_num_threads(before)
         o3d.utility.set_max_threads(open3d_before)
+
+
+def test_render_sample_gives_the_same_row_sequential_or_with_the_graph_beside_the_draw(mvtec_dataset):
+    """threads=1 runs every step in turn; more threads draw the views on several threads while the k-NN graph is
+    built beside them, and take the proxy from that graph: every array must be the same bytes."""
+    from dataclasses import fields
+
+    from pointad.render.rasterize import worker_rasterizer
+    from pointad.render.readers import preprocess_options, read_sample
+    from pointad.render.sample_render import render_sample
+
+    _, entry = mvtec_dataset
+    ref = next(r for r in list_samples(entry, ["cookie"], ["test"]) if r.label)
+    sample = read_sample(entry, ref, preprocess_options(entry, "cookie", image_size=96, max_points=96 * 96))
+    for renderer in ("splat", "legacy"):
+        # two views leave some points unseen, so the proxy comes from the graph
+        options = RenderOptions(views=2, image_size=96, supersample=2, max_points=96 * 96, point_size=3,
+                                renderer=renderer)
+        rasterizer = None if renderer == "splat" else worker_rasterizer(96 * 2)
+        alone = render_sample(sample, options, rasterizer, threads=1)
+        beside = render_sample(sample, options, rasterizer, threads=3)
+        assert (alone.proxy[: alone.n_points] != np.arange(alone.n_points)).any()  # some points have a proxy
+        for f in fields(alone):
+            assert np.array_equal(getattr(alone, f.name), getattr(beside, f.name)), (renderer, f.name)

@@ -78,10 +78,16 @@ def test_proxy_refuses_a_cloud_seen_in_no_view():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_proxy_matches_the_loop_on_random_clouds(seed):
+@pytest.mark.parametrize("from_graph", [False, True])
+def test_proxy_matches_the_loop_on_random_clouds(seed, from_graph):
     points, valid, rng = _cloud(seed)
     visible_any = rng.random(len(points)) > 0.7
-    proxy = proxy_indices(points, valid, visible_any)
+    knn = None
+    if from_graph:  # 3 neighbours: some unseen points have a seen one listed, others need the KD-tree
+        knn = knn_graph(points, valid, k=3)[0]
+        listed = (visible_any[np.maximum(knn, 0)] & (knn >= 0)).any(axis=1)[valid & ~visible_any]
+        assert listed.any() and not listed.all()
+    proxy = proxy_indices(points, valid, visible_any, knn)
     expected = _proxy_by_loop(points, valid, visible_any)
     assert proxy.dtype == np.int32 and proxy.shape == (len(points),)
     # the same point, or (ties aside) another one exactly as near
