@@ -127,6 +127,7 @@ def plan_rows(out: Path, entry: DatasetEntry, refs: list[SampleRef], *, decode: 
 # Threads of each worker process when several run at once: the workers are the parallelism. Mesa's llvmpipe,
 # torch, Open3D (TBB: the normals), BLAS/OpenMP and the k-NN query would otherwise each start a thread per CPU
 # in every worker, and the workers would contend (benchmarks/render_bench.py measures 1 -> 2 workers).
+# `render build --threads` sets another budget.
 WORKER_RASTER_THREADS = 1
 
 
@@ -167,8 +168,10 @@ def render_row(out: Path, row: int, entry: DatasetEntry, ref: SampleRef, options
     return None
 
 
-def _run(tasks: list[tuple], workers: int, backend: str, scheduler: str | None):
-    """Yield (task, failure reason or None) as tasks finish, on the chosen executor."""
+def _run(tasks: list[tuple], workers: int, backend: str, scheduler: str | None, threads: int | None = None):
+    """Yield (task, failure reason or None) as tasks finish, on the chosen executor; threads: each worker's
+    budget (None: all CPUs for one local worker, WORKER_RASTER_THREADS for several or on dask)."""
+    budget = threads or WORKER_RASTER_THREADS
     if backend == "dask":
         from dask.distributed import Client, LocalCluster, as_completed
         cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
@@ -179,7 +182,7 @@ def _run(tasks: list[tuple], workers: int, backend: str, scheduler: str | None):
                 root = None if entry.root is None else Path(entry.root).absolute()
                 files = {role: Path(path).absolute() for role, path in ref.files.items()}
                 return Path(out).absolute(), row, replace(entry, root=root), replace(ref, files=files), options
-            futures = {client.submit(render_row, *absolute(*task), WORKER_RASTER_THREADS, pure=False): task
+            futures = {client.submit(render_row, *absolute(*task), budget, pure=False): task
                        for task in tasks}
             for future in as_completed(futures):
                 yield futures[future], future.result()
@@ -187,12 +190,12 @@ def _run(tasks: list[tuple], workers: int, backend: str, scheduler: str | None):
             cluster.close()
     elif workers <= 1:
         for task in tasks:
-            yield task, render_row(*task)
+            yield task, render_row(*task, threads)
     else:
         from joblib import Parallel, delayed, parallel_config
         with parallel_config(backend="loky", initializer=_end_with, initargs=(os.getpid(),)):
             runner = Parallel(n_jobs=workers, return_as="generator_unordered")
-            yield from runner(delayed(_task)(task) for task in tasks)
+            yield from runner(delayed(_task)(task, budget) for task in tasks)
 
 
 def _end_with(coordinator: int) -> None:
@@ -210,13 +213,14 @@ def _end_with(coordinator: int) -> None:
     threading.Thread(target=watch, name="pointad-coordinator-watch", daemon=True).start()
 
 
-def _task(task: tuple) -> tuple[tuple, str | None]:
-    return task, render_row(*task, WORKER_RASTER_THREADS)
+def _task(task: tuple, threads: int) -> tuple[tuple, str | None]:
+    return task, render_row(*task, threads)
 
 
 def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, classes=None, splits=None,
                 point_size: float | None = None, workers: int = 1, backend: str = "loky",
-                scheduler: str | None = None, progress=None, repair: bool = False) -> BuildResult:
+                scheduler: str | None = None, progress=None, repair: bool = False,
+                threads: int | None = None) -> BuildResult:
     """Render every selected sample of `entry` into the store at `out` (created or resumed).
 
     Holds the store's writer lock throughout (LockedError at once if another build holds it). Complete
@@ -224,6 +228,8 @@ def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, class
     decode (this reads every selected complete row). An OSError (disk full, permissions) is a one-line
     PointADError naming the path.
     progress: optional tqdm-like bar; its total is set once the rows to render are known.
+    threads: each worker's thread budget (`render_row`; None: all CPUs for a single local worker, one each for
+    several or on dask). The rows do not depend on it.
     """
     out = Path(out)
     options = dataset_render_options(options, entry)
@@ -233,13 +239,13 @@ def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, class
     try:
         with writer_lock(out, "render build"):
             return _build_locked(entry, out, options, refs, point_size=point_size, workers=workers, backend=backend,
-                                 scheduler=scheduler, progress=progress, repair=repair)
+                                 scheduler=scheduler, progress=progress, repair=repair, threads=threads)
     except OSError as exc:
         raise os_error(exc, out) from None
 
 
 def _build_locked(entry: DatasetEntry, out: Path, options: RenderOptions, refs: list[SampleRef], *, point_size,
-                  workers, backend, scheduler, progress, repair) -> BuildResult:
+                  workers, backend, scheduler, progress, repair, threads) -> BuildResult:
     damaged = []
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         require_writable(out)  # before --repair rewrites anything: v1 metadata is not v2's
@@ -259,7 +265,7 @@ def _build_locked(entry: DatasetEntry, out: Path, options: RenderOptions, refs: 
         progress.total = len(tasks)
         progress.refresh()
     started = time.perf_counter()
-    for task, failure in _run(tasks, workers, backend, scheduler):
+    for task, failure in _run(tasks, workers, backend, scheduler, threads):
         if failure is None:
             result.rendered += 1
         else:

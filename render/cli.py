@@ -141,6 +141,9 @@ def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, pe
                    "filament: OffscreenRenderer (GPU driver); splat: legacy's points, depth test and lights "
                    "emulated with torch, no Open3D window (several times faster; see render/splat.py).")
 @click.option("--workers", "-j", default=1, show_default=True, help="Worker processes.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads of each worker (Open3D, BLAS, torch, the KD-tree queries, the splat draw) "
+                   "[default: one per CPU with one local worker, else 1]. The store does not depend on it.")
 @click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
               help="Where workers run: local processes (joblib/loky) or a dask.distributed cluster.")
 @click.option("--scheduler", help="dask.distributed scheduler address (default: a local cluster).")
@@ -149,8 +152,8 @@ def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, pe
               help="Also render again the complete rows with a chunk that does not decode (reads every row; "
                    "rows with a missing chunk are rendered again on any run).")
 def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shift, image_size, supersample,
-          max_points, point_size, light, downsample, visibility, knn, masks, renderer, workers, backend, scheduler,
-          keep_going, repair):
+          max_points, point_size, light, downsample, visibility, knn, masks, renderer, workers, threads, backend,
+          scheduler, keep_going, repair):
     """Render a dataset into a resumable Zarr store (views, masks, projections, visibility)."""
     from pointad.render.build import build_store
     entry = _open_dataset(dataset, fmt, root)
@@ -159,7 +162,8 @@ def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shif
                             visibility=visibility, knn=knn, renderer=renderer, masks=masks)
     with tqdm(desc=f"render {entry.name}", unit="sample") as bar:
         result = build_store(entry, out, options, classes=classes or None, splits=splits or None, point_size=point_size,
-                             workers=workers, backend=backend, scheduler=scheduler, progress=bar, repair=repair)
+                             workers=workers, backend=backend, scheduler=scheduler, progress=bar, repair=repair,
+                             threads=threads)
     click.echo(result.summary())
     if result.failures and not keep_going:
         raise SystemExit(1)

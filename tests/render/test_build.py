@@ -177,6 +177,20 @@ def test_two_workers_equal_one(reference_store, mvtec_dataset, tmp_path):
     assert_same_stores(reference_store, out)
 
 
+def test_threads_per_worker_from_the_command_line_build_the_same_store(reference_store, mvtec_dataset, tmp_path):
+    _, entry = mvtec_dataset
+    common = ["build", "--format", "mvtec3d", "--root", str(entry.root), "--classes", "cookie", "--splits", "test",
+              "--views", "3", "--image-size", "96", "--supersample", "2", "--max-points", str(96 * 96),
+              "--point-size", "3"]
+    for workers, threads in (("1", "1"), ("2", "2")):  # one thread for a lone worker; two for each of two
+        out = tmp_path / f"j{workers}-t{threads}.zarr"
+        result = CliRunner().invoke(render, [*common, "--out", str(out), "-j", workers, "--threads", threads])
+        assert result.exit_code == 0, result.output
+        assert_same_stores(reference_store, out)
+    refused = CliRunner().invoke(render, [*common, "--out", str(tmp_path / "zero.zarr"), "--threads", "0"])
+    assert refused.exit_code == 2 and "--threads" in refused.output and not (tmp_path / "zero.zarr").exists()
+
+
 def test_dask_local_cluster_equals_one_worker(reference_store, mvtec_dataset, tmp_path):
     pytest.importorskip("distributed")
     _, entry = mvtec_dataset
