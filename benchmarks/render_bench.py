@@ -54,6 +54,7 @@ import numpy as np
 import open3d as o3d
 import scipy.sparse
 import torch
+from joblib import cpu_count
 from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper module next to this script
@@ -78,7 +79,7 @@ STEPS = ("read", "normals", "render", "masks", "projection", "visibility", "prox
 # the per-sample work besides drawing (views and masks) and reading: what compression and neighbours cost
 REST = ("normals", "projection", "visibility", "proxy + knn", "write")
 RENDERERS = ("legacy", "splat")
-CPUS = len(os.sched_getaffinity(0))  # render_sample's thread budget in a 1-worker build
+CPUS = cpu_count()  # render_sample's thread budget in a 1-worker build
 
 
 def dense_sample(side: int = 336, seed: int = 0) -> Sample:

@@ -5,11 +5,11 @@ and writes none: `render/build.py` does that.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import open3d as o3d
+from joblib import cpu_count
 
 from pointad.render.camera import Camera, fit_camera, project
 from pointad.render.graph import knn_graph, proxy_indices
@@ -60,7 +60,7 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
     threads: this call's threads (None: one per CPU): the KD-tree queries, the splat draw's views, and with
     more than one, the k-NN graph beside the drawing; the process-wide pools (torch, Open3D, BLAS, Mesa) are
     the caller's to limit (`render.build.render_row`). The row does not depend on it."""
-    budget = threads or len(os.sched_getaffinity(0))
+    budget = threads or cpu_count()  # joblib's: CPUs this process may use (affinity, cgroup quota)
     points, labels, grid_index = sample.points, sample.point_labels, sample.grid_index
     if options.downsample < 1:
         keep = farthest_point_indices(points, max(1, round(len(points) * options.downsample)))
