@@ -136,17 +136,17 @@ def render_row(out: Path, row: int, entry: DatasetEntry, ref: SampleRef, options
     """Worker task: read, render and write one row. Returns None, or the reason the sample failed.
 
     raster_threads: this worker's thread budget: Mesa's rasterizer (`worker_rasterizer`), Open3D, BLAS and
-    OpenMP pools, torch, and the k-NN query (`render_sample`); None = each library's default (all CPUs),
-    except torch for the splat renderer (1, below). Torch's and Open3D's counts are restored afterwards.
-    The row does not depend on it.
+    OpenMP pools, and `render_sample`'s threads (KD-tree queries, the splat draw's views); None = all CPUs.
+    Torch runs one thread per caller for the splat renderer (below). Torch's and Open3D's counts are
+    restored afterwards. The row does not depend on it.
     """
     torch_threads, open3d_threads = torch.get_num_threads(), o3d.utility.get_max_threads()
     if options.renderer == "splat":
-        rasterizer = None  # draws with torch on the CPU; workers are the parallelism, like Mesa's threads
-        # one torch thread unless told (the caller's count is restored): the draw's many small element-wise
-        # passes ran 4x longer on 2 threads than on 1, for 5x the CPU time, on a shared 2-CPU machine
-        # (benchmarks/render_bench.py); the images are the same bytes
-        torch.set_num_threads(raster_threads or 1)
+        rasterizer = None  # draws with torch on the CPU
+        # one torch thread, whatever the budget (the caller's count is restored): the draw's many small
+        # element-wise passes ran 4x longer on 2 torch threads than on 1, for 5x the CPU time, on a shared
+        # 2-CPU machine; the budget's threads draw whole views instead (render_sample). Same bytes either way.
+        torch.set_num_threads(1)
     else:
         rasterizer = worker_rasterizer(options.image_size * options.supersample, options.renderer, raster_threads)
     if raster_threads:

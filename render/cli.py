@@ -155,7 +155,12 @@ def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shif
           max_points, point_size, light, downsample, visibility, knn, masks, renderer, workers, threads, backend,
           scheduler, keep_going, repair):
     """Render a dataset into a resumable Zarr store (views, masks, projections, visibility)."""
+    from joblib import cpu_count
+
     from pointad.render.build import build_store
+    if threads is not None and backend == "loky" and max(workers, 1) * threads > cpu_count():
+        click.echo(f"warning: {max(workers, 1)} worker(s) x --threads {threads} is more than the {cpu_count()} CPUs "
+                   "this process may use; oversubscribed threads render slower", err=True)
     entry = _open_dataset(dataset, fmt, root)
     options = RenderOptions(views=views, view_plan=view_plan, angle_shift=angle_shift, image_size=image_size,
                             supersample=supersample, max_points=max_points, light=light, downsample=downsample,

@@ -187,6 +187,10 @@ def test_threads_per_worker_from_the_command_line_build_the_same_store(reference
         result = CliRunner().invoke(render, [*common, "--out", str(out), "-j", workers, "--threads", threads])
         assert result.exit_code == 0, result.output
         assert_same_stores(reference_store, out)
+    many = tmp_path / "many.zarr"  # more threads than CPUs: a warning, and still the same store
+    warned = CliRunner().invoke(render, [*common, "--out", str(many), "--threads", str(2 * os.cpu_count() + 1)])
+    assert warned.exit_code == 0 and "oversubscribed" in warned.output, warned.output
+    assert_same_stores(reference_store, many)
     refused = CliRunner().invoke(render, [*common, "--out", str(tmp_path / "zero.zarr"), "--threads", "0"])
     assert refused.exit_code == 2 and "--threads" in refused.output and not (tmp_path / "zero.zarr").exists()
 
