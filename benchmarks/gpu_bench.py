@@ -407,8 +407,8 @@ def report_clock(ctx: Context) -> StageClock:
     clock.wrap(RenderStore, "read_batch", "store read")
     clock.wrap(scoring, "encode_batch", "vision tower", gpu=True)
     clock.wrap(scoring, "score_batch", "maps, back-projection, sample scores", gpu=True, kind="generator")
-    for name in ("smooth_grid", "smooth_organized", "smooth_graph", "rgb_point_map", "fused_point_map",
-                 "compat_grid_map", "compat_fused_map"):
+    for name in ("smooth_grid", "smooth_organized", "organized_weight", "smooth_graph", "rgb_point_map",
+                 "fused_point_map", "compat_grid_map", "compat_fused_map"):
         clock.wrap(scoring, name, "smoothing + fusion (CPU)")
     clock.wrap(report_module, "class_metrics", "metrics")
     clock.wrap(report_module, "write_report", "write report")

@@ -29,7 +29,8 @@ from scipy.ndimage import gaussian_filter
 
 from pointad.eval.mutual_scoring import aggregate_neighbourhoods, mutual_scores, rescore_by_neighbours, upsample_scores
 from pointad.eval.scoring import (SIGMA, SampleScores, compact_knn, compat_fused_map, compat_grid_map, encode_batch,
-                          fused_point_map, fused_sample_score, rgb_point_map, smooth_graph, smooth_organized)
+                          fused_point_map, fused_sample_score, organized_weight, rgb_point_map, smooth_graph,
+                          smooth_organized)
 # MutualOptions and its choices live in the light eval.settings (the command line reads them); re-exported here
 from pointad.eval.settings import MUTUAL as METHOD, VIEW_MODES, MutualOptions  # noqa: F401
 from pointad.shared.errors import PointADError
@@ -195,8 +196,9 @@ def _score_rows(batch, identities, maps, rgb_maps, sigma, compat, keep):
         grid_hw = tuple(int(x) for x in batch["grid_hw"][i])
         grid_index = batch["grid_index"][i][valid]
         organized = min(grid_hw) > 0 and bool((grid_index >= 0).all())
+        weight = organized_weight(grid_index, grid_hw, sigma) if organized else None  # shared by both maps
         if organized:
-            point_map = smooth_organized(raw[i][valid], grid_index, grid_hw, sigma)
+            point_map = smooth_organized(raw[i][valid], grid_index, grid_hw, sigma, weight)
         else:
             point_map = smooth_graph(raw[i], batch["knn"][i], batch["knn_weight"][i])[valid]
         score = float(np.max(point_map))
@@ -210,7 +212,7 @@ def _score_rows(batch, identities, maps, rgb_maps, sigma, compat, keep):
             rgb_grid = rgb_map.numpy()
             rgb_points = rgb_point_map(rgb_grid, grid_index, sigma)
             rgb_score = float(np.max(rgb_points))
-            fused = fused_point_map(point_map, rgb_points, grid_index, grid_hw, sigma)
+            fused = fused_point_map(point_map, rgb_points, grid_index, grid_hw, sigma, weight)
             extra |= dict(rgb_point_scores=rgb_points.astype(np.float32), rgb_score=rgb_score,
                           multimodal_point_scores=fused.astype(np.float32),
                           multimodal_score=fused_sample_score(score, rgb_score, fused))

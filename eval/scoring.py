@@ -22,6 +22,7 @@ sample scores take the maxima of these grids.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,26 +44,45 @@ BATCH_FIELDS = ("image", "pixel", "visible", "valid", "label", "proxy", "grid_in
 
 # --- math: arrays in, arrays out -----------------------------------------------------------------------
 
-def smooth_grid(values, mask, sigma: float = SIGMA) -> np.ndarray:
+def smooth_grid(values, mask, sigma: float = SIGMA, weight: np.ndarray | None = None) -> np.ndarray:
     """Return the normalised Gaussian convolution (H, W) float64 of `values` over the cells where `mask`.
 
     values: (H, W) float; mask: (H, W) weights (1 = a cell holds a value, 0 = missing; counts allowed).
-    Cells whose window holds no value get 0.
+    Cells whose window holds no value get 0. weight: `grid_weight(mask, sigma)` when already computed (the
+    maps of one sample share their grid's mask, so one filter serves them all).
     """
     values, mask = np.asarray(values, np.float64), np.asarray(mask, np.float64)
     numerator = gaussian_filter(values * mask, sigma, mode="constant", cval=0.0)
-    denominator = gaussian_filter(mask, sigma, mode="constant", cval=0.0)
+    denominator = grid_weight(mask, sigma) if weight is None else weight
     out = np.zeros_like(numerator)
     np.divide(numerator, denominator, out=out, where=denominator > 1e-12)
     return out
 
 
-def smooth_organized(point_scores, grid_index, grid_hw, sigma: float = SIGMA) -> np.ndarray:
+def grid_weight(mask, sigma: float = SIGMA) -> np.ndarray:
+    """The denominator of `smooth_grid`: gauss(mask), (H, W) float64."""
+    return gaussian_filter(np.asarray(mask, np.float64), sigma, mode="constant", cval=0.0)
+
+
+def organized_weight(grid_index, grid_hw, sigma: float = SIGMA) -> np.ndarray:
+    """`grid_weight` of the points' cells: what every `smooth_organized` of these points divides by."""
+    return grid_weight(_cell_counts(np.asarray(grid_index), grid_hw), sigma)
+
+
+def _cell_counts(grid_index: np.ndarray, grid_hw) -> np.ndarray:
+    height, width = (int(x) for x in grid_hw)
+    cells = grid_index[grid_index >= 0].astype(np.int64)
+    return np.bincount(cells, minlength=height * width).reshape(height, width).astype(np.float64)
+
+
+def smooth_organized(point_scores, grid_index, grid_hw, sigma: float = SIGMA,
+                     weight: np.ndarray | None = None) -> np.ndarray:
     """Return smoothed point scores (P,) float64: Gaussian sigma px on the organized grid, missing cells excluded.
 
     point_scores: (P,) float; grid_index: (P,) int, row * W + col, -1 = no grid cell (such points keep
     their own score); grid_hw: (H, W). Points sharing a cell are summed there and counted twice in the
-    weight. See the module docstring for the treatment of missing cells.
+    weight. See the module docstring for the treatment of missing cells. weight: `organized_weight` of the
+    same grid_index and sigma, when already computed.
     """
     scores = np.asarray(point_scores, np.float64)
     grid_index = np.asarray(grid_index)
@@ -70,9 +90,9 @@ def smooth_organized(point_scores, grid_index, grid_hw, sigma: float = SIGMA) ->
     on_grid = grid_index >= 0
     cells = grid_index[on_grid].astype(np.int64)
     total = np.bincount(cells, weights=scores[on_grid], minlength=height * width).reshape(height, width)
-    count = np.bincount(cells, minlength=height * width).reshape(height, width).astype(np.float64)
+    count = _cell_counts(grid_index, grid_hw)
     average = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
-    smoothed = smooth_grid(average, count, sigma).ravel()
+    smoothed = smooth_grid(average, count, sigma, weight).ravel()
     out = scores.copy()
     out[on_grid] = smoothed[cells]
     return out
@@ -98,10 +118,12 @@ def sample_score(view_anomaly_probs, point_map) -> float:
     return 0.5 * (float(np.mean(view_anomaly_probs)) + float(np.max(point_map)))
 
 
-def fused_point_map(point_map, rgb_point_map, grid_index, grid_hw, sigma: float = SIGMA) -> np.ndarray:
-    """Return the multimodal map (P,) = smooth(1/2 (A_m + A_m_rgb)) on the organized grid (design §7)."""
+def fused_point_map(point_map, rgb_point_map, grid_index, grid_hw, sigma: float = SIGMA,
+                    weight: np.ndarray | None = None) -> np.ndarray:
+    """Return the multimodal map (P,) = smooth(1/2 (A_m + A_m_rgb)) on the organized grid (design §7).
+    weight: as for `smooth_organized`."""
     mean = 0.5 * (np.asarray(point_map, np.float64) + np.asarray(rgb_point_map, np.float64))
-    return smooth_organized(mean, grid_index, grid_hw, sigma)
+    return smooth_organized(mean, grid_index, grid_hw, sigma, weight)
 
 
 def fused_sample_score(point_sample_score: float, rgb_sample_score: float, fused_map) -> float:
@@ -116,9 +138,17 @@ def rgb_point_map(rgb_map, grid_index, sigma: float = SIGMA) -> np.ndarray:
     the border). grid_index: (P,) int, -1 -> 0.
     """
     rgb_map = np.asarray(rgb_map, np.float64)
-    smoothed = smooth_grid(rgb_map, np.ones_like(rgb_map), sigma).ravel()
+    smoothed = smooth_grid(rgb_map, np.ones_like(rgb_map), sigma, _full_grid_weight(rgb_map.shape, sigma)).ravel()
     grid_index = np.asarray(grid_index)
     return np.where(grid_index >= 0, smoothed[np.maximum(grid_index, 0)], 0.0)
+
+
+@functools.lru_cache(maxsize=8)
+def _full_grid_weight(shape: tuple, sigma: float) -> np.ndarray:
+    """`grid_weight` of a grid with a value in every cell: the same for every RGB map of that shape."""
+    weight = grid_weight(np.ones(shape), sigma)
+    weight.flags.writeable = False
+    return weight
 
 
 def compat_grid_map(point_scores, grid_index, grid_hw, sigma: float = SIGMA) -> np.ndarray:
@@ -344,8 +374,10 @@ def score_batch(batch: dict, identities: list[dict], backbone, text_features: Te
         valid = batch["valid"][i]
         grid_hw = tuple(int(x) for x in batch["grid_hw"][i])
         grid_index = batch["grid_index"][i][valid]
+        # the point and multimodal maps of a row share its grid's weight (RGB rows are organized rows)
+        weight = organized_weight(grid_index, grid_hw, sigma) if organized[i] else None
         if organized[i]:
-            point_map = smooth_organized(raw[i][valid], grid_index, grid_hw, sigma)
+            point_map = smooth_organized(raw[i][valid], grid_index, grid_hw, sigma, weight)
         else:
             point_map = smooth_graph(raw[i], batch["knn"][i], batch["knn_weight"][i])[valid]
         score = sample_score(view_probs[i], point_map)
@@ -362,7 +394,7 @@ def score_batch(batch: dict, identities: list[dict], backbone, text_features: Te
             rgb_grid, rgb_prob = rgb_map.cpu().numpy(), float(rgb_probs[j])
             rgb_points = rgb_point_map(rgb_grid, grid_index, sigma)
             rgb_score = sample_score(rgb_probs[j:j + 1], rgb_points)
-            fused = fused_point_map(point_map, rgb_points, grid_index, grid_hw, sigma)
+            fused = fused_point_map(point_map, rgb_points, grid_index, grid_hw, sigma, weight)
             extra |= dict(rgb_point_scores=rgb_points.astype(np.float32), rgb_score=rgb_score,
                           multimodal_point_scores=fused.astype(np.float32),
                           multimodal_score=fused_sample_score(score, rgb_score, fused))

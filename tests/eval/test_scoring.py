@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pointad.eval.scoring import (compact_knn, compat_fused_map, compat_grid_map, fused_point_map, fused_sample_score,
-                          rgb_point_map, sample_score, smooth_graph, smooth_organized)
+                          organized_weight, rgb_point_map, sample_score, smooth_graph, smooth_grid, smooth_organized)
 
 
 # --- loop twins (slow, plainly correct, test-only) -----------------------------------------------------
@@ -154,6 +154,27 @@ def test_fused_map_is_the_smoothed_mean_of_the_maps():
     other = np.random.default_rng(6).random(scores.size)
     expected = _smooth_organized_by_loop((scores + other) / 2, grid_index, grid_hw, 4.0)
     _assert_close(fused_point_map(scores, other, grid_index, grid_hw), expected)
+
+
+def test_a_shared_weight_gives_the_same_maps_to_the_bit():
+    scores, grid_index, grid_hw = _random_organized(7)
+    other = np.random.default_rng(8).random(scores.size)
+    weight = organized_weight(grid_index, grid_hw, 2.5)
+    assert np.array_equal(smooth_organized(scores, grid_index, grid_hw, 2.5, weight),
+                          smooth_organized(scores, grid_index, grid_hw, 2.5))
+    assert np.array_equal(fused_point_map(scores, other, grid_index, grid_hw, 2.5, weight),
+                          fused_point_map(scores, other, grid_index, grid_hw, 2.5))
+    # another grid's weight is not the same: the maps would move if a row took its neighbour's
+    _, elsewhere, _ = _random_organized(9, height=grid_hw[0], width=grid_hw[1])
+    assert not np.array_equal(organized_weight(elsewhere, grid_hw, 2.5), weight)
+
+
+def test_rgb_point_map_with_the_cached_full_grid_weight_equals_the_normalised_convolution():
+    rgb_map = np.random.default_rng(3).random((12, 10))
+    grid_index = np.arange(120)
+    expected = smooth_grid(rgb_map, np.ones_like(rgb_map), 1.5).ravel()
+    for _ in range(2):  # the second call reads the cache
+        assert np.array_equal(rgb_point_map(rgb_map, grid_index, sigma=1.5), expected)
 
 
 def test_rgb_point_map_reads_the_smoothed_grid_at_each_point():
