@@ -39,7 +39,9 @@ B. `eval report` end to end (`build_report` + `write_report`, one-vs-rest, proto
    staged run per batch size split into store read (RenderStore.read_batch), vision tower
    (encode_batch), maps, back-projection and sample scores (the rest of score_batch: GPU maps, copies to
    the CPU), smoothing + fusion (scipy, CPU), metrics (class_metrics), write, and the rest (checkpoint,
-   prompts, text features).
+   prompts, text features). The plain runs smooth a batch's rows and compute a class's metrics on threads
+   (shared/threads.py); the staged run does both inline, so its stages add up, and reads the store ahead
+   on a thread as the plain runs do ("store read" overlaps the others).
 C. Training epochs (`Trainer.run_epoch`, batch 4) with the feature cache and without it (vision tower
    every batch): samples/s, median of the epochs after the first; then one staged epoch each, split into
    data (store read + collate), vision (tower or cache lookup), loss forward (maps, back-projection,
@@ -68,6 +70,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -133,23 +136,26 @@ class StageClock:
     """
 
     def __init__(self, sync):
-        self.sync, self.spent, self._stack, self._undo = sync, {}, [], []
+        self.sync, self.spent, self._undo = sync, {}, []
+        self._local, self._lock = threading.local(), threading.Lock()  # a stack per thread (the prefetching reader)
 
     @contextlib.contextmanager
     def frame(self, stage: str, gpu: bool = False):
         if gpu:
             self.sync()
         start = time.perf_counter()
-        self._stack.append(0.0)
+        stack = self._local.__dict__.setdefault("stack", [])
+        stack.append(0.0)
         try:
             yield
         finally:
             if gpu:
                 self.sync()
             elapsed = time.perf_counter() - start
-            self.spent[stage] = self.spent.get(stage, 0.0) + elapsed - self._stack.pop()
-            if self._stack:
-                self._stack[-1] += elapsed
+            with self._lock:
+                self.spent[stage] = self.spent.get(stage, 0.0) + elapsed - stack.pop()
+            if stack:
+                stack[-1] += elapsed
 
     def wrap(self, owner, name: str, stage: str, gpu: bool = False, kind: str = "call") -> None:
         """kind: "call"; "generator" (drained into a list inside the frame); "iterator" (each next() timed)."""
@@ -161,8 +167,12 @@ class StageClock:
             with clock.frame(stage, gpu):
                 result = original(*args, **kwargs)
                 return iter(list(result)) if kind == "generator" else result
-        setattr(owner, name, wrapped)
-        self._undo.append((owner, name, original))
+        self.replace(owner, name, wrapped)
+
+    def replace(self, owner, name: str, value) -> None:
+        """Set an attribute of a module or class until `restore`."""
+        self._undo.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
 
     def _timed_items(self, items, stage: str):
         end = object()
@@ -401,9 +411,13 @@ def shared_backbone(backbone):
 def report_clock(ctx: Context) -> StageClock:
     import pointad.eval.report as report_module
     import pointad.eval.scoring as scoring
+    import pointad.shared.threads as threads
     from pointad.shared.store import RenderStore
 
     clock = StageClock(ctx.sync)
+    # rows smoothed and metrics computed inline, so that the stages add up (the plain runs use the pools);
+    # the store is still read ahead on a thread, so "store read" overlaps the other stages
+    clock.replace(threads, "available", lambda: 1)
     clock.wrap(RenderStore, "read_batch", "store read")
     clock.wrap(scoring, "encode_batch", "vision tower", gpu=True)
     clock.wrap(scoring, "score_batch", "maps, back-projection, sample scores", gpu=True, kind="generator")

@@ -79,7 +79,7 @@ MUTATIONS = [
              "    return 0.5 * (float(np.mean(view_anomaly_probs)) + float(np.max(point_map)))",
              "    return 0.5 * (float(np.max(view_anomaly_probs)) + float(np.max(point_map)))", (SCORING, SCORES)),
     Mutation("scoring: RGB point map not smoothed", "eval/scoring.py",
-             "    smoothed = smooth_grid(rgb_map, np.ones_like(rgb_map), sigma, _full_grid_weight(rgb_map.shape, sigma)).ravel()",
+             "    smoothed = smooth_grid(rgb_map, np.ones_like(rgb_map), sigma, weight).ravel()",
              "    smoothed = rgb_map.ravel()", (SCORING, SCORES)),
     Mutation("scoring: multimodal map fuses the point map with itself", "eval/scoring.py",
              "            fused = fused_point_map(point_map, rgb_points, grid_index, grid_hw, sigma, weight)",

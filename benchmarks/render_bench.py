@@ -54,7 +54,6 @@ import numpy as np
 import open3d as o3d
 import scipy.sparse
 import torch
-from joblib import cpu_count
 from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper module next to this script
@@ -74,12 +73,13 @@ from pointad.shared.registry import custom_entry  # noqa: E402
 from pointad.shared.sample import Sample  # noqa: E402
 from pointad.shared.store import open_store# noqa: E402
 from pointad.shared.store_write import CLEVEL, append_samples, create_store, write_sample# noqa: E402
+from pointad.shared.threads import available  # noqa: E402
 
 STEPS = ("read", "normals", "render", "masks", "projection", "visibility", "proxy + knn", "write")
 # the per-sample work besides drawing (views and masks) and reading: what compression and neighbours cost
 REST = ("normals", "projection", "visibility", "proxy + knn", "write")
 RENDERERS = ("legacy", "splat")
-CPUS = cpu_count()  # render_sample's thread budget in a 1-worker build
+CPUS = available()  # render_sample's thread budget in a 1-worker build
 
 
 def dense_sample(side: int = 336, seed: int = 0) -> Sample:

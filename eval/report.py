@@ -40,6 +40,7 @@ from pointad.eval.targets import check_file_target
 from pointad.shared.errors import CheckpointMismatchError, PointADError
 from pointad.shared.io import atomic_path
 from pointad.shared.store import open_store
+from pointad.shared.threads import submit, worker_pool
 from pointad.train.model.model_config import DEFAULT_SEED, load_model_config
 
 # ReportConfig and its choices live in the light eval.settings (the command line reads them); re-exported here
@@ -156,35 +157,41 @@ def build_report(config: ReportConfig, device="cpu", progress=None, bar=None) ->
     class_rows = {name: store.indices(dataset=config.dataset, class_name=name, split="test") for name in classes}
     if bar is not None:
         bar.reset(total=sum(len(rows) for rows in class_rows.values()))
-    for name in classes:
-        rows = class_rows[name]
-        testing = [n for n, run in enumerate(runs)
-                   if not (config.setting == "one-vs-rest" and run.train and run.train["class_name"] == name)]
-        for group in _by_backbone(runs, testing):
-            drawn = config.figures is not None and group[0] == 0
-            keep = pick_rows(store, rows, config.figure_samples, config.figure_ids) if drawn else None
-            backbone = runs[group[0]].backbone
-            if config.method == MUTUAL:  # the class's samples score each other: one call per class
-                scored = [[r] for r in score_class(config.store, rows, backbone, config.mutual, device,
-                                                   config.batch_size, autocast=autocast, keep_view_maps=keep,
-                                                   compat="pointad-compat" in config.protocols)]
-            else:
-                scored = list(score_store_runs(config.store, rows, backbone, [runs[n].text for n in group],
-                                               device, config.batch_size, autocast=autocast,
-                                               compat="pointad-compat" in config.protocols, keep_view_maps=keep))
-            for k, number in enumerate(group):
-                results = [per_row[k] for per_row in scored]
-                has_rgb |= any(r.has_rgb for r in results)
-                samples += sample_records(runs[number].label, results)
-                for protocol in config.protocols:
-                    for block in BLOCKS:
-                        per_run[number][protocol, block, name] = class_metrics(results, block, protocol)
-                if drawn and k == 0:
-                    write_class_figures(config.figures, name, results, store, backbone.label)
-            if progress is not None:
-                progress(f"{name}: {len(rows)} samples, {len(group)} run(s) of {backbone.label}")
-        if bar is not None:
-            bar.update(len(rows))
+    # a class's metrics are computed on other threads while the next class is scored (numpy's sorts release the GIL)
+    pending = {}  # (run number, protocol, block, class) -> Future of its metrics
+    with worker_pool() as metrics_pool:
+        for name in classes:
+            rows = class_rows[name]
+            testing = [n for n, run in enumerate(runs)
+                       if not (config.setting == "one-vs-rest" and run.train and run.train["class_name"] == name)]
+            for group in _by_backbone(runs, testing):
+                drawn = config.figures is not None and group[0] == 0
+                keep = pick_rows(store, rows, config.figure_samples, config.figure_ids) if drawn else None
+                backbone = runs[group[0]].backbone
+                if config.method == MUTUAL:  # the class's samples score each other: one call per class
+                    scored = [[r] for r in score_class(config.store, rows, backbone, config.mutual, device,
+                                                       config.batch_size, autocast=autocast, keep_view_maps=keep,
+                                                       compat="pointad-compat" in config.protocols)]
+                else:
+                    scored = list(score_store_runs(config.store, rows, backbone, [runs[n].text for n in group],
+                                                   device, config.batch_size, autocast=autocast,
+                                                   compat="pointad-compat" in config.protocols, keep_view_maps=keep))
+                for k, number in enumerate(group):
+                    results = [per_row[k] for per_row in scored]
+                    has_rgb |= any(r.has_rgb for r in results)
+                    samples += sample_records(runs[number].label, results)
+                    for protocol in config.protocols:
+                        for block in BLOCKS:
+                            pending[number, protocol, block, name] = submit(metrics_pool, class_metrics, results,
+                                                                            block, protocol)
+                    if drawn and k == 0:
+                        write_class_figures(config.figures, name, results, store, backbone.label)
+                if progress is not None:
+                    progress(f"{name}: {len(rows)} samples, {len(group)} run(s) of {backbone.label}")
+            if bar is not None:
+                bar.update(len(rows))
+    for (number, protocol, block, name), metrics in pending.items():
+        per_run[number][protocol, block, name] = metrics.result()
     values = _collect(per_run, config.protocols)
     tested = [c for c in classes if any((config.protocols[0], "point", c) in metrics for metrics in per_run)]
     training_classes = sorted({t["class_name"] for t in trainings})

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from pointad.shared.store import open_store
+from pointad.shared.threads import run_each, worker_pool
 from pointad.train.model.backbone import encode_views
 from pointad.train.model.maps import back_project, class_probabilities, patch_maps
 
@@ -138,7 +139,8 @@ def rgb_point_map(rgb_map, grid_index, sigma: float = SIGMA) -> np.ndarray:
     the border). grid_index: (P,) int, -1 -> 0.
     """
     rgb_map = np.asarray(rgb_map, np.float64)
-    smoothed = smooth_grid(rgb_map, np.ones_like(rgb_map), sigma, _full_grid_weight(rgb_map.shape, sigma)).ravel()
+    weight = _full_grid_weight(rgb_map.shape, sigma)  # every cell holds a value: the same for every map
+    smoothed = smooth_grid(rgb_map, np.ones_like(rgb_map), sigma, weight).ravel()
     grid_index = np.asarray(grid_index)
     return np.where(grid_index >= 0, smoothed[np.maximum(grid_index, 0)], 0.0)
 
@@ -304,8 +306,9 @@ def score_store_runs(store_path, rows, backbone, texts: list, device="cpu", batc
 
     def read(chunk):
         return store.read_batch(chunk, BATCH_FIELDS), [store.identity(r) | {"row": r} for r in chunk]
-    # the next batch is read (decompressed: Blosc releases the GIL) while this one is scored
-    with ThreadPoolExecutor(max_workers=1) as reader:
+    # the next batch is read (decompressed: Blosc releases the GIL) while this one is scored; the rows of a
+    # batch are smoothed on threads of their own (scipy's filters release the GIL too)
+    with ThreadPoolExecutor(max_workers=1) as reader, worker_pool() as row_pool:
         pending = reader.submit(read, chunks[0]) if chunks and prefetch else None
         for number, chunk in enumerate(chunks):
             batch, identities = pending.result() if prefetch else read(chunk)
@@ -314,7 +317,7 @@ def score_store_runs(store_path, rows, backbone, texts: list, device="cpu", batc
             keep = [keep_view_maps is True or (bool(keep_view_maps) and r in keep_view_maps) for r in chunk]
             features = encode_batch(batch, backbone, device, autocast)
             per_run = [list(score_batch(batch, identities, backbone, text, device, sigma, autocast, compat,
-                                        keep if run == 0 else None, features))
+                                        keep if run == 0 else None, features, row_pool))
                        for run, text in enumerate(texts)]
             for i in range(len(chunk)):
                 yield [scored[i] for scored in per_run]
@@ -344,12 +347,13 @@ def _compat_scores(raw_points, grid_index, grid_hw, view_probs, rgb_map, rgb_pro
 
 def score_batch(batch: dict, identities: list[dict], backbone, text_features: TextFeatures, device="cpu",
                 sigma: float = SIGMA, autocast: bool = False, compat: bool = False,
-                keep_view_maps: list[bool] | None = None,
-                features: BatchFeatures | None = None) -> Iterator[SampleScores]:
+                keep_view_maps: list[bool] | None = None, features: BatchFeatures | None = None,
+                pool: ThreadPoolExecutor | None = None) -> Iterator[SampleScores]:
     """Yield `SampleScores` per row of `batch` ({field: (B, ...)} with the BATCH_FIELDS, as `read_batch` gives).
 
     compat: also the released code's grid maps (organized rows); keep_view_maps: per row, keep its view maps;
-    features: the batch's `encode_batch` output when already computed (else computed here).
+    features: the batch's `encode_batch` output when already computed (else computed here); pool: threads
+    that smooth the rows side by side (the same scores, in row order), else one row after another.
     """
     count = len(identities)
     keep_view_maps = keep_view_maps or [False] * count
@@ -370,7 +374,7 @@ def score_batch(batch: dict, identities: list[dict], backbone, text_features: Te
         rgb_probs, rgb_maps = _anomaly_outputs(features.rgb, rgb_text, batch["rgb"].shape[1])
         rgb_probs, rgb_maps = rgb_probs[:, 0].cpu().numpy(), rgb_maps[:, 0]
 
-    for i in range(count):
+    def row_scores(i: int) -> SampleScores:
         valid = batch["valid"][i]
         grid_hw = tuple(int(x) for x in batch["grid_hw"][i])
         grid_index = batch["grid_index"][i][valid]
@@ -403,7 +407,9 @@ def score_batch(batch: dict, identities: list[dict], backbone, text_features: Te
                                              sigma)
         if keep_view_maps[i]:
             extra["view_maps"] = maps2d[i].cpu().numpy().astype(np.float16)
-        yield SampleScores(identity=identities[i], point_scores=point_map.astype(np.float32),
-                           point_labels=batch["label"][i][valid], score=score,
-                           grid_index=grid_index.astype(np.int32), grid_hw=grid_hw,
-                           knn=compact_knn(batch["knn"][i], valid), **extra)
+        return SampleScores(identity=identities[i], point_scores=point_map.astype(np.float32),
+                            point_labels=batch["label"][i][valid], score=score,
+                            grid_index=grid_index.astype(np.int32), grid_hw=grid_hw,
+                            knn=compact_knn(batch["knn"][i], valid), **extra)
+
+    yield from run_each(pool, row_scores, range(count))

@@ -155,11 +155,10 @@ def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shif
           max_points, point_size, light, downsample, visibility, knn, masks, renderer, workers, threads, backend,
           scheduler, keep_going, repair):
     """Render a dataset into a resumable Zarr store (views, masks, projections, visibility)."""
-    from joblib import cpu_count
-
     from pointad.render.build import build_store
-    if threads is not None and backend == "loky" and max(workers, 1) * threads > cpu_count():
-        click.echo(f"warning: {max(workers, 1)} worker(s) x --threads {threads} is more than the {cpu_count()} CPUs "
+    from pointad.shared.threads import available
+    if threads is not None and backend == "loky" and max(workers, 1) * threads > available():
+        click.echo(f"warning: {max(workers, 1)} worker(s) x --threads {threads} is more than the {available()} CPUs "
                    "this process may use; oversubscribed threads render slower", err=True)
     entry = _open_dataset(dataset, fmt, root)
     options = RenderOptions(views=views, view_plan=view_plan, angle_shift=angle_shift, image_size=image_size,

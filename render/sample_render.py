@@ -5,11 +5,10 @@ and writes none: `render/build.py` does that.
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import open3d as o3d
-from joblib import cpu_count
 
 from pointad.render.camera import Camera, fit_camera, project
 from pointad.render.graph import knn_graph, proxy_indices
@@ -20,6 +19,7 @@ from pointad.render.splat import Cloud, draw_views
 from pointad.render.visibility import nearest_per_pixel, surface_visible
 from pointad.shared.sample import Sample
 from pointad.shared.store import SampleArrays
+from pointad.shared.threads import available, submit
 
 # the options and their choices live in the light render_options module; re-exported here
 from pointad.render.render_options import GREY, LIGHTS, MASKS, RENDERERS, VISIBILITY, RenderOptions  # noqa: E402,F401
@@ -60,7 +60,7 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
     threads: this call's threads (None: one per CPU): the KD-tree queries, the splat draw's views, and with
     more than one, the k-NN graph beside the drawing; the process-wide pools (torch, Open3D, BLAS, Mesa) are
     the caller's to limit (`render.build.render_row`). The row does not depend on it."""
-    budget = threads or cpu_count()  # joblib's: CPUs this process may use (affinity, cgroup quota)
+    budget = threads or available()
     points, labels, grid_index = sample.points, sample.point_labels, sample.grid_index
     if options.downsample < 1:
         keep = farthest_point_indices(points, max(1, round(len(points) * options.downsample)))
@@ -79,8 +79,7 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
     with ThreadPoolExecutor(1) as beside:
         # the graph needs neither normals nor views: with a thread to spare its query (the GIL released) runs
         # while the views are drawn
-        graph = (beside.submit(knn_graph, points, valid, options.knn, workers=budget) if budget > 1
-                 else _done(knn_graph(points, valid, options.knn, workers=1)))
+        graph = submit(beside if budget > 1 else None, knn_graph, points, valid, options.knn, workers=budget)
         views, masks = _draw(points, labels, normals, camera, rotations, extrinsics, options, rasterizer, device,
                              budget)
         knn, knn_weight = graph.result()
@@ -93,12 +92,6 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
     proxy = proxy_indices(points, valid, visible.any(axis=0), knn, workers=budget)
     return _padded(sample, options, views, masks, pixel, visible, points, labels, grid_index, proxy, knn, knn_weight,
                    camera.intrinsic(), extrinsics)
-
-
-def _done(result) -> Future:
-    future = Future()
-    future.set_result(result)
-    return future
 
 
 def _draw(points, labels, normals, camera, rotations, extrinsics, options: RenderOptions, rasterizer, device,

@@ -95,6 +95,34 @@ def test_prefetching_the_next_batch_changes_no_score_and_no_order(eval_store):
         assert np.array_equal(a.point_scores, b.point_scores) and np.array_equal(a.point_labels, b.point_labels)
 
 
+def test_rows_smoothed_on_threads_score_as_one_after_another(eval_store):
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import fields
+
+    from pointad.eval.scoring import BATCH_FIELDS, score_batch
+    store, rows, backbone, text = _tiny_scoring(eval_store, [(MVTEC, "torus", 3), (REAL3D, "torus", 2)])
+    batch = store.read_batch([int(r) for r in rows], BATCH_FIELDS)
+    identities = [store.identity(int(r)) for r in rows]
+    options = dict(compat=True, keep_view_maps=[True] * len(rows))  # every optional output too
+    with ThreadPoolExecutor(3) as pool:
+        threaded = list(score_batch(batch, identities, backbone, text, pool=pool, **options))
+    alone = list(score_batch(batch, identities, backbone, text, **options))
+    assert [r.identity for r in threaded] == identities
+    assert any(r.has_rgb for r in alone) and not all(r.organized for r in alone)
+    for a, b in zip(threaded, alone, strict=True):
+        for f in fields(SampleScores):
+            x, y = getattr(a, f.name), getattr(b, f.name)
+            if f.name == "compat":
+                assert (x is None) == (y is None), f.name
+                x, y = ({} if x is None else x), ({} if y is None else y)
+                assert x.keys() == y.keys()
+                assert all(np.array_equal(x[k][0], y[k][0]) and x[k][1] == y[k][1] for k in x), f.name
+            elif isinstance(x, np.ndarray) or x is None:
+                assert (x is None and y is None) or np.array_equal(x, y), f.name
+            else:
+                assert x == y, f.name
+
+
 def test_several_runs_share_one_vision_pass_and_score_as_alone(eval_store):
     _, rows, backbone, text = _tiny_scoring(eval_store, [(MVTEC, "torus", 3), (REAL3D, "torus", 2)])
     texts = [text, backbone.encode_text(["a flawless thing.", "a broken thing."])]
