@@ -18,8 +18,7 @@ render/splat.py, torch on the CPU here; GPU rates are not measured by this scrip
    directly, so no read). Medians of several repetitions. Each step alone sums to more than one
    `render_sample` call, which builds the k-NN graph on a thread beside the drawing: the per-sample
    time is read + render_sample() + write, what a 1-worker build does. Threads as in a 1-worker build
-   (render.build.render_row): torch 1 per thread, the splat draw's views on one thread per CPU, Open3D,
-   BLAS and the k-NN query all CPUs.
+   (render.build.render_row): torch 1 (the splat draw), Open3D, BLAS and the k-NN query all CPUs.
 1b. Normals and k-NN on the dense cloud with all CPUs and with a 2-worker build's budget of one thread
    each (render.build.WORKER_RASTER_THREADS), and the candidate that was not taken: one 30-NN query
    shared by the normals (PCA of the neighbours within the radius, as Open3D's hybrid search) and the
@@ -73,13 +72,11 @@ from pointad.shared.registry import custom_entry  # noqa: E402
 from pointad.shared.sample import Sample  # noqa: E402
 from pointad.shared.store import open_store# noqa: E402
 from pointad.shared.store_write import CLEVEL, append_samples, create_store, write_sample# noqa: E402
-from pointad.shared.threads import available  # noqa: E402
 
 STEPS = ("read", "normals", "render", "masks", "projection", "visibility", "proxy + knn", "write")
 # the per-sample work besides drawing (views and masks) and reading: what compression and neighbours cost
 REST = ("normals", "projection", "visibility", "proxy + knn", "write")
 RENDERERS = ("legacy", "splat")
-CPUS = available()  # render_sample's thread budget in a 1-worker build
 
 
 def dense_sample(side: int = 336, seed: int = 0) -> Sample:
@@ -130,7 +127,7 @@ def sample_steps(read, options: RenderOptions, rasterizer: LegacyRasterizer, sto
     def views():
         if options.renderer == "splat":
             levels = draw_views([Cloud(points, normal, grey, camera)], rotations, options.point_size,
-                                options.supersample, light_on, threads=CPUS)[0]
+                                options.supersample, light_on)[0]
             return np.repeat(levels[..., None] / np.float32(255), 3, axis=-1)
         rasterizer.set_cloud(points, np.full((len(points), 3), grey), normal)
         style = DrawStyle(options.point_size, (1, 1, 1), light_on)

@@ -136,7 +136,7 @@ def render_row(out: Path, row: int, entry: DatasetEntry, ref: SampleRef, options
     """Worker task: read, render and write one row. Returns None, or the reason the sample failed.
 
     raster_threads: this worker's thread budget: Mesa's rasterizer (`worker_rasterizer`), Open3D, BLAS and
-    OpenMP pools, and `render_sample`'s threads (KD-tree queries, the splat draw's views); None = all CPUs.
+    OpenMP pools, and `render_sample`'s threads (KD-tree queries, the graph beside the draw); None = all CPUs.
     Torch runs one thread per caller for the splat renderer (below). Torch's and Open3D's counts are
     restored afterwards. The row does not depend on it.
     """
@@ -145,7 +145,7 @@ def render_row(out: Path, row: int, entry: DatasetEntry, ref: SampleRef, options
         rasterizer = None  # draws with torch on the CPU
         # one torch thread, whatever the budget (the caller's count is restored): the draw's many small
         # element-wise passes ran 4x longer on 2 torch threads than on 1, for 5x the CPU time, on a shared
-        # 2-CPU machine; the budget's threads draw whole views instead (render_sample). Same bytes either way.
+        # 2-CPU machine (benchmarks/render_bench.py). Same bytes either way.
         torch.set_num_threads(1)
     else:
         rasterizer = worker_rasterizer(options.image_size * options.supersample, options.renderer, raster_threads)

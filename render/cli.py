@@ -142,7 +142,7 @@ def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, pe
                    "emulated with torch, no Open3D window (several times faster; see render/splat.py).")
 @click.option("--workers", "-j", default=1, show_default=True, help="Worker processes.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Threads of each worker (Open3D, BLAS, torch, the KD-tree queries, the splat draw) "
+              help="Threads of each worker (Mesa, Open3D, BLAS, the KD-tree queries, the k-NN graph beside the draw) "
                    "[default: one per CPU with one local worker, else 1]. The store does not depend on it.")
 @click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
               help="Where workers run: local processes (joblib/loky) or a dask.distributed cluster.")

@@ -57,9 +57,9 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
     """The store row of one sample: renderings, mask views and all per-point arrays, padded to max_points.
 
     rasterizer: Open3D's; unused (may be None) with renderer "splat", which draws on torch `device`.
-    threads: this call's threads (None: one per CPU): the KD-tree queries, the splat draw's views, and with
-    more than one, the k-NN graph beside the drawing; the process-wide pools (torch, Open3D, BLAS, Mesa) are
-    the caller's to limit (`render.build.render_row`). The row does not depend on it."""
+    threads: this call's threads (None: one per CPU): the KD-tree queries, and with more than one, the k-NN
+    graph built beside the drawing; the process-wide pools (torch, Open3D, BLAS, Mesa) are the caller's to
+    limit (`render.build.render_row`). The row does not depend on it."""
     budget = threads or available()
     points, labels, grid_index = sample.points, sample.point_labels, sample.grid_index
     if options.downsample < 1:
@@ -80,8 +80,7 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
         # the graph needs neither normals nor views: with a thread to spare its query (the GIL released) runs
         # while the views are drawn
         graph = submit(beside if budget > 1 else None, knn_graph, points, valid, options.knn, workers=budget)
-        views, masks = _draw(points, labels, normals, camera, rotations, extrinsics, options, rasterizer, device,
-                             budget)
+        views, masks = _draw(points, labels, normals, camera, rotations, extrinsics, options, rasterizer, device)
         knn, knn_weight = graph.result()
     pixel, depth, inside = project(points, camera, rotations)
     if options.visibility == "nearest":
@@ -94,13 +93,13 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
                    camera.intrinsic(), extrinsics)
 
 
-def _draw(points, labels, normals, camera, rotations, extrinsics, options: RenderOptions, rasterizer, device,
-          threads: int) -> tuple[np.ndarray, np.ndarray]:
+def _draw(points, labels, normals, camera, rotations, extrinsics, options: RenderOptions, rasterizer,
+          device) -> tuple[np.ndarray, np.ndarray]:
     """(V, S, S, 3) uint8 views and (V, S, S) uint8 masks of one cloud, by the options' renderers."""
     light_on, grey = LIGHTS[options.light]
     if options.renderer == "splat":
         levels = draw_views([Cloud(points, normals, grey, camera)], rotations, options.point_size,
-                            options.supersample, light_on, device, threads)[0]
+                            options.supersample, light_on, device)[0]
         views = np.repeat(levels[..., None], 3, axis=-1)
     else:
         rasterizer.set_cloud(points, np.full((len(points), 3), grey), normals)

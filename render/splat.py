@@ -25,7 +25,6 @@ deterministic on a given device: `render verify` re-renders rows and compares by
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,24 +110,15 @@ def window_depth(depth: np.ndarray, distance: float) -> np.ndarray:
 
 
 def draw_views(clouds: list[Cloud], rotations: np.ndarray, point_size: float, supersample: int,
-               light_on: bool = True, device="cpu", threads: int = 1) -> np.ndarray:
+               light_on: bool = True, device="cpu") -> np.ndarray:
     """Return (B, V, S, S) uint8 grey views of B clouds, drawn at S * supersample and area-averaged to S.
 
     rotations: (V, 3, 3) view rotations (the same plan for every cloud); point_size: N in pixels at the
     supersampled resolution. Background white; all clouds must share the camera's image size S.
-    threads: on a CPU, the views are shared out among this many Python threads; the bytes do not depend on it.
     """
     size = clouds[0].camera.image_size
     if any(c.camera.image_size != size for c in clouds):
         raise ValueError("clouds of one draw_views call must share the image size")
-    if threads > 1 and len(rotations) > 1 and torch.device(device).type == "cpu":
-        # torch's own threads slow the draw's many small passes (render/build.py keeps it at one); whole views
-        # on threads of their own do not, as numpy and torch release the GIL. Each view is drawn alone either way.
-        parts = np.array_split(np.arange(len(rotations)), min(threads, len(rotations)))
-        with ThreadPoolExecutor(len(parts)) as pool:
-            drawn = pool.map(lambda part: draw_views(clouds, np.asarray(rotations)[part], point_size, supersample,
-                                                     light_on, device), parts)
-            return np.concatenate(list(drawn), axis=1)
     views, count = len(rotations), max(len(c.points) for c in clouds)
     u = np.zeros((len(clouds), views, count), np.float32)
     v, depth = np.zeros_like(u), np.full(u.shape, -1, np.int64)

@@ -43,8 +43,8 @@ def test_splat_row_leaves_the_callers_torch_threads_and_draws_the_same_bytes(tmp
 
 
 def test_render_sample_gives_the_same_row_sequential_or_with_the_graph_beside_the_draw(mvtec_dataset):
-    """threads=1 runs every step in turn; more threads draw the views on several threads while the k-NN graph is
-    built beside them, and take the proxy from that graph: every array must be the same bytes."""
+    """threads=1 runs every step in turn; with more, the k-NN graph is built on a thread beside the drawing; the
+    proxy comes from that graph either way: every array must be the same bytes."""
     from dataclasses import fields
 
     from pointad.render.rasterize import worker_rasterizer

@@ -155,16 +155,6 @@ def test_batched_clouds_draw_as_each_alone(all_classes):
         assert np.array_equal(together[k], draw_views([cloud], rotations, 3.0, 2)[0]), k
 
 
-def test_views_shared_among_threads_draw_the_same_bytes(all_classes):
-    rotations = RenderOptions(views=5).plan.rotations
-    sample = all_classes[1]
-    camera = fit_camera(sample.points, 96)
-    clouds = [Cloud(sample.points, estimate_normals(sample.points, 0.002), 0.7, camera)]
-    alone = draw_views(clouds, rotations, 3.0, 2)
-    for threads in (2, 3, 8):  # 5 views in 2 or 3 uneven parts, or one view a thread (more threads than views)
-        assert np.array_equal(draw_views(clouds, rotations, 3.0, 2, threads=threads), alone), threads
-
-
 def test_render_sample_splat_equals_legacy_except_image_bytes(mvtec_dataset):
     _, entry = mvtec_dataset
     options = RenderOptions(views=3, image_size=96, supersample=2, max_points=96 * 96, point_size=3)
