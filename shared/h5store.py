@@ -86,7 +86,7 @@ def _check_replaceable(out: Path) -> None:
     try:
         with h5py.File(out, "r") as file:
             ours = json.loads(file.attrs.get("format", "null")) == FORMAT
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):  # TypeError: a `format` that is not text (a number, an array)
         ours = False
     if not ours:
         raise PointADError(f"{out}: exists and is not an HDF5 render store; remove it or choose another --out")

@@ -83,6 +83,39 @@ def test_export_replaces_only_an_earlier_twin(twin, tmp_path):
     assert export_h5(zarr_path, out) == 6 and export_h5(zarr_path, out) == 6  # an earlier twin is replaced
 
 
+def _foreign_h5(path, format_value):
+    """An HDF5 file another tool wrote (h5py, as netCDF-4 or an instrument would): a root attribute `format`
+    that is not ours, a dataset of its own."""
+    with h5py.File(path, "w") as file:
+        file.attrs["format"] = format_value
+        file.create_dataset("scan/depth", data=np.arange(12, dtype=np.float32).reshape(3, 4))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("format_value", ["NETCDF4", '"someone-elses-renders"', np.int64(3), b"pointad-renders",
+                                          '{"format": "pointad-renders"}'])
+def test_export_never_replaces_another_tools_hdf5_file_with_a_format_attribute(twin, tmp_path, format_value):
+    zarr_path, _ = twin
+    other = tmp_path / "scan.h5"
+    before = _foreign_h5(other, format_value)
+    with pytest.raises(PointADError, match=f"^{other}: exists and is not an HDF5 render store"):
+        export_h5(zarr_path, other)
+    assert other.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["scan.h5"]
+    with h5py.File(other, "r") as file:   # still the other tool's file, readable by it
+        assert np.array_equal(file["scan/depth"][:], np.arange(12, dtype=np.float32).reshape(3, 4))
+
+
+def test_export_replaces_a_twin_whose_format_is_ours(twin, tmp_path):
+    """The one file export may replace: its root `format` is the JSON text of our format, as export writes it."""
+    zarr_path, h5_path = twin
+    out = tmp_path / "renders.h5"
+    _foreign_h5(out, '"pointad-renders"')
+    assert export_h5(zarr_path, out) == 6
+    with h5py.File(out, "r") as file, h5py.File(h5_path, "r") as reference:
+        assert "scan" not in file and json.loads(file.attrs["format"]) == "pointad-renders"
+        assert set(file) == set(reference)
+
+
 def test_training_on_the_twin_gives_the_same_checkpoint_and_eval_report_reads_it(twin, tmp_path):
     states = []
     for name, store in zip(("zarr", "h5"), twin):
