@@ -109,6 +109,8 @@ def test_missing_required_keys_are_named():
     ({"ids": "12"}, "'ids' must be a list of int, got '12'"),
     ({"ids": [1, "2"]}, "'ids[1]' must be int, got '2'"),
     ({"pair": [1.0]}, "'pair' must be a list [float, float], got [1.0]"),
+    ({"pair": [1.0, 2.0, 3.0]}, "'pair' must be a list [float, float], got [1.0, 2.0, 3.0]"),
+    ({"turns": [["x", 45.0, 1.0]]}, "'turns[0]' must be a list [str, float], got ['x', 45.0, 1.0]"),
     ({"turns": [["x", "far"]]}, "'turns[0][1]' must be float, got 'far'"),
     ({"tags": [None]}, "'tags[0]' must be str, got None"),
     ({"extra": [1]}, "'extra' must be a mapping, got [1]"),
@@ -124,6 +126,18 @@ def test_missing_required_keys_are_named():
 ])
 def test_each_wrong_type_is_one_line_naming_the_key_path(change, message):
     assert _refused({**REQUIRED, **change}) == f"cfg.json: {message}"
+
+
+def test_a_fixed_length_tuple_takes_exactly_its_length():
+    """tuple[float, float] is a pair: a list one longer is refused, not cut to its first two items."""
+    for value in ([0.5, 1.5, 2.5], [0.5, 1.5, 2.5, 3.5]):
+        assert _refused({**REQUIRED, "pair": value}) == f"cfg.json: 'pair' must be a list [float, float], got {value}"
+    assert from_dict(Everything, {**REQUIRED, "pair": [0.5, 1.5]}, "cfg.json").pair == (0.5, 1.5)
+    # a real record: the view plan's pre-rotations are (axis, degrees) pairs
+    from pointad.render.view_plan import CodePlan
+    with pytest.raises(ConfigError, match=r"^plan: 'pre_rotation\[0\]' must be a list \[str, float\], got "
+                                          r"\['x', 45, 90\]$"):
+        CodePlan.from_dict({"pre_rotation": [["x", 45, 90]]}, "plan")
 
 
 def test_long_values_are_shortened_in_the_message():
