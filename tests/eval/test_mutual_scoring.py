@@ -16,7 +16,7 @@ import pointad.eval.mutual as mutual
 import pointad.eval.scoring as scoring
 import pointad.train.model.maps as maps
 from pointad.eval.cli import eval_
-from pointad.eval.mutual import MutualOptions, attach_published, mutual_model_config, score_class
+from pointad.eval.mutual import MutualOptions, attach_published, mutual_model_config, patch_scores, score_class
 from pointad.eval.mutual_scoring import (aggregate_neighbourhoods, block_sizes, kept_count, mutual_scores,
                                  rescore_by_neighbours)
 from pointad.eval.report import Report, to_markdown
@@ -126,6 +126,78 @@ def test_rescoring_pulls_a_sample_towards_its_look_alikes():
         near = np.argsort(-similarity[i], kind="stable")[:2]
         assert got[i] == pytest.approx((similarity[i, near] * scores[near]).sum() / similarity[i, near].sum())
     assert got[2] < scores[2] and got[1] < scores[1]       # high-scoring sample 2 pulled towards 3 (0.9)
+
+
+def _rescore_by_loop(scores, features, ks):
+    """Test twin of the re-scoring: plain loops, negative similarities weigh 0 (design of MuSc's step 3)."""
+    scores = np.asarray(scores, float)
+    normalised = (scores - scores.min()) / (scores.max() - scores.min())
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    out = np.zeros(len(scores))
+    for i in range(len(scores)):
+        similarity = [1.0 if j == i else max(0.0, float(unit[i] @ unit[j])) for j in range(len(scores))]
+        for k in ks:
+            nearest = sorted(range(len(scores)), key=lambda j: -similarity[j])[:min(k, len(scores))]
+            weights = [similarity[j] for j in nearest]
+            out[i] += sum(w * normalised[j] for w, j in zip(weights, nearest)) / sum(weights) / len(ks)
+    return out
+
+
+def test_rescoring_gives_negatively_similar_samples_no_weight():
+    # sample 1 points away from sample 0 (cosine -1), sample 2 is orthogonal to both: with k = 3 each sample's
+    # neighbourhood holds the others, but only itself has a positive weight, so nothing moves
+    scores = np.array([0.0, 1.0, 0.5])
+    features = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    np.testing.assert_allclose(rescore_by_neighbours(scores, features, [3]).numpy(), [0.0, 1.0, 0.5], atol=1e-12)
+    # 0 and 1 are look-alikes (cosine 0.8), 2 points away from both: it keeps its own score whatever k
+    features = torch.tensor([[1.0, 0.0], [0.8, 0.6], [-0.6, -0.8]], dtype=torch.float64)
+    got = rescore_by_neighbours(scores, features, [2, 3]).numpy()
+    assert got[2] == pytest.approx(0.5, abs=1e-12)
+    assert got[0] == pytest.approx((1 * 0.0 + 0.8 * 1.0) / 1.8, abs=1e-12)   # itself and its look-alike 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rescoring_matches_a_loop_with_negative_similarities(seed):
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(7, 3))                   # centred: about half the cosines are negative
+    scores = rng.uniform(size=7)
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    assert (unit @ unit.T < -0.1).sum() >= 6, "the case must hold clearly negative similarities"
+    for ks in ([1], [3], [7], [2, 5, 7]):
+        got = rescore_by_neighbours(scores, torch.tensor(features), ks).numpy()
+        expected = _rescore_by_loop(scores, features, ks)
+        worst = np.abs(got - expected).argmax()
+        assert np.abs(got - expected).max() < 1e-9, f"ks {ks}: sample {worst}: {got[worst]} != {expected[worst]}"
+
+
+def _patch_scores_by_loop(tokens: np.ndarray, options: MutualOptions) -> np.ndarray:
+    """Test twin of `patch_scores`: for every layer and radius, the aggregation and the mutual scores by loops
+    (`_aggregate_by_loop`, `_scores_by_loop`), then the plain mean over the L x R maps."""
+    layers, samples, views, tokens_count, _ = tokens.shape
+    maps = []
+    for layer in range(layers):
+        for radius in options.radii:
+            aggregated = np.stack([_aggregate_by_loop(tokens[layer, :, k], radius) for k in range(views)], axis=1)
+            if options.views == "all":
+                flat = aggregated.reshape(samples, views * tokens_count, -1)
+                maps.append(_scores_by_loop(flat, options.fraction).reshape(samples, views, tokens_count))
+            else:
+                maps.append(np.stack([_scores_by_loop(aggregated[:, k], options.fraction) for k in range(views)], 1))
+    return np.mean(maps, axis=0)
+
+
+@pytest.mark.parametrize("views", ["same", "all"])
+def test_patch_scores_are_the_mean_over_layers_and_radii(views):
+    """Two layers and three radii: the patch score is the average of the six score maps, not their sum."""
+    tokens = np.random.default_rng(7).normal(size=(2, 4, 2, 16, 3)).astype(np.float32)   # L, N, V, 4 x 4 grid, D
+    options = MutualOptions(radii=(1, 3, 5), fraction=0.5, views=views, rescore_ks=())
+    got = patch_scores(torch.from_numpy(tokens), options).numpy()
+    expected = _patch_scores_by_loop(tokens, options)
+    assert got.shape == (4, 2, 16)
+    worst = np.unravel_index(np.abs(got - expected).argmax(), got.shape)
+    assert np.abs(got - expected).max() < 1e-4, f"largest difference {np.abs(got - expected).max()} at {worst}"
+    first = patch_scores(torch.from_numpy(tokens), options, queries=2).numpy()
+    np.testing.assert_allclose(first, expected[:2], atol=1e-4)
 
 
 # --- PointAD's back-projection, on the store ---------------------------------------------------------------
