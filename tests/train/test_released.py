@@ -136,6 +136,31 @@ def test_class_dataset_epoch_and_layers_come_from_the_released_path(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "epoch_7.pt").is_file()
 
 
+# the --features_list each released script passes, by the <data> of its folder name (zqhang/PointAD's
+# train/test shell scripts, written down here by hand): MVTec 3D-AD and Eyecandies tap layer 24 only
+RELEASED_TAPS = {"mvtec_3d": [24], "eye_3d": [24], "real_3d": [6, 12, 18, 24]}
+
+
+@pytest.mark.parametrize("data, dataset", [("mvtec_3d", "mvtec3d"), ("eye_3d", "eyecandies"), ("real_3d", "real3d")])
+def test_without_layers_the_run_taps_the_layers_its_folder_name_implies(tmp_path, data, dataset):
+    """ViT-L at the released sizes (W 768, 12 words, depth 9, 4 deep positions; no weights are loaded):
+    the run taps what the released script for that data tapped, which for MVTec 3D-AD and Eyecandies is not
+    the model's default (6, 12, 18, 24)."""
+    state = released_state(5, n_ctx=12, depth=9, n_pos=4, width=768)
+    state = {k: v for k, v in state.items() if not k.startswith(("compound_prompt_projections", "token_"))}
+    source = _save(tmp_path / f"exps_9_12_4_mv9_{data}_336_4" / "carrot" / "epoch_3.pth", {"prompt_learner": state})
+    result = _import(source, "--out", tmp_path / "run", "--model", "vit-l-14-336")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["train"]["dataset"], config["train"]["layers"]) == (dataset, RELEASED_TAPS[data])
+    assert config["model"]["tap_layers"] == RELEASED_TAPS[data]
+    payload = torch.load(tmp_path / "run" / "checkpoints" / "epoch_3.pt", weights_only=True)
+    assert payload["model"]["tap_layers"] == RELEASED_TAPS[data] and payload["config"]["layers"] == RELEASED_TAPS[data]
+    given = _import(source, "--out", tmp_path / "given", "--model", "vit-l-14-336", "--layers", "12,24")
+    assert given.exit_code == 0, given.output
+    assert json.loads((tmp_path / "given" / "config.json").read_text())["model"]["tap_layers"] == [12, 24]
+
+
 def test_a_folder_name_that_disagrees_with_the_tensors_is_refused(tmp_path):
     source = _save(tmp_path / "exps_9_12_4_mv9_mvtec_3d_336_4" / "carrot" / "epoch_1.pth",
                    {"prompt_learner": released_state(2)})
