@@ -2,10 +2,12 @@
 
 A registry entry only adds names, class lists and per-class options: `--format FMT --root DIR`
 works without one (see `custom_entry`). Classes are whatever folders exist under the root.
+The file is read by `read_yaml`, which bounds what a small file can make in memory (design §8).
 """
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -15,6 +17,12 @@ from pointad.shared import config, strict
 from pointad.shared.errors import ConfigError, DatasetError
 
 FORMATS = ("mvtec3d", "eyecandies", "real3d")
+# What `read_yaml` takes: the repository's datasets.yaml is ~5 KB, nests 8 deep and expands its aliases to
+# ~3 000 nodes and characters. A few hundred bytes of aliases can otherwise describe 10^9 nodes (a "billion
+# laughs"), which every consumer that walks the value (validation, an error message) pays for.
+MAX_YAML_BYTES = 256 * 1024
+MAX_YAML_DEPTH = 32          # nesting, aliases expanded
+MAX_YAML_EXPANDED = 1_000_000  # nodes plus scalar characters, aliases expanded
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +50,7 @@ class DatasetEntry:
     def __post_init__(self):
         # ValueError: strict.from_dict re-raises it as a ConfigError naming the file and the dataset
         if self.format not in FORMATS:
-            raise ValueError(f"format {self.format!r}; known formats: {', '.join(FORMATS)}")
+            raise ValueError(f"format {reprlib.repr(self.format)}; known formats: {', '.join(FORMATS)}")
         if self.root is None and self.generate is None:
             raise ValueError("needs a 'root'")
         if self.classes == ():  # an empty list: every class folder, as if none were listed
@@ -88,18 +96,114 @@ def load_registry(path: Path | None = None) -> dict[str, DatasetEntry]:
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory, expected a registry file (datasets.yaml)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: registry file not found (set POINTAD_REGISTRY or pass --format and --root)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: registry file unreadable ({exc.strerror or exc})") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: registry file is not text (byte {exc.start})") from exc
+    except YamlTooLarge as exc:
+        raise ConfigError(f"{path}: registry file {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        raise ConfigError(f"{path}: not valid YAML ({_first_line(exc)})") from None
     if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
         raise ConfigError(f"{path}: expected a top-level 'datasets:' mapping")
     return {str(name): DatasetEntry.from_dict(str(name), entry, str(path)) for name, entry in data["datasets"].items()}
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class YamlTooLarge(ValueError):
+    """A YAML file beyond MAX_YAML_BYTES, MAX_YAML_DEPTH or MAX_YAML_EXPANDED, or whose aliases refer to
+    themselves; str() is the reason, without the path."""
+
+
+def read_yaml(path: Path):
+    """`yaml.safe_load` of the file at `path`, bounded: YamlTooLarge for a file over MAX_YAML_BYTES, nested
+    deeper than MAX_YAML_DEPTH, or whose aliases expand to more than MAX_YAML_EXPANDED nodes and characters or
+    refer to themselves; the file's own OSError, UnicodeDecodeError or yaml.YAMLError otherwise."""
+    with open(path, "rb") as file:
+        raw = file.read(MAX_YAML_BYTES + 1)
+    if len(raw) > MAX_YAML_BYTES:
+        raise YamlTooLarge(f"is larger than {MAX_YAML_BYTES // 1024} KiB; a registry is a few KB")
+    loader = _BoundedLoader(raw.decode("utf-8"))
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that counts nesting while it composes (before Python's recursion limit is reached) and
+    measures the composed document with its aliases expanded before anything is built from it."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise YamlTooLarge(f"nests deeper than {MAX_YAML_DEPTH} levels (line {line})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """YamlTooLarge if the node graph, aliases expanded, is deeper than MAX_YAML_DEPTH, larger than
+    MAX_YAML_EXPANDED (a node counts 1, a scalar also its characters), or has a cycle (`&a [*a]`).
+
+    Each distinct node is visited once (sizes and depths memoised), without recursion, so the check costs
+    what the file holds, not what it expands to."""
+    size, depth = {}, {}      # id(node) -> expanded size, depth; filled when a node is finished
+    open_ = set()             # nodes entered and not finished: the ancestors of the node being entered
+    stack = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            open_.discard(key)
+            children = _children(node)
+            size[key] = 1 + (len(node.value) if isinstance(node, yaml.ScalarNode)
+                             else sum(size[id(c)] for c in children))
+            depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+            if size[key] > MAX_YAML_EXPANDED:
+                raise YamlTooLarge(f"expands its aliases to more than {MAX_YAML_EXPANDED:,} nodes and characters "
+                                   f"(line {node.start_mark.line + 1})")
+            if depth[key] > MAX_YAML_DEPTH:
+                raise YamlTooLarge(f"nests deeper than {MAX_YAML_DEPTH} levels with its aliases expanded "
+                                   f"(line {node.start_mark.line + 1})")
+            continue
+        if key in size:
+            continue
+        open_.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in open_:
+                raise YamlTooLarge(f"has an alias inside its own anchor (line {child.start_mark.line + 1})")
+            if id(child) not in size:
+                stack.append((child, False))
+
+
+def _children(node: yaml.Node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return []
 
 
 def resolve_dataset(name: str | None = None, *, format: str | None = None, root: Path | None = None,

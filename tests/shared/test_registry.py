@@ -142,3 +142,47 @@ def test_repository_registry_lengths_are_in_each_datasets_unit():
     for name, twin in (("eyecandies", "synthetic-eyecandies"), ("real3d", "synthetic-real3d"), ("mvtec3d", "synthetic")):
         assert registry[twin].options["preprocess"] == registry[name].options["preprocess"]
         assert registry[twin].view_plans == registry[name].view_plans
+
+
+def _alias_bomb(levels: int, fan_out: int = 9) -> str:
+    """A "billion laughs": level i lists level i-1 `fan_out` times, fan_out^levels strings in all."""
+    lines = ["l0: &l0 [" + ", ".join(["lol"] * fan_out) + "]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * fan_out) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\ndatasets:\n  a: {{format: mvtec3d, root: x, classes: *l{levels - 1}}}\n"
+
+
+@pytest.mark.parametrize("text, reason", [
+    (_alias_bomb(9), "registry file expands its aliases to more than 1,000,000 nodes and characters (line 6)"),
+    ('s: &s "' + "x" * 100_000 + '"\nl: [' + ", ".join(["*s"] * 20) + "]\ndatasets: {}\n",
+     "registry file expands its aliases to more than 1,000,000 nodes and characters (line 2)"),
+    ("datasets:\n  a: " + "[" * 10_000 + "]" * 10_000 + "\n", "registry file nests deeper than 32 levels (line 2)"),
+    ("datasets:\n  a: " + "{a: " * 5_000 + "1" + "}" * 5_000 + "\n", "registry file nests deeper than 32 levels (line 2)"),
+    ("\n".join(f"l{i}: &l{i} " + "[" * 20 + (f"*l{i - 1}" if i else "1") + "]" * 20 for i in range(3)) + "\ndatasets: {}\n",
+     "registry file nests deeper than 32 levels with its aliases expanded (line 2)"),
+    ("x: &a [1, *a]\ndatasets: {}\n", "registry file has an alias inside its own anchor (line 1)"),
+    ("x: &a {b: [*a]}\ndatasets: {}\n", "registry file has an alias inside its own anchor (line 1)"),
+    ("datasets: {}\n" + "#" * 300_000 + "\n", "registry file is larger than 256 KiB; a registry is a few KB"),
+    ("datasets: *nope\n", "not valid YAML (found undefined alias 'nope')"),
+])
+def test_yaml_bombs_are_refused_in_one_line_before_anything_is_built(tmp_path, text, reason):
+    """Aliases that expand past MAX_YAML_EXPANDED, nesting past MAX_YAML_DEPTH (directly, or through a chain
+    of aliases), an alias inside its own anchor, a file past MAX_YAML_BYTES: each one line naming the file."""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_registry(path)
+    assert str(info.value) == f"{path}: {reason}"
+
+
+def test_aliases_within_the_bounds_read_as_their_values(tmp_path):
+    """The repository's registry shares its preprocess options and view plans by anchors; that keeps working,
+    and a long wrong value is shown shortened."""
+    path = _write(tmp_path, "p: &p {background: none}\nv: &v {pointad-code: {variant: real3d, x_tilts: [0]}}\n"
+                  "datasets:\n  a: {format: real3d, root: r, options: {preprocess: *p}, view_plans: *v}\n"
+                  "  b: {format: real3d, root: r, options: {preprocess: *p}}\n")
+    registry = load_registry(path)
+    assert registry["a"].options == registry["b"].options == {"preprocess": {"background": "none"}}
+    assert registry["a"].view_plans == {"pointad-code": {"variant": "real3d", "x_tilts": [0]}}
+    path = _write(tmp_path, f"datasets:\n  a: {{format: {'x' * 100_000}, root: r}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_registry(path)
+    assert len(str(info.value)) < 300 and "known formats: mvtec3d" in str(info.value)
