@@ -1,15 +1,18 @@
 """PLY and PCD point clouds parsed against their own header: a file must hold exactly the points it declares.
 
-Open3D pads a truncated binary PLY with zeros, keeps a half-read ASCII PLY, and reads a malformed or
-short ASCII PCD row as whatever the row yields, without failing. So the uncompressed layouts (PLY
-ascii / binary little or big endian, PCD ascii / binary) are parsed here with numpy, and the count the
-header declares is compared with what the data section holds. PCD `binary_compressed` (LZF) and PLY
-layouts with list properties before or inside the vertex element go to Open3D, whose point count is
-then checked against the header. Every function raises `ValueError(reason)`; the caller adds the path.
+Open3D pads a truncated binary PLY with zeros, keeps a half-read ASCII PLY, reads a malformed or short
+ASCII PCD row as whatever the row yields, and trusts a binary_compressed PCD's header so far that one
+declaring more points than its data holds crashes the process (it reads past its buffer). So every PCD
+layout (ascii, binary, binary_compressed: LZF, decompressed here in Python) and the PLY layouts without
+list properties (ascii, binary little or big endian) are parsed here with numpy, and the count the header
+declares is compared with what the data section holds. PLY files with list properties before or inside
+the vertex element go to Open3D, whose point count is then checked against the header. Every function
+raises `ValueError(reason)`; the caller adds the path.
 
 ASCII data is read one row per line (blank lines skipped), as every writer we know produces it.
 Binary data may be followed by less than one record of trailing bytes; a whole extra record is a
-mismatch like a missing one.
+mismatch like a missing one. A binary_compressed section holds exactly the bytes its two size fields
+declare (what follows them is ignored), and a PCD's WIDTH x HEIGHT must equal its POINTS.
 """
 
 from __future__ import annotations
@@ -169,63 +172,172 @@ def _nth_line_end(text: bytes, n: int) -> int:
 
 # --- PCD ------------------------------------------------------------------------------------------------
 
-def parse_pcd(data: bytes) -> tuple[np.ndarray | None, int]:
-    """((P, 3) float64 points or None for binary_compressed, left to Open3D; the declared point count)."""
+LZF_MAX_RATIO = 88  # the most an LZF stream expands: a 3-byte back-reference copies at most 264 bytes
+
+
+def parse_pcd(data: bytes) -> np.ndarray:
+    """(P, 3) float64 points of a PCD file: DATA ascii, binary or binary_compressed."""
     lines, offset = _header_lines(data, lambda w: w[0].upper() == "DATA", "PCD", "DATA")
     header = {w[0].upper(): w[1:] for w in lines if w and not w[0].startswith("#")}
     for key in ("FIELDS", "SIZE", "TYPE", "DATA"):
         if not header.get(key):
             raise ValueError(f"PCD header has no {key} line")
+    declared, layout = _pcd_points(header), _pcd_layout(header)
+    kind = header["DATA"][0].lower()
+    if kind == "ascii":
+        starts = dict(zip(layout, np.cumsum([0] + [count for _, _, count, _ in layout])))
+        table = _ascii_rows(data[offset:], len(lines) + 1, declared, sum(count for _, _, count, _ in layout),
+                            exact=True)
+        return table[:, [int(starts[field]) for field in _xyz_fields(layout)]]
+    if kind == "binary":
+        return _pcd_binary(data, offset, layout, declared)
+    if kind == "binary_compressed":
+        return _pcd_compressed(data, offset, layout, declared)
+    raise ValueError(f"PCD DATA {header['DATA'][0]!r} is not ascii, binary or binary_compressed")
+
+
+def _pcd_points(header: dict) -> int:
+    """The point count the header declares: POINTS (else WIDTH x HEIGHT), equal to WIDTH x HEIGHT where given."""
+    width = _count(header["WIDTH"][0], "PCD WIDTH") if header.get("WIDTH") else None
+    height = _count(header["HEIGHT"][0], "PCD HEIGHT") if header.get("HEIGHT") else None
+    if "POINTS" in header:
+        declared = _count((header["POINTS"] or [""])[0], "PCD POINTS")
+    elif width is not None and height is not None:
+        declared = width * height
+    else:
+        raise ValueError("PCD header has no POINTS line")
+    if width is not None and height is not None and width * height != declared:
+        raise ValueError(f"PCD header declares POINTS {declared} but WIDTH {width} x HEIGHT {height}")
+    return declared
+
+
+def _pcd_layout(header: dict) -> list[tuple[str, str, int, int]]:
+    """(name, numpy type, COUNT, byte offset in a point's record) per field; x, y and z each once, COUNT 1."""
     fields, sizes, types = header["FIELDS"], header["SIZE"], header["TYPE"]
     counts = header.get("COUNT") or ["1"] * len(fields)
     if not len(fields) == len(sizes) == len(types) == len(counts):
         raise ValueError("PCD header's FIELDS, SIZE, TYPE and COUNT lines differ in length")
-    if "POINTS" in header:
-        declared = _count((header["POINTS"] or [""])[0], "PCD POINTS")
-    elif header.get("WIDTH") and header.get("HEIGHT"):
-        declared = _count(header["WIDTH"][0], "PCD WIDTH") * _count(header["HEIGHT"][0], "PCD HEIGHT")
-    else:
-        raise ValueError("PCD header has no POINTS line")
-    layout = []
+    layout, start = [], 0
     for name, size, kind, count in zip(fields, sizes, types, counts):
         key = (kind.upper(), _count(size, f"PCD SIZE of '{name}'"))
         if key not in PCD_TYPES:
             raise ValueError(f"PCD field '{name}' has unsupported TYPE {kind} SIZE {size}")
-        layout.append((name, "<" + PCD_TYPES[key], _count(count, f"PCD COUNT of '{name}'")))
-    names = [name for name, _, _ in layout]
+        count = _count(count, f"PCD COUNT of '{name}'")
+        layout.append((name, "<" + PCD_TYPES[key], count, start))
+        start += key[1] * count
+    names = [name for name, _, _, _ in layout]
     if not {"x", "y", "z"} <= set(names) or len(set(names)) != len(names):
         raise ValueError("PCD fields need x, y and z, each once")
-    if any(count != 1 for name, _, count in layout if name in "xyz"):
+    if any(count != 1 for _, _, count, _ in _xyz_fields(layout)):
         raise ValueError("PCD fields x, y and z must have COUNT 1")
-    kind = header["DATA"][0].lower()
-    if kind == "binary_compressed":
-        return None, declared
-    if kind == "ascii":
-        starts = np.cumsum([0] + [count for _, _, count in layout])
-        table = _ascii_rows(data[offset:], len(lines) + 1, declared, int(starts[-1]), exact=True)
-        return table[:, [int(starts[names.index(axis)]) for axis in "xyz"]], declared
-    if kind == "binary":
-        dtype = np.dtype([(n, k, (c,)) if c != 1 else (n, k) for n, k, c in layout if c])
-        return _xyz(_binary_records(data, offset, dtype, declared, last=True), "xyz"), declared
-    raise ValueError(f"PCD DATA {header['DATA'][0]!r} is not ascii, binary or binary_compressed")
+    return layout
+
+
+def _xyz_fields(layout) -> list[tuple[str, str, int, int]]:
+    return [next(field for field in layout if field[0] == axis) for axis in "xyz"]
+
+
+def _record_size(layout) -> int:
+    return sum(np.dtype(kind).itemsize * count for _, kind, count, _ in layout)
+
+
+def _stacked(columns) -> np.ndarray:
+    with np.errstate(invalid="ignore"):  # NaN stays NaN, reported by the preprocessing with a count
+        return np.stack([column.astype(np.float64) for column in columns], axis=1)
+
+
+def _pcd_binary(data: bytes, offset: int, layout, declared: int) -> np.ndarray:
+    """Points of a binary data section: one record per point, less than one record may trail them."""
+    row = _record_size(layout)
+    held = max(len(data) - offset, 0) // row
+    if held != declared:
+        raise _mismatch(declared, held)
+    if declared == 0:
+        return np.zeros((0, 3))
+    return _stacked(np.ndarray((declared,), kind, data, offset + start, (row,))
+                    for _, kind, _, start in _xyz_fields(layout))
+
+
+def _pcd_compressed(data: bytes, offset: int, layout, declared: int) -> np.ndarray:
+    """Points of a binary_compressed data section: uint32 compressed and uncompressed sizes (little-endian),
+    then an LZF stream of each field's values for all points, field after field (PCL's layout).
+
+    Both sizes are checked against the header and the file before anything is allocated: Open3D trusts
+    them and reads past its buffer (a segfault) when POINTS promises more than the stream holds."""
+    if len(data) - offset < 8:
+        raise ValueError("binary_compressed data section ends before its two size fields")
+    compressed, uncompressed = (int(size) for size in np.frombuffer(data, "<u4", 2, offset))
+    expected = declared * _record_size(layout)
+    if uncompressed != expected:
+        raise ValueError(f"declares {declared} points ({expected} bytes), its compressed data unpacks to "
+                         f"{uncompressed} bytes")
+    available = len(data) - offset - 8
+    if compressed > available:
+        raise ValueError(f"declares {declared} points in {compressed} compressed bytes, the file holds {available}")
+    if uncompressed > LZF_MAX_RATIO * compressed:
+        raise ValueError(f"{compressed} compressed bytes cannot hold the {uncompressed} bytes declared")
+    raw = lzf_decompress(data[offset + 8:offset + 8 + compressed], uncompressed)
+    if declared == 0:
+        return np.zeros((0, 3))
+    # the blocks of the fields before it come first: a field's block starts at declared x its record offset
+    return _stacked(np.ndarray((declared,), kind, raw, declared * start) for _, kind, _, start in _xyz_fields(layout))
+
+
+def lzf_decompress(stream: bytes, size: int) -> bytes:
+    """The `size` bytes an LZF stream (liblzf's format, used by PCD binary_compressed) decompresses to.
+
+    A control byte c < 32 starts a literal run of c + 1 bytes; any other copies (c >> 5) + 2 bytes (c >> 5
+    of 7: plus the next byte) from ((c & 31) << 8) + the next byte + 1 bytes back in the output. ValueError
+    when the stream is cut, refers before its start, or yields other than `size` bytes; the output never
+    grows past `size`."""
+    out, i, end = bytearray(), 0, len(stream)
+    while i < end:
+        control = stream[i]
+        i += 1
+        if control < 32:
+            run = stream[i:i + control + 1]
+            if len(run) != control + 1:
+                raise ValueError("compressed data cut inside a literal run")
+            out += run
+            i += control + 1
+        else:
+            length = control >> 5
+            if length == 7 and i < end:
+                length += stream[i]
+                i += 1
+            if i >= end:
+                raise ValueError("compressed data cut inside a back-reference")
+            distance = ((control & 31) << 8) + stream[i] + 1
+            i += 1
+            length += 2
+            if distance > len(out):
+                raise ValueError(f"compressed data refers {distance} bytes back at output byte {len(out)}")
+            start = len(out) - distance
+            if distance >= length:
+                out += out[start:start + length]
+            else:  # the copy overlaps what it writes: the last `distance` bytes repeat
+                out += (out[start:] * (length // distance + 1))[:length]
+        if len(out) > size:
+            raise ValueError(f"compressed data decompresses to more than the {size} bytes declared")
+    if len(out) != size:
+        raise ValueError(f"compressed data decompresses to {len(out)} bytes, not the {size} declared")
+    return bytes(out)
 
 
 def read_cloud(path: Path, open3d_read) -> np.ndarray:
-    """(P, 3) float64 points of a .ply or .pcd file; open3d_read(path) -> (P, 3) serves the layouts left to it."""
+    """(P, 3) float64 points of a .ply or .pcd file; open3d_read(path) -> (P, 3) serves the PLY layouts left to it."""
     data = Path(path).read_bytes()
     suffix = Path(path).suffix.lower()
-    if suffix == ".ply":
-        points, declared = parse_ply(data), None
-    elif suffix == ".pcd":
-        points, declared = parse_pcd(data)
+    if suffix == ".pcd":
+        points = parse_pcd(data)
+    elif suffix == ".ply":
+        points = parse_ply(data)
+        if points is None:
+            points, declared = open3d_read(path), _ply_vertex_count(data)
+            if len(points) != declared:
+                raise _mismatch(declared, len(points))
     else:
         raise ValueError(f"unsupported point-cloud suffix '{Path(path).suffix}' (use .ply or .pcd)")
-    if points is None:
-        points = open3d_read(path)
-        if declared is None:
-            declared = _ply_vertex_count(data)
-        if len(points) != declared:
-            raise _mismatch(declared, len(points))
     if len(points) == 0:
         raise ValueError("empty point cloud (0 points)")
     return points

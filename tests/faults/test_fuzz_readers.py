@@ -161,7 +161,8 @@ def _detect_sources(datasets, folder: Path) -> dict[str, Path]:
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
     sources = {}
     for name, kwargs in (("binary.ply", {}), ("ascii.ply", {"write_ascii": True}),
-                         ("binary.pcd", {}), ("ascii.pcd", {"write_ascii": True})):
+                         ("binary.pcd", {}), ("ascii.pcd", {"write_ascii": True}),
+                         ("compressed.pcd", {"compressed": True})):
         sources[name] = folder / name
         assert o3d.io.write_point_cloud(str(sources[name]), cloud, **kwargs)
     sources["text.xyz"] = folder / "text.xyz"
@@ -180,8 +181,8 @@ def _check_loaded(result) -> None:
     check_sample(sample)
 
 
-@pytest.mark.parametrize("name", ["binary.ply", "ascii.ply", "binary.pcd", "ascii.pcd", "text.xyz", "array.npy",
-                                  "scan.tiff"])
+@pytest.mark.parametrize("name", ["binary.ply", "ascii.ply", "binary.pcd", "ascii.pcd", "compressed.pcd", "text.xyz",
+                                  "array.npy", "scan.tiff"])
 def test_damaged_cloud_given_to_detect(datasets, scratch, name):
     from pointad.eval.detect import load_cloud
     folder = scratch / "detect-sources"
@@ -195,6 +196,70 @@ def test_damaged_cloud_given_to_detect(datasets, scratch, name):
     @given(damage=edits(len(pristine)))
     def run(damage):
         copy.write_bytes(apply(pristine, damage))
+        expect_error_or(copy, lambda: load_cloud(copy, image_size=64), _check_loaded)
+
+    run()
+
+
+# --- binary_compressed PCD headers (issue 21): counts and size fields drawn, not bytes -------------------------
+
+def _compressed_source(datasets, folder: Path) -> tuple[bytes, int, int, int]:
+    """(an Open3D-written compressed PCD, its point count, compressed size, uncompressed size)."""
+    path = _detect_sources(datasets, folder)["compressed.pcd"]
+    data = path.read_bytes()
+    at = data.index(b"DATA binary_compressed\n") + len(b"DATA binary_compressed\n")
+    compressed, uncompressed = (int(v) for v in np.frombuffer(data, "<u4", 2, at))
+    return data, uncompressed // 12, compressed, uncompressed
+
+
+def _near(true: int) -> st.SearchStrategy:
+    """The true value half the time, else one near it, a hostile one or anything a uint32 holds."""
+    return st.one_of(st.just(true), st.sampled_from([0, 1, true - 1, true + 1, 2 * true, 10**6, 10**9, 2**32 - 1]),
+                     st.integers(0, 2**32 - 1))
+
+
+@st.composite
+def compressed_headers(draw, points: int, compressed: int, uncompressed: int) -> dict:
+    declared = draw(_near(points))
+    width = draw(st.one_of(st.just(declared), _near(points)))
+    return dict(points=declared, width=width, height=draw(st.sampled_from([1, 1, 2, 0])),
+                sizes=(draw(_near(compressed)), draw(_near(uncompressed))),
+                cut=draw(st.one_of(st.just(0), st.integers(1, 64))))
+
+
+def _with_header(data: bytes, points, width, height, sizes, cut) -> bytes:
+    import re
+    at = data.index(b"DATA binary_compressed\n") + len(b"DATA binary_compressed\n")
+    header = data[:at]
+    for key, value in ((b"POINTS", points), (b"WIDTH", width), (b"HEIGHT", height)):
+        header = re.sub(rb"\n" + key + rb" \d+\n", b"\n%s %d\n" % (key, value), header)
+    body = np.array(sizes, "<u4").tobytes() + data[at + 8:]
+    return header + (body[:-cut] if cut else body)
+
+
+def test_compressed_pcd_headers_promising_what_the_data_lacks(datasets, scratch):
+    """A crafted header or size field is our one-line error (never a crash: these reach no native reader),
+    and only the untouched counts read, as the very points written."""
+    from pointad.eval.detect import load_cloud
+    from pointad.render.readers.files import read_point_cloud
+    folder = scratch / "compressed-headers"
+    folder.mkdir(exist_ok=True)
+    pristine, points, compressed, uncompressed = _compressed_source(datasets, folder)
+    written = read_point_cloud(folder / "compressed.pcd")
+    copy = scratch / "crafted.pcd"
+
+    @SETTINGS
+    @given(header=compressed_headers(points, compressed, uncompressed))
+    def run(header):
+        copy.write_bytes(_with_header(pristine, **header))
+        untouched = (header["points"] == points == header["width"] * header["height"] and header["cut"] == 0
+                     and header["sizes"] == (compressed, uncompressed))
+        try:
+            read = read_point_cloud(copy)
+        except PointADError as exc:
+            assert str(exc).startswith(f"{copy}: ") and "\n" not in str(exc) and not untouched, str(exc)
+        else:
+            assert untouched and np.array_equal(read, written)
         expect_error_or(copy, lambda: load_cloud(copy, image_size=64), _check_loaded)
 
     run()
