@@ -63,3 +63,21 @@ def test_same_process_cannot_take_a_held_lock_twice(tmp_path):
         with pytest.raises(LockedError):
             with writer_lock(tmp_path / "x"):
                 pass
+
+
+def test_lock_path_is_one_file_for_every_spelling_of_a_target(tmp_path, monkeypatch):
+    (tmp_path / "real.zarr").mkdir()
+    (tmp_path / "link.zarr").symlink_to(tmp_path / "real.zarr")
+    (tmp_path / "later.zarr").symlink_to(tmp_path / "new.zarr")  # dangling: the target does not exist yet
+    monkeypatch.chdir(tmp_path)
+    assert {lock_path(p) for p in (tmp_path / "real.zarr", tmp_path / "link.zarr", "real.zarr",
+                                   tmp_path / "link.zarr" / ".." / "real.zarr")} == {tmp_path / ".real.zarr.pointad-lock"}
+    assert lock_path("later.zarr") == lock_path(tmp_path / "new.zarr") == tmp_path / ".new.zarr.pointad-lock"
+
+
+def test_holder_reads_no_record_through_a_symlink_or_a_fifo(tmp_path):
+    record = tmp_path / "record.json"
+    record.write_text('{"pid": 1, "host": "h", "since": 0, "what": "x"}')
+    (tmp_path / ".a.pointad-lock").symlink_to(record)
+    os.mkfifo(tmp_path / ".b.pointad-lock")  # a blocking read would hang here
+    assert holder(tmp_path / "a") is None and holder(tmp_path / "b") is None
