@@ -1,5 +1,9 @@
 """Atomic outputs: written under a temporary name beside the target, then renamed; our temp folders
-carry the writer's host and pid, so a later run can tell a dead writer's leftovers from a live one's."""
+carry the writer's host and pid, so a later run can tell a dead writer's leftovers from a live one's.
+
+No symlink is followed into deleting or changing what it points to: a temp name that is a symlink is never
+removed, `shutil.rmtree` removes a link found inside a folder without entering it, and an output whose name
+is a symlink has the link replaced by the new file, its target left as it was."""
 
 from __future__ import annotations
 
@@ -69,7 +73,10 @@ def stale_temp_siblings(path) -> list[Path]:
 
 
 def remove_stale_temp_siblings(path) -> list[Path]:
-    """Delete what `stale_temp_siblings` finds; return the folders removed."""
+    """Delete what `stale_temp_siblings` finds; return the folders removed.
+
+    rmtree's fd-based walk (Linux: `shutil.rmtree.avoids_symlink_attacks`) refuses a folder swapped for a
+    symlink after the check, and unlinks a symlink inside a folder without following it."""
     stale = stale_temp_siblings(path)
     for folder in stale:
         shutil.rmtree(folder, ignore_errors=True)
@@ -78,7 +85,8 @@ def remove_stale_temp_siblings(path) -> list[Path]:
 
 @contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path in the target's folder; rename it to `path` only if the block succeeds."""
+    """Yield a temporary path in the target's folder; rename it to `path` only if the block succeeds (a
+    symlink named `path` is replaced, never written through)."""
     path = Path(path)
     if path.is_dir():
         raise PointADError(f"{path}: is a directory; give a file name")
@@ -89,10 +97,11 @@ def atomic_path(path: Path):
         if exc.errno in (errno.ENOTDIR, errno.EEXIST):
             raise PointADError(f"{path.parent}: is not a folder, cannot write {path.name} into it") from None
         raise os_error(exc, path) from None
-    os.close(handle)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
+    # mkstemp makes 0600; outputs get the usual permissions. By descriptor: a name could meanwhile be a symlink
+    os.fchmod(handle, 0o666 & ~umask)
+    os.close(handle)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
