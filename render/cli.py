@@ -97,12 +97,11 @@ def datasets():
               help="Test samples per class and defect type.")
 @click.option("--grid", default=_synthetic("grid"), show_default=True,
               help="Scanner grid size in pixels (0 = the format's default).")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an output folder holding a synthetic dataset this command wrote (never other files).")
 def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, per_defect, grid, overwrite):
     """Write a deterministic synthetic dataset in a real on-disk format."""
     from pointad.render import synthetic
-    if out.exists() and not out.is_dir():
-        raise PointADError(f"{out}: exists and is not a folder; give a folder (new or empty) for the dataset")
     spec = SyntheticSpec(format=fmt, seed=seed, classes=classes or (), defects=defects or (), train=n_train,
                          validation=n_validation, test_good=test_good, per_defect=per_defect, grid=grid)
     synthetic.generate(out, spec, overwrite=overwrite, progress=_generation_bar(str(out)))
@@ -178,8 +177,11 @@ def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shif
 def info(store):
     """Summarise a render store: options, counts per dataset/class/split, failures, size."""
     from pointad.render.verify import store_summary
+    from pointad.shared.names import printable
     from pointad.shared.store import open_store
-    click.echo(store_summary(open_store(store)))
+    # names in the store come from data: no control or bidi character reaches the terminal
+    for line in store_summary(open_store(store)).split("\n"):
+        click.echo(printable(line))
 
 
 @render.command()

@@ -1,12 +1,15 @@
 """The built-in `synthetic` datasets: deterministic from a seed, written in real on-disk formats.
 
-`generate` writes a dataset folder atomically (temp folder, then rename); `materialize` gives a
-registry entry with `generate:` its cached root, generating it on first use. The readers then
-read it through the normal code path, exactly as they read MVTec 3D-AD, Eyecandies or Real3D-AD.
+`generate` writes a dataset folder atomically (temp folder, then rename) with its manifest, `synthetic.json`,
+which marks the folder as ours: `overwrite` replaces only a folder whose manifest reads as a generator spec,
+never a user's folder, a render store or a symlink's target (design §8). `materialize` gives a registry
+entry with `generate:` its cached root, generating it on first use. The readers then read it through the
+normal code path, exactly as they read MVTec 3D-AD, Eyecandies or Real3D-AD.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -22,6 +25,7 @@ from pointad.render.synthetic.scene import CLASSES, DEFECTS, make_scene
 from pointad.shared import config, strict
 from pointad.shared.errors import ConfigError, PointADError
 from pointad.shared.logging import get_logger
+from pointad.shared.names import printable
 from pointad.shared.registry import DatasetEntry
 
 log = get_logger("render.synthetic")
@@ -115,13 +119,17 @@ def sample_arrays(spec: SyntheticSpec, planned: PlannedSample) -> dict:
 
 
 def generate(out: Path, spec: SyntheticSpec, overwrite: bool = False, progress=None) -> Path:
-    """Write the dataset into `out` atomically; refuse to touch a non-empty folder unless `overwrite`.
+    """Write the dataset into `out` atomically: built in a temp sibling, then renamed into place.
+
+    `out` may be new or an empty folder; a folder holding a synthetic dataset of ours (`read_manifest`) is
+    replaced only with `overwrite`, anything else never (PointADError). A symlink as `out` is refused, never
+    followed. The old dataset is checked again once moved aside, so a folder put there meanwhile is not lost.
     progress: optional callable (samples written, total), called after each sample."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise PointADError(f"{out}: folder exists and is not empty (use --overwrite to replace it)")
+    _check_replaceable(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    # '.tmp-synth-': never a `shared.io.temp_sibling` name, whose stale copies other code removes by pid
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-synth-", dir=out.parent))
     try:
         _, _, write = WRITERS[spec.format]
         planned_samples = plan(spec)
@@ -133,13 +141,84 @@ def generate(out: Path, spec: SyntheticSpec, overwrite: bool = False, progress=N
             if progress is not None:
                 progress(done, len(planned_samples))
         (tmp / MANIFEST).write_text(json.dumps({**asdict(spec), "version": GENERATOR_VERSION}, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _swap_in(tmp, out, _check_replaceable(out, overwrite))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def read_manifest(folder) -> SyntheticSpec | None:
+    """The spec in `folder`'s manifest if it is a synthetic dataset of ours, else None: the manifest must be
+    a plain file whose JSON is a generator spec plus an integer `version` (what `generate` writes)."""
+    path = Path(folder) / MANIFEST
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.pop("version", None), int):
+            return None
+        return SyntheticSpec.from_dict(data, str(path))
+    except (OSError, ValueError, PointADError):
+        return None
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> bool:
+    """Whether writing `out` replaces a folder (True: a synthetic dataset of ours, with `overwrite`) or fills
+    a new or empty one (False); a PointADError for everything else, which stays as it is."""
+    if out.name in ("", ".", ".."):
+        raise PointADError(f"{out}: give the dataset folder by its name, not '.' or '..'")
+    if out.is_symlink():
+        raise PointADError(f"{out}: is a symbolic link (to {printable(os.readlink(out))}); give the folder itself "
+                           f"(a link is never followed into writing or replacing what it points to)")
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise PointADError(f"{out}: exists and is not a folder; give a folder (new or empty) for the dataset")
+    if not any(out.iterdir()):
+        return False
+    if read_manifest(out) is None:
+        raise PointADError(f"{out}: folder exists and is not empty, and is not a synthetic dataset of ours (no "
+                           f"{MANIFEST} written by 'render synth'), so even --overwrite leaves it alone; choose "
+                           f"another --out, or delete the folder yourself if you no longer need it")
+    if not overwrite:
+        raise PointADError(f"{out}: folder exists and is not empty (a synthetic dataset: --overwrite replaces it)")
+    return True
+
+
+def _swap_in(tmp: Path, out: Path, replace: bool) -> None:
+    """Rename the finished `tmp` to `out`; if `replace`, first move the old dataset aside (checked again once
+    moved, so a folder put there meanwhile goes back untouched), then delete it."""
+    try:
+        if replace:
+            old = _move_aside(out)
+            try:
+                os.rename(tmp, out)
+            except OSError:
+                os.rename(old, out)  # the old dataset back in place
+                raise
+            shutil.rmtree(old, ignore_errors=True)  # fd-based: a link inside is unlinked, never followed
+        else:
+            os.rename(tmp, out)  # POSIX: replaces an empty folder, fails on a non-empty one
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise PointADError(f"{out}: filled by another process meanwhile; run again") from None
+        raise PointADError(f"{out}: cannot put the dataset in place ({exc.strerror})") from None
+
+
+def _move_aside(out: Path) -> Path:
+    """Rename the dataset `out` to a new hidden sibling and return it, if it still is a dataset of ours."""
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-synth-", dir=out.parent))
+    try:
+        os.rename(out, old)  # POSIX: replaces the empty `old`
+    except OSError:
+        old.rmdir()
+        raise
+    if old.is_symlink() or read_manifest(old) is None:
+        os.rename(old, out)
+        raise PointADError(f"{out}: changed while the dataset was generated and is no longer a synthetic dataset "
+                           f"of ours; left as it is")
+    return old
 
 
 def materialize(entry: DatasetEntry, progress=None) -> DatasetEntry:

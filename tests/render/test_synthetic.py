@@ -59,6 +59,42 @@ def test_generate_refuses_a_non_empty_folder_and_leaves_no_temp(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_read_manifest_recognises_only_what_generate_writes(tmp_path):
+    spec = synthetic.SyntheticSpec(seed=7, **TINY)
+    ours = synthetic.generate(tmp_path / "ours", spec)
+    assert synthetic.read_manifest(ours) == spec
+    for name, text in [("garbage", "not json"), ("list", "[1, 2]"), ("no version", '{"seed": 1}'),
+                       ("unknown key", '{"seed": 1, "version": 2, "owner": "me"}'),
+                       ("bad class", '{"classes": ["pyramid"], "version": 2}')]:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / synthetic.MANIFEST).write_text(text)
+        assert synthetic.read_manifest(folder) is None, name
+    linked = tmp_path / "linked manifest"
+    linked.mkdir()
+    (linked / synthetic.MANIFEST).symlink_to(ours / synthetic.MANIFEST)
+    assert synthetic.read_manifest(linked) is None
+    assert synthetic.read_manifest(tmp_path / "missing") is None
+
+
+def test_overwrite_leaves_a_folder_put_in_place_while_generating(tmp_path):
+    """The dataset at `out` is swapped for a user's folder while the new one is generated (at the first
+    sample written): the swap is refused, both folders keep their files, no temp folder is left."""
+    out = synthetic.generate(tmp_path / "out", synthetic.SyntheticSpec(seed=1, **TINY))
+    before = _digest_tree(out)
+
+    def swap(done, total):
+        if done == 1:
+            out.rename(tmp_path / "moved")
+            out.mkdir()
+            (out / "precious.txt").write_text("keep me")
+    with pytest.raises(PointADError, match="is not a synthetic dataset of ours"):
+        synthetic.generate(out, synthetic.SyntheticSpec(seed=2, **TINY), overwrite=True, progress=swap)
+    assert [p.name for p in out.iterdir()] == ["precious.txt"]
+    assert _digest_tree(tmp_path / "moved") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["moved", "out"]
+
+
 def test_unknown_class_or_defect_is_an_error():
     with pytest.raises(ConfigError, match="unknown synthetic class.*pyramid"):
         synthetic.SyntheticSpec(classes=("pyramid",))
