@@ -3,6 +3,7 @@ and schema v1 stores read but not written until `render migrate` makes them equa
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -86,6 +87,67 @@ def test_xarray_opens_every_group_lazily_with_named_dimensions(v2_store):
     store = open_store(v2_store)
     np.testing.assert_array_equal(views["image"][4].values, store.sample(4).image)  # a lazy read, one row
     assert tree["samples"].dataset["sample_id"].values.tolist() == store.table()["sample_id"].tolist()
+
+
+# design §4.2's table, written out by hand: the dimension names every array must carry
+DESIGN_DIMENSIONS = {
+    **{f"samples/{name}": ("sample",) for name in ("dataset", "class_name", "split", "defect_type", "sample_id",
+                                                   "label", "n_points", "complete")},
+    "samples/grid_hw": ("sample", "hw"),
+    "views/image": ("sample", "view", "row", "col", "channel"),
+    "views/mask": ("sample", "view", "row", "col"),
+    "points/pixel": ("sample", "view", "point", "uv"),
+    "points/visible": ("sample", "view", "point"),
+    "points/xyz": ("sample", "point", "axis"),
+    **{f"points/{name}": ("sample", "point") for name in ("valid", "label", "grid_index", "proxy")},
+    "points/knn": ("sample", "point", "neighbour"),
+    "points/knn_weight": ("sample", "point", "neighbour"),
+    "rgb/image": ("sample", "row", "col", "channel"),
+    "rgb/mask": ("sample", "row", "col"),
+    "cameras/intrinsic": ("sample", "row3", "col3"),
+    "cameras/extrinsic": ("sample", "view", "row4", "col4"),
+}
+
+
+def test_every_array_carries_the_design_tables_dimension_names(v2_store):
+    """Read from each array's zarr.json as JSON (no zarr, no schema module): the names of design §4.2."""
+    found = {spec.path: tuple(json.loads((v2_store / spec.path / "zarr.json").read_text())["dimension_names"])
+             for spec in ARRAYS}
+    assert found == DESIGN_DIMENSIONS
+
+
+def test_named_dimensions_select_what_the_stored_axes_hold(v2_store):
+    """Arrays with two axes of one size (S x S images and masks, 3 x 3 and 4 x 4 cameras, V = 2 views beside the
+    2 pixel coordinates): a swap of their names would go unseen by shapes. xarray, asked for each array in
+    design §4.2's order of names, must give the bytes as written; every case below is asymmetric under such a
+    swap, so a swapped name fails. The cameras' known entries are selected by name as well."""
+    tree = xarray.open_datatree(v2_store, engine="zarr", consolidated=False)
+    store = open_store(v2_store)
+    rows = store.indices()
+    for path, dims in DESIGN_DIMENSIONS.items():
+        group, name = path.split("/")
+        stored = zarr.open_array(v2_store / path, mode="r")[...]
+        named = tree[group].dataset[name].transpose(*dims).values
+        assert named.shape == stored.shape and np.array_equal(named, stored, equal_nan=True), path
+        for first, second in itertools.combinations(range(1, len(dims)), 2):
+            if stored.shape[first] == stored.shape[second]:
+                assert not np.array_equal(stored, np.swapaxes(stored, first, second), equal_nan=True), \
+                    f"{path}: axes {dims[first]}, {dims[second]} symmetric here: the case cannot tell them apart"
+    cameras = tree["cameras"].dataset
+    principal = OPTIONS.image_size / 2 - 0.5
+    assert (cameras["intrinsic"].isel(sample=rows).sel(row3=0, col3=2).values == principal).all()
+    assert (cameras["intrinsic"].isel(sample=rows).sel(row3=2, col3=0).values == 0).all()
+    np.testing.assert_array_equal(cameras["extrinsic"].isel(sample=rows).sel(row4=3).values,
+                                  np.broadcast_to([0.0, 0.0, 0.0, 1.0], (len(rows), OPTIONS.views, 4)))
+    # a visible point's pixel (u = col, v = row) is drawn in its view: selected by name, not by position
+    views = tree["views"].dataset["image"]
+    pixel = tree["points"].dataset["pixel"]
+    for row in rows[:2]:
+        sample = store.sample(int(row))
+        view, point = np.argwhere(sample.visible)[0]
+        u, v = pixel.isel(sample=row, view=view, point=point).sel(uv=[0, 1]).values
+        assert (u, v) == tuple(sample.pixel[view, point])
+        assert views.isel(sample=row, view=view, row=v, col=u).values.any()
 
 
 def test_dask_reads_a_view_array_chunk_by_chunk(v2_store):
