@@ -1,7 +1,7 @@
 """Point-cloud preprocessing of design §2: organized grids and unorganized clouds to clean points.
 
 Arrays in, arrays out; failures are ValueError with the reason only (readers add the path).
-Open3D does the robust parts (RANSAC plane, DBSCAN, farthest-point sampling), PIL resizes RGB.
+Open3D does the robust parts (RANSAC plane, DBSCAN), fpsample farthest-point sampling, PIL resizes RGB.
 """
 
 from __future__ import annotations
@@ -220,11 +220,30 @@ def farthest_point_order(points: np.ndarray, count: int) -> np.ndarray:
     return np.asarray(order, dtype=np.int64)
 
 
+def distinct_point_indices(points: np.ndarray) -> np.ndarray:
+    """Sorted indices of the first of each set of points with equal coordinates, compared as float32 (as the
+    store holds them; -0.0 equals 0.0)."""
+    rows = np.ascontiguousarray(points, dtype=np.float32) + np.float32(0)  # + 0 turns -0.0 into 0.0
+    _, first = np.unique(rows.view(np.dtype((np.void, rows.dtype.itemsize * 3))).ravel(), return_index=True)
+    return np.sort(first)
+
+
 def farthest_point_indices(points: np.ndarray, count: int) -> np.ndarray:
-    """Sorted indices of `count` points chosen by farthest-point sampling (see `farthest_point_order`)."""
+    """Sorted indices of min(count, distinct points) points, no two at the same coordinates, chosen by
+    farthest-point sampling (see `farthest_point_order`); all of them when count >= len(points).
+
+    Sampling picks every distinct point before it repeats one (its distance to the picked set is then 0),
+    and fpsample then returns repeated indices: so a cloud with repeated points is sampled over one index
+    per distinct point (`distinct_point_indices`), the count capped at their number."""
     if count >= len(points):
         return np.arange(len(points))
-    return np.sort(farthest_point_order(points, count))
+    order = farthest_point_order(points, count)
+    if len(distinct_point_indices(points[order])) == count:  # the usual case: no repeated point picked
+        return np.sort(order)
+    distinct = distinct_point_indices(points)
+    if count >= len(distinct):
+        return distinct
+    return np.sort(distinct[farthest_point_order(points[distinct], count)])
 
 
 def pad_to_square(array: np.ndarray) -> np.ndarray:
@@ -295,7 +314,8 @@ def preprocess_organized(xyz: np.ndarray, rgb: np.ndarray | None, gt: np.ndarray
 
 def preprocess_unorganized(points: np.ndarray, labels: np.ndarray,
                            options: PreprocessOptions) -> tuple[np.ndarray, np.ndarray]:
-    """Clean an unorganized cloud: check, farthest-point sample to max_points (labels kept), optional flip.
+    """Clean an unorganized cloud: check, farthest-point sample to max_points (labels kept; a cloud over the
+    budget keeps distinct points only, see `farthest_point_indices`), optional flip.
 
     points: (P, 3); labels: (P,) nonzero = anomalous. Returns (points float32, labels uint8 0/1).
     """

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pointad.render.preprocess import (PreprocessOptions, border_mask, check_finite_grid, farthest_point_indices,
-                               farthest_point_order, fit_plane,
+from pointad.render.preprocess import (PreprocessOptions, border_mask, check_finite_grid, distinct_point_indices,
+                               farthest_point_indices, farthest_point_order, fit_plane,
                                flip_x180, largest_cluster, options_for_format, preprocess_organized,
                                preprocess_unorganized, resize_nearest)
 from pointad.render.background import belt_box, belt_frame, constant_background, rigid_transform
@@ -49,6 +49,56 @@ def test_farthest_point_sampling_is_deterministic_and_spreads_out():
 def test_farthest_point_sampling_keeps_everything_under_budget():
     points = np.random.default_rng(0).random((50, 3))
     assert np.array_equal(farthest_point_indices(points, 80), np.arange(50))
+
+
+def _repeated_cloud(distinct: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(a shuffled cloud of `distinct` points, each 1 to 5 times; the distinct points)."""
+    rng = np.random.default_rng(seed)
+    unique = rng.random((distinct, 3)).astype(np.float32).astype(np.float64)
+    cloud = np.repeat(unique, rng.integers(1, 6, distinct), axis=0)
+    return cloud[rng.permutation(len(cloud))], unique
+
+
+def test_fpsample_alone_repeats_points_once_the_distinct_ones_run_out():
+    """Why farthest_point_indices looks for repeats (issue 21, item 7): the raw order repeats points."""
+    cloud, unique = _repeated_cloud()
+    order = farthest_point_order(cloud, len(unique) + 10)
+    assert len(np.unique(cloud[order], axis=0)) == len(unique) < len(order)
+
+
+@pytest.mark.parametrize("count", [1, 10, 39, 40, 41, 100])
+def test_farthest_point_sampling_of_repeated_points_keeps_distinct_ones(count):
+    """min(count, distinct) points, none twice; all the distinct points once the count reaches them."""
+    cloud, unique = _repeated_cloud()
+    chosen = farthest_point_indices(cloud, count)
+    assert len(chosen) == min(count, len(unique)) and np.array_equal(chosen, np.unique(chosen))
+    picked = cloud[chosen]
+    assert len(np.unique(picked, axis=0)) == len(chosen)
+    if count >= len(unique):
+        assert np.array_equal(np.unique(picked, axis=0), np.unique(unique, axis=0))
+    else:  # still farthest-point sampling: the textbook loop over the distinct points, from the same first pick
+        start = cloud[farthest_point_order(cloud, count)[0]]
+        first = int(np.flatnonzero((unique == start).all(axis=1))[0])
+        assert np.array_equal(np.unique(picked, axis=0), np.unique(unique[_fps_by_loop(unique, count, first)], axis=0))
+
+
+def _distinct_by_loop(points) -> list[int]:
+    seen = {}
+    for index, point in enumerate(np.asarray(points, np.float32).tolist()):
+        seen.setdefault(tuple(c + 0.0 for c in point), index)
+    return sorted(seen.values())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_distinct_points_match_the_loop(seed):
+    cloud, unique = _repeated_cloud(seed=seed)
+    assert distinct_point_indices(cloud).tolist() == _distinct_by_loop(cloud) and len(_distinct_by_loop(cloud)) == 40
+
+
+def test_distinct_points_compare_as_stored():
+    """-0.0 is 0.0, and float64 points that float32 (the store's type) cannot tell apart are one point."""
+    points = np.array([[0.0, 1, 2], [-0.0, 1, 2], [1, 1, 1], [1 + 1e-12, 1, 1], [1 + 1e-3, 1, 1]])
+    assert distinct_point_indices(points).tolist() == [0, 2, 4] == _distinct_by_loop(points)
 
 
 @pytest.mark.parametrize("shape", [(400, 400), (800, 800), (200, 200), (513, 640), (336, 336)])
