@@ -331,3 +331,64 @@ def test_a_write_under_a_file_raises_and_leaves_no_file(tmp_path, which):
     with pytest.raises((OSError, PointADError)):  # the PointADError names the path
         _writers(tmp_path / "plain" / "out.png")[which]()
     assert [p.name for p in tmp_path.iterdir()] == ["plain"]
+
+
+# --- the class figures' PLYs: each block's own scores ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_store(mvtec_dataset, tmp_path_factory):
+    """The MVTec-format cookie test split (organized, with RGB), splat renderer, 2 views at 48 px."""
+    from pointad.render.build import build_store
+    from pointad.render.sample_render import RenderOptions
+    _, entry = mvtec_dataset
+    out = tmp_path_factory.mktemp("figures") / "renders.zarr"
+    options = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 48, point_size=3, renderer="splat")
+    assert build_store(entry, out, options, classes=["cookie"], splits=["test"]).rendered == 6
+    return out
+
+
+def _hand_scores(store, row, seed):
+    """SampleScores of a store row with hand-made maps: point scores in [0, 1), multimodal in [2, 5), RGB in
+    [10, 11): three blocks no one can mistake for each other."""
+    from pointad.eval.scoring import SampleScores
+    sample = store.sample(row)
+    n = int(sample.n_points)
+    rng = np.random.default_rng(seed)
+    return SampleScores(identity={**store.identity(row), "row": row},
+                        point_scores=rng.uniform(0, 1, n).astype(np.float32), point_labels=sample.label[:n], score=0.5, grid_index=sample.grid_index[:n],
+                        grid_hw=tuple(int(x) for x in sample.grid_hw), knn=sample.knn[:n],
+                        rgb_point_scores=rng.uniform(10, 11, n).astype(np.float32), rgb_score=0.2,
+                        multimodal_point_scores=rng.uniform(2, 5, n).astype(np.float32), multimodal_score=0.7,
+                        view_maps=rng.uniform(0, 1, sample.image.shape[:3]).astype(np.float16),
+                        rgb_view_map=rng.uniform(0, 1, sample.rgb.shape[:2]).astype(np.float16))
+
+
+def test_class_figures_multimodal_ply_carries_the_multimodal_scores(small_store, tmp_path):
+    from pointad.eval.report_figures import file_stem, write_class_figures
+    from pointad.shared.store import open_store
+    store = open_store(small_store)
+    rows = [int(r) for r in store.indices()]
+    results = [_hand_scores(store, row, seed) for seed, row in enumerate(rows)]
+    anomalous = next(r for r in results if r.identity["label"] == 1)
+    written = write_class_figures(tmp_path, "cookie", results, store, "hand-made")
+    low = min(float(r.multimodal_point_scores.min()) for r in results)
+    high = max(float(r.multimodal_point_scores.max()) for r in results)
+    stem = file_stem(anomalous.identity["sample_id"])
+    path = tmp_path / "cookie" / f"{stem}_multimodal.ply"
+    assert path in written
+    comments, columns = _read_ply_by_hand(path)
+    np.testing.assert_array_equal(columns["score"], anomalous.multimodal_point_scores)
+    np.testing.assert_array_equal(columns["label"], anomalous.point_labels)
+    sample = store.sample(anomalous.identity["row"])
+    np.testing.assert_array_equal(np.column_stack([columns["x"], columns["y"], columns["z"]]),
+                                  sample.xyz[sample.valid].astype(np.float64))
+    # colours: blue -> red over the class's multimodal range, as Open3D's legacy reader sees them
+    assert f"pointad colour_scale {low!r} {high!r} (blue = vmin, red = vmax, clipped)" in comments
+    s = (anomalous.multimodal_point_scores.astype(np.float64) - low) / (high - low)
+    colours = np.asarray(o3d.io.read_point_cloud(str(path)).colors)
+    diff = np.abs(colours - np.column_stack([s, np.zeros_like(s), 1 - s]))
+    worst = np.unravel_index(diff.argmax(), diff.shape)
+    assert diff.max() <= 0.5 / 255 + 1e-9, f"largest colour difference {diff.max()} at {worst}"
+    # and the point cloud's own PLY its point scores
+    _, points = _read_ply_by_hand(tmp_path / "cookie" / f"{stem}_point.ply")
+    np.testing.assert_array_equal(points["score"], anomalous.point_scores)
