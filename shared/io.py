@@ -83,6 +83,28 @@ def remove_stale_temp_siblings(path) -> list[Path]:
     return stale
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it: os.umask(0) and back would leave a window in which
+    another thread (the report's pools) creates files with umask 0. Linux says it in /proc; elsewhere the
+    value read once at import."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_IMPORT
+
+
+def _umask_at_import() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+_UMASK_AT_IMPORT = _umask_at_import()
+
+
 @contextmanager
 def atomic_path(path: Path):
     """Yield a temporary path in the target's folder; rename it to `path` only if the block succeeds (a
@@ -97,10 +119,8 @@ def atomic_path(path: Path):
         if exc.errno in (errno.ENOTDIR, errno.EEXIST):
             raise PointADError(f"{path.parent}: is not a folder, cannot write {path.name} into it") from None
         raise os_error(exc, path) from None
-    umask = os.umask(0)
-    os.umask(umask)
     # mkstemp makes 0600; outputs get the usual permissions. By descriptor: a name could meanwhile be a symlink
-    os.fchmod(handle, 0o666 & ~umask)
+    os.fchmod(handle, 0o666 & ~_umask())
     os.close(handle)
     try:
         yield Path(tmp)
