@@ -3,14 +3,17 @@
 CLIP is frozen, so the vision tower's output for a rendering never changes: `compute_features`
 runs it once over the chosen rows and writes a small Zarr group; epochs then read it and run only
 the text side, similarity, back-projection and losses. The cache records the model, its layer taps,
-a digest of its weights and the store fingerprint: a cache with the same record is reused, another
-one is refused (saying what differs) unless a rebuild is asked for. A cache only ever replaces a
+a digest of its weights, the store fingerprint and a digest of each cached row's renderings as stored
+(`row_content`): a store changed in place at the same path (rows re-rendered with other pixels, rows
+appended) no longer matches. A cache with the same record is reused, another one is refused (saying
+what differs) unless a rebuild is asked for. A cache only ever replaces a
 cache (recognised by its `format` attribute), is written under its writer lock, and appears at its
 path only when complete (temp group, then rename).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -20,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from pointad.shared.errors import CheckpointMismatchError, PointADError
 from pointad.shared.lock import writer_lock
@@ -46,8 +51,52 @@ def cache_identity(backbone, store_path) -> dict:
             "store_fingerprint": store_fingerprint(store_path)}
 
 
+CONTENT_ARRAY = "views/image"  # the only store array the vision features are computed from
+CONTENT_BATCH = 64  # rows whose stored bytes are held at once while digesting
+
+
+def row_content(store_path, rows) -> dict[str, str]:
+    """{str(row): 16 hex digits} over each row's `views/image` as stored: what its features are computed from.
+
+    Zarr store: the row's chunk bytes as they are on disk (one chunk a row, read without decoding: about a
+    millisecond a row), so rendering a row again with other pixels changes its digest and an identical
+    re-render does not; a missing chunk digests as missing. Another store (the HDF5 twin): the decoded
+    views. Independent of the store's path: a copy or another spelling of it gives the same digests.
+    """
+    store = open_store(store_path)
+    rows = [int(r) for r in rows]
+    array = store.array(CONTENT_ARRAY)
+    out = {}
+    for start in range(0, len(rows), CONTENT_BATCH):
+        batch = rows[start:start + CONTENT_BATCH]
+        if isinstance(array, zarr.Array):
+            blobs = _chunk_bytes(array, batch)
+        else:
+            blobs = [image.tobytes() for image in store.read_batch(batch, ("image",))["image"]]
+        for row, blob in zip(batch, blobs):
+            out[str(row)] = hashlib.sha256(b"missing" if blob is None else b"chunk" + blob).hexdigest()[:16]
+    return out
+
+
+def _chunk_bytes(array: zarr.Array, rows: list[int]) -> list[bytes | None]:
+    """The stored (encoded) bytes of each row's chunk of a worker-written array, None where it is missing."""
+    extra = (0,) * (array.ndim - 1)
+
+    async def get(row):
+        key = array.metadata.encode_chunk_key((row, *extra))
+        buffer = await (array.async_array.store_path / key).get(default_buffer_prototype())
+        return None if buffer is None else buffer.to_bytes()
+
+    async def get_all():
+        return await asyncio.gather(*(get(row) for row in rows))
+    return sync(get_all())
+
+
 def differences(found: dict, expected: dict) -> list[str]:
-    """What differs between a cache's recorded identity and the wanted one, in words (empty: same)."""
+    """What differs between a cache's recorded identity and the wanted one, in words (empty: same).
+
+    `row_content` (when expected holds it) is compared for the rows the cache holds; a cache that recorded
+    none (an older version's) differs."""
     differ = []
     model, wanted = found.get("model") if isinstance(found.get("model"), dict) else {}, expected["model"]
     if model.get("tap_layers") != wanted.get("tap_layers"):
@@ -58,6 +107,11 @@ def differences(found: dict, expected: dict) -> list[str]:
         differ.append("model weights")
     if found.get("store_fingerprint") != expected["store_fingerprint"]:
         differ.append("store")
+    wanted = expected.get("row_content")
+    if wanted is not None:
+        have = found.get("row_content")
+        if not isinstance(have, dict) or any(row in have and have[row] != digest for row, digest in wanted.items()):
+            differ.append("store content")
     return differ
 
 
@@ -129,15 +183,16 @@ def compute_features(backbone, store_path, rows: np.ndarray, out: Path, *, ident
                      rebuild: bool = False, **options) -> str:
     """Make `out` a feature cache of `rows`; return what was done: "reused", "built" or "rebuilt (... differed)".
 
-    A cache with the same identity (`cache_identity`) covering the rows is reused; one that differs is
-    refused (CheckpointMismatchError saying what differs) unless `rebuild`; anything but a cache at `out`
-    is refused (`recorded_identity`). Building holds the writer lock of `out` (a second writer gets
-    LockedError) and writes atomically. identity: `cache_identity` if already computed; options
-    (device, batch_size, autocast, dtype, progress) go to `_write_features`.
+    A cache with the same identity (`cache_identity`, and `row_content` of the rows) covering the rows is
+    reused; one that differs is refused (CheckpointMismatchError saying what differs) unless `rebuild`;
+    anything but a cache at `out` is refused (`recorded_identity`). Building holds the writer lock of `out`
+    (a second writer gets LockedError) and writes atomically. identity: `cache_identity` if already
+    computed; options (device, batch_size, autocast, dtype, progress) go to `_write_features`.
     """
     out = Path(out)
-    identity = identity or cache_identity(backbone, store_path)
     rows = np.asarray(rows, dtype=np.int64)
+    identity = dict(identity or cache_identity(backbone, store_path))
+    identity.setdefault("row_content", row_content(store_path, rows))
     if _needs_build(out, identity, rows, rebuild) is None:
         return "reused"  # readers never lock
     with writer_lock(out, "writing a feature cache"):
