@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import socket
@@ -89,83 +90,102 @@ def test_kill9_at_a_random_moment_then_rerun_equals_uninterrupted(seed, referenc
     assert no_temp_folders(tmp_path) == []
 
 
-READER = textwrap.dedent("""
-    import sys, time
-    import numpy as np
+# A writer driven step by step: each line read from stdin is one step, done with the library's own write
+# functions under the build's writer lock, then acknowledged on stdout. The test reads the store between steps,
+# so every state a reader can meet during a build is met, whatever the machine's load.
+WRITER = textwrap.dedent("""
+    import sys
+    from pointad.shared.lock import writer_lock
     from pointad.shared.store import open_store
-    from pointad.shared.errors import StoreSchemaError
-    path, deadline = sys.argv[1], time.time() + float(sys.argv[2])
-    opened = complete_reads = 0
-    while time.time() < deadline:
-        try:
-            store = open_store(path)
-        except StoreSchemaError as exc:
-            if "not a pointad render store" in str(exc):
-                continue  # not created yet
-            raise
-        opened += 1
-        ids = [store.identity(i)["sample_id"] for i in range(len(store))]
-        assert all(ids), f"a row without identity among {len(ids)} rows"
-        rows = store.indices()
-        if rows.size:
-            row = int(rows[opened % rows.size])
-            sample = store.sample(row)
-            assert sample.n_points > 0 and sample.valid.sum() == sample.n_points and sample.image.any()
-            print(ids[row], row, flush=True)
-            complete_reads += 1
-    print("opened", opened, "complete reads", complete_reads, flush=True)
+    from pointad.shared.store_write import append_samples, create_store, open_group, write_sample
+    from pointad.shared.store_write import _write_row
+    out, reference = sys.argv[1], open_store(sys.argv[2])
+    with writer_lock(out, "render build"):
+        for line in sys.stdin:
+            step, *args = line.split()
+            rows = [int(a) for a in args]
+            if step == "create":
+                create_store(out, reference.attrs)
+            elif step == "append":
+                append_samples(out, [reference.identity(r) for r in rows])
+            elif step == "arrays":  # a worker part-way: every array of the row written, the flag not yet set
+                _write_row(open_group(out, "r+"), rows[0], reference.sample(rows[0]))
+            elif step == "write":
+                write_sample(out, rows[0], reference.sample(rows[0]))
+            elif step == "done":
+                break
+            print("ok", line.strip(), flush=True)
+    print("released", flush=True)
 """)
+
+# (step, rows appended so far, rows complete after it): rows are the reference's, in its order
+STEPS = [("create", 0, []), ("append 0 1", 2, []), ("arrays 0", 2, []), ("write 0", 2, [0]),
+         ("append 2 3 4 5", 6, [0]), ("write 2", 6, [0, 2]), ("arrays 1", 6, [0, 2]), ("write 1", 6, [0, 1, 2]),
+         ("write 3", 6, [0, 1, 2, 3]), ("write 2", 6, [0, 1, 2, 3]),  # a complete row written again
+         ("write 5", 6, [0, 1, 2, 3, 5]), ("write 4", 6, list(range(6)))]
+
+
+def _send(process, line: str, timeout: float = 120.0) -> str:
+    """Send one step to the writer and return its acknowledgement (one line), failing with its stderr."""
+    process.stdin.write(line + "\n")
+    process.stdin.flush()
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    answer = process.stdout.readline() if ready else ""
+    if not answer:
+        process.kill()
+        raise AssertionError(f"the writer gave no answer to {line!r}: {process.stderr.read()[-3000:]}")
+    return answer.strip()
+
+
+def _reader_sees(out: Path, reference, appended: int, complete: list[int]) -> None:
+    """A reader opening the store now: exactly the appended rows, each with its whole identity; exactly the
+    complete rows, each read whole and equal to the reference row written there."""
+    store = open_store(out)
+    assert len(store) == appended
+    assert [store.identity(i) for i in range(appended)] == [reference.identity(i) for i in range(appended)]
+    assert store.indices().tolist() == complete
+    for row in complete:
+        stored, expected = store.sample(row), reference.sample(row)
+        for field in SAMPLE_FIELDS:
+            assert np.array_equal(getattr(stored, field), getattr(expected, field)), (row, field)
+    for row in sorted(set(range(appended)) - set(complete)):  # refused by name, never read as zeros
+        with pytest.raises(PointADError, match=rf"row\(s\) {row} \(.*\) not completely written"):
+            store.sample(row)
 
 
 def test_second_build_is_refused_and_a_reader_sees_complete_rows_during_a_build(reference, mvtec_dataset,
                                                                                   tmp_path):
-    """While `render build` appends and renders (three builds, three appends: train, validation, test), a
-    second build of the same store is refused at once in one line naming the holder, and a reader in another
-    process only ever sees rows with an identity and complete rows that read whole."""
+    """While a writer holding the build's lock creates the store, appends rows in two batches and writes them
+    one at a time (one row part-way, a complete row written again), a reader in another process sees at
+    every step exactly the appended rows with their identity and exactly the complete rows, read whole; a
+    second `render build` of the store is refused at once in one line naming the holder, and changes nothing."""
     _, entry = mvtec_dataset
     out = tmp_path / "renders.zarr"
-    script = ("import sys; from pointad.render.build import build_store; from pointad.render.datasets import open_dataset; "
-              "from pointad.render.sample_render import RenderOptions; "
-              "entry = open_dataset(format='mvtec3d', root=sys.argv[1]); "
-              "options = RenderOptions(views=3, image_size=96, supersample=2, max_points=96 * 96, point_size=3); "
-              "[build_store(entry, sys.argv[2], options, classes=['cookie', 'torus'], splits=[s]) "
-              "for s in ('train', 'validation', 'test')]")
-    builder = subprocess.Popen([sys.executable, "-c", script, str(entry.root), str(out)], cwd=REPO, env=ENV,
-                               stderr=subprocess.PIPE, text=True)
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(out), "12"], cwd=REPO, env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        lock = out.with_name(f".{out.name}.pointad-lock")
-        deadline = time.time() + 60
-        while time.time() < deadline and builder.poll() is None:  # wait for the third build (12 test samples)
-            if f'"pid": {builder.pid}' in (lock.read_text() if lock.exists() else "") and (out / "zarr.json").exists() \
-                    and len(open_store(out)) > 4:
-                break
-            time.sleep(0.02)
-        second = CliRunner().invoke(render, build_command(entry, out)[3:])
-        assert builder.poll() is None, "the first build ended before the second one started"
-        assert second.exit_code == 1, second.output
-        errors = [line for line in second.output.splitlines() if line.startswith("Error:")]
-        assert len(errors) == 1 and re.fullmatch(
-            rf"Error: {re.escape(str(out))}: another writer holds it: pid {builder.pid} on host "
-            rf"{re.escape(socket.gethostname())} \(since [-0-9: ]+, render build\); wait for it to finish",
-            errors[0]), second.output
-        assert builder.wait(timeout=120) == 0, builder.stderr.read()[-3000:]
-        read_out, read_err = reader.communicate(timeout=60)
-    finally:
-        for process in (builder, reader):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    assert reader.returncode == 0, read_err[-3000:]
-    assert "complete reads" in read_out and int(read_out.split()[-1]) > 0, read_out
-    store = open_store(out)
-    assert len(store) == 16 and store.complete.all()  # 2 train + 2 validation + 12 test, nothing lost
     ref = open_store(reference)
-    ref_rows = {ref.identity(i)["sample_id"]: i for i in range(len(ref))}
-    for i in store.indices(class_name="cookie", split="test"):
-        stored, expected = store.sample(int(i)), ref.sample(ref_rows[store.identity(int(i))["sample_id"]])
-        assert all(np.array_equal(getattr(stored, f), getattr(expected, f)) for f in SAMPLE_FIELDS)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(out), str(reference)], cwd=REPO, env=ENV,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for step, appended, complete in STEPS:
+            assert _send(writer, step) == f"ok {step}"
+            _reader_sees(out, ref, appended, complete)
+            if step == "append 2 3 4 5":
+                before = chunk_files(out)
+                second = CliRunner().invoke(render, build_command(entry, out)[3:])
+                assert second.exit_code == 1, second.output
+                errors = [line for line in second.output.splitlines() if line.startswith("Error:")]
+                assert len(errors) == 1 and re.fullmatch(
+                    rf"Error: {re.escape(str(out))}: another writer holds it: pid {writer.pid} on host "
+                    rf"{re.escape(socket.gethostname())} \(since [-0-9: ]+, render build\); wait for it to finish",
+                    errors[0]), second.output
+                assert chunk_files(out) == before, "the refused build changed the store"
+                _reader_sees(out, ref, appended, complete)
+        assert _send(writer, "done") == "released"
+        assert writer.wait(timeout=60) == 0, writer.stderr.read()[-3000:]
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    assert_same_rows(reference, out)
 
 
 CREATE = textwrap.dedent("""
