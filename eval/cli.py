@@ -8,6 +8,7 @@ Defaults come from `ReportConfig` and `MutualOptions` (eval/settings.py) and, fo
 from __future__ import annotations
 
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -15,7 +16,10 @@ from tqdm import tqdm
 
 from pointad.eval.settings import (METHODS, PROTOCOLS, REPORT_FORMATS, SETTINGS, VIEW_MODES, MutualOptions,
                                    ReportConfig)
-from pointad.shared.cli import PointADGroup, default_of, list_option, resolve_model, verbosity_option
+from pointad.render.render_options import RenderOptions  # detect's render options (defined here, see above)
+from pointad.shared.cli import (FINITE_FLOAT, PointADGroup, default_of, list_option, number_type, range_type,
+                                resolve_model, verbosity_option)
+from pointad.shared.limits import bound, require_finite
 from pointad.shared.logging import get_logger
 from pointad.train.config import PROMPTS, TrainConfig
 
@@ -28,6 +32,10 @@ def _report(name):
 
 def _mutual(name):
     return default_of(MutualOptions, name)
+
+
+# --rescore-k takes 0 (no re-scoring) besides MutualOptions.rescore_ks's range
+RESCORE_K = number_type(int, replace(bound(MutualOptions, "rescore_ks")[1], lo=0))
 
 
 class _ScoringBar:
@@ -75,26 +83,27 @@ def eval_():
                                       "training-free, the test samples of a class score each other (after MuSc).")
 @click.option("--mutual-views", type=click.Choice(VIEW_MODES), default=_mutual("views"), show_default=True,
               help="mutual-scoring: a view against the same view of the other samples, or against all their views.")
-@click.option("--mutual-fraction", default=_mutual("fraction"), show_default=True,
-              help="mutual-scoring: share of the other samples whose nearest-patch distances are averaged (smallest).")
-@list_option("--mutual-radii", type=int, default=_mutual("radii"), show_default=True,
+@click.option("--mutual-fraction", type=range_type(MutualOptions, "fraction"), default=_mutual("fraction"),
+              show_default=True, help="mutual-scoring: share of the other samples whose nearest-patch distances are averaged (smallest).")
+@list_option("--mutual-radii", type=range_type(MutualOptions, "radii"), default=_mutual("radii"), show_default=True,
              help="mutual-scoring: neighbourhood sizes in patches (odd).")
-@list_option("--mutual-layers", type=int, default=_mutual("layers"),
+@list_option("--mutual-layers", type=range_type(MutualOptions, "layers"), default=_mutual("layers"),
              help="mutual-scoring: tapped vision layers, 1-based  [default: the model's taps]")
-@list_option("--rescore-k", type=int, default=_mutual("rescore_ks"), show_default=True,
+@list_option("--rescore-k", type=RESCORE_K, default=_mutual("rescore_ks"), show_default=True,
              help="mutual-scoring: sample re-scoring neighbourhood sizes; 0 = no re-scoring.")
 @click.option("--model", default=_report("model"), show_default=True,
               help="Model of the clip-rendering baseline, of mutual-scoring and of runs trained by --train-missing "
                    "(other runs use their checkpoint's); auto = ViT-L if its weights are present, else tiny.")
 @click.option("--clip-weights", type=click.Path(path_type=Path),
               help="OpenAI ViT-L/14@336 weights file  [default: found in the weights cache]")
-@click.option("--batch-size", default=_report("batch_size"), show_default=True,
-              help="Samples scored per batch.")
+@click.option("--batch-size", type=range_type(ReportConfig, "batch_size"), default=_report("batch_size"),
+              show_default=True, help="Samples scored per batch.")
 @click.option("--compare-paper", is_flag=True,
               help="Put the paper's published numbers (same method, setting, data) and the difference beside ours.")
 @click.option("--figures", type=click.Path(path_type=Path),
               help="Write figures here: per class ROC/PRO curves, view heatmaps and score-coloured PLY (first run).")
-@click.option("--figure-samples", default=_report("figure_samples"), show_default=True,
+@click.option("--figure-samples", type=range_type(ReportConfig, "figure_samples"), default=_report("figure_samples"),
+              show_default=True,
               help="Anomalous samples per class drawn with --figures (plus one good sample).")
 @list_option("--figure-sample", "figure_ids",
              help="Draw these samples instead (sample ids, e.g. cookie/test/hole/xyz/000.tiff).")
@@ -103,11 +112,13 @@ def eval_():
                    "[default with neither: runs, every trained run in it]")
 @click.option("--train-dataset", help="Dataset of the training classes (default: --dataset for one-vs-rest).")
 @list_option("--train-classes", help="Training classes of the runs  [default: datasets.yaml aux_classes]")
-@list_option("--seeds", type=int, help=f"Seeds of the runs  [default: {default_of(TrainConfig, 'seed')}]")
+@list_option("--seeds", type=range_type(TrainConfig, "seed"),
+             help=f"Seeds of the runs  [default: {default_of(TrainConfig, 'seed')}]")
 @click.option("--train-missing", is_flag=True,
               help="Train the runs not in --runs-dir first (as `train sweep`, with --model, --train-epochs and "
                    "--train-prompt).")
-@click.option("--train-epochs", default=default_of(TrainConfig, "epochs"), show_default=True,
+@click.option("--train-epochs", type=range_type(TrainConfig, "epochs"), default=default_of(TrainConfig, "epochs"),
+              show_default=True,
               help="--train-missing only: epochs of the runs it trains.")
 @click.option("--train-prompt", type=click.Choice(PROMPTS), default=default_of(TrainConfig, "prompt"),
               show_default=True, help="--train-missing only: prompts of the runs it trains.")
@@ -129,6 +140,7 @@ def report(store, checkpoints, setting, dataset, classes, report_format, out, pr
              if source(n) is not click.core.ParameterSource.DEFAULT]
     if given and not train_missing:
         raise click.UsageError(f"{' and '.join(given)} apply to --train-missing only")
+    target = resolve_device(device)  # an unknown or absent device: refused before any work
     if out is not None:
         check_file_target(out, "--out takes a file name")
     if figures is not None:
@@ -163,7 +175,6 @@ def report(store, checkpoints, setting, dataset, classes, report_format, out, pr
         chosen.append(f"test dataset(s) {', '.join(datasets)}")
     if chosen:
         click.echo(f"eval report: store {store}; " + "; ".join(chosen), err=True)
-    target = resolve_device(device)
     results = []
     for name in datasets:
         config = ReportConfig(store=str(store), dataset=name, setting=setting,
@@ -278,24 +289,25 @@ def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, mode
 @click.option("--mutual-views", type=click.Choice(["same", "all"]),
               help="mutual-scoring: a view against the same view of the references, or all their views  "
                    "[default: as eval report]")
-@click.option("--mutual-fraction", type=float,
+@click.option("--mutual-fraction", type=range_type(MutualOptions, "fraction"),
               help="mutual-scoring: share of the references whose nearest-patch distances are averaged  "
                    "[default: as eval report]")
-@list_option("--mutual-radii", type=int,
+@list_option("--mutual-radii", type=range_type(MutualOptions, "radii"),
              help="mutual-scoring: neighbourhood sizes in patches (odd; repeat)  [default: as eval report]")
-@list_option("--mutual-layers", type=int,
+@list_option("--mutual-layers", type=range_type(MutualOptions, "layers"),
              help="mutual-scoring: tapped vision layers, 1-based (repeat)  [default: the model's taps]")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Folder for scores.npy, scores.ply and scores.json  [default: <cloud>_scores beside the cloud]")
-@click.option("--threshold", type=float, help="Also print 'anomalous' (sample score >= T) or 'normal'; the PLY's "
+@click.option("--threshold", type=FINITE_FLOAT, help="Also print 'anomalous' (sample score >= T) or 'normal'; the PLY's "
                                                "colours are then centred on T (else the scores' range).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--clip-weights", type=click.Path(path_type=Path), help="OpenAI ViT-L/14@336 weights file.")
-@click.option("--views", type=int, help="Number of rendered views  [default: as the store was rendered]")
+@click.option("--views", type=range_type(RenderOptions, "views"),
+              help="Number of rendered views  [default: as the store was rendered]")
 @click.option("--view-plan", help="View plan (paper, pointad-code, ...)  [default: as the store was rendered]")
-@click.option("--point-size", type=float,
+@click.option("--point-size", type=range_type(RenderOptions, "point_size"),
               help="Rendered point size (supersampled pixels)  [default: as the store drew the class]")
-@click.option("--supersample", type=int, help="Render at image size x this, then average down  "
+@click.option("--supersample", type=range_type(RenderOptions, "supersample"), help="Render at image size x this, then average down  "
                                                "[default: as the store was rendered]")
 @click.option("--light", help="Lighting: on, off, + or -  [default: as the store was rendered]")
 @click.option("--renderer", help="legacy, filament or splat  [default: as the store was rendered]")
@@ -357,6 +369,11 @@ def detect(cloud, method, checkpoint, reference, class_name, dataset, model, mut
         if result.reference.excluded:
             click.echo(f"detect: left out of the reference, being the cloud itself: "
                        f"{', '.join(result.reference.excluded)}", err=True)
+    source = f"checkpoint {checkpoint}" if method == "pointad" else f"reference store {reference}"
+    for what, values in (("sample score", [result.score]), ("point scores", result.point_scores)):
+        # nothing written: JSON has no NaN, and a NaN score would read "normal"
+        require_finite(values, f"{source}: the {what} of {cloud}",
+                       "prompts or model weights not finite (a diverged run?); nothing written")
     npy, ply, summary = write_detection(result, out, threshold)
     click.echo(f"{npy}, {ply}, {summary}: {len(result.point_scores)} points", err=True)
     click.echo(f"sample score: {result.score:.6f}")

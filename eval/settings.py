@@ -7,10 +7,11 @@ Light on purpose (no torch at import): the command line reads its defaults from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pointad.shared.errors import ConfigError
-from pointad.train.model.model_config import DEFAULT_MODEL
+from pointad.shared.limits import check_fields, within
+from pointad.train.model.model_config import DEFAULT_MODEL, MAX_BLOCKS
 
 PROTOCOLS = ("points", "pointad-compat")
 SETTINGS = ("one-vs-rest", "cross-dataset")
@@ -33,22 +34,21 @@ class MutualOptions:
     others); layers: tapped layers, 1-based (None: the model config's); rescore_ks: neighbourhood sizes of
     the sample re-scoring, () for none; block_bytes: the distance block's memory bound."""
 
-    radii: tuple[int, ...] = RADII
-    fraction: float = FRACTION
+    # patches: up to the whole grid of the largest CLIP (2048 px / 14 px patches = 146)
+    radii: tuple[int, ...] = field(default=RADII, metadata=within(1, 145, option="--mutual-radii"))
+    fraction: float = field(default=FRACTION, metadata=within(0, 1, lo_open=True, option="--mutual-fraction"))
     views: str = "same"
-    layers: tuple[int, ...] | None = None
-    rescore_ks: tuple[int, ...] = RESCORE_KS
-    block_bytes: int = BLOCK_BYTES
+    layers: tuple[int, ...] | None = field(default=None, metadata=within(1, MAX_BLOCKS, option="--mutual-layers"))
+    # neighbouring samples (0 on the command line: no re-scoring)
+    rescore_ks: tuple[int, ...] = field(default=RESCORE_KS, metadata=within(1, 100_000, option="--rescore-k"))
+    block_bytes: int = field(default=BLOCK_BYTES, metadata=within(2**20, 2**40))
 
     def __post_init__(self):
-        if not self.radii or any(r < 1 or r % 2 == 0 for r in self.radii):
+        check_fields(self)
+        if not self.radii or any(r % 2 == 0 for r in self.radii):
             raise ConfigError(f"--mutual-radii must be odd numbers >= 1, got {list(self.radii)}")
-        if not 0 < self.fraction <= 1:
-            raise ConfigError(f"--mutual-fraction must be in (0, 1], got {self.fraction}")
         if self.views not in VIEW_MODES:
             raise ConfigError(f"--mutual-views must be one of {', '.join(VIEW_MODES)}, got {self.views!r}")
-        if any(k < 1 for k in self.rescore_ks):
-            raise ConfigError(f"--rescore-k must be >= 1, got {list(self.rescore_ks)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,14 +65,16 @@ class ReportConfig:
     method: str = "pointad"
     model: str = DEFAULT_MODEL
     clip_weights: str | None = None
-    batch_size: int = 4
+    batch_size: int = field(default=4, metadata=within(1, 4096))
     figures: str | None = None        # folder for `eval.report_figures` (first run only)
-    figure_samples: int = 2           # anomalous samples per class drawn (plus one good)
+    # anomalous samples per class drawn (plus one good)
+    figure_samples: int = field(default=2, metadata=within(0, 1000))
     figure_ids: tuple[str, ...] = ()  # or exactly these sample ids
     compare_paper: bool = False
     mutual: MutualOptions = MutualOptions()  # --method mutual-scoring only (eval/mutual.py)
 
     def __post_init__(self):
+        check_fields(self)
         for name, allowed in (("setting", SETTINGS), ("method", METHODS), ("protocol", (*PROTOCOLS, "both"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -80,8 +82,6 @@ class ReportConfig:
             raise ConfigError("--method pointad needs --checkpoints (run directories or checkpoint files)")
         if self.method in ("clip-rendering", MUTUAL) and self.checkpoints:
             raise ConfigError(f"--method {self.method} uses no training; drop --checkpoints")
-        if self.figure_samples < 0:
-            raise ConfigError(f"--figure-samples must be >= 0, got {self.figure_samples}")
 
     @property
     def protocols(self) -> tuple[str, ...]:

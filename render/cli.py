@@ -11,16 +11,20 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from pointad.render.render_options import LIGHTS, MASKS, RENDERERS, VISIBILITY, RenderOptions
+from pointad.render.render_options import LIGHTS, MASKS, RENDERERS, THREADS, VISIBILITY, WORKERS, RenderOptions
 from pointad.render.synthetic import SyntheticSpec
 from pointad.render.view_plan import PLANS
-from pointad.shared.cli import PointADGroup, default_of, list_option, verbosity_option
+from pointad.shared.cli import PointADGroup, default_of, list_option, number_type, range_type, verbosity_option
 from pointad.shared.errors import PointADError
 from pointad.shared.registry import FORMATS, load_registry, resolve_dataset
 
 
 def _render(name):
     return default_of(RenderOptions, name)
+
+
+def _range(name):
+    return range_type(RenderOptions, name)
 
 
 def _synthetic(name):
@@ -112,26 +116,28 @@ def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, pe
 @dataset_options
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("renders.zarr"), show_default=True,
               help="Store to create, resume or append to.")
-@click.option("--views", default=_render("views"), show_default=True,
-              help="Views per sample (any K >= 1 with the paper plan).")
+@click.option("--views", type=_range("views"), default=_render("views"), show_default=True,
+              help="Views per sample (any K in range with the paper plan).")
 @click.option("--view-plan", type=click.Choice(PLANS), default=_render("view_plan"), show_default=True,
               help="paper: K views on a circle (the paper's); pointad-code: the released code's views.")
-@click.option("--angle-shift", default=_render("angle_shift"), show_default=True,
+@click.option("--angle-shift", type=_range("angle_shift"), default=_render("angle_shift"), show_default=True,
               help="Radians added to every view angle.")
-@click.option("--image-size", default=_render("image_size"), show_default=True, help="Side of a view in pixels.")
-@click.option("--supersample", default=_render("supersample"), show_default=True,
-              help="Render at this multiple of the image size.")
-@click.option("--max-points", default=_render("max_points"), show_default=True,
+@click.option("--image-size", type=_range("image_size"), default=_render("image_size"), show_default=True,
+              help="Side of a view in pixels.")
+@click.option("--supersample", type=_range("supersample"), default=_render("supersample"), show_default=True,
+              help="Render at this multiple of the image size (image size x supersample at most 8192).")
+@click.option("--max-points", type=_range("max_points"), default=_render("max_points"), show_default=True,
               help="Points per sample the store holds (a sample with more is refused).")
-@click.option("--point-size", type=float,
+@click.option("--point-size", type=_range("point_size"),
               help=f"Point size in supersampled pixels  [default: datasets.yaml's, else {_render('point_size')}]")
 @click.option("--light", type=click.Choice(list(LIGHTS)), default=_render("light"), show_default=True,
               help="Shading: on, off, + (stronger) or - (weaker).")
-@click.option("--downsample", default=_render("downsample"), show_default=True,
+@click.option("--downsample", type=_range("downsample"), default=_render("downsample"), show_default=True,
               help="Fraction of points kept (farthest-point).")
 @click.option("--visibility", type=click.Choice(VISIBILITY), default=_render("visibility"), show_default=True,
               help="nearest: the nearest point per pixel is visible (paper); surface: all within a tolerance of it.")
-@click.option("--knn", default=_render("knn"), show_default=True, help="Neighbours in the smoothing graph.")
+@click.option("--knn", type=_range("knn"), default=_render("knn"), show_default=True,
+              help="Neighbours in the smoothing graph.")
 @click.option("--masks", type=click.Choice(MASKS), default=_render("masks"),
               help="Ground-truth mask views: splat the anomalous points (no second capture) or render them "
                    "[default: render with filament, else splat].")
@@ -139,13 +145,16 @@ def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, pe
               help="legacy: Open3D Visualizer (EGL offscreen; the reference, for exact paper reproduction); "
                    "filament: OffscreenRenderer (GPU driver); splat: legacy's points, depth test and lights "
                    "emulated with torch, no Open3D window (several times faster; see render/splat.py).")
-@click.option("--workers", "-j", default=1, show_default=True, help="Worker processes.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--workers", "-j", type=number_type(int, WORKERS), default=1, show_default=True,
+              help="Worker processes.")
+@click.option("--threads", type=number_type(int, THREADS), default=None,
               help="Threads of each worker (Mesa, Open3D, BLAS, the KD-tree queries, the k-NN graph beside the draw) "
                    "[default: one per CPU with one local worker, else 1]. The store does not depend on it.")
 @click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
               help="Where workers run: local processes (joblib/loky) or a dask.distributed cluster.")
-@click.option("--scheduler", help="dask.distributed scheduler address (default: a local cluster).")
+@click.option("--scheduler",
+              help="dask.distributed scheduler address, e.g. tcp://host:8786, with --backend dask  [default: a local "
+                   "cluster]")
 @click.option("--keep-going", is_flag=True, help="Exit 0 even if some samples fail.")
 @click.option("--repair", is_flag=True,
               help="Also render again the complete rows with a chunk that does not decode (reads every row; "
@@ -156,6 +165,8 @@ def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shif
     """Render a dataset into a resumable Zarr store (views, masks, projections, visibility)."""
     from pointad.render.build import build_store
     from pointad.shared.threads import available
+    if scheduler is not None and backend != "dask":
+        raise click.UsageError("--scheduler is a dask scheduler's address: give it with --backend dask")
     if threads is not None and backend == "loky" and max(workers, 1) * threads > available():
         click.echo(f"warning: {max(workers, 1)} worker(s) x --threads {threads} is more than the {available()} CPUs "
                    "this process may use; oversubscribed threads render slower", err=True)

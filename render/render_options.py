@@ -6,12 +6,11 @@ Light on purpose (numpy, no Open3D or torch at import): `render --help` reads it
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
-import numpy as np
+from dataclasses import asdict, dataclass, field
 
 from pointad.render.view_plan import make_view_plan
 from pointad.shared.errors import ConfigError
+from pointad.shared.limits import Range, check_fields, within
 
 GREY = 0.7
 LIGHTS = {"on": (True, GREY), "off": (False, GREY), "+": (True, 0.9), "-": (True, 0.5)}
@@ -20,26 +19,36 @@ MASKS = ("splat", "render")
 # legacy (Open3D Visualizer: the default and reference, for exact paper reproduction) | filament | splat
 # (render/splat.py: emulates legacy without Open3D, tests/render/test_splat.py)
 RENDERERS = ("legacy", "filament", "splat")  # render/rasterize.py's RENDERERS (Open3D's), then splat
+MAX_RENDERED_SIDE = 8192  # image_size x supersample: one view's capture (Open3D's window, the splat buffers)
+WORKERS = Range(1, 256)   # render build --workers: processes
+THREADS = Range(1, 1024)  # render build --threads: each worker's thread budget
 
 
 @dataclass(frozen=True, kw_only=True)
 class RenderOptions:
     """Everything that decides what a sample's row holds; recorded in the store's `render` attribute."""
 
-    views: int = 9
+    # Ranges (shared/limits.py) keep every array of a row, (V, P, ...) and (S * supersample)^2 per view, of a
+    # size a machine holds: the paper renders 9 views of 336 px from at most 336^2 points
+    views: int = field(default=9, metadata=within(1, 64))
     view_plan: str = "paper"
-    angle_shift: float = 0.0        # radians added to every view angle (paper's ablation)
-    image_size: int = 336
-    supersample: int = 3            # render at image_size * supersample, then area-average down
-    max_points: int = 336 * 336
-    point_size: float = 6.0         # pixels at the supersampled resolution; datasets.yaml may set it per class
+    angle_shift: float = 0.0        # radians added to every view angle (paper's ablation); any finite value
+    image_size: int = field(default=336, metadata=within(8, 2048))
+    # render at image_size * supersample, then area-average down
+    supersample: int = field(default=3, metadata=within(1, 8))
+    # points a row holds: up to an organized 2048 x 2048 grid
+    max_points: int = field(default=336 * 336, metadata=within(1, 2048 * 2048))
+    # pixels at the supersampled resolution; datasets.yaml may set it per class
+    point_size: float = field(default=6.0, metadata=within(0, 100, lo_open=True))
     light: str = "on"               # on | off | + (stronger) | - (weaker)
-    downsample: float = 1.0         # keep this fraction of points (farthest-point sampling) before rendering
+    # keep this fraction of points (farthest-point sampling) before rendering
+    downsample: float = field(default=1.0, metadata=within(0, 1, lo_open=True))
     visibility: str = "nearest"     # nearest (paper) | surface (within surface_tolerance of the nearest)
-    surface_tolerance: float = 0.01  # fraction of the bounding radius, for visibility "surface"
-    knn: int = 8
-    fov_degrees: float = 30.0
-    margin: float = 1.1
+    # fraction of the bounding radius, for visibility "surface"
+    surface_tolerance: float = field(default=0.01, metadata=within(0, 1))
+    knn: int = field(default=8, metadata=within(1, 64))
+    fov_degrees: float = field(default=30.0, metadata=within(0, 180, lo_open=True, hi_open=True))
+    margin: float = field(default=1.1, metadata=within(0, 100, lo_open=True))  # bounding radius x margin fills a view
     renderer: str = "legacy"        # legacy (Visualizer, EGL) | filament (OffscreenRenderer) | splat (no Open3D)
     # splat (render/masks.py: no second capture; matches the legacy renderer's points, see
     # tests/render/test_masks.py) | render (a second set of captures); None: render for filament, else splat
@@ -49,9 +58,10 @@ class RenderOptions:
     code_plan: dict | None = None
 
     def __post_init__(self):
-        for name in ("angle_shift", "point_size", "downsample", "surface_tolerance", "fov_degrees", "margin"):
-            if not np.isfinite(getattr(self, name)):  # NaN passes every comparison below
-                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
+        check_fields(self)  # every range above; NaN and inf in any float
+        if self.image_size * self.supersample > MAX_RENDERED_SIDE:
+            raise ConfigError(f"--image-size {self.image_size} x --supersample {self.supersample} renders views of "
+                              f"{self.image_size * self.supersample} px; at most {MAX_RENDERED_SIDE}")
         make_view_plan(self.view_plan, self.views, self.angle_shift, self.code_plan)  # validates plan and count
         if self.light not in LIGHTS:
             raise ConfigError(f"--light must be one of {', '.join(LIGHTS)}, got {self.light!r}")
@@ -68,10 +78,6 @@ class RenderOptions:
             raise ConfigError("--renderer splat draws without Open3D; its masks are splatted (--masks splat)")
         if self.visibility not in VISIBILITY:
             raise ConfigError(f"--visibility must be one of {', '.join(VISIBILITY)}, got {self.visibility!r}")
-        if not 0 < self.downsample <= 1:
-            raise ConfigError(f"--downsample must be in (0, 1], got {self.downsample}")
-        if self.supersample < 1 or self.image_size < 8 or self.point_size <= 0 or self.knn < 1:
-            raise ConfigError("supersample >= 1, image_size >= 8, point_size > 0 and knn >= 1 are required")
 
     def to_dict(self) -> dict:
         return asdict(self)

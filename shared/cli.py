@@ -5,9 +5,11 @@
 `pointad render ...` never imports torch.
 
 Conventions every command follows (tests/test_cli.py checks them): an option's default is read from the
-dataclass that owns it (`default_of`), never typed again here; a list option is `list_option`: repeat it,
-or give several values comma-separated in one (`--classes a --classes b` = `--classes a,b`); every
-option has help text; `--format` is a dataset's on-disk format only.
+dataclass that owns it (`default_of`), never typed again here, and so is a number option's range
+(`range_type`, from the field's `shared.limits.within`): `--help` shows it, and a value outside it is
+refused in the words of the dataclass's own check (`Error: --views must be in 1..64, got 1000`, exit 1); a list option is `list_option`: repeat it, or give several values comma-separated in one
+(`--classes a --classes b` = `--classes a,b`); every option has help text; `--format` is a dataset's
+on-disk format only.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 
 import click
 
+from pointad.shared import limits
 from pointad.shared.errors import PointADError
 from pointad.shared.logging import setup_logging
 
@@ -57,6 +60,47 @@ def default_of(cls, name: str):
     raise ValueError(f"{cls.__name__} has no field {name!r}")
 
 
+class _Bounded:
+    """A click number type checked against a `limits.Range`: a value that is no number ('abc') is click's usage
+    error; a number outside the range, or NaN or inf, is `limits.OutOfRange` (our one `Error:` line, exit 1,
+    worded as the dataclass's own check words it). A click range type, so `--help` shows the range."""
+
+    def __init__(self, rng: limits.Range, kind: type):
+        super().__init__(rng.lo, rng.hi, min_open=rng.lo_open, max_open=rng.hi_open)
+        self.rng, self.kind = rng, kind
+
+    def convert(self, value, param, ctx):
+        number = (click.INT if self.kind is int else click.FLOAT).convert(value, param, ctx)
+        label = max((o for o in getattr(param, "opts", ()) if o.startswith("--")), key=len, default=None)
+        limits.check_value(number, self.rng, label or "value", self.kind)
+        return number
+
+    def _describe_range(self) -> str:
+        return "finite" if self.min is None and self.max is None else super()._describe_range()
+
+
+class BoundedInt(_Bounded, click.IntRange):
+    name = "integer"
+
+
+class BoundedFloat(_Bounded, click.FloatRange):
+    name = "float"
+
+
+def number_type(kind: type, rng: limits.Range) -> click.ParamType:
+    """The click type of numbers of `kind` (int or float) within `rng` (floats: finite whatever the range)."""
+    return BoundedInt(rng, int) if kind is int else BoundedFloat(rng, float)
+
+
+def range_type(cls, name: str) -> click.ParamType:
+    """The click type of field `name` of dataclass `cls`, from its declared range (`shared.limits.within`):
+    the one place an option's bounds come from, as `default_of` is for its default."""
+    return number_type(*limits.bound(cls, name))
+
+
+FINITE_FLOAT = number_type(float, limits.FINITE)  # a float option with no range of its own (--threshold)
+
+
 class ListOption(click.Option):
     """A list option: repeatable, and each value may hold several items separated by commas. The value is a
     tuple of items converted by `item_type`; () when the option is not given and has no default."""
@@ -71,6 +115,12 @@ class ListOption(click.Option):
         value = super().type_cast_value(ctx, value)  # a tuple of the strings given
         return tuple(self.item_type.convert(piece.strip(), self, ctx) for given in value or ()
                      for piece in str(given).split(",") if piece.strip())
+
+    def get_help_extra(self, ctx):
+        extra = super().get_help_extra(ctx)
+        if isinstance(self.item_type, click.types._NumberRangeBase):  # each item's range, as a plain option's
+            extra["range"] = self.item_type._describe_range()
+        return extra
 
 
 def list_option(*decls, type=click.STRING, **kwargs):

@@ -4,7 +4,8 @@
 default, and values of the annotated types; JSON lists become tuples for tuple fields and ints become
 floats for float fields. Every refusal is one line naming the source and the key path, e.g.
 `datasets.yaml: dataset 'a': 'options.preprocess' must be a mapping, got 3`. Constraints beyond types
-(ranges, increasing block lists) stay in each class's `__post_init__`.
+(increasing block lists) stay in each class's `__post_init__`; ranges and finiteness are declared on the
+fields (`shared/limits.py`), and a value outside them is named here by its key path like a wrong type.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pointad.shared.errors import ConfigError, PointADError
+from pointad.shared.limits import OutOfRange
 
 _NONE = type(None)
 
@@ -68,6 +70,8 @@ def _build(cls, data: Mapping, path: str, given: dict):
     values = {key: _convert(known[key][0], value, _join(path, key)) for key, value in data.items()}
     try:
         return cls(**given, **values)
+    except OutOfRange as exc:  # `limits.check_fields` names the option; a file names the key path
+        raise _Refused(f"'{_join(path, exc.key)}' {exc.reason}") from None
     except PointADError:
         raise
     except ValueError as exc:
@@ -113,7 +117,10 @@ def _convert(tp, value, path: str):
         raise TypeError(f"strict.from_dict: unsupported annotation {tp!r} at '{path}'")
     if not ok:
         raise _WrongType(path, tp, value)
-    return tp(value) if tp in (int, float, Path) else value
+    try:
+        return tp(value) if tp in (int, float, Path) else value
+    except OverflowError:  # an integer beyond float's range (JSON allows 1 followed by 400 zeros)
+        raise _Refused(f"'{path}' must be a finite number, got {_short(value)}") from None
 
 
 def _convert_union(tp, args, value, path: str):

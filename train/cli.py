@@ -8,22 +8,30 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from pointad.shared.cli import PointADGroup, default_of, list_option, resolve_model, verbosity_option
-from pointad.train.config import PROMPTS, TrainConfig
-
+from pointad.shared.cli import (PointADGroup, default_of, list_option, number_type, range_type, resolve_model,
+                                verbosity_option)
+from pointad.train.config import LOADER_WORKERS, PROMPTS, TrainConfig
 
 
 def _default(name):
     return default_of(TrainConfig, name)
 
 
+def _range(name):
+    return range_type(TrainConfig, name)
+
+
 def layers_option(help="Tapped layers, 1-based, e.g. 6,12,18,24  [default: the model's]"):
-    return list_option("--layers", type=int, default=_default("layers"), help=help)
+    return list_option("--layers", type=_range("layers"), default=_default("layers"), help=help)
 
 
 def dpam_option(command):
-    return click.option("--dpam-start", type=int, default=_default("dpam_start"),
+    return click.option("--dpam-start", type=_range("dpam_start"), default=_default("dpam_start"),
                         help="DPAM dual path in blocks N..last, 0 = off  [default: the model's]")(command)
+
+
+def seed_option(help):
+    return click.option("--seed", type=_range("seed"), default=_default("seed"), show_default=True, help=help)
 
 
 def model_option(help="vit-l-14-336, tiny (random weights), or auto (ViT-L if its weights are present, else tiny)."):
@@ -39,12 +47,18 @@ SIZE_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2*
 
 
 def _bytes(ctx, param, value):
-    """'8GiB', '512MiB', '0' or a plain number of bytes -> int."""
+    """'8GiB', '512MiB', '0' or a plain number of bytes -> int, within TrainConfig.cache_memory's range."""
     import re
-    found = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([a-z]*)\s*", str(value).lower())
+    from fractions import Fraction
+    from pointad.shared.limits import bound
+    found = re.fullmatch(r"\s*(\d{1,30}(?:\.\d{0,30})?)\s*([a-z]*)\s*", str(value).lower())
     if found is None or found.group(2) not in SIZE_UNITS:
         raise click.BadParameter(f"{value!r}: give a size such as 8GiB, 512MiB or 0 (units B, KiB, MiB, GiB, TiB)")
-    return int(float(found.group(1)) * SIZE_UNITS[found.group(2)])
+    size = int(Fraction(found.group(1)) * SIZE_UNITS[found.group(2)])  # exact: no float overflow or rounding
+    limit = bound(TrainConfig, "cache_memory")[1].hi
+    if size > limit:
+        raise click.BadParameter(f"{value!r}: at most {limit // SIZE_UNITS['tib']}TiB")
+    return size
 
 
 def _bar(total, desc):
@@ -62,9 +76,12 @@ def training_options(command):
     options = [
         click.option("--store", required=True, type=click.Path(path_type=Path),
                      help="Render store from 'render build'."),
-        click.option("--epochs", default=_default("epochs"), show_default=True, help="Training epochs."),
-        click.option("--batch-size", default=_default("batch_size"), show_default=True, help="Samples per batch."),
-        click.option("--lr", default=_default("lr"), show_default=True, help="Adam learning rate."),
+        click.option("--epochs", type=_range("epochs"), default=_default("epochs"), show_default=True,
+                     help="Training epochs."),
+        click.option("--batch-size", type=_range("batch_size"), default=_default("batch_size"), show_default=True,
+                     help="Samples per batch."),
+        click.option("--lr", type=_range("lr"), default=_default("lr"), show_default=True,
+                     help="Adam learning rate (a run whose loss turns NaN or infinite stops with an error)."),
         model_option(),
         clip_weights_option,
         layers_option(),
@@ -79,10 +96,11 @@ def training_options(command):
         click.option("--cache-memory", default=f"{_default('cache_memory') / 2**30:g}GiB", show_default=True,
                      callback=_bytes,
                      help="Features and samples kept in memory between epochs (both together, e.g. 1GiB; 0 = "
-                          "none); the rest is re-read each epoch, so memory stays bounded whatever the store's size."),
+                          "none; at most 1024TiB); the rest is re-read each epoch, so memory stays bounded whatever "
+                          "the store's size."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
-        click.option("--loader-workers", default=0, show_default=True,
-                     help="DataLoader worker processes reading the store."),
+        click.option("--loader-workers", type=number_type(int, LOADER_WORKERS), default=0, show_default=True,
+                     help="DataLoader worker processes reading the store (0 = read in the training process)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -101,19 +119,21 @@ def base_config(**options):
               help="Auxiliary class to train on (its test split)  [default: the dataset's first aux_classes entry "
                    "in datasets.yaml]")
 @click.option("--dataset", help="Dataset in the store  [default: the store's only dataset]")
-@click.option("--seed", default=_default("seed"), show_default=True,
-              help="Seed of the prompt initialisation, the data order and a random-weights model.")
+@seed_option("Seed of the prompt initialisation, the data order and a random-weights model.")
 @click.option("--features", type=click.Path(path_type=Path), help="Feature cache to use (default: OUT/features.zarr).")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<dataset>-<class>-<seed>).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Run directory: new, empty, or a run to --resume  [default: runs/<dataset>-<class>-<seed>, "
+                   "characters other than letters, digits, '.', '_' and '-' replaced]")
 @click.option("--resume", is_flag=True, help="Continue from the last finished epoch in --out.")
 def run(features, out, resume, **options):
     """Train the prompts on one class of a render store."""
-    from pointad.train.distributed import distributed_session
+    from pointad.train.distributed import distributed_session, process_rank
     from pointad.train.loop import train as train_loop
     from pointad.train.model.device import resolve_device
     from dataclasses import replace
-    from pointad.shared.config import distributed_env
     from pointad.train.sweep import DEFAULT_RUNS_DIR, aux_classes, run_dir_for, store_dataset
+    rank = process_rank()  # a half-set torchrun environment, or an unknown device: refused before any work
+    resolve_device(options["device"])
     config = base_config(**options)  # missing weights stop the run before anything else
     chosen = []  # the defaults taken, said in the first lines
     if config.dataset is None:
@@ -125,7 +145,7 @@ def run(features, out, resume, **options):
     if out is None:
         out = run_dir_for(DEFAULT_RUNS_DIR, config.dataset, config.class_name, config.seed)
         chosen.append(f"out {out}")
-    if chosen and (distributed_env() or (0,))[0] == 0:
+    if chosen and rank == 0:
         click.echo("train run: " + "; ".join(chosen), err=True)
     with distributed_session(options["device"]) as (rank, device_name):
         target = resolve_device(device_name)
@@ -141,7 +161,7 @@ def run(features, out, resume, **options):
 @click.option("--dataset", required=True, help="Dataset of the training classes (its name in the store).")
 @list_option("--classes", help="Training classes  [default: the dataset's aux_classes in datasets.yaml, the "
                                "paper's]")
-@list_option("--seeds", type=int, help=f"Seeds of the runs  [default: {_default('seed')}]")
+@list_option("--seeds", type=_range("seed"), help=f"Seeds of the runs  [default: {_default('seed')}]")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(path_type=Path),
               help="Run directories go here as <dataset>-<class>-<seed>.")
 def sweep(classes, seeds, runs_dir, **options):
@@ -149,8 +169,8 @@ def sweep(classes, seeds, runs_dir, **options):
     from pointad.train.model.device import resolve_device
     from pointad.train.sweep import plan_sweep
     from pointad.train.sweep import sweep as run_sweep
-    runs = plan_sweep(base_config(**options), classes, seeds, runs_dir)
     target = resolve_device(options["device"])
+    runs = plan_sweep(base_config(**options), classes, seeds, runs_dir)
     done = run_sweep(runs, device=target, clip_weights=options["clip_weights"], log=click.echo,
                      progress_factory=_bar, loader_workers=options["loader_workers"],
                      rebuild_features=options["rebuild_features"])
@@ -171,10 +191,10 @@ def _model_label(run_dir: Path) -> str:
 @click.option("--dataset", help="Only this dataset's rows (default: all).")
 @click.option("--class", "class_name", help="Only this class's rows (default: all).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Feature cache to write (a Zarr group).")
-@click.option("--batch-size", default=_default("batch_size"), show_default=True, help="Samples per batch.")
+@click.option("--batch-size", type=_range("batch_size"), default=_default("batch_size"), show_default=True,
+              help="Samples per batch.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
-@click.option("--seed", default=_default("seed"), show_default=True,
-              help="Seed of a random-weights model (tiny): the --seed of the runs that will use the cache.")
+@seed_option("Seed of a random-weights model (tiny): the --seed of the runs that will use the cache.")
 @click.option("--rebuild-features", is_flag=True,
               help="Replace a cache at --out made for another model, weights, taps, store or rows (else refused).")
 def features(store, model, clip_weights, layers, dpam_start, dataset, class_name, out, batch_size, device, seed,
@@ -207,8 +227,7 @@ def features(store, model, clip_weights, layers, dpam_start, dataset, class_name
 @model_option(help="Model the prompts were trained for.")
 @layers_option(help="Tapped layers  [default: the released script's for the path's data (24, or 6,12,18,24 for "
                     "Real3D-AD), else the model's]")
-@click.option("--seed", default=_default("seed"), show_default=True,
-              help="Seed recorded in the run (random-weights models only).")
+@seed_option("Seed recorded in the run (random-weights models only).")
 def import_released(checkpoint, out, class_name, dataset, model, layers, seed):
     """Turn a released PointAD prompt checkpoint (zqhang/PointAD epoch_N.pth) into a run of ours."""
     from pointad.train.released import import_released as run_import

@@ -5,12 +5,17 @@ Light on purpose (no torch at import): the command line takes its defaults from 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from pointad.shared.errors import ConfigError
-from pointad.train.model.model_config import DEFAULT_MODEL, DEFAULT_SEED
+from pointad.shared.limits import Range, check_fields, within
+from pointad.train.model.model_config import DEFAULT_MODEL, DEFAULT_SEED, MAX_BLOCKS
 
 PROMPTS = ("agnostic", "coop")  # TrainConfig.prompt: PointAD, PointAD-CoOp
+# seeds: what numpy's legacy seeding takes, and `seed * 100_003 + epoch` (train/data.py's data order) stays
+# within torch.Generator.manual_seed's 64 bits
+SEEDS = within(0, 2**32 - 1)
+LOADER_WORKERS = Range(0, 256)  # --loader-workers: DataLoader processes (0 = read in the training process)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,27 +29,27 @@ class TrainConfig:
     store: str
     class_name: str
     dataset: str | None = None
-    epochs: int = 15
-    batch_size: int = 4
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.5, 0.999)
-    seed: int = DEFAULT_SEED
+    epochs: int = field(default=15, metadata=within(1, 100_000))
+    batch_size: int = field(default=4, metadata=within(1, 4096))
+    # Adam's step size; 10 is 10^4 times the paper's: beyond that the prompts only overflow
+    lr: float = field(default=1e-3, metadata=within(0, 10, lo_open=True))
+    betas: tuple[float, float] = field(default=(0.5, 0.999), metadata=within(0, 1, hi_open=True))  # Adam's
+    seed: int = field(default=DEFAULT_SEED, metadata=SEEDS)
     model: str = DEFAULT_MODEL
-    layers: tuple[int, ...] | None = None      # tapped layers; None = the model config's default
-    dpam_start: int | None = None              # DPAM in blocks dpam_start..last (0 = off); None = default
+    # tapped layers; None = the model config's default
+    layers: tuple[int, ...] | None = field(default=None, metadata=within(1, MAX_BLOCKS))
+    # DPAM in blocks dpam_start..last (0 = off); None = default
+    dpam_start: int | None = field(default=None, metadata=within(0, MAX_BLOCKS))
     prompt: str = "agnostic"                   # agnostic (PointAD) | coop (PointAD-CoOp)
     loss_terms: str = "all"
     feature_cache: bool = True
     # bytes of features and samples kept in memory between epochs, both caches together; features are
     # kept first (on the device). 8 GiB holds a paper-size class: ~130 samples x 9 views of ViT-L
     # features in float16 (30 MiB each) plus their store rows; more rows are re-read from disk each epoch
-    cache_memory: int = 8 * 2**30
+    cache_memory: int = field(default=8 * 2**30, metadata=within(0, 2**50))  # up to 1 PiB: a cap, not a need
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("epochs and batch size must be >= 1 and the learning rate > 0")
-        if self.cache_memory < 0:
-            raise ConfigError(f"--cache-memory must be >= 0 bytes, got {self.cache_memory}")
+        check_fields(self)
         if self.prompt not in PROMPTS:
             raise ConfigError(f"--prompt must be {' or '.join(PROMPTS)}, got {self.prompt!r}")
         from pointad.train.losses import parse_loss_terms  # torch: loaded when a run is configured, not by --help

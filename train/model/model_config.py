@@ -8,17 +8,34 @@ converts them once. No open_clip here: this module is data only.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pointad.shared import strict
 from pointad.shared.errors import ConfigError
+from pointad.shared.limits import FINITE, OutOfRange, Range, check_fields, check_value, within
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 # other spellings users type for the same file; names are also matched case-insensitively
 DEFAULT_MODEL = "vit-l-14-336"  # the paper's backbone, OpenAI's ViT-L/14 at 336 px
 DEFAULT_SEED = 111  # the released scripts' seed: prompt initialisation and a random-weights model's weights
 ALIASES = {"vit-l-14-336-quickgelu": "vit-l-14-336", "vit-l/14@336": "vit-l-14-336"}
+MAX_BLOCKS = 256  # block and layer numbers (ViT-L has 24, the largest CLIPs 48)
+IMAGE_SIZES = within(32, 2048)
+# the numbers of an inline open_clip architecture (a checkpoint or a JSON file may claim any): each within
+# these, and both towers together at most MAX_PARAMETERS, so a config claiming width 1e9 is refused before
+# anything is allocated
+_WIDTH, _LAYERS, _HEADS = Range(1, 8192), Range(1, MAX_BLOCKS), Range(1, 256)
+OPEN_CLIP_BOUNDS = {
+    "embed_dim": Range(1, 8192),
+    "vision_cfg.image_size": Range(32, 2048), "vision_cfg.patch_size": Range(1, 2048), "vision_cfg.width": _WIDTH,
+    "vision_cfg.layers": _LAYERS, "vision_cfg.head_width": _WIDTH, "vision_cfg.heads": _HEADS,
+    "vision_cfg.mlp_ratio": Range(0, 64, lo_open=True),
+    "text_cfg.context_length": Range(1, 1024), "text_cfg.vocab_size": Range(1, 2**20), "text_cfg.width": _WIDTH,
+    "text_cfg.heads": _HEADS, "text_cfg.layers": _LAYERS, "text_cfg.mlp_ratio": Range(0, 64, lo_open=True),
+}
+MAX_PARAMETERS = 2**33  # ~8.6e9 (ViT-bigG/14's CLIP has 2.5e9): 32 GiB in float32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,21 +53,23 @@ class ModelConfig:
     pretrained: str | None = None              # open_clip pretrained tag ("openai"), None for random weights
     random_init: bool = False                  # True: seeded random weights, no file needed (tests, smoke runs)
     quick_gelu: bool = True                    # the OpenAI weights were trained with QuickGELU
-    image_size: int = 336                      # renderings are S x S with S = image_size
-    dual_path_blocks: tuple[int, ...] = tuple(range(6, 25))  # DPAM blocks, 1-based, a run ending at the last block
-    tap_layers: tuple[int, ...] = (6, 12, 18, 24)            # surgery-path outputs used for patch maps, 1-based
+    image_size: int = field(default=336, metadata=IMAGE_SIZES)  # renderings are S x S with S = image_size
+    # DPAM blocks, 1-based, a run ending at the last block
+    dual_path_blocks: tuple[int, ...] = field(default=tuple(range(6, 25)), metadata=within(1, MAX_BLOCKS))
+    # surgery-path outputs used for patch maps, 1-based
+    tap_layers: tuple[int, ...] = field(default=(6, 12, 18, 24), metadata=within(1, MAX_BLOCKS))
     open_clip_config: dict | None = None
 
     def __post_init__(self):
         where = f"model config '{self.name}'"
+        for key in ("dual_path_blocks", "tap_layers"):
+            if any(v < 1 for v in getattr(self, key)):  # said before the general range: numbers count from 1
+                raise ConfigError(f"{where}: '{key}' must hold 1-based block numbers, got {list(getattr(self, key))}")
+        check_fields(self, where)
         if self.random_init == (self.pretrained is not None):
             raise ConfigError(f"{where}: set exactly one of 'pretrained' (a weights tag) and 'random_init': true")
-        if self.image_size < 1:
-            raise ConfigError(f"{where}: 'image_size' must be positive, got {self.image_size}")
         for key in ("dual_path_blocks", "tap_layers"):
             value = getattr(self, key)
-            if any(v < 1 for v in value):
-                raise ConfigError(f"{where}: '{key}' must hold 1-based block numbers, got {list(value)}")
             if list(value) != sorted(set(value)):
                 raise ConfigError(f"{where}: '{key}' must be increasing without repeats, got {list(value)}")
         if not self.tap_layers:
@@ -64,6 +83,7 @@ class ModelConfig:
                 raise ConfigError(f"{where}: 'open_clip_config' lacks {sorted(missing)}")
             if bool(self.open_clip_config.get("quick_gelu", False)) != self.quick_gelu:
                 raise ConfigError(f"{where}: 'open_clip_config' quick_gelu disagrees with 'quick_gelu'")
+            check_architecture_numbers(self.open_clip_config, where)
 
     @property
     def dual_path_start(self) -> int | None:
@@ -91,6 +111,38 @@ class ModelConfig:
     def from_dict(cls, data: dict, source: str = "model config") -> "ModelConfig":
         """Validate a mapping (a JSON file, a checkpoint's config); an unknown key is an error naming it."""
         return strict.from_dict(cls, data, source)
+
+
+def check_architecture_numbers(arch: dict, where: str) -> None:
+    """OutOfRange unless every number of an open_clip architecture dict is finite, those of OPEN_CLIP_BOUNDS are
+    within their range, and the two towers hold at most MAX_PARAMETERS (estimated: 12 width^2 per block, plus
+    the embeddings). Messages name the key ('open_clip_config.vision_cfg.width')."""
+    def walk(value, path):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{path}.{key}" if path else str(key))
+        elif isinstance(value, (list, tuple)):  # open_clip takes (H, W) image sizes, per-stage layer counts
+            for item in value:
+                walk(item, path)
+        elif path in OPEN_CLIP_BOUNDS or isinstance(value, float):
+            kind = float if "mlp_ratio" in path or path not in OPEN_CLIP_BOUNDS else int
+            check_value(value, OPEN_CLIP_BOUNDS.get(path, FINITE), f"{where}: 'open_clip_config.{path}'", kind,
+                        key=f"open_clip_config.{path}")
+    walk(arch, "")
+    vision, text = arch.get("vision_cfg") or {}, arch.get("text_cfg") or {}
+
+    def number(cfg, key, default, combine=max):
+        value = cfg.get(key, default)
+        return combine(value) if isinstance(value, (list, tuple)) and value else value
+    # open_clip's defaults (CLIPVisionCfg, CLIPTextCfg) where the dict leaves a key out
+    v_width, v_layers = number(vision, "width", 768), number(vision, "layers", 12, sum)
+    grid = number(vision, "image_size", 224) // number(vision, "patch_size", 16)
+    t_width, t_layers = number(text, "width", 512), number(text, "layers", 12)
+    parameters = (12 * v_width**2 * v_layers + (grid**2 + 1) * v_width + 12 * t_width**2 * t_layers
+                  + (number(text, "vocab_size", 49408) + number(text, "context_length", 77)) * t_width)
+    if parameters > MAX_PARAMETERS:
+        raise OutOfRange("open_clip_config", f"describes ~{parameters:.3g} parameters, more than "
+                         f"{MAX_PARAMETERS:.3g} (a real CLIP has fewer)", f"{where}: 'open_clip_config'")
 
 
 def known_model_configs() -> list[str]:
