@@ -1,5 +1,9 @@
 """Mutation check: apply one-line bugs on the numbers path, run the matching tests, print caught / survived.
 
+The list holds the numbers path's bugs (issue 15 on) and, since issue 25, one bug of each kind an audit
+planted in newly landed code (store checks, mutual scoring, schema names, HDF5 export, import-released,
+view plans, figures, strict parsing, the feature cache).
+
 Not part of CI (each mutation rebuilds the synthetic test store, about a minute on 2 cores). Each
 mutation is applied to a fresh copy of the repository (without .venv, .git and caches) in a
 temporary folder, never to the checkout; its tests run there with this checkout's virtual
@@ -31,6 +35,14 @@ DETECT = "tests/eval/test_detect_numbers.py"
 STORE = "tests/render/test_store_numbers.py"
 SCORING, METRICS = "tests/eval/test_scoring.py", "tests/eval/test_metrics.py"
 GRAPH, MAPS = "tests/render/test_graph.py", "tests/train/test_maps.py"
+# issue 25's tests, one per class of one-line bug an audit planted in code landed since the previous audit
+STORE_CHECK, STORE_FAULTS = "tests/shared/test_store_check.py", "tests/faults/test_store_faults.py"
+MUTUAL, DETECT_MUTUAL = "tests/eval/test_mutual_scoring.py", "tests/eval/test_detect_mutual.py"
+SCHEMA, H5 = "tests/shared/test_store_v2.py", "tests/shared/test_h5store.py"
+RELEASED, HOSTILE = "tests/train/test_released.py", "tests/faults/test_hostile_files.py"
+PLANS, FIGURES = "tests/render/test_view_plan_variants.py", "tests/eval/test_figures.py"
+STRICT = "tests/shared/test_strict.py"
+CACHE, TRAIN_FAULTS = "tests/train/test_feature_cache_identity.py", "tests/faults/test_train_faults.py"
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,52 @@ MUTATIONS = [
              '        return {**{name: str(self._identity[name][i]) for name in IDENTITY}, "label": int(self._label[i])}',
              '        return {**{name: str(self._identity[name][i]) for name in IDENTITY}, "label": 1 - int(self._label[i])}',
              (REPORT,)),
+    # issue 25: the kinds of one-line bug an audit planted in code landed since the last audit and the suite
+    # let through; each list starts with the test written for its kind (pytest -x stops at the first failure)
+    Mutation("store check: chunk existence skips the first required row", "shared/store_check.py",
+             "    required = rows[rows >= store.chunks_checked_from]",
+             "    required = rows[rows > store.chunks_checked_from]", (STORE_CHECK, STORE_FAULTS)),
+    Mutation("store check: decoding skips the first row", "shared/store_check.py",
+             "        for row in map(int, rows):",
+             "        for row in map(int, rows[1:]):", (STORE_CHECK, STORE_FAULTS)),
+    Mutation("verify: complete rows checked from the second on", "render/verify.py",
+             "    for index in store.indices():",
+             "    for index in store.indices()[1:]:", (STORE_CHECK, STORE_FAULTS)),
+    Mutation("mutual scoring: negative similarities kept as re-scoring weights", "eval/mutual_scoring.py",
+             "    similarity = (unit @ unit.T).clamp(min=0)",
+             "    similarity = unit @ unit.T", (MUTUAL, DETECT_MUTUAL)),
+    Mutation("mutual scoring: patch scores summed over the radii", "eval/mutual.py",
+             "    return (total / (layers * len(options.radii))).cpu()",
+             "    return (total / layers).cpu()", (MUTUAL, DETECT_MUTUAL)),
+    Mutation("schema: views/mask names its row and col axes swapped", "shared/store_schema.py",
+             '    ArraySpec("views/mask", ("V", "S", "S"), "uint8", 0, "mask", dims=("view", "row", "col"),',
+             '    ArraySpec("views/mask", ("V", "S", "S"), "uint8", 0, "mask", dims=("view", "col", "row"),',
+             (SCHEMA,)),
+    Mutation("schema: cameras/intrinsic names its row3 and col3 axes swapped", "shared/store_schema.py",
+             '    ArraySpec("cameras/intrinsic", (3, 3), "float64", float("nan"), "intrinsic", '
+             'dims=("row3", "col3"),',
+             '    ArraySpec("cameras/intrinsic", (3, 3), "float64", float("nan"), "intrinsic", '
+             'dims=("col3", "row3"),',
+             (SCHEMA,)),
+    Mutation("HDF5 export: replaces any file with a format attribute", "shared/h5store.py",
+             '            ours = json.loads(file.attrs.get("format", "null")) == FORMAT',
+             '            ours = "format" in file.attrs', (H5, HOSTILE)),
+    Mutation("import-released: the folder's tapped layers ignored", "train/released.py",
+             "    layers = tuple(layers) if layers else hints.layers",
+             "    layers = tuple(layers) if layers else None", (RELEASED, HOSTILE)),
+    Mutation("view plan: pre-rotations composed in the wrong order", "render/view_plan.py",
+             "            out = rotation(axis, angle) @ out",
+             "            out = out @ rotation(axis, angle)", (PLANS,)),
+    Mutation("figures: the multimodal PLY carries the point scores", "eval/report_figures.py",
+             "                                            result.multimodal_point_scores,",
+             "                                            result.point_scores,",
+             (FIGURES, "tests/eval/test_report.py")),
+    Mutation("strict: a too-long list accepted for a fixed-length tuple", "shared/strict.py",
+             "        if len(value) != len(args):",
+             "        if len(value) < len(args):", (STRICT,)),
+    Mutation("features: the cache ignores the rows' stored content", "train/features.py",
+             '    identity.setdefault("row_content", row_content(store_path, rows))',
+             "    pass", (CACHE, TRAIN_FAULTS)),
 ]
 
 
