@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -21,8 +22,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pointad.shared.errors import ConfigError, PointADError
+from pointad.shared.errors import CheckpointMismatchError, ConfigError, PointADError
 from pointad.shared.io import atomic_path
+from pointad.shared.limits import check_value
 from pointad.shared.lock import writer_lock
 from pointad.shared.store import open_store, store_fingerprint
 from pointad.train.model.backbone import FrozenCLIP, encode_views, load_backbone
@@ -32,11 +34,18 @@ from pointad.train.data import StoreSamples, collate, epoch_batches, training_ro
 from pointad.train.features import FeatureCache, cache_identity, compute_features
 from pointad.train.losses import hybrid_loss, parse_loss_terms
 from pointad.train.model.maps import back_project, class_probabilities, patch_maps
-from pointad.train.config import TrainConfig
+from pointad.train.config import LOADER_WORKERS, TrainConfig
 from pointad.train.model.model_config import model_config_for
 from pointad.train.model.prompts import PromptLearner
 
 METRICS_FILE = "metrics.csv"
+# what a run folder holds (and `.<one of these>.*`: their temp and lock files); a folder holding anything else
+# is not a run's
+RUN_FILES = ("config.json", METRICS_FILE, "checkpoints", "features.zarr")
+
+
+class DivergedError(PointADError):
+    """The training loss or the prompts became NaN or infinite: the epoch is not recorded, no checkpoint written."""
 
 
 @dataclass
@@ -169,11 +178,24 @@ class Trainer:
         labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
         if self.world > 1:
             sums = self._all_reduce(sums)
+        self._check_finite(epoch, dict(zip(names, sums.tolist())))  # same sums and prompts on every rank
+        if self.world > 1:
             scores, labels = self._all_gather(scores), self._all_gather(labels)
         metrics = {name: float(value) / len(self.rows) for name, value in zip(names, sums.tolist())}
         metrics["point_auroc"] = _auroc(labels, scores)
         metrics["seconds"] = time.perf_counter() - started
         return metrics
+
+    def _check_finite(self, epoch: int, sums: dict) -> None:
+        """DivergedError naming the epoch when a loss term or a prompt value is NaN or infinite (a learning rate
+        too large): stopped before the epoch's metrics row and checkpoint, which would only hold NaN."""
+        bad = [name for name, value in sums.items() if not math.isfinite(value)]
+        if not bad and all(bool(torch.isfinite(p).all()) for p in self.prompts.parameters()):
+            return
+        what = f"the loss ({', '.join(bad)}) is {sums[bad[0]]}" if bad else "the prompts hold NaN or inf"
+        kept = f"checkpoints up to epoch {epoch - 1} are kept" if epoch > 1 else "no checkpoint was written"
+        raise DivergedError(f"{self.run_dir}: epoch {epoch}: training diverged, {what}; {kept}. Lower --lr "
+                            f"(this run: {self.config.lr:g}) and train again with another --out")
 
     def _all_reduce(self, values: torch.Tensor) -> torch.Tensor:
         """The sum over ranks of a CPU tensor (moved to this rank's device for NCCL, returned on the CPU)."""
@@ -227,8 +249,69 @@ class Trainer:
         check_compatible(path, payload, model=self.model_identity(), config=self.config.identity(),
                          store_fingerprint=self.store_fingerprint)
         self.prompts.load_state(payload["prompts"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        check_optimizer_state(path, payload)
+        try:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointMismatchError(f"{path}: damaged optimizer state ({exc}); {_RESUME_FROM_EARLIER}") from None
         return int(payload["epoch"])
+
+
+_RESUME_FROM_EARLIER = "delete this checkpoint to resume from the one before, or train again with another --out"
+
+
+def check_optimizer_state(path: Path, payload: dict) -> None:
+    """CheckpointMismatchError naming `path` unless the checkpoint's prompts are finite and its Adam state fits
+    them: param groups with finite hyperparameters over the prompt tensors (ctx, deep, in order), and per
+    tensor a finite step count and moment estimates of its shape. Checked when resuming, before any work:
+    a damaged state would otherwise fail at the first optimizer step, or poison every epoch after it."""
+    def refuse(reason):
+        raise CheckpointMismatchError(f"{path}: damaged optimizer state ({reason}); {_RESUME_FROM_EARLIER}")
+    prompts = payload.get("prompts") or {}
+    shapes = []
+    for key in ("ctx", "deep"):
+        tensor = prompts.get(key)
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise CheckpointMismatchError(f"{path}: prompt state {key!r} is not a float tensor; {_RESUME_FROM_EARLIER}")
+        if not bool(torch.isfinite(tensor).all()):
+            raise CheckpointMismatchError(f"{path}: prompt state {key!r} holds NaN or inf (a diverged run); "
+                                          f"{_RESUME_FROM_EARLIER}")
+        shapes.append(tuple(tensor.shape))
+    optimizer = payload.get("optimizer")
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict) \
+            or not isinstance(optimizer.get("param_groups"), list):
+        refuse("not a mapping of 'state' and 'param_groups'")
+    ids = []
+    for group in optimizer["param_groups"]:
+        if not isinstance(group, dict) or not isinstance(group.get("params"), list):
+            refuse("a param group without a 'params' list")
+        ids += group["params"]
+        for key in ("lr", "eps", "weight_decay"):
+            if key in group and not _finite_number(group[key]):
+                refuse(f"{key} {group[key]!r}")
+        betas = group.get("betas", (0.9, 0.999))
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2 or not all(_finite_number(b) for b in betas):
+            refuse(f"betas {betas!r}")
+    if sorted(ids, key=str) != list(range(len(shapes))):
+        refuse(f"parameters {ids}, the prompts have {len(shapes)}")
+    for index, state in optimizer["state"].items():
+        if index not in ids or not isinstance(state, dict):
+            refuse(f"state of unknown parameter {index!r}")
+        step = state.get("step")
+        if isinstance(step, torch.Tensor):
+            step = step.item() if step.numel() == 1 else None
+        if not _finite_number(step) or step < 0:
+            refuse(f"parameter {index}: step {state.get('step')!r}")
+        for key in ("exp_avg", "exp_avg_sq"):
+            moment = state.get(key)
+            if not isinstance(moment, torch.Tensor) or tuple(moment.shape) != shapes[index]:
+                refuse(f"parameter {index}: {key} is not a tensor of shape {list(shapes[index])}")
+            if not bool(torch.isfinite(moment).all()):
+                refuse(f"parameter {index}: {key} holds NaN or inf")
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -236,12 +319,42 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a run's metrics.csv ([] if there is none), checked: an 'epoch' column of whole numbers >= 1
+    and numbers (or nothing) in every other column; PointADError naming the file and the line otherwise."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            fields = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise PointADError(f"{path}: unreadable metrics file ({exc}); {_METRICS_FIX}") from None
+    if "epoch" not in fields:
+        raise PointADError(f"{path}: damaged metrics file (no 'epoch' column); {_METRICS_FIX}")
+    for line, row in enumerate(rows, start=2):
+        for key, value in row.items():
+            if key is None or value is None:
+                raise PointADError(f"{path}: damaged metrics file (line {line} has {len(fields)} columns "
+                                   f"in the header but not in the row); {_METRICS_FIX}")
+            try:
+                number = int(value) if key == "epoch" else (float(value) if value else 0.0)
+            except ValueError:
+                raise PointADError(f"{path}: damaged metrics file (line {line}, {key}: {value[:40]!r} is not a "
+                                   f"number); {_METRICS_FIX}") from None
+            if key == "epoch" and number < 1:
+                raise PointADError(f"{path}: damaged metrics file (line {line}: epoch {number}); {_METRICS_FIX}")
+    return rows
+
+
+_METRICS_FIX = "repair or delete it to resume (it is rewritten from the next epoch on)"
+
+
 def _append_metrics(path: Path, row: dict) -> None:
     """Append one epoch to metrics.csv (rewritten atomically so a kill never leaves half a line)."""
-    rows = []
-    if path.exists():
-        with open(path, newline="") as handle:
-            rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) < row["epoch"]]
+    rows = [r for r in read_metrics(path) if int(r["epoch"]) < row["epoch"]]
     rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     names = list(rows[-1])
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
@@ -261,6 +374,7 @@ def train(config: TrainConfig, run_dir: Path, *, device="cpu", clip_weights=None
     """
     run_dir = Path(run_dir)
     rank, _ = _world()
+    check_value(loader_workers, LOADER_WORKERS, "--loader-workers")
     check_run_dir(run_dir)
     with writer_lock(run_dir, "train run") if rank == 0 else nullcontext():
         return _train_locked(config, run_dir, rank, device=device, clip_weights=clip_weights, resume=resume,
@@ -270,8 +384,10 @@ def train(config: TrainConfig, run_dir: Path, *, device="cpu", clip_weights=None
 
 
 def check_run_dir(run_dir: Path) -> None:
-    """PointADError unless run_dir is absent, or a folder where our files may go (never a file, a Zarr
-    store, or a folder whose config.json or metrics.csv is not a run's: we would overwrite them)."""
+    """PointADError unless run_dir is absent, or a folder where our files may go: never a file, a Zarr store,
+    a folder whose config.json or metrics.csv is not a run's (we would overwrite them), or a folder that is
+    no run yet and holds anything but what a run writes (`RUN_FILES`: the current directory full of the
+    user's files, `--out .`, would otherwise be filled with ours)."""
     if not run_dir.exists():
         return
     if not run_dir.is_dir():
@@ -287,6 +403,13 @@ def check_run_dir(run_dir: Path) -> None:
         if not ours:
             raise PointADError(f"{run_dir}: holds a config.json or metrics.csv that is not a training run's; "
                                f"choose another --out")
+        return
+    others = sorted(p.name for p in run_dir.iterdir()
+                    if p.name not in RUN_FILES and not p.name.startswith(tuple(f".{f}." for f in RUN_FILES)))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise PointADError(f"{run_dir}: holds files that are not a training run's ({shown}); --out takes a new or "
+                           f"empty folder, or a run to --resume")
 
 
 def _clean_temps(run_dir: Path) -> None:
@@ -306,6 +429,9 @@ def _train_locked(config: TrainConfig, run_dir: Path, rank: int, *, device, clip
     latest = latest_checkpoint(run_dir)
     if latest is not None and not resume:
         raise PointADError(f"{run_dir}: already holds checkpoints; pass --resume to continue or choose another --out")
+    if resume and latest is not None:  # what resuming reads, checked before the features and the model
+        check_optimizer_state(latest, load_checkpoint(latest))
+        read_metrics(run_dir / METRICS_FILE)
     if rank == 0:
         _clean_temps(run_dir)
     bar = progress_factory(None, "features") if progress_factory and rank == 0 and config.feature_cache else None
@@ -327,9 +453,11 @@ def _train_locked(config: TrainConfig, run_dir: Path, rank: int, *, device, clip
     result = TrainResult(run_dir=run_dir)
     for epoch in range(start, config.epochs + 1):
         bar = progress_factory(len(trainer.rows), f"epoch {epoch}/{config.epochs}") if progress_factory else None
-        metrics = trainer.run_epoch(epoch, progress=bar)
-        if bar is not None:
-            bar.close()
+        try:
+            metrics = trainer.run_epoch(epoch, progress=bar)
+        finally:  # closed before an error is printed, so the error is a line of its own
+            if bar is not None:
+                bar.close()
         if rank == 0:
             # metrics first: a kill between the two re-runs this epoch on resume, which rewrites its row
             _append_metrics(run_dir / METRICS_FILE, {"epoch": epoch, **metrics})
