@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pointad.shared.errors import ConfigError, PointADError
+from pointad.shared.names import unique_component
 from pointad.shared.registry import load_registry
 from pointad.shared.store import open_store, store_fingerprint
 from pointad.train.model.checkpoint import EPOCH_FILE, latest_checkpoint
@@ -49,8 +50,10 @@ def store_dataset(store_path, dataset: str | None = None) -> str:
 
 
 def run_dir_for(runs_dir, dataset: str, class_name: str, seed: int) -> Path:
-    """A run's directory: `<runs_dir>/<dataset>-<class>-<seed>` (also `train run`'s default --out)."""
-    return Path(runs_dir) / f"{dataset}-{class_name}-{seed}"
+    """A run's directory: `<runs_dir>/<dataset>-<class>-<seed>` (also `train run`'s default --out), always one
+    folder inside runs_dir: dataset and class names come from data (a store, datasets.yaml), so the name goes
+    through `shared.names.unique_component` ('../x' or '/abs' never leave runs_dir)."""
+    return Path(runs_dir) / unique_component(f"{dataset}-{class_name}-{seed}", fallback="run")
 
 
 def _pairs(dataset: str, classes, seeds) -> list[tuple[str, int]]:
