@@ -10,6 +10,8 @@ writer lock is held from creation to the recorded failures. Loky workers end wit
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -168,6 +170,61 @@ def render_row(out: Path, row: int, entry: DatasetEntry, ref: SampleRef, options
     return None
 
 
+SCHEDULER_TIMEOUT = 30.0  # seconds to reach a --scheduler, and for it to have a worker
+DASK_PORT = 8786  # a scheduler address without a port means dask's default
+
+
+def check_scheduler(address: str, timeout: float | None = None) -> None:
+    """PointADError in one line unless `address` is a dask scheduler address that answers as one within
+    `timeout` seconds (SCHEDULER_TIMEOUT): a malformed address, a closed port, a silent service and a
+    service of another kind (which dask's client would read as a message of any length: an allocation of
+    exabytes, or a hang) are refused before a store is touched. Schemes other than tcp are only parsed."""
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+    timeout = SCHEDULER_TIMEOUT if timeout is None else timeout
+    where = f"--scheduler {address}"
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in ("tcp", "tls", "inproc", "ucx", "ws", "wss"):
+            raise ValueError(f"unknown scheme '{scheme}'")
+        host, port = parse_host_port(location, default_port=DASK_PORT) if scheme == "tcp" else (None, None)
+        if scheme == "tcp" and not host:
+            raise ValueError("no host")
+    except (ValueError, TypeError) as exc:
+        raise PointADError(f"{where}: not a dask scheduler address ({exc}); give tcp://host:port") from None
+    if scheme != "tcp":
+        return
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as probe:
+            probe.settimeout(timeout)
+            header = probe.recv(8, socket.MSG_WAITALL)  # a scheduler greets first: its handshake's byte count
+    except TimeoutError:
+        raise PointADError(f"{where}: nothing answered within {timeout:g} s (is a dask scheduler running "
+                           "there?)") from None
+    except OSError as exc:
+        raise PointADError(f"{where}: cannot connect ({exc.strerror or exc}); start `dask scheduler` there "
+                           "or leave --scheduler out for a local cluster") from None
+    size = struct.unpack("<Q", header)[0] if len(header) == 8 else 0
+    if not 0 < size < 2**20:
+        raise PointADError(f"{where}: the service there is not a dask scheduler (it does not answer as one)")
+
+
+def _connect(scheduler: str):
+    """A dask Client of `scheduler` holding at least one worker; PointADError in one line otherwise."""
+    from dask.distributed import Client
+    try:
+        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
+    except (OSError, ValueError, TimeoutError, MemoryError) as exc:
+        raise PointADError(f"--scheduler {scheduler}: cannot connect ({str(exc).splitlines()[0][:200]})") from None
+    try:
+        client.wait_for_workers(1, timeout=SCHEDULER_TIMEOUT)
+    except (OSError, TimeoutError) as exc:
+        client.close()
+        raise PointADError(f"--scheduler {scheduler}: no worker joined within {SCHEDULER_TIMEOUT:g} s; start "
+                           f"`dask worker {scheduler}`") from None
+    return client
+
+
 def _run(tasks: list[tuple], workers: int, backend: str, scheduler: str | None, threads: int | None = None):
     """Yield (task, failure reason or None) as tasks finish, on the chosen executor; threads: each worker's
     budget (None: all CPUs for one local worker, WORKER_RASTER_THREADS for several or on dask)."""
@@ -176,7 +233,7 @@ def _run(tasks: list[tuple], workers: int, backend: str, scheduler: str | None, 
         from dask.distributed import Client, LocalCluster, as_completed
         cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                       dashboard_address=None)
-        with Client(scheduler or cluster) as client:
+        with (_connect(scheduler) if scheduler else Client(cluster)) as client:
             # a cluster's workers run in folders of their own: give them absolute store and dataset paths
             def absolute(out, row, entry, ref, options):
                 root = None if entry.root is None else Path(entry.root).absolute()
@@ -232,6 +289,8 @@ def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, class
     several or on dask). The rows do not depend on it.
     """
     out = Path(out)
+    if backend == "dask" and scheduler:
+        check_scheduler(scheduler)  # before the store is created or locked
     options = dataset_render_options(options, entry)
     refs = list_samples(entry, classes, splits)
     if not refs:
