@@ -14,9 +14,41 @@ import numpy as np
 from pointad.eval.metrics import (aupro_components, aupro_graph, aupro_pointad_compat, image_metrics,
                           organized_component_ids, point_auroc)
 from pointad.eval.scoring import SampleScores
+from pointad.shared.errors import PointADError
+from pointad.shared.limits import nonfinite
 
 BLOCKS = ("point", "rgb", "multimodal")
 METRICS = {"i_auroc": "I-AUROC", "ap": "AP", "p_auroc": "P-AUROC", "aupro": "AUPRO"}
+
+
+def nonfinite_scores(result: SampleScores) -> str | None:
+    """What of one sample's scores is NaN or +-inf ("the sample score is nan, 1200 of 1200 point scores"), or
+    None when every score (point, RGB and multimodal blocks, the compat grids) is finite."""
+    found = []
+    for block, score, points in (("point", result.score, result.point_scores),
+                                 ("rgb", result.rgb_score, result.rgb_point_scores),
+                                 ("multimodal", result.multimodal_score, result.multimodal_point_scores)):
+        if score is not None and not math.isfinite(float(score)):
+            found.append(f"the {block} sample score is {float(score)}")
+        bad = 0 if points is None else nonfinite(points)
+        if bad:
+            found.append(f"{bad} of {np.size(points)} {block} point scores are NaN or inf")
+    for block, (grid, score) in (result.compat or {}).items():
+        if nonfinite(grid) or not math.isfinite(float(score)):
+            found.append(f"the {block} pointad-compat scores are NaN or inf")
+    return "; ".join(found) or None
+
+
+def require_finite_scores(results, source: str) -> None:
+    """PointADError in one line naming `source` (a checkpoint, a run and class) and the sample when a score of
+    `results` (SampleScores) is NaN or inf: the metrics, a report or a detection would be silently wrong or
+    invalid JSON. Such scores come from prompts or weights that are not finite (a diverged run)."""
+    for result in results:
+        problem = nonfinite_scores(result)
+        if problem is not None:
+            sample = result.identity.get("sample_id", "?")
+            raise PointADError(f"{source}: sample {sample}: {problem} (prompts or model weights not finite? a "
+                               "diverged run); use another checkpoint or train again")
 
 
 def block_arrays(results: list[SampleScores], block: str):

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from pointad.eval.class_metrics import BLOCKS, METRICS, class_metrics
+from pointad.eval.class_metrics import BLOCKS, METRICS, class_metrics, require_finite_scores
 from pointad.eval.paper import published, table_number
 from pointad.eval.report_figures import pick_rows, write_class_figures
 from pointad.eval.runs import BackboneCache, load_run
@@ -178,6 +178,7 @@ def build_report(config: ReportConfig, device="cpu", progress=None, bar=None) ->
                                                    compat="pointad-compat" in config.protocols, keep_view_maps=keep))
                 for k, number in enumerate(group):
                     results = [per_row[k] for per_row in scored]
+                    require_finite_scores(results, f"{runs[number].label}: class {name}")  # before any metric
                     has_rgb |= any(r.has_rgb for r in results)
                     samples += sample_records(runs[number].label, results)
                     for protocol in config.protocols:

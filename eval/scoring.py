@@ -300,6 +300,8 @@ def score_store_runs(store_path, rows, backbone, texts: list, device="cpu", batc
     text features of `texts`. The vision tower runs once per batch for all of them (the model is frozen,
     only the prompts differ between runs); keep_view_maps applies to the first run. prefetch: read the next
     batch from the store in a thread while this one is scored (the same scores either way)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")  # -2 would score nothing
     store = open_store(store_path)
     rows = [int(r) for r in rows]
     chunks = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
