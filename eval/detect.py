@@ -15,10 +15,11 @@ or converted from the released code) renders with `RenderOptions`' defaults (`Re
 which came from where). The image size and max points also set the preprocessing, as in `render build`;
 the store records no other preprocessing options, so the format's defaults apply, chosen by suffix.
 
-Scores are reported for the INPUT points, in input order: preprocessing may drop points (missing
-or background cells, farthest-point sampling, the grid resize), so every input point takes the score
-of its nearest scored point (scipy cKDTree, in the input's frame: the flip is undone first); a kept
-point is its own nearest. Outputs, written atomically: `scores.npy` (P,) float32; `scores.ply`, the input
+Scores are reported for the INPUT points, in input order: preprocessing and rendering may drop points
+(missing or background cells, farthest-point sampling to max_points, the grid resize, the store's
+`--downsample`), so every input point takes the score of its nearest scored point, a point of the
+rendered row (scipy cKDTree, in the input's frame: the flip is undone first); a scored point is its own
+nearest. Outputs, written atomically: `scores.npy` (P,) float32; `scores.ply`, the input
 points coloured by score on a linear blue -> red ramp over the scores' range (or centred on --threshold),
 with the score itself as a float property (`eval.figures.write_scored_ply`); `scores.json`, the sample
 score, the colour scale used and the threshold's verdict.
@@ -246,6 +247,8 @@ def load_cloud(path: Path, image_size: int = RenderOptions.image_size,
 
 def to_input_points(input_points: np.ndarray, scored_points: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """(P,) float32: each input point gets the score of its nearest scored point (both in the input frame)."""
+    if len(scored_points) != len(scores):  # scores of other points would map wrong, or fail far from here
+        raise ValueError(f"{len(scores)} point scores for {len(scored_points)} scored points")
     _, nearest = cKDTree(np.asarray(scored_points, np.float64)).query(np.asarray(input_points, np.float64))
     return np.asarray(scores, np.float32)[nearest]
 
@@ -253,16 +256,22 @@ def to_input_points(input_points: np.ndarray, scored_points: np.ndarray, scores:
 # --- the command's work ---------------------------------------------------------------------------------
 
 def render_cloud(cloud, choice: RenderChoice, device="cpu"):
-    """(input points (P, 3), preprocessed `Sample`, its points in the input frame, the rendered row
-    `SampleArrays`): the cloud read, preprocessed and rendered as `choice` says."""
+    """(input points (P, 3), preprocessed `Sample`, the rendered row's points in the input frame, the rendered
+    row `SampleArrays`): the cloud read, preprocessed and rendered as `choice` says. The row holds fewer points
+    than the sample with a `downsample` below 1; its points are the ones scored."""
     options = choice.options
     input_points, sample, prep = load_cloud(Path(cloud), options.image_size, options.max_points)
     options = replace(options, max_points=max(sample.n_points, 1))  # no padding slots: they change no score
     rasterizer = (None if options.renderer == "splat"
                   else worker_rasterizer(options.image_size * options.supersample, options.renderer))
     arrays = render_sample(sample, options, rasterizer, device=device)
-    kept = flip_x180(sample.points) if prep.flip else sample.points
-    return input_points, sample, kept, arrays
+    rendered = row_points(arrays)
+    return input_points, sample, flip_x180(rendered) if prep.flip else rendered, arrays
+
+
+def row_points(arrays) -> np.ndarray:
+    """(n, 3) float32: the points of a rendered row (`SampleArrays`), those its point scores are for."""
+    return np.asarray(arrays.xyz)[np.asarray(arrays.valid)]
 
 
 def detect(cloud, checkpoint, *, device="cpu", clip_weights=None, render: RenderChoice | None = None,
@@ -273,12 +282,12 @@ def detect(cloud, checkpoint, *, device="cpu", clip_weights=None, render: Render
     fields (views=3, point_size=2.0, ...) replacing the recorded ones."""
     choice = render if render is not None else checkpoint_render(checkpoint, **overrides)
     run = load_run(checkpoint, BackboneCache(clip_weights, device))
-    input_points, sample, kept, arrays = render_cloud(cloud, choice, device)
+    input_points, sample, scored_points, arrays = render_cloud(cloud, choice, device)
     autocast = str(device).startswith("cuda")
     scored = score_arrays(arrays, {"class_name": CLASS_NAME, "sample_id": sample.sample_id}, run.backbone,
                           run.text, device, autocast=autocast)
     return Detection(score=float(scored.score), points=input_points,
-                     point_scores=to_input_points(input_points, kept, scored.point_scores), cloud=str(cloud),
+                     point_scores=to_input_points(input_points, scored_points, scored.point_scores), cloud=str(cloud),
                      checkpoint=str(checkpoint), render=choice)
 
 
@@ -307,8 +316,8 @@ def detect_mutual(cloud, reference: Reference, *, model: str = DEFAULT_MODEL, cl
     tiny model). A reference row holding the cloud itself is left out (`same_cloud_rows`), as `eval report`
     leaves each sample out of its own reference. render: default `reference_render(reference, **overrides)`."""
     choice = render if render is not None else reference_render(reference, **overrides)
-    input_points, sample, kept, arrays = render_cloud(cloud, choice, device)
-    excluded = same_cloud_rows(reference.store, reference.rows, sample.points)
+    input_points, sample, scored_points, arrays = render_cloud(cloud, choice, device)
+    excluded = same_cloud_rows(reference.store, reference.rows, row_points(arrays))  # rows hold rendered points
     rows = [r for r in reference.rows if r not in excluded]
     if not rows:
         raise PointADError(f"{reference.store}: no reference sample of {reference.dataset}/{reference.class_name} "
@@ -321,7 +330,7 @@ def detect_mutual(cloud, reference: Reference, *, model: str = DEFAULT_MODEL, cl
                                      reference.store, rows, backbone, options, device, batch_size,
                                      autocast=str(device).startswith("cuda"))
     return Detection(score=float(scored.score), points=input_points,
-                     point_scores=to_input_points(input_points, kept, scored.point_scores), cloud=str(cloud),
+                     point_scores=to_input_points(input_points, scored_points, scored.point_scores), cloud=str(cloud),
                      checkpoint="", method=MUTUAL, render=choice, reference=reference)
 
 

@@ -165,3 +165,78 @@ def test_a_checkpoint_without_the_record_renders_with_the_defaults_and_says_so(d
                                             str(tmp_path / "new"), "--device", "cpu"])
     assert recorded.exit_code == 0, recorded.output
     np.testing.assert_array_equal(np.load(tmp_path / "old" / "scores.npy"), np.load(tmp_path / "new" / "scores.npy"))
+
+
+# --- a run trained on a store built with --downsample (issue 21, item 6) -----------------------------------
+
+def _nearest_by_brute_force(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """(Q,) index of the nearest of `points` to each query, from every distance (no tree)."""
+    from scipy.spatial.distance import cdist
+    points, queries = np.asarray(points, np.float64), np.asarray(queries, np.float64)
+    return np.concatenate([cdist(queries[start:start + 1024], points, "sqeuclidean").argmin(axis=1)
+                           for start in range(0, len(queries), 1024)])
+
+
+@pytest.fixture(scope="module")
+def downsampled_run(mvtec_dataset, tmp_path_factory):
+    """(store, run): the cookie test samples rendered with --downsample 0.5, and a 1-epoch tiny run on it."""
+    _, entry = mvtec_dataset
+    folder = tmp_path_factory.mktemp("downsampled")
+    store = folder / "renders.zarr"
+    build_store(entry, store, RenderOptions(views=3, image_size=336, supersample=1, point_size=2, downsample=0.5),
+                classes=["cookie"], splits=["test"])
+    train(TrainConfig(store=str(store), class_name="cookie", model="tiny", epochs=1, batch_size=4), folder / "run")
+    return store, folder / "run"
+
+
+def test_a_downsampled_runs_scores_are_its_store_rows_nearest_point_scores(downsampled_run, mvtec_dataset, tmp_path):
+    """A store sample given to detect renders as its row (the same half of its points), and each input
+    point takes the stored score of its nearest stored point (found here by brute force, in the input frame)."""
+    from pointad.eval.runs import BackboneCache, load_run
+    from pointad.eval.scoring import score_store
+    from pointad.shared.store import open_store
+    store_path, run = downsampled_run
+    store = open_store(store_path)
+    row = next(int(r) for r in store.indices(dataset="synthetic-mvtec3d", class_name="cookie", split="test")
+               if store.identity(int(r))["defect_type"] == "crack")
+    sample = store.sample(row)
+    tiff = Path(mvtec_dataset[1].root) / sample.sample_id
+    result = _detect(tiff, run, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "downsample 0.5" in result.stderr.splitlines()[0]  # the recorded option was used
+    import tifffile
+    grid = tifffile.imread(tiff).astype(np.float64)
+    inputs = grid[(np.nan_to_num(grid) != 0).any(axis=-1)]
+    _check_outputs(tmp_path / "out", len(inputs), stdout=result.output)
+    loaded = load_run(run, BackboneCache(None, "cpu"))
+    stored = next(score_store(store_path, [row], loaded.backbone, loaded.text, batch_size=1))
+    n = int(sample.n_points)
+    assert len(stored.point_scores) == n < 0.6 * len(inputs)  # half the kept points were rendered
+    frame = sample.xyz[:n].astype(np.float64) * np.array([1.0, -1.0, -1.0])  # the MVTec flip turned back
+    expected = stored.point_scores[_nearest_by_brute_force(frame, inputs)]
+    difference = np.abs(np.load(tmp_path / "out" / "scores.npy") - expected)
+    worst = int(np.argmax(difference))
+    assert difference[worst] <= 1e-6, f"largest difference {difference[worst]:.3g} at input point {worst}"
+
+
+def test_a_downsampled_run_scores_every_point_of_a_new_cloud(downsampled_run, real3d_dataset, tmp_path):
+    """An unorganized cloud: half its points are rendered and scored; every input point takes the score of
+    its nearest rendered point, and a rendered point keeps its own."""
+    from pointad.eval.detect import checkpoint_render, detect, render_cloud
+    _, run = downsampled_run
+    spec, _ = real3d_dataset
+    planned = next(p for p in synthetic.plan(spec) if p.split == "test" and p.defect != "good")
+    points = synthetic.sample_arrays(spec, planned)["points"].astype(np.float64)
+    ply = tmp_path / "cloud.ply"
+    o3d.io.write_point_cloud(str(ply), o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points)))
+    result = _detect(ply, run, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    _check_outputs(tmp_path / "out", len(points), stdout=result.output)
+    scores = np.load(tmp_path / "out" / "scores.npy")
+    np.testing.assert_array_equal(detect(ply, run).point_scores, scores)
+    _, _, rendered, arrays = render_cloud(ply, checkpoint_render(run))
+    assert int(arrays.n_points) == len(rendered) == round(0.5 * len(points))
+    own = _nearest_by_brute_force(points, rendered)  # each rendered point's own input point
+    assert np.abs(points[own] - rendered).max() < 1e-5  # (float32 in the row)
+    expected = scores[own][_nearest_by_brute_force(rendered, points)]
+    np.testing.assert_array_equal(scores, expected)

@@ -121,3 +121,47 @@ def test_mutual_options_belong_to_mutual_scoring(tmp_path):
     result = CliRunner().invoke(pointad, ["detect", str(cloud), "--checkpoint", str(tmp_path), "--reference",
                                           str(tmp_path)])
     assert result.exit_code == 2 and "--reference: for --method mutual-scoring only" in result.output
+
+
+# --- a reference store built with --downsample (issue 21, item 6) ------------------------------------------
+
+@pytest.fixture(scope="module")
+def downsampled_store(mvtec_dataset, tmp_path_factory):
+    """The cookie test samples rendered as the evaluation store, but with --downsample 0.5."""
+    from pointad.render.build import build_store
+    from pointad.render.sample_render import RenderOptions
+    out = tmp_path_factory.mktemp("downsampled") / "renders.zarr"
+    build_store(mvtec_dataset[1], out, RenderOptions(views=3, image_size=336, supersample=1, point_size=2,
+                                                     downsample=0.5), classes=["cookie"], splits=["test"])
+    return out
+
+
+def _nearest_by_brute_force(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """(Q,) index of the nearest of `points` to each query, from every distance (no tree)."""
+    from scipy.spatial.distance import cdist
+    points, queries = np.asarray(points, np.float64), np.asarray(queries, np.float64)
+    return np.concatenate([cdist(queries[start:start + 1024], points, "sqeuclidean").argmin(axis=1)
+                           for start in range(0, len(queries), 1024)])
+
+
+def test_a_downsampled_reference_scores_the_cloud_as_the_report_does(downsampled_store, mvtec_dataset):
+    """The store sample renders as its row (half its points), is recognised as itself and left out, and each
+    input point takes the report's score of its nearest stored point (brute force, in the input frame)."""
+    store = open_store(downsampled_store)
+    row, path = _crack(downsampled_store, mvtec_dataset)
+    options = MutualOptions(radii=(1, 3), rescore_ks=())
+    reference = reference_rows(downsampled_store, MVTEC, "cookie")
+    result = detect_mutual(path, reference, model="tiny", options=options)
+    assert result.render.options.downsample == 0.5
+    assert result.reference.excluded == [store.identity(row)["sample_id"]] and row not in result.reference.rows
+    inputs = _measured(path)
+    np.testing.assert_array_equal(result.points, inputs)
+    sample = store.sample(row)
+    assert sample.n_points < 0.6 * len(inputs)
+    rows = [int(r) for r in store.indices(dataset=MVTEC, class_name="cookie", split="test")]
+    backbone = BackboneCache(None, "cpu").get(mutual_model_config(load_model_config("tiny"), options.layers),
+                                              BASELINE_SEED)
+    scored = score_class(downsampled_store, rows, backbone, options)[rows.index(row)]
+    frame = sample.xyz[:sample.n_points].astype(np.float64) * TURN_BACK
+    _assert_close(result.point_scores, scored.point_scores[_nearest_by_brute_force(frame, inputs)])
+    assert result.score == pytest.approx(scored.score, abs=1e-5)
