@@ -240,3 +240,25 @@ def test_a_downsampled_run_scores_every_point_of_a_new_cloud(downsampled_run, re
     assert np.abs(points[own] - rendered).max() < 1e-5  # (float32 in the row)
     expected = scores[own][_nearest_by_brute_force(rendered, points)]
     np.testing.assert_array_equal(scores, expected)
+
+
+def test_a_crafted_compressed_pcd_is_one_line_in_a_detect_process(detect_run, tmp_path):
+    """Issue 21, item 5: POINTS promising 10^8 points over a 200-point binary_compressed payload (Open3D's
+    reader crashes on it) is our one-line error from a real `pointad detect` process, and nothing is written."""
+    import os
+    import re
+    import subprocess
+    import sys
+    path = tmp_path / "crafted.pcd"
+    points = np.random.default_rng(0).random((200, 3))
+    assert o3d.io.write_point_cloud(str(path), o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points)),
+                                    compressed=True)
+    path.write_bytes(re.sub(rb"\n(POINTS|WIDTH) 200\n", rb"\n\1 100000000\n", path.read_bytes()))
+    result = subprocess.run([sys.executable, "-c", "from pointad.shared.cli import main; main()", "detect", str(path),
+                             "--checkpoint", str(detect_run), "--out", str(tmp_path / "out"), "--device", "cpu"],
+                            cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("Error: ")] == [
+        f"Error: {path}: declares 100000000 points (1200000000 bytes), its compressed data unpacks to 2400 bytes"]
+    assert not (tmp_path / "out" / "scores.npy").exists()
