@@ -8,14 +8,30 @@ projections and visibility follow from `points/xyz` and the stored cameras (`cam
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from pointad.render.sample_render import RenderOptions, render_sample
+from pointad.shared import strict
+from pointad.shared.errors import ConfigError, StoreSchemaError
 from pointad.shared.sample import Sample
 from pointad.shared.store import RenderStore, StoredSample
 from pointad.shared.store_check import chunk_problems
+
+
+def recorded_options(store: RenderStore) -> RenderOptions:
+    """The store's render options (`attrs.render`) as RenderOptions, read strictly: a value of another type or
+    out of range is one StoreSchemaError line naming the store and the option. Options recorded before they
+    existed take their defaults; `point_size` is the store-wide one (`point_sizes` holds the per-class ones)."""
+    known = RenderOptions.__dataclass_fields__
+    values = {k: v for k, v in store.attrs.render.items() if k in known}
+    source = f"{store.path}: store attribute 'render'"
+    try:
+        return strict.from_dict(RenderOptions, values, source, error=StoreSchemaError)
+    except ConfigError as exc:  # RenderOptions' own checks name the command-line option, not the store
+        raise StoreSchemaError(f"{source}: {exc}") from None
 
 
 def check_sample(sample: StoredSample, store: RenderStore) -> list[str]:
@@ -70,7 +86,7 @@ def _reproduce(sample: StoredSample, store: RenderStore) -> list[str]:
     the matrices, so a pixel may differ only by rounding (within PIXEL_SLACK of half a pixel), a point's
     depth only relatively by DEPTH_SLACK, and points within PIXEL_SLACK of the image border are not judged.
     """
-    attrs, n = store.attrs, int(sample.n_points)
+    attrs, options, n = store.attrs, recorded_options(store), int(sample.n_points)
     points = sample.xyz[:n]
     if sample.intrinsic is None:
         from pointad.render.migrate import store_cameras  # v1: the cameras v1's verify derived
@@ -98,7 +114,7 @@ def _reproduce(sample: StoredSample, store: RenderStore) -> list[str]:
     for view in range(len(depth)):
         np.minimum.at(nearest[view], pid[view][inside[view]], depth[view][inside[view]])
     front = np.take_along_axis(nearest, pid, axis=1)  # (V, n): nearest depth in each point's pixel
-    if store.attrs.render.get("visibility", "nearest") == "nearest":
+    if options.visibility == "nearest":
         wrong = stored & (~inside | (depth > front * (1 + DEPTH_SLACK)))
         counts = np.zeros_like(nearest, dtype=np.int64)
         for view in range(len(depth)):
@@ -110,7 +126,7 @@ def _reproduce(sample: StoredSample, store: RenderStore) -> list[str]:
     else:
         centre = (points.min(axis=0) + points.max(axis=0)) / 2  # the bounding radius, as render_sample uses
         radius = float(np.linalg.norm(points - centre, axis=1).max(initial=0))
-        limit = front + attrs.render["surface_tolerance"] * radius
+        limit = front + options.surface_tolerance * radius
         wrong = (stored & (~inside | (depth > limit * (1 + DEPTH_SLACK)))) | \
             (~stored & inside & (depth < limit * (1 - DEPTH_SLACK)))
     wrong &= judged
@@ -133,14 +149,13 @@ def rerender_problems(sample: StoredSample, store: RenderStore, device="cpu") ->
     recorded options and renderer: splat must give the same bytes; legacy at least CLOSE_FRACTION of
     the pixels within CLOSE_LEVELS and a mean difference under CLOSE_MEAN levels (rendered masks alike,
     splatted masks equal). Filament stores are not re-rendered (no reference tolerance measured)."""
-    render = store.attrs.render
-    renderer = render.get("renderer", "legacy")
+    recorded = recorded_options(store)
+    renderer = recorded.renderer
     if renderer == "filament":
         return []
-    known = RenderOptions.__dataclass_fields__
-    size = render.get("point_sizes", {}).get(f"{sample.dataset}/{sample.class_name}", render.get("point_size"))
-    options = RenderOptions(**{k: v for k, v in render.items() if k in known and k not in ("point_size", "downsample")},
-                            point_size=size, downsample=1.0)  # the stored points are the drawn ones
+    sizes = store.attrs.render.get("point_sizes") or {}  # StoreAttrs checked: "dataset/class" -> a positive number
+    size = sizes.get(f"{sample.dataset}/{sample.class_name}", recorded.point_size)
+    options = replace(recorded, point_size=float(size), downsample=1.0)  # the stored points are the drawn ones
     n = int(sample.n_points)
     organized = tuple(sample.grid_hw) != (0, 0)
     cloud = Sample(dataset=sample.dataset, class_name=sample.class_name, split=sample.split,
@@ -180,6 +195,7 @@ def verify_store(store: RenderStore, progress=None, rerender: int = 3, device="c
     `rerender` rows spread over the store, differences from a fresh render (`rerender_problems`)."""
     def name(i):
         return f"{store.identity(i)['dataset']}:{store.identity(i)['sample_id']}"
+    recorded_options(store)  # tampered options: one line before any row is read
 
     problems = [f"{name(i)}: row {i} is incomplete" for i in np.flatnonzero(~store.complete)]
     damaged = set()
@@ -214,7 +230,7 @@ def store_summary(store: RenderStore) -> str:
     render = attrs.render
     lines = [f"{store.path}: pointad render store, schema v{store.schema_version}, {len(store)} samples, {size / 2**20:.1f} MiB "
              f"({size / max(len(store), 1) / 2**20:.2f} MiB per sample)",
-             f"views {attrs.views} ({attrs.view_plan['name']}), image {attrs.image_size}px, max_points "
+             f"views {attrs.views} ({attrs.view_plan.get('name', '?')}), image {attrs.image_size}px, max_points "
              f"{attrs.max_points}, knn {attrs.knn}, visibility {render.get('visibility')}, light {render.get('light')}, "
              f"supersample {render.get('supersample')}",
              f"drawn by renderer {render.get('renderer', 'legacy')}, masks {render.get('masks', 'render')}",

@@ -22,7 +22,7 @@ import numpy as np
 
 from pointad.shared.errors import PointADError, StoreSchemaError
 from pointad.shared.io import os_error, temp_sibling
-from pointad.shared.store import FORMAT, RenderStore, StoreAttrs, first_line, open_group, open_store
+from pointad.shared.store import FORMAT, ROW_COUNT, RenderStore, StoreAttrs, first_line, open_group, open_store
 from pointad.shared.store_write import require_writable
 
 __all__ = ["export_h5", "open_h5_store", "GZIP_LEVEL"]
@@ -104,7 +104,7 @@ class H5RenderStore(RenderStore):
                                    f"{first_line(exc)})") from None
         try:
             attrs = _json_attrs(self._file.attrs)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise StoreSchemaError(f"{self.path}: root attributes are not JSON text ({first_line(exc)}); "
                                    "not a twin written by 'render export'") from None
         self.attrs = StoreAttrs.from_dict(attrs, source=str(self.path))
@@ -116,12 +116,38 @@ class H5RenderStore(RenderStore):
             self._arrays[spec.path] = array
         self._index_arrays()
 
+    unusable = "export the store again"
+
+    def _check_array(self, spec) -> None:
+        super()._check_array(spec)
+        rows = self._arrays[spec.path].shape[0]
+        if rows != self._n:  # written whole, once: every array has exactly N rows
+            raise StoreSchemaError(f"{self.path}: array {spec.path} has {rows} rows, {ROW_COUNT} {self._n}; "
+                                   f"{self.unusable}")
+
+    def _chunks(self, array) -> tuple | None:
+        return None if array.chunks is None else tuple(array.chunks)
+
+    def _stored_chunks(self, array, needed: int) -> int:
+        """How many of the first `needed` chunks along N of the 1-d `array` are allocated in the file."""
+        count = array.id.get_num_chunks()
+        if count < needed:
+            return count
+        starts = {array.id.get_chunk_info(i).chunk_offset[0] for i in range(count)}
+        return sum(i * array.chunks[0] in starts for i in range(needed))
+
     def __getstate__(self):
         raise TypeError("an open HDF5 store is not picklable; pass its path and open it in each process")
 
     def _array_attr(self, path: str, key: str, default):
         value = self._arrays[path].attrs.get(key)
-        return default if value is None else json.loads(value)
+        if value is None:
+            return default
+        try:
+            return json.loads(value)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise StoreSchemaError(f"{self.path}: array {path}: attribute {key} is not JSON text "
+                                   f"({first_line(exc)}); {self.unusable}") from None
 
     def _strings(self, path: str) -> np.ndarray:
         return np.array(self._arrays[path].asstr()[: self._n].tolist(), dtype=str)

@@ -5,6 +5,11 @@ are in place before); a reader takes it before any other array's shape, and rows
 (an append killed half-way) are ignored. So a reader opened while a build appends sees N rows with every
 identity set, and only complete rows are read. Writing is `shared/store_write.py`'s. Schema v1 stores are
 read (no cameras); `open_store` also reads the HDF5 twin that `render export` writes (`shared/h5store.py`).
+
+Opening checks every array's metadata against the schema before any row is read (design §8): rank, row
+shape and dtype from the root attributes, the chunking of §4.3, and that the chunks of `samples/sample_id`
+holding the N rows are on disk. So a tampered `zarr.json` claiming 10^9 rows, or chunks of 10^9 rows, is one
+line naming the array, never an allocation of what it claims.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ _UNUSABLE = "render into another --out"
 # them all; older versions skipped chunks holding only the fill value): only those rows' chunks are required
 CHECKED_FROM = "every_chunk_written_from_row"
 ROW_COUNT = "samples/sample_id"
+# identity arrays (coordinator-written) share chunks of IDENTITY_CHUNK = 4096 rows (shared/store_write.py);
+# a chunk of more rows than this was not written by any version
+MAX_SHARED_CHUNK = 1 << 16
 DEFAULT_BATCH_FIELDS = ("image", "pixel", "visible", "valid", "label", "proxy")
 
 
@@ -44,13 +52,16 @@ def open_group(path: Path, mode: str) -> zarr.Group:
     except (FileNotFoundError, NotADirectoryError, zarr.errors.NodeNotFoundError,
             zarr.errors.ContainsArrayError) as exc:
         raise StoreSchemaError(f"{path}: not a pointad render store (no Zarr group there)") from exc
-    except ValueError as exc:  # the group's zarr.json is not JSON, or not Zarr metadata
+    except (ValueError, RecursionError) as exc:  # the group's zarr.json is not JSON (or nested past Python's
+        # recursion limit), or not Zarr metadata
         raise StoreSchemaError(f"{path}: the store's zarr.json is unreadable ({first_line(exc)})") from None
 
 
-def first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message`, at most `limit` characters (messages may quote what was read)."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    line = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def read_attrs(group: zarr.Group, path: Path) -> StoreAttrs:
@@ -80,6 +91,11 @@ def _read_rows(arrays: list, selection, store_path=None) -> list[np.ndarray]:
     return results
 
 
+def _tuple(items) -> str:
+    """A shape as Python prints one, its letters unquoted: (N=6, 3, 96) or (N=6,)."""
+    return f"({', '.join(map(str, items))}{',' if len(items) == 1 else ''})"
+
+
 def _describe_rows(selection) -> str:
     if isinstance(selection, slice):
         return f"{selection.start}-{selection.stop - 1}"
@@ -94,6 +110,8 @@ class RenderStore:
     Rows written after opening become visible by opening the store again. A schema v1 store reads the
     same but for its cameras (None in samples; `render migrate` computes them).
     """
+
+    unusable = _UNUSABLE  # what to do about arrays that do not fit the schema
 
     def __init__(self, path, group: zarr.Group):
         self.path = Path(path)
@@ -118,9 +136,13 @@ class RenderStore:
     def _index_arrays(self) -> None:
         """Row count, schema checks, identity columns and flags, once `self._arrays` holds every array."""
         self._arrays = {spec.path: self._arrays[spec.path] for spec in self._specs()}
-        self._n = self._arrays[ROW_COUNT].shape[0]
-        for spec in self._specs():
+        count = self._arrays[ROW_COUNT]
+        self._n = count.shape[0] if len(count.shape) == 1 else 0  # another rank: _check_array names it
+        # the row count first: every other array is judged against it
+        for spec in sorted(self._specs(), key=lambda s: s.path != ROW_COUNT):
             self._check_array(spec)
+            if spec.path == ROW_COUNT:
+                self._check_rows_stored(count)
         self._identity = {name: self._strings(f"samples/{name}") for name in IDENTITY}
         self._label = np.asarray(self._arrays["samples/label"][: self._n])
         self._complete = np.asarray(self._arrays["samples/complete"][: self._n])
@@ -142,12 +164,47 @@ class RenderStore:
         return _read_rows([self._arrays[p] for p in paths], selection, self.path)
 
     def _check_array(self, spec: ArraySpec) -> None:
+        """StoreSchemaError naming the array unless its rank, row shape, dtype and chunks are the schema's and
+        it has at least N rows (more: an append killed before it grew `samples/sample_id`, ignored)."""
         array = self._arrays[spec.path]
         row = spec.row_shape(self.attrs)
+        shape = tuple(array.shape)
         dtype_ok = self._is_string(array) if spec.dtype == "str" else array.dtype == np.dtype(spec.dtype)
-        if array.shape[1:] != row or array.shape[0] < self._n or not dtype_ok:
-            raise StoreSchemaError(f"{self.path}: array {spec.path} is {array.shape} {array.dtype}, schema says "
-                                   f"(N={self._n}, {', '.join(map(str, row))}) {spec.dtype}; {_UNUSABLE}")
+        if len(shape) != 1 + len(row) or shape[1:] != row or shape[0] < self._n or not dtype_ok:
+            raise StoreSchemaError(f"{self.path}: array {spec.path} is {shape} {array.dtype}, schema says "
+                                   f"{_tuple((f'N={self._n}', *row))} {spec.dtype}; {self.unusable}")
+        chunks = self._chunks(array)
+        most = 1 if spec.worker else MAX_SHARED_CHUNK
+        if chunks is None or len(chunks) != len(shape) or tuple(chunks[1:]) != row or not 1 <= chunks[0] <= most:
+            along = "1" if spec.worker else f"1..{most}"
+            raise StoreSchemaError(f"{self.path}: array {spec.path} is chunked {chunks}, schema says "
+                                   f"{_tuple((along, *row))}; {self.unusable}")
+
+    def _chunks(self, array) -> tuple | None:
+        """The array's chunk shape; None if it is stored otherwise (sharded: the schema's arrays are not)."""
+        return None if array.shards is not None else tuple(array.chunks)
+
+    def _check_rows_stored(self, count) -> None:
+        """StoreSchemaError unless every chunk of `samples/sample_id` that holds one of the N rows is stored: the
+        coordinator writes them all before it grows the array (shared/store_write.py), so a row count the
+        chunks do not hold is a tampered or damaged `zarr.json`, and the identity columns are not read."""
+        per_chunk = self._chunks(count)[0]
+        needed = -(-self._n // per_chunk)
+        stored = self._stored_chunks(count, needed)
+        if stored < needed:
+            raise StoreSchemaError(f"{self.path}: array {ROW_COUNT} says {self._n} rows, but {needed - stored} of "
+                                   f"the {needed} chunks holding them are not on disk; {self.unusable}")
+
+    def _stored_chunks(self, array, needed: int) -> int:
+        """How many of the first `needed` chunks along N of the 1-d `array` are on disk (one listing)."""
+        prefix = f"{array.path}/"
+
+        async def keys():
+            return {key[len(prefix):] async for key in array.store_path.store.list_prefix(prefix)}
+        stored = sync(keys()) - {"zarr.json"}
+        if len(stored) < needed:  # too few files: refused without naming each chunk (`needed` may be 10^9)
+            return len(stored)
+        return sum(array.metadata.encode_chunk_key((i,)) in stored for i in range(needed))
 
     def __len__(self) -> int:
         return self._n

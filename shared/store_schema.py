@@ -11,6 +11,8 @@ xarray opens each group as a Dataset) and attributes `meaning`, `units`, `fill_v
 from __future__ import annotations
 
 import json
+import math
+import reprlib
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -24,6 +26,11 @@ READABLE_VERSIONS = (1, 2)  # v1: read-only until `render migrate` (MIGRATE_NOTE
 MIGRATE_NOTE = "schema_version 1 store, read-only in this version; run 'render migrate {path}' to upgrade it in place"
 IDENTITY = ("dataset", "class_name", "split", "defect_type", "sample_id")
 FAILURE_KEYS = ("dataset", "sample_id", "reason")
+# The largest sizes a store may declare, those `render build` can make (render/render_options.py): a row's
+# arrays are allocated from them, so a store declaring more is refused before any row is read (design §8)
+MAX_SIZES = {"views": 64, "image_size": 2048, "max_points": 2048 * 2048, "knn": 64}
+# the numbers of the root attribute `camera` the renderer uses: (low, high), both excluded; None = unbounded
+CAMERA_RANGES = {"fov_degrees": (0, 180), "margin": (0, None)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,19 +57,28 @@ class StoreAttrs:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
-        for name in ("views", "image_size", "max_points", "knn"):
+        for name, most in MAX_SIZES.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"store attribute {name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= most:
+                raise ValueError(f"store attribute {name} must be an integer in 1..{most}, got {_short(value)}")
         for name in ("view_plan", "camera", "software", "render"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"store attribute {name} must be a mapping, got {type(getattr(self, name)).__name__}")
+        for name, (low, high) in CAMERA_RANGES.items():
+            if name in self.camera:
+                _check_number(f"camera.{name}", self.camera[name], low, high)
+        sizes = self.render.get("point_sizes")
+        if sizes is not None:  # "dataset/class" -> the class's point size (render/build.py)
+            if not isinstance(sizes, dict):
+                raise ValueError(f"store attribute render.point_sizes must be a mapping, got {_short(sizes)}")
+            for key, size in sizes.items():
+                _check_number(f"render.point_sizes.{key}", size, 0, None)
         check_failures(self.failures)
         recorded = self._recorded_once()
         clash = sorted(k for k, v in recorded.items() if k in self.render and self.render[k] != v)
         if clash:
             raise ValueError(f"render option(s) {clash} differ from the store attributes "
-                             f"{ {k: recorded[k] for k in clash} }")
+                             f"{_short({k: recorded[k] for k in clash})}")
         object.__setattr__(self, "render", {**self.render, **recorded})
 
     def _recorded_once(self) -> dict:
@@ -86,11 +102,11 @@ class StoreAttrs:
         if not isinstance(data, dict) or "format" not in data:
             raise StoreSchemaError(f"{source}: not a pointad render store (no 'format' attribute)")
         if data["format"] != FORMAT:
-            raise StoreSchemaError(f"{source}: format {data['format']!r}, this version reads {FORMAT!r}; "
+            raise StoreSchemaError(f"{source}: format {_short(data['format'])}, this version reads {FORMAT!r}; "
                                    "not a pointad render store")
         version = data.get("schema_version")
         if isinstance(version, bool) or version not in READABLE_VERSIONS:
-            raise StoreSchemaError(f"{source}: schema_version {version}, this version reads "
+            raise StoreSchemaError(f"{source}: schema_version {_short(version)}, this version reads "
                                    f"{', '.join(map(str, READABLE_VERSIONS))}; open it with the pointad version that "
                                    "wrote it, or render into another --out")
         values = {k: v for k, v in data.items() if k != "format"}
@@ -116,6 +132,24 @@ class StoreAttrs:
         return {"V": self.views, "S": self.image_size, "P": self.max_points, "k": self.knn}
 
 
+_REPR = reprlib.Repr()  # the repr of a value read from a file, ~60 characters at most however large the value
+_REPR.maxstring = _REPR.maxother = 50
+_REPR.maxlevel = 2
+
+
+def _short(value) -> str:
+    return _REPR.repr(value)
+
+
+def _check_number(name: str, value, low, high) -> None:
+    """ValueError unless `value` is a finite number in (low, high) (None: unbounded)."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and math.isfinite(value) and (low is None or value > low) and (high is None or value < high)
+    if not ok:
+        where = f"in ({low}, {high})" if high is not None else f"> {low}"
+        raise ValueError(f"store attribute {name} must be a finite number {where}, got {_short(value)}")
+
+
 def check_failures(failures) -> None:
     """Raise ValueError unless `failures` is a list of {"dataset", "sample_id", "reason"} string mappings."""
     if not isinstance(failures, (list, tuple)):
@@ -123,7 +157,7 @@ def check_failures(failures) -> None:
     for entry in failures:
         if not isinstance(entry, dict) or set(entry) != set(FAILURE_KEYS) \
                 or not all(isinstance(entry[k], str) for k in FAILURE_KEYS):
-            raise ValueError(f"each failure must be {{'dataset', 'sample_id', 'reason'}} strings, got {entry!r}")
+            raise ValueError(f"each failure must be {{'dataset', 'sample_id', 'reason'}} strings, got {_short(entry)}")
 
 
 # render options a v2 store writes once outside `render` (StoreAttrs docstring)

@@ -12,18 +12,28 @@ space limit of a few GiB stops the import itself. A healthy `pointad` command he
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pointad.shared.errors import ConfigError
+from pointad.render.cli import render
+from pointad.render.verify import verify_store
+from pointad.shared.errors import ConfigError, StoreSchemaError
+from pointad.shared.h5store import export_h5
 from pointad.shared.registry import load_registry
+from pointad.shared.store import open_store
+from pointad.shared.store_schema import ARRAYS
 
 DATA_LIMIT = 3 * 2**30  # bytes of heap a tampered file may make a command take (a healthy one takes < 1 GB)
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -101,3 +111,229 @@ def test_fuzzed_alias_and_depth_bombs_give_entries_or_one_line(tmp_path, text):
     except ConfigError as exc:
         message = str(exc)
         assert message.startswith(f"{path}: ") and "\n" not in message and len(message) < 400, message[:500]
+
+
+# --- render stores (item 9) -------------------------------------------------------------------------------
+
+def tampered(reference_store: Path, folder: Path, array: str, change) -> Path:
+    """A copy of the reference store (6 rows, 3 views of 96 px, 9216 points, knn 8) whose `zarr.json` at
+    `array` ("" for the root) was edited by `change(meta)`."""
+    store = folder / "renders.zarr"
+    if not store.exists():
+        shutil.copytree(reference_store, store)
+    document = store / array / "zarr.json"
+    meta = json.loads(document.read_text())
+    change(meta)
+    document.write_text(json.dumps(meta))
+    return store
+
+
+def _rows(n):
+    def change(meta):
+        meta["shape"][0] = n
+    return change
+
+
+def _dim(axis, size):
+    def change(meta):
+        meta["shape"][axis] = meta["chunk_grid"]["configuration"]["chunk_shape"][axis] = size
+    return change
+
+
+def _chunks(*shape):
+    def change(meta):
+        meta["chunk_grid"]["configuration"]["chunk_shape"][: len(shape)] = shape
+    return change
+
+
+def _dtype(name, fill):
+    def change(meta):
+        meta["data_type"], meta["fill_value"] = name, fill
+    return change
+
+
+def _scalar(meta):
+    meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"], meta["dimension_names"] = [], [], []
+
+
+ROWS_NOT_STORED = "array samples/sample_id says 1000000000 rows, but 244140 of the 244141 chunks holding them are not " \
+                  "on disk; render into another --out"
+SHAPE_CASES = {  # name: (array, change, the error after "Error: <store>: ", claims memory: run as a limited process)
+    # every array 10^9 rows: `render info` grew past 9 GB before the fix (10^7 rows: 5.6 GB and 42 s)
+    "every array claims 10^9 rows": ("*", _rows(10**9), ROWS_NOT_STORED, True),
+    "the row count claims 10^9 rows": ("samples/sample_id", _rows(10**9), ROWS_NOT_STORED, True),
+    "chunks of 10^9 rows": ("views/image", _chunks(10**9), "array views/image is chunked (1000000000, 3, 96, 96, 3), "
+                            "schema says (1, 3, 96, 96, 3); render into another --out", True),
+    "identity chunks of 10^9 rows": ("samples/dataset", _chunks(10**9), "array samples/dataset is chunked "
+                                     "(1000000000,), schema says (1..65536,); render into another --out", True),
+    "a view 97 px high": ("views/image", _dim(2, 97), "array views/image is (6, 3, 97, 96, 3) uint8, schema says "
+                          "(N=6, 3, 96, 96, 3) uint8; render into another --out", False),
+    "xyz in float64": ("points/xyz", _dtype("float64", 0.0), "array points/xyz is (6, 9216, 3) float64, schema says "
+                       "(N=6, 9216, 3) float32; render into another --out", False),
+    "chunks of 0 rows": ("points/knn", _chunks(0), "array points/knn is chunked (0, 9216, 8), schema says "
+                         "(1, 9216, 8); render into another --out", False),
+    "a 0-d row count": ("samples/sample_id", _scalar, "array samples/sample_id is () StringDType(), schema says "
+                        "(N=0,) str; render into another --out", False),
+}
+
+
+def cli_error_line(result) -> str:
+    """The one `Error: ...` line of a CliRunner result that failed as it should (exit 1, no exception)."""
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.output, result.exception)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+@pytest.mark.parametrize("case", SHAPE_CASES)
+def test_tampered_shapes_are_one_line_naming_the_array(reference_store, tmp_path, case):
+    """`render info` and `render verify` on each tampered store: exit 1 and one line naming the store and the
+    array, before any column is read. Claims of memory run as processes limited to DATA_LIMIT."""
+    array, change, error, claims_memory = SHAPE_CASES[case]
+    store = tmp_path / "renders.zarr"
+    shutil.copytree(reference_store, store)
+    for target in [spec.path for spec in ARRAYS] if array == "*" else [array]:
+        tampered(reference_store, tmp_path, target, change)
+    for command in ("info", "verify"):
+        if claims_memory:
+            line = one_error_line(pointad(["render", command, store], tmp_path, timeout=120))
+        else:
+            line = cli_error_line(CliRunner().invoke(render, [command, str(store)]))
+        assert line == f"Error: {store}: {error}", (command, line)
+
+
+def test_rows_past_the_row_count_are_ignored_without_reading_them(reference_store, tmp_path):
+    """A worker array claiming 10^9 rows (an append killed before `samples/sample_id` grew leaves more rows than
+    N): the store reads its 6 rows, in bounded memory, and verifies clean."""
+    store = tampered(reference_store, tmp_path, "views/image", _rows(10**9))
+    result = pointad(["render", "info", store], tmp_path, timeout=120)
+    assert result.returncode == 0 and f"{store}: pointad render store, schema v2, 6 samples" in result.stdout, \
+        result.stderr[-3000:]
+    assert verify_store(open_store(store), rerender=0) == []
+
+
+def test_training_refuses_a_tampered_row_count_in_bounded_memory(reference_store, tmp_path):
+    """`train run` opens the store as `render info` does (shared.open_store): the same line."""
+    store = tampered(reference_store, tmp_path, "samples/sample_id", _rows(10**9))
+    line = one_error_line(pointad(["train", "run", "--store", store, "--class", "cookie", "--model", "tiny",
+                                   "--device", "cpu", "--out", tmp_path / "run"], tmp_path, timeout=180))
+    assert line == f"Error: {store}: {ROWS_NOT_STORED}", line
+    assert not (tmp_path / "run").exists()
+
+
+def _attr(path, value):
+    def change(meta):
+        node = meta["attributes"]
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return change
+
+
+ATTR_CASES = {  # name: (change of the root zarr.json, commands refusing it, the error after "Error: <store>: ")
+    "point_sizes a list": (_attr(["render", "point_sizes"], [1, 2]), ("info", "verify"),
+                           "store attribute render.point_sizes must be a mapping, got [1, 2]"),
+    "a point size a string": (_attr(["render", "point_sizes"], {"synthetic-mvtec3d/cookie": "3"}), ("info", "verify"),
+                              "store attribute render.point_sizes.synthetic-mvtec3d/cookie must be a finite number "
+                              "> 0, got '3'"),
+    "fov_degrees a string": (_attr(["camera", "fov_degrees"], "30"), ("info", "verify"),
+                             "store attribute camera.fov_degrees must be a finite number in (0, 180), got '30'"),
+    "fov_degrees 0": (_attr(["camera", "fov_degrees"], 0), ("info", "verify"),
+                      "store attribute camera.fov_degrees must be a finite number in (0, 180), got 0"),
+    "margin negative": (_attr(["camera", "margin"], -1.1), ("info", "verify"),
+                        "store attribute camera.margin must be a finite number > 0, got -1.1"),
+    "views 10^9": (_attr(["views"], 10**9), ("info", "verify"),
+                   "store attribute views must be an integer in 1..64, got 1000000000"),
+    "a long format": (_attr(["format"], "x" * 100_000), ("info", "verify"),
+                      f"format '{'x' * 22}...{'x' * 23}', this version reads 'pointad-renders'; not a pointad render "
+                      "store"),
+    "renderer a list": (_attr(["render", "renderer"], ["splat"]), ("verify",),
+                        "store attribute 'render': 'renderer' must be str, got ['splat']"),
+    "surface_tolerance a string": (_attr(["render", "surface_tolerance"], "a"), ("verify",),
+                                   "store attribute 'render': 'surface_tolerance' must be float, got 'a'"),
+    "light unknown": (_attr(["render", "light"], "dim"), ("verify",),
+                      "store attribute 'render': --light must be one of on, off, +, -, got 'dim'"),
+}
+
+
+@pytest.mark.parametrize("case", ATTR_CASES)
+def test_tampered_attributes_are_one_line_naming_the_store(reference_store, tmp_path, case):
+    """Store attributes of the wrong type or range: `render info` and `render verify` say so in one line
+    (they crashed the verifier before: AttributeError on point_sizes, TypeError on fov_degrees)."""
+    change, commands, error = ATTR_CASES[case]
+    store = tampered(reference_store, tmp_path, "", change)
+    for command in ("info", "verify"):
+        result = CliRunner().invoke(render, [command, str(store)])
+        if command in commands:
+            assert cli_error_line(result) == f"Error: {store}: {error}", command
+        else:
+            assert result.exit_code == 0, result.output
+
+
+def test_root_attributes_nested_past_the_recursion_limit_are_one_line(reference_store, tmp_path):
+    store = tmp_path / "renders.zarr"
+    shutil.copytree(reference_store, store)
+    text = (store / "zarr.json").read_text()
+    (store / "zarr.json").write_text(text.replace('"software": {', '"software": {"deep": ' + "[" * 100_000 +
+                                                  "]" * 100_000 + ", ", 1))
+    with pytest.raises(StoreSchemaError) as info:
+        open_store(store)
+    assert str(info.value).startswith(f"{store}: the store's zarr.json is unreadable (RecursionError: ")
+
+
+@pytest.fixture(scope="module")
+def reference_twin(reference_store, tmp_path_factory) -> Path:
+    """The reference store's HDF5 twin (`render export`)."""
+    out = tmp_path_factory.mktemp("twin") / "renders.h5"
+    export_h5(reference_store, out)
+    return out
+
+
+def _twin_row_count(file: h5py.File, n: int) -> None:
+    """samples/sample_id claiming n rows, only its first chunk written (as a crafted file would)."""
+    values = file["samples/sample_id"].asstr()[:]
+    del file["samples/sample_id"]
+    array = file.create_dataset("samples/sample_id", shape=(n,), chunks=(4096,), dtype=h5py.string_dtype("utf-8"))
+    array[: len(values)] = values.astype(object)
+
+
+TWIN_CASES = {  # name: (change of the open file, the error after "Error: <file>: ")
+    "a dataset attribute not JSON": (
+        lambda f: f["samples/complete"].attrs.__setitem__("every_chunk_written_from_row", "{oops"),
+        "array samples/complete: attribute every_chunk_written_from_row is not JSON text (JSONDecodeError: Expecting "
+        "property name enclosed in double quotes: line 1 column 2 (char 1)); export the store again"),
+    "a root attribute not JSON": (
+        lambda f: f.attrs.__setitem__("camera", "{oops"),
+        "root attributes are not JSON text (JSONDecodeError: Expecting property name enclosed in double quotes: "
+        "line 1 column 2 (char 1)); not a twin written by 'render export'"),
+    "a root attribute a number array": (
+        lambda f: f.attrs.__setitem__("views", np.arange(3)),
+        "root attributes are not JSON text (TypeError: the JSON object must be str, bytes or bytearray, not "
+        "ndarray); not a twin written by 'render export'"),
+    "point_sizes a list": (
+        lambda f: f.attrs.__setitem__("render", json.dumps({**json.loads(f.attrs["render"]), "point_sizes": [3]})),
+        "store attribute render.point_sizes must be a mapping, got [3]"),
+    "an array of another length": (
+        lambda f: f["points/xyz"].resize(7, axis=0),
+        "array points/xyz has 7 rows, samples/sample_id 6; export the store again"),
+    "the row count claims 10^9 rows": (
+        lambda f: _twin_row_count(f, 10**9),
+        "array samples/sample_id says 1000000000 rows, but 244140 of the 244141 chunks holding them are not on disk; "
+        "export the store again"),
+}
+
+
+@pytest.mark.parametrize("case", TWIN_CASES)
+def test_tampered_hdf5_twin_is_one_line_naming_the_file(reference_twin, tmp_path, case):
+    """The HDF5 twin (`--store renders.h5` for train and eval) checked as the Zarr store is: `render info` on a
+    tampered copy says what is wrong in one line (the claim of 10^9 rows as a process limited to DATA_LIMIT)."""
+    change, error = TWIN_CASES[case]
+    twin = tmp_path / "renders.h5"
+    shutil.copy(reference_twin, twin)
+    with h5py.File(twin, "r+") as file:
+        change(file)
+    if "10^9" in case:
+        line = one_error_line(pointad(["render", "info", twin], tmp_path, timeout=120))
+    else:
+        line = cli_error_line(CliRunner().invoke(render, ["info", str(twin)]))
+    assert line == f"Error: {twin}: {error}", line

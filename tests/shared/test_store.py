@@ -129,7 +129,8 @@ def test_unknown_and_missing_attributes_are_errors_naming_them():
         StoreAttrs.from_dict(data, source="renders.zarr")
     with pytest.raises(StoreSchemaError, match=r"^renders.zarr: 'views' must be int, got '9'$"):
         StoreAttrs.from_dict({**ATTRS.to_dict(), "views": "9"}, source="renders.zarr")
-    with pytest.raises(StoreSchemaError, match=r"^renders.zarr: store attribute views must be a positive integer"):
+    with pytest.raises(StoreSchemaError, match=r"^renders.zarr: store attribute views must be an integer in 1..64, "
+                                               r"got 0$"):
         StoreAttrs.from_dict({**ATTRS.to_dict(), "views": 0}, source="renders.zarr")
 
 
@@ -421,3 +422,27 @@ def test_rows_written_at_another_compression_level_read_back_and_resume(tmp_path
     opened = open_store(path)
     for row in range(2):
         _assert_row_equal(opened.sample(row), _arrays(row))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"views": 65}, "store attribute views must be an integer in 1..64, got 65"),
+    ({"image_size": 10**9}, "store attribute image_size must be an integer in 1..2048, got 1000000000"),
+    ({"knn": True}, "'knn' must be int, got True"),
+    ({"camera": {"fov_degrees": 180}}, "store attribute camera.fov_degrees must be a finite number in (0, 180), got 180"),
+    ({"camera": {"fov_degrees": float("nan")}}, "store attribute camera.fov_degrees must be a finite number in (0, 180), "
+                                                "got nan"),
+    ({"camera": {"margin": "1.1"}}, "store attribute camera.margin must be a finite number > 0, got '1.1'"),
+    ({"render": {"point_sizes": "a/b"}}, "store attribute render.point_sizes must be a mapping, got 'a/b'"),
+    ({"render": {"point_sizes": {"a/b": 0}}}, "store attribute render.point_sizes.a/b must be a finite number > 0, got 0"),
+    ({"failures": [{"reason": "x" * 10**6}]}, "each failure must be {'dataset', 'sample_id', 'reason'} strings, got "
+                                              "{'reason': '" + "x" * 22 + "..." + "x" * 23 + "'}"),
+])
+def test_sizes_and_camera_numbers_of_the_attributes_are_bounded(change, message):
+    """The sizes a row is allocated from are at most what `render build` makes; the camera numbers and per-class
+    point sizes (which free-form `camera` and `render` hold) are typed; a long value is shown shortened."""
+    data = ATTRS.to_dict()
+    for key, value in change.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    with pytest.raises(StoreSchemaError) as info:
+        StoreAttrs.from_dict(data, source="renders.zarr")
+    assert str(info.value) == f"renders.zarr: {message}"
