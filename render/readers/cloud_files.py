@@ -1,31 +1,37 @@
 """PLY and PCD point clouds parsed against their own header: a file must hold exactly the points it declares.
 
 Open3D pads a truncated binary PLY with zeros, keeps a half-read ASCII PLY, reads a malformed or short
-ASCII PCD row as whatever the row yields, and trusts a binary_compressed PCD's header so far that one
-declaring more points than its data holds crashes the process (it reads past its buffer). So every PCD
-layout (ascii, binary, binary_compressed: LZF, decompressed here in Python) and the PLY layouts without
-list properties (ascii, binary little or big endian) are parsed here with numpy, and the count the header
-declares is compared with what the data section holds. PLY files with list properties before or inside
-the vertex element go to Open3D, whose point count is then checked against the header. Every function
-raises `ValueError(reason)`; the caller adds the path.
+ASCII PCD row as whatever the row yields, allocates whatever count a header declares, and trusts a
+binary_compressed PCD's header so far that one declaring more points than its data holds crashes the
+process (it reads past its buffer). So no cloud file reaches it: every PLY layout (ascii, binary little
+or big endian, list properties anywhere) and every PCD layout (ascii, binary, binary_compressed: LZF,
+`readers.lzf`) is parsed here with numpy, and the count the header declares is compared with what the
+data section holds before anything of that size is allocated. Every function raises `ValueError(reason)`;
+the caller adds the path.
 
 ASCII data is read one row per line (blank lines skipped), as every writer we know produces it.
 Binary data may be followed by less than one record of trailing bytes; a whole extra record is a
 mismatch like a missing one. A binary_compressed section holds exactly the bytes its two size fields
-declare (what follows them is ignored), and a PCD's WIDTH x HEIGHT must equal its POINTS.
+declare (what follows them is ignored), and a PCD's WIDTH x HEIGHT must equal its POINTS. PLY records
+with list properties vary in length and are walked one by one in Python (about a microsecond per
+property: seconds for a million vertices; such files are rare, faces usually follow the vertices).
 """
 
 from __future__ import annotations
 
+import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from pointad.render.readers.lzf import LZF_MAX_RATIO, lzf_decompress
+
 PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
 PLY_FORMATS = {"ascii": None, "binary_little_endian": "<", "binary_big_endian": ">"}
+STRUCT_CODES = {"i1": "b", "u1": "B", "i2": "h", "u2": "H", "i4": "i", "u4": "I", "f4": "f", "f8": "d"}
 PCD_TYPES = {("F", 4): "f4", ("F", 8): "f8", ("I", 1): "i1", ("I", 2): "i2", ("I", 4): "i4", ("I", 8): "i8",
              ("U", 1): "u1", ("U", 2): "u2", ("U", 4): "u4", ("U", 8): "u8"}
 MAX_HEADER = 1 << 16  # bytes; a header is a few hundred
@@ -112,12 +118,45 @@ def _xyz(records: np.ndarray, names) -> np.ndarray:
 
 # --- PLY ------------------------------------------------------------------------------------------------
 
-def parse_ply(data: bytes) -> np.ndarray | None:
-    """(P, 3) float64 vertex positions, or None for a layout left to Open3D (list properties before or in vertex)."""
+def parse_ply(data: bytes) -> np.ndarray:
+    """(P, 3) float64 vertex positions of a PLY file: ascii or binary, list properties anywhere."""
     if not data.startswith(b"ply"):
         raise ValueError("not a PLY file (no 'ply' magic)")
     lines, offset = _header_lines(data, lambda w: w[0] == "end_header", "PLY", "end_header")
-    encoding, elements = None, []  # elements: [name, count, [(property, type or None for a list)]]
+    encoding, elements = _ply_header(lines)
+    index = next((i for i, e in enumerate(elements) if e[0] == "vertex"), None)
+    if index is None:
+        raise ValueError("PLY file has no 'vertex' element")
+    _, declared, properties = elements[index]
+    names = [name for name, _ in properties]
+    if not {"x", "y", "z"} <= set(names) or len(set(names)) != len(names):
+        raise ValueError("PLY vertex element needs x, y and z properties, each once")
+    if any(_is_list(kind) for name, kind in properties if name in ("x", "y", "z")):
+        raise ValueError("PLY vertex properties x, y and z must not be lists")
+    last = index == len(elements) - 1
+    if encoding == "ascii":
+        text = data[offset:]
+        cut = _nth_line_end(text, sum(e[1] for e in elements[:index]))  # rows of earlier elements come first
+        first_line = len(lines) + 1 + text[:cut].count(b"\n")
+        if any(_is_list(kind) for _, kind in properties):
+            return _ascii_list_rows(text[cut:], first_line, declared, properties, exact=last)
+        table = _ascii_rows(text[cut:], first_line, declared, len(properties), exact=last)
+        return table[:, [names.index(axis) for axis in "xyz"]]
+    order = PLY_FORMATS[encoding]
+    for element in elements[:index]:
+        offset = _binary_walk(data, offset, element, order)[0]
+    if any(_is_list(kind) for _, kind in properties):
+        end, points = _binary_walk(data, offset, elements[index], order, keep=("x", "y", "z"))
+        if last and len(data) - end >= _smallest_record(properties, order):
+            raise ValueError(f"declares {declared} points, {len(data) - end} bytes follow them")
+        return points
+    dtype = np.dtype([(n, order + k) for n, k in properties])
+    return _xyz(_binary_records(data, offset, dtype, declared, last=last), "xyz")
+
+
+def _ply_header(lines) -> tuple[str, list]:
+    """(encoding, elements [name, count, [(property, type, or (count type, item type) for a list)]])."""
+    encoding, elements = None, []
     for number, words in enumerate(lines[1:-1], start=2):
         if not words or words[0] in ("comment", "obj_info"):
             continue
@@ -128,33 +167,94 @@ def parse_ply(data: bytes) -> np.ndarray | None:
         elif words[0] == "property" and elements and len(words) == 3 and words[1] in PLY_TYPES:
             elements[-1][2].append((words[2], PLY_TYPES[words[1]]))
         elif (words[0] == "property" and elements and len(words) == 5 and words[1] == "list"
-              and words[2] in PLY_TYPES and words[3] in PLY_TYPES):
-            elements[-1][2].append((words[4], None))
+              and words[2] in PLY_TYPES and words[3] in PLY_TYPES and PLY_TYPES[words[2]][0] in "iu"):
+            elements[-1][2].append((words[4], (PLY_TYPES[words[2]], PLY_TYPES[words[3]])))
         else:
             raise ValueError(f"PLY header line {number} not understood: {' '.join(words)[:60]!r}")
     if encoding is None:
         raise ValueError("PLY header has no valid 'format' line")
-    index = next((i for i, e in enumerate(elements) if e[0] == "vertex"), None)
-    if index is None:
-        raise ValueError("PLY file has no 'vertex' element")
-    _, declared, properties = elements[index]
-    names = [name for name, _ in properties]
-    if not {"x", "y", "z"} <= set(names) or len(set(names)) != len(names):
-        raise ValueError("PLY vertex element needs x, y and z properties, each once")
-    if any(kind is None for e in elements[: index + 1] for _, kind in e[2]):
-        return None
-    last = index == len(elements) - 1
-    if encoding == "ascii":
-        text = data[offset:]
-        cut = _nth_line_end(text, sum(e[1] for e in elements[:index]))  # rows of earlier elements come first
-        table = _ascii_rows(text[cut:], len(lines) + 1 + text[:cut].count(b"\n"), declared, len(properties),
-                            exact=last)
-        return table[:, [names.index(axis) for axis in "xyz"]]
-    order = PLY_FORMATS[encoding]
-    for _, count, props in elements[:index]:
-        offset += count * np.dtype([(n, order + k) for n, k in props]).itemsize
-    dtype = np.dtype([(n, order + k) for n, k in properties])
-    return _xyz(_binary_records(data, offset, dtype, declared, last=last), "xyz")
+    return encoding, elements
+
+
+def _is_list(kind) -> bool:
+    return isinstance(kind, tuple)
+
+
+def _smallest_record(properties, order: str) -> int:
+    """Bytes of a binary record whose lists are all empty."""
+    return sum(np.dtype(order + (kind[0] if _is_list(kind) else kind)).itemsize for _, kind in properties)
+
+
+def _rows_short(name: str, declared: int, held: str) -> ValueError:
+    if name == "vertex":
+        return ValueError(f"declares {declared} points, {held}")
+    return ValueError(f"PLY element '{name}' declares {declared} rows, {held}")
+
+
+def _binary_walk(data: bytes, offset: int, element, order: str, keep=()) -> tuple[int, np.ndarray]:
+    """(offset past the element's records, (count, len(keep)) float64 of its `keep` scalar properties).
+
+    Records with list properties vary in length, so they are walked one by one (about a microsecond per
+    property), after checking the data can hold the declared count of records with empty lists."""
+    name, count, properties = element
+    if not any(_is_list(kind) for _, kind in properties):
+        size = np.dtype([(n, order + k) for n, k in properties]).itemsize
+        return offset + count * size, np.empty((0, len(keep)))
+    available = max(len(data) - offset, 0)
+    smallest = _smallest_record(properties, order)
+    if count * smallest > available:
+        raise _rows_short(name, count, f"its {available} data bytes hold at most {available // smallest}")
+    steps = [(struct.Struct(order + STRUCT_CODES[kind[0] if _is_list(kind) else kind]),
+              np.dtype(kind[1]).itemsize if _is_list(kind) else None, keep.index(n) if n in keep else None)
+             for n, kind in properties]
+    out = np.empty((count, len(keep)))
+    for row in range(count):
+        for step, item_size, column in steps:
+            try:
+                (value,) = step.unpack_from(data, offset)
+            except struct.error:
+                raise _rows_short(name, count, f"holds {row}") from None
+            offset += step.size
+            if item_size is not None:
+                if value < 0:
+                    raise ValueError(f"PLY element '{name}' row {row + 1}: negative list length {value}")
+                offset += value * item_size
+            elif column is not None:
+                out[row, column] = value
+    if offset > len(data):  # the last record's list runs past the end
+        raise _rows_short(name, count, f"holds {count - 1}")
+    return offset, out
+
+
+def _ascii_list_rows(text: bytes, first_line: int, declared: int, properties, *, exact: bool) -> np.ndarray:
+    """(declared, 3) float64 x, y, z of ASCII vertex rows with list properties, walked row by row (a list
+    is its length, then that many values)."""
+    try:
+        lines = text.decode("ascii").split("\n")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"data section is not ASCII text (byte {exc.start})") from None
+    rows = [(number, line.split()) for number, line in enumerate(lines, start=first_line) if line.strip()]
+    if len(rows) < declared or (exact and len(rows) > declared):
+        raise _mismatch(declared, len(rows))
+    out = np.empty((declared, 3))
+    for row, (number, words) in enumerate(rows[:declared]):
+        at = 0
+        for name, kind in properties:
+            try:
+                if _is_list(kind):
+                    at += 1 + _count(words[at], "list length")
+                else:
+                    if name in ("x", "y", "z"):
+                        out[row, "xyz".index(name)] = float(words[at])
+                    at += 1
+            except IndexError:
+                raise ValueError(f"line {number}: malformed row ({len(words)} values, fewer than its properties "
+                                 "take)") from None
+            except ValueError as exc:
+                raise ValueError(f"line {number}: malformed row, {str(exc)[:60]}") from None
+        if at != len(words):
+            raise ValueError(f"line {number}: malformed row ({len(words)} values, its properties take {at})")
+    return out
 
 
 def _nth_line_end(text: bytes, n: int) -> int:
@@ -171,9 +271,6 @@ def _nth_line_end(text: bytes, n: int) -> int:
 
 
 # --- PCD ------------------------------------------------------------------------------------------------
-
-LZF_MAX_RATIO = 88  # the most an LZF stream expands: a 3-byte back-reference copies at most 264 bytes
-
 
 def parse_pcd(data: bytes) -> np.ndarray:
     """(P, 3) float64 points of a PCD file: DATA ascii, binary or binary_compressed."""
@@ -283,66 +380,16 @@ def _pcd_compressed(data: bytes, offset: int, layout, declared: int) -> np.ndarr
     return _stacked(np.ndarray((declared,), kind, raw, declared * start) for _, kind, _, start in _xyz_fields(layout))
 
 
-def lzf_decompress(stream: bytes, size: int) -> bytes:
-    """The `size` bytes an LZF stream (liblzf's format, used by PCD binary_compressed) decompresses to.
-
-    A control byte c < 32 starts a literal run of c + 1 bytes; any other copies (c >> 5) + 2 bytes (c >> 5
-    of 7: plus the next byte) from ((c & 31) << 8) + the next byte + 1 bytes back in the output. ValueError
-    when the stream is cut, refers before its start, or yields other than `size` bytes; the output never
-    grows past `size`."""
-    out, i, end = bytearray(), 0, len(stream)
-    while i < end:
-        control = stream[i]
-        i += 1
-        if control < 32:
-            run = stream[i:i + control + 1]
-            if len(run) != control + 1:
-                raise ValueError("compressed data cut inside a literal run")
-            out += run
-            i += control + 1
-        else:
-            length = control >> 5
-            if length == 7 and i < end:
-                length += stream[i]
-                i += 1
-            if i >= end:
-                raise ValueError("compressed data cut inside a back-reference")
-            distance = ((control & 31) << 8) + stream[i] + 1
-            i += 1
-            length += 2
-            if distance > len(out):
-                raise ValueError(f"compressed data refers {distance} bytes back at output byte {len(out)}")
-            start = len(out) - distance
-            if distance >= length:
-                out += out[start:start + length]
-            else:  # the copy overlaps what it writes: the last `distance` bytes repeat
-                out += (out[start:] * (length // distance + 1))[:length]
-        if len(out) > size:
-            raise ValueError(f"compressed data decompresses to more than the {size} bytes declared")
-    if len(out) != size:
-        raise ValueError(f"compressed data decompresses to {len(out)} bytes, not the {size} declared")
-    return bytes(out)
-
-
-def read_cloud(path: Path, open3d_read) -> np.ndarray:
-    """(P, 3) float64 points of a .ply or .pcd file; open3d_read(path) -> (P, 3) serves the PLY layouts left to it."""
+def read_cloud(path: Path) -> np.ndarray:
+    """(P, 3) float64 points of a .ply or .pcd file."""
     data = Path(path).read_bytes()
     suffix = Path(path).suffix.lower()
     if suffix == ".pcd":
         points = parse_pcd(data)
     elif suffix == ".ply":
         points = parse_ply(data)
-        if points is None:
-            points, declared = open3d_read(path), _ply_vertex_count(data)
-            if len(points) != declared:
-                raise _mismatch(declared, len(points))
     else:
         raise ValueError(f"unsupported point-cloud suffix '{Path(path).suffix}' (use .ply or .pcd)")
     if len(points) == 0:
         raise ValueError("empty point cloud (0 points)")
     return points
-
-
-def _ply_vertex_count(data: bytes) -> int:
-    lines, _ = _header_lines(data, lambda w: w[0] == "end_header", "PLY", "end_header")
-    return next(_count(w[2], "PLY vertex count") for w in lines if w[:2] == ["element", "vertex"] and len(w) == 3)

@@ -1,7 +1,7 @@
 """Load one dataset file each, with a one-line `InputFileError` that names the file on any failure.
 
 tifffile, Pillow and numpy do the parsing and this module checks what they return; PLY and PCD clouds
-are parsed against their header in `cloud_files` (Open3D accepts truncated ones).
+are parsed against their header in `cloud_files` (Open3D accepts truncated ones, and crashes on some).
 """
 
 from __future__ import annotations
@@ -10,15 +10,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import open3d as o3d
 import tifffile
 import yaml
 from PIL import Image, UnidentifiedImageError
 
 from pointad.render.readers.cloud_files import read_cloud
 from pointad.shared.errors import InputFileError
-
-o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
 
 
 def _fail(path: Path, reason: str) -> InputFileError:
@@ -70,11 +67,6 @@ def read_image(path: Path, mode: str) -> np.ndarray:
         raise _fail(path, f"unreadable image ({_first_line(exc)})") from exc
 
 
-def _open3d_points(path: Path) -> np.ndarray:
-    cloud = o3d.io.read_point_cloud(str(path), remove_nan_points=False, remove_infinite_points=False)
-    return np.asarray(cloud.points)
-
-
 def read_point_cloud(path: Path) -> np.ndarray:
     """(P, 3) float64 points of a .pcd or .ply file, exactly as many as its header declares (see cloud_files).
 
@@ -82,7 +74,7 @@ def read_point_cloud(path: Path) -> np.ndarray:
     """
     _require(path)
     try:
-        return read_cloud(path, _open3d_points)
+        return read_cloud(path)
     except OSError as exc:
         raise _fail(path, f"unreadable ({exc.strerror or _first_line(exc)})") from exc
     except ValueError as exc:

@@ -19,7 +19,7 @@ import numpy as np
 import open3d as o3d
 import pytest
 
-from pointad.render.readers.cloud_files import lzf_decompress
+from pointad.render.readers.lzf import lzf_decompress
 from pointad.render.readers.files import read_point_cloud
 from pointad.shared.errors import InputFileError
 
@@ -252,3 +252,76 @@ def test_a_downsampled_build_of_repeated_points_passes_verify(fmt, tmp_path):
     if fmt == "mvtec3d":
         assert len(np.unique(row.grid_index[:n])) == n
     assert verify_store(store) == []
+
+
+# --- PLY files with list properties before or in the vertex element ------------------------------------------
+
+def _list_ply(encoding: str, declared: int | None = None, rows: int = COUNT) -> bytes:
+    """A PLY whose faces come first and whose vertices carry a list (`idx`) between y and z: records of
+    varying length. Face i lists i % 4 vertex indices; vertex i lists i % 3 values."""
+    faces, vertices = 5, POINTS[:rows]
+    header = (f"ply\nformat {encoding} 1.0\nelement face {faces}\nproperty list uchar int vertex_indices\n"
+              f"element vertex {rows if declared is None else declared}\nproperty float x\nproperty float y\n"
+              "property list uchar short idx\nproperty float z\nproperty uchar q\nend_header\n").encode()
+    if encoding == "ascii":
+        face_rows = [" ".join(map(str, [i % 4] + list(range(i % 4)))) for i in range(faces)]
+        vertex_rows = [" ".join([f"{x:.9g}", f"{y:.9g}", str(i % 3), *map(str, range(i % 3)), f"{z:.9g}", "7"])
+                       for i, (x, y, z) in enumerate(vertices)]
+        return header + ("\n".join(face_rows + vertex_rows) + "\n").encode()
+    order = "<" if encoding == "binary_little_endian" else ">"
+    body = b"".join(np.array([i % 4], "u1").tobytes() + np.arange(i % 4, dtype=order + "i4").tobytes()
+                    for i in range(faces))
+    for i, (x, y, z) in enumerate(vertices):
+        body += (np.array([x, y], order + "f4").tobytes() + np.array([i % 3], "u1").tobytes()
+                 + np.arange(i % 3, dtype=order + "i2").tobytes() + np.array([z], order + "f4").tobytes() + b"\x07")
+    return header + body
+
+
+ENCODINGS = ["ascii", "binary_little_endian", "binary_big_endian"]
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_list_property_ply_reads_as_open3d_reads_it(tmp_path, encoding):
+    path = tmp_path / "lists.ply"
+    path.write_bytes(_list_ply(encoding))
+    ours = read_point_cloud(path)
+    theirs = np.asarray(o3d.io.read_point_cloud(str(path)).points)
+    assert ours.shape == theirs.shape == (COUNT, 3)
+    assert np.abs(ours - theirs).max() <= 1e-7 and np.abs(ours - POINTS).max() <= 1e-7
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_list_property_ply_promising_more_vertices_is_refused(tmp_path, encoding):
+    """Open3D allocates the declared 10^9 vertices for such a file (24 GB: killed, or std::bad_alloc) and
+    returns a cut one's missing vertices as zeros; here both are one line, without the allocation."""
+    path = tmp_path / "lists.ply"
+    smallest = 4 + 4 + 1 + 4 + 1  # bytes of a vertex record whose list is empty
+    cases = [(10**9, f"declares 1000000000 points, holds {COUNT}") if encoding == "ascii" else
+             (10**9, f"declares 1000000000 points, its {len(_list_ply(encoding)) - _data_start(encoding)} data bytes "
+                     f"hold at most {(len(_list_ply(encoding)) - _data_start(encoding)) // smallest}"),
+             (COUNT + 10, f"declares {COUNT + 10} points, holds {COUNT}")]
+    for declared, reason in cases:
+        path.write_bytes(_list_ply(encoding, declared=declared))
+        with pytest.raises(InputFileError) as info:
+            read_point_cloud(path)
+        assert str(info.value) == f"{path}: {reason}"
+
+
+def _data_start(encoding: str) -> int:
+    """Where the vertex records start in `_list_ply(encoding)` (after the header and the five faces)."""
+    whole = _list_ply(encoding)
+    return whole.index(b"end_header\n") + len(b"end_header\n") + sum(1 + 4 * (i % 4) for i in range(5))
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_cut_list_property_ply_is_refused(tmp_path, encoding):
+    """Cut inside the last vertex: one line saying how many whole vertices it holds."""
+    path = tmp_path / "lists.ply"
+    whole = _list_ply(encoding)
+    path.write_bytes(whole[:-3])
+    with pytest.raises(InputFileError) as info:
+        read_point_cloud(path)
+    last_line = whole.count(b"\n")
+    expected = (f"{path}: line {last_line}: malformed row (5 values, its properties take 6)"
+                if encoding == "ascii" else f"{path}: declares {COUNT} points, holds {COUNT - 1}")
+    assert str(info.value) == expected

@@ -165,6 +165,8 @@ def _detect_sources(datasets, folder: Path) -> dict[str, Path]:
                          ("compressed.pcd", {"compressed": True})):
         sources[name] = folder / name
         assert o3d.io.write_point_cloud(str(sources[name]), cloud, **kwargs)
+    sources["lists.ply"] = folder / "lists.ply"
+    sources["lists.ply"].write_bytes(_list_ply(points))
     sources["text.xyz"] = folder / "text.xyz"
     np.savetxt(sources["text.xyz"], points, fmt="%.7g")
     sources["array.npy"] = folder / "array.npy"
@@ -175,14 +177,27 @@ def _detect_sources(datasets, folder: Path) -> dict[str, Path]:
     return sources
 
 
+def _list_ply(points: np.ndarray) -> bytes:
+    """A binary PLY the synthetic generators do not write: two faces first, then vertices whose records carry
+    a list between y and z (vertex i lists i % 3 shorts), so records vary in length."""
+    header = (f"ply\nformat binary_little_endian 1.0\nelement face 2\nproperty list uchar int vertex_indices\n"
+              f"element vertex {len(points)}\nproperty float x\nproperty float y\nproperty list uchar short idx\n"
+              "property float z\nend_header\n").encode()
+    body = b"\x03" + np.arange(3, dtype="<i4").tobytes() + b"\x01" + np.zeros(1, "<i4").tobytes()
+    for i, (x, y, z) in enumerate(points.astype("<f4")):
+        body += (np.array([x, y], "<f4").tobytes() + bytes([i % 3]) + np.arange(i % 3, dtype="<i2").tobytes()
+                 + np.array([z], "<f4").tobytes())
+    return header + body
+
+
 def _check_loaded(result) -> None:
     points, sample, _ = result
     assert points.ndim == 2 and points.shape[1] == 3 and len(points) > 0 and np.isfinite(points).all()
     check_sample(sample)
 
 
-@pytest.mark.parametrize("name", ["binary.ply", "ascii.ply", "binary.pcd", "ascii.pcd", "compressed.pcd", "text.xyz",
-                                  "array.npy", "scan.tiff"])
+@pytest.mark.parametrize("name", ["binary.ply", "ascii.ply", "lists.ply", "binary.pcd", "ascii.pcd", "compressed.pcd",
+                                  "text.xyz", "array.npy", "scan.tiff"])
 def test_damaged_cloud_given_to_detect(datasets, scratch, name):
     from pointad.eval.detect import load_cloud
     folder = scratch / "detect-sources"
