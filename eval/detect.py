@@ -28,6 +28,7 @@ score, the colour scale used and the threshold's verdict.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -174,9 +175,13 @@ class Detection:
 
 def _read_text_points(path: Path) -> np.ndarray:
     try:
-        array = np.loadtxt(path, ndmin=2, dtype=np.float64)
+        with warnings.catch_warnings():  # an empty file is reported below, not warned about
+            warnings.simplefilter("ignore", UserWarning)
+            array = np.loadtxt(path, ndmin=2, dtype=np.float64)
     except (OSError, ValueError) as exc:
         raise InputFileError(f"{path}: unreadable .xyz text ({str(exc).strip().splitlines()[0]})") from exc
+    if array.size == 0:
+        raise InputFileError(f"{path}: empty point cloud (0 points)")
     if array.shape[1] < 3:
         raise InputFileError(f"{path}: expected at least 3 columns (x y z), got {array.shape[1]}")
     return array[:, :3]
@@ -192,7 +197,8 @@ def _read_npy_points(path: Path) -> np.ndarray:
         raise InputFileError(f"{path}: expected one .npy array, got an .npz archive")
     if array.ndim != 2 or array.shape[1] != 3 or not np.issubdtype(array.dtype, np.number):
         raise InputFileError(f"{path}: expected a (P, 3) numeric array, got {array.shape} {array.dtype}")
-    return array.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # NaN stays NaN, reported by the preprocessing with a count
+        return array.astype(np.float64)
 
 
 def check_cloud_path(path) -> Path:
