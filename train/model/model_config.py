@@ -163,7 +163,7 @@ def load_model_config(name: str) -> ModelConfig:
         key = ALIASES.get(key, key)
         path = CONFIG_DIR / f"{key}.json"
         source = f"{path.name}"
-        if not path.is_file():
+        if key not in known_model_configs():  # a shipped name only: never a path built from what was typed
             raise ConfigError(f"unknown model '{name}'; known: {', '.join(known_model_configs())}")
     try:
         data = json.loads(path.read_text())
