@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import click
 import pytest
@@ -12,7 +13,9 @@ from pointad.eval.settings import MutualOptions, ReportConfig
 from pointad.render.cli import render
 from pointad.render.render_options import RenderOptions
 from pointad.render.synthetic import SyntheticSpec
+from pointad.shared import limits
 from pointad.shared.cli import ListOption, pointad
+from pointad.shared.cli import _Bounded as Bounded
 from pointad.shared.registry import FORMATS
 from pointad.train.config import TrainConfig
 
@@ -128,7 +131,7 @@ def test_list_options_share_one_style():
             if option.multiple:
                 lists.append(where)
                 assert isinstance(option, ListOption), f"{where}: multiple=True without shared.cli.list_option"
-            elif "comma" in (option.help or "").lower() or "repeat" in (option.help or "").lower():
+            elif re.search(r"\bcommas?\b|comma-separated|\brepeat", (option.help or "").lower()):  # not "command"
                 disguised.append(where)
     assert disguised == []
     assert {"train run --layers", "eval report --classes", "eval report --checkpoints", "render build --splits",
@@ -168,6 +171,55 @@ def test_option_defaults_are_the_dataclass_defaults(path):
             break
     assert wrong == []
     assert len(checked) >= {("render", "build"): 10, ("render", "synth"): 8, ("eval", "report"): 10}.get(path, 2)
+
+
+# commands whose number options are not bounded yet (SyntheticSpec declares no ranges)
+UNBOUNDED = {("render", "synth")}
+
+
+def test_every_number_option_is_bounded():
+    """Every int or float option (a list option's items too) has a `shared.limits` range: shown in --help,
+    NaN and inf refused, a value outside it one `Error:` line."""
+    loose = [f"{' '.join(path)} {option.opts[0]}" for path, command in ALL_COMMANDS.items() if path not in UNBOUNDED
+             for option in _options(command) if not (option.count or option.is_flag)
+             and isinstance(getattr(option, "item_type", option.type), (click.types.IntParamType,
+                                                                          click.types.FloatParamType))
+             and not isinstance(getattr(option, "item_type", option.type), Bounded)]
+    assert loose == []
+
+
+@pytest.mark.parametrize("path", sorted(DEFAULT_SOURCES), ids=" ".join)
+def test_option_ranges_are_the_dataclass_ranges(path):
+    """An option named after a dataclass field with a declared range takes exactly that range (`range_type`),
+    as it takes its default; --rescore-k also takes 0 (no re-scoring)."""
+    if path in UNBOUNDED:
+        return
+    command = ALL_COMMANDS[path]
+    checked, wrong = [], []
+    for option in _options(command):
+        if option.name == "cache_memory":  # a size with units ('8GiB'): its callback checks the declared range
+            continue
+        for cls, prefix, renames in DEFAULT_SOURCES[path]:
+            names = {renames.get(n, n) for n in _names(option)}
+            names = sorted(n[len(prefix):] for n in names if n.startswith(prefix))
+            declared = [bound for n in names if (bound := _declared(cls, n)) is not None]
+            if not declared:
+                continue
+            rng = getattr(getattr(option, "item_type", option.type), "rng", None)
+            wanted = declared[0] if option.name != "rescore_k" else dataclasses.replace(declared[0], lo=0)
+            checked.append(option.name)
+            if rng != wanted:
+                wrong.append(f"{option.opts[0]}: {rng}, {cls.__name__} declares {wanted}")
+            break
+    assert wrong == []
+    assert len(checked) >= {("render", "build"): 8, ("eval", "report"): 6, ("detect",): 3}.get(path, 1), checked
+
+
+def _declared(cls, name):
+    try:
+        return limits.bound(cls, name)[1]
+    except ValueError:
+        return None
 
 
 def test_format_is_a_dataset_format_only():

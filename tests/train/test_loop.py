@@ -185,3 +185,37 @@ def test_dataloader_workers_and_dpam_depth(train_store, tmp_path):
     shallow = Trainer(_config(train_store, dpam_start=4), tmp_path / "c")
     assert shallow.backbone.config.dual_path_blocks == (4,)
     assert shallow.run_epoch(1)["total"] != inline["total"]
+
+
+def test_a_run_folder_is_new_empty_a_run_or_its_leftovers(tmp_path):
+    """check_run_dir: a folder holding only what a run writes (an interrupted first run's feature cache, our temp
+    files) is a run folder; one holding anything else (`--out .` in a folder of the user's) is refused, naming it."""
+    from pointad.train.loop import check_run_dir
+    folder = tmp_path / "run"
+    check_run_dir(folder)  # absent
+    folder.mkdir()
+    check_run_dir(folder)  # empty
+    (folder / "features.zarr").mkdir()
+    (folder / ".config.json.x1y2.json").write_text("{")
+    (folder / ".features.zarr.pointad-lock").write_text("")
+    check_run_dir(folder)
+    (folder / "notes.txt").write_text("mine")
+    (folder / ".git").mkdir()
+    with pytest.raises(PointADError, match=r"run: holds files that are not a training run's \(\.git, notes\.txt\)"):
+        check_run_dir(folder)
+    (folder / "config.json").write_text('{"train": {}}')  # a run's folder may hold the user's notes
+    check_run_dir(folder)
+
+
+def test_metrics_file_is_read_strictly(tmp_path):
+    from pointad.train.loop import read_metrics
+    path = tmp_path / "metrics.csv"
+    assert read_metrics(path) == []
+    path.write_text("epoch,total,point_auroc\n1,0.5,nan\n2,0.25,\n")
+    assert [r["epoch"] for r in read_metrics(path)] == ["1", "2"]  # nan and empty: undefined values, allowed
+    path.write_text("epoch,total\n0,0.5\n")
+    with pytest.raises(PointADError, match=r"metrics\.csv: damaged metrics file \(line 2: epoch 0\)"):
+        read_metrics(path)
+    path.write_text("epoch,total\n1,0.5x\n")
+    with pytest.raises(PointADError, match=r"line 2, total: '0\.5x' is not a number"):
+        read_metrics(path)
