@@ -60,8 +60,8 @@ class Mutation:
 MUTATIONS = [
     # the five of issue 15, each of which passed the whole suite before its tests were written
     Mutation("detect: preprocessing flip not undone", "eval/detect.py",
-             "    kept = flip_x180(sample.points) if prep.flip else sample.points",
-             "    kept = sample.points", (DETECT,)),
+             "    return input_points, sample, flip_x180(rendered) if prep.flip else rendered, arrays",
+             "    return input_points, sample, rendered, arrays", (DETECT,)),
     Mutation("scoring: unorganized clouds skip k-NN smoothing", "eval/scoring.py",
              '            point_map = smooth_graph(raw[i], batch["knn"][i], batch["knn_weight"][i])[valid]',
              "            point_map = raw[i][valid]", (SCORES, SCORING)),
@@ -69,8 +69,8 @@ MUTATIONS = [
              '            out["aupro"] = aupro_graph(labels, scores, knn, valid)',
              '            out["aupro"] = aupro_graph(labels, scores, knn)', (REPORT,)),
     Mutation("render: proxy from view 0's visibility only", "render/sample_render.py",
-             "    proxy = proxy_indices(points, valid, visible.any(axis=0))",
-             "    proxy = proxy_indices(points, valid, visible[0])", (STORE, GRAPH)),
+             "    proxy = proxy_indices(points, valid, visible.any(axis=0), knn, workers=budget)",
+             "    proxy = proxy_indices(points, valid, visible[0], knn, workers=budget)", (STORE, GRAPH)),
     Mutation("report: mean row is the maximum over classes", "eval/report.py",
              "                        float(np.mean(finite)) if finite else math.nan)",
              "                        float(np.max(finite)) if finite else math.nan)", (REPORT,)),
