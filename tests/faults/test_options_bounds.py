@@ -141,6 +141,14 @@ def test_from_dict_refuses_out_of_range_values_naming_the_source_and_the_key():
         strict.from_dict(RenderOptions, {"views": 1000}, "render")
 
 
+def test_a_dual_path_start_beyond_the_model_is_refused_not_silently_off():
+    from pointad.train.model.model_config import model_config_for
+    assert model_config_for("tiny", dpam_start=4).dual_path_blocks == (4,)
+    assert model_config_for("tiny", dpam_start=0).dual_path_blocks == ()
+    with pytest.raises(ConfigError, match=r"^--dpam-start 5: model 'tiny' has blocks 1\.\.4; 0 turns the dual path off$"):
+        model_config_for("tiny", dpam_start=5)
+
+
 # -- options refused before any work ------------------------------------------------------------------------
 
 REFUSED = [

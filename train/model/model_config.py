@@ -180,5 +180,8 @@ def model_config_for(name: str, layers=None, dpam_start: int | None = None) -> M
         config = config.with_taps(layers)
     if dpam_start is not None:
         last = (config.dual_path_blocks or config.tap_layers)[-1]  # the dual path always ends at the top block
+        if dpam_start > last:  # range(dpam_start, last + 1) would be empty: the dual path silently off
+            raise ConfigError(f"--dpam-start {dpam_start}: model '{config.name}' has blocks 1..{last}; "
+                              "0 turns the dual path off")
         config = config.with_dual_path(range(dpam_start, last + 1) if dpam_start else ())
     return config
