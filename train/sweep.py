@@ -57,9 +57,10 @@ def run_dir_for(runs_dir, dataset: str, class_name: str, seed: int) -> Path:
 
 
 def _pairs(dataset: str, classes, seeds) -> list[tuple[str, int]]:
-    """(class, seed) of a sweep, classes outer; no classes -> the dataset's aux_classes, no seeds -> DEFAULT_SEEDS."""
-    return [(c, int(s)) for c in (tuple(classes or ()) or aux_classes(dataset))
-            for s in (tuple(seeds or ()) or DEFAULT_SEEDS)]
+    """(class, seed) of a sweep, classes outer, each pair once (`--seeds 1,1` is one run, not the same folder
+    trained twice); no classes -> the dataset's aux_classes, no seeds -> DEFAULT_SEEDS."""
+    return list(dict.fromkeys((c, int(s)) for c in (tuple(classes or ()) or aux_classes(dataset))
+                              for s in (tuple(seeds or ()) or DEFAULT_SEEDS)))
 
 
 def plan_sweep(base: TrainConfig, classes, seeds, runs_dir) -> list[PlannedRun]:

@@ -149,6 +149,14 @@ def test_a_dual_path_start_beyond_the_model_is_refused_not_silently_off():
         model_config_for("tiny", dpam_start=5)
 
 
+def test_repeated_classes_and_seeds_are_one_run_each(tmp_path):
+    """`--seeds 1,1` would train one folder twice (the second refused after the first) and count it twice in a
+    report's mean and std."""
+    from pointad.train.sweep import plan_sweep
+    runs = plan_sweep(TrainConfig(store="s", class_name="", dataset="d"), ["a", "a", "b"], [1, 1, 2], tmp_path)
+    assert [(r.config.class_name, r.config.seed) for r in runs] == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+
+
 # -- options refused before any work ------------------------------------------------------------------------
 
 REFUSED = [
