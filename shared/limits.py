@@ -4,8 +4,7 @@ A field states its range in its metadata: `views: int = field(default=9, metadat
 `check_fields(obj)`, called first in the class's `__post_init__`, checks every field so declared (each
 element of a tuple; None passes) and refuses NaN and +-inf in every float field, declared or not. A config
 is therefore checked however it is made: from options, or from a file or a checkpoint through
-`strict.from_dict`, which names the source and the key (`runs/a/config.json: 'batch_size' must be an integer
-in 1..4096, got 0`). The command line derives its option types from the same declaration
+`strict.from_dict`, which names the source and the key (`r.json: 'batch_size' must be in 1..4096, got 0`). The command line derives its option types from the same declaration
 (`shared.cli.range_type`), so `--help` shows the range and a bad value is refused before any work.
 
 Bounds are generous for real use and refuse what would only make an absurd allocation or a silently wrong
@@ -60,7 +59,7 @@ class Range:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
                 or (kind is int and not isinstance(value, numbers.Integral)):
             return f"must be {noun}, got {_short(value)}"
-        if not math.isfinite(value):
+        if not isinstance(value, numbers.Integral) and not math.isfinite(value):  # (an int of 400 digits is finite)
             return f"must be a finite number, got {value}"
         low = self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo))
         high = self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi))

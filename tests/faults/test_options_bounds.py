@@ -112,6 +112,8 @@ def test_every_float_field_refuses_nan_even_without_a_declared_range():
         RenderOptions(angle_shift=math.nan)
     with pytest.raises(OutOfRange, match=r"^--betas must each be a finite number, got inf$"):
         TrainConfig(store="s", class_name="c", betas=(0.5, math.inf))
+    with pytest.raises(OutOfRange, match=r"^--point-size must be in \(0, 100\], got 1000"):
+        RenderOptions(point_size=10**400)  # an int too large for a float is out of range, not an OverflowError
 
 
 def test_from_dict_refuses_out_of_range_values_naming_the_source_and_the_key():
