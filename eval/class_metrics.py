@@ -22,17 +22,17 @@ METRICS = {"i_auroc": "I-AUROC", "ap": "AP", "p_auroc": "P-AUROC", "aupro": "AUP
 
 
 def nonfinite_scores(result: SampleScores) -> str | None:
-    """What of one sample's scores is NaN or +-inf ("the sample score is nan, 1200 of 1200 point scores"), or
-    None when every score (point, RGB and multimodal blocks, the compat grids) is finite."""
+    """What of one sample's scores is NaN or +-inf ("the sample score is nan; 3 of 1200 point scores are NaN or
+    inf"), or None when every score (point, RGB and multimodal blocks, the compat grids) is finite."""
     found = []
-    for block, score, points in (("point", result.score, result.point_scores),
-                                 ("rgb", result.rgb_score, result.rgb_point_scores),
-                                 ("multimodal", result.multimodal_score, result.multimodal_point_scores)):
+    for block, score, points in (("", result.score, result.point_scores),
+                                 ("RGB ", result.rgb_score, result.rgb_point_scores),
+                                 ("multimodal ", result.multimodal_score, result.multimodal_point_scores)):
         if score is not None and not math.isfinite(float(score)):
-            found.append(f"the {block} sample score is {float(score)}")
+            found.append(f"the {block}sample score is {float(score)}")
         bad = 0 if points is None else nonfinite(points)
         if bad:
-            found.append(f"{bad} of {np.size(points)} {block} point scores are NaN or inf")
+            found.append(f"{bad} of {np.size(points)} {block}point scores are NaN or inf")
     for block, (grid, score) in (result.compat or {}).items():
         if nonfinite(grid) or not math.isfinite(float(score)):
             found.append(f"the {block} pointad-compat scores are NaN or inf")

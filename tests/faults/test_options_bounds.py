@@ -371,8 +371,9 @@ def test_resume_with_a_damaged_optimizer_state_stops_before_any_work(trained, tm
     payload = torch.load(checkpoint, weights_only=True)
     damage(payload["optimizer"])
     torch.save(payload, checkpoint)
-    _one_error(_resume(store, run), f"{checkpoint}: damaged optimizer state ({message}",
-               "delete this checkpoint to resume from the one before")
+    error = _one_error(_resume(store, run), f"{checkpoint}: damaged ")
+    # refused by load_checkpoint's own checks (train/model/checkpoint.py) or, at the latest, before resuming
+    assert f"damaged optimizer state ({message}" in error or "damaged pointad checkpoint (optimizer" in error, error
     assert not _features(run).exists(), "features were computed before the check"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_1.pt"]
 
@@ -387,25 +388,57 @@ def _nan_run(run: Path, to: Path) -> Path:
     return to
 
 
-def test_eval_report_refuses_non_finite_scores_naming_run_and_class(trained, tmp_path):
+def _report_args(store, run, out):
+    dataset = json.loads((run / "config.json").read_text())["train"]["dataset"]
+    return ["eval", "report", "--store", store, "--checkpoints", run, "--dataset", dataset, "--setting",
+            "cross-dataset", "--device", "cpu", "--report-format", "json", "--out", out]
+
+
+def _a_cloud(mvtec_dataset) -> Path:
+    return next(Path(mvtec_dataset[1].root).glob("cookie/test/*/xyz/*.tiff"))
+
+
+def test_a_checkpoint_of_nan_prompts_is_one_line_naming_it(trained, tmp_path, mvtec_dataset):
+    """Refused when the checkpoint is read, or at the latest when its scores are: never a table or a file of NaN."""
     store, run = trained
     bad = _nan_run(run, tmp_path / "nan-run")
-    dataset = json.loads((run / "config.json").read_text())["train"]["dataset"]
+    out, scores = tmp_path / "report.json", tmp_path / "scores"
+    error = _one_error(_invoke(_report_args(store, bad, out)), str(bad))
+    assert "NaN" in error and not out.exists()
+    error = _one_error(_invoke(["detect", _a_cloud(mvtec_dataset), "--checkpoint", bad, "--device", "cpu", "--out",
+                                scores, "--threshold", "0.5"]), str(bad))
+    assert "NaN" in error and (not scores.exists() or list(scores.iterdir()) == [])
+
+
+def _nan_at_first(scored):
+    """A `SampleScores` as non-finite prompts or weights make it: the sample score and one point score NaN."""
+    points = scored.point_scores.copy()
+    points[0] = math.nan
+    return dataclasses.replace(scored, score=math.nan, point_scores=points)
+
+
+def test_eval_report_refuses_non_finite_scores_naming_run_class_and_sample(trained, tmp_path, monkeypatch):
+    from pointad.eval import report, scoring
+    store, run = trained
+
+    def nan_scores(*args, **kwargs):
+        for per_row in scoring.score_store_runs(*args, **kwargs):
+            yield [_nan_at_first(scored) for scored in per_row]
+    monkeypatch.setattr(report, "score_store_runs", nan_scores)
     out = tmp_path / "report.json"
-    _one_error(_invoke(["eval", "report", "--store", store, "--checkpoints", bad, "--dataset", dataset,
-                        "--setting", "cross-dataset", "--device", "cpu", "--report-format", "json", "--out", out]),
-               f"{bad / 'checkpoints' / 'epoch_1.pt'}: class cookie: sample ", "NaN or inf")
+    _one_error(_invoke(_report_args(store, run, out)),
+               f"{run / 'checkpoints' / 'epoch_1.pt'}: class cookie: sample cookie/",
+               "the sample score is nan; 1 of ", " point scores are NaN or inf")
     assert not out.exists()
 
 
-def test_detect_refuses_non_finite_scores_and_writes_nothing(trained, tmp_path, mvtec_dataset):
+def test_detect_refuses_non_finite_scores_and_writes_nothing(trained, tmp_path, mvtec_dataset, monkeypatch):
+    from pointad.eval import detect, scoring
     store, run = trained
-    bad = _nan_run(run, tmp_path / "nan-run")
-    _, entry = mvtec_dataset
-    cloud = next(Path(entry.root).glob("cookie/test/*/xyz/*.tiff"))
-    out = tmp_path / "scores"
-    _one_error(_invoke(["detect", cloud, "--checkpoint", bad, "--device", "cpu", "--out", out, "--threshold", "0.5"]),
-               f"checkpoint {bad}: the sample score of {cloud}: 1 of 1 value(s) are NaN or inf", "nothing written")
+    monkeypatch.setattr(detect, "score_arrays", lambda *a, **k: _nan_at_first(scoring.score_arrays(*a, **k)))
+    cloud, out = _a_cloud(mvtec_dataset), tmp_path / "scores"
+    _one_error(_invoke(["detect", cloud, "--checkpoint", run, "--device", "cpu", "--out", out, "--threshold", "0.5"]),
+               f"checkpoint {run}: the sample score of {cloud}: 1 of 1 value(s) are NaN or inf", "nothing written")
     assert not out.exists() or list(out.iterdir()) == []
 
 
@@ -413,7 +446,7 @@ def test_detect_refuses_non_finite_scores_and_writes_nothing(trained, tmp_path, 
 
 NUMBERS = st.one_of(st.integers(min_value=-2**70, max_value=2**70),
                     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-                    st.sampled_from(["nan", "-nan", "inf", "-inf", "1e400", "-0", "0x10", "", " ", "abc", "1_000"]))
+                    st.sampled_from(["nan", "-nan", "inf", "-inf", "1e400", "9" * 400, "-0", "0x10", "", " ", "abc", "1_000"]))
 COMMANDS = [
     (TRAIN, ("--batch-size", "--lr", "--epochs", "--seed", "--loader-workers", "--dpam-start", "--cache-memory")),
     (["render", "build"], ("--views", "--image-size", "--supersample", "--max-points", "--knn", "--point-size",
