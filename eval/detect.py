@@ -38,6 +38,7 @@ from scipy.spatial import cKDTree
 from pointad.eval.figures import color_scale, write_scored_ply
 from pointad.eval.mutual import METHOD as MUTUAL, MutualOptions, mutual_model_config, score_against_reference
 from pointad.eval.runs import BackboneCache, load_run, resolve_checkpoint
+from pointad.eval.class_metrics import require_finite_scores
 from pointad.eval.scoring import score_arrays
 from pointad.render.preprocess import (PreprocessOptions, check_finite_grid, flip_x180, options_for_format,
                                preprocess_organized, preprocess_unorganized)
@@ -292,6 +293,7 @@ def detect(cloud, checkpoint, *, device="cpu", clip_weights=None, render: Render
     autocast = str(device).startswith("cuda")
     scored = score_arrays(arrays, {"class_name": CLASS_NAME, "sample_id": sample.sample_id}, run.backbone,
                           run.text, device, autocast=autocast)
+    require_finite_scores([scored], f"checkpoint {checkpoint}")
     return Detection(score=float(scored.score), points=input_points,
                      point_scores=to_input_points(input_points, scored_points, scored.point_scores), cloud=str(cloud),
                      checkpoint=str(checkpoint), render=choice)
@@ -335,6 +337,7 @@ def detect_mutual(cloud, reference: Reference, *, model: str = DEFAULT_MODEL, cl
     scored = score_against_reference(arrays, {"class_name": reference.class_name, "sample_id": sample.sample_id},
                                      reference.store, rows, backbone, options, device, batch_size,
                                      autocast=str(device).startswith("cuda"))
+    require_finite_scores([scored], f"reference store {reference.store}")
     return Detection(score=float(scored.score), points=input_points,
                      point_scores=to_input_points(input_points, scored_points, scored.point_scores), cloud=str(cloud),
                      checkpoint="", method=MUTUAL, render=choice, reference=reference)
@@ -374,5 +377,6 @@ def write_detection(result: Detection, out: Path, threshold: float | None = None
     write_scored_ply(ply, result.points, result.point_scores, vmin, vmax, threshold=threshold,
                      comments=[f"pointad sample_score {float(result.score)!r}"])
     with atomic_path(summary) as tmp:
-        Path(tmp).write_text(json.dumps(detection_summary(result, vmin, vmax, threshold), indent=2) + "\n")
+        summary = detection_summary(result, vmin, vmax, threshold)
+        Path(tmp).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return npy, ply, summary

@@ -39,6 +39,7 @@ from pointad.eval.scoring import baseline_text_features, score_store_runs
 from pointad.eval.targets import check_file_target
 from pointad.shared.errors import CheckpointMismatchError, PointADError
 from pointad.shared.io import atomic_path
+from pointad.shared.names import printable
 from pointad.shared.store import open_store
 from pointad.shared.threads import submit, worker_pool
 from pointad.train.model.model_config import DEFAULT_SEED, load_model_config
@@ -299,10 +300,16 @@ def attach_paper(report: Report) -> Report:
 def header_line(report: Report) -> str:
     """One line naming the model label, method, setting, data, training class(es) and protocol."""
     h = report.header
-    trained = ", ".join(h["training_classes"]) or "none (no training)"
-    return (f"model: {h['model']} | method: {h['method']} | setting: {h['setting']} | test dataset: "
-            f"{h['dataset']} | training class(es): {trained} | protocol: {', '.join(h['protocols'])} | "
+    trained = ", ".join(map(_md, h["training_classes"])) or "none (no training)"
+    return (f"model: {_md(h['model'])} | method: {h['method']} | setting: {h['setting']} | test dataset: "
+            f"{_md(h['dataset'])} | training class(es): {trained} | protocol: {', '.join(h['protocols'])} | "
             f"runs: {h['runs']}")
+
+
+def _md(name) -> str:
+    """A name from data as markdown text on one line: controls and bidi overrides escaped (`printable`), and
+    '|' escaped so a class called 'a|b' cannot add a table column."""
+    return printable(name).replace("|", "\\|")
 
 
 def _percent(mean: float, std: float, runs: int) -> str:
@@ -326,7 +333,7 @@ def to_markdown(report: Report) -> str:
     With the paper attached, each metric of a block the paper publishes has three columns: ours, the
     paper's value and the difference (ours - paper, in percent points).
     """
-    lines = [f"# PointAD evaluation: {report.header['dataset']}", "", header_line(report), ""]
+    lines = [f"# PointAD evaluation: {_md(report.header['dataset'])}", "", header_line(report), ""]
     if "paper" in report.header:
         lines += [f"paper: {report.header['paper']}", ""]
     for protocol in report.header["protocols"]:
@@ -342,7 +349,7 @@ def to_markdown(report: Report) -> str:
                     cells.append(_percent(*report.cell(protocol, block, name, metric)))
                     if compare:
                         cells += _paper_cells(report, protocol, block, name, metric)
-                shown = f"**{name}**" if name == MEAN_ROW else name
+                shown = f"**{name}**" if name == MEAN_ROW else _md(name)
                 lines.append(f"| {shown} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines)

@@ -29,6 +29,7 @@ from pointad.render.rasterize import worker_rasterizer
 from pointad.shared.errors import InputFileError, PointADError
 from pointad.shared.io import os_error
 from pointad.shared.lock import writer_lock
+from pointad.shared.names import printable
 from pointad.shared.registry import DatasetEntry
 from pointad.shared.sample import SampleRef
 from pointad.shared.store import StoreAttrs, open_store
@@ -52,8 +53,9 @@ class BuildResult:
         lines = [f"{self.store}: {self.rendered} rendered, {self.skipped} already complete, "
                  f"{len(self.failures)} failed of {self.planned} planned ({self.seconds:.1f} s, {rate:.2f} samples/s; "
                  f"renderer {self.renderer})"]
-        lines += [f"repaired: {damage}" for damage in self.damaged]
-        lines += [f"failed: {sample_id}: {reason}" for sample_id, reason in self.failures]
+        # sample ids and reasons come from data: one printable line each
+        lines += [f"repaired: {printable(damage)}" for damage in self.damaged]
+        lines += [f"failed: {printable(sample_id)}: {printable(reason)}" for sample_id, reason in self.failures]
         return "\n".join(lines)
 
 

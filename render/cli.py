@@ -16,6 +16,7 @@ from pointad.render.synthetic import SyntheticSpec
 from pointad.render.view_plan import PLANS
 from pointad.shared.cli import PointADGroup, default_of, list_option, number_type, range_type, verbosity_option
 from pointad.shared.errors import PointADError
+from pointad.shared.names import printable
 from pointad.shared.registry import FORMATS, load_registry, resolve_dataset
 
 
@@ -188,7 +189,6 @@ def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shif
 def info(store):
     """Summarise a render store: options, counts per dataset/class/split, failures, size."""
     from pointad.render.verify import store_summary
-    from pointad.shared.names import printable
     from pointad.shared.store import open_store
     # names in the store come from data: no control or bidi character reaches the terminal
     for line in store_summary(open_store(store)).split("\n"):
@@ -206,7 +206,7 @@ def verify(store):
     with tqdm(total=len(opened.indices()), desc="verify", unit="sample", leave=False) as bar:
         problems = verify_store(opened, progress=bar)
     for problem in problems:
-        click.echo(f"problem: {problem}")
+        click.echo(f"problem: {printable(problem)}")
     click.echo(f"{store}: {len(opened.indices())} complete samples checked, {len(problems)} problem(s)")
     if problems:
         raise SystemExit(1)
@@ -288,10 +288,10 @@ def scan(dataset, fmt, root, classes, splits, keep_going):
     click.echo(f"{'class':<20} {'split':<11} {'samples':>7} {'anomalous':>9} {'mean points':>11} {'anom. pts %':>11}")
     for (class_name, split), counts in stats.items():
         total = sum(points[(class_name, split)])
-        click.echo(f"{class_name:<20} {split:<11} {counts['samples']:>7} {counts['anomalous']:>9} "
+        click.echo(f"{printable(class_name):<20} {split:<11} {counts['samples']:>7} {counts['anomalous']:>9} "
                    f"{np.mean(points[(class_name, split)]):>11.0f} {100 * counts['anomalous_points'] / total:>11.2f}")
     for failure in failures:
-        click.echo(f"failed: {failure}", err=True)
+        click.echo(f"failed: {printable(failure)}", err=True)
     if failures and not keep_going:
         raise SystemExit(1)
 

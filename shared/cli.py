@@ -23,6 +23,7 @@ import click
 from pointad.shared import limits
 from pointad.shared.errors import PointADError
 from pointad.shared.logging import setup_logging
+from pointad.shared.names import printable
 
 
 class PointADGroup(click.Group):
@@ -32,7 +33,7 @@ class PointADGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PointADError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {printable(exc)}", err=True)  # one line even when a name from data holds a newline
             sys.exit(1)
 
 

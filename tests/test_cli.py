@@ -70,6 +70,15 @@ def test_errors_are_one_line_with_exit_code_1(tmp_path):
     assert result.exit_code == 1 and "folder exists and is not empty" in result.output
 
 
+def test_an_error_naming_a_path_with_a_newline_or_escape_stays_one_printable_line(tmp_path):
+    hostile = tmp_path / "a\nError: forged\x1b[31m.zarr"
+    result = CliRunner().invoke(pointad, ["render", "info", str(hostile)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "\x1b" not in result.output
+    assert "a\\nError: forged\\x1b[31m.zarr" in lines[0]
+
+
 def _commands(group=pointad, path=()):
     """(path, command) for every command of every group under `pointad`, lazy ones included."""
     ctx = click.Context(group)

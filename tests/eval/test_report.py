@@ -373,3 +373,20 @@ def test_figures_of_an_unorganized_class_have_no_rgb_and_chosen_samples(eval_sto
     stem = chosen.removesuffix(".pcd").replace("/", "_")
     assert {p.name for p in (figures / "cookie").iterdir()} == {"roc.png", "pro.png", f"{stem}_views.png",
                                                                 f"{stem}_point.ply"}
+
+
+def test_names_from_data_cannot_forge_lines_or_columns_in_the_markdown():
+    # a class name with a newline, a bidi override and a '|', a dataset name with an ANSI escape
+    hostile = "evil\n| forged | row |\u202e"
+    report = Report(header={"protocols": ["points"], "dataset": "d\x1b[2J", "model": LABEL, "method": "pointad",
+                            "setting": "one-vs-rest", "training_classes": ["a\nb"], "runs": 1},
+                    blocks=("point",), classes=[hostile],
+                    values={("points", "point", hostile): {"i_auroc": [0.5], "ap": [0.9], "p_auroc": [0.7],
+                                                           "aupro": [0.2]}})
+    md = to_markdown(report)
+    assert "\x1b" not in md and "\u202e" not in md and "forged" not in md.split("evil")[0]
+    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| class")]
+    assert len(rows) == 2  # the class and the mean, one line each
+    assert rows[0].count(" | ") == 4 and rows[0].startswith(r"| evil\n\| forged \| row \|\u202e | 50.0")
+    assert md.splitlines()[0] == r"# PointAD evaluation: d\x1b[2J"
+    assert r"training class(es): a\nb |" in md
