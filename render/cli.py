@@ -90,17 +90,17 @@ def datasets():
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to write the dataset into.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=_synthetic("format"), show_default=True,
               help="The dataset's on-disk format to write.")
-@click.option("--seed", default=_synthetic("seed"), show_default=True, help="Seed of the generator (same seed, same data).")
+@click.option("--seed", default=_synthetic("seed"), type=range_type(SyntheticSpec, "seed"), show_default=True, help="Seed of the generator (same seed, same data).")
 @list_option("--classes", default=_synthetic("classes"), show_default=True, help="Object classes to generate.")
 @list_option("--defects", default=_synthetic("defects"), show_default=True, help="Defect types of the test samples.")
-@click.option("--train", "n_train", default=_synthetic("train"), show_default=True,
+@click.option("--train", "n_train", default=_synthetic("train"), type=range_type(SyntheticSpec, "train"), show_default=True,
               help="Good training samples per class.")
-@click.option("--validation", "n_validation", default=_synthetic("validation"), show_default=True,
+@click.option("--validation", "n_validation", default=_synthetic("validation"), type=range_type(SyntheticSpec, "validation"), show_default=True,
               help="Good validation samples per class.")
-@click.option("--test-good", default=_synthetic("test_good"), show_default=True, help="Good test samples per class.")
-@click.option("--per-defect", default=_synthetic("per_defect"), show_default=True,
+@click.option("--test-good", default=_synthetic("test_good"), type=range_type(SyntheticSpec, "test_good"), show_default=True, help="Good test samples per class.")
+@click.option("--per-defect", default=_synthetic("per_defect"), type=range_type(SyntheticSpec, "per_defect"), show_default=True,
               help="Test samples per class and defect type.")
-@click.option("--grid", default=_synthetic("grid"), show_default=True,
+@click.option("--grid", default=_synthetic("grid"), type=range_type(SyntheticSpec, "grid"), show_default=True,
               help="Scanner grid size in pixels (0 = the format's default).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an output folder holding a synthetic dataset this command wrote (never other files).")

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from pointad.render.synthetic import formats
 from pointad.render.synthetic.scene import CLASSES, DEFECTS, make_scene
 from pointad.shared import config, strict
 from pointad.shared.errors import ConfigError, PointADError
+from pointad.shared.limits import check_fields, within
 from pointad.shared.logging import get_logger
 from pointad.shared.names import printable
 from pointad.shared.registry import DatasetEntry
@@ -32,6 +33,8 @@ log = get_logger("render.synthetic")
 
 GENERATOR_VERSION = 2  # bump when the generated data changes, so caches are not reused
 MANIFEST = "synthetic.json"
+MAX_PER_CLASS = 100_000  # samples of one kind per class
+MIN_GRID, MAX_GRID = 16, 4096
 DEFAULT_GRID = {"mvtec3d": 400, "eyecandies": 256, "real3d": 200}  # eyecandies: image pixels (the release: 512)
 WRITERS = {"mvtec3d": (formats.mvtec_grid, formats.mvtec_arrays, formats.write_mvtec),
            "eyecandies": (formats.eyecandies_grid, formats.eyecandies_arrays, formats.write_eyecandies),
@@ -43,16 +46,19 @@ class SyntheticSpec:
     """What to generate. Counts are per class; `grid` 0 means the format's default size."""
 
     format: str = "mvtec3d"
-    seed: int = 0
+    seed: int = field(default=0, metadata=within(0, 2**32 - 1))
     classes: tuple[str, ...] = CLASSES
     defects: tuple[str, ...] = DEFECTS
-    train: int = 2
-    validation: int = 1
-    test_good: int = 2
-    per_defect: int = 1
-    grid: int = 0
+    train: int = field(default=2, metadata=within(0, MAX_PER_CLASS))
+    validation: int = field(default=1, metadata=within(0, MAX_PER_CLASS))
+    test_good: int = field(default=2, metadata=within(0, MAX_PER_CLASS))
+    per_defect: int = field(default=1, metadata=within(0, MAX_PER_CLASS))
+    grid: int = field(default=0, metadata=within(0, MAX_GRID))
 
     def __post_init__(self):
+        check_fields(self)
+        if 0 < self.grid < MIN_GRID:  # the surface's gradients need a few cells
+            raise ConfigError(f"--grid must be 0 (the format's default) or {MIN_GRID}..{MAX_GRID}, got {self.grid}")
         if self.format not in WRITERS:
             raise ConfigError(f"synthetic format {self.format!r} unknown; known: {', '.join(WRITERS)}")
         for name, known, kind in ((self.classes, CLASSES, "class"), (self.defects, DEFECTS, "defect")):
