@@ -143,11 +143,19 @@ class RenderStore:
             self._check_array(spec)
             if spec.path == ROW_COUNT:
                 self._check_rows_stored(count)
-        self._identity = {name: self._strings(f"samples/{name}") for name in IDENTITY}
-        self._label = np.asarray(self._arrays["samples/label"][: self._n])
-        self._complete = np.asarray(self._arrays["samples/complete"][: self._n])
+        self._identity = {name: self._column(f"samples/{name}", self._strings) for name in IDENTITY}
+        self._label = self._column("samples/label", lambda p: np.asarray(self._arrays[p][: self._n]))
+        self._complete = self._column("samples/complete", lambda p: np.asarray(self._arrays[p][: self._n]))
         checked = self._array_attr("samples/complete", CHECKED_FROM, self._n)
         self.chunks_checked_from = int(checked) if isinstance(checked, int) and checked >= 0 else self._n
+
+    def _column(self, path: str, read) -> np.ndarray:
+        """`read(path)`, the N rows of a 1-d array; a chunk that does not decode is a StoreSchemaError naming it."""
+        try:
+            return read(path)
+        except Exception as exc:  # codecs and chunk shapes that do not fit the bytes fail in many ways
+            raise StoreSchemaError(f"{self.path}: array {path}: a chunk of rows 0-{self._n - 1} does not decode "
+                                   f"({first_line(exc)}); {self.unusable}") from None
 
     def _array_attr(self, path: str, key: str, default):
         return self._arrays[path].attrs.get(key, default)
