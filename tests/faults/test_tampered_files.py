@@ -18,22 +18,31 @@ import resource
 import shutil
 import subprocess
 import sys
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 import numpy as np
+import open3d as o3d
 import pytest
+import torch
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pointad.eval.cli import eval_
 from pointad.render.cli import render
-from pointad.render.verify import verify_store
-from pointad.shared.errors import ConfigError, StoreSchemaError
+from pointad.render.verify import store_summary, verify_store
+from pointad.shared.errors import CheckpointMismatchError, ConfigError, StoreSchemaError
 from pointad.shared.h5store import export_h5
 from pointad.shared.registry import load_registry
 from pointad.shared.store import open_store
 from pointad.shared.store_schema import ARRAYS
+from pointad.train.loop import TrainConfig, train
+from pointad.train.model.checkpoint import load_checkpoint
+from pointad.train.model.model_config import load_model_config
+from pointad.train.model.prompts import PromptLearner
 
 DATA_LIMIT = 3 * 2**30  # bytes of heap a tampered file may make a command take (a healthy one takes < 1 GB)
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -337,3 +346,292 @@ def test_tampered_hdf5_twin_is_one_line_naming_the_file(reference_twin, tmp_path
     else:
         line = cli_error_line(CliRunner().invoke(render, ["info", str(twin)]))
     assert line == f"Error: {twin}: {error}", line
+
+
+# --- checkpoints (item 10) --------------------------------------------------------------------------------
+
+MVTEC = "synthetic-mvtec3d"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(eval_store, tmp_path_factory) -> Path:
+    """A checkpoint of ours: one epoch of the tiny model on the cookie rows of the eval store."""
+    folder = tmp_path_factory.mktemp("tampered-run")
+    config = TrainConfig(store=str(eval_store), class_name="cookie", dataset=MVTEC, model="tiny", epochs=1,
+                         batch_size=4)
+    train(config, folder / "run")
+    return folder / "run" / "checkpoints" / "epoch_1.pt"
+
+
+def _claim(prompts, **sizes):
+    """Prompt settings claiming `sizes` with tensors that claim the same shapes without holding them."""
+    n_ctx, width = sizes.get("n_ctx", prompts["n_ctx"]), sizes.get("width", prompts["width"])
+    prompts.update(sizes)
+    prompts["ctx"] = torch.zeros(1).expand(2, n_ctx, width)  # saved as one float with stride 0
+    prompts["deep"] = torch.zeros(1).expand(prompts["depth"] - 1, prompts["n_pos"], width)
+
+
+def _meta(prompts):
+    prompts["width"] = 10**9
+    prompts["ctx"] = torch.empty(2, prompts["n_ctx"], 10**9, device="meta")
+    prompts["deep"] = torch.empty(prompts["depth"] - 1, prompts["n_pos"], 10**9, device="meta")
+
+
+def _bomb(levels=12, fan_out=9):
+    """Nested lists sharing one list per level: fan_out^levels entries, a few hundred bytes pickled."""
+    value = ["lol"] * fan_out
+    for _ in range(levels):
+        value = [value] * fan_out
+    return value
+
+
+def _set(key, value):
+    def change(payload):
+        target = payload
+        for part in key[:-1]:
+            target = target[part]
+        target[key[-1]] = value(target) if callable(value) else value
+    return change
+
+
+# name: (change of the payload, the reason after "<path>: " (or its start and end), made a claim of memory
+# before the fix)
+CHECKPOINT_CASES = {
+    "prompt width 10^9 (96 GB)": (lambda p: _claim(p["prompts"], width=10**9),
+                                  "not a readable pointad checkpoint: prompts.ctx is a (2, 12, 1000000000) tensor over "
+                                  "4 bytes of storage (overlapping elements)", True),
+    "10^8 learnable words (51 GB)": (lambda p: _claim(p["prompts"], n_ctx=10**8),
+                                          "not a readable pointad checkpoint: prompts.ctx is a (2, 100000000, 64) "
+                                          "tensor over 4 bytes of storage (overlapping elements)", True),
+    "settings alone claim width 10^9": (_set(["prompts", "width"], 10**9),
+                                        "damaged pointad checkpoint (prompts.ctx is (2, 12, 64) torch.float32, its "
+                                        "settings say (2, 12, 1000000000) torch.float32)", True),
+    "meta tensors of width 10^9": (lambda p: _meta(p["prompts"]),
+                                   "not a readable pointad checkpoint: prompts.ctx is a tensor on device meta, whose "
+                                   "values the file does not hold", True),
+    # ModelConfig's bounds (train/model/model_config.py) say the range: only the start and the value are ours
+    "a model of text width 10^9": (_set(["model", "open_clip_config", "text_cfg", "width"], 10**9),
+                                   ("model config: 'open_clip_config.text_cfg.width' must be ", "got 1000000000"), True),
+    "a sparse ctx": (_set(["prompts", "ctx"], lambda p: p["ctx"].to_sparse()),
+                     "not a readable pointad checkpoint: prompts.ctx is a sparse_coo tensor; a data-only file holds "
+                     "dense tensors", False),
+    "ctx in float64": (_set(["prompts", "ctx"], lambda p: p["ctx"].double()),
+                       "damaged pointad checkpoint (prompts.ctx is (2, 12, 64) torch.float64, its settings say "
+                       "(2, 12, 64) torch.float32)", False),
+    "NaN in ctx": (_set(["prompts", "ctx"], lambda p: p["ctx"].index_fill(2, torch.tensor([5]), float("nan"))),
+                   "damaged pointad checkpoint (prompts.ctx holds NaN or infinite values)", False),
+    "inf in Adam's state": (_set(["optimizer", "state", 0, "exp_avg"],
+                                 lambda s: s["exp_avg"].index_fill(2, torch.tensor([0]), float("inf"))),
+                            "damaged pointad checkpoint (optimizer.state.0.exp_avg holds NaN or infinite values)", False),
+    "depth beyond the text layers": (lambda p: p["prompts"].update(depth=9, deep=torch.zeros(8, 4, 64)),
+                                     "prompts of depth 9 do not fit its model tiny (random weights) (4 text layers)",
+                                     False),
+    "an epoch as text": (_set(["epoch"], "1"), "damaged pointad checkpoint ('epoch' is missing or not int)", False),
+    "a seed as text": (_set(["config", "seed"], "abc"), "damaged pointad checkpoint (config 'seed' is 'abc')", False),
+    "prompts of another variant": (_set(["prompts", "variant"], ["coop"]),
+                                   "damaged pointad checkpoint (prompt variant list; known: agnostic, coop)", False),
+    "a vision tower that is a list": (_set(["model", "open_clip_config", "vision_cfg"], []),
+                                      "damaged pointad checkpoint (model config 'open_clip_config.vision_cfg' is list, "
+                                      "not a mapping)", False),
+    "a model config missing keys": (_set(["model"], {"name": "tiny"}),
+                                    "model config: missing key(s) ['label', 'open_clip_name']", False),
+    "the ViT-L model with tiny prompts": (_set(["model"], lambda p: load_model_config("vit-l-14-336").to_dict()),
+                                          "prompts of width 64 do not fit its model ViT-L-14-336 (OpenAI weights) "
+                                          "(text width 768)", False),
+    "a config holding itself": (_set(["config", "me"], lambda c: c),
+                                "not a readable pointad checkpoint: config holds a reference to itself", False),
+    "a config of shared lists": (_set(["config", "bomb"], _bomb()),
+                                 "not a readable pointad checkpoint: config.bomb.0.0.0.0.0.0 holds more than 1,000,000 "
+                                 "objects with its shared references expanded", False),
+}
+
+
+def assert_reason(message: str, start: str, reason) -> None:
+    """`message` is `start` + reason, or for a (first, last) pair starts with start + first and ends with last."""
+    if isinstance(reason, tuple):
+        assert message.startswith(start + reason[0]) and message.endswith(reason[1]), message
+    else:
+        assert message == start + reason, message
+
+
+def tampered_checkpoint(tiny_run: Path, folder: Path, change) -> Path:
+    payload = torch.load(tiny_run, weights_only=True)
+    change(payload)
+    path = folder / "epoch_1.pt"
+    torch.save(payload, path)
+    return path
+
+
+def test_the_tiny_run_loads_and_its_settings_are_the_tampered_cases(tiny_run):
+    """The messages below name n_ctx 12, width 64, depth 4: the tiny run's own settings."""
+    prompts = load_checkpoint(tiny_run)["prompts"]
+    assert (prompts["n_ctx"], prompts["width"], prompts["depth"], prompts["n_pos"]) == (12, 64, 4, 4)
+
+
+@pytest.mark.parametrize("case", CHECKPOINT_CASES)
+def test_tampered_checkpoints_are_one_line_naming_the_file(tiny_run, tmp_path, case):
+    """Each tampered copy of our own checkpoint, read by `load_checkpoint` (what train --resume, eval report and
+    detect call): one CheckpointMismatchError line naming the file."""
+    change, reason, _ = CHECKPOINT_CASES[case]
+    path = tampered_checkpoint(tiny_run, tmp_path, change)
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_checkpoint(path)
+    assert_reason(str(info.value), f"{path}: ", reason)
+
+
+@pytest.mark.parametrize("case", [name for name, (_, _, claims) in CHECKPOINT_CASES.items() if claims])
+def test_checkpoints_claiming_memory_stop_detect_in_bounded_memory(tiny_run, tmp_path, case):
+    """`pointad detect` given each checkpoint that claimed tens of GB before the fix (PromptLearner.from_state
+    allocated what the settings said), as a process limited to DATA_LIMIT: one line, nothing written."""
+    change, reason, _ = CHECKPOINT_CASES[case]
+    path = tampered_checkpoint(tiny_run, tmp_path, change)
+    cloud = tmp_path / "cloud.ply"
+    points = np.random.default_rng(0).normal(size=(500, 3))
+    o3d.io.write_point_cloud(str(cloud), o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points)))
+    line = one_error_line(pointad(["detect", cloud, "--checkpoint", path, "--device", "cpu", "--views", "1"],
+                                  tmp_path, timeout=180))
+    assert_reason(line, f"Error: {path}: ", reason)
+    assert not (tmp_path / "cloud_scores").exists()
+
+
+def test_eval_report_refuses_a_tampered_checkpoint_in_one_line(tiny_run, eval_store, tmp_path):
+    path = tampered_checkpoint(tiny_run, tmp_path, CHECKPOINT_CASES["NaN in ctx"][0])
+    result = CliRunner().invoke(eval_, ["report", "--store", str(eval_store), "--dataset", MVTEC, "--checkpoints",
+                                        str(path), "--device", "cpu", "--out", str(tmp_path / "report")])
+    assert cli_error_line(result) == f"Error: {path}: damaged pointad checkpoint (prompts.ctx holds NaN or infinite " \
+                                     "values)"
+
+
+def test_a_deflated_checkpoint_unpacking_far_beyond_its_size_is_refused_unread(tiny_run, tmp_path):
+    """A zip entry compressed 1000:1 would make a small file a large allocation: refused before torch reads it."""
+    big = tmp_path / "big.pt"
+    torch.save({**torch.load(tiny_run, weights_only=True), "pad": torch.zeros(10**7)}, big)
+    path = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(big) as old, zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as new:
+        for name in old.namelist():
+            new.writestr(name, old.read(name))
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_checkpoint(path)
+    unpacked = sum(i.file_size for i in zipfile.ZipFile(path).infolist())
+    assert str(info.value) == f"{path}: not a readable pointad checkpoint: its entries unpack to {unpacked:,} bytes " \
+                              f"from {path.stat().st_size:,}; torch.save stores tensors uncompressed"
+
+
+# --- fuzzing: tampered stores and checkpoints -----------------------------------------------------------
+
+@contextmanager
+def heap_limit(extra: int = DATA_LIMIT):
+    """This process's heap limited to what it holds now plus `extra` while the block runs (RLIMIT_DATA's soft
+    limit, restored after): an unbounded allocation in fuzzed input is a MemoryError, not a dead machine."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    status = Path("/proc/self/status").read_text()
+    now = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmData:"))) * 1024
+    limit = now + extra if hard == resource.RLIM_INFINITY else min(hard, now + extra)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+def one_line(exc: BaseException, start: str) -> None:
+    message = str(exc)
+    assert message.startswith(start) and "\n" not in message and len(message) < 500, message[:1000]
+
+
+SIZES = st.sampled_from([0, 1, 2, 5, 6, 7, 8, 64, 96, 97, 4096, 65537, 2**31 - 1, 10**9, 10**12])
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=False) |
+                    st.text(max_size=20), lambda inner: st.lists(inner, max_size=4) |
+                    st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+ATTR_KEYS = [("views",), ("image_size",), ("max_points",), ("knn",), ("camera", "fov_degrees"), ("camera", "margin"),
+             ("render", "point_sizes"), ("render", "point_size"), ("render", "renderer"), ("render", "code_plan"),
+             ("render", "visibility"), ("render", "surface_tolerance"), ("failures",), ("view_plan",), ("software",)]
+
+
+@st.composite
+def store_tampering(draw):
+    """(array or "" for the root, change of its zarr.json): a shape, chunk or dtype of an array, or an attribute."""
+    if draw(st.booleans()):
+        key, value = draw(st.sampled_from(ATTR_KEYS)), draw(JSON)
+        return "", _attr(list(key), value)
+    spec = draw(st.sampled_from(ARRAYS))
+    axis = draw(st.integers(0, len(spec.row)))
+    kind, size = draw(st.sampled_from(["shape", "chunks", "dtype"])), draw(SIZES)
+    dtype = draw(st.sampled_from(["bool", "uint8", "int16", "int32", "float16", "float32", "float64", "string"]))
+
+    def change(meta):
+        if kind == "shape":
+            meta["shape"][axis] = size
+        elif kind == "chunks":
+            meta["chunk_grid"]["configuration"]["chunk_shape"][axis] = size
+        else:
+            meta["data_type"], meta["fill_value"] = dtype, "" if dtype == "string" else False if dtype == "bool" else 0
+    return spec.path, change
+
+
+@FUZZ
+@given(tampering=store_tampering())
+def test_fuzzed_store_metadata_opens_or_is_one_line(reference_store, tmp_path, tampering):
+    """A store with one shape, chunk shape, dtype or attribute changed at random: opening, `render info`'s
+    summary and verifying (no re-render) either work or give one StoreSchemaError line naming the store,
+    within DATA_LIMIT of heap."""
+    store = tmp_path / "renders.zarr"
+    if store.exists():
+        shutil.rmtree(store)
+    array, change = tampering
+    tampered(reference_store, tmp_path, array, change)
+    with heap_limit():
+        try:
+            opened = open_store(store)
+            store_summary(opened)
+            verify_store(opened, rerender=0)
+        except StoreSchemaError as exc:
+            one_line(exc, f"{store}: ")
+
+
+@st.composite
+def checkpoint_tampering(draw):
+    """A change of one entry of a checkpoint: a prompt setting, a tensor's shape, dtype, layout or values, a
+    model or run config value, or any entry replaced by another value."""
+    kind = draw(st.sampled_from(["setting", "tensor", "model", "config", "entry"]))
+    if kind == "setting":
+        key, value = draw(st.sampled_from(["n_ctx", "depth", "n_pos", "width"])), draw(SIZES)
+        return lambda p: p["prompts"].update({key: value})
+    if kind == "tensor":
+        name = draw(st.sampled_from(["ctx", "deep"]))
+        shape = tuple(draw(st.lists(st.integers(0, 16), min_size=0, max_size=4)))
+        how = draw(st.sampled_from(["zeros", "expand", "sparse", "meta", "nan", "float64", "int64"]))
+        made = {"zeros": lambda: torch.zeros(shape), "expand": lambda: torch.zeros(1).expand(*shape, 10**9),
+                "sparse": lambda: torch.zeros(shape).to_sparse(), "meta": lambda: torch.empty(*shape, 10**9, device="meta"),
+                "nan": lambda: torch.full(shape, float("nan")), "float64": lambda: torch.zeros(shape, dtype=torch.float64),
+                "int64": lambda: torch.zeros(shape, dtype=torch.int64)}[how]
+        return lambda p: p["prompts"].update({name: made()})
+    if kind == "model":
+        key = draw(st.sampled_from(["image_size", "dual_path_blocks", "tap_layers", "open_clip_config", "quick_gelu"]))
+        value = draw(JSON | SIZES)
+        return lambda p: p["model"].update({key: value})
+    if kind == "config":
+        key, value = draw(st.sampled_from(["seed", "class_name", "dataset", "layers"])), draw(JSON)
+        return lambda p: p["config"].update({key: value})
+    key = draw(st.sampled_from(["epoch", "prompts", "config", "model", "optimizer", "render", "metrics",
+                                "store_fingerprint"]))
+    value = draw(JSON)
+    return lambda p: p.update({key: value})
+
+
+@FUZZ
+@given(change=checkpoint_tampering())
+def test_fuzzed_checkpoints_load_consistently_or_are_one_line(tiny_run, tmp_path, change):
+    """A copy of our checkpoint with one entry changed at random: `load_checkpoint` refuses it in one
+    CheckpointMismatchError line naming the file, or its prompts build (PromptLearner.from_state) with exactly
+    the stored values, within DATA_LIMIT of heap."""
+    path = tampered_checkpoint(tiny_run, tmp_path, change)
+    with heap_limit():
+        try:
+            payload = load_checkpoint(path)
+        except CheckpointMismatchError as exc:
+            one_line(exc, f"{path}: ")
+            return
+        learner = PromptLearner.from_state(payload["prompts"], source=str(path))
+        assert torch.equal(learner.ctx.detach(), payload["prompts"]["ctx"])
+        assert torch.equal(learner.deep.detach(), payload["prompts"]["deep"])
