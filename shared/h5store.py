@@ -95,6 +95,8 @@ def _check_replaceable(out: Path) -> None:
 class H5RenderStore(RenderStore):
     """A RenderStore read from the HDF5 twin; the file stays open (read-only) while the object lives."""
 
+    unusable = "export the store again"
+
     def __init__(self, path):
         self.path = Path(path)
         try:
@@ -115,8 +117,6 @@ class H5RenderStore(RenderStore):
                 raise StoreSchemaError(f"{self.path}: array {spec.path} missing; export the store again")
             self._arrays[spec.path] = array
         self._index_arrays()
-
-    unusable = "export the store again"
 
     def _check_array(self, spec) -> None:
         super()._check_array(spec)

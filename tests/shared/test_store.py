@@ -446,3 +446,13 @@ def test_sizes_and_camera_numbers_of_the_attributes_are_bounded(change, message)
     with pytest.raises(StoreSchemaError) as info:
         StoreAttrs.from_dict(data, source="renders.zarr")
     assert str(info.value) == f"renders.zarr: {message}"
+
+
+def test_every_size_render_build_makes_is_one_a_store_may_declare():
+    """MAX_SIZES (shared, which imports no stage) against RenderOptions' declared ranges: a store that
+    `render build` wrote is never refused as too large."""
+    from pointad.render.render_options import RenderOptions
+    from pointad.shared.limits import bound
+    from pointad.shared.store_schema import MAX_SIZES
+    for name, most in MAX_SIZES.items():
+        assert bound(RenderOptions, name)[1].hi <= most, name
