@@ -635,3 +635,13 @@ def test_fuzzed_checkpoints_load_consistently_or_are_one_line(tiny_run, tmp_path
         learner = PromptLearner.from_state(payload["prompts"], source=str(path))
         assert torch.equal(learner.ctx.detach(), payload["prompts"]["ctx"])
         assert torch.equal(learner.deep.detach(), payload["prompts"]["deep"])
+
+
+def test_eval_report_refuses_a_tampered_row_count_in_bounded_memory(tiny_run, eval_store, tmp_path):
+    """`eval report` opens its store as `render info` does (shared.open_store): the same line, as a process
+    limited to DATA_LIMIT, and no report written."""
+    store = tampered(eval_store, tmp_path, "samples/sample_id", _rows(10**9))
+    line = one_error_line(pointad(["eval", "report", "--store", store, "--dataset", MVTEC, "--checkpoints", tiny_run,
+                                   "--device", "cpu", "--out", tmp_path / "report"], tmp_path, timeout=180))
+    assert line == f"Error: {store}: {ROWS_NOT_STORED}", line
+    assert not (tmp_path / "report").exists()
