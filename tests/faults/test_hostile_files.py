@@ -28,6 +28,7 @@ from pointad.shared.errors import CheckpointMismatchError
 from pointad.train.model.backbone import create_clip
 from pointad.train.model.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
 from pointad.train.model.model_config import load_model_config
+from pointad.train.model.prompts import PromptLearner
 from pointad.train.model.torchscript import read_torchscript_state_dict
 from pointad.train.model.weights import read_state_dict
 
@@ -268,9 +269,11 @@ def _cloud(folder: Path) -> Path:
 
 
 def _vit_l_checkpoint(folder: Path) -> Path:
-    """A checkpoint of ours for ViT-L-14-336 (its prompts are never reached: the weights are read first)."""
+    """A checkpoint of ours for ViT-L-14-336 with prompts of its text width (768) and depth: checked on loading, before
+    any CLIP weights are read."""
     path = folder / "vit-l.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": 1, "prompts": {},
+    prompts = PromptLearner(768, 12).state_for_checkpoint()
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": 1, "prompts": prompts,
                 "config": {"seed": 0}, "model": load_model_config("vit-l-14-336").to_dict()}, path)
     return path
 
