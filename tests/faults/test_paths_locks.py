@@ -356,15 +356,17 @@ def test_printable_escapes_controls_bidi_and_invisibles(name, shown):
 
 
 def test_render_info_prints_names_from_data_escaped(tmp_path):
-    """A store whose dataset, class and failure names carry ESC sequences, a bidi override, NUL and a
-    zero-width space: `render info` shows them escaped, and no such character reaches the terminal."""
+    """A store whose dataset, class and failure names carry ESC sequences, a bidi override, NUL, a zero-width
+    space and a newline: `render info` shows them escaped, and no such character reaches the terminal (a newline
+    inside a name would forge a line of the table)."""
     store = tmp_path / "hostile.zarr"
     create_store(store, ATTRS)
-    append_samples(store, [{"dataset": "ds\x1b[31m", "class_name": "evil\u202egnp", "split": "test",
+    append_samples(store, [{"dataset": "ds\x1b[31m", "class_name": "evil\u202egnp\nforged", "split": "test",
                             "defect_type": "good", "sample_id": "a/000.tiff", "label": 0}])
     set_failures(store, [{"dataset": "ds\x1b[31m", "sample_id": "b\x00\u200b.tiff", "reason": "bad\x1b]0;title\x07"}])
     result = _pointad("render", "info", store)
     assert result.returncode == 0, result.stderr
-    assert "ds\\x1b[31m" in result.stdout and "evil\\u202egnp" in result.stdout
+    assert "ds\\x1b[31m" in result.stdout and "evil\\u202egnp\\nforged" in result.stdout
+    assert not [line for line in result.stdout.splitlines() if line.startswith("forged")]
     assert "  ds\\x1b[31m:b\\x00\\u200b.tiff: bad\\x1b]0;title\\x07" in result.stdout.splitlines()
     assert not [c for c in result.stdout if c != "\n" and unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")]
