@@ -32,7 +32,10 @@ ROWS_PER_COPY = 16  # rows read from Zarr per copy step: bounded memory, several
 
 
 def _json_attrs(attrs) -> dict:
-    return {key: json.loads(value) for key, value in attrs.items()}
+    """h5py attributes parsed as JSON. The items are read whole first: h5py's items() generator holds h5py's
+    global lock between items, so one left half-way by a parse error keeps the lock until it is collected,
+    and any other thread that touches h5py meanwhile (a garbage collection in zarr's I/O thread) deadlocks."""
+    return {key: json.loads(value) for key, value in list(attrs.items())}
 
 
 def export_h5(store_path, out) -> int:

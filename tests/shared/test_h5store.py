@@ -156,3 +156,33 @@ def test_a_file_already_at_the_temp_name_is_never_truncated_or_removed(twin, tmp
         export_h5(store, out)
     assert squatter.read_text() == "someone else's notes\n" and not out.exists()
 
+
+
+def test_a_refused_twin_leaves_h5py_usable_from_other_threads(twin, tmp_path):
+    """A root attribute that is not JSON is refused half-way through the attributes; the refusal must not keep
+    h5py's global lock held (a half-read items() generator held it in this thread until collected, and zarr's
+    I/O thread deadlocked on it as soon as it touched h5py)."""
+    import shutil
+    import threading
+    from pointad.shared.errors import StoreSchemaError
+    from pointad.shared.h5store import open_h5_store
+    _, h5 = twin
+    bad = tmp_path / "bad.h5"
+    shutil.copy(h5, bad)
+    with h5py.File(bad, "r+") as file:
+        names = list(file.attrs)
+        file.attrs[names[len(names) // 2]] = "{not json"  # parsed after some attributes, before others
+    with pytest.raises(StoreSchemaError) as refused:
+        open_h5_store(bad)
+    done = threading.Event()
+
+    def use_h5py():
+        with h5py.File(h5, "r") as file:
+            list(file.attrs)
+        done.set()
+
+    other = threading.Thread(target=use_h5py, daemon=True)
+    other.start()
+    other.join(timeout=30)
+    assert done.is_set(), "h5py's lock is still held by the refused open"
+    assert "not JSON" in str(refused.value)
