@@ -19,7 +19,7 @@ from pointad.eval.settings import (METHODS, PROTOCOLS, REPORT_FORMATS, SETTINGS,
 from pointad.render.render_options import RenderOptions  # detect's render options (defined here, see above)
 from pointad.shared.cli import (FINITE_FLOAT, PointADGroup, default_of, list_option, number_type, range_type,
                                 resolve_model, verbosity_option)
-from pointad.shared.limits import bound, require_finite
+from pointad.shared.limits import bound
 from pointad.shared.logging import get_logger
 from pointad.train.config import PROMPTS, TrainConfig
 
@@ -160,7 +160,8 @@ def report(store, checkpoints, setting, dataset, classes, report_format, out, pr
         if checkpoints:
             raise click.UsageError("give either --checkpoints or --runs-dir, not both")
         if train_dataset is None and dataset is None and not (train_classes or seeds or train_missing):
-            checkpoints, trained_on = _all_trained_runs(runs_dir)  # the card's plain `eval report`
+            from pointad.eval.runs import trained_runs_in
+            checkpoints, trained_on = trained_runs_in(runs_dir)  # the card's plain `eval report`
             chosen.append(f"{len(checkpoints)} trained run(s) of dataset {trained_on}: "
                           + " ".join(c.name for c in checkpoints))
         else:
@@ -193,27 +194,6 @@ def report(store, checkpoints, setting, dataset, classes, report_format, out, pr
         click.echo(f"{out}: {report_format} report, model {results[0].header['model']}", err=True)
     if figures is not None:
         click.echo(f"{figures}: figures of {sum(len(r.classes) for r in results)} class(es)", err=True)
-
-
-def _all_trained_runs(runs_dir: Path) -> tuple[list[Path], str]:
-    """Every run folder in `runs_dir` holding a checkpoint, and their one training dataset (PointADError if the
-    folder holds none, or runs of several datasets)."""
-    import json
-    from pointad.shared.errors import PointADError
-    from pointad.train.model.checkpoint import latest_checkpoint
-    runs = sorted(p for p in Path(runs_dir).iterdir() if p.is_dir() and latest_checkpoint(p) is not None)
-    if not runs:
-        raise PointADError(f"{runs_dir}: holds no trained run")
-    datasets = {}
-    for run in runs:
-        try:
-            datasets.setdefault(json.loads((run / "config.json").read_text())["train"]["dataset"], []).append(run)
-        except (OSError, ValueError, KeyError, TypeError):
-            raise PointADError(f"{run / 'config.json'}: unreadable run config") from None
-    if len(datasets) != 1:
-        listed = "; ".join(f"{d}: {', '.join(r.name for r in rs)}" for d, rs in sorted(datasets.items(), key=str))
-        raise PointADError(f"{runs_dir}: runs of several training datasets ({listed}); choose with --train-dataset")
-    return runs, next(iter(datasets))
 
 
 def _test_datasets(store: Path, setting: str, trained_on: str | None, checkpoints) -> list[str]:
@@ -369,11 +349,6 @@ def detect(cloud, method, checkpoint, reference, class_name, dataset, model, mut
         if result.reference.excluded:
             click.echo(f"detect: left out of the reference, being the cloud itself: "
                        f"{', '.join(result.reference.excluded)}", err=True)
-    source = f"checkpoint {checkpoint}" if method == "pointad" else f"reference store {reference}"
-    for what, values in (("sample score", [result.score]), ("point scores", result.point_scores)):
-        # nothing written: JSON has no NaN, and a NaN score would read "normal"
-        require_finite(values, f"{source}: the {what} of {cloud}",
-                       "prompts or model weights not finite (a diverged run?); nothing written")
     npy, ply, summary = write_detection(result, out, threshold)
     click.echo(f"{npy}, {ply}, {summary}: {len(result.point_scores)} points", err=True)
     click.echo(f"sample score: {result.score:.6f}")

@@ -143,14 +143,6 @@ def nonfinite(values) -> int:
     return int(array.size - np.count_nonzero(np.isfinite(array)))
 
 
-def require_finite(values, what: str, hint: str = "") -> None:
-    """PointADError "`what`: N of M value(s) are NaN or inf[; hint]" unless every value of the array-like is
-    finite (scores about to be written or tabulated: JSON has no NaN, a metric of NaN is silently wrong)."""
-    bad = nonfinite(values)
-    if bad:
-        raise PointADError(f"{what}: {bad} of {np.size(values)} value(s) are NaN or inf" + (f"; {hint}" if hint else ""))
-
-
 @functools.cache
 def _specs(cls) -> dict[str, tuple[type, Range | None, bool]]:
     """{field: (int or float, declared Range or None, holds a tuple)} of the number fields of dataclass `cls`."""
