@@ -2,7 +2,8 @@
 
 `eval report` (several runs; runs of one model share its backbone) and `pointad detect` (one run) both go through
 `load_run`, so a checkpoint is turned into a scorer in one place. A run is given as a checkpoint file or
-a run directory (its last checkpoint).
+a run directory (its last checkpoint); `trained_runs_in` finds the run directories of a folder by their
+records (`train/run_record.py`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from pathlib import Path
 import torch
 
 from pointad.shared.errors import PointADError
+from pointad.shared.names import printable
 from pointad.train.model.backbone import load_backbone
 from pointad.train.model.checkpoint import latest_checkpoint, load_checkpoint
 from pointad.train.model.model_config import ModelConfig
 from pointad.train.model.prompts import PromptLearner
+from pointad.train.run_record import read_run_record
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,23 @@ def resolve_checkpoint(path) -> Path:
             raise PointADError(f"{path}: no checkpoints/epoch_*.pt in this run directory; train it first")
         return found
     return path
+
+
+def trained_runs_in(runs_dir) -> tuple[list[Path], str | None]:
+    """Every run folder in `runs_dir` holding a checkpoint (sorted), and their one training dataset as their
+    config.json records it; PointADError if the folder holds none, or runs of several datasets, and the record's
+    own line if a run's config.json does not read."""
+    runs = sorted(p for p in Path(runs_dir).iterdir() if p.is_dir() and latest_checkpoint(p) is not None)
+    if not runs:
+        raise PointADError(f"{runs_dir}: holds no trained run")
+    datasets: dict[str | None, list[Path]] = {}
+    for run in runs:
+        datasets.setdefault(read_run_record(run).train.dataset, []).append(run)
+    if len(datasets) != 1:
+        listed = "; ".join(f"{printable(d)}: {', '.join(printable(r.name) for r in rs)}"
+                           for d, rs in sorted(datasets.items(), key=str))
+        raise PointADError(f"{runs_dir}: runs of several training datasets ({listed}); choose with --train-dataset")
+    return runs, next(iter(datasets))
 
 
 class BackboneCache:

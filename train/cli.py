@@ -178,8 +178,8 @@ def sweep(classes, seeds, runs_dir, **options):
 
 
 def _model_label(run_dir: Path) -> str:
-    import json
-    return json.loads((Path(run_dir) / "config.json").read_text())["model"].get("label", "?")
+    from pointad.train.run_record import read_run_record
+    return read_run_record(run_dir).model.label
 
 
 @train.command()

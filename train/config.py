@@ -6,12 +6,14 @@ Light on purpose (no torch at import): the command line takes its defaults from 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from typing import Literal, get_args
 
 from pointad.shared.errors import ConfigError
 from pointad.shared.limits import Range, check_fields, within
 from pointad.train.model.model_config import DEFAULT_MODEL, DEFAULT_SEED, MAX_BLOCKS
 
-PROMPTS = ("agnostic", "coop")  # TrainConfig.prompt: PointAD, PointAD-CoOp
+Prompt = Literal["agnostic", "coop"]  # TrainConfig.prompt: PointAD, PointAD-CoOp
+PROMPTS = get_args(Prompt)
 # seeds: what numpy's legacy seeding takes, and `seed * 100_003 + epoch` (train/data.py's data order) stays
 # within torch.Generator.manual_seed's 64 bits
 SEEDS = within(0, 2**32 - 1)
@@ -40,7 +42,7 @@ class TrainConfig:
     layers: tuple[int, ...] | None = field(default=None, metadata=within(1, MAX_BLOCKS))
     # DPAM in blocks dpam_start..last (0 = off); None = default
     dpam_start: int | None = field(default=None, metadata=within(0, MAX_BLOCKS))
-    prompt: str = "agnostic"                   # agnostic (PointAD) | coop (PointAD-CoOp)
+    prompt: Prompt = "agnostic"                # agnostic (PointAD) | coop (PointAD-CoOp)
     loss_terms: str = "all"
     feature_cache: bool = True
     # bytes of features and samples kept in memory between epochs, both caches together; features are

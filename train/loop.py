@@ -10,8 +10,6 @@ global batch, and gradients are summed with weights so W ranks compute what one 
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -23,7 +21,6 @@ import torch
 import torch.distributed as dist
 
 from pointad.shared.errors import CheckpointMismatchError, ConfigError, PointADError
-from pointad.shared.io import atomic_path
 from pointad.shared.limits import check_value
 from pointad.shared.lock import writer_lock
 from pointad.shared.store import open_store, store_fingerprint
@@ -37,11 +34,8 @@ from pointad.train.model.maps import back_project, class_probabilities, patch_ma
 from pointad.train.config import LOADER_WORKERS, TrainConfig
 from pointad.train.model.model_config import model_config_for
 from pointad.train.model.prompts import PromptLearner
-
-METRICS_FILE = "metrics.csv"
-# what a run folder holds (and `.<one of these>.*`: their temp and lock files); a folder holding anything else
-# is not a run's
-RUN_FILES = ("config.json", METRICS_FILE, "checkpoints", "features.zarr")
+from pointad.train.run_record import (CONFIG_FILE, METRICS_FILE, EpochMetrics, RunRecord, append_metrics,
+                                      check_run_dir, read_metrics, write_run_record)
 
 
 class DivergedError(PointADError):
@@ -110,6 +104,11 @@ class Trainer:
         """The store's render options the training rows were drawn with (`detect` renders a cloud the same way)."""
         first = self.store.identity(int(self.rows[0]))
         return store_render_record(self.store.attrs.render, first["dataset"], first["class_name"])
+
+    def run_record(self) -> RunRecord:
+        """The run folder's config.json: this run's settings, model, store and rows."""
+        return RunRecord(train=self.config, model=self.backbone.config, store_fingerprint=self.store_fingerprint,
+                         rows=tuple(int(r) for r in self.rows), render=self.render_record())
 
     def _vision(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         rows = batch["row"].tolist()
@@ -319,50 +318,6 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a run's metrics.csv ([] if there is none), checked: an 'epoch' column of whole numbers >= 1
-    and numbers (or nothing) in every other column; PointADError naming the file and the line otherwise."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-            fields = reader.fieldnames or []
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise PointADError(f"{path}: unreadable metrics file ({exc}); {_METRICS_FIX}") from None
-    if "epoch" not in fields:
-        raise PointADError(f"{path}: damaged metrics file (no 'epoch' column); {_METRICS_FIX}")
-    for line, row in enumerate(rows, start=2):
-        for key, value in row.items():
-            if key is None or value is None:
-                raise PointADError(f"{path}: damaged metrics file (line {line} has {len(fields)} columns "
-                                   f"in the header but not in the row); {_METRICS_FIX}")
-            try:
-                number = int(value) if key == "epoch" else (float(value) if value else 0.0)
-            except ValueError:
-                raise PointADError(f"{path}: damaged metrics file (line {line}, {key}: {value[:40]!r} is not a "
-                                   f"number); {_METRICS_FIX}") from None
-            if key == "epoch" and number < 1:
-                raise PointADError(f"{path}: damaged metrics file (line {line}: epoch {number}); {_METRICS_FIX}")
-    return rows
-
-
-_METRICS_FIX = "repair or delete it to resume (it is rewritten from the next epoch on)"
-
-
-def _append_metrics(path: Path, row: dict) -> None:
-    """Append one epoch to metrics.csv (rewritten atomically so a kill never leaves half a line)."""
-    rows = [r for r in read_metrics(path) if int(r["epoch"]) < row["epoch"]]
-    rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    names = list(rows[-1])
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=names, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def train(config: TrainConfig, run_dir: Path, *, device="cpu", clip_weights=None, resume: bool = False,
           log=None, progress_factory=None, backbone=None, feature_path=None, loader_workers: int = 0,
           rebuild_features: bool = False) -> TrainResult:
@@ -383,40 +338,11 @@ def train(config: TrainConfig, run_dir: Path, *, device="cpu", clip_weights=None
                              rebuild_features=rebuild_features)
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """PointADError unless run_dir is absent, or a folder where our files may go: never a file, a Zarr store,
-    a folder whose config.json or metrics.csv is not a run's (we would overwrite them), or a folder that is
-    no run yet and holds anything but what a run writes (`RUN_FILES`: the current directory full of the
-    user's files, `--out .`, would otherwise be filled with ours)."""
-    if not run_dir.exists():
-        return
-    if not run_dir.is_dir():
-        raise PointADError(f"{run_dir}: is a file; --out takes a run directory")
-    if (run_dir / "zarr.json").exists():
-        raise PointADError(f"{run_dir}: is a Zarr store, not a run directory; choose another --out")
-    config_file = run_dir / "config.json"
-    if config_file.exists() or (run_dir / METRICS_FILE).exists():
-        try:
-            ours = "train" in json.loads(config_file.read_text())
-        except (OSError, ValueError, TypeError):
-            ours = False
-        if not ours:
-            raise PointADError(f"{run_dir}: holds a config.json or metrics.csv that is not a training run's; "
-                               f"choose another --out")
-        return
-    others = sorted(p.name for p in run_dir.iterdir()
-                    if p.name not in RUN_FILES and not p.name.startswith(tuple(f".{f}." for f in RUN_FILES)))
-    if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        raise PointADError(f"{run_dir}: holds files that are not a training run's ({shown}); --out takes a new or "
-                           f"empty folder, or a run to --resume")
-
-
 def _clean_temps(run_dir: Path) -> None:
     """Remove the temp files of an interrupted writer (atomic_path names them `.<name>.<random><suffix>`);
     called with the run's lock held, so none of them is being written."""
     patterns = [(run_dir / "checkpoints", ".epoch_*.pt.*.pt"), (run_dir, f".{METRICS_FILE}.*.csv"),
-                (run_dir, ".config.json.*.json")]
+                (run_dir, f".{CONFIG_FILE}.*.json")]
     for folder, pattern in patterns:
         for path in folder.glob(pattern):
             if path.is_file() and not path.is_symlink():
@@ -431,7 +357,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, rank: int, *, device, clip
         raise PointADError(f"{run_dir}: already holds checkpoints; pass --resume to continue or choose another --out")
     if resume and latest is not None:  # what resuming reads, checked before the features and the model
         check_optimizer_state(latest, load_checkpoint(latest))
-        read_metrics(run_dir / METRICS_FILE)
+        read_metrics(run_dir)
     if rank == 0:
         _clean_temps(run_dir)
     bar = progress_factory(None, "features") if progress_factory and rank == 0 and config.feature_cache else None
@@ -445,11 +371,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, rank: int, *, device, clip
     if resume and latest is not None:
         start = trainer.restore(latest) + 1
     if rank == 0:
-        with atomic_path(run_dir / "config.json") as tmp:
-            tmp.write_text(json.dumps({"train": config.identity() | {"epochs": config.epochs, "store": config.store},
-                                       "model": trainer.model_identity(), "store_fingerprint":
-                                       trainer.store_fingerprint, "rows": trainer.rows.tolist(),
-                                       "render": trainer.render_record()}, indent=2))
+        write_run_record(run_dir, trainer.run_record())
     result = TrainResult(run_dir=run_dir)
     for epoch in range(start, config.epochs + 1):
         bar = progress_factory(len(trainer.rows), f"epoch {epoch}/{config.epochs}") if progress_factory else None
@@ -460,7 +382,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, rank: int, *, device, clip
                 bar.close()
         if rank == 0:
             # metrics first: a kill between the two re-runs this epoch on resume, which rewrites its row
-            _append_metrics(run_dir / METRICS_FILE, {"epoch": epoch, **metrics})
+            append_metrics(run_dir, EpochMetrics.of(epoch, metrics))
             trainer.checkpoint(epoch, metrics)
             if log is not None:
                 log(f"epoch {epoch}/{config.epochs} " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

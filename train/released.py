@@ -25,7 +25,6 @@ forward pass never applies the `compound_prompt_projections` linear layers.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +32,13 @@ from pathlib import Path
 import torch
 
 from pointad.shared.errors import CheckpointMismatchError, ConfigError, PointADError
-from pointad.shared.io import atomic_path
 from pointad.shared.lock import writer_lock
 from pointad.train.model.checkpoint import save_checkpoint
 from pointad.train.config import TrainConfig
 from pointad.train.model.model_config import ModelConfig, load_model_config
 from pointad.train.model.prompts import PromptLearner
 from pointad.train.model.torch_files import load_checkpoint_file
+from pointad.train.run_record import ImportedFrom, RunRecord, write_run_record
 
 TOP_KEY = "prompt_learner"
 PROJECTION_WIDTH = 896  # the released code's unused projection layers map W -> 896
@@ -238,19 +237,16 @@ def import_released(path, out, *, class_name: str | None = None, dataset: str | 
     config = TrainConfig(store="", class_name=class_name, dataset=dataset, epochs=epoch, seed=seed,
                          model=model, layers=layers or None, prompt="agnostic")
     _check_new_folder(out)
-    source = {"file": str(path), "sha256": _sha256(path), "layout": f"released PointAD {{'{TOP_KEY}': state dict}}",
-              "deep_prompts": "rounded to float16 as the released text encoder uses them",
-              "dropped": {k: list(v) for k, v in prompts.dropped.items()}}
+    record = RunRecord(train=config, model=model_config, store_fingerprint="", rows=(), imported=ImportedFrom(
+        file=str(path), sha256=_sha256(path), layout=f"released PointAD {{'{TOP_KEY}': state dict}}",
+        deep_prompts="rounded to float16 as the released text encoder uses them", dropped=dict(prompts.dropped)))
     checkpoint = out / "checkpoints" / f"epoch_{epoch}.pt"
     with writer_lock(out, "train import-released"):
         _check_new_folder(out)
         save_checkpoint(checkpoint, epoch=epoch, prompts=learner.state_for_checkpoint(), optimizer=None,
                         config=config.identity(), model=model_config.to_dict(), store_fingerprint="",
                         metrics={})
-        with atomic_path(out / "config.json") as tmp:
-            tmp.write_text(json.dumps({"train": config.identity() | {"epochs": epoch, "store": ""},
-                                       "model": model_config.to_dict(), "store_fingerprint": "", "rows": [],
-                                       "imported": source}, indent=2))
+        write_run_record(out, record)
     return ImportedRun(run_dir=out, checkpoint=checkpoint, train=config.identity(), prompts=prompts)
 
 

@@ -11,7 +11,6 @@ A run directory holding a run with other settings is an error, never silently re
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from pointad.shared.store import open_store, store_fingerprint
 from pointad.train.model.checkpoint import EPOCH_FILE, latest_checkpoint
 from pointad.train.config import TrainConfig
 from pointad.train.loop import train
+from pointad.train.run_record import read_run_record
 
 DEFAULT_SEEDS = (TrainConfig.seed,)
 DEFAULT_RUNS_DIR = Path("runs")
@@ -87,16 +87,11 @@ def run_state(run: PlannedRun) -> str:
     latest = latest_checkpoint(run.run_dir)
     if latest is None:
         return "missing"
-    config_file = run.run_dir / "config.json"
-    try:
-        recorded = json.loads(config_file.read_text())
-        saved = recorded["train"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise PointADError(f"{config_file}: unreadable run config ({exc}); move the run directory away") from None
+    recorded = read_run_record(run.run_dir)
     # The store is compared by content (its fingerprint), not by how its path was spelled.
-    wanted = run.config.identity()
-    differ = sorted(k for k in wanted if k != "store" and saved.get(k) != wanted[k])
-    if recorded.get("store_fingerprint") != store_fingerprint(run.config.store):
+    wanted, saved = run.config.identity(), recorded.train.identity()
+    differ = sorted(k for k in wanted if saved[k] != wanted[k])
+    if recorded.store_fingerprint != store_fingerprint(run.config.store):
         differ.append("store contents")
     if differ:
         raise PointADError(f"{run.run_dir}: holds a run with other settings (differs in: {', '.join(differ)}); "

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from pointad.shared.errors import CheckpointMismatchError, PointADError
 from pointad.train.model.checkpoint import load_checkpoint
 from pointad.train.cli import train as train_cli
 from pointad.train.loop import TrainConfig, Trainer, train
+from pointad.train.run_record import REWRITE, check_run_dir, read_metrics, read_run_record, write_run_record
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -79,8 +82,15 @@ def test_run_writes_checkpoints_metrics_and_config(train_store, tmp_path):
     result = train(_config(train_store), tmp_path / "run")
     assert result.epochs_run == [1, 2]
     lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
-    assert lines[0].startswith("epoch,total,3d_global,3d_local,2d_global,2d_local,point_auroc")
+    assert lines[0] == "epoch,total,3d_global,3d_local,2d_global,2d_local,point_auroc,seconds"
     assert [line.split(",")[0] for line in lines[1:]] == ["1", "2"]
+    rows = read_metrics(tmp_path / "run")
+    assert [(r.epoch, r.losses, r.point_auroc) for r in rows] == [
+        (i + 1, {k: v for k, v in m.items() if k not in ("point_auroc", "seconds")}, m["point_auroc"])
+        for i, m in enumerate(result.metrics)]
+    record = read_run_record(tmp_path / "run")
+    assert record.train == _config(train_store) and record.model.label == "tiny (random weights)"
+    assert len(record.rows) == 6 and record.render["point_size"] == 2 and record.imported is None
     payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "epoch_2.pt")
     assert payload["model"]["label"] == "tiny (random weights)" and payload["config"]["class_name"] == "cookie"
     with pytest.raises(PointADError, match="already holds checkpoints; pass --resume"):
@@ -190,7 +200,6 @@ def test_dataloader_workers_and_dpam_depth(train_store, tmp_path):
 def test_a_run_folder_is_new_empty_a_run_or_its_leftovers(tmp_path):
     """check_run_dir: a folder holding only what a run writes (an interrupted first run's feature cache, our temp
     files) is a run folder; one holding anything else (`--out .` in a folder of the user's) is refused, naming it."""
-    from pointad.train.loop import check_run_dir
     folder = tmp_path / "run"
     check_run_dir(folder)  # absent
     folder.mkdir()
@@ -203,19 +212,54 @@ def test_a_run_folder_is_new_empty_a_run_or_its_leftovers(tmp_path):
     (folder / ".git").mkdir()
     with pytest.raises(PointADError, match=r"run: holds files that are not a training run's \(\.git, notes\.txt\)"):
         check_run_dir(folder)
-    (folder / "config.json").write_text('{"train": {}}')  # a run's folder may hold the user's notes
-    check_run_dir(folder)
+    (folder / "config.json").write_text('{"train": {}}')  # a damaged record of ours: refused, saying what to do
+    with pytest.raises(PointADError, match=r"config\.json: 'train': missing key\(s\) \['store'.*; move it away"):
+        check_run_dir(folder)
+    (folder / "config.json").unlink()
+    write_run_record(folder, _record())
+    check_run_dir(folder)  # a run's folder may hold the user's notes
 
 
-def test_metrics_file_is_read_strictly(tmp_path):
-    from pointad.train.loop import read_metrics
-    path = tmp_path / "metrics.csv"
-    assert read_metrics(path) == []
-    path.write_text("epoch,total,point_auroc\n1,0.5,nan\n2,0.25,\n")
-    assert [r["epoch"] for r in read_metrics(path)] == ["1", "2"]  # nan and empty: undefined values, allowed
-    path.write_text("epoch,total\n0,0.5\n")
-    with pytest.raises(PointADError, match=r"metrics\.csv: damaged metrics file \(line 2: epoch 0\)"):
-        read_metrics(path)
-    path.write_text("epoch,total\n1,0.5x\n")
-    with pytest.raises(PointADError, match=r"line 2, total: '0\.5x' is not a number"):
-        read_metrics(path)
+def _record():
+    from pointad.train.model.model_config import load_model_config
+    from pointad.train.run_record import RunRecord
+    return RunRecord(train=_config("renders.zarr"), model=load_model_config("tiny"), store_fingerprint="f", rows=(0,))
+
+
+def test_resume_continues_a_run_folder_written_before_the_record(train_store, tmp_path):
+    """config.json and metrics.csv as the code before the record wrote them (no format or version; numbers to 6
+    digits): --resume reads them, goes on and writes the record; a layout older still (no 'train.store') is
+    refused in one line, and doing what it says works."""
+    from pointad.shared.store import store_fingerprint
+    from pointad.train.model.model_config import load_model_config
+    run = tmp_path / "run"
+    config = _config(train_store, epochs=1)
+    train(config, run)
+    written = json.loads((run / "config.json").read_text())
+    old = {"train": config.identity() | {"epochs": config.epochs, "store": config.store},  # train/loop.py, 4507f32
+           "model": load_model_config("tiny").to_dict(), "store_fingerprint": store_fingerprint(train_store),
+           "rows": written["rows"], "render": written["render"]}
+    (run / "config.json").write_text(json.dumps(old, indent=2))
+    with open(run / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(run / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: v if k == "epoch" else f"{float(v):.6g}" for k, v in row.items()} for row in rows)
+    result = train(_config(train_store, epochs=2), run, resume=True)
+    assert result.epochs_run == [2]
+    assert [r.epoch for r in read_metrics(run)] == [1, 2]
+    assert json.loads((run / "config.json").read_text())["version"] == 1
+    assert read_run_record(run).train == _config(train_store, epochs=2)
+    older = json.loads((run / "config.json").read_text())
+    for key in ("format", "version", "render"):
+        older.pop(key)
+    older["train"].pop("store")  # train/loop.py before d4b0eaa
+    (run / "config.json").write_text(json.dumps(older))
+    with pytest.raises(PointADError) as error:
+        train(_config(train_store, epochs=3), run, resume=True)
+    message = str(error.value)
+    assert "\n" not in message and message == f"{run / 'config.json'}: 'train': missing key(s) ['store']; {REWRITE}"
+    shutil.move(run / "config.json", tmp_path / "config.json.old")  # as the line says
+    assert train(_config(train_store, epochs=3), run, resume=True).epochs_run == [3]
+    assert read_run_record(run).train == _config(train_store, epochs=3)

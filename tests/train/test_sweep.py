@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -9,6 +11,7 @@ from pointad.shared.errors import ConfigError, PointADError
 from pointad.train.model.checkpoint import latest_checkpoint
 from pointad.train.cli import train as train_cli
 from pointad.train.loop import TrainConfig, train
+from pointad.train.run_record import REWRITE
 from pointad.train.sweep import aux_classes, plan_sweep, run_state, sweep
 
 MVTEC = "synthetic-mvtec3d"
@@ -74,3 +77,21 @@ def test_cli_sweep_then_again_skips(eval_store, tmp_path):
     assert (tmp_path / f"{MVTEC}-cookie-3" / "checkpoints" / "epoch_1.pt").is_file()
     second = CliRunner().invoke(train_cli, args)
     assert second.exit_code == 0 and "done, skipped" in second.output
+
+
+def test_a_run_recorded_before_the_record_is_done_and_an_older_one_refused(eval_store, tmp_path):
+    """config.json as `train run` wrote it before the record (no format, no version) keeps a sweep's run done;
+    one older still (no 'train.store') stops the sweep before any training, in one line saying what to do."""
+    runs = plan_sweep(_base(eval_store), ["cookie", "torus"], [4], tmp_path)
+    train(runs[0].config, runs[0].run_dir)
+    config_file = runs[0].run_dir / "config.json"
+    written = json.loads(config_file.read_text())
+    old = {key: written[key] for key in ("train", "model", "store_fingerprint", "rows", "render")}
+    config_file.write_text(json.dumps(old, indent=2))
+    assert run_state(runs[0]) == "done"
+    del old["train"]["store"]
+    config_file.write_text(json.dumps(old, indent=2))
+    with pytest.raises(PointADError) as error:
+        sweep(runs)
+    assert str(error.value) == f"{config_file}: 'train': missing key(s) ['store']; {REWRITE}"
+    assert latest_checkpoint(runs[1].run_dir) is None  # the torus run was not started
