@@ -25,7 +25,6 @@ The tiny model needs 336 px views; the point budget (--max-points) and the views
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import subprocess
@@ -142,8 +141,8 @@ def main() -> None:
                                          str(args.batch_size), "--device", "cpu", "--cache-memory", budget,
                                          "--features", str(features), "--out", str(run)],
                                         folder / f"train-n{n}-{name}.log")
-                with open(run / "metrics.csv", newline="") as handle:
-                    epoch_seconds = [float(row["seconds"]) for row in csv.DictReader(handle)]
+                from pointad.train.run_record import read_metrics
+                epoch_seconds = [row.seconds for row in read_metrics(run)]
                 runs[name] = (run, seconds, peak, epoch_seconds)
             report = measure([python, "-m", "pointad.eval.cli", "report", "--store", str(store), "--checkpoints",
                               str(runs["bounded"][0]), "--dataset", DATASET, "--device", "cpu", "--batch-size",
