@@ -410,6 +410,7 @@ def shared_backbone(backbone):
 
 def report_clock(ctx: Context) -> StageClock:
     import pointad.eval.report as report_module
+    import pointad.eval.score_maps as score_maps
     import pointad.eval.scoring as scoring
     import pointad.shared.threads as threads
     from pointad.shared.store import RenderStore
@@ -423,7 +424,7 @@ def report_clock(ctx: Context) -> StageClock:
     clock.wrap(scoring, "score_batch", "maps, back-projection, sample scores", gpu=True, kind="generator")
     for name in ("smooth_grid", "smooth_organized", "organized_weight", "smooth_graph", "rgb_point_map",
                  "fused_point_map", "compat_grid_map", "compat_fused_map"):
-        clock.wrap(scoring, name, "smoothing + fusion (CPU)")
+        clock.wrap(score_maps, name, "smoothing + fusion (CPU)")
     clock.wrap(report_module, "class_metrics", "metrics")
     clock.wrap(report_module, "write_report", "write report")
     return clock

@@ -10,7 +10,10 @@ temporary folder, never to the checkout; its tests run there with this checkout'
 environment, and the copy's packages are the ones imported (checked before the first run). A
 mutation whose original line is not found exactly once is reported as such, not applied.
 
-    .venv/bin/python benchmarks/mutation_check.py [--only NAME ...] [--list] [--baseline]
+    .venv/bin/python benchmarks/mutation_check.py [--only NAME ...] [--list] [--check] [--baseline]
+
+`--check` runs nothing: it says, for each mutation, whether its original line is found exactly once in the
+checkout (after a line moves, the entry naming it must follow).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ REPORT = "tests/eval/test_report_numbers.py"
 SCORES = "tests/eval/test_score_numbers.py"
 DETECT = "tests/eval/test_detect_numbers.py"
 STORE = "tests/render/test_store_numbers.py"
-SCORING, METRICS = "tests/eval/test_scoring.py", "tests/eval/test_metrics.py"
+SCORING, METRICS = "tests/eval/test_score_maps.py", "tests/eval/test_metrics.py"
 GRAPH, MAPS = "tests/render/test_graph.py", "tests/train/test_maps.py"
 # issue 25's tests, one per class of one-line bug an audit planted in code landed since the previous audit
 STORE_CHECK, STORE_FAULTS = "tests/shared/test_store_check.py", "tests/faults/test_store_faults.py"
@@ -62,9 +65,9 @@ MUTATIONS = [
     Mutation("detect: preprocessing flip not undone", "eval/detect.py",
              "    return input_points, sample, flip_x180(rendered) if prep.flip else rendered, arrays",
              "    return input_points, sample, rendered, arrays", (DETECT,)),
-    Mutation("scoring: unorganized clouds skip k-NN smoothing", "eval/scoring.py",
-             '            point_map = smooth_graph(raw[i], batch["knn"][i], batch["knn_weight"][i])[valid]',
-             "            point_map = raw[i][valid]", (SCORES, SCORING)),
+    Mutation("scoring: unorganized clouds skip k-NN smoothing", "eval/score_maps.py",
+             '        point_map = smooth_graph(raw_points, row["knn"], row["knn_weight"])[valid]',
+             "        point_map = raw_points[valid]", (SCORES, SCORING)),
     Mutation("report: graph AU-PRO counts padding points", "eval/class_metrics.py",
              '            out["aupro"] = aupro_graph(labels, scores, knn, valid)',
              '            out["aupro"] = aupro_graph(labels, scores, knn)', (REPORT,)),
@@ -87,17 +90,17 @@ MUTATIONS = [
     Mutation("metrics: compat AU-PRO keeps FPR == max_fpr", "eval/metrics.py",
              "    kept = fpr < max_fpr",
              "    kept = fpr <= max_fpr", (METRICS, REPORT)),
-    Mutation("scoring: sample score takes the max view probability", "eval/scoring.py",
+    Mutation("scoring: sample score takes the max view probability", "eval/score_maps.py",
              "    return 0.5 * (float(np.mean(view_anomaly_probs)) + float(np.max(point_map)))",
              "    return 0.5 * (float(np.max(view_anomaly_probs)) + float(np.max(point_map)))", (SCORING, SCORES)),
-    Mutation("scoring: RGB point map not smoothed", "eval/scoring.py",
+    Mutation("scoring: RGB point map not smoothed", "eval/score_maps.py",
              "    smoothed = smooth_grid(rgb_map, np.ones_like(rgb_map), sigma, weight).ravel()",
              "    smoothed = rgb_map.ravel()", (SCORING, SCORES)),
-    Mutation("scoring: multimodal map fuses the point map with itself", "eval/scoring.py",
-             "            fused = fused_point_map(point_map, rgb_points, grid_index, grid_hw, sigma, weight)",
-             "            fused = fused_point_map(point_map, point_map, grid_index, grid_hw, sigma, weight)",
+    Mutation("scoring: multimodal map fuses the point map with itself", "eval/score_maps.py",
+             "        fused = fused_point_map(point_map, rgb_points, grid_index, grid_hw, sigma, weight)",
+             "        fused = fused_point_map(point_map, point_map, grid_index, grid_hw, sigma, weight)",
              (SCORING, SCORES)),
-    Mutation("scoring: fused sample score with the mean of the fused map", "eval/scoring.py",
+    Mutation("scoring: fused sample score with the mean of the fused map", "eval/score_maps.py",
              "    return 0.5 * (0.5 * (rgb_sample_score + point_sample_score) + float(np.max(fused_map)))",
              "    return 0.5 * (0.5 * (rgb_sample_score + point_sample_score) + float(np.mean(fused_map)))",
              (SCORING, SCORES)),
@@ -131,6 +134,14 @@ MUTATIONS = [
     Mutation("mutual scoring: patch scores summed over the radii", "eval/mutual.py",
              "    return (total / (layers * len(options.radii))).cpu()",
              "    return (total / layers).cpu()", (MUTUAL, DETECT_MUTUAL)),
+    # issue 23: PointAD and mutual scoring share one scoring tail (eval/score_maps.py `score_row`)
+    Mutation("scoring tail: mutual scoring's sample score is the map's mean", "eval/score_maps.py",
+             "    return float(np.max(point_map)) if probs is None else sample_score(probs, point_map)",
+             "    return float(np.mean(point_map)) if probs is None else sample_score(probs, point_map)",
+             (SCORING, MUTUAL)),
+    Mutation("scoring tail: compat grids without the RGB block", "eval/score_maps.py",
+             "                                        rgb_map if use_rgb else None, rgb_probs, sigma)",
+             "                                        None, rgb_probs, sigma)", (SCORING, REPORT)),
     Mutation("schema: views/mask names its row and col axes swapped", "shared/store_schema.py",
              '    ArraySpec("views/mask", ("V", "S", "S"), "uint8", 0, "mask", dims=("view", "row", "col"),',
              '    ArraySpec("views/mask", ("V", "S", "S"), "uint8", 0, "mask", dims=("view", "col", "row"),',
@@ -169,8 +180,8 @@ def copy_repo(target: Path) -> Path:
     return copy
 
 
-def apply(copy: Path, mutation: Mutation) -> str | None:
-    """Mutate the copy; return None, or why the mutation could not be applied."""
+def apply(copy: Path, mutation: Mutation, dry_run: bool = False) -> str | None:
+    """Mutate the copy (with dry_run: only look); return None, or why the mutation could not be applied."""
     path = copy / mutation.path
     if not path.is_file():
         return "file not found"
@@ -178,6 +189,8 @@ def apply(copy: Path, mutation: Mutation) -> str | None:
     where = [i for i, line in enumerate(lines) if line.rstrip("\r\n") == mutation.original]
     if len(where) != 1:
         return "original line not found" if not where else f"original line found {len(where)} times"
+    if dry_run:
+        return None
     ending = lines[where[0]][len(mutation.original):]
     lines[where[0]] = mutation.mutated + ending
     path.write_text("".join(lines))
@@ -223,6 +236,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="run the mutations whose name contains one of these words")
     parser.add_argument("--list", action="store_true", help="list the mutations and stop")
+    parser.add_argument("--check", action="store_true",
+                        help="say whether each mutation's original line is in the checkout exactly once, run nothing")
     parser.add_argument("--baseline", action="store_true",
                         help="first run every listed test file on the unmutated copy")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per mutation")
@@ -232,6 +247,11 @@ def main(argv=None) -> int:
         for m in chosen:
             print(f"{m.name}: {m.path}: {' '.join(m.tests)}")
         return 0
+    if args.check:
+        problems = [(m, apply(REPO, m, dry_run=True)) for m in chosen]
+        for m, problem in problems:
+            print(f"{'applies' if problem is None else 'NOT APPLIED: ' + problem:<12}  {m.path}  {m.name}")
+        return 1 if any(problem is not None for _, problem in problems) else 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="mutation-check-") as tmp:
         pristine = copy_repo(Path(tmp) / "pristine")

@@ -11,8 +11,8 @@ _HOMES = {
     "aupro_graph": "pointad.eval.metrics", "aupro_organized": "pointad.eval.metrics",
     "aupro_pointad_compat": "pointad.eval.metrics", "image_metrics": "pointad.eval.metrics",
     "point_auroc": "pointad.eval.metrics", "ReportConfig": "pointad.eval.report", "build_report": "pointad.eval.report",
-    "write_report": "pointad.eval.report", "SampleScores": "pointad.eval.scoring", "score_store": "pointad.eval.scoring",
-    "smooth_graph": "pointad.eval.scoring", "smooth_organized": "pointad.eval.scoring",
+    "write_report": "pointad.eval.report", "SampleScores": "pointad.eval.score_maps", "score_store": "pointad.eval.scoring",
+    "smooth_graph": "pointad.eval.score_maps", "smooth_organized": "pointad.eval.score_maps",
 }
 __all__ = list(_HOMES)
 

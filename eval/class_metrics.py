@@ -13,7 +13,7 @@ import numpy as np
 
 from pointad.eval.metrics import (aupro_components, aupro_graph, aupro_pointad_compat, image_metrics,
                           organized_component_ids, point_auroc)
-from pointad.eval.scoring import SampleScores
+from pointad.eval.score_maps import SampleScores
 from pointad.shared.errors import PointADError
 from pointad.shared.limits import nonfinite
 

@@ -3,12 +3,14 @@
 Per test class, every sample's renderings (and RGB image) go once through the frozen vision tower on its
 plain attention path (`mutual_model_config`: no DPAM; the tapped layers an option). The patch tokens are
 aggregated over r x r neighbourhoods and the class's samples score each other
-(`eval.mutual_scoring`); the patch scores of each view are upsampled to S x S and become point scores
-through PointAD's own back-projection (`train.maps.back_project`), proxies and smoothing
-(`eval.scoring`), so the two methods differ only in where the per-view maps come from. Sample score:
-the maximum of the point map (RGB: of the RGB map); the multimodal map and score are PointAD's fusion.
-With `rescore_ks`, the sample scores of each block are re-scored by their global-feature neighbours.
-The result is one `eval.scoring.SampleScores` per row, as the PointAD scorer gives, so the report's
+(`eval.mutual_scoring`, the math; this module is its shell: features, store passes, results); the patch
+scores of each view are upsampled to S x S and become point scores through PointAD's own back-projection
+(`eval.scoring.back_project_batch`), proxies and scoring tail (`eval.score_maps.score_row`: smoothing,
+RGB fusion, the released code's grids), so the two methods differ only in where the per-view maps come
+from. Sample score: the maximum of the point map (RGB: of the RGB map; `score_row` without the model's
+probabilities); the multimodal map and score are PointAD's fusion. With `rescore_ks`, the sample scores
+of each block are re-scored by their global-feature neighbours.
+The result is one `eval.score_maps.SampleScores` per row, as the PointAD scorer gives, so the report's
 metrics, protocols and figures apply unchanged. `score_against_reference` scores one in-memory rendering
 (`detect --method mutual-scoring`) against a store's samples with the same functions.
 
@@ -25,17 +27,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter
 
 from pointad.eval.mutual_scoring import aggregate_neighbourhoods, mutual_scores, rescore_by_neighbours, upsample_scores
-from pointad.eval.scoring import (SIGMA, SampleScores, compact_knn, compat_fused_map, compat_grid_map, encode_batch,
-                          fused_point_map, fused_sample_score, organized_weight, rgb_point_map, smooth_graph,
-                          smooth_organized)
+from pointad.eval.score_maps import ROW_FIELDS, SIGMA, SampleScores, score_row
+from pointad.eval.scoring import back_project_batch, encode_batch, kept_map, rgb_on_grid
 # MutualOptions and its choices live in the light eval.settings (the command line reads them); re-exported here
 from pointad.eval.settings import MUTUAL as METHOD, VIEW_MODES, MutualOptions  # noqa: F401
 from pointad.shared.errors import PointADError
 from pointad.shared.store import open_store
-from pointad.train.model.maps import back_project
 from pointad.train.model.model_config import ModelConfig
 
 FEATURE_FIELDS = ("image", "rgb", "grid_hw", "grid_index", "valid")
@@ -187,55 +186,16 @@ def score_against_reference(arrays, identity: dict, store_path, rows, backbone, 
 
 
 def _score_rows(batch, identities, maps, rgb_maps, sigma, compat, keep):
-    """SampleScores of a batch from its per-view score maps (B, V, S, S) and RGB maps {i: (S, S)}."""
-    with torch.no_grad():
-        tensors = {k: torch.from_numpy(batch[k]) for k in ("pixel", "visible", "valid", "proxy")}
-        raw = back_project(maps, tensors["pixel"], tensors["visible"], tensors["valid"], tensors["proxy"]).numpy()
+    """SampleScores of a batch from its per-view score maps (B, V, S, S) and RGB maps {i: (S, S)}: PointAD's
+    back-projection (on the CPU) and scoring tail, without global probabilities (sample score = map maximum)."""
+    raw = back_project_batch(maps, batch)
     for i, identity in enumerate(identities):
-        valid = batch["valid"][i]
-        grid_hw = tuple(int(x) for x in batch["grid_hw"][i])
-        grid_index = batch["grid_index"][i][valid]
-        organized = min(grid_hw) > 0 and bool((grid_index >= 0).all())
-        weight = organized_weight(grid_index, grid_hw, sigma) if organized else None  # shared by both maps
-        if organized:
-            point_map = smooth_organized(raw[i][valid], grid_index, grid_hw, sigma, weight)
-        else:
-            point_map = smooth_graph(raw[i], batch["knn"][i], batch["knn_weight"][i])[valid]
-        score = float(np.max(point_map))
-        extra, rgb_grid = {}, None
-        if i in rgb_maps and organized:
-            rgb_map = rgb_maps[i]
-            if keep[i]:
-                extra["rgb_view_map"] = rgb_map.numpy().astype(np.float16)
-            if tuple(rgb_map.shape) != grid_hw:  # the RGB image is S x S; put its map on the grid
-                rgb_map = F.interpolate(rgb_map[None, None], size=grid_hw, mode="bilinear", align_corners=False)[0, 0]
-            rgb_grid = rgb_map.numpy()
-            rgb_points = rgb_point_map(rgb_grid, grid_index, sigma)
-            rgb_score = float(np.max(rgb_points))
-            fused = fused_point_map(point_map, rgb_points, grid_index, grid_hw, sigma, weight)
-            extra |= dict(rgb_point_scores=rgb_points.astype(np.float32), rgb_score=rgb_score,
-                          multimodal_point_scores=fused.astype(np.float32),
-                          multimodal_score=fused_sample_score(score, rgb_score, fused))
-        if compat and organized:
-            extra["compat"] = _compat(raw[i][valid], grid_index, grid_hw, rgb_grid, sigma)
-        if keep[i]:
-            extra["view_maps"] = maps[i].numpy().astype(np.float16)
-        yield SampleScores(identity=identity, point_scores=point_map.astype(np.float32),
-                           point_labels=batch["label"][i][valid], score=score,
-                           grid_index=grid_index.astype(np.int32), grid_hw=grid_hw,
-                           knn=compact_knn(batch["knn"][i], valid), **extra)
-
-
-def _compat(raw_points, grid_index, grid_hw, rgb_grid, sigma) -> dict:
-    """The `pointad-compat` grids (`eval.scoring.compat_grid_map`, `compat_fused_map`), sample score = grid max."""
-    point_grid = compat_grid_map(raw_points, grid_index, grid_hw, sigma)
-    out = {"point": (point_grid, float(point_grid.max()))}
-    if rgb_grid is not None:
-        smoothed = gaussian_filter(np.asarray(rgb_grid, np.float64), sigma)
-        fused = compat_fused_map(point_grid, smoothed, sigma)
-        out["rgb"] = (smoothed, float(smoothed.max()))
-        out["multimodal"] = (fused, fused_sample_score(out["point"][1], out["rgb"][1], fused))
-    return {block: (grid.astype(np.float32), score) for block, (grid, score) in out.items()}
+        rgb = {}
+        if i in rgb_maps:  # RGB rows are organized rows (`encode_batch`)
+            rgb = dict(rgb_map=rgb_on_grid(rgb_maps[i], batch["grid_hw"][i]),
+                       rgb_view_map=kept_map(rgb_maps[i]) if keep[i] else None)
+        yield score_row(raw[i], {k: batch[k][i] for k in ROW_FIELDS}, identity, sigma=sigma, compat=compat,
+                        view_maps=kept_map(maps[i]) if keep[i] else None, **rgb)
 
 
 def _rescored(results: list[SampleScores], features: ClassFeatures, ks) -> list[SampleScores]:

@@ -1,28 +1,16 @@
-"""Per-sample scores of PointAD, design §7 (paper section 3.6): point maps, sample scores, RGB and fusion.
+"""PointAD's streaming scorer (design §7.1): reads a store in batches, runs the frozen model, back-projects.
 
-The math is in pure functions (arrays in, arrays out); `score_store` is the streaming driver that reads
-a store in batches, runs the frozen model and yields one `SampleScores` per row, so memory depends on
-the batch size, not on the store. `score_batch` scores rows already in memory (`score_arrays`: one
-rendered `SampleArrays`, as `pointad detect` has). Letters as in the store (design §4): B samples, V views, P points,
-S pixels, k neighbours, D feature dimension; (H, W) an organized grid (`grid_hw`).
-
-Smoothing of missing cells (organized grids): normalised convolution. The scores are scattered to the
-grid, then A = gauss(scores * mask) / gauss(mask), mask = 1 where a cell holds a point. A missing cell
-(a hole in the scan, the background, or outside the grid, mode "constant") neither adds a zero to its
-neighbours nor counts in their weight, so a point's smoothed score is the Gaussian-weighted mean of
-the scores of the points around it. The kernel is scipy's: sigma 4 px, truncated at 4 sigma (a square
-window of radius 16), separable.
-
-The `pointad-compat` protocol scores as the released code does (`compat=True`): the raw point scores
-are put on the full grid with 0 in every missing cell and smoothed by a plain Gaussian (scipy's default
-border mode, "reflect"), so missing cells get scores and holes pull their neighbours down; the RGB map
-is smoothed the same way, the multimodal map is the smoothed mean of the two smoothed maps, and the
-sample scores take the maxima of these grids.
+`score_store` yields one `SampleScores` per row, so memory depends on the batch size, not on the store;
+`score_batch` scores rows already in memory (`score_arrays`: one rendered `SampleArrays`, as `pointad
+detect` has). The vision tower runs once per batch (`encode_batch`, shared by every run of one frozen
+model); the anomaly maps are back-projected on the device (`back_project_batch`); every row then goes
+through the scoring tail of `eval.score_maps` (`score_row`: smoothing, sample scores, RGB fusion, the
+released code's grids; arrays in, arrays out), on threads. Mutual scoring (`eval.mutual`) ends in the same
+tail. Letters as in the store (design §4): B samples, V views, P points, S pixels, D feature dimension.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,192 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter
 
+from pointad.eval.score_maps import ROW_FIELDS, SIGMA, SampleScores, is_organized, score_row
 from pointad.shared.store import open_store
 from pointad.shared.threads import run_each, worker_pool
 from pointad.train.model.backbone import encode_views
 from pointad.train.model.maps import back_project, class_probabilities, patch_maps
 
-SIGMA = 4.0
 BASELINE_PROMPTS = ("A photo of a normal {}.", "A photo of an anomalous {}.")  # clip-rendering, design §7
 BATCH_FIELDS = ("image", "pixel", "visible", "valid", "label", "proxy", "grid_index", "grid_hw", "knn",
                 "knn_weight", "rgb")
-
-
-# --- math: arrays in, arrays out -----------------------------------------------------------------------
-
-def smooth_grid(values, mask, sigma: float = SIGMA, weight: np.ndarray | None = None) -> np.ndarray:
-    """Return the normalised Gaussian convolution (H, W) float64 of `values` over the cells where `mask`.
-
-    values: (H, W) float; mask: (H, W) weights (1 = a cell holds a value, 0 = missing; counts allowed).
-    Cells whose window holds no value get 0. weight: `grid_weight(mask, sigma)` when already computed (the
-    maps of one sample share their grid's mask, so one filter serves them all).
-    """
-    values, mask = np.asarray(values, np.float64), np.asarray(mask, np.float64)
-    numerator = gaussian_filter(values * mask, sigma, mode="constant", cval=0.0)
-    denominator = grid_weight(mask, sigma) if weight is None else weight
-    out = np.zeros_like(numerator)
-    np.divide(numerator, denominator, out=out, where=denominator > 1e-12)
-    return out
-
-
-def grid_weight(mask, sigma: float = SIGMA) -> np.ndarray:
-    """The denominator of `smooth_grid`: gauss(mask), (H, W) float64."""
-    return gaussian_filter(np.asarray(mask, np.float64), sigma, mode="constant", cval=0.0)
-
-
-def organized_weight(grid_index, grid_hw, sigma: float = SIGMA) -> np.ndarray:
-    """`grid_weight` of the points' cells: what every `smooth_organized` of these points divides by."""
-    return grid_weight(_cell_counts(np.asarray(grid_index), grid_hw), sigma)
-
-
-def _cell_counts(grid_index: np.ndarray, grid_hw) -> np.ndarray:
-    height, width = (int(x) for x in grid_hw)
-    cells = grid_index[grid_index >= 0].astype(np.int64)
-    return np.bincount(cells, minlength=height * width).reshape(height, width).astype(np.float64)
-
-
-def smooth_organized(point_scores, grid_index, grid_hw, sigma: float = SIGMA,
-                     weight: np.ndarray | None = None) -> np.ndarray:
-    """Return smoothed point scores (P,) float64: Gaussian sigma px on the organized grid, missing cells excluded.
-
-    point_scores: (P,) float; grid_index: (P,) int, row * W + col, -1 = no grid cell (such points keep
-    their own score); grid_hw: (H, W). Points sharing a cell are summed there and counted twice in the
-    weight. See the module docstring for the treatment of missing cells. weight: `organized_weight` of the
-    same grid_index and sigma, when already computed.
-    """
-    scores = np.asarray(point_scores, np.float64)
-    grid_index = np.asarray(grid_index)
-    height, width = (int(x) for x in grid_hw)
-    on_grid = grid_index >= 0
-    cells = grid_index[on_grid].astype(np.int64)
-    total = np.bincount(cells, weights=scores[on_grid], minlength=height * width).reshape(height, width)
-    count = _cell_counts(grid_index, grid_hw)
-    average = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
-    smoothed = smooth_grid(average, count, sigma, weight).ravel()
-    out = scores.copy()
-    out[on_grid] = smoothed[cells]
-    return out
-
-
-def smooth_graph(point_scores, knn, knn_weight) -> np.ndarray:
-    """Return smoothed point scores (P,) float64: A(j) = sum_k w[j, k] * s[knn[j, k]] over the stored graph.
-
-    knn: (P, k) int, -1 = none; knn_weight: (P, k), rows summing to 1 over their neighbours. The sum is
-    divided by the weight of the neighbours present (the float16 weights sum to 1 only up to rounding);
-    a point with no neighbour (padding) keeps its own score.
-    """
-    scores = np.asarray(point_scores, np.float64)
-    knn = np.asarray(knn)
-    weight = np.where(knn >= 0, np.asarray(knn_weight, np.float64), 0.0)
-    gathered = scores[np.where(knn >= 0, knn, 0)]
-    total, norm = (weight * gathered).sum(axis=1), weight.sum(axis=1)
-    return np.where(norm > 0, total / np.where(norm > 0, norm, 1.0), scores)
-
-
-def sample_score(view_anomaly_probs, point_map) -> float:
-    """Return A_s = 1/2 (mean_k P_a(f_k) + max A_m) (design §7). view_anomaly_probs: (V,); point_map: (n,) valid points."""
-    return 0.5 * (float(np.mean(view_anomaly_probs)) + float(np.max(point_map)))
-
-
-def fused_point_map(point_map, rgb_point_map, grid_index, grid_hw, sigma: float = SIGMA,
-                    weight: np.ndarray | None = None) -> np.ndarray:
-    """Return the multimodal map (P,) = smooth(1/2 (A_m + A_m_rgb)) on the organized grid (design §7).
-    weight: as for `smooth_organized`."""
-    mean = 0.5 * (np.asarray(point_map, np.float64) + np.asarray(rgb_point_map, np.float64))
-    return smooth_organized(mean, grid_index, grid_hw, sigma, weight)
-
-
-def fused_sample_score(point_sample_score: float, rgb_sample_score: float, fused_map) -> float:
-    """Return the multimodal score 1/2 (1/2 (A_s_rgb + A_s) + max(multimodal map)) (design §7)."""
-    return 0.5 * (0.5 * (rgb_sample_score + point_sample_score) + float(np.max(fused_map)))
-
-
-def rgb_point_map(rgb_map, grid_index, sigma: float = SIGMA) -> np.ndarray:
-    """Return A_m_rgb (P,) float64: the RGB anomaly map (H, W), smoothed on the full grid, read at each point's cell.
-
-    Every cell of the RGB image holds a value, so the smoothing is a plain Gaussian (normalised only at
-    the border). grid_index: (P,) int, -1 -> 0.
-    """
-    rgb_map = np.asarray(rgb_map, np.float64)
-    weight = _full_grid_weight(rgb_map.shape, sigma)  # every cell holds a value: the same for every map
-    smoothed = smooth_grid(rgb_map, np.ones_like(rgb_map), sigma, weight).ravel()
-    grid_index = np.asarray(grid_index)
-    return np.where(grid_index >= 0, smoothed[np.maximum(grid_index, 0)], 0.0)
-
-
-@functools.lru_cache(maxsize=8)
-def _full_grid_weight(shape: tuple, sigma: float) -> np.ndarray:
-    """`grid_weight` of a grid with a value in every cell: the same for every RGB map of that shape."""
-    weight = grid_weight(np.ones(shape), sigma)
-    weight.flags.writeable = False
-    return weight
-
-
-def compat_grid_map(point_scores, grid_index, grid_hw, sigma: float = SIGMA) -> np.ndarray:
-    """Return the released code's point map (H, W) float64: scores scattered to the grid, 0 in missing cells,
-    then a plain Gaussian (border mode "reflect"). grid_index: (P,) int, row * W + col (points with -1 are
-    left out); points sharing a cell are averaged."""
-    height, width = (int(x) for x in grid_hw)
-    grid_index = np.asarray(grid_index)
-    on_grid = grid_index >= 0
-    cells = grid_index[on_grid].astype(np.int64)
-    total = np.bincount(cells, weights=np.asarray(point_scores, np.float64)[on_grid], minlength=height * width)
-    count = np.bincount(cells, minlength=height * width)
-    grid = np.divide(total, count, out=np.zeros_like(total), where=count > 0).reshape(height, width)
-    return gaussian_filter(grid, sigma)
-
-
-def compat_fused_map(point_grid, rgb_grid, sigma: float = SIGMA) -> np.ndarray:
-    """Return the released code's multimodal map (H, W): a plain Gaussian of the mean of the two smoothed grids."""
-    return gaussian_filter(0.5 * (np.asarray(point_grid, np.float64) + np.asarray(rgb_grid, np.float64)), sigma)
-
-
-def compact_knn(knn, valid) -> np.ndarray:
-    """Return the k-NN graph (n, k) of the valid points, renumbered 0..n-1; neighbours not valid -> -1."""
-    knn, valid = np.asarray(knn), np.asarray(valid, bool)
-    new_index = np.full(valid.shape[0] + 1, -1, np.int64)   # last slot answers for -1
-    new_index[:-1][valid] = np.arange(int(valid.sum()))
-    return new_index[np.where(knn >= 0, knn, -1)][valid].astype(np.int32)
-
-
-# --- the streaming driver --------------------------------------------------------------------------------
-
-@dataclass(frozen=True, eq=False)
-class SampleScores:
-    """Scores of one store row. Point arrays hold the n valid points, in store order.
-
-    point_scores: A_m (n,) float32; point_labels: (n,) uint8; score: A_s. grid_index: (n,) int32 (-1 none),
-    grid_hw: (H, W), (0, 0) if unorganized; knn: (n, k) int32 among the valid points. rgb_* and
-    multimodal_*: None unless the sample is organized and has RGB. compat: with `compat=True` on an
-    organized sample, block -> (grid map (H, W) float32, sample score) as the released code scores
-    (module docstring), else None. view_maps: with `keep_view_maps=True`, the per-view anomaly maps
-    (V, S, S) float16 (and rgb_view_map (S, S) when the sample has RGB), else None.
-    """
-
-    identity: dict
-    point_scores: np.ndarray
-    point_labels: np.ndarray
-    score: float
-    grid_index: np.ndarray
-    grid_hw: tuple[int, int]
-    knn: np.ndarray
-    rgb_point_scores: np.ndarray | None = None
-    rgb_score: float | None = None
-    multimodal_point_scores: np.ndarray | None = None
-    multimodal_score: float | None = None
-    compat: dict | None = None
-    view_maps: np.ndarray | None = None
-    rgb_view_map: np.ndarray | None = None
-
-    @property
-    def organized(self) -> bool:
-        return self.grid_hw[0] > 0 and self.grid_hw[1] > 0 and bool((self.grid_index >= 0).all())
-
-    @property
-    def has_rgb(self) -> bool:
-        return self.rgb_score is not None
 
 
 TextFeatures = torch.Tensor | Callable[[str], torch.Tensor]
@@ -263,7 +75,7 @@ def encode_batch(batch: dict, backbone, device="cpu", autocast: bool = False) ->
 
 
 def _organized(batch: dict, i: int) -> bool:
-    return bool(batch["grid_hw"][i].min() > 0 and (batch["grid_index"][i][batch["valid"][i]] >= 0).all())
+    return is_organized(batch["grid_index"][i][batch["valid"][i]], batch["grid_hw"][i])
 
 
 def _anomaly_outputs(features: tuple, text: torch.Tensor, size: int):
@@ -283,8 +95,8 @@ def score_store(store_path, rows, backbone, text_features: TextFeatures, device=
 
     text_features: (2, D) [g_n, g_a] for every sample, or a callable class name -> (2, D) (coop prompts,
     the clip-rendering baseline). Point maps: back-projection of the anomalous patch maps (design §5), then
-    `smooth_organized` on samples with a grid, else `smooth_graph`. RGB and fusion for organized
-    samples whose rgb/image is not all zero. Each result's identity is the row's, plus "row". compat:
+    `eval.score_maps.score_row` (smoothing on the grid or the graph; RGB and fusion for organized
+    samples whose rgb/image is not all zero). Each result's identity is the row's, plus "row". compat:
     also the released code's grid maps and scores. keep_view_maps: True, or a set of rows whose
     per-view maps are kept (for figures).
     """
@@ -335,16 +147,26 @@ def score_arrays(arrays, identity: dict, backbone, text_features: TextFeatures, 
     return next(score_batch(batch, [identity], backbone, text_features, device, sigma, autocast))
 
 
-def _compat_scores(raw_points, grid_index, grid_hw, view_probs, rgb_map, rgb_prob, sigma) -> dict:
-    """block -> (grid map (H, W) float32, sample score) as the released code scores (module docstring)."""
-    point_grid = compat_grid_map(raw_points, grid_index, grid_hw, sigma)
-    out = {"point": (point_grid, sample_score(view_probs, point_grid))}
-    if rgb_map is not None:
-        rgb_grid = gaussian_filter(np.asarray(rgb_map, np.float64), sigma)
-        fused = compat_fused_map(point_grid, rgb_grid, sigma)
-        out["rgb"] = (rgb_grid, sample_score([rgb_prob], rgb_grid))
-        out["multimodal"] = (fused, fused_sample_score(out["point"][1], out["rgb"][1], fused))
-    return {block: (grid.astype(np.float32), score) for block, (grid, score) in out.items()}
+def back_project_batch(maps, batch: dict, device="cpu") -> np.ndarray:
+    """Return the back-projected point scores (B, P) float32 of per-view maps (B, V, S, S) (design §5.4), on the
+    CPU; computed on `device` with the batch's pixel, visible, valid and proxy fields."""
+    with torch.no_grad():
+        tensors = {k: torch.from_numpy(batch[k]).to(device) for k in ("pixel", "visible", "valid", "proxy")}
+        raw = back_project(maps, tensors["pixel"], tensors["visible"], tensors["valid"], tensors["proxy"])
+    return raw.cpu().numpy()
+
+
+def rgb_on_grid(rgb_map: torch.Tensor, grid_hw) -> np.ndarray:
+    """Return an RGB anomaly map (S, S) on the row's grid (H, W): bilinear where the sizes differ, as an array."""
+    grid_hw = tuple(int(x) for x in grid_hw)
+    if tuple(rgb_map.shape) != grid_hw:  # the RGB image is S x S; put its map on the grid
+        rgb_map = F.interpolate(rgb_map[None, None], size=grid_hw, mode="bilinear", align_corners=False)[0, 0]
+    return rgb_map.cpu().numpy()
+
+
+def kept_map(view_map: torch.Tensor) -> np.ndarray:
+    """A view map as `SampleScores` keeps it for figures: float16 on the CPU."""
+    return view_map.cpu().numpy().astype(np.float16)
 
 
 def score_batch(batch: dict, identities: list[dict], backbone, text_features: TextFeatures, device="cpu",
@@ -355,7 +177,8 @@ def score_batch(batch: dict, identities: list[dict], backbone, text_features: Te
 
     compat: also the released code's grid maps (organized rows); keep_view_maps: per row, keep its view maps;
     features: the batch's `encode_batch` output when already computed (else computed here); pool: threads
-    that smooth the rows side by side (the same scores, in row order), else one row after another.
+    that run the rows' scoring tail (`score_row`) side by side (the same scores, in row order), else one row
+    after another.
     """
     count = len(identities)
     keep_view_maps = keep_view_maps or [False] * count
@@ -363,12 +186,8 @@ def score_batch(batch: dict, identities: list[dict], backbone, text_features: Te
     size = batch["image"].shape[2]
     text = _text_for(text_features, [i["class_name"] for i in identities], device)
     view_probs, maps2d = _anomaly_outputs(features.views, text, size)
-    with torch.no_grad():
-        tensors = {k: torch.from_numpy(batch[k]).to(device) for k in ("pixel", "visible", "valid", "proxy")}
-        raw = back_project(maps2d, tensors["pixel"], tensors["visible"], tensors["valid"], tensors["proxy"])
-    raw, view_probs = raw.cpu().numpy(), view_probs.cpu().numpy()
+    raw, view_probs = back_project_batch(maps2d, batch, device), view_probs.cpu().numpy()
 
-    organized = [_organized(batch, i) for i in range(count)]
     with_rgb = features.rgb_rows
     rgb_probs = rgb_maps = None
     if with_rgb:
@@ -377,41 +196,12 @@ def score_batch(batch: dict, identities: list[dict], backbone, text_features: Te
         rgb_probs, rgb_maps = rgb_probs[:, 0].cpu().numpy(), rgb_maps[:, 0]
 
     def row_scores(i: int) -> SampleScores:
-        valid = batch["valid"][i]
-        grid_hw = tuple(int(x) for x in batch["grid_hw"][i])
-        grid_index = batch["grid_index"][i][valid]
-        # the point and multimodal maps of a row share its grid's weight (RGB rows are organized rows)
-        weight = organized_weight(grid_index, grid_hw, sigma) if organized[i] else None
-        if organized[i]:
-            point_map = smooth_organized(raw[i][valid], grid_index, grid_hw, sigma, weight)
-        else:
-            point_map = smooth_graph(raw[i], batch["knn"][i], batch["knn_weight"][i])[valid]
-        score = sample_score(view_probs[i], point_map)
-        extra = {}
-        rgb_grid = rgb_prob = None
+        keep, rgb = keep_view_maps[i], {}
         if i in with_rgb:
             j = with_rgb.index(i)
-            rgb_map = rgb_maps[j]
-            if keep_view_maps[i]:
-                extra["rgb_view_map"] = rgb_map.cpu().numpy().astype(np.float16)
-            if tuple(rgb_map.shape) != grid_hw:  # the RGB image is S x S; put its map on the grid
-                rgb_map = F.interpolate(rgb_map[None, None], size=grid_hw, mode="bilinear",
-                                        align_corners=False)[0, 0]
-            rgb_grid, rgb_prob = rgb_map.cpu().numpy(), float(rgb_probs[j])
-            rgb_points = rgb_point_map(rgb_grid, grid_index, sigma)
-            rgb_score = sample_score(rgb_probs[j:j + 1], rgb_points)
-            fused = fused_point_map(point_map, rgb_points, grid_index, grid_hw, sigma, weight)
-            extra |= dict(rgb_point_scores=rgb_points.astype(np.float32), rgb_score=rgb_score,
-                          multimodal_point_scores=fused.astype(np.float32),
-                          multimodal_score=fused_sample_score(score, rgb_score, fused))
-        if compat and organized[i]:
-            extra["compat"] = _compat_scores(raw[i][valid], grid_index, grid_hw, view_probs[i], rgb_grid, rgb_prob,
-                                             sigma)
-        if keep_view_maps[i]:
-            extra["view_maps"] = maps2d[i].cpu().numpy().astype(np.float16)
-        return SampleScores(identity=identities[i], point_scores=point_map.astype(np.float32),
-                            point_labels=batch["label"][i][valid], score=score,
-                            grid_index=grid_index.astype(np.int32), grid_hw=grid_hw,
-                            knn=compact_knn(batch["knn"][i], valid), **extra)
+            rgb = dict(rgb_map=rgb_on_grid(rgb_maps[j], batch["grid_hw"][i]), rgb_probs=rgb_probs[j:j + 1],
+                       rgb_view_map=kept_map(rgb_maps[j]) if keep else None)
+        return score_row(raw[i], {k: batch[k][i] for k in ROW_FIELDS}, identities[i], view_probs=view_probs[i],
+                         sigma=sigma, compat=compat, view_maps=kept_map(maps2d[i]) if keep else None, **rgb)
 
     yield from run_each(pool, row_scores, range(count))

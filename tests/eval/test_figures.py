@@ -350,7 +350,7 @@ def small_store(mvtec_dataset, tmp_path_factory):
 def _hand_scores(store, row, seed):
     """SampleScores of a store row with hand-made maps: point scores in [0, 1), multimodal in [2, 5), RGB in
     [10, 11): three blocks no one can mistake for each other."""
-    from pointad.eval.scoring import SampleScores
+    from pointad.eval.score_maps import SampleScores
     sample = store.sample(row)
     n = int(sample.n_points)
     rng = np.random.default_rng(seed)

@@ -5,6 +5,7 @@ weights, 6 samples a class; its numbers say nothing about the method)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 import pointad.eval.mutual as mutual
+import pointad.eval.score_maps as score_maps
 import pointad.eval.scoring as scoring
 import pointad.train.model.maps as maps
 from pointad.eval.cli import eval_
@@ -203,11 +205,14 @@ def test_patch_scores_are_the_mean_over_layers_and_radii(views):
 # --- PointAD's back-projection, on the store ---------------------------------------------------------------
 
 def test_the_point_maps_use_pointads_own_functions():
-    for name in ("back_project",):
-        assert getattr(mutual, name) is getattr(maps, name)
-    for name in ("smooth_organized", "smooth_graph", "rgb_point_map", "fused_point_map", "fused_sample_score",
-                 "compat_grid_map", "encode_batch", "SampleScores"):
+    for name in ("back_project_batch", "encode_batch", "rgb_on_grid"):
         assert getattr(mutual, name) is getattr(scoring, name)
+    for module in (mutual, scoring):   # one scoring tail: smoothing, fusion and results in eval.score_maps alone
+        assert module.score_row is score_maps.score_row and module.SampleScores is score_maps.SampleScores
+        source = inspect.getsource(module)
+        for name in ("smooth_organized(", "smooth_graph(", "rgb_point_map(", "fused_point_map(", "gaussian_filter(",
+                     "SampleScores("):
+            assert name not in source, f"{module.__name__} calls {name}) itself"
 
 
 @pytest.fixture(scope="module")
@@ -232,12 +237,12 @@ def test_point_scores_are_the_back_projected_view_maps(eval_store, plain_tiny, d
     for i, result in enumerate(results):
         valid = batch["valid"][i]
         if dataset == MVTEC:
-            expected = scoring.smooth_organized(raw[i].numpy()[valid], batch["grid_index"][i][valid],
+            expected = score_maps.smooth_organized(raw[i].numpy()[valid], batch["grid_index"][i][valid],
                                                 batch["grid_hw"][i])
             assert result.has_rgb and result.compat is not None
             assert result.compat["point"][1] == pytest.approx(float(result.compat["point"][0].max()))
         else:
-            expected = scoring.smooth_graph(raw[i].numpy(), batch["knn"][i], batch["knn_weight"][i])[valid]
+            expected = score_maps.smooth_graph(raw[i].numpy(), batch["knn"][i], batch["knn_weight"][i])[valid]
             assert not result.has_rgb and result.compat is None
         difference = np.abs(result.point_scores - expected)   # the kept maps are float16
         assert difference.max() < 2e-3 * max(1.0, float(np.abs(expected).max())), f"row {i}: {difference.max()}"

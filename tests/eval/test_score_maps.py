@@ -1,12 +1,14 @@
-"""Scoring math of design §7 against loop twins and hand-computed values (the store-driven part: test_report.py)."""
+"""Scoring math of design §7 (`eval.score_maps`) against loop twins and hand-computed values, the scoring tail
+`score_row` included (the store-driven part: test_report.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pointad.eval.scoring import (compact_knn, compat_fused_map, compat_grid_map, fused_point_map, fused_sample_score,
-                          organized_weight, rgb_point_map, sample_score, smooth_graph, smooth_grid, smooth_organized)
+from pointad.eval.score_maps import (block_score, compact_knn, compat_fused_map, compat_grid_map, fused_point_map,
+                                     fused_sample_score, is_organized, organized_weight, rgb_point_map, sample_score,
+                                     score_row, smooth_graph, smooth_grid, smooth_organized)
 
 
 # --- loop twins (slow, plainly correct, test-only) -----------------------------------------------------
@@ -219,3 +221,108 @@ def test_compat_fused_map_smooths_the_mean_again():
     point, rgb = rng.random((10, 12)), rng.random((10, 12))
     expected = _gaussian_reflect_by_loop((point + rgb) / 2, 1.0)
     _assert_close(compat_fused_map(point, rgb, sigma=1.0).ravel(), expected.ravel())
+
+
+# --- the scoring tail (`score_row`), shared by PointAD and mutual scoring ---------------------------------------
+
+def _organized_row(seed, height=9, width=11, padding=4):
+    """A store row on a (height, width) grid with missing cells and `padding` slots (valid False) at the end."""
+    rng = np.random.default_rng(seed)
+    cells = rng.permutation(np.flatnonzero(rng.random(height * width) < 0.7))
+    n, slots = cells.size, cells.size + padding
+    valid = np.arange(slots) < n
+    knn = np.where(valid[:, None], rng.integers(0, n, (slots, 3)), -1)
+    row = dict(valid=valid, label=(rng.random(slots) < 0.3).astype(np.uint8) * valid,
+               grid_index=np.concatenate([cells, np.full(padding, -1)]).astype(np.int32),
+               grid_hw=np.array([height, width]), knn=knn.astype(np.int32),
+               knn_weight=np.where(knn >= 0, 1 / 3, 0).astype(np.float16))
+    return row, rng.random(slots).astype(np.float32), rng.random((height, width)).astype(np.float32)
+
+
+def _expected_maps(row, raw, rgb_map, sigma):
+    """Point, RGB and multimodal point maps and the released code's three grids, by the loop twins."""
+    valid, (height, width) = row["valid"], row["grid_hw"]
+    cells = row["grid_index"][valid]
+    point = _smooth_organized_by_loop(raw[valid].astype(np.float64), cells, (height, width), sigma)
+    every_cell = _smooth_organized_by_loop(rgb_map.ravel().astype(np.float64), np.arange(height * width),
+                                           (height, width), sigma)
+    rgb = every_cell[cells]
+    fused = _smooth_organized_by_loop((point + rgb) / 2, cells, (height, width), sigma)
+    zero_filled = np.zeros(height * width)
+    zero_filled[cells] = raw[valid]
+    point_grid = _gaussian_reflect_by_loop(zero_filled.reshape(height, width), sigma)
+    rgb_grid = _gaussian_reflect_by_loop(rgb_map, sigma)
+    return point, rgb, fused, (point_grid, rgb_grid, _gaussian_reflect_by_loop((point_grid + rgb_grid) / 2, sigma))
+
+
+def test_score_row_of_an_organized_row_with_rgb_follows_design_7_1():
+    row, raw, rgb_map = _organized_row(0)
+    view_probs, rgb_probs = np.array([0.2, 0.5, 0.8], np.float32), np.array([0.3], np.float32)
+    view_maps = np.ones((3, 4, 4), np.float16)
+    got = score_row(raw, row, {"row": 7}, view_probs=view_probs, rgb_map=rgb_map, rgb_probs=rgb_probs, sigma=1.0,
+                    compat=True, view_maps=view_maps)
+    point, rgb, fused, (point_grid, rgb_grid, fused_grid) = _expected_maps(row, raw, rgb_map, 1.0)
+    _assert_close(got.point_scores, point, 1e-6)
+    _assert_close(got.rgb_point_scores, rgb, 1e-6)
+    _assert_close(got.multimodal_point_scores, fused, 1e-6)
+    point_score = 0.5 * (np.mean(view_probs) + point.max())
+    rgb_score = 0.5 * (0.3 + rgb.max())
+    assert got.score == pytest.approx(point_score, rel=1e-6) and got.rgb_score == pytest.approx(rgb_score, rel=1e-6)
+    assert got.multimodal_score == pytest.approx(0.5 * (0.5 * (point_score + rgb_score) + fused.max()), rel=1e-6)
+    for block, grid, score in (("point", point_grid, 0.5 * (np.mean(view_probs) + point_grid.max())),
+                               ("rgb", rgb_grid, 0.5 * (0.3 + rgb_grid.max()))):
+        _assert_close(got.compat[block][0].ravel(), grid.ravel(), 1e-6)
+        assert got.compat[block][1] == pytest.approx(score, rel=1e-6), block
+    _assert_close(got.compat["multimodal"][0].ravel(), fused_grid.ravel(), 1e-6)
+    n = int(row["valid"].sum())
+    assert got.organized and got.has_rgb and got.identity == {"row": 7} and got.view_maps is view_maps
+    assert got.grid_hw == (9, 11) and got.grid_index.dtype == np.int32 and got.grid_index.tolist() == \
+        row["grid_index"][:n].tolist()
+    assert got.point_labels.tolist() == row["label"][:n].tolist()
+    assert np.array_equal(got.knn, compact_knn(row["knn"], row["valid"]))
+    assert got.point_scores.dtype == got.rgb_point_scores.dtype == np.float32
+
+
+def test_score_row_without_probabilities_takes_the_maxima():
+    """Mutual scoring: no global anomaly probabilities, so every sample score is its map's maximum."""
+    row, raw, rgb_map = _organized_row(1)
+    got = score_row(raw, row, {}, rgb_map=rgb_map, sigma=1.0, compat=True)
+    point, rgb, fused, (point_grid, rgb_grid, fused_grid) = _expected_maps(row, raw, rgb_map, 1.0)
+    assert got.score == pytest.approx(point.max(), rel=1e-6) and got.rgb_score == pytest.approx(rgb.max(), rel=1e-6)
+    assert got.multimodal_score == pytest.approx(0.5 * (0.5 * (point.max() + rgb.max()) + fused.max()), rel=1e-6)
+    assert got.compat["point"][1] == pytest.approx(point_grid.max(), rel=1e-6)
+    assert got.compat["rgb"][1] == pytest.approx(rgb_grid.max(), rel=1e-6)
+    assert got.compat["multimodal"][1] == pytest.approx(
+        0.5 * (0.5 * (point_grid.max() + rgb_grid.max()) + fused_grid.max()), rel=1e-6)
+
+
+def test_score_row_without_rgb_has_the_point_block_only():
+    row, raw, _ = _organized_row(2)
+    got = score_row(raw, row, {}, view_probs=np.array([0.4], np.float32), sigma=1.0, compat=True)
+    assert not got.has_rgb and got.rgb_point_scores is None and got.multimodal_score is None
+    assert got.rgb_view_map is None and got.view_maps is None
+    assert set(got.compat) == {"point"}
+
+
+def test_score_row_of_an_unorganized_row_smooths_on_the_graph():
+    row, raw, rgb_map = _organized_row(3)
+    row = dict(row, grid_hw=np.array([0, 0]), grid_index=np.full(row["valid"].size, -1, np.int32))
+    got = score_row(raw, row, {}, view_probs=np.array([0.1, 0.3], np.float32), rgb_map=rgb_map,
+                    rgb_probs=np.array([0.9], np.float32), compat=True)
+    expected = _smooth_graph_by_loop(raw.astype(np.float64), row["knn"], row["knn_weight"].astype(np.float64))
+    _assert_close(got.point_scores, expected[row["valid"]], 1e-6)
+    assert got.score == pytest.approx(0.5 * (0.2 + expected[row["valid"]].max()), rel=1e-6)
+    # an RGB map on a row without a grid is ignored, and so is compat (the released code has no grid there)
+    assert not got.organized and not got.has_rgb and got.compat is None
+    assert np.array_equal(got.knn, compact_knn(row["knn"], row["valid"]))
+
+
+def test_block_score_with_and_without_probabilities():
+    assert block_score(np.array([0.2, 0.4]), np.array([0.1, 0.9])) == pytest.approx(0.5 * (0.3 + 0.9))
+    assert block_score(None, np.array([0.1, 0.9, 0.4])) == 0.9
+
+
+def test_is_organized_needs_a_grid_and_a_cell_for_every_point():
+    assert is_organized(np.array([0, 5]), (2, 3))
+    assert not is_organized(np.array([0, -1]), (2, 3))
+    assert not is_organized(np.array([-1, -1]), (0, 0))
