@@ -8,8 +8,8 @@ as Real3D-AD: farthest-point sampled to max_points, no plane, no flip), rendered
 `eval.mutual.score_against_reference` (mutual scoring).
 
 Rendering: as the store was rendered (issue 10): a checkpoint records its training store's render options
-(`train.model.checkpoint.store_render_record`: views, view plan, image size, supersample, point size of the
-trained class, lighting, renderer, max points, k, ...), and a reference store records its own; options
+(`RenderRecord.drawn` of the trained class: views, view plan, image size, supersample, the point size that
+class was drawn with, lighting, renderer, max points, k, ...), and a reference store records its own; options
 given to `detect` replace single ones; a checkpoint that records none (written before they were recorded,
 or converted from the released code) renders with `RenderOptions`' defaults (`RenderChoice.lines` says
 which came from where). The image size and max points also set the preprocessing, as in `render build`;
@@ -51,7 +51,7 @@ from pointad.shared.io import atomic_path
 from pointad.shared.sample import Sample
 from pointad.shared.strict import from_dict
 from pointad.shared.store import open_store
-from pointad.train.model.checkpoint import load_checkpoint, store_render_record
+from pointad.train.model.checkpoint import load_checkpoint
 from pointad.train.model.model_config import DEFAULT_MODEL, DEFAULT_SEED, load_model_config
 
 ORGANIZED = (".tiff", ".tif")
@@ -152,7 +152,7 @@ def reference_rows(store_path, dataset: str | None = None, class_name: str | Non
 
 def reference_render(reference: Reference, **overrides) -> RenderChoice:
     """`choose_render` with the reference store's render options, at the point size its class was drawn with."""
-    record = store_render_record(open_store(reference.store).attrs.render, reference.dataset, reference.class_name)
+    record = open_store(reference.store).attrs.render.drawn(reference.dataset, reference.class_name)
     return choose_render(record, f"reference store {reference.store}", **overrides)
 
 

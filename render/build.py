@@ -33,6 +33,7 @@ from pointad.shared.names import printable
 from pointad.shared.registry import DatasetEntry
 from pointad.shared.sample import SampleRef
 from pointad.shared.store import StoreAttrs, open_store
+from pointad.shared.store_schema import RenderRecord
 from pointad.shared.store_write import (append_samples, create_store, mark_incomplete, require_writable, set_failures,
                                         start_chunk_checks, write_sample)
 from pointad.shared.store_check import chunk_problems, rewrite_array_metadata
@@ -77,13 +78,10 @@ def store_attrs(options: RenderOptions) -> StoreAttrs:
                       knn=options.knn, software=_software(), failures=[], render=options.to_dict())
 
 
-# Render options added after stores were first written, with what those older stores did.
-_BEFORE_OPTION = {"masks": "render", "code_plan": None}
-
-
-def _comparable(render: dict) -> dict:
-    # point size may differ per class and per build (it only changes the pictures' look)
-    return {k: v for k, v in {**_BEFORE_OPTION, **render}.items() if k not in ("point_size", "point_sizes")}
+def _comparable(render: RenderRecord) -> dict:
+    # point size may differ per class and per build (it only changes the pictures' look); an option added
+    # after a store was written compares as what its build did (RenderRecord.options)
+    return {k: v for k, v in render.options().items() if k != "point_size"}
 
 
 def _open_or_create(out: Path, options: RenderOptions) -> StoreAttrs:
@@ -343,5 +341,5 @@ def _record(out: Path, entry: DatasetEntry, result: BuildResult, sizes: dict) ->
     attrs = open_store(out).attrs
     others = [f for f in attrs.failures if f["dataset"] != entry.name]
     mine = [{"dataset": entry.name, "sample_id": s, "reason": r} for s, r in result.failures]
-    point_sizes = {**attrs.render.get("point_sizes", {}), **{f"{entry.name}/{c}": v for c, v in sizes.items()}}
-    set_failures(out, others + mine, render={**attrs.render, "point_sizes": point_sizes})
+    point_sizes = {**attrs.render.point_sizes, **{f"{entry.name}/{c}": v for c, v in sizes.items()}}
+    set_failures(out, others + mine, render={**attrs.render.to_dict(), "point_sizes": point_sizes})

@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from pointad.render.view_plan import make_view_plan
-from pointad.shared.errors import ConfigError
+from pointad.shared import strict
+from pointad.shared.errors import ConfigError, StoreSchemaError
 from pointad.shared.limits import Range, check_fields, within
+from pointad.shared.store_schema import RenderRecord
 
 GREY = 0.7
 LIGHTS = {"on": (True, GREY), "off": (False, GREY), "+": (True, 0.9), "-": (True, 0.5)}
@@ -81,6 +83,18 @@ class RenderOptions:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_store(cls, record: RenderRecord, dataset: str, class_name: str, source: str = "store") -> "RenderOptions":
+        """The options the rows of `dataset`/`class_name` were drawn with, from the store's render record
+        (`RenderRecord.drawn`: the class's own point size); an option the store did not record takes its
+        default. A value out of range or not a choice is one StoreSchemaError line naming `source` (the store)
+        and the option."""
+        where = f"{source}: store attribute 'render'"
+        try:
+            return strict.from_dict(cls, record.drawn(dataset, class_name), where, error=StoreSchemaError)
+        except ConfigError as exc:  # the options' own checks name the command-line option, not the store
+            raise StoreSchemaError(f"{where}: {exc}") from None
 
     @property
     def plan(self):

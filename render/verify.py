@@ -14,25 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from pointad.render.sample_render import RenderOptions, render_sample
-from pointad.shared import strict
-from pointad.shared.errors import ConfigError, StoreSchemaError
 from pointad.shared.names import printable
 from pointad.shared.sample import Sample
 from pointad.shared.store import RenderStore, StoredSample
 from pointad.shared.store_check import chunk_problems
-
-
-def recorded_options(store: RenderStore) -> RenderOptions:
-    """The store's render options (`attrs.render`) as RenderOptions, read strictly: a value of another type or
-    out of range is one StoreSchemaError line naming the store and the option. Options recorded before they
-    existed take their defaults; `point_size` is the store-wide one (`point_sizes` holds the per-class ones)."""
-    known = RenderOptions.__dataclass_fields__
-    values = {k: v for k, v in store.attrs.render.items() if k in known}
-    source = f"{store.path}: store attribute 'render'"
-    try:
-        return strict.from_dict(RenderOptions, values, source, error=StoreSchemaError)
-    except ConfigError as exc:  # RenderOptions' own checks name the command-line option, not the store
-        raise StoreSchemaError(f"{source}: {exc}") from None
 
 
 def check_sample(sample: StoredSample, store: RenderStore) -> list[str]:
@@ -87,7 +72,8 @@ def _reproduce(sample: StoredSample, store: RenderStore) -> list[str]:
     the matrices, so a pixel may differ only by rounding (within PIXEL_SLACK of half a pixel), a point's
     depth only relatively by DEPTH_SLACK, and points within PIXEL_SLACK of the image border are not judged.
     """
-    attrs, options, n = store.attrs, recorded_options(store), int(sample.n_points)
+    attrs, n = store.attrs, int(sample.n_points)
+    options = RenderOptions.from_store(attrs.render, sample.dataset, sample.class_name, str(store.path))
     points = sample.xyz[:n]
     if sample.intrinsic is None:
         from pointad.render.migrate import store_cameras  # v1: the cameras v1's verify derived
@@ -150,13 +136,11 @@ def rerender_problems(sample: StoredSample, store: RenderStore, device="cpu") ->
     recorded options and renderer: splat must give the same bytes; legacy at least CLOSE_FRACTION of
     the pixels within CLOSE_LEVELS and a mean difference under CLOSE_MEAN levels (rendered masks alike,
     splatted masks equal). Filament stores are not re-rendered (no reference tolerance measured)."""
-    recorded = recorded_options(store)
-    renderer = recorded.renderer
+    drawn = RenderOptions.from_store(store.attrs.render, sample.dataset, sample.class_name, str(store.path))
+    renderer = drawn.renderer
     if renderer == "filament":
         return []
-    sizes = store.attrs.render.get("point_sizes") or {}  # StoreAttrs checked: "dataset/class" -> a positive number
-    size = sizes.get(f"{sample.dataset}/{sample.class_name}", recorded.point_size)
-    options = replace(recorded, point_size=float(size), downsample=1.0)  # the stored points are the drawn ones
+    options = replace(drawn, downsample=1.0)  # the stored points are the drawn ones
     n = int(sample.n_points)
     organized = tuple(sample.grid_hw) != (0, 0)
     cloud = Sample(dataset=sample.dataset, class_name=sample.class_name, split=sample.split,
@@ -196,7 +180,9 @@ def verify_store(store: RenderStore, progress=None, rerender: int = 3, device="c
     `rerender` rows spread over the store, differences from a fresh render (`rerender_problems`)."""
     def name(i):
         return f"{store.identity(i)['dataset']}:{store.identity(i)['sample_id']}"
-    recorded_options(store)  # tampered options: one line before any row is read
+    table = store.table()
+    for dataset, class_name in sorted(set(zip(table["dataset"].tolist(), table["class_name"].tolist()))):
+        RenderOptions.from_store(store.attrs.render, dataset, class_name, str(store.path))  # tampered: one line first
 
     problems = [f"{name(i)}: row {i} is incomplete" for i in np.flatnonzero(~store.complete)]
     damaged = set()
@@ -232,9 +218,9 @@ def store_summary(store: RenderStore) -> str:
     lines = [f"{store.path}: pointad render store, schema v{store.schema_version}, {len(store)} samples, {size / 2**20:.1f} MiB "
              f"({size / max(len(store), 1) / 2**20:.2f} MiB per sample)",
              f"views {attrs.views} ({attrs.view_plan.get('name', '?')}), image {attrs.image_size}px, max_points "
-             f"{attrs.max_points}, knn {attrs.knn}, visibility {render.get('visibility')}, light {render.get('light')}, "
-             f"supersample {render.get('supersample')}",
-             f"drawn by renderer {render.get('renderer', 'legacy')}, masks {render.get('masks', 'render')}",
+             f"{attrs.max_points}, knn {attrs.knn}, visibility {render.visibility}, light {render.light}, "
+             f"supersample {render.supersample}",
+             f"drawn by renderer {render.renderer or 'legacy'}, masks {render.masks}",
              f"{'dataset':<20} {'class':<18} {'split':<11} {'samples':>7} {'complete':>8} {'anomalous':>9}"]
     for (dataset, class_name, split), total in sorted(counts.items()):
         key = (dataset, class_name, split)

@@ -10,10 +10,12 @@ xarray opens each group as a Dataset) and attributes `meaning`, `units`, `fill_v
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import reprlib
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -33,13 +35,113 @@ MAX_SIZES = {"views": 64, "image_size": 2048, "max_points": 2048 * 2048, "knn": 
 CAMERA_RANGES = {"fov_degrees": (0, 180), "margin": (0, None)}
 
 
+class _NotRecorded:
+    """Default of every RenderRecord field: tells a key the store did not write from a null it wrote."""
+
+    def __repr__(self) -> str:
+        return "<not recorded>"
+
+
+_NOT_RECORDED = _NotRecorded()
+# Render options added after stores were first written, with what the builds before them did; a record
+# without the key reads as this value (a store without `masks` rendered its masks).
+BEFORE_OPTION = {"masks": "render", "code_plan": None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderRecord:
+    """The store's root attribute `render`, parsed (design §4.1): the render options every row was drawn with
+    (RenderOptions' fields, render/render_options.py; shared imports no stage, so a test checks both name the
+    same options) and the point size of each class.
+
+    point_sizes: "dataset/class" -> the point size that class's rows were drawn with, recorded by
+    `render build` before it draws a row of the class. point_size: the build's size for a class the registry
+    gives none (--point-size or RenderOptions' default), kept for stores that read it; it is NOT the size a
+    class in point_sizes was drawn with. `drawn` resolves the two: read a class's options only through it.
+    A key the store did not write reads None (masks and code_plan: BEFORE_OPTION); to_dict gives back the
+    mapping as given or read, an int stays an int, so a store's fingerprint does not change by being read.
+    """
+
+    views: int = _NOT_RECORDED
+    view_plan: str = _NOT_RECORDED
+    angle_shift: float = _NOT_RECORDED
+    image_size: int = _NOT_RECORDED
+    supersample: int = _NOT_RECORDED
+    max_points: int = _NOT_RECORDED
+    point_size: float = _NOT_RECORDED
+    light: str = _NOT_RECORDED
+    downsample: float = _NOT_RECORDED
+    visibility: str = _NOT_RECORDED
+    surface_tolerance: float = _NOT_RECORDED
+    knn: int = _NOT_RECORDED
+    fov_degrees: float = _NOT_RECORDED
+    margin: float = _NOT_RECORDED
+    renderer: str = _NOT_RECORDED
+    masks: str | None = _NOT_RECORDED
+    code_plan: dict | None = _NOT_RECORDED
+    point_sizes: dict[str, float] = _NOT_RECORDED
+
+    def __post_init__(self):
+        stored = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not _NOT_RECORDED}
+        check_point_sizes(stored.get("point_sizes"))
+        object.__setattr__(self, "_stored", stored)
+        for f in fields(self):
+            if f.name not in stored:
+                object.__setattr__(self, f.name, {} if f.name == "point_sizes" else BEFORE_OPTION.get(f.name))
+
+    @classmethod
+    def from_dict(cls, data, source: str = "store") -> "RenderRecord":
+        """Parse the attribute `render` of the store at `source`: unknown keys and values of another type are
+        one StoreSchemaError line naming the store and the key."""
+        where = f"{source}: store attribute 'render'"
+        if not isinstance(data, Mapping):
+            raise StoreSchemaError(f"{source}: store attribute render must be a mapping, got {type(data).__name__}")
+        try:
+            check_point_sizes(data.get("point_sizes"))
+        except ValueError as exc:
+            raise StoreSchemaError(f"{source}: {exc}") from None
+        record = strict.from_dict(cls, data, where, error=StoreSchemaError)
+        object.__setattr__(record, "_stored", copy.deepcopy(dict(data)))  # as read: strict made its ints floats
+        return record
+
+    def to_dict(self) -> dict:
+        """The recorded keys and their values as given or read (a copy)."""
+        return copy.deepcopy(self._stored)
+
+    def options(self) -> dict:
+        """The recorded render options, RenderOptions' keyword arguments (point_size as recorded, see the class
+        docstring); an option added after stores were first written is there with BEFORE_OPTION's value."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)
+                if f.name != "point_sizes" and (f.name in self._stored or f.name in BEFORE_OPTION)}
+
+    def drawn(self, dataset: str, class_name: str) -> dict:
+        """RenderOptions' keyword arguments the rows of `dataset`/`class_name` were drawn with: `options()` with
+        the class's own point size from point_sizes. A class without one (its rows written by a build older
+        than the record, or none at all) keeps the recorded point_size. Plain values (JSON, a checkpoint)."""
+        options = self.options()
+        size = self.point_sizes.get(f"{dataset}/{class_name}")
+        if size is not None:
+            options["point_size"] = size
+        return options
+
+
+def check_point_sizes(sizes) -> None:
+    """ValueError unless `sizes` (the record's point_sizes; None: not recorded) maps names to finite sizes > 0."""
+    if sizes is None:
+        return
+    if not isinstance(sizes, dict):
+        raise ValueError(f"store attribute render.point_sizes must be a mapping, got {_short(sizes)}")
+    for key, size in sizes.items():
+        _check_number(f"render.point_sizes.{key}", size, 0, None)
+
+
 @dataclass(frozen=True, kw_only=True)
 class StoreAttrs:
     """The store's root attributes besides `format` and `schema_version` (which to_dict adds).
 
     view_plan: {"name", "axes", "angles"}; camera: how each sample's camera is derived;
     software: {package: version}; failures: [{"dataset", "sample_id", "reason"}];
-    render: the render options, free-form (recorded so a resumed build can refuse other options).
+    render: the render options (RenderRecord; a mapping given is parsed with RenderRecord.from_dict).
     In memory `render` also holds views, image_size, max_points, knn (and fov_degrees, margin from
     `camera`); on disk (v2) they are written once, as the top-level attributes and `camera`
     (RENDER_ELSEWHERE), and put back into `render` when read. schema_version: of the store read (1 or 2).
@@ -53,7 +155,7 @@ class StoreAttrs:
     camera: dict
     software: dict = field(default_factory=dict)
     failures: list = field(default_factory=list)
-    render: dict = field(default_factory=dict)
+    render: RenderRecord = field(default_factory=RenderRecord)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -61,37 +163,40 @@ class StoreAttrs:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= most:
                 raise ValueError(f"store attribute {name} must be an integer in 1..{most}, got {_short(value)}")
-        for name in ("view_plan", "camera", "software", "render"):
+        for name in ("view_plan", "camera", "software"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"store attribute {name} must be a mapping, got {type(getattr(self, name)).__name__}")
         for name, (low, high) in CAMERA_RANGES.items():
             if name in self.camera:
                 _check_number(f"camera.{name}", self.camera[name], low, high)
-        sizes = self.render.get("point_sizes")
-        if sizes is not None:  # "dataset/class" -> the class's point size (render/build.py)
-            if not isinstance(sizes, dict):
-                raise ValueError(f"store attribute render.point_sizes must be a mapping, got {_short(sizes)}")
-            for key, size in sizes.items():
-                _check_number(f"render.point_sizes.{key}", size, 0, None)
+        render = self.render
+        if isinstance(render, Mapping):
+            render = RenderRecord.from_dict(render)
+        if not isinstance(render, RenderRecord):
+            raise ValueError(f"store attribute render must be a mapping, got {type(render).__name__}")
         check_failures(self.failures)
-        recorded = self._recorded_once()
-        clash = sorted(k for k, v in recorded.items() if k in self.render and self.render[k] != v)
+        recorded, stored = self._recorded_once(), render.to_dict()
+        clash = sorted(k for k, v in recorded.items() if k in stored and stored[k] != v)
         if clash:
             raise ValueError(f"render option(s) {clash} differ from the store attributes "
                              f"{_short({k: recorded[k] for k in clash})}")
-        object.__setattr__(self, "render", {**self.render, **recorded})
+        object.__setattr__(self, "render", RenderRecord.from_dict({**stored, **recorded}))
 
     def _recorded_once(self) -> dict:
         """The render options written elsewhere than `render` on disk, with their values."""
         sizes = {"views": self.views, "image_size": self.image_size, "max_points": self.max_points, "knn": self.knn}
         return {**sizes, **{k: self.camera[k] for k in ("fov_degrees", "margin") if k in self.camera}}
 
+    def _plain(self) -> dict:
+        """The fields as plain values, `render` as recorded (RenderRecord.to_dict)."""
+        return {**{f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}, "render": self.render.to_dict()}
+
     def to_dict(self) -> dict:
         """JSON-ready attributes as written (schema v2), `format` and `schema_version` first; TypeError if a
         value is not JSON."""
-        data = {"format": FORMAT, **asdict(self), "schema_version": SCHEMA_VERSION}
-        data = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **data}  # read as v1, written as v2
-        data["render"] = {k: v for k, v in self.render.items() if k not in RENDER_ELSEWHERE}
+        data = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **self._plain()}
+        data["schema_version"] = SCHEMA_VERSION  # read as v1, written as v2
+        data["render"] = {k: v for k, v in data["render"].items() if k not in RENDER_ELSEWHERE}
         data["camera"] = {**CAMERA_CONVENTION, **self.camera}
         # a JSON round trip turns tuples into lists now, so a written and re-read store compares equal
         return json.loads(json.dumps(data, allow_nan=False))
@@ -116,12 +221,13 @@ class StoreAttrs:
         missing = sorted(f.name for f in fields(cls) if f.name not in values)
         if missing:
             raise StoreSchemaError(f"{source}: missing key(s) {missing}; render into another --out")
-        return strict.from_dict(cls, values, source, error=StoreSchemaError)
+        render = RenderRecord.from_dict(values.pop("render"), source)
+        return strict.from_dict(cls, values, source, given={"render": render}, error=StoreSchemaError)
 
     def identity_form(self) -> dict:
         """The attributes in schema v1's form, less `failures`: what `store_fingerprint` hashes, the same
         for a v1 store and for it after `render migrate` (runs made before migrating resume after it)."""
-        data = {"format": FORMAT, "schema_version": 1, **asdict(self)}
+        data = {"format": FORMAT, "schema_version": 1, **self._plain()}
         data["schema_version"] = 1
         data["camera"] = {k: v for k, v in self.camera.items() if k not in CAMERA_CONVENTION}
         del data["failures"]

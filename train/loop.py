@@ -25,8 +25,7 @@ from pointad.shared.limits import check_value
 from pointad.shared.lock import writer_lock
 from pointad.shared.store import open_store, store_fingerprint
 from pointad.train.model.backbone import FrozenCLIP, encode_views, load_backbone
-from pointad.train.model.checkpoint import (check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint,
-                                           store_render_record)
+from pointad.train.model.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
 from pointad.train.data import StoreSamples, collate, epoch_batches, training_rows
 from pointad.train.features import FeatureCache, cache_identity, compute_features
 from pointad.train.losses import hybrid_loss, parse_loss_terms
@@ -103,7 +102,7 @@ class Trainer:
     def render_record(self) -> dict:
         """The store's render options the training rows were drawn with (`detect` renders a cloud the same way)."""
         first = self.store.identity(int(self.rows[0]))
-        return store_render_record(self.store.attrs.render, first["dataset"], first["class_name"])
+        return self.store.attrs.render.drawn(first["dataset"], first["class_name"])
 
     def run_record(self) -> RunRecord:
         """The run folder's config.json: this run's settings, model, store and rows."""

@@ -122,11 +122,11 @@ def test_the_run_records_its_stores_render_options(detect_run):
     assert "point_sizes" not in recorded
 
 
-def test_the_record_takes_the_point_size_the_class_was_drawn_with():
-    from pointad.train.model.checkpoint import store_render_record
-    render = {"views": 3, "point_size": 6.0, "point_sizes": {"a/cookie": 2.5, "b/cookie": 4.0}}
-    assert store_render_record(render, "b", "cookie") == {"views": 3, "point_size": 4.0}
-    assert store_render_record(render, "a", "torus") == {"views": 3, "point_size": 6.0}
+def test_the_checkpoint_records_the_options_the_store_says_its_class_was_drawn_with(detect_run, mvtec_dataset):
+    from pointad.train.model.checkpoint import latest_checkpoint, load_checkpoint
+    from pointad.shared.store import open_store
+    render = open_store(detect_run.parent / "renders.zarr").attrs.render  # tests/shared/test_render_record.py
+    assert load_checkpoint(latest_checkpoint(detect_run))["render"] == render.drawn(mvtec_dataset[1].name, "cookie")
 
 
 def test_first_lines_say_where_each_render_option_came_from(detect_run, mvtec_dataset, tmp_path):

@@ -256,10 +256,15 @@ ATTR_CASES = {  # name: (change of the root zarr.json, commands refusing it, the
     "a long format": (_attr(["format"], "x" * 100_000), ("info", "verify"),
                       f"format '{'x' * 22}...{'x' * 23}', this version reads 'pointad-renders'; not a pointad render "
                       "store"),
-    "renderer a list": (_attr(["render", "renderer"], ["splat"]), ("verify",),
+    "renderer a list": (_attr(["render", "renderer"], ["splat"]), ("info", "verify"),
                         "store attribute 'render': 'renderer' must be str, got ['splat']"),
-    "surface_tolerance a string": (_attr(["render", "surface_tolerance"], "a"), ("verify",),
+    "surface_tolerance a string": (_attr(["render", "surface_tolerance"], "a"), ("info", "verify"),
                                    "store attribute 'render': 'surface_tolerance' must be float, got 'a'"),
+    "an unknown render option": (_attr(["render", "colour"], "red"), ("info", "verify"),
+                                 "store attribute 'render': unknown key(s) ['colour']; known: ['angle_shift', "
+                                 "'code_plan', 'downsample', 'fov_degrees', 'image_size', 'knn', 'light', 'margin', "
+                                 "'masks', 'max_points', 'point_size', 'point_sizes', 'renderer', 'supersample', "
+                                 "'surface_tolerance', 'view_plan', 'views', 'visibility']"),
     "light unknown": (_attr(["render", "light"], "dim"), ("verify",),
                       "store attribute 'render': --light must be one of on, off, +, -, got 'dim'"),
 }

@@ -113,7 +113,7 @@ def test_projection_agrees_with_a_float64_reference(seed):
 
 
 def test_reference_store_records_splatted_masks(reference_store):
-    assert open_store(reference_store).attrs.render["masks"] == "splat"
+    assert open_store(reference_store).attrs.render.masks == "splat"
 
 
 def test_build_then_verify_info_and_show(reference_store, mvtec_dataset, tmp_path):
@@ -284,7 +284,7 @@ def test_ablation_options_are_recorded_and_applied(mvtec_dataset, tmp_path):
     build_store(entry, out, options, classes=["cookie"], splits=["test"])
     store = open_store(out)
     render_attrs = store.attrs.render
-    assert (render_attrs["light"], render_attrs["downsample"], render_attrs["visibility"]) == ("-", 0.5, "surface")
+    assert (render_attrs.light, render_attrs.downsample, render_attrs.visibility) == ("-", 0.5, "surface")
     assert store.attrs.view_plan["angles"] == pytest.approx([-np.pi / 3 + 0.1, np.pi / 3 + 0.1])
     full = read_sample(entry, list_samples(entry, ["cookie"], ["test"])[0],
                        preprocess_options(entry, "cookie", image_size=64, max_points=4096))

@@ -207,12 +207,13 @@ def test_masks_option_is_validated_recorded_and_part_of_the_store_identity(mvtec
     result = CliRunner().invoke(render, args + ["--masks", "render"])
     assert result.exit_code == 0, result.output
     store = open_store(out)
-    assert store.attrs.render["masks"] == "render" and store.complete.all()
+    assert store.attrs.render.masks == "render" and store.complete.all()
     assert any(store.sample(i).mask.any() for i in range(len(store)))
     again = CliRunner().invoke(render, args)  # default --masks splat into a store built with rendered masks
     assert again.exit_code == 1 and "other render options (masks)" in again.output, again.output
     # a store written before the option existed has no `masks` key: it rendered its masks
-    set_failures(out, store.attrs.failures, render={k: v for k, v in store.attrs.render.items() if k != "masks"})
+    recorded = store.attrs.render.to_dict()
+    set_failures(out, store.attrs.failures, render={k: v for k, v in recorded.items() if k != "masks"})
     resumed = CliRunner().invoke(render, args + ["--masks", "render"])
     assert resumed.exit_code == 0 and f"{len(store)} already complete" in resumed.output, resumed.output
     assert "other render options (masks)" in CliRunner().invoke(render, args).output

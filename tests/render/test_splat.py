@@ -180,7 +180,7 @@ def test_build_info_and_verify_name_and_check_the_renderer(mvtec_dataset, tmp_pa
     built = CliRunner().invoke(render, args + ["--renderer", "splat"])
     assert built.exit_code == 0 and "renderer splat" in built.output, built.output
     store = open_store(out)
-    assert store.attrs.render["renderer"] == "splat" and store.complete.all()
+    assert store.attrs.render.renderer == "splat" and store.complete.all()
     info = CliRunner().invoke(render, ["info", str(out)])
     assert "drawn by renderer splat, masks splat" in info.output, info.output
     assert CliRunner().invoke(render, ["verify", str(out)]).exit_code == 0

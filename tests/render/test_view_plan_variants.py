@@ -80,7 +80,7 @@ def test_build_records_the_datasets_variant_and_refuses_mixing_variants(real3d_d
     attrs = open_store(out).attrs
     assert attrs.view_plan["variant"] == "real3d" and attrs.view_plan["normals_radius"] == 0.8
     np.testing.assert_allclose(attrs.view_plan["pre_angles"], [np.pi])
-    assert attrs.render["code_plan"] == load_registry()["real3d"].view_plans["pointad-code"]
+    assert attrs.render.code_plan == load_registry()["real3d"].view_plans["pointad-code"]
     from pointad.render.verify import check_sample
     store = open_store(out)
     assert [p for i in range(len(store)) for p in check_sample(store.sample(i), store)] == []  # pixels re-projected

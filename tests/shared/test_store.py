@@ -364,7 +364,7 @@ def test_failures_and_render_options_are_updated_by_the_coordinator(store):
     failures = [{"dataset": "a", "sample_id": "cls/test/009.tiff", "reason": "0 valid points"}]
     set_failures(store, failures, render={"views": V, "point_sizes": {"a/cookie": 4.0}})
     attrs = open_store(store).attrs
-    assert attrs.failures == failures and attrs.render["point_sizes"] == {"a/cookie": 4.0}
+    assert attrs.failures == failures and attrs.render.point_sizes == {"a/cookie": 4.0}
     assert attrs.views == V and attrs.camera == ATTRS.camera
     assert store_fingerprint(store) == store_fingerprint(store) and store_fingerprint(store) != fingerprint
     set_failures(store, [])

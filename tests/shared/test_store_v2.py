@@ -178,7 +178,7 @@ def test_cameras_are_the_renderers_and_reproduce_the_stored_pixels(v2_store):
     attrs = zarr.open_group(v2_store, mode="r").attrs
     assert {k: attrs["camera"][k] for k in CAMERA_CONVENTION} == CAMERA_CONVENTION
     assert not set(RENDER_ELSEWHERE) & set(attrs["render"])  # each option once on disk
-    assert store.attrs.render["views"] == 2 and store.attrs.render["fov_degrees"] == OPTIONS.fov_degrees
+    assert store.attrs.render.views == 2 and store.attrs.render.fov_degrees == OPTIONS.fov_degrees
 
 
 def test_table_returns_every_identity_column_in_one_call(v2_store):

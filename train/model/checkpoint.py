@@ -1,5 +1,6 @@
 """Checkpoints: prompt parameters + optimizer + full run config + store fingerprint + model (design §6, §8), and
-the store's render options (`store_render_record`: `detect` renders a new cloud as the training rows were).
+the store's render options (`RenderRecord.drawn` of the trained class: `detect` renders a new cloud as the training
+rows were).
 
 Written atomically (temp file, then rename), read with `torch.load(weights_only=True)`. Loading one
 made for another model or configuration is a `CheckpointMismatchError`, never a shape traceback.
@@ -37,24 +38,13 @@ TEXT_DEFAULTS = {"width": 512, "layers": 12, "context_length": 77}
 
 def save_checkpoint(path: Path, *, epoch: int, prompts: dict, optimizer: dict | None, config: dict,
                     model: dict, store_fingerprint: str, metrics: dict, render: dict | None = None) -> None:
-    """Write one checkpoint atomically. render: `store_render_record` of the training rows (None: not known;
+    """Write one checkpoint atomically. render: the store's `RenderRecord.drawn` for the training rows (None: not known;
     checkpoints written before it was recorded have no "render" at all)."""
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch, "prompts": prompts,
                "optimizer": optimizer, "config": config, "model": model, "store_fingerprint": store_fingerprint,
                "metrics": metrics, "render": render}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-
-
-def store_render_record(render: dict, dataset: str, class_name: str) -> dict:
-    """The store's render options (`StoreAttrs.render`) as the rows of `dataset`/`class_name` were drawn: the
-    per-class point sizes a build records (`point_sizes`, "dataset/class" -> size) resolved to the class's
-    `point_size`, everything else as the store recorded it (JSON-ready: plain values)."""
-    record = {k: v for k, v in render.items() if k != "point_sizes"}
-    sizes = render.get("point_sizes") or {}
-    if f"{dataset}/{class_name}" in sizes:
-        record["point_size"] = sizes[f"{dataset}/{class_name}"]
-    return record
 
 
 def load_checkpoint(path: Path) -> dict:
