@@ -35,7 +35,7 @@ from pointad.shared.sample import SampleRef
 from pointad.shared.store import StoreAttrs, open_store
 from pointad.shared.store_schema import RenderRecord
 from pointad.shared.store_write import (append_samples, create_store, mark_incomplete, require_writable, set_failures,
-                                        start_chunk_checks, write_sample)
+                                        start_chunk_checks, update_attrs, write_sample)
 from pointad.shared.store_check import chunk_problems, rewrite_array_metadata
 
 @dataclass
@@ -320,6 +320,7 @@ def _build_locked(entry: DatasetEntry, out: Path, options: RenderOptions, refs: 
     for row, ref in todo:
         size = sizes.setdefault(ref.class_name, class_point_size(entry, ref.class_name, options, point_size))
         tasks.append((out, row, entry, ref, replace(options, point_size=size)))
+    _record_point_sizes(out, entry, sizes)
     if progress is not None:
         progress.total = len(tasks)
         progress.refresh()
@@ -332,14 +333,24 @@ def _build_locked(entry: DatasetEntry, out: Path, options: RenderOptions, refs: 
         if progress is not None:
             progress.update(1)
     result.seconds = time.perf_counter() - started
-    _record(out, entry, result, sizes)
+    _record(out, entry, result)
     return result
 
 
-def _record(out: Path, entry: DatasetEntry, result: BuildResult, sizes: dict) -> None:
-    """Failures of this dataset replaced by this run's; point sizes per class kept for `render info`."""
-    attrs = open_store(out).attrs
-    others = [f for f in attrs.failures if f["dataset"] != entry.name]
+def _record_point_sizes(out: Path, entry: DatasetEntry, sizes: dict) -> None:
+    """Record the point size of each class about to be drawn (class -> size) in `render.point_sizes`, before
+    any of its rows is drawn: every row in the store has its class's size recorded, even if the build is
+    killed (RenderRecord.drawn reads it; design §4.1)."""
+    if not sizes:
+        return
+    render = open_store(out).attrs.render
+    point_sizes = {**render.point_sizes, **{f"{entry.name}/{c}": v for c, v in sizes.items()}}
+    if point_sizes != render.point_sizes:
+        update_attrs(out, render={**render.to_dict(), "point_sizes": point_sizes})
+
+
+def _record(out: Path, entry: DatasetEntry, result: BuildResult) -> None:
+    """Failures of this dataset replaced by this run's."""
+    others = [f for f in open_store(out).attrs.failures if f["dataset"] != entry.name]
     mine = [{"dataset": entry.name, "sample_id": s, "reason": r} for s, r in result.failures]
-    point_sizes = {**attrs.render.point_sizes, **{f"{entry.name}/{c}": v for c, v in sizes.items()}}
-    set_failures(out, others + mine, render={**attrs.render.to_dict(), "point_sizes": point_sizes})
+    set_failures(out, others + mine)

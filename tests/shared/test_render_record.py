@@ -166,3 +166,18 @@ def test_verify_detect_and_the_record_read_the_size_the_class_was_drawn_with(siz
     update_attrs(unsized, render={**render.to_dict(), "point_sizes": {}})
     assert any("differ from a fresh splat render" in p for p in verify_store(open_store(unsized), rerender=1))
 
+
+def test_a_build_records_the_class_sizes_before_it_draws_a_row(mvtec_dataset, tmp_path, monkeypatch):
+    import pointad.render.build as build
+    _, entry = mvtec_dataset
+    entry = replace(entry, class_options={"cookie": {"render": {"point_size": 9}}})
+
+    def killed(tasks, *args):
+        raise KeyboardInterrupt  # the build dies before its first row is drawn
+        yield
+
+    monkeypatch.setattr(build, "_run", killed)
+    out = tmp_path / "renders.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        build.build_store(entry, out, SPLAT, classes=["cookie"], splits=["test"])
+    assert open_store(out).attrs.render.point_sizes == {f"{entry.name}/cookie": 9.0}
