@@ -65,7 +65,7 @@ class RunRecord:
     train: the run's settings (`cache_memory`, no part of a run, is not recorded and reads as its default);
     model: the frozen backbone's config; store_fingerprint: the store's content (`shared.store.store_fingerprint`,
     "" for an imported run); rows: the store rows trained on (N, in order); render: the store's render options
-    for the trained class (`store_render_record`; None for an imported run or a run written before they were
+    for the trained class (`RenderRecord.drawn`; None for an imported run or a run written before they were
     recorded); imported: the released file of an imported run, None otherwise."""
 
     train: TrainConfig
