@@ -46,7 +46,7 @@ from pointad.render.rasterize import worker_rasterizer
 from pointad.render.readers.files import read_point_cloud, read_xyz_tiff
 from pointad.render.render_options import RenderOptions
 from pointad.render.sample_render import render_sample
-from pointad.shared.errors import ConfigError, InputFileError, PointADError
+from pointad.shared.errors import ConfigError, InputFileError, PointADError, first_line
 from pointad.shared.io import atomic_path
 from pointad.shared.sample import Sample
 from pointad.shared.strict import from_dict
@@ -180,7 +180,7 @@ def _read_text_points(path: Path) -> np.ndarray:
             warnings.simplefilter("ignore", UserWarning)
             array = np.loadtxt(path, ndmin=2, dtype=np.float64)
     except (OSError, ValueError) as exc:
-        raise InputFileError(f"{path}: unreadable .xyz text ({str(exc).strip().splitlines()[0]})") from exc
+        raise InputFileError(f"{path}: unreadable .xyz text ({first_line(exc)})") from exc
     if array.size == 0:
         raise InputFileError(f"{path}: empty point cloud (0 points)")
     if array.shape[1] < 3:
@@ -192,7 +192,7 @@ def _read_npy_points(path: Path) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
     except Exception as exc:  # numpy raises many types for a corrupt file (EOFError, tokenize errors, ...)
-        raise InputFileError(f"{path}: unreadable .npy ({(str(exc).strip() or type(exc).__name__).splitlines()[0]})") from exc
+        raise InputFileError(f"{path}: unreadable .npy ({first_line(exc)})") from exc
     if not isinstance(array, np.ndarray):  # a zip (.npz) archive under a .npy name
         array.close()
         raise InputFileError(f"{path}: expected one .npy array, got an .npz archive")

@@ -26,7 +26,7 @@ from pointad.render.datasets import dataset_render_options
 from pointad.render.readers import list_samples, preprocess_options, read_sample
 from pointad.render.sample_render import RenderOptions, render_sample
 from pointad.render.rasterize import worker_rasterizer
-from pointad.shared.errors import InputFileError, PointADError
+from pointad.shared.errors import InputFileError, PointADError, first_line
 from pointad.shared.io import os_error
 from pointad.shared.lock import writer_lock
 from pointad.shared.names import printable
@@ -215,7 +215,7 @@ def _connect(scheduler: str):
     try:
         client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
     except (OSError, ValueError, TimeoutError, MemoryError) as exc:
-        raise PointADError(f"--scheduler {scheduler}: cannot connect ({str(exc).splitlines()[0][:200]})") from None
+        raise PointADError(f"--scheduler {scheduler}: cannot connect ({first_line(exc, limit=200)})") from None
     try:
         client.wait_for_workers(1, timeout=SCHEDULER_TIMEOUT)
     except (OSError, TimeoutError) as exc:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from pointad.render.background import belt_box, constant_background, rigid_transform
 from pointad.shared import strict
-from pointad.shared.errors import ConfigError
+from pointad.shared.errors import ConfigError, first_line
 
 # Open3D reports through its own logger; errors reach us as empty results, which we check.
 o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
@@ -162,7 +162,7 @@ def fit_plane(points: np.ndarray, distance: float, iterations: int, seed: int) -
     try:
         _, inliers = cloud.segment_plane(distance_threshold=distance, ransac_n=3, num_iterations=iterations)
     except RuntimeError as exc:
-        raise ValueError(f"cannot fit the background plane: {str(exc).strip().splitlines()[0]}") from None
+        raise ValueError(f"cannot fit the background plane: {first_line(exc)}") from None
     inliers = np.asarray(inliers, dtype=np.int64)
     if len(inliers) < 3:
         raise ValueError(f"cannot fit the background plane: {len(inliers)} of {len(points)} border points "

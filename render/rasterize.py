@@ -23,7 +23,7 @@ import numpy as np
 import open3d as o3d
 from PIL import Image
 
-from pointad.shared.errors import PointADError
+from pointad.shared.errors import PointADError, first_line
 
 o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
 
@@ -142,7 +142,7 @@ class FilamentRasterizer:
         try:
             self.renderer = rendering.OffscreenRenderer(size, size)
         except Exception as exc:  # Open3D raises RuntimeError with a multi-line message
-            raise RenderBackendError(f"Filament renderer unavailable ({str(exc).splitlines()[0]}); "
+            raise RenderBackendError(f"Filament renderer unavailable ({first_line(exc)}); "
                                      "install libvulkan1 and mesa-vulkan-drivers or use --renderer legacy") from exc
         # no tone mapping or colour grading: backgrounds and masks must keep their exact values
         self.renderer.scene.view.set_post_processing(False)

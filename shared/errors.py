@@ -27,3 +27,17 @@ class CheckpointMismatchError(PointADError):
 
 class WeightsNotFoundError(PointADError):
     """CLIP weights are needed but not present; the message says which file to place where."""
+
+
+def first_line(exc_or_text, limit: int = 300, *, typed: bool = False) -> str:
+    """Return the first line of an exception's message (or of a text), at most `limit` characters.
+
+    Other libraries' messages may span lines or quote what was read; ours are one line (design §8), so a
+    reason quoted from one goes through here. Blank space around the message is dropped; an exception whose
+    message is empty gives its type's name. typed: `Type: first line` (the type alone when empty).
+    """
+    lines = str(exc_or_text).strip().splitlines()
+    line = lines[0].strip() if lines else ""
+    if isinstance(exc_or_text, BaseException) and (typed or not line):
+        line = f"{type(exc_or_text).__name__}: {line}".rstrip(": ")
+    return line if len(line) <= limit else line[: limit - 3] + "..."

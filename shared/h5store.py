@@ -20,9 +20,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pointad.shared.errors import PointADError, StoreSchemaError
+from pointad.shared.errors import PointADError, StoreSchemaError, first_line
 from pointad.shared.io import os_error, temp_sibling
-from pointad.shared.store import FORMAT, ROW_COUNT, RenderStore, StoreAttrs, first_line, open_group, open_store
+from pointad.shared.store import FORMAT, ROW_COUNT, RenderStore, StoreAttrs, open_group, open_store
 from pointad.shared.store_write import require_writable
 
 __all__ = ["export_h5", "open_h5_store", "GZIP_LEVEL"]
@@ -106,11 +106,11 @@ class H5RenderStore(RenderStore):
             self._file = h5py.File(self.path, "r")
         except (OSError, ValueError) as exc:
             raise StoreSchemaError(f"{self.path}: not a pointad render store (not a readable HDF5 file: "
-                                   f"{first_line(exc)})") from None
+                                   f"{first_line(exc, typed=True)})") from None
         try:
             attrs = _json_attrs(self._file.attrs)
         except (TypeError, ValueError, RecursionError) as exc:
-            raise StoreSchemaError(f"{self.path}: root attributes are not JSON text ({first_line(exc)}); "
+            raise StoreSchemaError(f"{self.path}: root attributes are not JSON text ({first_line(exc, typed=True)}); "
                                    "not a twin written by 'render export'") from None
         self.attrs = StoreAttrs.from_dict(attrs, source=str(self.path))
         self._arrays = {}
@@ -150,7 +150,7 @@ class H5RenderStore(RenderStore):
             return json.loads(value)
         except (TypeError, ValueError, RecursionError) as exc:
             raise StoreSchemaError(f"{self.path}: array {path}: attribute {key} is not JSON text "
-                                   f"({first_line(exc)}); {self.unusable}") from None
+                                   f"({first_line(exc, typed=True)}); {self.unusable}") from None
 
     def _strings(self, path: str) -> np.ndarray:
         return np.array(self._arrays[path].asstr()[: self._n].tolist(), dtype=str)
@@ -166,7 +166,7 @@ class H5RenderStore(RenderStore):
             try:
                 out.append(np.asarray(self._arrays[path][selection]))
             except (OSError, ValueError) as exc:  # a damaged chunk fails its filter pipeline
-                raise StoreSchemaError(f"{self.path}: array {path}: rows do not read ({first_line(exc)}); "
+                raise StoreSchemaError(f"{self.path}: array {path}: rows do not read ({first_line(exc, typed=True)}); "
                                        "export the store again") from None
         return out
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from pointad.shared import config, strict
-from pointad.shared.errors import ConfigError, DatasetError
+from pointad.shared.errors import ConfigError, DatasetError, first_line
 
 FORMATS = ("mvtec3d", "eyecandies", "real3d")
 # What `read_yaml` takes: the repository's datasets.yaml is ~5 KB, nests 8 deep and expands its aliases to
@@ -106,15 +106,10 @@ def load_registry(path: Path | None = None) -> dict[str, DatasetEntry]:
     except YamlTooLarge as exc:
         raise ConfigError(f"{path}: registry file {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({_first_line(exc)})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(exc, limit=200)})") from None
     if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
         raise ConfigError(f"{path}: expected a top-level 'datasets:' mapping")
     return {str(name): DatasetEntry.from_dict(str(name), entry, str(path)) for name, entry in data["datasets"].items()}
-
-
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    text = (str(exc).strip().splitlines() or [""])[0]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class YamlTooLarge(ValueError):

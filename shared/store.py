@@ -25,7 +25,7 @@ import zarr
 import zarr.errors
 from zarr.core.sync import sync  # runs a coroutine on Zarr's own event loop, as zarr.Array does
 
-from pointad.shared.errors import PointADError, StoreSchemaError
+from pointad.shared.errors import PointADError, StoreSchemaError, first_line
 from pointad.shared.store_schema import (ARRAYS, BY_FIELD, FORMAT, IDENTITY, SAMPLE_FIELDS, SCHEMA_VERSION, V2_ONLY,
                                          ArraySpec, SampleArrays, StoreAttrs, StoredSample)
 
@@ -54,14 +54,7 @@ def open_group(path: Path, mode: str) -> zarr.Group:
         raise StoreSchemaError(f"{path}: not a pointad render store (no Zarr group there)") from exc
     except (ValueError, RecursionError) as exc:  # the group's zarr.json is not JSON (or nested past Python's
         # recursion limit), or not Zarr metadata
-        raise StoreSchemaError(f"{path}: the store's zarr.json is unreadable ({first_line(exc)})") from None
-
-
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """`Type: first line of the message`, at most `limit` characters (messages may quote what was read)."""
-    text = str(exc).strip().splitlines()
-    line = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+        raise StoreSchemaError(f"{path}: the store's zarr.json is unreadable ({first_line(exc, typed=True)})") from None
 
 
 def read_attrs(group: zarr.Group, path: Path) -> StoreAttrs:
@@ -86,7 +79,7 @@ def _read_rows(arrays: list, selection, store_path=None) -> list[np.ndarray]:
             if not isinstance(result, Exception):
                 raise result
             raise StoreSchemaError(f"{store_path or array.store_path}: array {array.path} row(s) "
-                                   f"{_describe_rows(selection)}: a chunk does not decode ({first_line(result)}); "
+                                   f"{_describe_rows(selection)}: a chunk does not decode ({first_line(result, typed=True)}); "
                                    "run 'render verify', then 'render build --repair'") from None
     return results
 
@@ -125,7 +118,7 @@ class RenderStore:
                 raise StoreSchemaError(f"{self.path}: array {spec.path} missing; {_UNUSABLE}") from None
             except Exception as exc:  # a damaged zarr.json: JSON or metadata errors of several kinds
                 raise StoreSchemaError(f"{self.path}: array {spec.path}: its zarr.json is unreadable "
-                                       f"({first_line(exc)}); 'render build --repair' rewrites it from the "
+                                       f"({first_line(exc, typed=True)}); 'render build --repair' rewrites it from the "
                                        "schema") from None
         self._index_arrays()
 
@@ -155,7 +148,7 @@ class RenderStore:
             return read(path)
         except Exception as exc:  # codecs and chunk shapes that do not fit the bytes fail in many ways
             raise StoreSchemaError(f"{self.path}: array {path}: a chunk of rows 0-{self._n - 1} does not decode "
-                                   f"({first_line(exc)}); {self.unusable}") from None
+                                   f"({first_line(exc, typed=True)}); {self.unusable}") from None
 
     def _array_attr(self, path: str, key: str, default):
         return self._arrays[path].attrs.get(key, default)

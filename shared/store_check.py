@@ -18,7 +18,8 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from pointad.shared.io import atomic_path
-from pointad.shared.store import ARRAYS, IDENTITY, ROW_COUNT, RenderStore, first_line, open_group
+from pointad.shared.errors import first_line
+from pointad.shared.store import ARRAYS, IDENTITY, ROW_COUNT, RenderStore, open_group
 from pointad.shared.store_write import array_attributes, array_kwargs, writable_attrs
 
 __all__ = ["chunk_problems", "rewrite_array_metadata"]
@@ -67,7 +68,7 @@ def chunk_problems(store: RenderStore, rows=None, decode: bool = False) -> list[
             for array, result in zip(arrays, sync(read_all())):
                 if isinstance(result, Exception):
                     key = array.metadata.encode_chunk_key((row, *(0,) * (array.ndim - 1)))
-                    found.append((row, array.path, f"chunk {key} does not decode ({first_line(result)})"))
+                    found.append((row, array.path, f"chunk {key} does not decode ({first_line(result, typed=True)})"))
     return sorted(found, key=lambda problem: problem[:2])
 
 

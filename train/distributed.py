@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from pointad.shared import config
-from pointad.shared.errors import ConfigError
+from pointad.shared.errors import ConfigError, first_line
 
 LAUNCH = "launch with torchrun, or unset WORLD_SIZE for one process"
 
@@ -62,7 +62,7 @@ def distributed_session(device: str):
     except (RuntimeError, ValueError) as exc:  # a port held by another program, an unreachable master
         raise ConfigError(f"cannot join the torchrun group (rank {rank} of {world}, master "
                           f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}): "
-                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                          f"{first_line(exc)}") from None
     try:
         if use_cuda:
             torch.cuda.set_device(local_rank)

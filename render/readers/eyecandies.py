@@ -30,7 +30,7 @@ from pointad.render.preprocess import PreprocessOptions
 from pointad.render.readers import mvtec3d
 from pointad.render.readers.common import check_splits, relative_id
 from pointad.render.readers.files import read_image, read_yaml
-from pointad.shared.errors import InputFileError
+from pointad.shared.errors import InputFileError, first_line
 from pointad.shared.registry import DatasetEntry, select_classes
 from pointad.shared.sample import GOOD, Sample, SampleRef
 
@@ -111,7 +111,7 @@ def read_pose(path: Path) -> np.ndarray:
     try:
         pose = np.loadtxt(path, ndmin=2)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InputFileError(f"{path}: unreadable pose ({str(exc).splitlines()[0]})") from None
+        raise InputFileError(f"{path}: unreadable pose ({first_line(exc)})") from None
     if pose.shape != (4, 4):
         raise InputFileError(f"{path}: expected a 4 x 4 pose, got shape {pose.shape}")
     try:

@@ -15,16 +15,11 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from pointad.render.readers.cloud_files import read_cloud
-from pointad.shared.errors import InputFileError
+from pointad.shared.errors import InputFileError, first_line
 
 
 def _fail(path: Path, reason: str) -> InputFileError:
     return InputFileError(f"{path}: {reason}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _require(path: Path) -> None:
@@ -40,7 +35,7 @@ def read_xyz_tiff(path: Path) -> np.ndarray:
     try:
         array = tifffile.imread(path)
     except Exception as exc:  # tifffile raises many types for corrupt files; all mean the same here
-        raise _fail(path, f"unreadable TIFF ({_first_line(exc)})") from exc
+        raise _fail(path, f"unreadable TIFF ({first_line(exc)})") from exc
     if array.ndim != 3 or array.shape[2] != 3:
         raise _fail(path, f"expected an H x W x 3 organized point cloud, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.floating):
@@ -64,7 +59,7 @@ def read_image(path: Path, mode: str) -> np.ndarray:
     except InputFileError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise _fail(path, f"unreadable image ({_first_line(exc)})") from exc
+        raise _fail(path, f"unreadable image ({first_line(exc)})") from exc
 
 
 def read_point_cloud(path: Path) -> np.ndarray:
@@ -76,9 +71,9 @@ def read_point_cloud(path: Path) -> np.ndarray:
     try:
         return read_cloud(path)
     except OSError as exc:
-        raise _fail(path, f"unreadable ({exc.strerror or _first_line(exc)})") from exc
+        raise _fail(path, f"unreadable ({exc.strerror or first_line(exc)})") from exc
     except ValueError as exc:
-        raise _fail(path, _first_line(exc)) from exc
+        raise _fail(path, first_line(exc)) from exc
 
 
 def read_label_txt(path: Path) -> np.ndarray:
@@ -92,7 +87,7 @@ def read_label_txt(path: Path) -> np.ndarray:
             warnings.simplefilter("ignore", UserWarning)
             rows = np.loadtxt(path, delimiter=delimiter, ndmin=2, dtype=np.float64)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _fail(path, f"unreadable label table ({_first_line(exc)})") from exc
+        raise _fail(path, f"unreadable label table ({first_line(exc)})") from exc
     if rows.shape[0] == 0:
         raise _fail(path, "empty label table")
     if rows.shape[1] != 4:
@@ -109,7 +104,7 @@ def read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise _fail(path, f"unreadable YAML ({_first_line(exc)})") from exc
+        raise _fail(path, f"unreadable YAML ({first_line(exc)})") from exc
     if not isinstance(data, dict):
         raise _fail(path, "expected a YAML mapping")
     return data
