@@ -416,11 +416,11 @@ def _peak_rss_during(fn):
 
 
 def mutual_part(args) -> None:
-    """Part 4 (issue 13): seconds per sample and peak memory of `eval.mutual_scoring.mutual_scores` against class
+    """Part 4 (issue 13): seconds per sample and peak memory of `eval.mutual_math.mutual_scores` against class
     size, on synthetic features (random normal, L2-normalised; the time does not depend on the values)."""
     import torch
 
-    from pointad.eval.mutual_scoring import BLOCK_BYTES, block_sizes, mutual_scores
+    from pointad.eval.mutual_math import BLOCK_BYTES, block_sizes, mutual_scores
     device = torch.device(args.device)
     tokens, dim = args.mutual_tokens, args.mutual_dim
     rows = []

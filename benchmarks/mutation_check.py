@@ -128,7 +128,7 @@ MUTATIONS = [
     Mutation("verify: complete rows checked from the second on", "render/verify.py",
              "    for index in store.indices():",
              "    for index in store.indices()[1:]:", (STORE_CHECK, STORE_FAULTS)),
-    Mutation("mutual scoring: negative similarities kept as re-scoring weights", "eval/mutual_scoring.py",
+    Mutation("mutual scoring: negative similarities kept as re-scoring weights", "eval/mutual_math.py",
              "    similarity = (unit @ unit.T).clamp(min=0)",
              "    similarity = unit @ unit.T", (MUTUAL, DETECT_MUTUAL)),
     Mutation("mutual scoring: patch scores summed over the radii", "eval/mutual.py",

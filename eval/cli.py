@@ -132,7 +132,7 @@ def report(store, checkpoints, setting, dataset, classes, report_format, out, pr
     --train-missing the runs not there yet are trained first, so one command reproduces a setting.
     """
     from pointad.eval.report import build_report, write_report
-    from pointad.eval.targets import check_file_target, check_folder_target
+    from pointad.eval.output_paths import check_file_target, check_folder_target
     from pointad.shared.errors import PointADError
     from pointad.train.model.device import resolve_device
     source = click.get_current_context().get_parameter_source
@@ -301,7 +301,7 @@ def detect(cloud, method, checkpoint, reference, class_name, dataset, model, mut
     render options given here replace single ones. The first lines say which option came from where.
     """
     from pointad.eval.detect import OUTPUT_FILES, check_cloud_path, write_detection
-    from pointad.eval.targets import check_folder_target
+    from pointad.eval.output_paths import check_folder_target
     from pointad.train.model.device import resolve_device
     check_cloud_path(cloud)
 

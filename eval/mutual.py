@@ -3,7 +3,7 @@
 Per test class, every sample's renderings (and RGB image) go once through the frozen vision tower on its
 plain attention path (`mutual_model_config`: no DPAM; the tapped layers an option). The patch tokens are
 aggregated over r x r neighbourhoods and the class's samples score each other
-(`eval.mutual_scoring`, the math; this module is its shell: features, store passes, results); the patch
+(`eval.mutual_math`, the math; this module is its shell: features, store passes, results); the patch
 scores of each view are upsampled to S x S and become point scores through PointAD's own back-projection
 (`eval.scoring.back_project_batch`), proxies and scoring tail (`eval.score_maps.score_row`: smoothing,
 RGB fusion, the released code's grids), so the two methods differ only in where the per-view maps come
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pointad.eval.mutual_scoring import aggregate_neighbourhoods, mutual_scores, rescore_by_neighbours, upsample_scores
+from pointad.eval.mutual_math import aggregate_neighbourhoods, mutual_scores, rescore_by_neighbours, upsample_scores
 from pointad.eval.score_maps import ROW_FIELDS, SIGMA, SampleScores, score_row
 from pointad.eval.scoring import back_project_batch, encode_batch, kept_map, rgb_on_grid
 # MutualOptions and its choices live in the light eval.settings (the command line reads them); re-exported here

@@ -8,7 +8,7 @@ multimodal) and protocol:
 - `points`: only valid points count. AUPRO: organized classes -> regions of each sample's mask on its grid
   (`class_metrics.organized_regions`, what `aupro_organized` counts, without dense grids); unorganized ->
   `aupro_graph` on the stored k-NN graph.
-- `pointad-compat`: the released code's view: its grid maps and sample scores (`eval.scoring`, compat:
+- `pointad-compat`: the released code's view: its grid maps and sample scores (`eval.score_maps`, compat:
   missing cells 0 before a plain Gaussian), the whole organized grid (grid_hw, 336 x 336 in the paper's
   stores) with label 0 in missing cells, P-AUROC over every cell and `aupro_pointad_compat`. Classes with
   unorganized samples keep the `points` sample metrics and get nan point metrics (no grid to fill).
@@ -36,7 +36,7 @@ from pointad.eval.report_figures import pick_rows, write_class_figures
 from pointad.eval.runs import BackboneCache, load_run
 from pointad.eval.mutual import METHOD as MUTUAL, attach_published, mutual_model_config, score_class
 from pointad.eval.scoring import baseline_text_features, score_store_runs
-from pointad.eval.targets import check_file_target
+from pointad.eval.output_paths import check_file_target
 from pointad.shared.errors import CheckpointMismatchError, PointADError
 from pointad.shared.io import atomic_path
 from pointad.shared.names import printable

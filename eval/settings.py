@@ -2,7 +2,7 @@
 (`--method mutual-scoring`, eval/mutual.py), with the choices their options take.
 
 Light on purpose (no torch at import): the command line reads its defaults from here. `eval/report.py`,
-`eval/mutual.py` and `eval/mutual_scoring.py` re-export what they used to define.
+`eval/mutual.py` and `eval/mutual_math.py` re-export what they used to define.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ REPORT_FORMATS = ("md", "csv", "json")  # eval/report.py's FORMATS
 MUTUAL = "mutual-scoring"
 METHODS = ("pointad", "clip-rendering", MUTUAL)
 VIEW_MODES = ("same", "all")
-# mutual scoring (eval/mutual_scoring.py): neighbourhood sizes, interval-average share, re-scoring
+# mutual scoring (eval/mutual_math.py): neighbourhood sizes, interval-average share, re-scoring
 # neighbourhoods, and the memory bound of one distance block
 RADII = (1, 3, 5)
 FRACTION = 0.3

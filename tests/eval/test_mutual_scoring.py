@@ -1,4 +1,4 @@
-"""Mutual scoring (issue 13, eval/mutual_scoring.py and eval/mutual.py): hand-made feature sets, the blocked
+"""Mutual scoring (issue 13, eval/mutual_math.py and eval/mutual.py): hand-made feature sets, the blocked
 scoring against a plain loop over the full distance matrix, PointAD's own back-projection and smoothing, and
 `eval report --method mutual-scoring` on the synthetic store with the tiny random model (a smoke run: random
 weights, 6 samples a class; its numbers say nothing about the method)."""
@@ -19,7 +19,7 @@ import pointad.eval.scoring as scoring
 import pointad.train.model.maps as maps
 from pointad.eval.cli import eval_
 from pointad.eval.mutual import MutualOptions, attach_published, mutual_model_config, patch_scores, score_class
-from pointad.eval.mutual_scoring import (aggregate_neighbourhoods, block_sizes, kept_count, mutual_scores,
+from pointad.eval.mutual_math import (aggregate_neighbourhoods, block_sizes, kept_count, mutual_scores,
                                  rescore_by_neighbours)
 from pointad.eval.report import Report, to_markdown
 from pointad.shared.store import open_store

@@ -14,6 +14,7 @@ isolated. Written here from the method's description (no code of its release):
    similar samples (itself included) by global feature, weighted by the similarity, and averaged over
    several k: a sample whose look-alikes all score low is pulled down.
 Letters: N samples of a class, T patches per sample, D feature dimension, G patch grid side, S pixels.
+The method's shell (features of a class's rows, the store passes, PointAD's scoring tail) is `eval.mutual`.
 """
 
 from __future__ import annotations
