@@ -1,5 +1,5 @@
 # The README's two commands. Both install what is missing first (idempotent).
-.PHONY: setup demo test
+.PHONY: setup demo test lint
 
 setup:
 	bash .ci/setup.sh
@@ -29,6 +29,10 @@ demo: setup
 	.venv/bin/pointad render export $(DEMO)/renders.zarr --out $(DEMO)/renders.h5
 	cat $(DEMO)/one-vs-rest.md $(DEMO)/cross-dataset.md $(DEMO)/clip-rendering.md $(DEMO)/mutual-scoring.md
 
-# pytest exits 5 when it collects no test: a broken checkout, so a failure here too.
-test: setup
+# The linter first (seconds), then the whole suite. pytest exits 5 when it collects no test: a broken
+# checkout, so a failure here too.
+test: setup lint
 	.venv/bin/python -m pytest -q
+
+lint: setup
+	.venv/bin/ruff check .

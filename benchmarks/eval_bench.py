@@ -205,8 +205,8 @@ def synthetic_run(workdir: Path, args) -> tuple[Path, Path, list[tuple[str, floa
     from pointad.render.datasets import open_dataset
     from pointad.render.sample_render import RenderOptions
     from pointad.shared.store import open_store
-    from pointad.train.model.checkpoint import latest_checkpoint
     from pointad.train.loop import TrainConfig, train
+    from pointad.train.model.checkpoint import latest_checkpoint
 
     steps = []
     spec = synthetic.SyntheticSpec(format="mvtec3d", seed=0, classes=tuple(args.classes), train=1, validation=1,

@@ -10,7 +10,7 @@ Then ONE device call: `run` with carry ["data/gpu-bench"] (data/ is ignored by .
 .git/info/exclude edit is needed), timeout_s 540, and this command (one line, 2,000 characters at most;
 `--device-command` prints it), which takes 3-4 minutes on an H200 by this script's estimate:
 
-set -o pipefail; B=data/gpu-bench; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $B/whl/*.whl || exit 1; mkdir -p /tmp/pp && ln -sfn "$PWD" /tmp/pp/pointad && export PYTHONPATH=/tmp/site:/tmp/pp PYTHONUNBUFFERED=1; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 benchmarks/gpu_bench.py --seed $B/seed.zarr --device cuda 2>&1 | tee $OUT/log.txt
+    .venv/bin/python benchmarks/gpu_bench.py --device-command   # prints that one line
 
 The bare H200 machine (KINDS.md) has Python 3.12, torch, numpy, scipy, scikit-learn, matplotlib, h5py,
 click, pyyaml, pillow, tqdm, safetensors, huggingface-hub and regex; it lacks zarr (+ numcodecs, donfig,
@@ -217,7 +217,7 @@ def render_seed(workdir: Path, out: Path, smoke: bool, workers: int) -> Path:
     from pointad.render import synthetic
     from pointad.render.build import build_store
     from pointad.render.datasets import open_dataset
-    from pointad.render.render_options import RenderOptions
+    from pointad.render.options import RenderOptions
 
     spec = SMOKE_SPEC if smoke else SEED_SPEC
     # generated in a folder this call makes (never a `synthetic` folder already in --workdir), removed after
@@ -387,7 +387,7 @@ def open_store_cached(ctx: Context):
 # --- B. eval report -------------------------------------------------------------------------------------
 
 def train_config(ctx: Context, **changes):
-    from pointad.train.config import TrainConfig
+    from pointad.train.options import TrainConfig
     return TrainConfig(store=str(ctx.store), class_name=ctx.train_class, dataset=ctx.dataset, model=ctx.model,
                        **changes)
 
@@ -580,7 +580,7 @@ def splat_clock(ctx: Context) -> StageClock:
 
 def splat_part(ctx: Context, results: Results) -> None:
     from pointad.render.camera import fit_camera
-    from pointad.render.render_options import LIGHTS, RenderOptions
+    from pointad.render.options import LIGHTS, RenderOptions
     from pointad.render.splat import Cloud, draw_views
 
     options = RenderOptions(renderer="splat", **(dict(views=2, supersample=1) if ctx.args.smoke else {}))

@@ -115,7 +115,8 @@ MUTATIONS = [
              "    pass", (GRAPH, SCORES)),
     Mutation("store: sample labels read inverted", "shared/store.py",
              '        return {**{name: str(self._identity[name][i]) for name in IDENTITY}, "label": int(self._label[i])}',
-             '        return {**{name: str(self._identity[name][i]) for name in IDENTITY}, "label": 1 - int(self._label[i])}',
+             '        return {**{name: str(self._identity[name][i]) for name in IDENTITY}, '
+             '"label": 1 - int(self._label[i])}',
              (REPORT,)),
     # issue 25: the kinds of one-line bug an audit planted in code landed since the last audit and the suite
     # let through; each list starts with the test written for its kind (pytest -x stops at the first failure)

@@ -57,21 +57,22 @@ from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper module next to this script
 
-import released_procedure  # noqa: E402
-from pointad.render.build import WORKER_RASTER_THREADS, build_store, store_attrs  # noqa: E402
-from pointad.render.camera import fit_camera, project  # noqa: E402
-from pointad.render.graph import knn_graph, proxy_indices  # noqa: E402
-from pointad.render.rasterize import DrawStyle, LegacyRasterizer, downsample  # noqa: E402
-from pointad.render.readers import list_samples, preprocess_options, read_sample  # noqa: E402
-from pointad.render.masks import splat_masks  # noqa: E402
-from pointad.render.sample_render import LIGHTS, RenderOptions, estimate_normals, render_masks, render_sample  # noqa: E402
-from pointad.render.splat import Cloud, draw_views  # noqa: E402
-from pointad.render.synthetic import SyntheticSpec, generate  # noqa: E402
-from pointad.render.visibility import nearest_per_pixel  # noqa: E402
-from pointad.shared.registry import custom_entry  # noqa: E402
-from pointad.shared.sample import Sample  # noqa: E402
-from pointad.shared.store import open_store# noqa: E402
-from pointad.shared.store_write import CLEVEL, append_samples, create_store, write_sample# noqa: E402
+import released_procedure
+
+from pointad.render.build import WORKER_RASTER_THREADS, build_store, store_attrs
+from pointad.render.camera import fit_camera, project
+from pointad.render.graph import knn_graph, proxy_indices
+from pointad.render.masks import splat_masks
+from pointad.render.rasterize import DrawStyle, LegacyRasterizer, downsample
+from pointad.render.readers import list_samples, preprocess_options, read_sample
+from pointad.render.sample_render import LIGHTS, RenderOptions, estimate_normals, render_masks, render_sample
+from pointad.render.splat import Cloud, draw_views
+from pointad.render.synthetic import SyntheticSpec, generate
+from pointad.render.visibility import nearest_per_pixel
+from pointad.shared.registry import custom_entry
+from pointad.shared.sample import Sample
+from pointad.shared.store import open_store
+from pointad.shared.store_write import CLEVEL, append_samples, create_store, write_sample
 
 STEPS = ("read", "normals", "render", "masks", "projection", "visibility", "proxy + knn", "write")
 # the per-sample work besides drawing (views and masks) and reading: what compression and neighbours cost

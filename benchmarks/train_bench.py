@@ -48,7 +48,7 @@ def build_store(root: Path, classes: tuple[str, ...]) -> Path:
 
 def time_epochs(store: str, run_dir: str, model: str, device: str, cached: bool, epochs: int, queue) -> None:
     """Child process: set up a trainer, time `epochs` epochs, report seconds and peak memory."""
-    from pointad.train.loop import Trainer, TrainConfig
+    from pointad.train.loop import TrainConfig, Trainer
     backbone = backbone_for(model)
     config = TrainConfig(store=store, class_name="cookie", model="tiny" if model == "tiny" else "vit-l-14-336",
                          feature_cache=cached, epochs=epochs)
@@ -104,7 +104,7 @@ def main():
         throughput = vision_throughput(args.model, args.device)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    with_cache, without = results[True], results[False]
+    with_cache = results[True]
     per_epoch = {k: sorted(v["epochs"])[len(v["epochs"]) // 2] for k, v in results.items()}
     print(f"# Training benchmark: model {args.model}, device {args.device}, {with_cache['samples']} samples x 9 views, "
           f"batch 4, median of {args.epochs} epochs")

@@ -8,11 +8,11 @@ from __future__ import annotations
 import importlib
 
 _HOMES = {
-    "aupro_graph": "pointad.eval.metrics", "aupro_organized": "pointad.eval.metrics",
-    "aupro_pointad_compat": "pointad.eval.metrics", "image_metrics": "pointad.eval.metrics",
-    "point_auroc": "pointad.eval.metrics", "ReportConfig": "pointad.eval.report", "build_report": "pointad.eval.report",
-    "write_report": "pointad.eval.report", "SampleScores": "pointad.eval.score_maps", "score_store": "pointad.eval.scoring",
-    "smooth_graph": "pointad.eval.score_maps", "smooth_organized": "pointad.eval.score_maps",
+    "aupro_graph": ".metrics", "aupro_organized": ".metrics",
+    "aupro_pointad_compat": ".metrics", "image_metrics": ".metrics",
+    "point_auroc": ".metrics", "ReportConfig": ".report", "build_report": ".report",
+    "write_report": ".report", "SampleScores": ".score_maps", "score_store": ".scoring",
+    "smooth_graph": ".score_maps", "smooth_organized": ".score_maps",
 }
 __all__ = list(_HOMES)
 
@@ -20,7 +20,7 @@ __all__ = list(_HOMES)
 def __getattr__(name: str):
     if name not in _HOMES:
         raise AttributeError(f"module 'pointad.eval' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
+    return getattr(importlib.import_module(_HOMES[name], __name__), name)
 
 
 def __dir__():

@@ -11,11 +11,10 @@ import math
 
 import numpy as np
 
-from pointad.eval.metrics import (aupro_components, aupro_graph, aupro_pointad_compat, image_metrics,
-                          organized_component_ids, point_auroc)
-from pointad.eval.score_maps import SampleScores
-from pointad.shared.errors import PointADError
-from pointad.shared.limits import nonfinite
+from ..shared.errors import PointADError
+from ..shared.limits import nonfinite
+from .metrics import aupro_components, aupro_graph, aupro_pointad_compat, image_metrics, organized_component_ids, point_auroc
+from .score_maps import SampleScores
 
 BLOCKS = ("point", "rgb", "multimodal")
 METRICS = {"i_auroc": "I-AUROC", "ap": "AP", "p_auroc": "P-AUROC", "aupro": "AUPRO"}

@@ -2,7 +2,7 @@
 one new cloud, is defined here and registered once, as `pointad detect` (shared/cli.py).
 
 Installed as `eval`, but `eval` is a shell builtin in bash and zsh: use `pointad eval ...` there.
-Defaults come from `ReportConfig` and `MutualOptions` (eval/settings.py) and, for --train-missing, `TrainConfig`.
+Defaults come from `ReportConfig` and `MutualOptions` (eval/options.py) and, for --train-missing, `TrainConfig`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,21 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from pointad.eval.settings import (METHODS, PROTOCOLS, REPORT_FORMATS, SETTINGS, VIEW_MODES, MutualOptions,
-                                   ReportConfig)
-from pointad.render.render_options import RenderOptions  # detect's render options (defined here, see above)
-from pointad.shared.cli import (FINITE_FLOAT, PointADGroup, default_of, list_option, number_type, range_type,
-                                resolve_model, verbosity_option)
-from pointad.shared.limits import bound
-from pointad.shared.logging import get_logger
-from pointad.train.config import PROMPTS, TrainConfig
+from ..render.options import RenderOptions  # detect's render options (defined here, see above)
+from ..shared.command import (
+    FINITE_FLOAT,
+    PointADGroup,
+    default_of,
+    list_option,
+    number_type,
+    range_type,
+    said,
+    verbosity_option,
+)
+from ..shared.limits import bound
+from ..shared.logging import get_logger
+from ..train.options import PROMPTS, TrainConfig
+from .options import METHODS, PROTOCOLS, REPORT_FORMATS, SETTINGS, VIEW_MODES, MutualOptions, ReportConfig
 
 log = get_logger("eval.report")
 
@@ -84,7 +91,8 @@ def eval_():
 @click.option("--mutual-views", type=click.Choice(VIEW_MODES), default=_mutual("views"), show_default=True,
               help="mutual-scoring: a view against the same view of the other samples, or against all their views.")
 @click.option("--mutual-fraction", type=range_type(MutualOptions, "fraction"), default=_mutual("fraction"),
-              show_default=True, help="mutual-scoring: share of the other samples whose nearest-patch distances are averaged (smallest).")
+              show_default=True,
+              help="mutual-scoring: share of the other samples whose nearest-patch distances are averaged (smallest).")
 @list_option("--mutual-radii", type=range_type(MutualOptions, "radii"), default=_mutual("radii"), show_default=True,
              help="mutual-scoring: neighbourhood sizes in patches (odd).")
 @list_option("--mutual-layers", type=range_type(MutualOptions, "layers"), default=_mutual("layers"),
@@ -131,10 +139,10 @@ def report(store, checkpoints, setting, dataset, classes, report_format, out, pr
     The runs come from --checkpoints, or from --runs-dir as a sweep (training classes x seeds); with
     --train-missing the runs not there yet are trained first, so one command reproduces a setting.
     """
-    from pointad.eval.report import build_report, write_report
-    from pointad.eval.output_paths import check_file_target, check_folder_target
-    from pointad.shared.errors import PointADError
-    from pointad.train.model.device import resolve_device
+    from ..shared.errors import PointADError
+    from ..train.model.device import resolve_device
+    from .output_paths import check_file_target, check_folder_target
+    from .report import build_report, write_report
     source = click.get_current_context().get_parameter_source
     given = [f"--{n.replace('_', '-')}" for n in ("train_epochs", "train_prompt")
              if source(n) is not click.core.ParameterSource.DEFAULT]
@@ -146,7 +154,8 @@ def report(store, checkpoints, setting, dataset, classes, report_format, out, pr
     if figures is not None:
         check_folder_target(figures, "--figures takes a folder")
     if method in ("clip-rendering", "mutual-scoring"):
-        model = resolve_model(model, clip_weights)
+        from ..train.model.weights import resolve_auto_model  # torch: only when a model is resolved
+        model = said(resolve_auto_model(model, clip_weights))
     mutual = _mutual_options(mutual_views, mutual_fraction, mutual_radii, mutual_layers, rescore_k)
     chosen = []  # the defaults taken, said in the first lines
     trained_on = None
@@ -160,7 +169,7 @@ def report(store, checkpoints, setting, dataset, classes, report_format, out, pr
         if checkpoints:
             raise click.UsageError("give either --checkpoints or --runs-dir, not both")
         if train_dataset is None and dataset is None and not (train_classes or seeds or train_missing):
-            from pointad.eval.runs import trained_runs_in
+            from .runs import trained_runs_in
             checkpoints, trained_on = trained_runs_in(runs_dir)  # the card's plain `eval report`
             chosen.append(f"{len(checkpoints)} trained run(s) of dataset {trained_on}: "
                           + " ".join(c.name for c in checkpoints))
@@ -199,8 +208,8 @@ def report(store, checkpoints, setting, dataset, classes, report_format, out, pr
 def _test_datasets(store: Path, setting: str, trained_on: str | None, checkpoints) -> list[str]:
     """The default test datasets: one-vs-rest the runs' training dataset, cross-dataset every other one in the
     store (without runs: the store's only dataset)."""
-    from pointad.shared.errors import PointADError
-    from pointad.shared.store import open_store
+    from ..shared.errors import PointADError
+    from ..shared.store import open_store
     present = sorted(set(open_store(store).table()["dataset"].tolist()))
     if trained_on is None and checkpoints:
         trained_on = _checkpoint_dataset(checkpoints)
@@ -219,8 +228,8 @@ def _test_datasets(store: Path, setting: str, trained_on: str | None, checkpoint
 
 def _checkpoint_dataset(checkpoints) -> str | None:
     """The one training dataset recorded by the given runs (None if they record none or several)."""
-    from pointad.eval.runs import resolve_checkpoint
-    from pointad.train.model.checkpoint import load_checkpoint
+    from ..train.model.checkpoint import load_checkpoint
+    from .runs import resolve_checkpoint
     found = {load_checkpoint(resolve_checkpoint(given))["config"].get("dataset") for given in checkpoints}
     return found.pop() if len(found) == 1 else None
 
@@ -240,12 +249,13 @@ def _mutual_options(views, fraction, radii, layers, rescore_k):
 def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, model, epochs, prompt, clip_weights,
                 device) -> list[Path]:
     """The run directories of a sweep; missing ones trained (--train-missing) or reported as an error."""
-    from pointad.train.config import config_from_options
-    from pointad.train.model.device import resolve_device
-    from pointad.train.sweep import plan_sweep, sweep, trained_runs
+    from ..train.model.device import resolve_device
+    from ..train.options import config_from_options
+    from ..train.sweep import plan_sweep, sweep, trained_runs
     if not train_missing:
         return trained_runs(runs_dir, dataset, classes, seeds)
-    base = config_from_options(store=store, model=resolve_model(model, clip_weights), clip_weights=clip_weights,
+    from ..train.model.weights import resolve_auto_model  # torch: only when a model is resolved
+    base = config_from_options(store=store, model=said(resolve_auto_model(model, clip_weights)), clip_weights=clip_weights,
                                epochs=epochs, prompt=prompt, dataset=dataset)
     runs = plan_sweep(base, classes, seeds, runs_dir)
     return sweep(runs, device=resolve_device(device), clip_weights=clip_weights,
@@ -287,8 +297,8 @@ def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, mode
 @click.option("--view-plan", help="View plan (paper, pointad-code, ...)  [default: as the store was rendered]")
 @click.option("--point-size", type=range_type(RenderOptions, "point_size"),
               help="Rendered point size (supersampled pixels)  [default: as the store drew the class]")
-@click.option("--supersample", type=range_type(RenderOptions, "supersample"), help="Render at image size x this, then average down  "
-                                               "[default: as the store was rendered]")
+@click.option("--supersample", type=range_type(RenderOptions, "supersample"),
+              help="Render at image size x this, then average down  [default: as the store was rendered]")
 @click.option("--light", help="Lighting: on, off, + or -  [default: as the store was rendered]")
 @click.option("--renderer", help="legacy, filament or splat  [default: as the store was rendered]")
 @verbosity_option
@@ -300,9 +310,9 @@ def detect(cloud, method, checkpoint, reference, class_name, dataset, model, mut
     The cloud is rendered as the checkpoint's training store (or the reference store) was rendered; the
     render options given here replace single ones. The first lines say which option came from where.
     """
-    from pointad.eval.detect import OUTPUT_FILES, check_cloud_path, write_detection
-    from pointad.eval.output_paths import check_folder_target
-    from pointad.train.model.device import resolve_device
+    from ..train.model.device import resolve_device
+    from .detect import OUTPUT_FILES, check_cloud_path, write_detection
+    from .output_paths import check_folder_target
     check_cloud_path(cloud)
 
     def _given(name):
@@ -324,18 +334,20 @@ def detect(cloud, method, checkpoint, reference, class_name, dataset, model, mut
     check_folder_target(out, "--out takes a folder: scores.npy and scores.ply are written in it", OUTPUT_FILES)
     target = resolve_device(device)
     if method == "pointad":
-        from pointad.eval.detect import checkpoint_render, detect as run_detect
+        from .detect import checkpoint_render
+        from .detect import detect as run_detect
         choice = checkpoint_render(checkpoint, **overrides)
         for line in choice.lines():
             click.echo(f"detect: {line}", err=True)
         result = run_detect(cloud, checkpoint, device=target, clip_weights=clip_weights, render=choice)
     else:
-        from pointad.eval.detect import detect_mutual, reference_render, reference_rows
-        from pointad.eval.mutual import MutualOptions
+        from .detect import detect_mutual, reference_render, reference_rows
+        from .mutual import MutualOptions
         given = {"views": mutual_views, "fraction": mutual_fraction, "radii": tuple(mutual_radii) or None,
                  "layers": tuple(mutual_layers) or None}
         options = MutualOptions(**{k: v for k, v in given.items() if v is not None}, rescore_ks=())
-        model = resolve_model(model, clip_weights)
+        from ..train.model.weights import resolve_auto_model  # torch: only when a model is resolved
+        model = said(resolve_auto_model(model, clip_weights))
         ref = reference_rows(reference, dataset, class_name)
         choice = reference_render(ref, **overrides)
         click.echo(f"detect: mutual-scoring against {len(ref.rows)} test sample(s) of {ref.dataset}/{ref.class_name} "

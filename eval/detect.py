@@ -35,24 +35,31 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from pointad.eval.figures import color_scale, write_scored_ply
-from pointad.eval.mutual import METHOD as MUTUAL, MutualOptions, mutual_model_config, score_against_reference
-from pointad.eval.runs import BackboneCache, load_run, resolve_checkpoint
-from pointad.eval.class_metrics import require_finite_scores
-from pointad.eval.scoring import score_arrays
-from pointad.render.preprocess import (PreprocessOptions, check_finite_grid, flip_x180, options_for_format,
-                               preprocess_organized, preprocess_unorganized)
-from pointad.render.rasterize import worker_rasterizer
-from pointad.render.readers.files import read_point_cloud, read_xyz_tiff
-from pointad.render.render_options import RenderOptions
-from pointad.render.sample_render import render_sample
-from pointad.shared.errors import ConfigError, InputFileError, PointADError, first_line
-from pointad.shared.io import atomic_path
-from pointad.shared.sample import Sample
-from pointad.shared.strict import from_dict
-from pointad.shared.store import open_store
-from pointad.train.model.checkpoint import load_checkpoint
-from pointad.train.model.model_config import DEFAULT_MODEL, DEFAULT_SEED, load_model_config
+from ..render.options import RenderOptions
+from ..render.preprocess import (
+    PreprocessOptions,
+    check_finite_grid,
+    flip_x180,
+    options_for_format,
+    preprocess_organized,
+    preprocess_unorganized,
+)
+from ..render.rasterize import worker_rasterizer
+from ..render.readers.files import read_point_cloud, read_xyz_tiff
+from ..render.sample_render import render_sample
+from ..shared.errors import ConfigError, InputFileError, PointADError, first_line
+from ..shared.io import atomic_path
+from ..shared.sample import Sample
+from ..shared.store import open_store
+from ..shared.strict import from_dict
+from ..train.model.checkpoint import load_checkpoint
+from ..train.model.model_config import DEFAULT_MODEL, DEFAULT_SEED, load_model_config
+from .class_metrics import require_finite_scores
+from .figures import color_scale, write_scored_ply
+from .mutual import METHOD as MUTUAL
+from .mutual import MutualOptions, mutual_model_config, score_against_reference
+from .runs import BackboneCache, load_run, resolve_checkpoint
+from .scoring import score_arrays
 
 ORGANIZED = (".tiff", ".tif")
 OUTPUT_FILES = ("scores.npy", "scores.ply", "scores.json")  # written in the --out folder

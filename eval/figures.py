@@ -19,8 +19,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
-from pointad.eval.metrics import aupro_from_curve, graph_components, organized_component_ids, pro_curve
-from pointad.shared.io import atomic_path
+from ..shared.io import atomic_path
+from .metrics import aupro_from_curve, graph_components, organized_component_ids, pro_curve
 
 HEAT_CMAP = "jet"
 PANEL_INCHES = 2.6   # one view of a sheet

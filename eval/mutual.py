@@ -28,14 +28,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pointad.eval.mutual_math import aggregate_neighbourhoods, mutual_scores, rescore_by_neighbours, upsample_scores
-from pointad.eval.score_maps import ROW_FIELDS, SIGMA, SampleScores, score_row
-from pointad.eval.scoring import back_project_batch, encode_batch, kept_map, rgb_on_grid
+from ..shared.errors import PointADError
+from ..shared.store import open_store
+from ..train.model.model_config import ModelConfig
+from .mutual_math import aggregate_neighbourhoods, mutual_scores, rescore_by_neighbours, upsample_scores
+
 # MutualOptions and its choices live in the light eval.settings (the command line reads them); re-exported here
-from pointad.eval.settings import MUTUAL as METHOD, VIEW_MODES, MutualOptions  # noqa: F401
-from pointad.shared.errors import PointADError
-from pointad.shared.store import open_store
-from pointad.train.model.model_config import ModelConfig
+from .options import MUTUAL as METHOD
+from .options import MutualOptions
+from .score_maps import ROW_FIELDS, SIGMA, SampleScores, score_row
+from .scoring import back_project_batch, encode_batch, kept_map, rgb_on_grid
 
 FEATURE_FIELDS = ("image", "rgb", "grid_hw", "grid_index", "valid")
 GEOMETRY_FIELDS = ("pixel", "visible", "valid", "label", "proxy", "grid_index", "grid_hw", "knn", "knn_weight")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pointad.shared.errors import PointADError
+from ..shared.errors import PointADError
 
 
 def _existing_ancestor_is_folder(path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from pointad.shared.errors import ConfigError
+from ..shared.errors import ConfigError
 
 RESULTS_FILE = Path(__file__).parent / "paper_results.yaml"
 METRICS = ("i_auroc", "ap", "p_auroc", "aupro")

@@ -30,22 +30,24 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from pointad.eval.class_metrics import BLOCKS, METRICS, class_metrics, require_finite_scores
-from pointad.eval.paper import published, table_number
-from pointad.eval.report_figures import pick_rows, write_class_figures
-from pointad.eval.runs import BackboneCache, load_run
-from pointad.eval.mutual import METHOD as MUTUAL, attach_published, mutual_model_config, score_class
-from pointad.eval.scoring import baseline_text_features, score_store_runs
-from pointad.eval.output_paths import check_file_target
-from pointad.shared.errors import CheckpointMismatchError, PointADError
-from pointad.shared.io import atomic_path
-from pointad.shared.names import printable
-from pointad.shared.store import open_store
-from pointad.shared.threads import submit, worker_pool
-from pointad.train.model.model_config import DEFAULT_SEED, load_model_config
+from ..shared.errors import CheckpointMismatchError, PointADError
+from ..shared.io import atomic_path
+from ..shared.names import printable
+from ..shared.store import open_store
+from ..shared.threads import submit, worker_pool
+from ..train.model.model_config import DEFAULT_SEED, load_model_config
+from .class_metrics import BLOCKS, METRICS, class_metrics, require_finite_scores
+from .mutual import METHOD as MUTUAL
+from .mutual import attach_published, mutual_model_config, score_class
 
 # ReportConfig and its choices live in the light eval.settings (the command line reads them); re-exported here
-from pointad.eval.settings import METHODS, PROTOCOLS, SETTINGS, ReportConfig  # noqa: E402,F401
+from .options import METHODS, PROTOCOLS, SETTINGS, ReportConfig  # noqa: F401
+from .output_paths import check_file_target
+from .paper import published, table_number
+from .report_figures import pick_rows, write_class_figures
+from .runs import BackboneCache, load_run
+from .scoring import baseline_text_features, score_store_runs
+
 BASELINE_SEED = DEFAULT_SEED  # the tiny model's random weights for the baseline: those of a default run
 MEAN_ROW = "mean"
 
@@ -222,8 +224,9 @@ def sample_records(run: str, results) -> list[dict]:
     records = []
     for r in results:
         record = {"run": run, "dataset": r.identity["dataset"], "class": r.identity["class_name"],
-                  "sample_id": r.identity["sample_id"], "row": int(r.identity.get("row", -1)), "label": int(r.identity["label"]),
-                  "point": number(r.score), "rgb": number(r.rgb_score), "multimodal": number(r.multimodal_score)}
+                  "sample_id": r.identity["sample_id"], "row": int(r.identity.get("row", -1)),
+                  "label": int(r.identity["label"]), "point": number(r.score), "rgb": number(r.rgb_score),
+                  "multimodal": number(r.multimodal_score)}
         if r.compat is not None:
             record["pointad-compat"] = {block: number(score) for block, (_, score) in r.compat.items()}
         records.append(record)

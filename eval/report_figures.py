@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pointad.eval.class_metrics import BLOCKS, block_arrays, graph_arrays, grid_maps
-from pointad.eval.figures import (graph_pro_curve, organized_pro_curve, write_pro_plot, write_roc_plot, write_scored_ply,
-                          write_view_sheet)
-from pointad.eval.score_maps import SampleScores
-from pointad.shared.names import path_component, unique_component
+from ..shared.names import path_component, unique_component
+from .class_metrics import BLOCKS, block_arrays, graph_arrays, grid_maps
+from .figures import graph_pro_curve, organized_pro_curve, write_pro_plot, write_roc_plot, write_scored_ply, write_view_sheet
+from .score_maps import SampleScores
 
 
 def pick_rows(store, rows, anomalous: int, sample_ids=()) -> set[int]:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from pointad.shared.errors import PointADError
-from pointad.shared.names import printable
-from pointad.train.model.backbone import load_backbone
-from pointad.train.model.checkpoint import latest_checkpoint, load_checkpoint
-from pointad.train.model.model_config import ModelConfig
-from pointad.train.model.prompts import PromptLearner
-from pointad.train.run_record import read_run_record
+from ..shared.errors import PointADError
+from ..shared.names import printable
+from ..train.model.backbone import load_backbone
+from ..train.model.checkpoint import latest_checkpoint, load_checkpoint
+from ..train.model.model_config import ModelConfig
+from ..train.model.prompts import PromptLearner
+from ..train.run_record import read_run_record
 
 
 @dataclass(frozen=True)

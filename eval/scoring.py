@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pointad.eval.score_maps import ROW_FIELDS, SIGMA, SampleScores, is_organized, score_row
-from pointad.shared.store import open_store
-from pointad.shared.threads import run_each, worker_pool
-from pointad.train.model.backbone import encode_views
-from pointad.train.model.maps import back_project, class_probabilities, patch_maps
+from ..shared.store import open_store
+from ..shared.threads import run_each, worker_pool
+from ..train.model.backbone import encode_views
+from ..train.model.maps import back_project, class_probabilities, patch_maps
+from .score_maps import ROW_FIELDS, SIGMA, SampleScores, is_organized, score_row
 
 BASELINE_PROMPTS = ("A photo of a normal {}.", "A photo of an anomalous {}.")  # clip-rendering, design §7
 BATCH_FIELDS = ("image", "pixel", "visible", "valid", "label", "proxy", "grid_index", "grid_hw", "knn",

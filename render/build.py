@@ -21,22 +21,31 @@ import open3d as o3d
 import torch
 from threadpoolctl import threadpool_limits
 
-from pointad.render.camera import camera_settings
-from pointad.render.datasets import dataset_render_options
-from pointad.render.readers import list_samples, preprocess_options, read_sample
-from pointad.render.sample_render import RenderOptions, render_sample
-from pointad.render.rasterize import worker_rasterizer
-from pointad.shared.errors import InputFileError, PointADError, first_line
-from pointad.shared.io import os_error
-from pointad.shared.lock import writer_lock
-from pointad.shared.names import printable
-from pointad.shared.registry import DatasetEntry
-from pointad.shared.sample import SampleRef
-from pointad.shared.store import StoreAttrs, open_store
-from pointad.shared.store_schema import RenderRecord
-from pointad.shared.store_write import (append_samples, create_store, mark_incomplete, require_writable, set_failures,
-                                        start_chunk_checks, update_attrs, write_sample)
-from pointad.shared.store_check import chunk_problems, rewrite_array_metadata
+from ..shared.errors import InputFileError, PointADError, first_line
+from ..shared.io import os_error
+from ..shared.lock import writer_lock
+from ..shared.names import printable
+from ..shared.registry import DatasetEntry
+from ..shared.sample import SampleRef
+from ..shared.store import StoreAttrs, open_store
+from ..shared.store_check import chunk_problems, rewrite_array_metadata
+from ..shared.store_schema import RenderRecord
+from ..shared.store_write import (
+    append_samples,
+    create_store,
+    mark_incomplete,
+    require_writable,
+    set_failures,
+    start_chunk_checks,
+    update_attrs,
+    write_sample,
+)
+from .camera import camera_settings
+from .datasets import dataset_render_options
+from .rasterize import worker_rasterizer
+from .readers import list_samples, preprocess_options, read_sample
+from .sample_render import RenderOptions, render_sample
+
 
 @dataclass
 class BuildResult:
@@ -68,7 +77,9 @@ def class_point_size(entry: DatasetEntry, class_name: str, options: RenderOption
 
 
 def _software() -> dict:
-    import numpy, open3d, zarr
+    import numpy
+    import open3d
+    import zarr
     return {"open3d": open3d.__version__, "zarr": zarr.__version__, "numpy": numpy.__version__}
 
 
@@ -218,7 +229,7 @@ def _connect(scheduler: str):
         raise PointADError(f"--scheduler {scheduler}: cannot connect ({first_line(exc, limit=200)})") from None
     try:
         client.wait_for_workers(1, timeout=SCHEDULER_TIMEOUT)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError):
         client.close()
         raise PointADError(f"--scheduler {scheduler}: no worker joined within {SCHEDULER_TIMEOUT:g} s; start "
                            f"`dask worker {scheduler}`") from None

@@ -11,13 +11,13 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from pointad.render.render_options import LIGHTS, MASKS, RENDERERS, THREADS, VISIBILITY, WORKERS, RenderOptions
-from pointad.render.synthetic import SyntheticSpec
-from pointad.render.view_plan import PLANS
-from pointad.shared.cli import PointADGroup, default_of, list_option, number_type, range_type, verbosity_option
-from pointad.shared.errors import PointADError
-from pointad.shared.names import printable
-from pointad.shared.registry import FORMATS, load_registry, resolve_dataset
+from ..shared.command import PointADGroup, default_of, list_option, number_type, range_type, verbosity_option
+from ..shared.errors import PointADError
+from ..shared.names import printable
+from ..shared.registry import FORMATS, load_registry, resolve_dataset
+from .options import LIGHTS, MASKS, RENDERERS, THREADS, VISIBILITY, WORKERS, RenderOptions
+from .synthetic import SyntheticSpec
+from .view_plan import PLANS
 
 
 def _render(name):
@@ -48,7 +48,7 @@ def _generation_bar(what: str):
 
 
 def _open_dataset(dataset, fmt, root):
-    from pointad.render.datasets import open_dataset
+    from .datasets import open_dataset
     return open_dataset(dataset, format=fmt, root=root, progress=_generation_bar(f"{dataset} (first use)"))
 
 
@@ -90,15 +90,19 @@ def datasets():
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to write the dataset into.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=_synthetic("format"), show_default=True,
               help="The dataset's on-disk format to write.")
-@click.option("--seed", default=_synthetic("seed"), type=range_type(SyntheticSpec, "seed"), show_default=True, help="Seed of the generator (same seed, same data).")
+@click.option("--seed", default=_synthetic("seed"), type=range_type(SyntheticSpec, "seed"), show_default=True,
+              help="Seed of the generator (same seed, same data).")
 @list_option("--classes", default=_synthetic("classes"), show_default=True, help="Object classes to generate.")
 @list_option("--defects", default=_synthetic("defects"), show_default=True, help="Defect types of the test samples.")
 @click.option("--train", "n_train", default=_synthetic("train"), type=range_type(SyntheticSpec, "train"), show_default=True,
               help="Good training samples per class.")
-@click.option("--validation", "n_validation", default=_synthetic("validation"), type=range_type(SyntheticSpec, "validation"), show_default=True,
+@click.option("--validation", "n_validation", default=_synthetic("validation"),
+              type=range_type(SyntheticSpec, "validation"), show_default=True,
               help="Good validation samples per class.")
-@click.option("--test-good", default=_synthetic("test_good"), type=range_type(SyntheticSpec, "test_good"), show_default=True, help="Good test samples per class.")
-@click.option("--per-defect", default=_synthetic("per_defect"), type=range_type(SyntheticSpec, "per_defect"), show_default=True,
+@click.option("--test-good", default=_synthetic("test_good"), type=range_type(SyntheticSpec, "test_good"), show_default=True,
+              help="Good test samples per class.")
+@click.option("--per-defect", default=_synthetic("per_defect"), type=range_type(SyntheticSpec, "per_defect"),
+              show_default=True,
               help="Test samples per class and defect type.")
 @click.option("--grid", default=_synthetic("grid"), type=range_type(SyntheticSpec, "grid"), show_default=True,
               help="Scanner grid size in pixels (0 = the format's default).")
@@ -106,7 +110,7 @@ def datasets():
               help="Replace an output folder holding a synthetic dataset this command wrote (never other files).")
 def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, per_defect, grid, overwrite):
     """Write a deterministic synthetic dataset in a real on-disk format."""
-    from pointad.render import synthetic
+    from . import synthetic
     spec = SyntheticSpec(format=fmt, seed=seed, classes=classes or (), defects=defects or (), train=n_train,
                          validation=n_validation, test_good=test_good, per_defect=per_defect, grid=grid)
     synthetic.generate(out, spec, overwrite=overwrite, progress=_generation_bar(str(out)))
@@ -164,8 +168,8 @@ def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shif
           max_points, point_size, light, downsample, visibility, knn, masks, renderer, workers, threads, backend,
           scheduler, keep_going, repair):
     """Render a dataset into a resumable Zarr store (views, masks, projections, visibility)."""
-    from pointad.render.build import build_store
-    from pointad.shared.threads import available
+    from ..shared.threads import available
+    from .build import build_store
     if scheduler is not None and backend != "dask":
         raise click.UsageError("--scheduler is a dask scheduler's address: give it with --backend dask")
     if threads is not None and backend == "loky" and max(workers, 1) * threads > available():
@@ -188,8 +192,8 @@ def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shif
 @click.argument("store", type=click.Path(path_type=Path))
 def info(store):
     """Summarise a render store: options, counts per dataset/class/split, failures, size."""
-    from pointad.render.verify import store_summary
-    from pointad.shared.store import open_store
+    from ..shared.store import open_store
+    from .verify import store_summary
     click.echo(store_summary(open_store(store)))  # names from data printed escaped (printable)
 
 
@@ -198,8 +202,8 @@ def info(store):
 def verify(store):
     """Check a render store: schema, completeness, projections/visibility recomputed from xyz, and the
     images of a few rows against a fresh render with the recorded renderer."""
-    from pointad.render.verify import verify_store
-    from pointad.shared.store import open_store
+    from ..shared.store import open_store
+    from .verify import verify_store
     opened = open_store(store)
     with tqdm(total=len(opened.indices()), desc="verify", unit="sample", leave=False) as bar:
         problems = verify_store(opened, progress=bar)
@@ -214,7 +218,7 @@ def verify(store):
 @click.argument("store", type=click.Path(path_type=Path))
 def migrate(store):
     """Upgrade a schema v1 store to v2 in place: dimension names, array attributes, cameras (design §4)."""
-    from pointad.render.migrate import migrate_store
+    from .migrate import migrate_store
     click.echo(migrate_store(store))
 
 
@@ -224,7 +228,7 @@ def migrate(store):
               help="HDF5 file to write (e.g. renders.h5); replaces only an earlier export.")
 def export(store, out):
     """Write the HDF5 twin of a store: same paths, dtypes, attributes and chunks, gzip-compressed."""
-    from pointad.shared.h5store import export_h5
+    from ..shared.h5store import export_h5
     rows = export_h5(store, out)
     click.echo(f"wrote {out}: {rows} rows of {store}")
 
@@ -236,9 +240,9 @@ def export(store, out):
 @click.option("--out", type=click.Path(path_type=Path), help="PNG to write (default: <sample>.png here).")
 def show(store, sample_id, dataset, out):
     """Write a PNG contact sheet of one sample: views, rendered masks, visible points overlaid."""
-    from pointad.render.contact_sheet import contact_sheet
-    from pointad.shared.io import write_png
-    from pointad.shared.store import open_store
+    from ..shared.io import write_png
+    from ..shared.store import open_store
+    from .contact_sheet import contact_sheet
     opened = open_store(store)
     row = _find_row(opened, sample_id, dataset)
     out = out or Path(sample_id.replace("/", "_") + ".png")
@@ -263,9 +267,11 @@ def _find_row(store, sample_id: str, dataset: str | None) -> int:
 def scan(dataset, fmt, root, classes, splits, keep_going):
     """Read and preprocess every sample of a dataset; print counts and any unreadable samples."""
     from collections import Counter, defaultdict
+
     import numpy as np
-    from pointad.render.readers import list_samples, read_sample
-    from pointad.shared.errors import InputFileError
+
+    from ..shared.errors import InputFileError
+    from .readers import list_samples, read_sample
     entry = _open_dataset(dataset, fmt, root)
     refs = list_samples(entry, classes or None, splits or None)
     stats = defaultdict(Counter)

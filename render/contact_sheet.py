@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pointad.shared.store import StoredSample
+from ..shared.store import StoredSample
 
 NORMAL_COLOUR = np.array([40, 170, 60], np.uint8)
 ANOMALY_COLOUR = np.array([220, 30, 30], np.uint8)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from pointad.render.synthetic import materialize
-from pointad.shared.registry import DatasetEntry, resolve_dataset
+from ..shared.registry import DatasetEntry, resolve_dataset
+from .synthetic import materialize
 
 
 def open_dataset(name: str | None = None, *, format: str | None = None, root: Path | None = None,

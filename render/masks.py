@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pointad.render.camera import Camera, view_coordinates
+from .camera import Camera, view_coordinates
 
 SUBPIXEL = 256  # llvmpipe's sub-pixel grid: vertex positions are snapped to 1/256 pixel
 _EMPTY = np.iinfo(np.uint64).max

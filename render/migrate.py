@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from pointad.render.camera import fit_camera
-from pointad.render.view_plan import ViewPlan
-from pointad.shared.errors import PointADError
-from pointad.shared.io import atomic_path, os_error
-from pointad.shared.lock import writer_lock
-from pointad.shared.store import ARRAYS, RenderStore, StoreAttrs, open_group, open_store, read_attrs
-from pointad.shared.store_write import array_attributes, array_kwargs
-from pointad.shared.store_schema import SCHEMA_VERSION, V2_ONLY
+from ..shared.errors import PointADError
+from ..shared.io import atomic_path, os_error
+from ..shared.lock import writer_lock
+from ..shared.store import ARRAYS, RenderStore, StoreAttrs, open_group, open_store, read_attrs
+from ..shared.store_schema import SCHEMA_VERSION, V2_ONLY
+from ..shared.store_write import array_attributes, array_kwargs
+from .camera import fit_camera
+from .view_plan import ViewPlan
 
 __all__ = ["migrate_store", "store_cameras"]
 

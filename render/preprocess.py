@@ -12,9 +12,9 @@ import numpy as np
 import open3d as o3d
 from PIL import Image
 
-from pointad.render.background import belt_box, constant_background, rigid_transform
-from pointad.shared import strict
-from pointad.shared.errors import ConfigError, first_line
+from ..shared import strict
+from ..shared.errors import ConfigError, first_line
+from .background import belt_box, constant_background, rigid_transform
 
 # Open3D reports through its own logger; errors reach us as empty results, which we check.
 o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
@@ -57,7 +57,7 @@ class PreprocessOptions:
                                   f"got {getattr(self, name)!r}")
 
     @classmethod
-    def from_dict(cls, data: dict | None, source: str = "preprocess options") -> "PreprocessOptions":
+    def from_dict(cls, data: dict | None, source: str = "preprocess options") -> PreprocessOptions:
         """Build from a mapping (datasets.yaml `preprocess:`); an unknown key is an error naming it."""
         return strict.from_dict(cls, {} if data is None else data, source)
 

@@ -23,7 +23,7 @@ import numpy as np
 import open3d as o3d
 from PIL import Image
 
-from pointad.shared.errors import PointADError, first_line
+from ..shared.errors import PointADError, first_line
 
 o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
 
@@ -197,7 +197,7 @@ def worker_rasterizer(size: int, renderer: str = "legacy", threads: int | None =
     """
     global _CURRENT
     if threads is not None and _CURRENT is None:
-        # Set for Mesa, never read by us (only shared/config.py reads settings): llvmpipe reads
+        # Set for Mesa, never read by us (only shared/environment.py reads the environment): llvmpipe reads
         # LP_NUM_THREADS once, when the process's first GL context is created. It never changes pixels.
         os.environ["LP_NUM_THREADS"] = str(int(threads))
     if renderer == "legacy" and "filament" in _USED:

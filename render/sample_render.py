@@ -10,19 +10,19 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import open3d as o3d
 
-from pointad.render.camera import Camera, fit_camera, project
-from pointad.render.graph import knn_graph, proxy_indices
-from pointad.render.masks import splat_masks
-from pointad.render.preprocess import farthest_point_indices
-from pointad.render.rasterize import DrawStyle, LegacyRasterizer, downsample
-from pointad.render.splat import Cloud, draw_views
-from pointad.render.visibility import nearest_per_pixel, surface_visible
-from pointad.shared.sample import Sample
-from pointad.shared.store import SampleArrays
-from pointad.shared.threads import available, submit
+from ..shared.sample import Sample
+from ..shared.store import SampleArrays
+from ..shared.threads import available, submit
+from .camera import Camera, fit_camera, project
+from .graph import knn_graph, proxy_indices
+from .masks import splat_masks
 
-# the options and their choices live in the light render_options module; re-exported here
-from pointad.render.render_options import GREY, LIGHTS, MASKS, RENDERERS, VISIBILITY, RenderOptions  # noqa: E402,F401
+# the options and their choices live in the light options module; re-exported here
+from .options import GREY, LIGHTS, MASKS, RENDERERS, VISIBILITY, RenderOptions  # noqa: F401
+from .preprocess import farthest_point_indices
+from .rasterize import DrawStyle, LegacyRasterizer, downsample
+from .splat import Cloud, draw_views
+from .visibility import nearest_per_pixel, surface_visible
 
 
 def estimate_normals(points: np.ndarray, radius: float) -> np.ndarray:

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pointad.render.camera import Camera, view_coordinates
-from pointad.render.masks import _shapes, footprints, supersampled_positions
+from .camera import Camera, view_coordinates
+from .masks import _shapes, footprints, supersampled_positions
 
 DIFFUSE, SPECULAR, SHININESS, AMBIENT = 0.66, 0.2, 100.0, 0.0
 # (right, up, front) of each light relative to the view box's centre, in units of its max extent

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pointad.render.sample_render import RenderOptions, render_sample
-from pointad.shared.names import printable
-from pointad.shared.sample import Sample
-from pointad.shared.store import RenderStore, StoredSample
-from pointad.shared.store_check import chunk_problems
+from ..shared.names import printable
+from ..shared.sample import Sample
+from ..shared.store import RenderStore, StoredSample
+from ..shared.store_check import chunk_problems
+from .sample_render import RenderOptions, render_sample
 
 
 def check_sample(sample: StoredSample, store: RenderStore) -> list[str]:
@@ -76,7 +76,7 @@ def _reproduce(sample: StoredSample, store: RenderStore) -> list[str]:
     options = RenderOptions.from_store(attrs.render, sample.dataset, sample.class_name, str(store.path))
     points = sample.xyz[:n]
     if sample.intrinsic is None:
-        from pointad.render.migrate import store_cameras  # v1: the cameras v1's verify derived
+        from .migrate import store_cameras  # v1: the cameras v1's verify derived
         intrinsic, extrinsic = (c[0] for c in store_cameras(store, [sample.index]))
     else:
         intrinsic, extrinsic = sample.intrinsic, sample.extrinsic
@@ -149,7 +149,7 @@ def rerender_problems(sample: StoredSample, store: RenderStore, device="cpu") ->
                    grid_index=sample.grid_index[:n] if organized else None)
     rasterizer = None
     if renderer != "splat":
-        from pointad.render.rasterize import worker_rasterizer  # opens an Open3D window: only when needed
+        from .rasterize import worker_rasterizer  # opens an Open3D window: only when needed
         rasterizer = worker_rasterizer(options.image_size * options.supersample, renderer)
     fresh = render_sample(cloud, options, rasterizer, device)
     out = []
@@ -215,8 +215,8 @@ def store_summary(store: RenderStore) -> str:
         anomalous[key] += identity["label"]
     size = sum(p.stat().st_size for p in Path(store.path).rglob("*") if p.is_file())
     render = attrs.render
-    lines = [f"{store.path}: pointad render store, schema v{store.schema_version}, {len(store)} samples, {size / 2**20:.1f} MiB "
-             f"({size / max(len(store), 1) / 2**20:.2f} MiB per sample)",
+    lines = [f"{store.path}: pointad render store, schema v{store.schema_version}, {len(store)} samples, "
+             f"{size / 2**20:.1f} MiB ({size / max(len(store), 1) / 2**20:.2f} MiB per sample)",
              f"views {attrs.views} ({attrs.view_plan.get('name', '?')}), image {attrs.image_size}px, max_points "
              f"{attrs.max_points}, knn {attrs.knn}, visibility {render.visibility}, light {render.light}, "
              f"supersample {render.supersample}",

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pointad.shared import strict
-from pointad.shared.errors import ConfigError
+from ..shared import strict
+from ..shared.errors import ConfigError
 
 PLANS = ("paper", "pointad-code")
 
@@ -68,7 +68,7 @@ class ViewPlan:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "view plan") -> "ViewPlan":
+    def from_dict(cls, data: dict, source: str = "view plan") -> ViewPlan:
         """The plan a store's `view_plan` attribute records (`to_dict`'s output)."""
         return strict.from_dict(cls, data, source)
 
@@ -95,7 +95,7 @@ class CodePlan:
             raise ValueError(f"normals_radius must be > 0, got {self.normals_radius}")
 
     @classmethod
-    def from_dict(cls, data: dict | None, source: str = "view plan 'pointad-code'") -> "CodePlan":
+    def from_dict(cls, data: dict | None, source: str = "view plan 'pointad-code'") -> CodePlan:
         """Validate a mapping; an unknown key, a bad axis or a non-number is an error naming it."""
         return strict.from_dict(cls, {} if data is None else data, source)
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import importlib
 
 __all__ = ["open_store", "load_registry", "Sample"]
-_HOMES = {"open_store": "pointad.shared.store", "load_registry": "pointad.shared.registry", "Sample": "pointad.shared.sample"}
+_HOMES = {"open_store": ".store", "load_registry": ".registry", "Sample": ".sample"}
 
 
 def __getattr__(name: str):
     if name not in _HOMES:
         raise AttributeError(f"module 'shared' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
+    return getattr(importlib.import_module(_HOMES[name], __name__), name)
 
 
 def __dir__():

@@ -20,10 +20,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pointad.shared.errors import PointADError, StoreSchemaError, first_line
-from pointad.shared.io import os_error, temp_sibling
-from pointad.shared.store import FORMAT, ROW_COUNT, RenderStore, StoreAttrs, open_group, open_store
-from pointad.shared.store_write import require_writable
+from .errors import PointADError, StoreSchemaError, first_line
+from .io import os_error, temp_sibling
+from .store import FORMAT, ROW_COUNT, RenderStore, StoreAttrs, open_group, open_store
+from .store_write import require_writable
 
 __all__ = ["export_h5", "open_h5_store", "GZIP_LEVEL"]
 

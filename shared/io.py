@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pointad.shared.errors import PointADError
+from .errors import PointADError
 
 
 def os_error(exc: OSError, path) -> PointADError:

@@ -4,8 +4,9 @@ A field states its range in its metadata: `views: int = field(default=9, metadat
 `check_fields(obj)`, called first in the class's `__post_init__`, checks every field so declared (each
 element of a tuple; None passes) and refuses NaN and +-inf in every float field, declared or not. A config
 is therefore checked however it is made: from options, or from a file or a checkpoint through
-`strict.from_dict`, which names the source and the key (`r.json: 'batch_size' must be in 1..4096, got 0`). The command line derives its option types from the same declaration
-(`shared.cli.range_type`), so `--help` shows the range and a bad value is refused before any work.
+`strict.from_dict`, which names the source and the key (`r.json: 'batch_size' must be in 1..4096, got 0`).
+The command line derives its option types from the same declaration (`shared.command.range_type`), so
+`--help` shows the range and a bad value is refused before any work.
 
 Bounds are generous for real use and refuse what would only make an absurd allocation or a silently wrong
 result (design §8, "Bounded and finite"). A number that is not a dataclass field (a worker count) is a
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pointad.shared.errors import ConfigError, PointADError
+from .errors import ConfigError
 
 KEY = "pointad.limits"  # the metadata key of a field's Range
 

@@ -25,8 +25,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from pointad.shared.errors import PointADError
-from pointad.shared.names import printable
+from .errors import PointADError
+from .names import printable
 
 __all__ = ["LockedError", "lock_path", "writer_lock", "holder"]
 

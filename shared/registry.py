@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from pointad.shared import config, strict
-from pointad.shared.errors import ConfigError, DatasetError, first_line
+from . import environment, strict
+from .errors import ConfigError, DatasetError, first_line
 
 FORMATS = ("mvtec3d", "eyecandies", "real3d")
 # What `read_yaml` takes: the repository's datasets.yaml is ~5 KB, nests 8 deep and expands its aliases to
@@ -57,7 +57,7 @@ class DatasetEntry:
             object.__setattr__(self, "classes", None)
 
     @classmethod
-    def from_dict(cls, name: str, data: dict, source: str = "datasets.yaml") -> "DatasetEntry":
+    def from_dict(cls, name: str, data: dict, source: str = "datasets.yaml") -> DatasetEntry:
         """Validate one entry; an unknown key or format is an error naming it."""
         return strict.from_dict(cls, data, f"{source}: dataset '{name}'", given={"name": name})
 
@@ -68,7 +68,7 @@ class DatasetEntry:
             merged.setdefault(section, {}).update(values)
         return merged
 
-    def with_root(self, root: Path) -> "DatasetEntry":
+    def with_root(self, root: Path) -> DatasetEntry:
         return replace(self, root=Path(root), generate=None)
 
 
@@ -91,8 +91,8 @@ def custom_entry(format: str, root: Path, reference: DatasetEntry | None = None)
 
 
 def load_registry(path: Path | None = None) -> dict[str, DatasetEntry]:
-    """Read datasets.yaml (default: `config.registry_path()`) into entries by name."""
-    path = Path(path) if path is not None else config.registry_path()
+    """Read datasets.yaml (default: `environment.registry_path()`) into entries by name."""
+    path = Path(path) if path is not None else environment.registry_path()
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory, expected a registry file (datasets.yaml)")
     try:
@@ -226,7 +226,7 @@ def resolve_dataset(name: str | None = None, *, format: str | None = None, root:
     if root is not None:
         return entry.with_root(root)
     if entry.root is not None and not entry.root.is_absolute():
-        return replace(entry, root=config.data_base() / entry.root)
+        return replace(entry, root=environment.data_base() / entry.root)
     return entry
 
 

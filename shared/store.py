@@ -17,17 +17,28 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import zarr
 import zarr.errors
 from zarr.core.sync import sync  # runs a coroutine on Zarr's own event loop, as zarr.Array does
 
-from pointad.shared.errors import PointADError, StoreSchemaError, first_line
-from pointad.shared.store_schema import (ARRAYS, BY_FIELD, FORMAT, IDENTITY, SAMPLE_FIELDS, SCHEMA_VERSION, V2_ONLY,
-                                         ArraySpec, SampleArrays, StoreAttrs, StoredSample)
+from .errors import PointADError, StoreSchemaError, first_line
+from .store_schema import (
+    ARRAYS,
+    BY_FIELD,
+    FORMAT,
+    IDENTITY,
+    SAMPLE_FIELDS,
+    SCHEMA_VERSION,
+    V2_ONLY,
+    ArraySpec,
+    SampleArrays,
+    StoreAttrs,
+    StoredSample,
+)
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "StoreAttrs", "SampleArrays", "StoredSample", "RenderStore", "open_store",
            "store_fingerprint"]
@@ -79,7 +90,8 @@ def _read_rows(arrays: list, selection, store_path=None) -> list[np.ndarray]:
             if not isinstance(result, Exception):
                 raise result
             raise StoreSchemaError(f"{store_path or array.store_path}: array {array.path} row(s) "
-                                   f"{_describe_rows(selection)}: a chunk does not decode ({first_line(result, typed=True)}); "
+                                   f"{_describe_rows(selection)}: a chunk does not decode "
+                                   f"({first_line(result, typed=True)}); "
                                    "run 'render verify', then 'render build --repair'") from None
     return results
 
@@ -316,7 +328,7 @@ def open_store(path) -> RenderStore:
     render store, has another format or schema_version, or its arrays do not match the schema."""
     path = Path(path)
     if path.suffix in (".h5", ".hdf5") or (path.is_file() and _is_hdf5(path)):
-        from pointad.shared.h5store import open_h5_store  # h5py only when an HDF5 file is read
+        from .h5store import open_h5_store  # h5py only when an HDF5 file is read
         return open_h5_store(path)
     return RenderStore(path, open_group(path, "r"))
 

@@ -17,10 +17,10 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from pointad.shared.io import atomic_path
-from pointad.shared.errors import first_line
-from pointad.shared.store import ARRAYS, IDENTITY, ROW_COUNT, RenderStore, open_group
-from pointad.shared.store_write import array_attributes, array_kwargs, writable_attrs
+from .errors import first_line
+from .io import atomic_path
+from .store import ARRAYS, IDENTITY, ROW_COUNT, RenderStore, open_group
+from .store_write import array_attributes, array_kwargs, writable_attrs
 
 __all__ = ["chunk_problems", "rewrite_array_metadata"]
 

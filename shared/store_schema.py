@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from pointad.shared import strict
-from pointad.shared.errors import StoreSchemaError
+from . import strict
+from .errors import StoreSchemaError
 
 FORMAT = "pointad-renders"
 SCHEMA_VERSION = 2
@@ -28,7 +28,7 @@ READABLE_VERSIONS = (1, 2)  # v1: read-only until `render migrate` (MIGRATE_NOTE
 MIGRATE_NOTE = "schema_version 1 store, read-only in this version; run 'render migrate {path}' to upgrade it in place"
 IDENTITY = ("dataset", "class_name", "split", "defect_type", "sample_id")
 FAILURE_KEYS = ("dataset", "sample_id", "reason")
-# The largest sizes a store may declare, those `render build` can make (render/render_options.py): a row's
+# The largest sizes a store may declare, those `render build` can make (render/options.py): a row's
 # arrays are allocated from them, so a store declaring more is refused before any row is read (design §8)
 MAX_SIZES = {"views": 64, "image_size": 2048, "max_points": 2048 * 2048, "knn": 64}
 # the numbers of the root attribute `camera` the renderer uses: (low, high), both excluded; None = unbounded
@@ -51,7 +51,7 @@ BEFORE_OPTION = {"masks": "render", "code_plan": None}
 @dataclass(frozen=True, kw_only=True)
 class RenderRecord:
     """The store's root attribute `render`, parsed (design §4.1): the render options every row was drawn with
-    (RenderOptions' fields, render/render_options.py; shared imports no stage, so a test checks both name the
+    (RenderOptions' fields, render/options.py; shared imports no stage, so a test checks both name the
     same options) and the point size of each class.
 
     point_sizes: "dataset/class" -> the point size that class's rows were drawn with, recorded by
@@ -90,7 +90,7 @@ class RenderRecord:
                 object.__setattr__(self, f.name, {} if f.name == "point_sizes" else BEFORE_OPTION.get(f.name))
 
     @classmethod
-    def from_dict(cls, data, source: str = "store") -> "RenderRecord":
+    def from_dict(cls, data, source: str = "store") -> RenderRecord:
         """Parse the attribute `render` of the store at `source`: unknown keys and values of another type are
         one StoreSchemaError line naming the store and the key."""
         where = f"{source}: store attribute 'render'"
@@ -202,7 +202,7 @@ class StoreAttrs:
         return json.loads(json.dumps(data, allow_nan=False))
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "store") -> "StoreAttrs":
+    def from_dict(cls, data: dict, source: str = "store") -> StoreAttrs:
         """Validate attributes read from the store at `source` (a path, named first in every error)."""
         if not isinstance(data, dict) or "format" not in data:
             raise StoreSchemaError(f"{source}: not a pointad render store (no 'format' attribute)")

@@ -25,11 +25,20 @@ from zarr.codecs import BloscCodec
 from zarr.core.array import AsyncArray
 from zarr.core.sync import sync  # runs a coroutine on Zarr's own event loop, as zarr.Array does
 
-from pointad.shared.errors import PointADError, StoreSchemaError
-from pointad.shared.io import os_error, remove_stale_temp_siblings, temp_sibling
-from pointad.shared.store import CHECKED_FROM, ROW_COUNT, open_group, open_store, read_attrs
-from pointad.shared.store_schema import (ARRAYS, BY_FIELD, IDENTITY, MIGRATE_NOTE, SCHEMA_VERSION, ArraySpec,
-                                         SampleArrays, StoreAttrs, check_failures)
+from .errors import PointADError, StoreSchemaError
+from .io import os_error, remove_stale_temp_siblings, temp_sibling
+from .store import CHECKED_FROM, ROW_COUNT, open_group, open_store, read_attrs
+from .store_schema import (
+    ARRAYS,
+    BY_FIELD,
+    IDENTITY,
+    MIGRATE_NOTE,
+    SCHEMA_VERSION,
+    ArraySpec,
+    SampleArrays,
+    StoreAttrs,
+    check_failures,
+)
 
 # Every chunk of a row is written, even one that holds only the fill value (Zarr skips those by default),
 # so a missing chunk file means damage (`render verify`).

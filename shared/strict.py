@@ -18,8 +18,8 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 
-from pointad.shared.errors import ConfigError, PointADError
-from pointad.shared.limits import OutOfRange
+from .errors import ConfigError, PointADError
+from .limits import OutOfRange
 
 _NONE = type(None)
 

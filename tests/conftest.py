@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 # Loaded before any test renders: Mesa's llvmpipe and triton (pulled in by torchvision) each bring an LLVM,
 # and importing triton after Mesa has loaded its own crashes the process (seen: segfault in triton/knobs.py).
 import torchvision  # noqa: F401  (imported for its side effect)

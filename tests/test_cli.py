@@ -9,15 +9,16 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from pointad.eval.settings import MutualOptions, ReportConfig
+from pointad.eval.options import MutualOptions, ReportConfig
 from pointad.render.cli import render
-from pointad.render.render_options import RenderOptions
+from pointad.render.options import RenderOptions
 from pointad.render.synthetic import SyntheticSpec
 from pointad.shared import limits
-from pointad.shared.cli import ListOption, pointad
-from pointad.shared.cli import _Bounded as Bounded
+from pointad.shared.cli import pointad
+from pointad.shared.command import ListOption
+from pointad.shared.command import _Bounded as Bounded
 from pointad.shared.registry import FORMATS
-from pointad.train.config import TrainConfig
+from pointad.train.options import TrainConfig
 
 
 def test_umbrella_lists_the_three_stages():
@@ -139,7 +140,7 @@ def test_list_options_share_one_style():
             where = f"{' '.join(path)} {option.opts[0]}"
             if option.multiple:
                 lists.append(where)
-                assert isinstance(option, ListOption), f"{where}: multiple=True without shared.cli.list_option"
+                assert isinstance(option, ListOption), f"{where}: multiple=True without shared.command.list_option"
             elif re.search(r"\bcommas?\b|comma-separated|\brepeat", (option.help or "").lower()):  # not "command"
                 disguised.append(where)
     assert disguised == []
@@ -270,9 +271,9 @@ def test_train_missing_options_need_train_missing():
 
 
 def test_choices_stated_in_the_light_modules_match_the_code_using_them():
+    from pointad.eval.options import REPORT_FORMATS
     from pointad.eval.report import FORMATS as REPORT_WRITERS
-    from pointad.eval.settings import REPORT_FORMATS
+    from pointad.render.options import RENDERERS
     from pointad.render.rasterize import RENDERERS as OPEN3D_RENDERERS
-    from pointad.render.render_options import RENDERERS
     assert tuple(REPORT_WRITERS) == REPORT_FORMATS
     assert RENDERERS == (*OPEN3D_RENDERERS, "splat")

@@ -44,7 +44,8 @@ def _clean_env(tmp_path):
 
 def test_the_wheel_installs_one_import_name_with_its_data(wheel_env, tmp_path):
     python, _ = wheel_env
-    code = ("import importlib.util, pointad.shared.config as c, pointad.train.model.model_config as m, pointad.eval.paper as p;"
+    code = ("import importlib.util, pointad.shared.environment as c, pointad.train.model.model_config as m, "
+            "pointad.eval.paper as p;"
             "print(c.registry_path()); print(m.load_model_config('tiny').label); print(p.RESULTS_FILE.is_file());"
             "print([n for n in ('render', 'train', 'eval', 'shared') if importlib.util.find_spec(n)])")
     out = subprocess.run([str(python), "-c", code], cwd=tmp_path, env=_clean_env(tmp_path), check=True,

@@ -8,9 +8,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from pointad.shared.cli import (PointADGroup, default_of, list_option, number_type, range_type, resolve_model,
-                                verbosity_option)
-from pointad.train.config import LOADER_WORKERS, PROMPTS, TrainConfig
+from ..shared.command import PointADGroup, default_of, list_option, number_type, range_type, said, verbosity_option
+from .options import LOADER_WORKERS, PROMPTS, TrainConfig
 
 
 def _default(name):
@@ -50,7 +49,8 @@ def _bytes(ctx, param, value):
     """'8GiB', '512MiB', '0' or a plain number of bytes -> int, within TrainConfig.cache_memory's range."""
     import re
     from fractions import Fraction
-    from pointad.shared.limits import bound
+
+    from ..shared.limits import bound
     found = re.fullmatch(r"\s*(\d{1,30}(?:\.\d{0,30})?)\s*([a-z]*)\s*", str(value).lower())
     if found is None or found.group(2) not in SIZE_UNITS:
         raise click.BadParameter(f"{value!r}: give a size such as 8GiB, 512MiB or 0 (units B, KiB, MiB, GiB, TiB)")
@@ -109,8 +109,10 @@ def training_options(command):
 
 def base_config(**options):
     """`TrainConfig` from command options, `--model auto` resolved (said loudly when it falls back to tiny)."""
-    from pointad.train.config import config_from_options
-    return config_from_options(**{**options, "model": resolve_model(options["model"], options.get("clip_weights"))})
+    from .model.weights import resolve_auto_model  # torch: only when a model is resolved
+    from .options import config_from_options
+    model = said(resolve_auto_model(options["model"], options.get("clip_weights")))
+    return config_from_options(**{**options, "model": model})
 
 
 @train.command()
@@ -127,11 +129,12 @@ def base_config(**options):
 @click.option("--resume", is_flag=True, help="Continue from the last finished epoch in --out.")
 def run(features, out, resume, **options):
     """Train the prompts on one class of a render store."""
-    from pointad.train.distributed import distributed_session, process_rank
-    from pointad.train.loop import train as train_loop
-    from pointad.train.model.device import resolve_device
     from dataclasses import replace
-    from pointad.train.sweep import DEFAULT_RUNS_DIR, aux_classes, run_dir_for, store_dataset
+
+    from .distributed import distributed_session, process_rank
+    from .loop import train as train_loop
+    from .model.device import resolve_device
+    from .sweep import DEFAULT_RUNS_DIR, aux_classes, run_dir_for, store_dataset
     rank = process_rank()  # a half-set torchrun environment, or an unknown device: refused before any work
     resolve_device(options["device"])
     config = base_config(**options)  # missing weights stop the run before anything else
@@ -166,9 +169,9 @@ def run(features, out, resume, **options):
               help="Run directories go here as <dataset>-<class>-<seed>.")
 def sweep(classes, seeds, runs_dir, **options):
     """Train every (class, seed) run of a setting that is not done yet; finished runs are skipped."""
-    from pointad.train.model.device import resolve_device
-    from pointad.train.sweep import plan_sweep
-    from pointad.train.sweep import sweep as run_sweep
+    from .model.device import resolve_device
+    from .sweep import plan_sweep
+    from .sweep import sweep as run_sweep
     target = resolve_device(options["device"])
     runs = plan_sweep(base_config(**options), classes, seeds, runs_dir)
     done = run_sweep(runs, device=target, clip_weights=options["clip_weights"], log=click.echo,
@@ -178,7 +181,7 @@ def sweep(classes, seeds, runs_dir, **options):
 
 
 def _model_label(run_dir: Path) -> str:
-    from pointad.train.run_record import read_run_record
+    from .run_record import read_run_record
     return read_run_record(run_dir).model.label
 
 
@@ -202,12 +205,13 @@ def features(store, model, clip_weights, layers, dpam_start, dataset, class_name
     """Precompute the frozen vision features of a store's renderings (the training cache).
 
     An up-to-date cache at --out is kept as it is; anything at --out that is not a feature cache is refused."""
-    from pointad.train.model.backbone import load_backbone
-    from pointad.train.features import compute_features, recorded_identity
-    from pointad.train.model.device import resolve_device
-    from pointad.shared.store import open_store
-    from pointad.train.model.model_config import model_config_for
-    config = model_config_for(resolve_model(model, clip_weights), layers or None, dpam_start)
+    from ..shared.store import open_store
+    from .features import compute_features, recorded_identity
+    from .model.backbone import load_backbone
+    from .model.device import resolve_device
+    from .model.model_config import model_config_for
+    from .model.weights import resolve_auto_model  # torch: only when a model is resolved
+    config = model_config_for(said(resolve_auto_model(model, clip_weights)), layers or None, dpam_start)
     target = resolve_device(device)
     recorded_identity(out)  # anything but a cache at --out: refused before the model is loaded
     backbone = load_backbone(config, clip_weights, seed=seed).to(target)
@@ -230,7 +234,7 @@ def features(store, model, clip_weights, layers, dpam_start, dataset, class_name
 @seed_option("Seed recorded in the run (random-weights models only).")
 def import_released(checkpoint, out, class_name, dataset, model, layers, seed):
     """Turn a released PointAD prompt checkpoint (zqhang/PointAD epoch_N.pth) into a run of ours."""
-    from pointad.train.released import import_released as run_import
+    from .released import import_released as run_import
     done = run_import(checkpoint, out, class_name=class_name, dataset=dataset, model=model, layers=layers or None,
                       seed=seed)
     s = done.prompts.settings

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pointad.shared.errors import PointADError
-from pointad.shared.store import RenderStore, open_store
+from ..shared.errors import PointADError
+from ..shared.store import RenderStore, open_store
 
 POINT_FIELDS = ("pixel", "visible", "valid", "label", "proxy")
 VIEW_FIELDS = ("mask",)

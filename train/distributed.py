@@ -8,18 +8,18 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from pointad.shared import config
-from pointad.shared.errors import ConfigError, first_line
+from ..shared import environment
+from ..shared.errors import ConfigError, first_line
 
 LAUNCH = "launch with torchrun, or unset WORLD_SIZE for one process"
 
 
 def world_env() -> tuple[int, int, int] | None:
-    """`shared.config.distributed_env()` checked: (rank, world size, local rank) with 0 <= rank < world size
+    """`shared.environment.distributed_env()` checked: (rank, world size, local rank) with 0 <= rank < world size
     and local rank >= 0, or None for one process; ConfigError in one line for a partial or malformed set
     (WORLD_SIZE without RANK, a rank beyond the world), never a KeyError from deep inside the launch."""
     try:
-        env = config.distributed_env()
+        env = environment.distributed_env()
     except KeyError as exc:
         raise ConfigError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} is set but {exc.args[0]} is not; "
                           f"{LAUNCH}") from None

@@ -26,10 +26,10 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from pointad.shared.errors import CheckpointMismatchError, PointADError
-from pointad.shared.lock import writer_lock
-from pointad.shared.store import open_store, store_fingerprint
-from pointad.train.model.backbone import encode_views
+from ..shared.errors import CheckpointMismatchError, PointADError
+from ..shared.lock import writer_lock
+from ..shared.store import open_store, store_fingerprint
+from .model.backbone import encode_views
 
 CACHE_FORMAT = "pointad-features"
 
@@ -291,8 +291,8 @@ class FeatureCache:
                 out[torch.from_numpy(~in_memory).to(device)] = torch.from_numpy(read).float().to(device)
             parts.append(out)
         global_feature, patches = parts
-        b, l, v = patches.shape[:3]
-        patches = patches.permute(1, 0, 2, 3, 4).reshape(l, b * v, *patches.shape[3:])
+        b, layers, v = patches.shape[:3]
+        patches = patches.permute(1, 0, 2, 3, 4).reshape(layers, b * v, *patches.shape[3:])
         return global_feature, patches
 
 

@@ -20,21 +20,29 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pointad.shared.errors import CheckpointMismatchError, ConfigError, PointADError
-from pointad.shared.limits import check_value
-from pointad.shared.lock import writer_lock
-from pointad.shared.store import open_store, store_fingerprint
-from pointad.train.model.backbone import FrozenCLIP, encode_views, load_backbone
-from pointad.train.model.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
-from pointad.train.data import StoreSamples, collate, epoch_batches, training_rows
-from pointad.train.features import FeatureCache, cache_identity, compute_features
-from pointad.train.losses import hybrid_loss, parse_loss_terms
-from pointad.train.model.maps import back_project, class_probabilities, patch_maps
-from pointad.train.config import LOADER_WORKERS, TrainConfig
-from pointad.train.model.model_config import model_config_for
-from pointad.train.model.prompts import PromptLearner
-from pointad.train.run_record import (CONFIG_FILE, METRICS_FILE, EpochMetrics, RunRecord, append_metrics,
-                                      check_run_dir, read_metrics, write_run_record)
+from ..shared.errors import CheckpointMismatchError, ConfigError, PointADError
+from ..shared.limits import check_value
+from ..shared.lock import writer_lock
+from ..shared.store import open_store, store_fingerprint
+from .data import StoreSamples, collate, epoch_batches, training_rows
+from .features import FeatureCache, cache_identity, compute_features
+from .losses import hybrid_loss, parse_loss_terms
+from .model.backbone import FrozenCLIP, encode_views, load_backbone
+from .model.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
+from .model.maps import back_project, class_probabilities, patch_maps
+from .model.model_config import model_config_for
+from .model.prompts import PromptLearner
+from .options import LOADER_WORKERS, TrainConfig
+from .run_record import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    EpochMetrics,
+    RunRecord,
+    append_metrics,
+    check_run_dir,
+    read_metrics,
+    write_run_record,
+)
 
 
 class DivergedError(PointADError):

@@ -31,14 +31,14 @@ from pathlib import Path
 
 import torch
 
-from pointad.shared.errors import CheckpointMismatchError, ConfigError, PointADError
-from pointad.shared.lock import writer_lock
-from pointad.train.model.checkpoint import save_checkpoint
-from pointad.train.config import TrainConfig
-from pointad.train.model.model_config import ModelConfig, load_model_config
-from pointad.train.model.prompts import PromptLearner
-from pointad.train.model.torch_files import load_checkpoint_file
-from pointad.train.run_record import ImportedFrom, RunRecord, write_run_record
+from ..shared.errors import CheckpointMismatchError, ConfigError, PointADError
+from ..shared.lock import writer_lock
+from .model.checkpoint import save_checkpoint
+from .model.model_config import ModelConfig, load_model_config
+from .model.prompts import PromptLearner
+from .model.torch_files import load_checkpoint_file
+from .options import TrainConfig
+from .run_record import ImportedFrom, RunRecord, write_run_record
 
 TOP_KEY = "prompt_learner"
 PROJECTION_WIDTH = 896  # the released code's unused projection layers map W -> 896

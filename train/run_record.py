@@ -18,12 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pointad.shared import strict
-from pointad.shared.errors import ConfigError, PointADError
-from pointad.shared.io import atomic_path
-from pointad.shared.limits import FINITE, OutOfRange, check_fields, within
-from pointad.train.config import TrainConfig
-from pointad.train.model.model_config import ModelConfig
+from ..shared import strict
+from ..shared.errors import ConfigError, PointADError
+from ..shared.io import atomic_path
+from ..shared.limits import FINITE, OutOfRange, check_fields, within
+from .loss_terms import TERM_NAMES
+from .model.model_config import ModelConfig
+from .options import TrainConfig
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
@@ -96,7 +97,7 @@ class RunRecord:
         return json.loads(json.dumps(data, allow_nan=False))  # tuples -> lists, as the file holds them
 
     @classmethod
-    def from_dict(cls, data, source: str = CONFIG_FILE) -> "RunRecord":
+    def from_dict(cls, data, source: str = CONFIG_FILE) -> RunRecord:
         """Check a mapping (a config.json) and build the record; ConfigError naming `source` and the key
         otherwise. Every key of 'train' (but those `NOT_RECORDED`) and of 'model' must be there: a record
         is written whole, so a missing setting is damage, never a default."""
@@ -218,7 +219,7 @@ def check_run_dir(run_dir) -> None:
 @dataclass(frozen=True, kw_only=True)
 class EpochMetrics:
     """One row of metrics.csv: an epoch's mean losses over the class's samples ("total", then the enabled loss
-    terms in `losses.TERM_NAMES` order), the point AUROC of its training scores (None: undefined, the points all
+    terms in `loss_terms.TERM_NAMES` order), the point AUROC of its training scores (None: undefined, the points all
     of one label) and its wall time. Columns: epoch, total, <terms>, point_auroc, seconds."""
 
     epoch: int = field(metadata=within(1, 100_000))  # TrainConfig.epochs' range
@@ -231,14 +232,14 @@ class EpochMetrics:
         names = list(self.losses)
         if names != loss_columns(names[1:]):
             raise ValueError(f"loss columns {names}: expected 'total', then loss terms in the order "
-                             f"{', '.join(_term_names())}")
+                             f"{', '.join(TERM_NAMES)}")
         for name, value in self.losses.items():
             reason = FINITE.problem(value)
             if reason is not None:
                 raise OutOfRange(name, reason, f"'{name}'")
 
     @classmethod
-    def of(cls, epoch: int, metrics: dict) -> "EpochMetrics":
+    def of(cls, epoch: int, metrics: dict) -> EpochMetrics:
         """From `Trainer.run_epoch`'s dict (its point_auroc NaN when undefined)."""
         auroc = metrics.get("point_auroc")
         return cls(epoch=epoch, losses={k: float(v) for k, v in metrics.items() if k not in ("point_auroc", "seconds")},
@@ -255,14 +256,9 @@ class EpochMetrics:
                 "seconds": repr(self.seconds)}
 
 
-def _term_names() -> tuple[str, ...]:
-    from pointad.train.losses import TERM_NAMES  # torch: loaded when metrics are read, not by eval's discovery
-    return TERM_NAMES
-
-
 def loss_columns(terms) -> list[str]:
     """["total", *terms] if `terms` are loss term names in canonical order without repeats, else []."""
-    order = _term_names()
+    order = TERM_NAMES
     terms = list(terms)
     ranks = [order.index(t) if t in order else -1 for t in terms]
     return ["total", *terms] if -1 not in ranks and ranks == sorted(set(ranks)) else []
@@ -304,7 +300,7 @@ def read_metrics(run_dir) -> list[EpochMetrics]:
     if header[:2] != ["epoch", "total"] or header[-2:] != ["point_auroc", "seconds"] \
             or not loss_columns(header[2:-2]):
         damaged(f"columns {header[:12]}; expected epoch, total, the loss terms in the order "
-                f"{', '.join(_term_names())}, point_auroc, seconds")
+                f"{', '.join(TERM_NAMES)}, point_auroc, seconds")
     rows: list[EpochMetrics] = []
     for line, row in parsed:
         try:

@@ -14,14 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pointad.shared.errors import ConfigError, PointADError
-from pointad.shared.names import unique_component
-from pointad.shared.registry import load_registry
-from pointad.shared.store import open_store, store_fingerprint
-from pointad.train.model.checkpoint import EPOCH_FILE, latest_checkpoint
-from pointad.train.config import TrainConfig
-from pointad.train.loop import train
-from pointad.train.run_record import read_run_record
+from ..shared.errors import ConfigError, PointADError
+from ..shared.names import unique_component
+from ..shared.registry import load_registry
+from ..shared.store import open_store, store_fingerprint
+from .loop import train
+from .model.checkpoint import EPOCH_FILE, latest_checkpoint
+from .options import TrainConfig
+from .run_record import read_run_record
 
 DEFAULT_SEEDS = (TrainConfig.seed,)
 DEFAULT_RUNS_DIR = Path("runs")

@@ -6,10 +6,10 @@ build reads no point data.
 
 from __future__ import annotations
 
-from pointad.render.preprocess import PreprocessOptions, options_for_format
-from pointad.render.readers import eyecandies, mvtec3d, real3d
-from pointad.shared.registry import DatasetEntry
-from pointad.shared.sample import Sample, SampleRef
+from ...shared.registry import DatasetEntry
+from ...shared.sample import Sample, SampleRef
+from ..preprocess import PreprocessOptions, options_for_format
+from . import eyecandies, mvtec3d, real3d
 
 READERS = {"mvtec3d": mvtec3d, "eyecandies": eyecandies, "real3d": real3d}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pointad.shared.errors import ConfigError, InputFileError
-from pointad.shared.sample import SPLITS
+from ...shared.errors import ConfigError, InputFileError
+from ...shared.sample import SPLITS
 
 
 def check_splits(splits) -> tuple[str, ...]:

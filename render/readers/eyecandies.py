@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pointad.render.background import rigid_transform
-from pointad.render.preprocess import PreprocessOptions
-from pointad.render.readers import mvtec3d
-from pointad.render.readers.common import check_splits, relative_id
-from pointad.render.readers.files import read_image, read_yaml
-from pointad.shared.errors import InputFileError, first_line
-from pointad.shared.registry import DatasetEntry, select_classes
-from pointad.shared.sample import GOOD, Sample, SampleRef
+from ...shared.errors import InputFileError, first_line
+from ...shared.registry import DatasetEntry, select_classes
+from ...shared.sample import GOOD, Sample, SampleRef
+from ..background import rigid_transform
+from ..preprocess import PreprocessOptions
+from . import mvtec3d
+from .common import check_splits, relative_id
+from .files import read_image, read_yaml
 
 FOCAL_LENGTH = 711.11
 RGB_IMAGE = 0  # all spotlights; see the module docstring

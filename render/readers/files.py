@@ -14,8 +14,8 @@ import tifffile
 import yaml
 from PIL import Image, UnidentifiedImageError
 
-from pointad.render.readers.cloud_files import read_cloud
-from pointad.shared.errors import InputFileError, first_line
+from ...shared.errors import InputFileError, first_line
+from .cloud_files import read_cloud
 
 
 def _fail(path: Path, reason: str) -> InputFileError:

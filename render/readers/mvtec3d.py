@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pointad.render.preprocess import PreprocessOptions, preprocess_organized
-from pointad.render.readers.common import check_splits, relative_id, reraise_with_path
-from pointad.render.readers.files import read_image, read_xyz_tiff
-from pointad.shared.errors import InputFileError
-from pointad.shared.registry import DatasetEntry, select_classes
-from pointad.shared.sample import Sample, SampleRef
+from ...shared.errors import InputFileError
+from ...shared.registry import DatasetEntry, select_classes
+from ...shared.sample import Sample, SampleRef
+from ..preprocess import PreprocessOptions, preprocess_organized
+from .common import check_splits, relative_id, reraise_with_path
+from .files import read_image, read_xyz_tiff
 
 
 def list_samples(entry: DatasetEntry, classes=None, splits=None) -> list[SampleRef]:

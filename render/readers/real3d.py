@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pointad.render.preprocess import PreprocessOptions, preprocess_unorganized
-from pointad.render.readers.common import check_splits, relative_id, reraise_with_path
-from pointad.render.readers.files import read_label_txt, read_point_cloud
-from pointad.shared.errors import InputFileError
-from pointad.shared.registry import DatasetEntry, select_classes
-from pointad.shared.sample import GOOD, Sample, SampleRef
+from ...shared.errors import InputFileError
+from ...shared.registry import DatasetEntry, select_classes
+from ...shared.sample import GOOD, Sample, SampleRef
+from ..preprocess import PreprocessOptions, preprocess_unorganized
+from .common import check_splits, relative_id, reraise_with_path
+from .files import read_label_txt, read_point_cloud
 
 CLOUD_SUFFIXES = (".pcd", ".ply")
 

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pointad.render.synthetic import formats
-from pointad.render.synthetic.scene import CLASSES, DEFECTS, make_scene
-from pointad.shared import config, strict
-from pointad.shared.errors import ConfigError, PointADError
-from pointad.shared.limits import check_fields, within
-from pointad.shared.logging import get_logger
-from pointad.shared.names import printable
-from pointad.shared.registry import DatasetEntry
+from ...shared import environment, strict
+from ...shared.errors import ConfigError, PointADError
+from ...shared.limits import check_fields, within
+from ...shared.logging import get_logger
+from ...shared.names import printable
+from ...shared.registry import DatasetEntry
+from . import formats
+from .scene import CLASSES, DEFECTS, make_scene
 
 log = get_logger("render.synthetic")
 
@@ -67,7 +67,7 @@ class SyntheticSpec:
                 raise ConfigError(f"unknown synthetic {kind}(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "synthetic generator") -> "SyntheticSpec":
+    def from_dict(cls, data: dict, source: str = "synthetic generator") -> SyntheticSpec:
         """Validate a mapping (a registry entry's `generate:`, a manifest); an unknown key is an error naming it."""
         return strict.from_dict(cls, data, source)
 
@@ -235,7 +235,7 @@ def materialize(entry: DatasetEntry, progress=None) -> DatasetEntry:
     spec = SyntheticSpec.from_dict(entry.generate, f"dataset '{entry.name}' generate")
     if spec.format != entry.format:
         raise ConfigError(f"dataset '{entry.name}': generate.format {spec.format} differs from format {entry.format}")
-    root = config.cache_dir() / "synthetic" / f"{entry.name}-{spec.digest()}"
+    root = environment.cache_dir() / "synthetic" / f"{entry.name}-{spec.digest()}"
     if not (root / MANIFEST).exists():
         try:
             log.info("dataset '%s': first use, generating it into the cache", entry.name)

@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 from scipy import ndimage
 
-from pointad.render.synthetic.scene import Scene
+from .scene import Scene
 
 FIELD_OF_VIEW = 0.10       # metres across the grid
 MVTEC_DISTANCE = 0.30      # sensor to plane centre

@@ -123,8 +123,8 @@ def test_the_run_records_its_stores_render_options(detect_run):
 
 
 def test_the_checkpoint_records_the_options_the_store_says_its_class_was_drawn_with(detect_run, mvtec_dataset):
-    from pointad.train.model.checkpoint import latest_checkpoint, load_checkpoint
     from pointad.shared.store import open_store
+    from pointad.train.model.checkpoint import latest_checkpoint, load_checkpoint
     render = open_store(detect_run.parent / "renders.zarr").attrs.render  # tests/shared/test_render_record.py
     assert load_checkpoint(latest_checkpoint(detect_run))["render"] == render.drawn(mvtec_dataset[1].name, "cookie")
 
@@ -145,6 +145,7 @@ def test_first_lines_say_where_each_render_option_came_from(detect_run, mvtec_da
 
 def test_a_checkpoint_without_the_record_renders_with_the_defaults_and_says_so(detect_run, mvtec_dataset, tmp_path):
     import torch
+
     from pointad.train.model.checkpoint import latest_checkpoint, load_checkpoint
     payload = load_checkpoint(latest_checkpoint(detect_run))
     del payload["render"]  # as written before checkpoints recorded the store's render options

@@ -13,8 +13,19 @@ from scipy.spatial import cKDTree
 from sklearn.metrics import roc_auc_score
 
 from pointad.eval import figures
-from pointad.eval.figures import (graph_pro_curve, heatmap_overlay, organized_pro_curve, pro_figure, roc_figure, roc_points,
-                          sheet_size, write_pro_plot, write_roc_plot, write_scored_ply, write_view_sheet)
+from pointad.eval.figures import (
+    graph_pro_curve,
+    heatmap_overlay,
+    organized_pro_curve,
+    pro_figure,
+    roc_figure,
+    roc_points,
+    sheet_size,
+    write_pro_plot,
+    write_roc_plot,
+    write_scored_ply,
+    write_view_sheet,
+)
 from pointad.eval.metrics import aupro_from_curve, aupro_graph, aupro_organized, organized_component_ids
 from pointad.shared.errors import PointADError
 
@@ -355,7 +366,8 @@ def _hand_scores(store, row, seed):
     n = int(sample.n_points)
     rng = np.random.default_rng(seed)
     return SampleScores(identity={**store.identity(row), "row": row},
-                        point_scores=rng.uniform(0, 1, n).astype(np.float32), point_labels=sample.label[:n], score=0.5, grid_index=sample.grid_index[:n],
+                        point_scores=rng.uniform(0, 1, n).astype(np.float32), point_labels=sample.label[:n], score=0.5,
+                        grid_index=sample.grid_index[:n],
                         grid_hw=tuple(int(x) for x in sample.grid_hw), knn=sample.knn[:n],
                         rgb_point_scores=rng.uniform(10, 11, n).astype(np.float32), rgb_score=0.2,
                         multimodal_point_scores=rng.uniform(2, 5, n).astype(np.float32), multimodal_score=0.7,

@@ -9,9 +9,16 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import auc
 
-from pointad.eval.metrics import (aupro_components, aupro_graph, aupro_organized, aupro_pointad_compat,
-                          graph_components, image_metrics, point_auroc, pro_curve)
-
+from pointad.eval.metrics import (
+    aupro_components,
+    aupro_graph,
+    aupro_organized,
+    aupro_pointad_compat,
+    graph_components,
+    image_metrics,
+    point_auroc,
+    pro_curve,
+)
 
 # --- loop twins (slow, plainly correct, test-only) -----------------------------------------------------
 

@@ -16,14 +16,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pointad.eval.cli import eval_
 from pointad.eval.class_metrics import BLOCKS, class_metrics
+from pointad.eval.cli import eval_
 from pointad.eval.report import Report, attach_paper, to_markdown, to_records
 from pointad.eval.score_maps import SampleScores, compat_fused_map
 from pointad.eval.scoring import score_store, score_store_runs
 from pointad.shared.store import open_store
-from pointad.train.model.backbone import load_backbone
 from pointad.train.loop import TrainConfig, train
+from pointad.train.model.backbone import load_backbone
 from pointad.train.model.model_config import load_model_config
 
 MVTEC, REAL3D = "synthetic-mvtec3d", "synthetic-real3d"

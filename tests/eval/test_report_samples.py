@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import open3d as o3d
 import pytest
-import numpy as np
 from click.testing import CliRunner
 from sklearn.metrics import average_precision_score, roc_auc_score
 

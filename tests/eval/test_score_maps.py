@@ -6,10 +6,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pointad.eval.score_maps import (block_score, compact_knn, compat_fused_map, compat_grid_map, fused_point_map,
-                                     fused_sample_score, is_organized, organized_weight, rgb_point_map, sample_score,
-                                     score_row, smooth_graph, smooth_grid, smooth_organized)
-
+from pointad.eval.score_maps import (
+    block_score,
+    compact_knn,
+    compat_fused_map,
+    compat_grid_map,
+    fused_point_map,
+    fused_sample_score,
+    is_organized,
+    organized_weight,
+    rgb_point_map,
+    sample_score,
+    score_row,
+    smooth_graph,
+    smooth_grid,
+    smooth_organized,
+)
 
 # --- loop twins (slow, plainly correct, test-only) -----------------------------------------------------
 

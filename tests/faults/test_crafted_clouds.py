@@ -19,8 +19,8 @@ import numpy as np
 import open3d as o3d
 import pytest
 
-from pointad.render.readers.lzf import lzf_decompress
 from pointad.render.readers.files import read_point_cloud
+from pointad.render.readers.lzf import lzf_decompress
 from pointad.shared.errors import InputFileError
 
 COUNT = 200

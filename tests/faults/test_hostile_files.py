@@ -15,7 +15,6 @@ import sys
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Tuple
 
 import numpy as np
 import open3d as o3d
@@ -66,11 +65,11 @@ class SetstateMarker(torch.nn.Module):
         return x * self.weight
 
     @torch.jit.export
-    def __getstate__(self) -> Tuple[torch.Tensor, str, bool]:
+    def __getstate__(self) -> tuple[torch.Tensor, str, bool]:
         return (self.weight, self.marker, self.training)
 
     @torch.jit.export
-    def __setstate__(self, state: Tuple[torch.Tensor, str, bool]) -> None:
+    def __setstate__(self, state: tuple[torch.Tensor, str, bool]) -> None:
         self.marker = state[1]
         self.training = state[2]
         self.weight = state[0] + 0 * torch.from_file(state[1], True, 2)

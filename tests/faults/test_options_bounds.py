@@ -20,14 +20,14 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pointad.eval.settings import MutualOptions, ReportConfig
-from pointad.render.render_options import RenderOptions
+from pointad.eval.options import MutualOptions, ReportConfig
+from pointad.render.options import RenderOptions
 from pointad.shared import strict
 from pointad.shared.cli import pointad
 from pointad.shared.errors import ConfigError
 from pointad.shared.limits import KEY, OutOfRange, Range, bound
-from pointad.train.config import TrainConfig
 from pointad.train.model.model_config import ModelConfig, load_model_config
+from pointad.train.options import TrainConfig
 
 TRAIN = ["train", "run", "--store", "absent.zarr", "--model", "tiny", "--dataset", "d", "--class", "c",
          "--device", "cpu"]
@@ -249,6 +249,7 @@ def test_default_run_folder_of_a_hostile_dataset_name_stays_in_runs(here, monkey
 def test_scheduler_addresses_that_are_no_dask_scheduler_are_one_line(mvtec_dataset, here, monkeypatch):
     import socket
     import threading
+
     from pointad.render import build
     monkeypatch.setattr(build, "SCHEDULER_TIMEOUT", 1.0)
     _, entry = mvtec_dataset
@@ -446,7 +447,8 @@ def test_detect_refuses_non_finite_scores_and_writes_nothing(trained, tmp_path, 
 
 NUMBERS = st.one_of(st.integers(min_value=-2**70, max_value=2**70),
                     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-                    st.sampled_from(["nan", "-nan", "inf", "-inf", "1e400", "9" * 400, "-0", "0x10", "", " ", "abc", "1_000"]))
+                    st.sampled_from(["nan", "-nan", "inf", "-inf", "1e400", "9" * 400, "-0", "0x10", "", " ", "abc",
+                                     "1_000"]))
 COMMANDS = [
     (TRAIN, ("--batch-size", "--lr", "--epochs", "--seed", "--loader-workers", "--dpam-start", "--cache-memory")),
     (["render", "build"], ("--views", "--image-size", "--supersample", "--max-points", "--knn", "--point-size",

@@ -27,8 +27,8 @@ from pointad.render.cli import render
 from pointad.render.sample_render import RenderOptions
 from pointad.shared.errors import PointADError
 from pointad.shared.store import CHECKED_FROM, SampleArrays, open_store
-from pointad.shared.store_write import write_sample
 from pointad.shared.store_schema import BY_FIELD, SAMPLE_FIELDS
+from pointad.shared.store_write import write_sample
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}

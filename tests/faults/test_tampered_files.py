@@ -98,7 +98,7 @@ def yaml_bombs(draw) -> str:
     fan_out, levels = draw(st.integers(1, 12)), draw(st.integers(1, 12))
     depth, width = draw(st.integers(0, 60)), draw(st.integers(1, 2000))
     leaf = draw(st.sampled_from(["lol", "x" * width, "{format: mvtec3d, root: r}", "[cookie]"]))
-    lines = [f"l0: &l0 " + "[" * depth + leaf + "]" * depth]
+    lines = ["l0: &l0 " + "[" * depth + leaf + "]" * depth]
     for i in range(1, levels):
         items = [f"*l{i - 1}"] * fan_out + ([f"*l{i}"] if draw(st.booleans()) and i == levels - 1 else [])
         lines.append(f"l{i}: &l{i} [" + ", ".join(items) + "]")

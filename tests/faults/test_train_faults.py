@@ -27,11 +27,11 @@ from pointad.render.build import build_store
 from pointad.render.sample_render import RenderOptions
 from pointad.shared.lock import holder, lock_path
 from pointad.shared.store_write import update_attrs
-from pointad.train.model.backbone import load_backbone
-from pointad.train.model.checkpoint import load_checkpoint
 from pointad.train.cli import train as train_cli
 from pointad.train.features import weights_digest
 from pointad.train.loop import TrainConfig, train
+from pointad.train.model.backbone import load_backbone
+from pointad.train.model.checkpoint import load_checkpoint
 from pointad.train.model.model_config import load_model_config
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -267,7 +267,8 @@ def test_hand_made_pcd_reads_exactly(tmp_path, data):
 @pytest.mark.parametrize("ascii_", [True, False])
 @pytest.mark.parametrize("suffix", [".ply", ".pcd"])
 def test_open3d_written_clouds_agree_with_open3d(tmp_path, suffix, ascii_):
-    """Our header-checked parser is the twin of Open3D's on files Open3D writes (binary_compressed included, which we decode ourselves)."""
+    """Our header-checked parser is the twin of Open3D's on files Open3D writes (binary_compressed included,
+    which we decode ourselves)."""
     import open3d as o3d
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(POINTS))
     cloud.colors = o3d.utility.Vector3dVector(np.abs(POINTS))

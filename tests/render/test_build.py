@@ -14,11 +14,11 @@ from click.testing import CliRunner
 
 from pointad.render.build import build_store
 from pointad.render.camera import fit_camera, project
+from pointad.render.cli import render
 from pointad.render.rasterize import DrawStyle, downsample, worker_rasterizer
 from pointad.render.readers import list_samples, preprocess_options, read_sample
 from pointad.render.sample_render import RenderOptions
 from pointad.render.view_plan import make_view_plan
-from pointad.render.cli import render
 from pointad.shared.store import open_store
 
 FIELDS = ("image", "mask", "pixel", "visible", "xyz", "valid", "label", "grid_index", "proxy", "knn", "knn_weight",
@@ -272,6 +272,7 @@ def test_failures_are_listed_and_exit_1_unless_keep_going(mvtec_dataset, tmp_pat
 def test_other_render_options_into_the_same_store_is_an_error(reference_store, mvtec_dataset):
     _, entry = mvtec_dataset
     from dataclasses import replace
+
     from pointad.shared.errors import PointADError
     with pytest.raises(PointADError, match=r"store was built with other render options \(.*views.*\)"):
         build_store(entry, reference_store, replace(SMALL, views=5), classes=["cookie"], splits=["test"])

@@ -6,12 +6,23 @@ import numpy as np
 import pytest
 import torch
 
-from pointad.render.preprocess import (PreprocessOptions, border_mask, check_finite_grid, distinct_point_indices,
-                               farthest_point_indices, farthest_point_order, fit_plane,
-                               flip_x180, largest_cluster, options_for_format, preprocess_organized,
-                               preprocess_unorganized, resize_nearest)
 from pointad.render.background import belt_box, belt_frame, constant_background, rigid_transform
-from pointad.render.preprocess import pad_to_square
+from pointad.render.preprocess import (
+    PreprocessOptions,
+    border_mask,
+    check_finite_grid,
+    distinct_point_indices,
+    farthest_point_indices,
+    farthest_point_order,
+    fit_plane,
+    flip_x180,
+    largest_cluster,
+    options_for_format,
+    pad_to_square,
+    preprocess_organized,
+    preprocess_unorganized,
+    resize_nearest,
+)
 from pointad.shared.errors import ConfigError
 
 
@@ -268,7 +279,6 @@ def _belt_scene(size=200, tilt=0.35, distance=4.0):
     centre = np.array([0, -distance * s, distance * c])
     world_dir = rays @ rotation.T
     depth = -centre[2] / world_dir[..., 2]                      # the belt plane
-    hit = centre + depth[..., None] * world_dir
     top_depth = (0.3 - centre[2]) / world_dir[..., 2]          # the box top, 0.3 units above the belt
     top_hit = centre + top_depth[..., None] * world_dir
     box = (np.abs(top_hit[..., 0]) < 0.25) & (np.abs(top_hit[..., 1]) < 0.25)

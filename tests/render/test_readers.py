@@ -310,8 +310,9 @@ def test_converted_eyecandies_background_point_is_missing_not_a_plane(tmp_path):
 def test_degenerate_plane_fit_is_one_line_under_scan_keep_going(tmp_path):
     """A border of one repeated point (not at x = 0, so no converter's placeholder) is a sample error naming
     the file, and `render scan --keep-going` reports it on one line and goes on."""
-    from click.testing import CliRunner
     import tifffile
+    from click.testing import CliRunner
+
     from pointad.render.cli import render
     xyz, _ = _converted_grid()
     xyz[np.all(xyz == CONVERTED_BACKGROUND, axis=-1)] = (0.25, 0.1875, -0.4375)
@@ -334,6 +335,7 @@ def test_degenerate_plane_fit_is_one_line_under_scan_keep_going(tmp_path):
 
 def test_real3d_test_templates_skipped_and_cut_copy_keep_their_defect(real3d_dataset, tmp_path):
     import shutil
+
     from pointad.render.datasets import open_dataset
     from pointad.render.readers.real3d import defect_from_name
     _, entry = real3d_dataset
@@ -355,6 +357,7 @@ def test_real3d_test_templates_skipped_and_cut_copy_keep_their_defect(real3d_dat
 
 def test_real3d_gt_row_count_mismatch_names_both_counts(real3d_dataset, tmp_path):
     import shutil
+
     from pointad.render.datasets import open_dataset
     _, entry = real3d_dataset
     root = tmp_path / "r3d"

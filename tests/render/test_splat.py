@@ -16,16 +16,15 @@ from pointad.render.camera import Camera, fit_camera
 from pointad.render.cli import render
 from pointad.render.datasets import open_dataset
 from pointad.render.masks import footprints, splat_masks
-from pointad.render.rasterize import worker_rasterizer
+from pointad.render.rasterize import DrawStyle, worker_rasterizer
 from pointad.render.readers import list_samples, preprocess_options, read_sample
 from pointad.render.sample_render import LIGHTS, RenderOptions, _capture_all, estimate_normals, render_masks, render_sample
-from pointad.render.rasterize import DrawStyle
 from pointad.render.splat import Cloud, draw_views, shade, splat_levels
 from pointad.shared.errors import ConfigError
 from pointad.shared.store import open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from render_bench import dense_sample  # noqa: E402  the 112 896-point cloud of the benchmark
+from render_bench import dense_sample
 
 # Issue 12's bar for "images Open3D would draw", in 8-bit levels at the output size; what we measured is
 # tighter (the tests below assert that too): 99.998-100% of pixels within 2 levels, mean 0.01-0.06.

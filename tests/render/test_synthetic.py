@@ -10,7 +10,7 @@ import pytest
 from pointad.render import synthetic
 from pointad.render.datasets import open_dataset
 from pointad.render.readers import list_samples
-from pointad.shared import config
+from pointad.shared import environment
 from pointad.shared.errors import ConfigError, PointADError
 
 TINY = dict(classes=("dome",), defects=("crack", "hole"), train=1, validation=0, test_good=1, per_defect=1)
@@ -104,7 +104,7 @@ def test_unknown_class_or_defect_is_an_error():
 
 def test_registry_synthetic_generates_once_into_the_cache():
     entry = open_dataset("synthetic-real3d")
-    assert entry.root.is_relative_to(config.cache_dir())
+    assert entry.root.is_relative_to(environment.cache_dir())
     manifest = entry.root / synthetic.MANIFEST
     stamp = manifest.stat().st_mtime_ns
     again = open_dataset("synthetic-real3d")
@@ -154,6 +154,7 @@ TINY_BUILD = ["--views", "2", "--image-size", "64", "--supersample", "1", "--max
 def test_scan_and_build_run_on_the_synthetic_formats(fixture, fmt, select, request, tmp_path):
     """`render scan` reads every sample with the registry's lengths for the format; `render build` renders some."""
     from click.testing import CliRunner
+
     from pointad.render.cli import render
     from pointad.shared.store import open_store
     spec, entry = request.getfixturevalue(fixture)

@@ -20,8 +20,8 @@ from pointad.shared.errors import PointADError
 from pointad.shared.h5store import GZIP_LEVEL, export_h5
 from pointad.shared.store import open_store, store_fingerprint
 from pointad.shared.store_schema import ARRAYS, SAMPLE_FIELDS
-from pointad.train.model.checkpoint import load_checkpoint
 from pointad.train.loop import TrainConfig, train
+from pointad.train.model.checkpoint import load_checkpoint
 
 MVTEC = "synthetic-mvtec3d"
 
@@ -164,6 +164,7 @@ def test_a_refused_twin_leaves_h5py_usable_from_other_threads(twin, tmp_path):
     I/O thread deadlocked on it as soon as it touched h5py)."""
     import shutil
     import threading
+
     from pointad.shared.errors import StoreSchemaError
     from pointad.shared.h5store import open_h5_store
     _, h5 = twin

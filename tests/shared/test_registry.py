@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pointad.shared.errors import ConfigError, DatasetError
-from pointad.shared.registry import (DatasetEntry, custom_entry, load_registry, resolve_dataset, select_classes)
+from pointad.shared.registry import DatasetEntry, custom_entry, load_registry, resolve_dataset, select_classes
 
 
 def _write(tmp_path, text):
@@ -97,7 +97,8 @@ def test_neither_name_nor_format_and_root():
     ("generate: 5", "generate", "must be a mapping or null, got 5"),
 ])
 def test_wrong_types_are_one_line_errors_naming_file_and_key(tmp_path, value, key, expected):
-    path = _write(tmp_path, f"datasets:\n  a:\n    format: mvtec3d\n    {value}\n" + ("    root: x\n" * ("root" not in value)))
+    root = "    root: x\n" * ("root" not in value)
+    path = _write(tmp_path, f"datasets:\n  a:\n    format: mvtec3d\n    {value}\n" + root)
     with pytest.raises(ConfigError) as info:
         load_registry(path)
     message = str(info.value)

@@ -11,7 +11,7 @@ from dataclasses import fields, replace
 import pytest
 import zarr
 
-from pointad.render.render_options import RenderOptions
+from pointad.render.options import RenderOptions
 from pointad.shared.errors import StoreSchemaError
 from pointad.shared.store import StoreAttrs, open_store, store_fingerprint
 from pointad.shared.store_schema import BEFORE_OPTION, CAMERA_CONVENTION, RENDER_ELSEWHERE, RenderRecord

@@ -15,9 +15,8 @@ from zarr.codecs import BloscCodec
 import pointad.shared as shared
 from pointad.shared.errors import PointADError, StoreSchemaError
 from pointad.shared.store import SampleArrays, StoreAttrs, open_store, store_fingerprint
-from pointad.shared.store_write import (_write_row, append_samples, create_store, set_failures, update_attrs,
-                                        write_sample)
 from pointad.shared.store_schema import ARRAYS, BY_FIELD, SAMPLE_FIELDS
+from pointad.shared.store_write import _write_row, append_samples, create_store, set_failures, update_attrs, write_sample
 
 V, S, P, K = 2, 8, 16, 3
 ATTRS = StoreAttrs(views=V, image_size=S, max_points=P, knn=K,
@@ -398,7 +397,7 @@ def test_shared_package_exports_the_store_reader():
     assert shared.open_store is open_store
     assert {"open_store", "load_registry", "Sample"} <= set(dir(shared))
     with pytest.raises(AttributeError):
-        shared.not_there
+        _ = shared.not_there
 
 
 def test_rows_written_at_another_compression_level_read_back_and_resume(tmp_path, monkeypatch):
@@ -451,7 +450,7 @@ def test_sizes_and_camera_numbers_of_the_attributes_are_bounded(change, message)
 def test_every_size_render_build_makes_is_one_a_store_may_declare():
     """MAX_SIZES (shared, which imports no stage) against RenderOptions' declared ranges: a store that
     `render build` wrote is never refused as too large."""
-    from pointad.render.render_options import RenderOptions
+    from pointad.render.options import RenderOptions
     from pointad.shared.limits import bound
     from pointad.shared.store_schema import MAX_SIZES
     for name, most in MAX_SIZES.items():

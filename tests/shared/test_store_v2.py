@@ -26,8 +26,8 @@ from pointad.render.sample_render import RenderOptions
 from pointad.render.view_plan import ViewPlan
 from pointad.shared.errors import PointADError, StoreSchemaError
 from pointad.shared.store import open_store, store_fingerprint
-from pointad.shared.store_write import append_samples, write_sample
 from pointad.shared.store_schema import ARRAYS, CAMERA_CONVENTION, RENDER_ELSEWHERE, SAMPLE_FIELDS, V2_ONLY
+from pointad.shared.store_write import append_samples, write_sample
 
 OPTIONS = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 48, point_size=3, renderer="splat")
 
@@ -272,7 +272,8 @@ def test_migrate_makes_a_v1_store_equal_to_a_fresh_v2_build(v2_store, tmp_path):
 
 
 KILL_AFTER = """
-import sys, render.migrate as m
+import sys
+import pointad.render.migrate as m
 calls = []
 real = m._upgrade_array_metadata
 def stop(document, spec):

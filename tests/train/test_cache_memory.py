@@ -14,12 +14,12 @@ from pointad.render.sample_render import RenderOptions
 from pointad.shared.store import open_store
 from pointad.train.cli import _bytes
 from pointad.train.cli import train as train_cli
-from pointad.train.config import TrainConfig
 from pointad.train.data import POINT_FIELDS, StoreSamples, training_rows
 from pointad.train.features import FeatureCache, cache_identity, compute_features
 from pointad.train.loop import Trainer
 from pointad.train.model.backbone import load_backbone
 from pointad.train.model.model_config import model_config_for
+from pointad.train.options import TrainConfig
 
 VIEWS = 3
 

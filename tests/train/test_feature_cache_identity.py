@@ -19,12 +19,12 @@ from pointad.shared.h5store import export_h5
 from pointad.shared.store import SampleArrays, open_store, store_fingerprint
 from pointad.shared.store_schema import BY_FIELD
 from pointad.shared.store_write import append_samples, write_sample
-from pointad.train.config import TrainConfig
 from pointad.train.data import training_rows
-from pointad.train.features import FeatureCache, cache_identity, compute_features, row_content
+from pointad.train.features import cache_identity, compute_features, row_content
 from pointad.train.loop import Trainer
 from pointad.train.model.backbone import encode_views, load_backbone
 from pointad.train.model.model_config import model_config_for
+from pointad.train.options import TrainConfig
 
 OPTIONS = RenderOptions(views=2, image_size=336, supersample=1, point_size=2, renderer="splat")
 

@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from pointad.render.build import build_store
 from pointad.render.sample_render import RenderOptions
 from pointad.shared.errors import CheckpointMismatchError, PointADError
-from pointad.train.model.checkpoint import load_checkpoint
 from pointad.train.cli import train as train_cli
 from pointad.train.loop import TrainConfig, Trainer, train
+from pointad.train.model.checkpoint import load_checkpoint
 from pointad.train.run_record import REWRITE, check_run_dir, read_metrics, read_run_record, write_run_record
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

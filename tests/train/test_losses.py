@@ -8,8 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pointad.train.losses import (LossTerms, TERM_NAMES, dice_loss, focal_loss, global_2d_loss, global_3d_loss,
-                          hybrid_loss, local_2d_loss, local_3d_loss, parse_loss_terms)
+from pointad.train.loss_terms import TERM_NAMES, LossTerms, parse_loss_terms
+from pointad.train.losses import (
+    dice_loss,
+    focal_loss,
+    global_2d_loss,
+    global_3d_loss,
+    hybrid_loss,
+    local_2d_loss,
+    local_3d_loss,
+)
 
 
 def _close(actual, expected, atol=1e-6):

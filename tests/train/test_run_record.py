@@ -14,10 +14,20 @@ import pytest
 
 from pointad.eval.runs import trained_runs_in
 from pointad.shared.errors import PointADError
-from pointad.train.config import TrainConfig
 from pointad.train.model.model_config import load_model_config
-from pointad.train.run_record import (REWRITE, EpochMetrics, ImportedFrom, RunRecord, RunRecordError, append_metrics,
-                                      check_run_dir, read_metrics, read_run_record, write_run_record)
+from pointad.train.options import TrainConfig
+from pointad.train.run_record import (
+    REWRITE,
+    EpochMetrics,
+    ImportedFrom,
+    RunRecord,
+    RunRecordError,
+    append_metrics,
+    check_run_dir,
+    read_metrics,
+    read_run_record,
+    write_run_record,
+)
 
 TINY = ('{"name": "tiny", "label": "tiny (random weights)", "open_clip_name": "pointad-tiny", "pretrained": null, '
         '"random_init": true, "quick_gelu": true, "image_size": 336, "dual_path_blocks": [2, 3, 4], '
@@ -33,7 +43,7 @@ OLD_RUN = """{
   "store_fingerprint": "5d41402abc4b2a76b9719d911017c592",
   "rows": [0, 1, 2, 3, 4, 5],
   "render": {"views": 3, "image_size": 336, "supersample": 1, "point_size": 2, "renderer": "splat"}
-}""" % TINY
+}""".replace("%s", TINY)
 # ... and as `train import-released` wrote it (train/released.py, same commit)
 OLD_IMPORTED = """{
   "train": {"class_name": "carrot", "dataset": "mvtec3d", "batch_size": 4, "lr": 0.001, "betas": [0.5, 0.999],
@@ -46,7 +56,7 @@ OLD_IMPORTED = """{
                "layout": "released PointAD {'prompt_learner': state dict}",
                "deep_prompts": "rounded to float16 as the released text encoder uses them",
                "dropped": {"token_prefix_pos": [1, 1, 1, 64], "tokenized_prompts_pos": [1, 1, 77]}}
-}""" % TINY
+}""".replace("%s", TINY)
 # metrics.csv as the loop wrote it before the record: 6 digits, an undefined AUROC spelled nan
 OLD_METRICS = ("epoch,total,3d_global,3d_local,2d_global,2d_local,point_auroc,seconds\n"
                "1,2.77259,0.693147,0.693147,0.693147,0.693147,nan,1.53412\n"

@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from pointad.shared.errors import ConfigError, PointADError
-from pointad.train.model.checkpoint import latest_checkpoint
 from pointad.train.cli import train as train_cli
 from pointad.train.loop import TrainConfig, train
+from pointad.train.model.checkpoint import latest_checkpoint
 from pointad.train.run_record import REWRITE
 from pointad.train.sweep import aux_classes, plan_sweep, run_state, sweep
 

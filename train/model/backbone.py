@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
 
-from pointad.shared.errors import ConfigError
-from pointad.train.model.model_config import ModelConfig
-from pointad.train.model.weights import check_state_dict, locate_weights, read_state_dict
+from ...shared.errors import ConfigError
+from .model_config import ModelConfig
+from .weights import check_state_dict, locate_weights, read_state_dict
 
 CLIP_MEAN = tuple(OPENAI_DATASET_MEAN)  # (0.48145466, 0.4578275, 0.40821073), RGB
 CLIP_STD = tuple(OPENAI_DATASET_STD)    # (0.26862954, 0.26130258, 0.27577711)
@@ -135,7 +135,7 @@ class FrozenCLIP(torch.nn.Module):
         self._tokenizer = open_clip.get_tokenizer(config.open_clip_name)
 
     @classmethod
-    def from_config(cls, config: ModelConfig, weights: str | Path | None = None, *, seed: int = 0) -> "FrozenCLIP":
+    def from_config(cls, config: ModelConfig, weights: str | Path | None = None, *, seed: int = 0) -> FrozenCLIP:
         """Build `config`'s model: seeded random weights if `config.random_init`, else the weights file given.
 
         The file is read and checked against the architecture before the model is built, so a wrong file
@@ -174,7 +174,7 @@ class FrozenCLIP(torch.nn.Module):
         if self.config.tap_layers[-1] > layers:
             raise ConfigError(f"{where}: tap_layers {list(self.config.tap_layers)} beyond the {layers} blocks")
 
-    def train(self, mode: bool = True) -> "FrozenCLIP":
+    def train(self, mode: bool = True) -> FrozenCLIP:
         """CLIP stays in eval mode whatever the caller asks (frozen; its patch dropout must stay off)."""
         super().train(mode)
         self.clip.eval()

@@ -19,18 +19,18 @@ from pathlib import Path
 
 import torch
 
-from pointad.shared.errors import CheckpointMismatchError, ConfigError
-from pointad.shared.io import atomic_path
-from pointad.train.model.model_config import ModelConfig
-from pointad.train.model.prompts import STATE_FORMAT, STATE_VERSION, VARIANTS
-from pointad.train.model.torch_files import load_checkpoint_file
+from ...shared.errors import CheckpointMismatchError, ConfigError
+from ...shared.io import atomic_path
+from .model_config import ModelConfig
+from .prompts import STATE_FORMAT, STATE_VERSION, VARIANTS
+from .torch_files import load_checkpoint_file
 
 CHECKPOINT_FORMAT = "pointad-prompts"
 CHECKPOINT_VERSION = 1
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")
 # coop prompts name their classes: at most this many, each at most this long (a prompt is 77 tokens)
 MAX_CLASS_NAMES, MAX_NAME_LENGTH = 10_000, 1_000
-# keys of the run config that evaluation reads, and their types (train/config.py TrainConfig.identity)
+# keys of the run config that evaluation reads, and their types (train/options.py TrainConfig.identity)
 CONFIG_TYPES = {"seed": int, "class_name": str, "dataset": (str, type(None))}
 # open_clip's CLIPTextCfg defaults, for an architecture that leaves a key out
 TEXT_DEFAULTS = {"width": 512, "layers": 12, "context_length": 77}

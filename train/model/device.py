@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pointad.shared.errors import ConfigError
+from ...shared.errors import ConfigError
 
 SPELLINGS = "auto, cpu, cuda, cuda:N or mps"
 

@@ -8,13 +8,12 @@ converts them once. No open_clip here: this module is data only.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pointad.shared import strict
-from pointad.shared.errors import ConfigError
-from pointad.shared.limits import FINITE, OutOfRange, Range, check_fields, check_value, within
+from ...shared import strict
+from ...shared.errors import ConfigError
+from ...shared.limits import FINITE, OutOfRange, Range, check_fields, check_value, within
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 # other spellings users type for the same file; names are also matched case-insensitively
@@ -95,11 +94,11 @@ class ModelConfig:
         """0-based block indices whose outputs are tapped."""
         return tuple(layer - 1 for layer in self.tap_layers)
 
-    def with_dual_path(self, blocks) -> "ModelConfig":
+    def with_dual_path(self, blocks) -> ModelConfig:
         """The same config with other DPAM blocks (1-based); `range(a, n + 1)` or () for none."""
         return ModelConfig.from_dict({**self.to_dict(), "dual_path_blocks": list(blocks)}, source=self.name)
 
-    def with_taps(self, layers) -> "ModelConfig":
+    def with_taps(self, layers) -> ModelConfig:
         """The same config with other tapped layers (1-based), e.g. (24,) for the released scripts' maps."""
         return ModelConfig.from_dict({**self.to_dict(), "tap_layers": list(layers)}, source=self.name)
 
@@ -108,7 +107,7 @@ class ModelConfig:
         return json.loads(json.dumps(asdict(self)))
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "model config") -> "ModelConfig":
+    def from_dict(cls, data: dict, source: str = "model config") -> ModelConfig:
         """Validate a mapping (a JSON file, a checkpoint's config); an unknown key is an error naming it."""
         return strict.from_dict(cls, data, source)
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from pointad.shared.errors import CheckpointMismatchError, ConfigError
+from ...shared.errors import CheckpointMismatchError, ConfigError
 
 VARIANTS = ("agnostic", "coop")
 STATES = ("{}.", "damaged {}.")   # normal, anomalous; the learnable words go in front
@@ -66,7 +66,7 @@ class PromptLearner(torch.nn.Module):
                 "width": self.width, "class_names": list(self.class_names)}
 
     @classmethod
-    def for_backbone(cls, backbone, **kwargs) -> "PromptLearner":
+    def for_backbone(cls, backbone, **kwargs) -> PromptLearner:
         """A learner sized for `backbone` (a FrozenCLIP); kwargs as for the constructor."""
         return cls(backbone.text_width, backbone.text_layers, **kwargs)
 
@@ -135,7 +135,7 @@ class PromptLearner(torch.nn.Module):
                 param.copy_(tensor)
 
     @classmethod
-    def from_state(cls, state: dict, source: str = "checkpoint") -> "PromptLearner":
+    def from_state(cls, state: dict, source: str = "checkpoint") -> PromptLearner:
         """A learner with the settings and values of a `state_for_checkpoint` dict."""
         _check_format(state, source)
         names = tuple(state["class_names"]) if state["variant"] == "coop" else ()

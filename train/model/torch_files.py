@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pointad.shared.errors import CheckpointMismatchError, PointADError
+from ...shared.errors import CheckpointMismatchError, PointADError
 
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 MAX_UNPACK_RATIO = 2      # zip entries unpack to at most this times the file's size

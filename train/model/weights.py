@@ -3,7 +3,7 @@
 Search order for a config with a pretrained tag (ViT-L-14-336 / "openai"):
   1. --clip-weights PATH (a file, or a folder holding one of WEIGHT_NAMES);
   2. <pointad cache>/clip/<config name>/open_clip_model.safetensors (or open_clip_pytorch_model.bin),
-     the place to put a manually downloaded file (`shared.config.cache_dir()`, ~/.cache/pointad);
+     the place to put a manually downloaded file (`shared.environment.cache_dir()`, ~/.cache/pointad);
   3. the Hugging Face hub cache where open_clip's own download lands
      (~/.cache/huggingface/hub/models--timm--vit_large_patch14_clip_336.openai/snapshots/<rev>/...);
   4. OpenAI's `clip` package cache, ~/.cache/clip/ViT-L-14-336px.pt (a TorchScript archive: its tensors
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from pointad.shared.errors import CheckpointMismatchError, ConfigError, WeightsNotFoundError
-from pointad.train.model.model_config import DEFAULT_MODEL, ModelConfig, load_model_config
-from pointad.train.model.torch_files import UnreadableFile, is_torchscript, load_data, plain_reason
-from pointad.train.model.torchscript import ArchiveError, read_torchscript_state_dict
+from ...shared.errors import CheckpointMismatchError, ConfigError, WeightsNotFoundError
+from .model_config import DEFAULT_MODEL, ModelConfig, load_model_config
+from .torch_files import UnreadableFile, is_torchscript, load_data, plain_reason
+from .torchscript import ArchiveError, read_torchscript_state_dict
 
 # open_clip's names for weights on the hub (open_clip.constants HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME)
 WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -47,7 +47,7 @@ def _pretrained_sources(config: ModelConfig) -> tuple[str, str]:
 def pointad_weights_dir(config: ModelConfig, pointad_cache: Path | None = None) -> Path:
     """Folder where a manually placed weights file is looked for: <pointad cache>/clip/<config name>."""
     if pointad_cache is None:
-        from pointad.shared.config import cache_dir  # the one module that reads the environment
+        from ...shared.environment import cache_dir  # the one module that reads the environment
 
         pointad_cache = cache_dir()
     return Path(pointad_cache) / "clip" / config.name

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from pointad.render.view_plan import make_view_plan
-from pointad.shared import strict
-from pointad.shared.errors import ConfigError, StoreSchemaError
-from pointad.shared.limits import Range, check_fields, within
-from pointad.shared.store_schema import RenderRecord
+from ..shared import strict
+from ..shared.errors import ConfigError, StoreSchemaError
+from ..shared.limits import Range, check_fields, within
+from ..shared.store_schema import RenderRecord
+from .view_plan import make_view_plan
 
 GREY = 0.7
 LIGHTS = {"on": (True, GREY), "off": (False, GREY), "+": (True, 0.9), "-": (True, 0.5)}
@@ -85,7 +85,7 @@ class RenderOptions:
         return asdict(self)
 
     @classmethod
-    def from_store(cls, record: RenderRecord, dataset: str, class_name: str, source: str = "store") -> "RenderOptions":
+    def from_store(cls, record: RenderRecord, dataset: str, class_name: str, source: str = "store") -> RenderOptions:
         """The options the rows of `dataset`/`class_name` were drawn with, from the store's render record
         (`RenderRecord.drawn`: the class's own point size); an option the store did not record takes its
         default. A value out of range or not a choice is one StoreSchemaError line naming `source` (the store)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pointad.shared.errors import ConfigError
-from pointad.shared.limits import check_fields, within
-from pointad.train.model.model_config import DEFAULT_MODEL, MAX_BLOCKS
+from ..shared.errors import ConfigError
+from ..shared.limits import check_fields, within
+from ..train.model.model_config import DEFAULT_MODEL, MAX_BLOCKS
 
 PROTOCOLS = ("points", "pointad-compat")
 SETTINGS = ("one-vs-rest", "cross-dataset")

@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, get_args
 
-from pointad.shared.errors import ConfigError
-from pointad.shared.limits import Range, check_fields, within
-from pointad.train.model.model_config import DEFAULT_MODEL, DEFAULT_SEED, MAX_BLOCKS
+from ..shared.errors import ConfigError
+from ..shared.limits import Range, check_fields, within
+from .loss_terms import parse_loss_terms
+from .model.model_config import DEFAULT_MODEL, DEFAULT_SEED, MAX_BLOCKS
 
 Prompt = Literal["agnostic", "coop"]  # TrainConfig.prompt: PointAD, PointAD-CoOp
 PROMPTS = get_args(Prompt)
@@ -54,7 +55,6 @@ class TrainConfig:
         check_fields(self)
         if self.prompt not in PROMPTS:
             raise ConfigError(f"--prompt must be {' or '.join(PROMPTS)}, got {self.prompt!r}")
-        from pointad.train.losses import parse_loss_terms  # torch: loaded when a run is configured, not by --help
         try:
             parse_loss_terms(self.loss_terms)
         except ValueError as exc:
@@ -75,8 +75,8 @@ def config_from_options(*, store, model, clip_weights=None, no_feature_cache=Fal
     """`TrainConfig` from command options (those that are not its fields are ignored; missing ones, and list
     options not given, take its defaults); the weights are located first, so missing ones stop a run before
     any work. `model` is a config name (`--model auto` already resolved)."""
-    from pointad.train.model.model_config import load_model_config
-    from pointad.train.model.weights import locate_weights
+    from .model.model_config import load_model_config
+    from .model.weights import locate_weights
     locate_weights(load_model_config(model), clip_weights)
     known = {f.name for f in fields(TrainConfig)}
     options = {k: v for k, v in options.items() if v != ()}
