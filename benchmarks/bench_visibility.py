@@ -1,37 +1,25 @@
-"""Time visibility, proxy and k-NN graph at the store's default size (design §3.6-3.7), against the loop twin.
+"""Time visibility, proxy and k-NN graph at the store's default size (design §3.6-3.7), against the naive twin.
 
 Run: .venv/bin/python benchmarks/bench_visibility.py [--repeats 5] [--loop-budget 60]
 
 The cloud is a noisy height field (an organized scan: 336 x 336 = 112 896 points) seen through the
-paper's 9-view plan at 336 x 336, projected with render.camera; the loop is the test suite's
-`_visible_by_loop`, run on every view if it is expected to take under --loop-budget seconds,
-otherwise on a subset of views and extrapolated.
+paper's 9-view plan at 336 x 336, projected with render.camera; the loop is
+`render.visibility.nearest_per_pixel_naive` (the twin the tests compare the fast version with), run on
+every view if it is expected to take under --loop-budget seconds, otherwise on one view and extrapolated.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 
 from pointad.render.camera import fit_camera, project
 from pointad.render.graph import knn_graph, proxy_indices
 from pointad.render.view_plan import make_view_plan
-from pointad.render.visibility import nearest_per_pixel, surface_visible
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _loop_twin():
-    """The test-only z-buffer loop, loaded from its file so the benchmark times exactly what the tests trust."""
-    spec = importlib.util.spec_from_file_location("test_visibility", ROOT / "tests/render/test_visibility.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module._visible_by_loop
+from pointad.render.visibility import nearest_per_pixel, nearest_per_pixel_naive, surface_visible
 
 
 def height_field(side: int = 336, seed: int = 0) -> np.ndarray:
@@ -79,16 +67,16 @@ def main() -> None:
     knn_s = median_time(lambda: knn_graph(points, valid, k=8), args.repeats)
 
     # the loop: one view first, then all of them if that fits the budget
-    loop = _loop_twin()
+    loop = nearest_per_pixel_naive
     start = time.perf_counter()
     one = loop(pixel[:1], depth[:1], valid, size, inside[:1])
     one_view_s = time.perf_counter() - start
-    assert np.array_equal(one, visible[:1]), "fast and loop disagree on view 0"
+    assert np.array_equal(one, visible[:1]), "fast and naive disagree on view 0"
     if one_view_s * views <= args.loop_budget:
         start = time.perf_counter()
         full = loop(pixel, depth, valid, size, inside)
         loop_s, loop_note = time.perf_counter() - start, f"measured, all {views} views"
-        assert np.array_equal(full, visible), "fast and loop disagree"
+        assert np.array_equal(full, visible), "fast and naive disagree"
     else:
         loop_s, loop_note = one_view_s * views, f"1 view measured x {views}"
 
@@ -99,10 +87,10 @@ def main() -> None:
           f"{visible_any.mean():.1%} of points seen in some view; surface (tolerance {tolerance:.4f} = 1% "
           f"radius): {surface.sum() / considered:.1%}")
     print()
-    print(f"{'nearest_per_pixel vs loop':<34}{'seconds':>10}  note")
-    print(f"{'  loop twin (_visible_by_loop)':<34}{loop_s:>10.3f}  {loop_note}")
+    print(f"{'nearest_per_pixel vs naive':<34}{'seconds':>10}  note")
+    print(f"{'  nearest_per_pixel_naive':<34}{loop_s:>10.3f}  {loop_note}")
     print(f"{'  nearest_per_pixel':<34}{nearest_s:>10.4f}  identical result")
-    print(f"{'  ratio loop / fast':<34}{loop_s / nearest_s:>10.0f}x")
+    print(f"{'  ratio naive / fast':<34}{loop_s / nearest_s:>10.0f}x")
     print()
     print(f"{'function':<34}{'seconds':>10}")
     for name, seconds in [("project (render.camera, context)", project_s), ("nearest_per_pixel", nearest_s),

@@ -3,6 +3,8 @@
 Both rules work on the output of `render.camera.project`: every considered point (valid, and inside
 the image when `inside` is given) falls into one pixel of one view; a pixel's points compete only
 with each other. One depth buffer of V * S * S cells, filled with one `np.minimum.at`, no loops.
+Each rule has a `_naive` twin beside it: the textbook per-point loop, slow and plainly correct, which the
+tests compare with the fast version and `benchmarks/bench_visibility.py` times against it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,47 @@ def surface_visible(pixel, depth, valid, image_size, tolerance, inside=None) -> 
     nearest = np.full(_cells(depth, image_size) + 1, np.inf, dtype=np.float32)
     np.minimum.at(nearest, cell.ravel(), depth.ravel())
     return considered & (depth <= nearest[cell] + np.float32(tolerance))
+
+
+def nearest_per_pixel_naive(pixel, depth, valid, image_size, inside=None) -> np.ndarray:
+    """`nearest_per_pixel` as the textbook z-buffer loop: slow (a Python loop over every point), plainly correct.
+
+    Per view, visit the considered points in index order and keep, per (u, v), the first point of strictly
+    smallest depth. Same inputs and result; no checks of shapes or pixels (the fast version makes them).
+    """
+    views, count = np.shape(depth)
+    visible = np.zeros((views, count), dtype=bool)
+    for view in range(views):
+        best = {}  # (u, v) -> (depth, point)
+        for point in range(count):
+            if not valid[point] or (inside is not None and not inside[view, point]):
+                continue
+            key = (int(pixel[view, point, 0]), int(pixel[view, point, 1]))
+            if key not in best or depth[view, point] < best[key][0]:
+                best[key] = (depth[view, point], point)
+        for _, point in best.values():
+            visible[view, point] = True
+    return visible
+
+
+def surface_visible_naive(pixel, depth, valid, image_size, tolerance, inside=None) -> np.ndarray:
+    """`surface_visible` as two loops per view: slow, plainly correct.
+
+    First the nearest depth of each (u, v) in a dict, then every considered point within tolerance of its
+    pixel's nearest depth (the sum rounded to float32, as there). Same inputs and result, no checks.
+    """
+    views, count = np.shape(depth)
+    visible = np.zeros((views, count), dtype=bool)
+    for view in range(views):
+        considered = [p for p in range(count) if valid[p] and (inside is None or inside[view, p])]
+        nearest = {}
+        for point in considered:
+            key = (int(pixel[view, point, 0]), int(pixel[view, point, 1]))
+            nearest[key] = min(nearest.get(key, np.inf), float(depth[view, point]))
+        for point in considered:
+            key = (int(pixel[view, point, 0]), int(pixel[view, point, 1]))
+            visible[view, point] = float(depth[view, point]) <= nearest[key] + np.float32(tolerance)
+    return visible
 
 
 def _cells(depth, image_size) -> int:

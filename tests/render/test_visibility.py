@@ -1,4 +1,4 @@
-"""Per-view visibility (design §3.6) against a z-buffer loop, hand-made scenes and invariants."""
+"""Per-view visibility (design §3.6) against its naive twins (z-buffer loops), hand-made scenes and invariants."""
 
 from __future__ import annotations
 
@@ -7,40 +7,12 @@ import pytest
 
 from pointad.render.camera import fit_camera, project
 from pointad.render.view_plan import make_view_plan
-from pointad.render.visibility import nearest_per_pixel, surface_visible
-
-
-def _visible_by_loop(pixel, depth, valid, size, inside=None):
-    """The textbook z-buffer: visit points in index order, keep a strictly nearer one per (view, pixel)."""
-    views, count = depth.shape
-    visible = np.zeros((views, count), dtype=bool)
-    for view in range(views):
-        best = {}  # (u, v) -> (depth, point)
-        for point in range(count):
-            if not valid[point] or (inside is not None and not inside[view, point]):
-                continue
-            key = (int(pixel[view, point, 0]), int(pixel[view, point, 1]))
-            if key not in best or depth[view, point] < best[key][0]:
-                best[key] = (depth[view, point], point)
-        for _, point in best.values():
-            visible[view, point] = True
-    return visible
-
-
-def _surface_by_loop(pixel, depth, valid, size, tolerance, inside=None):
-    """Per view: a dict of nearest depths per pixel, then every point within tolerance of its pixel's."""
-    views, count = depth.shape
-    visible = np.zeros((views, count), dtype=bool)
-    for view in range(views):
-        considered = [p for p in range(count) if valid[p] and (inside is None or inside[view, p])]
-        nearest = {}
-        for point in considered:
-            key = (int(pixel[view, point, 0]), int(pixel[view, point, 1]))
-            nearest[key] = min(nearest.get(key, np.inf), float(depth[view, point]))
-        for point in considered:
-            key = (int(pixel[view, point, 0]), int(pixel[view, point, 1]))
-            visible[view, point] = float(depth[view, point]) <= nearest[key] + np.float32(tolerance)
-    return visible
+from pointad.render.visibility import (
+    nearest_per_pixel,
+    nearest_per_pixel_naive,
+    surface_visible,
+    surface_visible_naive,
+)
 
 
 def _assert_same(ours, expected):
@@ -63,46 +35,57 @@ def _one_view(pixels, depths):
     return np.array([pixels], dtype=np.int16), np.array([depths], dtype=np.float32)
 
 
-# --- hand-made cases ---------------------------------------------------------------------------------
+# --- hand-made cases (the fast rules and their naive twins alike) --------------------------------------
 
-def test_nearer_of_two_points_in_one_pixel_wins():
+BOTH = pytest.mark.parametrize("nearest, surface", [(nearest_per_pixel, surface_visible),
+                                                     (nearest_per_pixel_naive, surface_visible_naive)],
+                               ids=["fast", "naive"])
+
+
+@BOTH
+def test_nearer_of_two_points_in_one_pixel_wins(nearest, surface):
     pixel, depth = _one_view([(2, 1), (2, 1), (0, 0)], [3.0, 2.0, 5.0])
-    visible = nearest_per_pixel(pixel, depth, np.ones(3, bool), 4)
+    visible = nearest(pixel, depth, np.ones(3, bool), 4)
     assert visible.tolist() == [[False, True, True]]
 
 
-def test_equal_depths_the_lower_index_wins():
+@BOTH
+def test_equal_depths_the_lower_index_wins(nearest, surface):
     pixel, depth = _one_view([(1, 1), (1, 1), (1, 1)], [2.0, 1.0, 1.0])
-    assert nearest_per_pixel(pixel, depth, np.ones(3, bool), 4).tolist() == [[False, True, False]]
+    assert nearest(pixel, depth, np.ones(3, bool), 4).tolist() == [[False, True, False]]
     # -0.0 and +0.0 compare equal, so they tie as well
     pixel, depth = _one_view([(1, 1), (1, 1)], [0.0, -0.0])
-    assert nearest_per_pixel(pixel, depth, np.ones(2, bool), 4).tolist() == [[True, False]]
+    assert nearest(pixel, depth, np.ones(2, bool), 4).tolist() == [[True, False]]
 
 
-def test_u_is_the_column_and_v_the_row():
+@BOTH
+def test_u_is_the_column_and_v_the_row(nearest, surface):
     # (u=1, v=0) and (u=0, v=1) are different pixels: both points win their own
     pixel, depth = _one_view([(1, 0), (0, 1)], [1.0, 2.0])
-    assert nearest_per_pixel(pixel, depth, np.ones(2, bool), 2).tolist() == [[True, True]]
+    assert nearest(pixel, depth, np.ones(2, bool), 2).tolist() == [[True, True]]
 
 
-def test_padding_and_outside_points_are_never_visible_and_do_not_occlude():
+@BOTH
+def test_padding_and_outside_points_are_never_visible_and_do_not_occlude(nearest, surface):
     pixel, depth = _one_view([(0, 0), (0, 0), (0, 0)], [1.0, 2.0, 3.0])
     valid = np.array([False, True, True])
     inside = np.array([[True, False, True]])
-    assert nearest_per_pixel(pixel, depth, valid, 2).tolist() == [[False, True, False]]
-    assert nearest_per_pixel(pixel, depth, valid, 2, inside=inside).tolist() == [[False, False, True]]
-    assert surface_visible(pixel, depth, valid, 2, 5.0, inside=inside).tolist() == [[False, False, True]]
+    assert nearest(pixel, depth, valid, 2).tolist() == [[False, True, False]]
+    assert nearest(pixel, depth, valid, 2, inside=inside).tolist() == [[False, False, True]]
+    assert surface(pixel, depth, valid, 2, 5.0, inside=inside).tolist() == [[False, False, True]]
 
 
-def test_points_compete_only_within_their_own_view():
+@BOTH
+def test_points_compete_only_within_their_own_view(nearest, surface):
     pixel = np.zeros((2, 2, 2), dtype=np.int16)
     depth = np.array([[1.0, 2.0], [2.0, 1.0]], dtype=np.float32)
-    assert nearest_per_pixel(pixel, depth, np.ones(2, bool), 1).tolist() == [[True, False], [False, True]]
+    assert nearest(pixel, depth, np.ones(2, bool), 1).tolist() == [[True, False], [False, True]]
 
 
-def test_surface_keeps_points_within_the_tolerance_of_the_nearest():
+@BOTH
+def test_surface_keeps_points_within_the_tolerance_of_the_nearest(nearest, surface):
     pixel, depth = _one_view([(0, 0)] * 4 + [(1, 1)], [1.0, 1.05, 1.2, 1.0, 9.0])
-    visible = surface_visible(pixel, depth, np.ones(5, bool), 2, tolerance=0.1)
+    visible = surface(pixel, depth, np.ones(5, bool), 2, tolerance=0.1)
     assert visible.tolist() == [[True, True, False, True, True]]
 
 
@@ -155,22 +138,22 @@ def test_two_parallel_sheets_each_hides_the_other_from_its_side(rule):
         assert front[~low].all() and back[low].all()
 
 
-# --- fast == loop --------------------------------------------------------------------------------------
+# --- fast == naive ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_nearest_matches_the_loop_on_random_scenes(seed):
+def test_nearest_matches_naive_on_random_scenes(seed):
     pixel, depth, valid, inside, size = _random_scene(seed)
     _assert_same(nearest_per_pixel(pixel, depth, valid, size, inside=inside),
-                 _visible_by_loop(pixel, depth, valid, size, inside))
-    _assert_same(nearest_per_pixel(pixel, depth, valid, size), _visible_by_loop(pixel, depth, valid, size))
+                 nearest_per_pixel_naive(pixel, depth, valid, size, inside))
+    _assert_same(nearest_per_pixel(pixel, depth, valid, size), nearest_per_pixel_naive(pixel, depth, valid, size))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("tolerance", [0.0, 0.3, 2.0])
-def test_surface_matches_the_loop_on_random_scenes(seed, tolerance):
+def test_surface_matches_naive_on_random_scenes(seed, tolerance):
     pixel, depth, valid, inside, size = _random_scene(seed)
     _assert_same(surface_visible(pixel, depth, valid, size, tolerance, inside=inside),
-                 _surface_by_loop(pixel, depth, valid, size, tolerance, inside))
+                 surface_visible_naive(pixel, depth, valid, size, tolerance, inside))
 
 
 def _projected_cloud(seed, count=1500, size=32, views=5):
@@ -185,12 +168,12 @@ def _projected_cloud(seed, count=1500, size=32, views=5):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_nearest_and_surface_match_the_loops_on_projected_clouds(seed):
+def test_nearest_and_surface_match_naive_on_projected_clouds(seed):
     pixel, depth, valid, inside, size = _projected_cloud(seed)
     _assert_same(nearest_per_pixel(pixel, depth, valid, size, inside=inside),
-                 _visible_by_loop(pixel, depth, valid, size, inside))
+                 nearest_per_pixel_naive(pixel, depth, valid, size, inside))
     _assert_same(surface_visible(pixel, depth, valid, size, 0.02, inside=inside),
-                 _surface_by_loop(pixel, depth, valid, size, 0.02, inside))
+                 surface_visible_naive(pixel, depth, valid, size, 0.02, inside))
 
 
 # --- invariants ----------------------------------------------------------------------------------------
