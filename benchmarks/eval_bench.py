@@ -8,17 +8,17 @@ Run: .venv/bin/python benchmarks/eval_bench.py [--maps 100] [--repeats 3] [--loo
 
 Part 1, AU-PRO. Maps: an elliptic object footprint per map (about 60 % of the grid) with 2 % sensor
 dropouts inside, the rest missing; ~30 % normal maps, the others with 2-5 elliptic defects; scores = smooth
-noise plus a blurred bump over each defect, float32. Per protocol, ours against the test suite's
-per-threshold loop twin on the same maps in the same run (seconds are the sum over the same calls; the
-loop once, ours the median of --repeats); the agreement column is the largest |ours - loop| over every
-call: the maps pooled and each map with defects alone.
-- ``points`` (`aupro_organized`) against `_aupro_by_loop` (every distinct score a threshold, overlaps
+noise plus a blurred bump over each defect, float32. Per protocol, ours against its naive twin in
+eval/metrics.py (the per-threshold loop the tests compare it with) on the same maps in the same run
+(seconds are the sum over the same calls; the loop once, ours the median of --repeats); the agreement
+column is the largest |ours - loop| over every call: the maps pooled and each map with defects alone.
+- ``points`` (`aupro_organized`) against `aupro_organized_naive` (every distinct score a threshold, overlaps
   region by region): its cost grows with thresholds x pixels, so it runs on --loop-maps maps with defects
   (pooled, then each alone); the official MVTec AD method (written here from its description: per-pixel
   FPR/PRO increments, one full descending argsort, cumulative sums, last point of each tie group,
   trapezoid cut at 0.3), fed the same valid pixels, is the baseline on all maps.
 - ``pointad-compat`` (`aupro_pointad_compat`, on the full grids: missing = score 0, label 0) against
-  `_compat_by_loop`, the released definition literally (200 thresholds x maps x regions): on the first
+  `aupro_pointad_compat_naive`, the released definition literally (200 thresholds x maps x regions): on the first
   --compat-loop-maps maps pooled (all by default), then each of the --loop-maps maps above alone.
 
 Part 2, `eval report` end to end (skip with --no-report). The built-in synthetic generator (MVTec 3D-AD
@@ -48,7 +48,6 @@ sampled every 2 ms on CPU).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import tempfile
@@ -60,18 +59,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from pointad.eval.metrics import aupro_organized, aupro_pointad_compat
+from pointad.eval.metrics import (
+    aupro_organized,
+    aupro_organized_naive,
+    aupro_pointad_compat,
+    aupro_pointad_compat_naive,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 DATASET = "synthetic"  # the generated folder's name, so the dataset reads as the registry's built-in one
-
-
-def _test_twins():
-    """The test suite's loop twins, loaded from their file so the benchmark times what the tests trust."""
-    spec = importlib.util.spec_from_file_location("test_metrics", ROOT / "tests/eval/test_metrics.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module._aupro_by_loop, module._compat_by_loop
 
 
 def make_maps(count: int = 100, size: int = 336, normal_fraction: float = 0.3, seed: int = 0):
@@ -158,19 +153,18 @@ def aupro_part(args) -> None:
     masks, scores, valid = make_maps(args.maps)
     full_masks = np.where(valid, masks, 0)  # what the released evaluation sees: missing = label 0, score 0
     full_scores = np.where(valid, scores, 0).astype(np.float32)
-    aupro_by_loop, compat_by_loop = _test_twins()
     with_defects = np.flatnonzero((masks != 0).any(axis=(1, 2)))[: args.loop_maps]
     alone = [slice(i, i + 1) for i in with_defects]
 
     ours_s, ours = timed(lambda: aupro_organized(masks, scores, valid), args.repeats)
     official_s, official = timed(lambda: aupro_mvtec_official(masks, scores, valid), args.repeats)
     points_calls = [(masks[s], scores[s], valid[s]) for s in [with_defects, *alone]]
-    p_ours_s, p_loop_s, p_ours, p_loop, p_diff = versus_loop(aupro_organized, aupro_by_loop, points_calls,
+    p_ours_s, p_loop_s, p_ours, p_loop, p_diff = versus_loop(aupro_organized, aupro_organized_naive, points_calls,
                                                              args.repeats)
     first = slice(0, args.compat_loop_maps)
     compat_calls = [(full_masks[s], full_scores[s]) for s in [first, *alone]]
-    c_ours_s, c_loop_s, c_ours, c_loop, c_diff = versus_loop(aupro_pointad_compat, compat_by_loop, compat_calls,
-                                                             args.repeats)
+    c_ours_s, c_loop_s, c_ours, c_loop, c_diff = versus_loop(aupro_pointad_compat, aupro_pointad_compat_naive,
+                                                             compat_calls, args.repeats)
 
     k = len(alone)
     print(f"## AU-PRO: {args.maps} organized maps of {masks.shape[1]}x{masks.shape[2]}")
@@ -186,11 +180,11 @@ def aupro_part(args) -> None:
     print(f"| points | official MVTec AD method (full argsort) | {args.maps} | {official_s:.3f} | "
           f"{official_s / ours_s:.1f}x | {official:.6f} | {abs(ours - official):.1e} |")
     print(f"| points | ours (`aupro_organized`) | {k} pooled, then {k} x 1 | {p_ours_s:.4f} | | {p_ours[0]:.6f} | |")
-    print(f"| points | per-threshold loop, every distinct score (test twin `_aupro_by_loop`) | {k} pooled, then "
+    print(f"| points | per-threshold loop, every distinct score (naive twin `aupro_organized_naive`) | {k} pooled, then "
           f"{k} x 1 | {p_loop_s:.2f} | {p_loop_s / p_ours_s:.0f}x | {p_loop[0]:.6f} | {p_diff:.1e} |")
     print(f"| pointad-compat | ours (`aupro_pointad_compat`, full grid) | {len(compat_calls[0][0])} pooled, then "
           f"{k} x 1 | {c_ours_s:.3f} | | {c_ours[0]:.6f} | |")
-    print(f"| pointad-compat | per-threshold loop, 200 thresholds (test twin `_compat_by_loop`) | "
+    print(f"| pointad-compat | per-threshold loop, 200 thresholds (naive twin `aupro_pointad_compat_naive`) | "
           f"{len(compat_calls[0][0])} pooled, then {k} x 1 | {c_loop_s:.1f} | {c_loop_s / c_ours_s:.0f}x | "
           f"{c_loop[0]:.6f} | {c_diff:.1e} |")
     print()

@@ -20,9 +20,15 @@ Arrays in, numbers out; no I/O. AU-PRO comes in the two documented protocols:
 
 Undefined values are nan, never an error: AUROC and AP with one class only, AU-PRO with no normal point
 or no ground-truth region.
+
+Both AU-PRO protocols have a `_naive` twin at the end of the module: the definition computed literally
+(per threshold, per region, regions by flood fill), slow, sharing no helper with the fast code. The tests
+compare fast with naive; `benchmarks/eval_bench.py` times both in one run.
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 import numpy as np
 from scipy import ndimage, sparse
@@ -334,3 +340,86 @@ def _two_classes(labels):
 def _check_max_fpr(max_fpr):
     if not 0 < max_fpr <= 1:
         raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
+
+
+# --- naive twins: the definitions, literally (slow; they share no helper with the code above) ------------
+
+def aupro_organized_naive(masks, scores, valid=None, max_fpr: float = 0.3) -> float:
+    """`aupro_organized` from its definition: every distinct score a threshold, overlaps region by region.
+
+    Regions by breadth-first flood fill (8-connected), a region keeps its valid pixels and is dropped
+    without one, FPR over the valid normal pixels, trapezoids segment by segment, the last cut at max_fpr.
+    Same inputs and value (no checks, no nan cases); time grows with thresholds x pixels.
+    """
+    valid = np.ones(np.shape(masks), bool) if valid is None else valid
+    regions, normal = [], []
+    for mask, score, ok in zip(masks, scores, valid):
+        for region in _regions_by_flood(np.asarray(mask) != 0):
+            kept = [score[r, c] for r, c in region if ok[r, c]]
+            if kept:
+                regions.append(np.array(kept))
+        normal.extend(score[(mask == 0) & ok].tolist())
+    normal = np.array(normal)
+    thresholds = sorted(set(normal.tolist()) | {s for region in regions for s in region.tolist()}, reverse=True)
+    xs, ys = [0.0], [0.0]
+    for t in thresholds:
+        xs.append(np.count_nonzero(normal >= t) / len(normal))
+        ys.append(sum(np.count_nonzero(region >= t) / len(region) for region in regions) / len(regions))
+    area = 0.0
+    for j in range(1, len(xs)):
+        x0, x1, y0, y1 = xs[j - 1], xs[j], ys[j - 1], ys[j]
+        if x1 <= max_fpr:
+            area += (x1 - x0) * (y0 + y1) / 2
+            continue
+        if x0 < max_fpr:  # the segment crossing max_fpr, cut there by linear interpolation
+            y_at = y0 + (y1 - y0) * (max_fpr - x0) / (x1 - x0)
+            area += (max_fpr - x0) * (y0 + y_at) / 2
+        break
+    return area / max_fpr
+
+
+def aupro_pointad_compat_naive(masks, scores, max_fpr: float = 0.3, steps: int = 200, structure=None) -> float:
+    """`aupro_pointad_compat` as the released PointAD code defines it, literally: per threshold, per map,
+    per region. structure: the labelling's connectivity (3 x 3 ones, 8-connected, by default). Same inputs
+    and value where that is defined (no checks, no nan cases)."""
+    structure = np.ones((3, 3)) if structure is None else structure
+    masks, scores = np.asarray(masks), np.asarray(scores)
+    low, high = scores.min(), scores.max()
+    fprs, pros = [], []
+    for th in np.arange(low, high, (high - low) / steps):
+        positive = scores > th
+        overlaps = []
+        for mask, pos in zip(masks, positive):
+            labelled, count = ndimage.label(mask != 0, structure=structure)
+            for r in range(1, count + 1):
+                region = labelled == r
+                overlaps.append(pos[region].sum() / region.sum())
+        normal = masks == 0
+        fprs.append((positive & normal).sum() / normal.sum())
+        pros.append(np.mean(overlaps))
+    fprs, pros = np.array(fprs), np.array(pros)
+    kept = fprs < max_fpr
+    fprs = (fprs[kept] - fprs[kept].min()) / (fprs[kept].max() - fprs[kept].min())
+    return float(auc(fprs, pros[kept]))
+
+
+def _regions_by_flood(mask):
+    """8-connected regions of a 2-D bool mask by breadth-first flood fill: a list of lists of (row, col)."""
+    height, width = mask.shape
+    seen = np.zeros(mask.shape, bool)
+    regions = []
+    for row, col in zip(*np.nonzero(mask)):
+        if seen[row, col]:
+            continue
+        seen[row, col] = True
+        queue, region = deque([(row, col)]), []
+        while queue:
+            r, c = queue.popleft()
+            region.append((r, c))
+            for rr in range(max(r - 1, 0), min(r + 2, height)):
+                for cc in range(max(c - 1, 0), min(c + 2, width)):
+                    if mask[rr, cc] and not seen[rr, cc]:
+                        seen[rr, cc] = True
+                        queue.append((rr, cc))
+        regions.append(region)
+    return regions

@@ -1,105 +1,23 @@
-"""Metrics of design §7 against loop twins, hand-computed cases and the documented reference values."""
+"""Metrics of design §7 against their naive twins, hand-computed cases and the documented reference values."""
 
 from __future__ import annotations
-
-from collections import deque
 
 import numpy as np
 import pytest
 from scipy import ndimage
-from sklearn.metrics import auc
 
 from pointad.eval.metrics import (
     aupro_components,
     aupro_graph,
     aupro_organized,
+    aupro_organized_naive,
     aupro_pointad_compat,
+    aupro_pointad_compat_naive,
     graph_components,
     image_metrics,
     point_auroc,
     pro_curve,
 )
-
-# --- loop twins (slow, plainly correct, test-only) -----------------------------------------------------
-
-def _regions_by_flood(mask):
-    """8-connected regions of a 2-D mask by breadth-first flood fill: a list of lists of (row, col)."""
-    height, width = mask.shape
-    seen = np.zeros(mask.shape, bool)
-    regions = []
-    for row in range(height):
-        for col in range(width):
-            if not mask[row, col] or seen[row, col]:
-                continue
-            seen[row, col] = True
-            queue, region = deque([(row, col)]), []
-            while queue:
-                r, c = queue.popleft()
-                region.append((r, c))
-                for dr in (-1, 0, 1):
-                    for dc in (-1, 0, 1):
-                        rr, cc = r + dr, c + dc
-                        if 0 <= rr < height and 0 <= cc < width and mask[rr, cc] and not seen[rr, cc]:
-                            seen[rr, cc] = True
-                            queue.append((rr, cc))
-            regions.append(region)
-    return regions
-
-
-def _area_by_loop(xs, ys, max_fpr):
-    """Trapezoids segment by segment up to max_fpr, the last one cut at max_fpr by linear interpolation."""
-    area = 0.0
-    for j in range(1, len(xs)):
-        x0, x1, y0, y1 = xs[j - 1], xs[j], ys[j - 1], ys[j]
-        if x1 <= max_fpr:
-            area += (x1 - x0) * (y0 + y1) / 2
-        else:
-            if x0 < max_fpr:
-                y_at = y0 + (y1 - y0) * (max_fpr - x0) / (x1 - x0)
-                area += (max_fpr - x0) * (y0 + y_at) / 2
-            break
-    return area / max_fpr
-
-
-def _aupro_by_loop(masks, scores, valid=None, max_fpr=0.3):
-    """Official AU-PRO on valid pixels: every distinct score a threshold, overlaps region by region."""
-    valid = np.ones(masks.shape, bool) if valid is None else valid
-    regions, normal = [], []
-    for mask, score, ok in zip(masks, scores, valid):
-        for region in _regions_by_flood(mask != 0):
-            kept = [score[r, c] for r, c in region if ok[r, c]]
-            if kept:  # a region with no valid pixel is dropped
-                regions.append(np.array(kept))
-        normal.extend(score[(mask == 0) & ok].tolist())
-    normal = np.array(normal)
-    thresholds = sorted(set(normal.tolist()) | {s for region in regions for s in region.tolist()}, reverse=True)
-    xs, ys = [0.0], [0.0]
-    for t in thresholds:
-        xs.append(np.count_nonzero(normal >= t) / len(normal))
-        overlaps = [np.count_nonzero(region >= t) / len(region) for region in regions]
-        ys.append(sum(overlaps) / len(overlaps))
-    return _area_by_loop(xs, ys, max_fpr)
-
-
-def _compat_by_loop(masks, scores, max_fpr=0.3, steps=200, structure=np.ones((3, 3))):
-    """The released PointAD definition, literally: per threshold, per map, per region."""
-    low, high = scores.min(), scores.max()
-    fprs, pros = [], []
-    for th in np.arange(low, high, (high - low) / steps):
-        positive = scores > th
-        overlaps = []
-        for mask, pos in zip(masks, positive):
-            labelled, count = ndimage.label(mask != 0, structure=structure)
-            for r in range(1, count + 1):
-                region = labelled == r
-                overlaps.append(pos[region].sum() / region.sum())
-        normal = masks == 0
-        fprs.append((positive & normal).sum() / normal.sum())
-        pros.append(np.mean(overlaps))
-    fprs, pros = np.array(fprs), np.array(pros)
-    kept = fprs < max_fpr
-    fprs = (fprs[kept] - fprs[kept].min()) / (fprs[kept].max() - fprs[kept].min())
-    return auc(fprs, pros[kept])
 
 
 def _assert_close(ours, expected, what, tol=1e-6):
@@ -131,19 +49,19 @@ def _random_maps(seed, n=5, height=16, width=20, levels=40, missing=0.1):
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("use_valid", [True, False])
-def test_points_aupro_matches_the_loop_on_random_maps(seed, use_valid):
+def test_points_aupro_matches_naive_on_random_maps(seed, use_valid):
     masks, scores, valid = _random_maps(seed)
     valid = valid if use_valid else None
     for max_fpr in (0.3, 0.05, 1.0):
         _assert_close(aupro_organized(masks, scores, valid, max_fpr=max_fpr),
-                      _aupro_by_loop(masks, scores, valid, max_fpr), f"seed {seed}, max_fpr {max_fpr}")
+                      aupro_organized_naive(masks, scores, valid, max_fpr), f"seed {seed}, max_fpr {max_fpr}")
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_points_aupro_matches_the_loop_with_distinct_float32_scores(seed):
+def test_points_aupro_matches_naive_with_distinct_float32_scores(seed):
     masks, _, valid = _random_maps(seed, levels=10**6)
     scores = np.random.default_rng(seed + 100).random(masks.shape).astype(np.float32) + 0.2 * (masks != 0)
-    _assert_close(aupro_organized(masks, scores, valid), _aupro_by_loop(masks, scores, valid), f"seed {seed}")
+    _assert_close(aupro_organized(masks, scores, valid), aupro_organized_naive(masks, scores, valid), f"seed {seed}")
 
 
 def test_invalid_pixels_count_nowhere_and_may_hold_nan():
@@ -172,7 +90,7 @@ HAND_SCORES = np.array([[[0.9, 0.95, 0.2, 0.1]], [[0.7, 0.7, 0.3, 0.5]]])
 
 def test_hand_case_interpolates_at_0_3():
     _assert_close(aupro_organized(HAND_MASKS, HAND_SCORES), 0.1875, "hand case", tol=1e-12)
-    _assert_close(_aupro_by_loop(HAND_MASKS, HAND_SCORES), 0.1875, "loop twin on the hand case", tol=1e-12)
+    _assert_close(aupro_organized_naive(HAND_MASKS, HAND_SCORES), 0.1875, "naive twin on the hand case", tol=1e-12)
     # up to FPR 0.4 the area ends exactly on the point (0.4, 0.75): (0.5 + 0.75) / 2 * 0.2 = 0.125, / 0.4
     _assert_close(aupro_organized(HAND_MASKS, HAND_SCORES, max_fpr=0.4), 0.3125, "hand case at 0.4", tol=1e-12)
 
@@ -202,6 +120,7 @@ def test_diagonal_neighbours_form_one_region():
     masks = np.array([[[1, 0, 0], [0, 1, 1], [0, 0, 0]]])
     scores = np.array([[[0.9, 0.5, 0.5], [0.5, 0.0, 0.0], [0.5, 0.5, 0.5]]])
     _assert_close(aupro_organized(masks, scores), 1 / 3, "diagonal pair", tol=1e-12)
+    _assert_close(aupro_organized_naive(masks, scores), 1 / 3, "naive twin on the diagonal pair", tol=1e-12)
 
 
 def test_pointad_compat_regions_are_8_connected_like_skimage_label():
@@ -211,8 +130,8 @@ def test_pointad_compat_regions_are_8_connected_like_skimage_label():
     scores = np.random.default_rng(0).random(masks.shape)
     scores[0, 2, 2], scores[0, 3, 3], scores[0, 3, 4] = 0.99, 0.0, 0.0
     ours = aupro_pointad_compat(masks, scores)
-    _assert_close(ours, _compat_by_loop(masks, scores), "8-connected", tol=1e-12)
-    four = _compat_by_loop(masks, scores, structure=ndimage.generate_binary_structure(2, 1))
+    _assert_close(ours, aupro_pointad_compat_naive(masks, scores), "8-connected", tol=1e-12)
+    four = aupro_pointad_compat_naive(masks, scores, structure=ndimage.generate_binary_structure(2, 1))
     assert abs(ours - four) > 0.05, f"4-connectivity gives {four}, ours {ours}: the test cannot tell them apart"
 
 
@@ -288,7 +207,7 @@ def test_graph_aupro_of_two_regions_equals_the_grid_layout():
     labels = np.array([0, 1, 1, 1, 0, 1, 1, 0])
     scores = np.array([0.1, 0.8, 0.3, 0.6, 0.5, 0.5, 0.9, 0.2])
     knn = np.array([[0, 1], [1, 2], [2, 3], [3, 4], [4, -1], [5, 6], [6, 7], [7, -1]])
-    expected = _aupro_by_loop(labels.reshape(1, 1, 8), scores.reshape(1, 1, 8))
+    expected = aupro_organized_naive(labels.reshape(1, 1, 8), scores.reshape(1, 1, 8))
     _assert_close(aupro_graph(labels, scores, knn), expected, "line graph")
     _assert_close(aupro_organized(labels.reshape(1, 8), scores.reshape(1, 8)), expected, "line grid")
 
@@ -316,7 +235,7 @@ def test_pointad_compat_matches_the_released_definition(seed):
     masks, scores, valid = _random_maps(seed, levels=10**6)
     scores = np.where(valid, scores, 0.0).astype(np.float32)  # missing points: score 0, label 0
     masks = np.where(valid, masks, 0)
-    _assert_close(aupro_pointad_compat(masks, scores), _compat_by_loop(masks, scores), f"seed {seed}", tol=1e-9)
+    _assert_close(aupro_pointad_compat(masks, scores), aupro_pointad_compat_naive(masks, scores), f"seed {seed}", tol=1e-9)
 
 
 def test_pointad_compat_leaves_out_an_fpr_of_exactly_max_fpr():
@@ -328,8 +247,8 @@ def test_pointad_compat_leaves_out_an_fpr_of_exactly_max_fpr():
     masks = np.array([[0] * 7, [0] * 3 + [1] * 4])[None]
     assert 3 / 10 == 0.3  # the edge FPR is the float max_fpr itself
     ours = aupro_pointad_compat(masks, scores)
-    _assert_close(ours, _compat_by_loop(masks, scores), "strict FPR < 0.3", tol=1e-12)
-    with_edge = _compat_by_loop(masks, scores, max_fpr=0.3 + 1e-9)  # what keeping FPR == 0.3 would give
+    _assert_close(ours, aupro_pointad_compat_naive(masks, scores), "strict FPR < 0.3", tol=1e-12)
+    with_edge = aupro_pointad_compat_naive(masks, scores, max_fpr=0.3 + 1e-9)  # what keeping FPR == 0.3 would give
     assert abs(ours - with_edge) > 1e-3, (ours, with_edge)
 
 
