@@ -2,8 +2,8 @@
 samples of a reference store (`--method mutual-scoring`, issue 13).
 
 The cloud is read by its suffix, preprocessed as the render stage does (an organized .tiff as MVTec
-3D-AD: resize to the image size, background plane removed, flipped; an unorganized .ply/.pcd/.xyz/.npy
-as Real3D-AD: farthest-point sampled to max_points, no plane, no flip), rendered in this process with
+3D-AD: resize to the image size, background plane removed, flipped; an unorganized .ply/.pcd/.las/.laz/.e57/
+.xyz/.npy as Real3D-AD: farthest-point sampled to max_points, no plane, no flip), rendered in this process with
 `render.sample_render.render_sample` and scored with `eval.scoring.score_arrays` (PointAD) or
 `eval.mutual.score_against_reference` (mutual scoring).
 
@@ -28,7 +28,6 @@ score, the colour scale used and the threshold's verdict.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -45,9 +44,9 @@ from ..render.preprocess import (
     preprocess_unorganized,
 )
 from ..render.rasterize import worker_rasterizer
-from ..render.readers.files import read_point_cloud, read_xyz_tiff
+from ..render.readers.files import POINT_SUFFIXES, read_point_cloud, read_xyz_tiff
 from ..render.sample_render import render_sample
-from ..shared.errors import ConfigError, InputFileError, PointADError, first_line
+from ..shared.errors import ConfigError, InputFileError, PointADError
 from ..shared.io import atomic_path
 from ..shared.sample import Sample
 from ..shared.store import open_store
@@ -63,7 +62,7 @@ from .scoring import score_arrays
 
 ORGANIZED = (".tiff", ".tif")
 OUTPUT_FILES = ("scores.npy", "scores.ply", "scores.json")  # written in the --out folder
-UNORGANIZED = (".ply", ".pcd", ".xyz", ".npy")
+UNORGANIZED = POINT_SUFFIXES  # .ply .pcd .las .laz .e57 .xyz .npy
 CLASS_NAME = "object"  # a new cloud's class is unknown; only coop prompts read it
 RENDER_FIELDS = tuple(f.name for f in fields(RenderOptions))
 # the frozen model's random weights for mutual scoring: `eval report`'s (eval.report.BASELINE_SEED; a test checks)
@@ -181,34 +180,6 @@ class Detection:
 
 # --- reading and preprocessing ---------------------------------------------------------------------------
 
-def _read_text_points(path: Path) -> np.ndarray:
-    try:
-        with warnings.catch_warnings():  # an empty file is reported below, not warned about
-            warnings.simplefilter("ignore", UserWarning)
-            array = np.loadtxt(path, ndmin=2, dtype=np.float64)
-    except (OSError, ValueError) as exc:
-        raise InputFileError(f"{path}: unreadable .xyz text ({first_line(exc)})") from exc
-    if array.size == 0:
-        raise InputFileError(f"{path}: empty point cloud (0 points)")
-    if array.shape[1] < 3:
-        raise InputFileError(f"{path}: expected at least 3 columns (x y z), got {array.shape[1]}")
-    return array[:, :3]
-
-
-def _read_npy_points(path: Path) -> np.ndarray:
-    try:
-        array = np.load(path, allow_pickle=False)
-    except Exception as exc:  # numpy raises many types for a corrupt file (EOFError, tokenize errors, ...)
-        raise InputFileError(f"{path}: unreadable .npy ({first_line(exc)})") from exc
-    if not isinstance(array, np.ndarray):  # a zip (.npz) archive under a .npy name
-        array.close()
-        raise InputFileError(f"{path}: expected one .npy array, got an .npz archive")
-    if array.ndim != 2 or array.shape[1] != 3 or not np.issubdtype(array.dtype, np.number):
-        raise InputFileError(f"{path}: expected a (P, 3) numeric array, got {array.shape} {array.dtype}")
-    with np.errstate(invalid="ignore"):  # NaN stays NaN, reported by the preprocessing with a count
-        return array.astype(np.float64)
-
-
 def check_cloud_path(path) -> Path:
     """The path, if it names an existing file of a readable suffix (else InputFileError): checked before the
     model or the store is read."""
@@ -245,12 +216,7 @@ def load_cloud(path: Path, image_size: int = RenderOptions.image_size,
                             grid_mask=result.grid_mask)
             return xyz[measured].astype(np.float64), sample, options
         options = options_for_format("real3d", {"image_size": image_size, "max_points": max_points})
-        if suffix in (".ply", ".pcd"):
-            points = read_point_cloud(path)
-        elif suffix == ".xyz":
-            points = _read_text_points(path)
-        else:
-            points = _read_npy_points(path)
+        points = read_point_cloud(path)
         kept, labels = preprocess_unorganized(points, np.zeros(len(points), np.uint8), options)
     except ValueError as exc:
         if isinstance(exc, InputFileError):

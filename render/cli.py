@@ -265,15 +265,17 @@ def _find_row(store, sample_id: str, dataset: str | None) -> int:
 @dataset_options
 @click.option("--keep-going", is_flag=True, help="Exit 0 even if some samples fail.")
 def scan(dataset, fmt, root, classes, splits, keep_going):
-    """Read and preprocess every sample of a dataset; print counts and any unreadable samples."""
+    """Read and preprocess every sample of a dataset; print counts and any unreadable samples (a folder
+    dataset also says which files it found per suffix, and which it left out and why)."""
     from collections import Counter, defaultdict
 
     import numpy as np
 
     from ..shared.errors import InputFileError
-    from .readers import list_samples, read_sample
+    from .readers import list_samples, read_sample, survey
     entry = _open_dataset(dataset, fmt, root)
     refs = list_samples(entry, classes or None, splits or None)
+    found, skipped = survey(entry, classes or None)
     stats = defaultdict(Counter)
     points = defaultdict(list)
     failures = []
@@ -289,13 +291,19 @@ def scan(dataset, fmt, root, classes, splits, keep_going):
         stats[key]["anomalous_points"] += int(sample.point_labels.sum())
         points[key].append(sample.n_points)
     click.echo(f"dataset {entry.name} ({entry.format}) at {entry.root}: {len(refs)} samples")
+    for line in found:
+        click.echo(f"found: {printable(line)}")
     click.echo(f"{'class':<20} {'split':<11} {'samples':>7} {'anomalous':>9} {'mean points':>11} {'anom. pts %':>11}")
     for (class_name, split), counts in stats.items():
         total = sum(points[(class_name, split)])
         click.echo(f"{printable(class_name):<20} {split:<11} {counts['samples']:>7} {counts['anomalous']:>9} "
                    f"{np.mean(points[(class_name, split)]):>11.0f} {100 * counts['anomalous_points'] / total:>11.2f}")
+    for line in skipped:
+        click.echo(f"skipped: {printable(line)}", err=True)
     for failure in failures:
         click.echo(f"failed: {printable(failure)}", err=True)
+    click.echo(f"{len(refs) - len(failures)} of {len(refs)} samples read, {len(failures)} failed"
+               + (f", {len(skipped)} file(s) or folder(s) skipped" if skipped else ""))
     if failures and not keep_going:
         raise SystemExit(1)
 

@@ -16,13 +16,39 @@ import yaml
 from . import environment, strict
 from .errors import ConfigError, DatasetError, first_line
 
-FORMATS = ("mvtec3d", "eyecandies", "real3d")
+FORMATS = ("mvtec3d", "eyecandies", "real3d", "folder")
+# `folder` (scans of one's own objects, design §2.5): the unit of the files' coordinates -> millimetres per unit
+FOLDER_UNITS = {"mm": 1.0, "cm": 10.0, "m": 1000.0, "um": 0.001, "in": 25.4}
 # What `read_yaml` takes: the repository's datasets.yaml is ~5 KB, nests 8 deep and expands its aliases to
 # ~3 000 nodes and characters. A few hundred bytes of aliases can otherwise describe 10^9 nodes (a "billion
 # laughs"), which every consumer that walks the value (validation, an error message) pays for.
 MAX_YAML_BYTES = 256 * 1024
 MAX_YAML_DEPTH = 32          # nesting, aliases expanded
 MAX_YAML_EXPANDED = 1_000_000  # nodes plus scalar characters, aliases expanded
+
+
+@dataclass(frozen=True, kw_only=True)
+class FolderOptions:
+    """A `folder` dataset's own options (datasets.yaml `options: folder: {...}`, per class in `class_options`).
+
+    units: the unit of the files' coordinates (mm, cm, m, um, in). The folder format's default lengths (stated
+        in millimetres: background plane distance, cluster radius) are converted to it; lengths written in
+        `preprocess:` are in the files' unit, like every length in the registry.
+    label_property: per-point ground truth from this PLY vertex property (or LAS/LAZ dimension), 0/1 per point,
+        for a test sample that has no `ground_truth/<defect>/<stem>.txt` or `.npy` file. None: files only.
+    """
+
+    units: str = "mm"
+    label_property: str | None = None
+
+    def __post_init__(self):
+        if self.units not in FOLDER_UNITS:
+            raise ValueError(f"units {reprlib.repr(self.units)}; known: {', '.join(FOLDER_UNITS)}")
+
+    @property
+    def millimetres(self) -> float:
+        """Millimetres per unit of the files."""
+        return FOLDER_UNITS[self.units]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +81,15 @@ class DatasetEntry:
             raise ValueError("needs a 'root'")
         if self.classes == ():  # an empty list: every class folder, as if none were listed
             object.__setattr__(self, "classes", None)
+        sections = [("options", self.options)] + [(f"class_options.{c}", o) for c, o in self.class_options.items()]
+        for where, section in sections:
+            if "folder" in section and self.format != "folder":
+                raise ValueError(f"'{where}.folder' holds options of the folder format, not of {self.format}")
+            if "folder" in section:
+                try:
+                    strict.from_dict(FolderOptions, section["folder"], f"'{where}.folder'")
+                except ConfigError as exc:  # as a ValueError, so the message gains the file and the dataset
+                    raise ValueError(str(exc)) from None
 
     @classmethod
     def from_dict(cls, name: str, data: dict, source: str = "datasets.yaml") -> DatasetEntry:
@@ -68,6 +103,11 @@ class DatasetEntry:
             merged.setdefault(section, {}).update(values)
         return merged
 
+    def folder_options(self, class_name: str) -> FolderOptions:
+        """The folder format's options of one class (defaults where the registry says nothing)."""
+        return strict.from_dict(FolderOptions, self.options_for(class_name).get("folder", {}),
+                                f"dataset '{self.name}' class '{class_name}' folder options")
+
     def with_root(self, root: Path) -> DatasetEntry:
         return replace(self, root=Path(root), generate=None)
 
@@ -75,18 +115,18 @@ class DatasetEntry:
 def custom_entry(format: str, root: Path, reference: DatasetEntry | None = None) -> DatasetEntry:
     """An entry for the user's own data in a known format: classes from the folder names.
 
-    reference: the registry's entry for the format's own dataset (`mvtec3d`, `eyecandies`, `real3d`), whose
-    preprocessing options and view plans (lengths in that format's unit) the custom data takes. Its render
-    and per-class options are that dataset's own choices (point sizes of its classes): a user's class that
-    happens to share a name with one of them does not take them.
+    reference: the registry's entry for the format's own dataset (`mvtec3d`, `eyecandies`, `real3d`, `folder`),
+    whose preprocessing options and view plans (lengths in that format's unit), and for `folder` its folder
+    options (units), the custom data takes. Its render and per-class options are that dataset's own choices
+    (point sizes of its classes): a user's class that happens to share a name with one of them does not take them.
     """
     if format not in FORMATS:
         raise ConfigError(f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
     entry = DatasetEntry(name=Path(root).name or "custom", format=format, root=Path(root))
     if reference is not None and reference.format == format:
-        preprocess = reference.options.get("preprocess")
-        entry = replace(entry, options={"preprocess": preprocess} if preprocess else {},
-                        view_plans=reference.view_plans)
+        taken = {section: reference.options[section] for section in ("preprocess", "folder")
+                 if reference.options.get(section)}
+        entry = replace(entry, options=taken, view_plans=reference.view_plans)
     return entry
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from ...shared.registry import DatasetEntry
 from ...shared.sample import Sample, SampleRef
 from ..preprocess import PreprocessOptions, options_for_format
-from . import eyecandies, mvtec3d, real3d
+from . import eyecandies, folder, mvtec3d, real3d
 
-READERS = {"mvtec3d": mvtec3d, "eyecandies": eyecandies, "real3d": real3d}
+READERS = {"mvtec3d": mvtec3d, "eyecandies": eyecandies, "real3d": real3d, "folder": folder}
 
 
 def list_samples(entry: DatasetEntry, classes=None, splits=None) -> list[SampleRef]:
@@ -20,13 +20,25 @@ def list_samples(entry: DatasetEntry, classes=None, splits=None) -> list[SampleR
 
 
 def preprocess_options(entry: DatasetEntry, class_name: str, **overrides) -> PreprocessOptions:
-    """The format's defaults, then the registry's options for the class, then explicit overrides."""
+    """The format's defaults, then the registry's options for the class, then explicit overrides (a folder
+    dataset's defaults are `folder.preprocess_defaults` in the unit of its files)."""
     from_registry = entry.options_for(class_name).get("preprocess", {})
-    return options_for_format(entry.format, {**from_registry, **overrides},
+    defaults = {}
+    if entry.format == "folder":
+        defaults = folder.preprocess_defaults(entry.folder_options(class_name).millimetres)
+    return options_for_format(entry.format, {**defaults, **from_registry, **overrides},
                               source=f"dataset '{entry.name}' class '{class_name}' preprocess options")
 
 
 def read_sample(entry: DatasetEntry, ref: SampleRef, options: PreprocessOptions | None = None) -> Sample:
     """Load and preprocess one listed sample; errors are `InputFileError` naming the file."""
     options = preprocess_options(entry, ref.class_name) if options is None else options
+    if entry.format == "folder":  # its per-class folder options (ground truth property) live in the entry
+        return folder.read(ref, options, entry)
     return READERS[entry.format].read(ref, options)
+
+
+def survey(entry: DatasetEntry, classes=None) -> tuple[list[str], list[str]]:
+    """(what was found, what the listing leaves out and why), for formats that say (`folder`); else ([], [])."""
+    reader = READERS[entry.format]
+    return reader.survey(entry, classes) if hasattr(reader, "survey") else ([], [])

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .lzf import LZF_MAX_RATIO, lzf_decompress
+from .scanner_files import E57_SUFFIXES, LAS_SUFFIXES, parse_e57, parse_las
 
 PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
@@ -118,8 +119,9 @@ def _xyz(records: np.ndarray, names) -> np.ndarray:
 
 # --- PLY ------------------------------------------------------------------------------------------------
 
-def parse_ply(data: bytes) -> np.ndarray:
-    """(P, 3) float64 vertex positions of a PLY file: ascii or binary, list properties anywhere."""
+def parse_ply(data: bytes, extra: str | None = None) -> np.ndarray:
+    """(P, 3) float64 vertex positions of a PLY file: ascii or binary, list properties anywhere; (P, 4) with
+    the scalar vertex property `extra` (e.g. a per-point label) as the fourth column."""
     if not data.startswith(b"ply"):
         raise ValueError("not a PLY file (no 'ply' magic)")
     lines, offset = _header_lines(data, lambda w: w[0] == "end_header", "PLY", "end_header")
@@ -131,27 +133,30 @@ def parse_ply(data: bytes) -> np.ndarray:
     names = [name for name, _ in properties]
     if not {"x", "y", "z"} <= set(names) or len(set(names)) != len(names):
         raise ValueError("PLY vertex element needs x, y and z properties, each once")
-    if any(_is_list(kind) for name, kind in properties if name in ("x", "y", "z")):
-        raise ValueError("PLY vertex properties x, y and z must not be lists")
+    if extra is not None and extra not in names:
+        raise ValueError(f"PLY vertex element has no property '{extra}' (it has {', '.join(names)})")
+    keep = ("x", "y", "z") if extra is None else ("x", "y", "z", extra)
+    if any(_is_list(kind) for name, kind in properties if name in keep):
+        raise ValueError(f"PLY vertex properties {', '.join(keep)} must not be lists")
     last = index == len(elements) - 1
     if encoding == "ascii":
         text = data[offset:]
         cut = _nth_line_end(text, sum(e[1] for e in elements[:index]))  # rows of earlier elements come first
         first_line = len(lines) + 1 + text[:cut].count(b"\n")
         if any(_is_list(kind) for _, kind in properties):
-            return _ascii_list_rows(text[cut:], first_line, declared, properties, exact=last)
+            return _ascii_list_rows(text[cut:], first_line, declared, properties, keep, exact=last)
         table = _ascii_rows(text[cut:], first_line, declared, len(properties), exact=last)
-        return table[:, [names.index(axis) for axis in "xyz"]]
+        return table[:, [names.index(name) for name in keep]]
     order = PLY_FORMATS[encoding]
     for element in elements[:index]:
         offset = _binary_walk(data, offset, element, order)[0]
     if any(_is_list(kind) for _, kind in properties):
-        end, points = _binary_walk(data, offset, elements[index], order, keep=("x", "y", "z"))
+        end, points = _binary_walk(data, offset, elements[index], order, keep=keep)
         if last and len(data) - end >= _smallest_record(properties, order):
             raise ValueError(f"declares {declared} points, {len(data) - end} bytes follow them")
         return points
     dtype = np.dtype([(n, order + k) for n, k in properties])
-    return _xyz(_binary_records(data, offset, dtype, declared, last=last), "xyz")
+    return _xyz(_binary_records(data, offset, dtype, declared, last=last), keep)
 
 
 def _ply_header(lines) -> tuple[str, list]:
@@ -226,9 +231,10 @@ def _binary_walk(data: bytes, offset: int, element, order: str, keep=()) -> tupl
     return offset, out
 
 
-def _ascii_list_rows(text: bytes, first_line: int, declared: int, properties, *, exact: bool) -> np.ndarray:
-    """(declared, 3) float64 x, y, z of ASCII vertex rows with list properties, walked row by row (a list
-    is its length, then that many values)."""
+def _ascii_list_rows(text: bytes, first_line: int, declared: int, properties, keep=("x", "y", "z"), *,
+                     exact: bool) -> np.ndarray:
+    """(declared, len(keep)) float64 of the `keep` properties of ASCII vertex rows with list properties, walked
+    row by row (a list is its length, then that many values)."""
     try:
         lines = text.decode("ascii").split("\n")
     except UnicodeDecodeError as exc:
@@ -236,7 +242,7 @@ def _ascii_list_rows(text: bytes, first_line: int, declared: int, properties, *,
     rows = [(number, line.split()) for number, line in enumerate(lines, start=first_line) if line.strip()]
     if len(rows) < declared or (exact and len(rows) > declared):
         raise _mismatch(declared, len(rows))
-    out = np.empty((declared, 3))
+    out = np.empty((declared, len(keep)))
     for row, (number, words) in enumerate(rows[:declared]):
         at = 0
         for name, kind in properties:
@@ -244,8 +250,8 @@ def _ascii_list_rows(text: bytes, first_line: int, declared: int, properties, *,
                 if _is_list(kind):
                     at += 1 + _count(words[at], "list length")
                 else:
-                    if name in ("x", "y", "z"):
-                        out[row, "xyz".index(name)] = float(words[at])
+                    if name in keep:
+                        out[row, keep.index(name)] = float(words[at])
                     at += 1
             except IndexError:
                 raise ValueError(f"line {number}: malformed row ({len(words)} values, fewer than its properties "
@@ -380,16 +386,27 @@ def _pcd_compressed(data: bytes, offset: int, layout, declared: int) -> np.ndarr
     return _stacked(np.ndarray((declared,), kind, raw, declared * start) for _, kind, _, start in _xyz_fields(layout))
 
 
-def read_cloud(path: Path) -> np.ndarray:
-    """(P, 3) float64 points of a .ply or .pcd file."""
-    data = Path(path).read_bytes()
+CLOUD_SUFFIXES = (".ply", ".pcd", *LAS_SUFFIXES, *E57_SUFFIXES)
+
+
+def read_cloud(path: Path, extra: str | None = None) -> np.ndarray:
+    """(P, 3) float64 points of a .ply, .pcd, .las, .laz or .e57 file (the last three: `scanner_files`);
+    (P, 4) with the named per-point property as the fourth column (a PLY vertex property, a LAS dimension)."""
     suffix = Path(path).suffix.lower()
-    if suffix == ".pcd":
-        points = parse_pcd(data)
-    elif suffix == ".ply":
-        points = parse_ply(data)
+    if suffix not in CLOUD_SUFFIXES:
+        raise ValueError(f"unsupported point-cloud suffix '{Path(path).suffix}' (use {', '.join(CLOUD_SUFFIXES)})")
+    if extra is not None and suffix not in (".ply", *LAS_SUFFIXES):
+        raise ValueError(f"a {suffix} file carries no per-point property '{extra}' here (only .ply and .las/.laz)")
+    if suffix in E57_SUFFIXES:
+        points = parse_e57(Path(path))
     else:
-        raise ValueError(f"unsupported point-cloud suffix '{Path(path).suffix}' (use .ply or .pcd)")
+        data = Path(path).read_bytes()
+        if suffix == ".pcd":
+            points = parse_pcd(data)
+        elif suffix == ".ply":
+            points = parse_ply(data, extra)
+        else:
+            points = parse_las(data, extra)
     if len(points) == 0:
         raise ValueError("empty point cloud (0 points)")
     return points

@@ -26,7 +26,7 @@ from ...shared.limits import check_fields, within
 from ...shared.logging import get_logger
 from ...shared.names import printable
 from ...shared.registry import DatasetEntry
-from . import formats
+from . import formats, scanner_files
 from .scene import CLASSES, DEFECTS, make_scene
 
 log = get_logger("render.synthetic")
@@ -35,10 +35,11 @@ GENERATOR_VERSION = 2  # bump when the generated data changes, so caches are not
 MANIFEST = "synthetic.json"
 MAX_PER_CLASS = 100_000  # samples of one kind per class
 MIN_GRID, MAX_GRID = 16, 4096
-DEFAULT_GRID = {"mvtec3d": 400, "eyecandies": 256, "real3d": 200}  # eyecandies: image pixels (the release: 512)
+DEFAULT_GRID = {"mvtec3d": 400, "eyecandies": 256, "real3d": 200, "folder": 200}  # eyecandies: image pixels
 WRITERS = {"mvtec3d": (formats.mvtec_grid, formats.mvtec_arrays, formats.write_mvtec),
            "eyecandies": (formats.eyecandies_grid, formats.eyecandies_arrays, formats.write_eyecandies),
-           "real3d": (formats.mvtec_grid, formats.real3d_arrays, formats.write_real3d)}
+           "real3d": (formats.mvtec_grid, formats.real3d_arrays, formats.write_real3d),
+           "folder": (formats.mvtec_grid, formats.real3d_arrays, scanner_files.write_folder)}  # LAS, E57, PLY, ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,8 +97,8 @@ def plan(spec: SyntheticSpec) -> list[PlannedSample]:
         counters: dict[tuple, int] = {}
 
         def add(split, defect):
-            # MVTec numbers files per defect folder; the other formats number them per split.
-            key = (split, defect) if spec.format == "mvtec3d" else (split,)
+            # MVTec and folder datasets number files per defect folder; the other formats number them per split.
+            key = (split, defect) if spec.format in ("mvtec3d", "folder") else (split,)
             out.append(PlannedSample(class_name, split, defect, counters.setdefault(key, 0)))
             counters[key] += 1
 

@@ -1,0 +1,255 @@
+"""LAS/LAZ (laspy, LAZ decoded by lazrs) and E57 (pye57's libE57Format binding) clouds, as scanners write them.
+
+The same promises as `cloud_files` makes for PLY and PCD: a file holds exactly the points its header declares,
+and that count is checked against the file before anything of its size is allocated.
+
+- LAS: the point records must fill the bytes between the header's offset to point data and the end of the
+  file (or the first extended VLR); less than one record may trail them.
+- LAZ: the chunk table at the end of the point data says how many points each compressed chunk holds (fixed
+  chunks: the LASzip chunk size, the last one partly filled); the declared count must fit it. A file
+  without a readable chunk table is decoded all the same, and a short one fails where its data ends.
+- E57: libE57Format checks every 1 KiB page's CRC-32C and the file's length, but a scan whose `recordCount`
+  declares more records than its data holds silently yields fewer; so a scan must yield exactly its count,
+  and the counts times the bits each record's coordinates take at the least must fit in the file.
+
+Every file is decoded in steps of `STEP` points (LAZ and E57 compress a point to a few bits: a small file
+can honestly hold far more points than its size suggests), and a cloud declaring more than `MAX_POINTS`
+is refused before it is read. Points are (P, 3) float64 in the file's own unit (LAS: scale and offset
+applied; E57: each scan's pose applied, spherical coordinates converted, records flagged invalid dropped);
+NaN or inf stays as read, for the preprocessing to report with a count, as for PLY. Every function raises
+`ValueError(reason)`; the caller adds the path.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from ...shared.errors import first_line
+
+STEP = 1 << 20  # points decoded per step
+MAX_POINTS = 200_000_000  # a cloud above this is refused unread (4.8 GB as float64); thin such a scan first
+LAS_SUFFIXES = (".las", ".laz")
+E57_SUFFIXES = (".e57",)
+E57_CARTESIAN = ("cartesianX", "cartesianY", "cartesianZ")
+E57_SPHERICAL = ("sphericalRange", "sphericalAzimuth", "sphericalElevation")
+
+
+def _needs(package: str, install: str):
+    return ValueError(f"reading this file needs the '{package}' package ({install})")
+
+
+def _mismatch(declared: int, held: int) -> ValueError:
+    return ValueError(f"declares {declared} points, holds {held}")
+
+
+def _check_total(declared: int) -> None:
+    if declared > MAX_POINTS:
+        raise ValueError(f"declares {declared} points, more than the {MAX_POINTS} a cloud may have here; "
+                         "thin the scan first (e.g. PDAL or CloudCompare)")
+
+
+# --- LAS / LAZ ---------------------------------------------------------------------------------------------
+
+def parse_las(data: bytes, dimension: str | None = None) -> np.ndarray:
+    """(P, 3) float64 scaled x, y, z of a LAS or LAZ file; (P, 4) with `dimension` (a LAS dimension or
+    extra-bytes name, e.g. "classification" or "anomaly") as the fourth column."""
+    try:
+        import laspy
+    except ImportError:
+        raise _needs("laspy", "pip install 'laspy[lazrs]'") from None
+    try:
+        header = laspy.LasHeader.read_from(io.BytesIO(data))
+    except Exception as exc:  # laspy raises LaspyException, struct errors, ValueError... for a bad header
+        raise ValueError(f"not a readable LAS header ({first_line(exc)})") from None
+    declared = int(header.point_count)
+    _check_total(declared)
+    if dimension is not None and dimension not in header.point_format.dimension_names:
+        raise ValueError(f"has no point dimension '{dimension}' (it has {', '.join(header.point_format.dimension_names)})")
+    if header.are_points_compressed:
+        _check_chunk_table(data, header, declared)
+    else:
+        _check_records(data, header, declared)
+    columns = []
+    try:
+        with laspy.open(io.BytesIO(data)) as reader, np.errstate(invalid="ignore", over="ignore"):
+            for chunk in reader.chunk_iterator(STEP):
+                part = [np.asarray(chunk.x, np.float64), np.asarray(chunk.y, np.float64),
+                        np.asarray(chunk.z, np.float64)]
+                if dimension is not None:
+                    part.append(np.asarray(chunk[dimension], np.float64))
+                columns.append(np.stack(part, axis=1))
+    except Exception as exc:  # lazrs: LazrsError on a cut or damaged stream; laspy: LaspyException, ValueError
+        raise ValueError(f"unreadable point data ({first_line(exc)})") from None
+    points = np.concatenate(columns) if columns else np.zeros((0, 3 if dimension is None else 4))
+    if len(points) != declared:
+        raise _mismatch(declared, len(points))
+    return points
+
+
+def _check_records(data: bytes, header, declared: int) -> None:
+    """Uncompressed records: exactly `declared` of them between the point offset and the end of the point data."""
+    size = header.point_format.size
+    offset = int(header.offset_to_point_data)
+    end = len(data)
+    evlr_start = int(getattr(header, "start_of_first_evlr", 0) or 0)
+    if getattr(header, "number_of_evlrs", 0) and offset < evlr_start < end:
+        end = evlr_start
+    held = max(end - offset, 0) // size
+    if held != declared:
+        raise _mismatch(declared, held)
+
+
+def _check_chunk_table(data: bytes, header, declared: int) -> None:
+    """LAZ: the declared count against the chunk table's point counts (read before any point is decoded)."""
+    import lazrs
+    vlr = next((v for v in header.vlrs if type(v).__name__ == "LasZipVlr"), None)
+    if vlr is None:
+        raise ValueError("compressed point format without a LASzip VLR")
+    try:
+        laz = lazrs.LazVlr(vlr.record_data)
+        source = io.BytesIO(data)
+        source.seek(int(header.offset_to_point_data))
+        table = lazrs.read_chunk_table(source, laz)
+    except Exception:  # no table (a streamed file) or an unreadable one: decoding finds a short file
+        return
+    if table is None or not len(table):
+        return
+    counts = [int(points) for points, _ in table]
+    if laz.uses_variable_size_chunks():
+        held, what = sum(counts), f"holds {sum(counts)}"
+        ok = held == declared
+    else:
+        chunk = int(laz.chunk_size())
+        ok = (len(counts) - 1) * chunk < declared <= len(counts) * chunk
+        what = f"its chunk table holds {len(counts)} chunk(s) of {chunk}"
+    if not ok:
+        raise ValueError(f"declares {declared} points, {what}")
+
+
+# --- E57 ---------------------------------------------------------------------------------------------------
+
+def parse_e57(path: Path) -> np.ndarray:
+    """(P, 3) float64 points of every 3D scan of an E57 file, scan after scan, each in file order with its
+    pose applied; records whose invalid-state field is set are dropped."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        if handle.read(8) != b"ASTM-E57":
+            raise ValueError("not an E57 file (no 'ASTM-E57' signature)")
+    try:
+        from pye57 import libe57
+    except ImportError:
+        raise _needs("pye57", "pip install pye57") from None
+    try:
+        image = libe57.ImageFile(str(path), "r")
+    except Exception as exc:  # libe57.E57Exception: bad length, checksum, XML...
+        raise ValueError(f"unreadable E57 ({first_line(exc)})") from None
+    try:
+        scans = _e57_scans(image, libe57, path.stat().st_size)
+        return np.concatenate([_e57_read(image, libe57, *scan) for scan in scans]) if scans else np.zeros((0, 3))
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"unreadable E57 ({first_line(exc)})") from None
+    finally:
+        image.close()
+
+
+def _e57_scans(image, libe57, file_size: int) -> list:
+    """[(scan number, points node, coordinate fields, invalid-state field or None, pose node or None, declared
+    count)], after checking the declared counts against the file."""
+    root = image.root()
+    if not root.isDefined("data3D"):
+        raise ValueError("E57 file has no data3D section")
+    data3d = libe57.VectorNode(root.get("data3D"))
+    scans, declared, bits = [], 0, 0
+    for number in range(data3d.childCount()):
+        scan = libe57.StructureNode(data3d.get(number))
+        points = libe57.CompressedVectorNode(scan.get("points"))
+        prototype = libe57.StructureNode(points.prototype())
+        names = {prototype.get(i).elementName() for i in range(prototype.childCount())}
+        fields = next((f for f in (E57_CARTESIAN, E57_SPHERICAL) if set(f) <= names), None)
+        if fields is None:
+            raise ValueError(f"E57 scan {number} has neither cartesianX/Y/Z nor spherical coordinates")
+        invalid = "cartesianInvalidState" if fields == E57_CARTESIAN else "sphericalInvalidState"
+        invalid = invalid if invalid in names else None
+        count = int(points.childCount())
+        declared += count
+        bits += count * sum(_e57_bits(libe57, prototype.get(f)) for f in fields)
+        scans.append((number, points, fields, invalid, scan.get("pose") if scan.isDefined("pose") else None, count))
+    _check_total(declared)
+    if bits // 8 > file_size:
+        raise ValueError(f"declares {declared} points whose coordinates take at least {bits // 8} bytes, "
+                         f"the file holds {file_size}")
+    return scans
+
+
+def _e57_bits(libe57, node) -> int:
+    """Bits one value of a prototype field takes at the least (bitpack: floats 32 or 64, integers their range)."""
+    kind = node.type()
+    if kind == libe57.NodeType.E57_FLOAT:
+        return 64 if libe57.FloatNode(node).precision() == libe57.E57_DOUBLE else 32
+    if kind == libe57.NodeType.E57_INTEGER:
+        typed = libe57.IntegerNode(node)
+    elif kind == libe57.NodeType.E57_SCALED_INTEGER:
+        typed = libe57.ScaledIntegerNode(node)
+    else:
+        return 0
+    return int(typed.maximum() - typed.minimum()).bit_length()
+
+
+def _e57_read(image, libe57, number, points, fields, invalid, pose, declared) -> np.ndarray:
+    """One scan's (n, 3) float64 points, read STEP records at a time."""
+    names = [*fields, *([invalid] if invalid else [])]
+    capacity = max(min(declared, STEP), 1)
+    arrays = {name: np.empty(capacity, np.int8 if name == invalid else np.float64) for name in names}
+    buffers = libe57.VectorSourceDestBuffer()
+    for name in names:
+        buffers.append(libe57.SourceDestBuffer(image, name, arrays[name], capacity, True, True))
+    parts, held = [], 0
+    reader = points.reader(buffers)
+    try:
+        while True:
+            got = reader.read()
+            if got == 0:
+                break
+            held += got
+            part = np.stack([arrays[name][:got] for name in fields], axis=1)
+            if invalid:
+                part = part[arrays[invalid][:got] == 0]
+            parts.append(part)
+    finally:
+        reader.close()
+    if held != declared:
+        raise ValueError(f"E57 scan {number} declares {declared} points, holds {held}")
+    xyz = np.concatenate(parts) if parts else np.zeros((0, 3))
+    with np.errstate(invalid="ignore", over="ignore"):
+        if fields == E57_SPHERICAL:
+            r, azimuth, elevation = xyz.T
+            xyz = np.stack([r * np.cos(elevation) * np.cos(azimuth), r * np.cos(elevation) * np.sin(azimuth),
+                            r * np.sin(elevation)], axis=1)
+        if pose is not None:
+            rotation, translation = _e57_pose(libe57, libe57.StructureNode(pose))
+            xyz = xyz @ rotation.T + translation
+    return xyz
+
+
+def _e57_pose(libe57, pose) -> tuple[np.ndarray, np.ndarray]:
+    """(3 x 3 rotation, (3,) translation) of a scan's pose (unit quaternion w, x, y, z; identity where absent)."""
+    def values(name, keys, default):
+        if not pose.isDefined(name):
+            return np.array(default, np.float64)
+        node = libe57.StructureNode(pose.get(name))
+        return np.array([libe57.FloatNode(node.get(k)).value() if node.isDefined(k) else d
+                         for k, d in zip(keys, default)], np.float64)
+    w, x, y, z = values("rotation", ("w", "x", "y", "z"), (1.0, 0.0, 0.0, 0.0))
+    norm = np.sqrt(w * w + x * x + y * y + z * z)
+    if not np.isfinite(norm) or norm == 0:
+        raise ValueError("E57 scan pose has a zero or non-finite rotation quaternion")
+    w, x, y, z = w / norm, x / norm, y / norm, z / norm
+    rotation = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                         [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                         [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    return rotation, values("translation", ("x", "y", "z"), (0.0, 0.0, 0.0))
