@@ -14,10 +14,10 @@ render/splat.py, torch on the CPU here; GPU rates are not measured by this scrip
    files; the compression alone, every array encoded with the store's codec, is timed apart), by
    calling the functions render/sample_render.py calls, on two clouds: a synthetic MVTec-format
    "cookie" scan at 800 x 800 (read and preprocessed to the 336 x 336 grid), and a dense height field
-   with a point in every cell of the 336 x 336 grid (112 896 points, the paper's budget; given
-   directly, so no read). Medians of several repetitions. Each step alone sums to more than one
-   `render_sample` call, which builds the k-NN graph on a thread beside the drawing: the per-sample
-   time is read + render_sample() + write, what a 1-worker build does. Threads as in a 1-worker build
+   with a point in every cell of the 336 x 336 grid (render/synthetic/dense.py: 112 896 points, the
+   paper's budget; given directly, so no read). Medians of several repetitions. Each step alone sums to
+   more than one `render_sample` call, which builds the k-NN graph on a thread beside the drawing: the
+   per-sample time is read + render_sample() + write, what a 1-worker build does. Threads as in a 1-worker build
    (render.build.render_row): torch 1 (the splat draw), Open3D, BLAS and the k-NN query all CPUs.
 1b. Normals and k-NN on the dense cloud with all CPUs and with a 2-worker build's budget of one thread
    each (render.build.WORKER_RASTER_THREADS), and the candidate that was not taken: one 30-NN query
@@ -27,7 +27,7 @@ render/splat.py, torch on the CPU here; GPU rates are not measured by this scrip
    held to one thread (--threads 1, each of 2 workers' budget; splat only), per renderer (fresh store each; a first
    "cold" build starts the workers, the later "warm" ones are the throughput).
 3. Store bytes per sample on disk (du) and the compression ratio against the raw array bytes.
-4. The released code's per-sample procedure (benchmarks/released_procedure.py: a new 1024² window per
+4. The released code's per-sample procedure (render/released_procedure.py: a new 1024² window per
    view plus a 1036² ground-truth window, Python z-buffer loops) on the same clouds, split into
    rendering and visibility; medians of 2-3 runs.
 5. The design §9 goals: baseline / ours >= 10x, visibility of 112 896 points x 9 views < 0.1 s,
@@ -42,7 +42,6 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import fields, replace
@@ -55,10 +54,7 @@ import scipy.sparse
 import torch
 from scipy.spatial import cKDTree
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper module next to this script
-
-import released_procedure
-
+from pointad.render import released_procedure
 from pointad.render.build import WORKER_RASTER_THREADS, build_store, store_attrs
 from pointad.render.camera import fit_camera, project
 from pointad.render.graph import knn_graph, proxy_indices
@@ -68,6 +64,7 @@ from pointad.render.readers import list_samples, preprocess_options, read_sample
 from pointad.render.sample_render import LIGHTS, RenderOptions, estimate_normals, render_masks, render_sample
 from pointad.render.splat import Cloud, draw_views
 from pointad.render.synthetic import SyntheticSpec, generate
+from pointad.render.synthetic.dense import dense_sample
 from pointad.render.visibility import nearest_per_pixel
 from pointad.shared.registry import custom_entry
 from pointad.shared.sample import Sample
@@ -78,21 +75,6 @@ STEPS = ("read", "normals", "render", "masks", "projection", "visibility", "prox
 # the per-sample work besides drawing (views and masks) and reading: what compression and neighbours cost
 REST = ("normals", "projection", "visibility", "proxy + knn", "write")
 RENDERERS = ("legacy", "splat")
-
-
-def dense_sample(side: int = 336, seed: int = 0) -> Sample:
-    """A height field with one point in every cell of a side x side grid (metres, 0.1 m across, as MVTec
-    scans), two bumps and a dent facing +z (the camera), sensor noise, and an anomalous disc (~2%)."""
-    rng = np.random.default_rng(seed)
-    g = np.linspace(-0.05, 0.05, side)
-    x, y = (a.ravel() + rng.normal(0, 0.02 / side, side * side) for a in np.meshgrid(g, g))
-    z = (0.012 * np.exp(-((x - 0.015) ** 2 + y**2) / 0.0004)
-         + 0.006 * np.exp(-((x + 0.02) ** 2 + (y - 0.02) ** 2) / 0.0002)
-         - 0.003 * np.exp(-((x + 0.01) ** 2 + (y + 0.025) ** 2) / 0.00005) + rng.normal(0, 5e-5, x.size))
-    labels = (np.hypot(x - 0.02, y + 0.01) < 0.008).astype(np.uint8)
-    return Sample(dataset="bench", class_name="heightfield", split="test", defect_type="bump",
-                  sample_id="heightfield/dense", label=1, points=np.stack([x, y, z], axis=1).astype(np.float32),
-                  point_labels=labels, grid_hw=(side, side), grid_index=np.arange(side * side, dtype=np.int32))
 
 
 def timed(fn):

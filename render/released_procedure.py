@@ -12,7 +12,9 @@ Per sample: normals once (Open3D hybrid search, radius 0.1, max_nn 50), grey 0.7
     cv2.projectPoints would), coordinates truncated to 336 x 336 pixels, then a per-point Python loop
     keeping the largest z per pixel in a depth buffer and a second per-point loop marking the winners.
 Normals are estimated once per sample, not per view, which can only make the baseline faster.
-Benchmark code only: it times the procedure and keeps none of its outputs.
+The speed baseline only: nothing in the pipeline calls it (design §5.6 lists the released visibility rule
+as not built); `benchmarks/render_bench.py` times it against our render, and it keeps none of its outputs.
+Besides `rasterize`, the one module that draws with Open3D, because the released code's cost is its windows.
 """
 
 from __future__ import annotations
