@@ -4,13 +4,14 @@ The list holds the numbers path's bugs (issue 15 on) and, since issue 25, one bu
 planted in newly landed code (store checks, mutual scoring, schema names, HDF5 export, import-released,
 view plans, figures, strict parsing, the feature cache).
 
-Not part of CI (each mutation rebuilds the synthetic test store, about a minute on 2 cores). Each
-mutation is applied to a fresh copy of the repository (without .venv, .git and caches) in a
-temporary folder, never to the checkout; its tests run there with this checkout's virtual
-environment, and the copy's packages are the ones imported (checked before the first run). A
-mutation whose original line is not found exactly once is reported as such, not applied.
+A check of the test suite, so it lives beside CI's script (.ci/), but CI does not run it (each mutation
+rebuilds the synthetic test store, about a minute on 2 cores). Each mutation is applied to a fresh copy
+of the repository (without .venv, .git and caches) in a temporary folder, never to the checkout; its
+tests run there with this checkout's virtual environment, and the copy's packages are the ones imported
+(checked before the first run). A mutation whose original line is not found exactly once is reported as
+such, not applied.
 
-    .venv/bin/python benchmarks/mutation_check.py [--only NAME ...] [--list] [--check] [--baseline]
+    .venv/bin/python .ci/mutation_check.py [--only NAME ...] [--list] [--check] [--baseline]
 
 `--check` runs nothing: it says, for each mutation, whether its original line is found exactly once in the
 checkout (after a line moves, the entry naming it must follow).
