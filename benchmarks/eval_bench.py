@@ -197,7 +197,7 @@ def synthetic_run(workdir: Path, args) -> tuple[Path, Path, list[tuple[str, floa
     from pointad.render import synthetic
     from pointad.render.build import build_store
     from pointad.render.datasets import open_dataset
-    from pointad.render.sample_render import RenderOptions
+    from pointad.render.options import RenderOptions
     from pointad.shared.store import open_store
     from pointad.train.loop import TrainConfig, train
     from pointad.train.model.checkpoint import latest_checkpoint
@@ -295,7 +295,8 @@ def time_reports(configs, workdir: Path, device: str, repeats: int) -> list[dict
 
 def report_part(args) -> None:
     """Print part 2's setup line and table (module docstring)."""
-    from pointad.eval.report import ReportConfig, build_report
+    from pointad.eval.options import ReportConfig
+    from pointad.eval.report import build_report
 
     with tempfile.TemporaryDirectory(prefix="eval-bench-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
@@ -414,7 +415,8 @@ def mutual_part(args) -> None:
     size, on synthetic features (random normal, L2-normalised; the time does not depend on the values)."""
     import torch
 
-    from pointad.eval.mutual_math import BLOCK_BYTES, block_sizes, mutual_scores
+    from pointad.eval.mutual_math import block_sizes, mutual_scores
+    from pointad.eval.options import BLOCK_BYTES
     device = torch.device(args.device)
     tokens, dim = args.mutual_tokens, args.mutual_dim
     rows = []

@@ -432,7 +432,7 @@ def report_clock(ctx: Context) -> StageClock:
 
 def one_report(ctx: Context, batch_size: int, clock: StageClock | None = None) -> float:
     import pointad.eval.report as report_module
-    from pointad.eval.report import ReportConfig
+    from pointad.eval.options import ReportConfig
 
     config = ReportConfig(store=str(ctx.store), dataset=ctx.dataset, checkpoints=(str(ctx.run_dir),),
                           batch_size=batch_size)

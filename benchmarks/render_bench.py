@@ -59,9 +59,10 @@ from pointad.render.build import WORKER_RASTER_THREADS, build_store, store_attrs
 from pointad.render.camera import fit_camera, project
 from pointad.render.graph import knn_graph, proxy_indices
 from pointad.render.masks import splat_masks
+from pointad.render.options import LIGHTS, RenderOptions
 from pointad.render.rasterize import DrawStyle, LegacyRasterizer, downsample
 from pointad.render.readers import list_samples, preprocess_options, read_sample
-from pointad.render.sample_render import LIGHTS, RenderOptions, estimate_normals, render_masks, render_sample
+from pointad.render.sample_render import estimate_normals, render_masks, render_sample
 from pointad.render.splat import Cloud, draw_views
 from pointad.render.synthetic import SyntheticSpec, generate
 from pointad.render.synthetic.dense import dense_sample

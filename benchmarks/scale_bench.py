@@ -41,7 +41,7 @@ def base_store(folder: Path, views: int, max_points: int) -> Path:
     from pointad.render import synthetic
     from pointad.render.build import build_store
     from pointad.render.datasets import open_dataset
-    from pointad.render.sample_render import RenderOptions
+    from pointad.render.options import RenderOptions
     out = folder / "base.zarr"
     if out.exists():
         return out

@@ -38,7 +38,7 @@ def build_store(root: Path, classes: tuple[str, ...]) -> Path:
     from pointad.render import synthetic
     from pointad.render.build import build_store as build
     from pointad.render.datasets import open_dataset
-    from pointad.render.sample_render import RenderOptions
+    from pointad.render.options import RenderOptions
     data = synthetic.generate(root / "data", synthetic.SyntheticSpec(classes=classes, train=0, validation=0,
                                                                      test_good=3, per_defect=1))
     out = root / "renders.zarr"

@@ -10,7 +10,7 @@ import importlib
 _HOMES = {
     "aupro_graph": ".metrics", "aupro_organized": ".metrics",
     "aupro_pointad_compat": ".metrics", "image_metrics": ".metrics",
-    "point_auroc": ".metrics", "ReportConfig": ".report", "build_report": ".report",
+    "point_auroc": ".metrics", "ReportConfig": ".options", "build_report": ".report",
     "write_report": ".report", "SampleScores": ".score_maps", "score_store": ".scoring",
     "smooth_graph": ".score_maps", "smooth_organized": ".score_maps",
 }

@@ -342,7 +342,7 @@ def detect(cloud, method, checkpoint, reference, class_name, dataset, model, mut
         result = run_detect(cloud, checkpoint, device=target, clip_weights=clip_weights, render=choice)
     else:
         from .detect import detect_mutual, reference_render, reference_rows
-        from .mutual import MutualOptions
+        from .options import MutualOptions
         given = {"views": mutual_views, "fraction": mutual_fraction, "radii": tuple(mutual_radii) or None,
                  "layers": tuple(mutual_layers) or None}
         options = MutualOptions(**{k: v for k, v in given.items() if v is not None}, rescore_ks=())

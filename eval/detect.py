@@ -55,8 +55,8 @@ from ..train.model.checkpoint import load_checkpoint
 from ..train.model.model_config import DEFAULT_MODEL, DEFAULT_SEED, load_model_config
 from .class_metrics import require_finite_scores
 from .figures import color_scale, write_scored_ply
-from .mutual import METHOD as MUTUAL
-from .mutual import MutualOptions, mutual_model_config, score_against_reference
+from .mutual import mutual_model_config, score_against_reference
+from .options import MUTUAL, MutualOptions
 from .runs import BackboneCache, load_run, resolve_checkpoint
 from .scoring import score_arrays
 

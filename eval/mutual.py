@@ -33,7 +33,7 @@ from ..shared.store import open_store
 from ..train.model.model_config import ModelConfig
 from .mutual_math import aggregate_neighbourhoods, mutual_scores, rescore_by_neighbours, upsample_scores
 
-# MutualOptions and its choices live in the light eval.settings (the command line reads them); re-exported here
+# MutualOptions and its choices live in the light eval/options.py (the command line reads them)
 from .options import MUTUAL as METHOD
 from .options import MutualOptions
 from .score_maps import ROW_FIELDS, SIGMA, SampleScores, score_row

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .options import BLOCK_BYTES, FRACTION, RADII, RESCORE_KS  # noqa: F401 (stated once there)
+from .options import BLOCK_BYTES, FRACTION, RESCORE_KS
 
 
 def aggregate_neighbourhoods(patches: torch.Tensor, radius: int) -> torch.Tensor:

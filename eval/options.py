@@ -1,8 +1,8 @@
 """The eval settings and their defaults, stated once: `ReportConfig` (one `eval report`) and `MutualOptions`
 (`--method mutual-scoring`, eval/mutual.py), with the choices their options take.
 
-Light on purpose (no torch at import): the command line reads its defaults from here. `eval/report.py`,
-`eval/mutual.py` and `eval/mutual_math.py` re-export what they used to define.
+Light on purpose (no torch at import): the command line reads its defaults from here, and every user
+imports these names from here.
 """
 
 from __future__ import annotations

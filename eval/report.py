@@ -37,11 +37,8 @@ from ..shared.store import open_store
 from ..shared.threads import submit, worker_pool
 from ..train.model.model_config import DEFAULT_SEED, load_model_config
 from .class_metrics import BLOCKS, METRICS, class_metrics, require_finite_scores
-from .mutual import METHOD as MUTUAL
 from .mutual import attach_published, mutual_model_config, score_class
-
-# ReportConfig and its choices live in the light eval.settings (the command line reads them); re-exported here
-from .options import METHODS, PROTOCOLS, SETTINGS, ReportConfig  # noqa: F401
+from .options import MUTUAL, ReportConfig
 from .output_paths import check_file_target
 from .paper import published, table_number
 from .report_figures import pick_rows, write_class_figures

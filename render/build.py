@@ -42,9 +42,10 @@ from ..shared.store_write import (
 )
 from .camera import camera_settings
 from .datasets import dataset_render_options
+from .options import RenderOptions
 from .rasterize import worker_rasterizer
 from .readers import list_samples, preprocess_options, read_sample
-from .sample_render import RenderOptions, render_sample
+from .sample_render import render_sample
 
 
 @dataclass

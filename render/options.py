@@ -1,7 +1,7 @@
 """What a render store row is made with (`RenderOptions`) and the choices of its options; defaults stated once.
 
 Light on purpose (numpy, no Open3D or torch at import): `render --help` reads its defaults from here.
-`render/sample_render.py`, which renders with these options, re-exports them.
+Every user imports them from here (`render/sample_render.py` renders with them).
 """
 
 from __future__ import annotations

@@ -16,9 +16,7 @@ from ..shared.threads import available, submit
 from .camera import Camera, fit_camera, project
 from .graph import knn_graph, proxy_indices
 from .masks import splat_masks
-
-# the options and their choices live in the light options module; re-exported here
-from .options import GREY, LIGHTS, MASKS, RENDERERS, VISIBILITY, RenderOptions  # noqa: F401
+from .options import LIGHTS, RenderOptions
 from .preprocess import farthest_point_indices
 from .rasterize import DrawStyle, LegacyRasterizer, downsample
 from .splat import Cloud, draw_views

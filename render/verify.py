@@ -17,7 +17,8 @@ from ..shared.names import printable
 from ..shared.sample import Sample
 from ..shared.store import RenderStore, StoredSample
 from ..shared.store_check import chunk_problems
-from .sample_render import RenderOptions, render_sample
+from .options import RenderOptions
+from .sample_render import render_sample
 
 
 def check_sample(sample: StoredSample, store: RenderStore) -> list[str]:

@@ -54,7 +54,7 @@ def eval_store(mvtec_dataset, real3d_dataset, tmp_path_factory):
     """Test splits of two synthetic datasets in one store: synthetic-mvtec3d (organized, RGB) and
     synthetic-real3d (unorganized), classes cookie and torus, one good and five defects each, 3 views."""
     from pointad.render.build import build_store
-    from pointad.render.sample_render import RenderOptions
+    from pointad.render.options import RenderOptions
     from pointad.shared.store import open_store
     out = tmp_path_factory.mktemp("eval") / "renders.zarr"
     options = RenderOptions(views=3, image_size=336, supersample=1, point_size=2)
@@ -69,7 +69,7 @@ def reference_store(mvtec_dataset, tmp_path_factory):
     """One-worker build of the MVTec-format cookie test split (6 samples; 3 views at 96 px, supersample 2,
     point size 3): the store other builds must equal. Read-only: tests copy it before changing it."""
     from pointad.render.build import build_store
-    from pointad.render.sample_render import RenderOptions
+    from pointad.render.options import RenderOptions
     _, entry = mvtec_dataset
     out = tmp_path_factory.mktemp("ref") / "renders.zarr"
     options = RenderOptions(views=3, image_size=96, supersample=2, max_points=96 * 96, point_size=3)

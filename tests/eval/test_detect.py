@@ -14,7 +14,7 @@ from pointad.eval.detect import to_input_points
 from pointad.eval.figures import score_colors
 from pointad.render import synthetic
 from pointad.render.build import build_store
-from pointad.render.sample_render import RenderOptions
+from pointad.render.options import RenderOptions
 from pointad.shared.cli import pointad
 from pointad.train.loop import TrainConfig, train
 

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from scipy.spatial import cKDTree
 
 from pointad.eval.detect import detect_mutual, reference_rows
-from pointad.eval.mutual import MutualOptions, mutual_model_config, score_class
+from pointad.eval.mutual import mutual_model_config, score_class
+from pointad.eval.options import MutualOptions
 from pointad.eval.report import BASELINE_SEED
 from pointad.eval.runs import BackboneCache
 from pointad.shared.cli import pointad
@@ -129,7 +130,7 @@ def test_mutual_options_belong_to_mutual_scoring(tmp_path):
 def downsampled_store(mvtec_dataset, tmp_path_factory):
     """The cookie test samples rendered as the evaluation store, but with --downsample 0.5."""
     from pointad.render.build import build_store
-    from pointad.render.sample_render import RenderOptions
+    from pointad.render.options import RenderOptions
     out = tmp_path_factory.mktemp("downsampled") / "renders.zarr"
     build_store(mvtec_dataset[1], out, RenderOptions(views=3, image_size=336, supersample=1, point_size=2,
                                                      downsample=0.5), classes=["cookie"], splits=["test"])

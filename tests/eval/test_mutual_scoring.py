@@ -18,8 +18,9 @@ import pointad.eval.score_maps as score_maps
 import pointad.eval.scoring as scoring
 import pointad.train.model.maps as maps
 from pointad.eval.cli import eval_
-from pointad.eval.mutual import MutualOptions, attach_published, mutual_model_config, patch_scores, score_class
+from pointad.eval.mutual import attach_published, mutual_model_config, patch_scores, score_class
 from pointad.eval.mutual_math import aggregate_neighbourhoods, block_sizes, kept_count, mutual_scores, rescore_by_neighbours
+from pointad.eval.options import MutualOptions
 from pointad.eval.report import Report, to_markdown
 from pointad.shared.store import open_store
 from pointad.train.model.backbone import load_backbone

@@ -224,8 +224,8 @@ def test_a_downsampled_build_of_repeated_points_passes_verify(fmt, tmp_path):
     from pointad.render import synthetic
     from pointad.render.build import build_store
     from pointad.render.datasets import open_dataset
+    from pointad.render.options import RenderOptions
     from pointad.render.readers import list_samples, preprocess_options, read_sample
-    from pointad.render.sample_render import RenderOptions
     from pointad.render.verify import verify_store
     from pointad.shared.store import open_store
     if fmt == "mvtec3d":

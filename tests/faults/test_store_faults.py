@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from pointad.render.build import build_store
 from pointad.render.cli import render
-from pointad.render.sample_render import RenderOptions
+from pointad.render.options import RenderOptions
 from pointad.shared.errors import PointADError
 from pointad.shared.store import CHECKED_FROM, SampleArrays, open_store
 from pointad.shared.store_schema import BY_FIELD, SAMPLE_FIELDS

@@ -390,7 +390,7 @@ def test_bad_raw_eyecandies_mask_fails_only_its_sample(tmp_path, damage):
 
 def test_build_records_a_bad_raw_eyecandies_mask_and_renders_the_rest(tmp_path):
     from pointad.render.build import build_store
-    from pointad.render.sample_render import RenderOptions
+    from pointad.render.options import RenderOptions
     from pointad.shared.store import open_store
     entry, refs = _dataset(tmp_path, "eyecandies")
     i = _anomalous(refs)

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from pointad.render.build import build_store
 from pointad.render.camera import fit_camera, project
 from pointad.render.cli import render
+from pointad.render.options import RenderOptions
 from pointad.render.rasterize import DrawStyle, downsample, worker_rasterizer
 from pointad.render.readers import list_samples, preprocess_options, read_sample
-from pointad.render.sample_render import RenderOptions
 from pointad.render.view_plan import make_view_plan
 from pointad.shared.store import open_store
 

@@ -9,8 +9,8 @@ import torch
 
 from pointad.render import synthetic
 from pointad.render.build import build_store, render_row
+from pointad.render.options import RenderOptions
 from pointad.render.readers import list_samples
-from pointad.render.sample_render import RenderOptions
 from pointad.shared.registry import custom_entry
 from pointad.shared.store import open_store
 

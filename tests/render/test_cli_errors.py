@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from pointad.render.build import build_store
 from pointad.render.cli import render
-from pointad.render.sample_render import RenderOptions
+from pointad.render.options import RenderOptions
 
 TINY = ["--views", "2", "--image-size", "32", "--supersample", "1", "--max-points", "1024", "--point-size", "2"]
 

@@ -11,9 +11,10 @@ from click.testing import CliRunner
 from pointad.render.camera import Camera, fit_camera
 from pointad.render.cli import render
 from pointad.render.masks import anomalous_on_top, binarise_blocks, footprints, splat_masks, supersampled_positions
+from pointad.render.options import RenderOptions
 from pointad.render.rasterize import DrawStyle, downsample, worker_rasterizer
 from pointad.render.readers import list_samples, preprocess_options, read_sample
-from pointad.render.sample_render import RenderOptions, render_masks, render_sample
+from pointad.render.sample_render import render_masks, render_sample
 from pointad.shared.errors import ConfigError
 from pointad.shared.store import open_store
 from pointad.shared.store_write import set_failures

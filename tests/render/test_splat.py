@@ -16,9 +16,10 @@ from pointad.render.camera import Camera, fit_camera
 from pointad.render.cli import render
 from pointad.render.datasets import open_dataset
 from pointad.render.masks import footprints, splat_masks
+from pointad.render.options import LIGHTS, RenderOptions
 from pointad.render.rasterize import DrawStyle, worker_rasterizer
 from pointad.render.readers import list_samples, preprocess_options, read_sample
-from pointad.render.sample_render import LIGHTS, RenderOptions, _capture_all, estimate_normals, render_masks, render_sample
+from pointad.render.sample_render import _capture_all, estimate_normals, render_masks, render_sample
 from pointad.render.splat import Cloud, draw_views, shade, splat_levels
 from pointad.render.synthetic.dense import dense_sample
 from pointad.shared.errors import ConfigError

@@ -8,7 +8,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from pointad.render.build import build_store
-from pointad.render.sample_render import RenderOptions
+from pointad.render.options import RenderOptions
 from pointad.render.view_plan import CodePlan, ViewPlan, make_view_plan, rotation
 from pointad.shared.errors import ConfigError, PointADError
 from pointad.shared.registry import load_registry

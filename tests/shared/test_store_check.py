@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from pointad.render.build import build_store
-from pointad.render.sample_render import RenderOptions
+from pointad.render.options import RenderOptions
 from pointad.render.verify import verify_store
 from pointad.shared.store import CHECKED_FROM, SampleArrays, open_store
 from pointad.shared.store_check import chunk_problems

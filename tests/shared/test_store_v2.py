@@ -22,7 +22,7 @@ from pointad.render.build import build_store
 from pointad.render.camera import fit_camera, project
 from pointad.render.cli import render
 from pointad.render.migrate import migrate_store
-from pointad.render.sample_render import RenderOptions
+from pointad.render.options import RenderOptions
 from pointad.render.view_plan import ViewPlan
 from pointad.shared.errors import PointADError, StoreSchemaError
 from pointad.shared.store import open_store, store_fingerprint
