@@ -28,7 +28,17 @@ from ..shared.command import (
 from ..shared.limits import bound
 from ..shared.logging import get_logger
 from ..train.options import PROMPTS, TrainConfig
-from .options import METHODS, PROTOCOLS, REPORT_FORMATS, SETTINGS, VIEW_MODES, MutualOptions, ReportConfig
+from .options import (
+    METHODS,
+    OFFICIAL,
+    PROTOCOL_CHOICES,
+    PROTOCOLS,
+    REPORT_FORMATS,
+    SETTINGS,
+    VIEW_MODES,
+    MutualOptions,
+    ReportConfig,
+)
 
 log = get_logger("eval.report")
 
@@ -82,8 +92,17 @@ def eval_():
 @click.option("--report-format", type=click.Choice(REPORT_FORMATS), default=REPORT_FORMATS[0], show_default=True,
               help="Format of the report: markdown tables, CSV rows, or JSON (with every sample's scores).")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the report here (atomically) instead of stdout.")
-@click.option("--protocol", type=click.Choice([*PROTOCOLS, "both"]), default=_report("protocol"),
-              show_default=True, help="points: valid points only; pointad-compat: the released code's full grid.")
+@click.option("--protocol", type=click.Choice([*PROTOCOLS, *PROTOCOL_CHOICES]), default=_report("protocol"),
+              show_default=True, help="points: valid points only; pointad-compat: the released code's full grid; "
+                                      "mvtec-official: MVTec 3D-AD's script on the --export-maps maps (every pixel); "
+                                      "both: the first two; all: the three.")
+@click.option("--export-maps", type=click.Path(path_type=Path),
+              help="Write every test sample's anomaly map here, per run and block, as MVTec 3D-AD's evaluation script "
+                   "reads them (DIR/<dataset>/run-<k>/<block>/<class>/test/<defect>/<stem>.tiff; .npy per point when "
+                   "unorganized) with a manifest.json; a new or empty folder.")
+@click.option("--root", "dataset_root", type=click.Path(path_type=Path),
+              help="--export-maps: the test dataset's folder, whose ground-truth PNGs give each map's size  "
+                   "[default: its datasets.yaml root]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--method", type=click.Choice(METHODS), default=_report("method"),
               show_default=True, help="clip-rendering: untrained baseline prompts, no checkpoints; mutual-scoring: "
@@ -133,7 +152,7 @@ def eval_():
 def report(store, checkpoints, setting, dataset, classes, report_format, out, protocol, device, method, model,
            clip_weights, batch_size, compare_paper, figures, figure_samples, figure_ids, runs_dir, train_dataset,
            train_classes, seeds, train_missing, train_epochs, train_prompt, mutual_views, mutual_fraction, mutual_radii,
-           mutual_layers, rescore_k):
+           mutual_layers, rescore_k, export_maps, dataset_root):
     """Evaluate runs (or the clip-rendering baseline) on a store: I-AUROC, AP, P-AUROC, AUPRO per class.
 
     The runs come from --checkpoints, or from --runs-dir as a sweep (training classes x seeds); with
@@ -153,6 +172,13 @@ def report(store, checkpoints, setting, dataset, classes, report_format, out, pr
         check_file_target(out, "--out takes a file name")
     if figures is not None:
         check_folder_target(figures, "--figures takes a folder")
+    if export_maps is not None:
+        from .export_maps import check_export_target
+        check_export_target(export_maps)
+    elif protocol in (OFFICIAL, "all"):
+        raise click.UsageError(f"--protocol {protocol} scores the exported maps: give --export-maps DIR")
+    if dataset_root is not None and export_maps is None:
+        raise click.UsageError("--root applies to --export-maps only")
     if method in ("clip-rendering", "mutual-scoring"):
         from ..train.model.weights import resolve_auto_model  # torch: only when a model is resolved
         model = said(resolve_auto_model(model, clip_weights))
@@ -183,6 +209,9 @@ def report(store, checkpoints, setting, dataset, classes, report_format, out, pr
     datasets = [dataset] if dataset else _test_datasets(store, setting, trained_on, checkpoints)
     if not dataset:
         chosen.append(f"test dataset(s) {', '.join(datasets)}")
+    if dataset_root is not None and len(datasets) > 1:
+        raise click.UsageError(f"--root names one dataset's folder; this report tests {', '.join(datasets)}: "
+                               "choose one with --dataset")
     if chosen:
         click.echo(f"eval report: store {store}; " + "; ".join(chosen), err=True)
     results = []
@@ -193,7 +222,9 @@ def report(store, checkpoints, setting, dataset, classes, report_format, out, pr
                               clip_weights=None if clip_weights is None else str(clip_weights),
                               batch_size=batch_size, figures=None if figures is None else str(figures),
                               figure_samples=figure_samples, figure_ids=figure_ids,
-                              compare_paper=compare_paper, mutual=mutual)
+                              compare_paper=compare_paper, mutual=mutual,
+                              export_maps=None if export_maps is None else str(export_maps),
+                              dataset_root=_dataset_root(name, dataset_root) if export_maps is not None else None)
         with closing(_ScoringBar(f"eval {name}")) as bar:
             results.append(build_report(config, device=target, progress=log.info, bar=bar))
     text = write_report(results, report_format, out)
@@ -203,6 +234,25 @@ def report(store, checkpoints, setting, dataset, classes, report_format, out, pr
         click.echo(f"{out}: {report_format} report, model {results[0].header['model']}", err=True)
     if figures is not None:
         click.echo(f"{figures}: figures of {sum(len(r.classes) for r in results)} class(es)", err=True)
+
+
+def _dataset_root(name: str, given: Path | None) -> str | None:
+    """The folder of test dataset `name` for --export-maps: --root, else its registry entry's (built-in data
+    generated there on first use); None when the registry does not know it (the export then asks for --root)."""
+    if given is not None:
+        return str(given)
+    from ..shared.errors import ConfigError, DatasetError
+    from ..shared.registry import resolve_dataset
+    try:
+        entry = resolve_dataset(name)
+    except (ConfigError, DatasetError):
+        return None
+    if entry.format == "real3d":  # unorganized clouds: their export reads no ground-truth PNG
+        return None
+    if entry.generate is not None:
+        from ..render.datasets import open_dataset
+        entry = open_dataset(name)
+    return None if entry.root is None else str(entry.root)
 
 
 def _test_datasets(store: Path, setting: str, trained_on: str | None, checkpoints) -> list[str]:

@@ -13,7 +13,17 @@ from ..shared.errors import ConfigError
 from ..shared.limits import check_fields, within
 from ..train.model.model_config import DEFAULT_MODEL, MAX_BLOCKS
 
-PROTOCOLS = ("points", "pointad-compat")
+PROTOCOLS = ("points", "pointad-compat", "mvtec-official")
+OFFICIAL = "mvtec-official"  # computed from the maps --export-maps writes (eval/export_maps.py)
+# --protocol also takes "both" (points and pointad-compat, as before the third) and "all"
+PROTOCOL_CHOICES = {"both": PROTOCOLS[:2], "all": PROTOCOLS}
+# what each number of a table follows, said beside it in the report (design §7.3)
+PROTOCOL_DEFINITIONS = {
+    "points": "valid points only (missing cells and padding count nowhere); AUPRO regions on the grid or k-NN graph",
+    "pointad-compat": "the released PointAD code: full grid, missing cells score 0 and label 0, 200-threshold AUPRO",
+    OFFICIAL: "MVTec 3D-AD's evaluation script on the exported maps: every pixel of each ground-truth PNG "
+              "(background included), AUPRO up to FPR 0.3, I-AUROC and AP from each map's maximum",
+}
 SETTINGS = ("one-vs-rest", "cross-dataset")
 REPORT_FORMATS = ("md", "csv", "json")  # eval/report.py's FORMATS
 MUTUAL = "mutual-scoring"
@@ -72,17 +82,21 @@ class ReportConfig:
     figure_ids: tuple[str, ...] = ()  # or exactly these sample ids
     compare_paper: bool = False
     mutual: MutualOptions = MutualOptions()  # --method mutual-scoring only (eval/mutual.py)
+    export_maps: str | None = None    # folder for `eval.export_maps` (every run's maps; the mvtec-official protocol)
+    dataset_root: str | None = None   # the test dataset's folder (ground-truth PNGs); None: datasets.yaml's
 
     def __post_init__(self):
         check_fields(self)
-        for name, allowed in (("setting", SETTINGS), ("method", METHODS), ("protocol", (*PROTOCOLS, "both"))):
+        for name, allowed in (("setting", SETTINGS), ("method", METHODS), ("protocol", (*PROTOCOLS, *PROTOCOL_CHOICES))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.method == "pointad" and not self.checkpoints:
             raise ConfigError("--method pointad needs --checkpoints (run directories or checkpoint files)")
         if self.method in ("clip-rendering", MUTUAL) and self.checkpoints:
             raise ConfigError(f"--method {self.method} uses no training; drop --checkpoints")
+        if OFFICIAL in self.protocols and self.export_maps is None:
+            raise ConfigError(f"--protocol {self.protocol} scores the exported maps: give --export-maps DIR")
 
     @property
     def protocols(self) -> tuple[str, ...]:
-        return PROTOCOLS if self.protocol == "both" else (self.protocol,)
+        return PROTOCOL_CHOICES.get(self.protocol, (self.protocol,))

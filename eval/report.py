@@ -12,6 +12,10 @@ multimodal) and protocol:
   missing cells 0 before a plain Gaussian), the whole organized grid (grid_hw, 336 x 336 in the paper's
   stores) with label 0 in missing cells, P-AUROC over every cell and `aupro_pointad_compat`. Classes with
   unorganized samples keep the `points` sample metrics and get nan point metrics (no grid to fill).
+- `mvtec-official`: MVTec 3D-AD's evaluation script, on the maps `--export-maps` writes (`eval.export_maps`,
+  read back from the files; math in `eval.official_protocol`): every pixel of each ground-truth PNG, the
+  sample score each map's maximum. Unorganized classes: I-AUROC and AP from each cloud's maximum, nan point
+  metrics.
 Per run, the mean row is the mean over its test classes where a value is defined; across runs every
 cell is mean ± std (population std) of the runs that tested that class. The scores of one class (for
 every run) are held at a time, never the whole store.
@@ -37,8 +41,10 @@ from ..shared.store import open_store
 from ..shared.threads import submit, worker_pool
 from ..train.model.model_config import DEFAULT_SEED, load_model_config
 from .class_metrics import BLOCKS, METRICS, class_metrics, require_finite_scores
+from .export_maps import MapExport
+from .export_maps import class_metrics as official_class_metrics
 from .mutual import attach_published, mutual_model_config, score_class
-from .options import MUTUAL, ReportConfig
+from .options import MUTUAL, OFFICIAL, PROTOCOL_DEFINITIONS, ReportConfig
 from .output_paths import check_file_target
 from .paper import published, table_number
 from .report_figures import pick_rows, write_class_figures
@@ -155,6 +161,9 @@ def build_report(config: ReportConfig, device="cpu", progress=None, bar=None) ->
     samples: list[dict] = []                   # per run and sample: its scores (`sample_records`)
     has_rgb = False
     class_rows = {name: store.indices(dataset=config.dataset, class_name=name, split="test") for name in classes}
+    export = None if config.export_maps is None else MapExport(config.export_maps, config.dataset, config.dataset_root)
+    if export is not None:  # every map's ground truth on disk before any scoring
+        export.check_ground_truth(store, np.concatenate([class_rows[name] for name in classes]))
     if bar is not None:
         bar.reset(total=sum(len(rows) for rows in class_rows.values()))
     # a class's metrics are computed on other threads while the next class is scored (numpy's sorts release the GIL)
@@ -162,6 +171,8 @@ def build_report(config: ReportConfig, device="cpu", progress=None, bar=None) ->
     with worker_pool() as metrics_pool:
         for name in classes:
             rows = class_rows[name]
+            if export is not None:
+                export.start_class()
             testing = [n for n, run in enumerate(runs)
                        if not (config.setting == "one-vs-rest" and run.train and run.train["class_name"] == name)]
             for group in _by_backbone(runs, testing):
@@ -181,10 +192,15 @@ def build_report(config: ReportConfig, device="cpu", progress=None, bar=None) ->
                     require_finite_scores(results, f"{runs[number].label}: class {name}")  # before any metric
                     has_rgb |= any(r.has_rgb for r in results)
                     samples += sample_records(runs[number].label, results)
+                    written = None if export is None else export.write(number, runs[number].label, name, results)
                     for protocol in config.protocols:
                         for block in BLOCKS:
-                            pending[number, protocol, block, name] = submit(metrics_pool, class_metrics, results,
-                                                                            block, protocol)
+                            if protocol == OFFICIAL:  # from the files just written, read back
+                                pending[number, protocol, block, name] = submit(metrics_pool, official_class_metrics,
+                                                                                written[block])
+                            else:
+                                pending[number, protocol, block, name] = submit(metrics_pool, class_metrics, results,
+                                                                                block, protocol)
                     if drawn and k == 0:
                         write_class_figures(config.figures, name, results, store, backbone.label)
                 if progress is not None:
@@ -206,6 +222,10 @@ def build_report(config: ReportConfig, device="cpu", progress=None, bar=None) ->
               "protocols": list(config.protocols), "runs": len(runs), "store": str(config.store)}
     if config.figures is not None:
         header["figures"] = str(config.figures)
+    header["protocol_definitions"] = {p: PROTOCOL_DEFINITIONS[p] for p in config.protocols}
+    if export is not None:
+        header["export_maps"] = str(export.base)
+        header["export_manifest"] = str(export.finish(header))
     blocks = BLOCKS if has_rgb else ("point",)
     report = Report(header=header, blocks=blocks, classes=tested, values=values, samples=samples)
     return attach_paper(report) if config.compare_paper else report
@@ -341,8 +361,8 @@ def to_markdown(report: Report) -> str:
             compare = bool((report.paper or {}).get(block))
             names = [f"{t} | paper | Δ" if compare else t for t in METRICS.values()]
             columns = 3 * len(METRICS) if compare else len(METRICS)
-            lines += [f"## {block} ({protocol})", "", "| class | " + " | ".join(names) + " |",
-                      "|---|" + "---:|" * columns]
+            lines += [f"## {block} ({protocol})", "", f"protocol {protocol}: {_protocol_note(report, protocol)}", "",
+                      "| class | " + " | ".join(names) + " |", "|---|" + "---:|" * columns]
             for name in [*report.classes, MEAN_ROW]:
                 cells = []
                 for metric in METRICS:
@@ -353,6 +373,14 @@ def to_markdown(report: Report) -> str:
                 lines.append(f"| {shown} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines)
+
+
+def _protocol_note(report: Report, protocol: str) -> str:
+    """What the numbers of a table follow (PROTOCOL_DEFINITIONS); for mvtec-official, also where the maps are."""
+    note = report.header.get("protocol_definitions", PROTOCOL_DEFINITIONS).get(protocol, PROTOCOL_DEFINITIONS[protocol])
+    if protocol == OFFICIAL and "export_maps" in report.header:
+        note += f" (maps: {_md(report.header['export_maps'])}/run-<k>/<block>)"
+    return note
 
 
 def to_records(report: Report) -> list[dict]:
