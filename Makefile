@@ -19,7 +19,8 @@ demo: setup
 	.venv/bin/pointad train sweep --store $(DEMO)/renders.zarr --dataset synthetic --model auto --epochs 3 \
 		--runs-dir $(DEMO)/runs
 	.venv/bin/pointad eval report --store $(DEMO)/renders.zarr --runs-dir $(DEMO)/runs --setting one-vs-rest \
-		--dataset synthetic --protocol both --compare-paper --figures $(DEMO)/figures --out $(DEMO)/one-vs-rest.md
+		--dataset synthetic --protocol both --compare-paper --figures $(DEMO)/figures --html $(DEMO)/html \
+		--out $(DEMO)/one-vs-rest.md
 	.venv/bin/pointad eval report --store $(DEMO)/renders.zarr --runs-dir $(DEMO)/runs --train-dataset synthetic \
 		--setting cross-dataset --dataset synthetic-real3d --out $(DEMO)/cross-dataset.md
 	.venv/bin/pointad eval report --store $(DEMO)/renders.zarr --method clip-rendering --model auto \

@@ -7,6 +7,7 @@ Defaults come from `ReportConfig` and `MutualOptions` (eval/options.py) and, for
 
 from __future__ import annotations
 
+import time
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
@@ -134,6 +135,10 @@ def eval_():
               help="Anomalous samples per class drawn with --figures (plus one good sample).")
 @list_option("--figure-sample", "figure_ids",
              help="Draw these samples instead (sample ids, e.g. cookie/test/hole/xyz/000.tiff).")
+@click.option("--html", type=click.Path(path_type=Path),
+              help="Write DIR/report.html: one self-contained page (tables, ROC/PRO, views, 3D viewers) that opens "
+                   "offline; its figures go to DIR/figures unless --figures is given. Needs pip install "
+                   "'pointad[html]' (plotly).")
 @click.option("--runs-dir", type=click.Path(path_type=Path),
               help="Instead of --checkpoints: the sweep's runs <train-dataset>-<class>-<seed> in this folder  "
                    "[default with neither: runs, every trained run in it]")
@@ -150,7 +155,7 @@ def eval_():
 @click.option("--train-prompt", type=click.Choice(PROMPTS), default=default_of(TrainConfig, "prompt"),
               show_default=True, help="--train-missing only: prompts of the runs it trains.")
 def report(store, checkpoints, setting, dataset, classes, report_format, out, protocol, device, method, model,
-           clip_weights, batch_size, compare_paper, figures, figure_samples, figure_ids, runs_dir, train_dataset,
+           clip_weights, batch_size, compare_paper, figures, figure_samples, figure_ids, html, runs_dir, train_dataset,
            train_classes, seeds, train_missing, train_epochs, train_prompt, mutual_views, mutual_fraction, mutual_radii,
            mutual_layers, rescore_k, export_maps, dataset_root):
     """Evaluate runs (or the clip-rendering baseline) on a store: I-AUROC, AP, P-AUROC, AUPRO per class.
@@ -170,6 +175,12 @@ def report(store, checkpoints, setting, dataset, classes, report_format, out, pr
     target = resolve_device(device)  # an unknown or absent device: refused before any work
     if out is not None:
         check_file_target(out, "--out takes a file name")
+    if html is not None:
+        from .html_report import PAGE_NAME, require_plotly
+        require_plotly()
+        check_folder_target(html, f"--html takes a folder: {PAGE_NAME} is written in it", [PAGE_NAME])
+        figures = html / "figures" if figures is None else figures
+        started = time.time()  # the page shows only figure files written from here on
     if figures is not None:
         check_folder_target(figures, "--figures takes a folder")
     if export_maps is not None:
@@ -234,6 +245,10 @@ def report(store, checkpoints, setting, dataset, classes, report_format, out, pr
         click.echo(f"{out}: {report_format} report, model {results[0].header['model']}", err=True)
     if figures is not None:
         click.echo(f"{figures}: figures of {sum(len(r.classes) for r in results)} class(es)", err=True)
+    if html is not None:
+        from .html_report import write_html_report
+        page = write_html_report(results, html, figures, since=started)
+        click.echo(f"{page}: HTML report ({page.stat().st_size / 1e6:.1f} MB), opens offline", err=True)
 
 
 def _dataset_root(name: str, given: Path | None) -> str | None:
