@@ -1,9 +1,12 @@
-"""benchmarks/gpu_bench.py runs end to end in --smoke mode (tiny model, CPU).
+"""The benchmarks and hand-run checks stay runnable: every script's imports resolve, none of them (nor a test)
+edits sys.path or loads a module by file path, and benchmarks/gpu_bench.py runs end to end in --smoke mode
+(tiny model, CPU).
 
-Its real use is one short device run with no second chance, so a rename in the library it calls must fail
-here, not there. No timings are checked: only that every part ran, what it wrote, and the copied store.
+gpu_bench's real use is one short device run with no second chance, so a rename in the library it calls must
+fail here, not there. No timings are checked: only that every part ran, what it wrote, and the copied store.
 """
 
+import ast
 import json
 import os
 import subprocess
@@ -17,6 +20,41 @@ from pointad.shared.store import open_store
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("## Set-up", "## A. Vision tower alone", "## B. `eval report` end to end", "## C. Training epochs",
          "## D. Splat renderer", "## Goals (issue 12)")
+
+
+SCRIPTS = sorted([*(ROOT / "benchmarks").glob("*.py"), *(ROOT / ".ci").glob("*.py")])
+
+
+def test_every_benchmark_and_check_script_imports():
+    """Each script's module level (its imports, not its main) runs, in one fresh process."""
+    assert {p.name for p in SCRIPTS} >= {"render_bench.py", "bench_visibility.py", "eval_bench.py", "mutation_check.py"}
+    code = ("import runpy, sys\n"
+            "for path in sys.argv[1:]:\n"
+            "    runpy.run_path(path, run_name='imported_by_the_smoke_test')\n"
+            "    print('imported', path)\n")
+    done = subprocess.run([sys.executable, "-c", code, *map(str, SCRIPTS)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("imported ") == len(SCRIPTS), done.stdout
+
+
+def _path_hacks(path):
+    """(line, what) of each sys.path edit or file-path module load in one file."""
+    loaders = {"spec_from_file_location", "SourceFileLoader", "run_path"}
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        name = {ast.Attribute: "attr", ast.Name: "id", ast.alias: "name"}.get(type(node))
+        if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", None) == "sys":
+            found.append((node.lineno, "sys.path"))
+        elif name and getattr(node, name) in loaders:
+            found.append((node.lineno, getattr(node, name)))
+    return found
+
+
+def test_no_script_or_test_edits_sys_path_or_loads_a_file_as_a_module():
+    """Naive twins and shared helpers are imported as modules of the package (design §9), never by path."""
+    files = [*SCRIPTS, *(ROOT / "tests").rglob("*.py")]
+    hacks = {str(p.relative_to(ROOT)): found for p in files if (found := _path_hacks(p))}
+    assert not hacks, hacks
 
 
 def test_gpu_bench_smoke_runs_every_part_and_copies_seed_rows(tmp_path):
