@@ -262,9 +262,7 @@ def _dataset_root(name: str, given: Path | None) -> str | None:
         entry = resolve_dataset(name)
     except (ConfigError, DatasetError):
         return None
-    if entry.format == "real3d":  # unorganized clouds: their export reads no ground-truth PNG
-        return None
-    if entry.generate is not None:
+    if entry.generate is not None and entry.format in ("mvtec3d", "eyecandies"):  # organized: PNGs to read
         from ..render.datasets import open_dataset
         entry = open_dataset(name)
     return None if entry.root is None else str(entry.root)

@@ -282,6 +282,7 @@ def test_a_ground_truth_that_does_not_match_the_store_is_refused(eval_store, mvt
     assert "\n" not in last and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_a_missing_ground_truth_is_refused_before_any_scoring(eval_store, mvtec_dataset, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(mvtec_dataset[1].root / "cookie", root / "cookie")
