@@ -350,7 +350,7 @@ def test_a_write_under_a_file_raises_and_leaves_no_file(tmp_path, which):
 def small_store(mvtec_dataset, tmp_path_factory):
     """The MVTec-format cookie test split (organized, with RGB), splat renderer, 2 views at 48 px."""
     from pointad.render.build import build_store
-    from pointad.render.sample_render import RenderOptions
+    from pointad.render.options import RenderOptions
     _, entry = mvtec_dataset
     out = tmp_path_factory.mktemp("figures") / "renders.zarr"
     options = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 48, point_size=3, renderer="splat")

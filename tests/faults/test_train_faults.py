@@ -24,7 +24,7 @@ import zarr
 from click.testing import CliRunner
 
 from pointad.render.build import build_store
-from pointad.render.sample_render import RenderOptions
+from pointad.render.options import RenderOptions
 from pointad.shared.lock import holder, lock_path
 from pointad.shared.store_write import update_attrs
 from pointad.train.cli import train as train_cli

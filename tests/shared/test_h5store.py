@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from pointad.eval.cli import eval_
 from pointad.render.build import build_store
 from pointad.render.cli import render
-from pointad.render.sample_render import RenderOptions
+from pointad.render.options import RenderOptions
 from pointad.shared.errors import PointADError
 from pointad.shared.h5store import GZIP_LEVEL, export_h5
 from pointad.shared.store import open_store, store_fingerprint

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from pointad.render.build import build_store
-from pointad.render.sample_render import RenderOptions
+from pointad.render.options import RenderOptions
 from pointad.shared.store import open_store
 from pointad.train.cli import _bytes
 from pointad.train.cli import train as train_cli

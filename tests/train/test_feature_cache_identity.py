@@ -13,7 +13,7 @@ import torch
 import zarr
 
 from pointad.render.build import build_store
-from pointad.render.sample_render import RenderOptions
+from pointad.render.options import RenderOptions
 from pointad.shared.errors import CheckpointMismatchError
 from pointad.shared.h5store import export_h5
 from pointad.shared.store import SampleArrays, open_store, store_fingerprint

@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from pointad.render.build import build_store
-from pointad.render.sample_render import RenderOptions
+from pointad.render.options import RenderOptions
 from pointad.shared.errors import CheckpointMismatchError, PointADError
 from pointad.train.cli import train as train_cli
 from pointad.train.loop import TrainConfig, Trainer, train
