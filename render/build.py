@@ -32,6 +32,7 @@ from ..shared.store_check import chunk_problems, rewrite_array_metadata
 from ..shared.store_schema import RenderRecord
 from ..shared.store_write import (
     append_samples,
+    consolidate,
     create_store,
     mark_incomplete,
     require_writable,
@@ -221,6 +222,18 @@ def check_scheduler(address: str, timeout: float | None = None) -> None:
         raise PointADError(f"{where}: the service there is not a dask scheduler (it does not answer as one)")
 
 
+SCALE_EXTRA = "pip install 'pointad-toolkit[scale]'"  # the optional dependencies of --backend dask
+
+
+def require_dask() -> None:
+    """PointADError in one line naming the extra to install when dask.distributed is missing."""
+    try:
+        import dask.distributed  # noqa: F401
+    except ImportError as exc:
+        raise PointADError(f"--backend dask needs dask and distributed ({first_line(exc, limit=120)}): "
+                           f"{SCALE_EXTRA}") from None
+
+
 def _connect(scheduler: str):
     """A dask Client of `scheduler` holding at least one worker; PointADError in one line otherwise."""
     from dask.distributed import Client
@@ -301,6 +314,8 @@ def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, class
     several or on dask). The rows do not depend on it.
     """
     out = Path(out)
+    if backend == "dask":
+        require_dask()
     if backend == "dask" and scheduler:
         check_scheduler(scheduler)  # before the store is created or locked
     options = dataset_render_options(options, entry)
@@ -346,6 +361,7 @@ def _build_locked(entry: DatasetEntry, out: Path, options: RenderOptions, refs: 
             progress.update(1)
     result.seconds = time.perf_counter() - started
     _record(out, entry, result)
+    consolidate(out)  # last, still under the lock: the copy of the arrays' metadata xarray opens the store by
     return result
 
 

@@ -3,7 +3,8 @@
 What changes: each array's `zarr.json` gains `dimension_names` and its attributes (meaning, units, fill
 value; `samples/complete` keeps its chunk record); the arrays `cameras/intrinsic` and `cameras/extrinsic`
 are added, computed from each row's points and the v1 attributes exactly as v1's `render verify` derived
-them (`fit_camera`, the recorded view plan); the root attributes are rewritten in v2's form last. No chunk
+them (`fit_camera`, the recorded view plan); the root attributes are rewritten in v2's form, then the
+consolidated metadata is written (design §4.3). No chunk
 of the v1 arrays is touched. Every file is replaced atomically (temp + rename), and until the root
 attributes say v2 the store reads as the v1 store it was, so a killed migration leaves a readable store
 and running it again finishes the job. Holds the store's writer lock throughout.
@@ -22,7 +23,7 @@ from ..shared.io import atomic_path, os_error
 from ..shared.lock import writer_lock
 from ..shared.store import ARRAYS, RenderStore, StoreAttrs, open_group, open_store, read_attrs
 from ..shared.store_schema import SCHEMA_VERSION, V2_ONLY
-from ..shared.store_write import array_attributes, array_kwargs
+from ..shared.store_write import array_attributes, array_kwargs, consolidate, drop_consolidated
 from .camera import fit_camera
 from .view_plan import ViewPlan
 
@@ -73,6 +74,7 @@ def _migrate_locked(path: Path) -> str:
     if attrs.schema_version == SCHEMA_VERSION:  # migrated meanwhile
         return f"{path}: already schema_version {SCHEMA_VERSION}; nothing to do"
     store = RenderStore(path, group)
+    drop_consolidated(path)  # another tool's copy of the v1 metadata would go stale below
     for spec in ARRAYS:
         if spec.path not in V2_ONLY:
             _upgrade_array_metadata(path / spec.path / "zarr.json", spec)
@@ -85,7 +87,8 @@ def _migrate_locked(path: Path) -> str:
             overwrite=True, config={"write_empty_chunks": True})  # every chunk on disk, as a build writes it
         if len(values):
             array[:] = values
-    _write_root_attrs(path, attrs)  # last: from here on the store reads as v2
+    _write_root_attrs(path, attrs)  # from here on the store reads as v2
+    consolidate(path)  # last: the copy of the v2 metadata xarray opens the store by (design §4.3)
     return (f"{path}: migrated from schema_version 1 to {SCHEMA_VERSION}: dimension names and attributes on "
             f"every array, cameras of {int(store.complete.sum())} complete row(s) computed")
 

@@ -9,24 +9,33 @@ place before), so a reader opened while a build appends sees N rows with every i
 complete rows are read (`shared/store.py`). One writer at a time: `render build` holds the store's writer
 lock (`shared/lock.py`) around creating, appending and rendering. Schema v1 stores are never written:
 every write refuses them (MIGRATE_NOTE).
+
+Consolidated metadata (a copy of every array's `zarr.json` inside the root one, which xarray and dask read
+in one go) is written by `consolidate` when a build, an append, a repair or a migration finishes, under the
+writer lock. Every write that changes an array's metadata or the root attributes removes the copy first, so
+a store holds either a copy equal to its arrays' metadata or none (a killed build: xarray then reads each
+array's own, with a warning). Our reader never uses the copy (`shared/store.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import zarr
+import zarr.errors
 from zarr.codecs import BloscCodec
 from zarr.core.array import AsyncArray
 from zarr.core.sync import sync  # runs a coroutine on Zarr's own event loop, as zarr.Array does
 
 from .errors import PointADError, StoreSchemaError
-from .io import os_error, remove_stale_temp_siblings, temp_sibling
+from .io import atomic_path, os_error, remove_stale_temp_siblings, temp_sibling
 from .store import CHECKED_FROM, ROW_COUNT, open_group, open_store, read_attrs
 from .store_schema import (
     ARRAYS,
@@ -49,6 +58,7 @@ IDENTITY_CHUNK = 4096  # identity arrays are written by the coordinator only, so
 # level (stores of older versions used 5) decode the same
 CLEVEL = 1
 _MUTABLE_ATTRS = ("failures", "render", "software")
+CONSOLIDATED = "consolidated_metadata"  # the root zarr.json's key for the copy (zarr 3's name)
 
 
 def _compressor(dtype: str) -> BloscCodec:
@@ -175,6 +185,7 @@ def append_samples(path, identities: list[dict]) -> range:
         seen.add(key)
     if m == 0:
         return range(n, n)
+    drop_consolidated(path)  # the arrays grow: a copy of their metadata would say the old length
     # resize and fill everything else first: until samples/sample_id grows, the new rows do not exist
     for spec in sorted(ARRAYS, key=lambda s: s.path == ROW_COUNT):
         array = group[spec.path]
@@ -228,6 +239,7 @@ def start_chunk_checks(path) -> int:
     writable_attrs(group, Path(path))
     complete = group["samples/complete"]
     if CHECKED_FROM not in complete.attrs:
+        drop_consolidated(Path(path))
         complete.attrs[CHECKED_FROM] = int(open_group(Path(path), "r")[ROW_COUNT].shape[0])
     return int(complete.attrs[CHECKED_FROM])
 
@@ -243,7 +255,10 @@ def mark_incomplete(path, rows) -> None:
 
 
 def update_attrs(path, **changes) -> StoreAttrs:
-    """Replace some of `failures`, `render`, `software` in the store's attributes (coordinator only)."""
+    """Replace some of `failures`, `render`, `software` in the store's attributes (coordinator only).
+
+    The root zarr.json is rewritten from the group as opened, without consolidated metadata
+    (`open_group` never reads it), so the copy is gone until `consolidate` writes it again."""
     path = Path(path)
     unknown = sorted(set(changes) - set(_MUTABLE_ATTRS))
     if unknown:
@@ -263,3 +278,28 @@ def set_failures(path, failures: list[dict], *, render: dict | None = None) -> S
     if render is not None:
         changes["render"] = render
     return update_attrs(path, **changes)
+
+
+def drop_consolidated(path) -> None:
+    """Remove the consolidated metadata from the store's root zarr.json, if it has any (coordinator only,
+    before a write that changes an array's metadata): atomically, the attributes untouched."""
+    document = Path(path) / "zarr.json"
+    meta = json.loads(document.read_text())
+    if CONSOLIDATED in meta:
+        del meta[CONSOLIDATED]
+        with atomic_path(document) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2))
+
+
+def consolidate(path) -> None:
+    """Write the store's consolidated metadata: a copy of every group's and array's metadata in the root
+    zarr.json (one atomic write), so xarray and dask open the store in one read and without their warning.
+    Coordinator only, under the writer lock, once the last row and attribute of a build, an append, a
+    repair or a migration are written (design §4.3)."""
+    path = Path(path)
+    writable_attrs(open_group(path, "r"), path)
+    with warnings.catch_warnings():
+        # zarr: consolidated metadata is not yet part of the Zarr v3 specification (zarr-python and xarray
+        # read it; a reader that does not know it reads each array's own zarr.json, as ours does)
+        warnings.filterwarnings("ignore", "Consolidated metadata is currently not part", zarr.errors.ZarrUserWarning)
+        zarr.consolidate_metadata(zarr.storage.LocalStore(path), zarr_format=3)
