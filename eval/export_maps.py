@@ -4,7 +4,7 @@ MVTec 3D-AD's evaluation script reads it, and the `mvtec-official` metrics compu
 Layout, one tree per test dataset, run and block (point, rgb, multimodal), each one `anomaly_maps_dir` of the
 official script:
 
-    DIR/<dataset>/run-<k>/<block>/<class>/test/<defect>/<stem>.tiff   organized samples: float32 (H0, W0)
+    DIR/<dataset>/run-<k>/<block>/<class>/test/<defect>/<stem>.tiff   organized samples: float32 (H0, W0), deflate
     DIR/<dataset>/run-<k>/<block>/<class>/test/<defect>/<stem>.npy    unorganized: float32 (n,) per point
     DIR/<dataset>/manifest.json                                       runs, blocks, background values, protocol
 
@@ -12,8 +12,9 @@ official script:
 next to the scan the store was rendered from (the store keeps only its resized grid, design §4): the export
 reads the dataset's ground truth, checks it against the store's point labels (a wrong --root is an error, not
 a wrong number), and keeps it for the protocol. The map is `official_protocol.original_map`; a `.npy` holds
-the scores of the store's valid points in store order (`points/xyz` of the sample's row). Every file is
-written atomically, into a folder that was empty; the manifest last.
+the scores of the store's valid points in store order (`points/xyz` of the sample's row). TIFFs are deflate
+(zlib level 1, TIFF compression 8: about 6x smaller than raw floats, and every tifffile reads it with Python's
+zlib alone). Every file is written atomically, into a folder that was empty; the manifest last.
 """
 
 from __future__ import annotations
@@ -185,7 +186,8 @@ class MapExport:
                     values = original_map(scores, sample.grid_index, sample.grid_hw, truth.truth.shape,
                                           self._square_of(identity["class_name"]), exported.background)
                     path = path.with_name(path.name + ".tiff")
-                    _write(path, lambda tmp, v=values: tifffile.imwrite(tmp, v))
+                    _write(path, lambda tmp, v=values: tifffile.imwrite(tmp, v, compression="zlib",
+                                                                         compressionargs={"level": 1}))
                     exported.truths.append(truth.truth)
                 else:
                     path = path.with_name(path.name + ".npy")

@@ -196,6 +196,8 @@ def test_the_printed_mvtec_official_numbers_follow_from_the_exported_files_alone
                 with Image.open(root / class_name / "test" / defect / "gt" / f"{tiff.stem}.png") as png:
                     truth = np.asarray(png) > 0
                 anomaly_map = tifffile.imread(tiff)
+                with tifffile.TiffFile(tiff) as opened:  # deflate: any tifffile decodes it with Python's zlib
+                    assert opened.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
                 assert anomaly_map.dtype == np.float32 and anomaly_map.shape == truth.shape
                 assert anomaly_map.min() >= info["background"]
                 maps.append(anomaly_map)
