@@ -76,3 +76,44 @@ def reference_store(mvtec_dataset, tmp_path_factory):
     result = build_store(entry, out, options, classes=["cookie"], splits=["test"])
     assert result.rendered == 6 and not result.failures
     return out
+
+
+def _cookie_store(mvtec_dataset, tmp_path_factory, name, options):
+    """The MVTec-format cookie test split (6 rows: one good, five defects) drawn with `options`."""
+    from pointad.render.build import build_store
+    _, entry = mvtec_dataset
+    out = tmp_path_factory.mktemp(name) / "renders.zarr"
+    result = build_store(entry, out, options, classes=["cookie"], splits=["test"])
+    assert result.rendered == 6 and not result.failures
+    return out
+
+
+# The cookie stores below are each built once per run for every module that needs the same rows drawn the
+# same way (before, each module built its own copy). Read-only: tests copy one before changing it.
+
+@pytest.fixture(scope="session")
+def cookie_store(mvtec_dataset, tmp_path_factory):
+    """The cookie test split, three views at CLIP's 336 px (legacy renderer): what training, the feature caches
+    and detect's runs are made of (tests/train/test_loop.py, test_cache_memory.py, eval/test_detect.py,
+    faults/test_train_faults.py)."""
+    from pointad.render.options import RenderOptions
+    options = RenderOptions(views=3, image_size=336, supersample=1, point_size=2)
+    return _cookie_store(mvtec_dataset, tmp_path_factory, "cookie-336", options)
+
+
+@pytest.fixture(scope="session")
+def cookie_splat_336(mvtec_dataset, tmp_path_factory):
+    """The cookie test split, two views at CLIP's 336 px, splat renderer (tests/shared/test_h5store.py,
+    tests/train/test_feature_cache_identity.py)."""
+    from pointad.render.options import RenderOptions
+    options = RenderOptions(views=2, image_size=336, supersample=1, point_size=2, renderer="splat")
+    return _cookie_store(mvtec_dataset, tmp_path_factory, "cookie-splat-336", options)
+
+
+@pytest.fixture(scope="session")
+def cookie_splat_48(mvtec_dataset, tmp_path_factory):
+    """The cookie test split, two views at 48 px, splat renderer: the smallest real store (tests/shared/
+    test_store_check.py, test_store_v2.py, tests/eval/test_figures.py)."""
+    from pointad.render.options import RenderOptions
+    options = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 48, point_size=3, renderer="splat")
+    return _cookie_store(mvtec_dataset, tmp_path_factory, "cookie-splat-48", options)

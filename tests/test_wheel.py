@@ -42,6 +42,7 @@ def _clean_env(tmp_path):
     return env | {"POINTAD_CACHE": str(tmp_path / "cache")}
 
 
+@pytest.mark.slow
 def test_the_wheel_installs_one_import_name_with_its_data(wheel_env, tmp_path):
     python, _ = wheel_env
     code = ("import importlib.util, pointad.shared.environment as c, pointad.train.model.model_config as m, "
@@ -55,6 +56,7 @@ def test_the_wheel_installs_one_import_name_with_its_data(wheel_env, tmp_path):
     assert out[1] == "tiny (random weights)" and out[2] == "True" and out[3] == "[]", out
 
 
+@pytest.mark.slow
 def test_the_three_stages_run_from_an_empty_folder(wheel_env, tmp_path):
     _, bin_dir = wheel_env
     folder = tmp_path / "empty"

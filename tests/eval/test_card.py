@@ -40,6 +40,7 @@ def test_train_run_refuses_a_store_of_several_datasets_naming_them(card_folder):
                                      "choose one with --dataset")
 
 
+@pytest.mark.slow
 def test_card_commands_train_then_report_cross_dataset_and_one_vs_rest(card_folder):
     trained = _invoke(train, ["run", "--store", "renders.zarr", "--dataset", MVTEC, "--model", "tiny",
                               "--epochs", "1", "--device", "cpu"])

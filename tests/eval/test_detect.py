@@ -20,14 +20,12 @@ from pointad.train.loop import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def detect_run(mvtec_dataset, tmp_path_factory):
-    """A 1-epoch tiny run on the cookie test samples (three views, 336 px)."""
-    _, entry = mvtec_dataset
+def detect_run(cookie_store, tmp_path_factory):
+    """A 1-epoch tiny run on the cookie test samples (three views, 336 px; the store from tests/conftest.py). Its
+    training takes seconds, so the tests using it are marked slow."""
     folder = tmp_path_factory.mktemp("detect")
-    store = folder / "renders.zarr"
-    build_store(entry, store, RenderOptions(views=3, image_size=336, supersample=1, point_size=2),
-                classes=["cookie"], splits=["test"])
-    train(TrainConfig(store=str(store), class_name="cookie", model="tiny", epochs=1, batch_size=4), folder / "run")
+    train(TrainConfig(store=str(cookie_store), class_name="cookie", model="tiny", epochs=1, batch_size=4),
+          folder / "run")
     return folder / "run"
 
 
@@ -60,6 +58,7 @@ def _check_outputs(out: Path, n_input: int, threshold=None, stdout: str = ""):
         assert f"sample score: {summary['sample_score']:.6f}" in stdout
 
 
+@pytest.mark.slow
 def test_detect_a_ply_scores_every_input_point(detect_run, real3d_dataset, tmp_path):
     spec, _ = real3d_dataset
     planned = next(p for p in synthetic.plan(spec) if p.split == "test" and p.defect != "good")
@@ -76,6 +75,7 @@ def test_detect_a_ply_scores_every_input_point(detect_run, real3d_dataset, tmp_p
                                points, atol=1e-6)  # input order kept
 
 
+@pytest.mark.slow
 def test_detect_an_organized_tiff_scores_its_measured_cells(detect_run, mvtec_dataset, tmp_path):
     import tifffile
     _, entry = mvtec_dataset
@@ -114,6 +114,7 @@ def _tiff(mvtec_dataset) -> Path:
     return sorted(Path(mvtec_dataset[1].root).rglob("test/*/xyz/*.tiff"))[-1]
 
 
+@pytest.mark.slow
 def test_the_run_records_its_stores_render_options(detect_run):
     from pointad.train.model.checkpoint import latest_checkpoint, load_checkpoint
     recorded = json.loads((detect_run / "config.json").read_text())["render"]
@@ -122,13 +123,16 @@ def test_the_run_records_its_stores_render_options(detect_run):
     assert "point_sizes" not in recorded
 
 
-def test_the_checkpoint_records_the_options_the_store_says_its_class_was_drawn_with(detect_run, mvtec_dataset):
+@pytest.mark.slow
+def test_the_checkpoint_records_the_options_the_store_says_its_class_was_drawn_with(detect_run, cookie_store,
+                                                                                    mvtec_dataset):
     from pointad.shared.store import open_store
     from pointad.train.model.checkpoint import latest_checkpoint, load_checkpoint
-    render = open_store(detect_run.parent / "renders.zarr").attrs.render  # tests/shared/test_render_record.py
+    render = open_store(cookie_store).attrs.render  # tests/shared/test_render_record.py
     assert load_checkpoint(latest_checkpoint(detect_run))["render"] == render.drawn(mvtec_dataset[1].name, "cookie")
 
 
+@pytest.mark.slow
 def test_first_lines_say_where_each_render_option_came_from(detect_run, mvtec_dataset, tmp_path):
     result = CliRunner().invoke(pointad, ["detect", str(_tiff(mvtec_dataset)), "--checkpoint", str(detect_run),
                                           "--out", str(tmp_path / "out"), "--device", "cpu", "--point-size", "3"])
@@ -143,6 +147,7 @@ def test_first_lines_say_where_each_render_option_came_from(detect_run, mvtec_da
     assert render["options"]["views"] == 3 and render["from"]["views"] == "recorded"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_the_record_renders_with_the_defaults_and_says_so(detect_run, mvtec_dataset, tmp_path):
     import torch
 
@@ -190,6 +195,7 @@ def downsampled_run(mvtec_dataset, tmp_path_factory):
     return store, folder / "run"
 
 
+@pytest.mark.slow
 def test_a_downsampled_runs_scores_are_its_store_rows_nearest_point_scores(downsampled_run, mvtec_dataset, tmp_path):
     """A store sample given to detect renders as its row (the same half of its points), and each input
     point takes the stored score of its nearest stored point (found here by brute force, in the input frame)."""
@@ -220,6 +226,7 @@ def test_a_downsampled_runs_scores_are_its_store_rows_nearest_point_scores(downs
     assert difference[worst] <= 1e-6, f"largest difference {difference[worst]:.3g} at input point {worst}"
 
 
+@pytest.mark.slow
 def test_a_downsampled_run_scores_every_point_of_a_new_cloud(downsampled_run, real3d_dataset, tmp_path):
     """An unorganized cloud: half its points are rendered and scored; every input point takes the score of
     its nearest rendered point, and a rendered point keeps its own."""
@@ -243,6 +250,7 @@ def test_a_downsampled_run_scores_every_point_of_a_new_cloud(downsampled_run, re
     np.testing.assert_array_equal(scores, expected)
 
 
+@pytest.mark.slow
 def test_a_crafted_compressed_pcd_is_one_line_in_a_detect_process(detect_run, tmp_path):
     """Issue 21, item 5: POINTS promising 10^8 points over a 200-point binary_compressed payload (Open3D's
     reader crashes on it) is our one-line error from a real `pointad detect` process, and nothing is written."""

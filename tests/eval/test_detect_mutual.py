@@ -62,6 +62,7 @@ def _assert_close(got, expected, tolerance=1e-5):
     assert difference[worst] <= tolerance, f"largest difference {difference[worst]:.3g} at input point {worst}"
 
 
+@pytest.mark.slow
 def test_a_store_sample_gets_the_reports_mutual_scores(eval_store, mvtec_dataset):
     row, path = _crack(eval_store, mvtec_dataset)
     options = MutualOptions(radii=(1, 3), rescore_ks=())   # the sample score: the point map's maximum
@@ -75,6 +76,7 @@ def test_a_store_sample_gets_the_reports_mutual_scores(eval_store, mvtec_dataset
     assert np.ptp(expected) > 0  # not a constant map, which any scorer would match
 
 
+@pytest.mark.slow
 def test_the_command_scores_against_all_views_and_writes_pointads_outputs(eval_store, mvtec_dataset, tmp_path):
     row, path = _crack(eval_store, mvtec_dataset)
     out = tmp_path / "out"
@@ -145,6 +147,7 @@ def _nearest_by_brute_force(points: np.ndarray, queries: np.ndarray) -> np.ndarr
                            for start in range(0, len(queries), 1024)])
 
 
+@pytest.mark.slow
 def test_a_downsampled_reference_scores_the_cloud_as_the_report_does(downsampled_store, mvtec_dataset):
     """The store sample renders as its row (half its points), is recognised as itself and left out, and each
     input point takes the report's score of its nearest stored point (brute force, in the input frame)."""

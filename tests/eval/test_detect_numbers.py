@@ -43,6 +43,7 @@ CASES = [(MVTEC, np.array([1.0, -1.0, -1.0]), 1e-6), (REAL3D, np.array([1.0, 1.0
 
 
 @pytest.mark.parametrize("dataset, turn_back, tolerance", CASES, ids=[MVTEC, REAL3D])
+@pytest.mark.slow
 def test_detect_scores_are_the_store_scores_of_the_nearest_point(eval_store, numbers_run, mvtec_dataset,
                                                                   real3d_dataset, dataset, turn_back, tolerance,
                                                                   tmp_path):

@@ -106,6 +106,7 @@ def test_overlay_refuses_bad_input_with_a_reason():
 
 # --- view sheet --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_view_sheet_of_nine_views_reads_back_with_its_grid_aspect(tmp_path):
     images, heats = _random_views(1)
     path = write_view_sheet(tmp_path / "sheets" / "cookie_003.png", images, heats, "cookie 003", dpi=50)
@@ -346,18 +347,6 @@ def test_a_write_under_a_file_raises_and_leaves_no_file(tmp_path, which):
 
 # --- the class figures' PLYs: each block's own scores ---------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def small_store(mvtec_dataset, tmp_path_factory):
-    """The MVTec-format cookie test split (organized, with RGB), splat renderer, 2 views at 48 px."""
-    from pointad.render.build import build_store
-    from pointad.render.options import RenderOptions
-    _, entry = mvtec_dataset
-    out = tmp_path_factory.mktemp("figures") / "renders.zarr"
-    options = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 48, point_size=3, renderer="splat")
-    assert build_store(entry, out, options, classes=["cookie"], splits=["test"]).rendered == 6
-    return out
-
-
 def _hand_scores(store, row, seed):
     """SampleScores of a store row with hand-made maps: point scores in [0, 1), multimodal in [2, 5), RGB in
     [10, 11): three blocks no one can mistake for each other."""
@@ -375,10 +364,12 @@ def _hand_scores(store, row, seed):
                         rgb_view_map=rng.uniform(0, 1, sample.rgb.shape[:2]).astype(np.float16))
 
 
-def test_class_figures_multimodal_ply_carries_the_multimodal_scores(small_store, tmp_path):
+@pytest.mark.slow
+def test_class_figures_multimodal_ply_carries_the_multimodal_scores(cookie_splat_48, tmp_path):
+    """On the MVTec-format cookie test split (organized, with RGB), 2 views at 48 px (tests/conftest.py)."""
     from pointad.eval.report_figures import file_stem, write_class_figures
     from pointad.shared.store import open_store
-    store = open_store(small_store)
+    store = open_store(cookie_splat_48)
     rows = [int(r) for r in store.indices()]
     results = [_hand_scores(store, row, seed) for seed, row in enumerate(rows)]
     anomalous = next(r for r in results if r.identity["label"] == 1)

@@ -226,6 +226,7 @@ def test_plain_attention_path_has_no_dual_blocks_and_says_so(plain_tiny):
 
 
 @pytest.mark.parametrize("dataset", [MVTEC, REAL3D])
+@pytest.mark.slow
 def test_point_scores_are_the_back_projected_view_maps(eval_store, plain_tiny, dataset):
     store = open_store(eval_store)
     rows = store.indices(dataset=dataset, class_name="torus", split="test")
@@ -251,6 +252,7 @@ def test_point_scores_are_the_back_projected_view_maps(eval_store, plain_tiny, d
 
 # --- the report ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_report_prints_the_methods_tables_labelled_as_a_smoke_run(eval_store, tmp_path):
     out = tmp_path / "report.json"
     result = CliRunner().invoke(eval_, ["report", "--store", str(eval_store), "--method", "mutual-scoring",

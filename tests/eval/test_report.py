@@ -68,6 +68,7 @@ def _tiny_scoring(eval_store, picks):
     return store, rows, backbone, backbone.encode_text(["normal object.", "damaged object."])
 
 
+@pytest.mark.slow
 def test_score_store_streams_the_same_scores_at_any_batch_size(eval_store):
     store, rows, backbone, text = _tiny_scoring(eval_store, [(MVTEC, "torus", 2), (REAL3D, "cookie", 2)])
     one = list(score_store(eval_store, rows, backbone, text, batch_size=1))
@@ -96,6 +97,7 @@ def test_prefetching_the_next_batch_changes_no_score_and_no_order(eval_store):
         assert np.array_equal(a.point_scores, b.point_scores) and np.array_equal(a.point_labels, b.point_labels)
 
 
+@pytest.mark.slow
 def test_rows_smoothed_on_threads_score_as_one_after_another(eval_store):
     from concurrent.futures import ThreadPoolExecutor
     from dataclasses import fields
@@ -124,6 +126,7 @@ def test_rows_smoothed_on_threads_score_as_one_after_another(eval_store):
                 assert x == y, f.name
 
 
+@pytest.mark.slow
 def test_several_runs_share_one_vision_pass_and_score_as_alone(eval_store):
     _, rows, backbone, text = _tiny_scoring(eval_store, [(MVTEC, "torus", 3), (REAL3D, "torus", 2)])
     texts = [text, backbone.encode_text(["a flawless thing.", "a broken thing."])]
@@ -137,6 +140,7 @@ def test_several_runs_share_one_vision_pass_and_score_as_alone(eval_store):
     assert together[0][0].score != together[0][1].score  # the two prompts do differ
 
 
+@pytest.mark.slow
 def test_compat_scores_follow_the_released_formulas(eval_store):
     _, rows, backbone, text = _tiny_scoring(eval_store, [(MVTEC, "torus", 2), (REAL3D, "cookie", 1)])
     results = list(score_store(eval_store, rows, backbone, text, compat=True))
@@ -206,6 +210,7 @@ def test_several_runs_give_mean_and_std():
 
 # --- eval report end to end ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_one_vs_rest_in_md_csv_json(eval_store, cookie_run, tmp_path):
     args = ["--store", eval_store, "--checkpoints", cookie_run, "--dataset", MVTEC, "--setting", "one-vs-rest"]
     md = _report(args, tmp_path, "md")
@@ -227,6 +232,7 @@ def test_one_vs_rest_in_md_csv_json(eval_store, cookie_run, tmp_path):
     assert all(math.isfinite(row[m]) for row in data["rows"] for m in ("I-AUROC", "AP", "P-AUROC", "AUPRO"))
 
 
+@pytest.mark.slow
 def test_cross_dataset_scores_every_class_without_rgb_blocks_for_real3d(eval_store, cookie_run, tmp_path):
     md = _report(["--store", eval_store, "--checkpoints", cookie_run, "--dataset", REAL3D,
                   "--setting", "cross-dataset", "--protocol", "both"], tmp_path)
@@ -238,6 +244,7 @@ def test_cross_dataset_scores_every_class_without_rgb_blocks_for_real3d(eval_sto
     assert tables["point (pointad-compat)"]["cookie"][2:] == ["n/a", "n/a"]
 
 
+@pytest.mark.slow
 def test_two_runs_report_mean_and_std(eval_store, cookie_run, tmp_path):
     checkpoint = cookie_run / "checkpoints" / "epoch_1.pt"
     md = _report(["--store", eval_store, "--checkpoints", cookie_run, "--checkpoints", checkpoint, "--dataset",
@@ -246,6 +253,7 @@ def test_two_runs_report_mean_and_std(eval_store, cookie_run, tmp_path):
     assert all(c.endswith("± 0.0") for c in _md_rows(md)["point (points)"]["torus"])  # the same run twice
 
 
+@pytest.mark.slow
 def test_clip_rendering_baseline_needs_no_checkpoints(eval_store, tmp_path):
     data = json.loads(_report(["--store", eval_store, "--method", "clip-rendering", "--model", "tiny",
                                "--dataset", MVTEC, "--setting", "cross-dataset"], tmp_path, "json"))
@@ -286,6 +294,7 @@ def test_coop_prompts_score_each_class_by_its_name():
     assert agnostic.shape == (2, backbone.embed_dim)
 
 
+@pytest.mark.slow
 def test_runs_dir_reports_missing_runs_then_train_missing_reproduces_the_setting(eval_store, tmp_path):
     runs_dir = tmp_path / "runs"
     setting = ["--store", str(eval_store), "--dataset", MVTEC, "--runs-dir", str(runs_dir), "--train-classes",
@@ -343,6 +352,7 @@ def test_compare_paper_marks_what_the_paper_does_not_publish():
     assert json.loads(json.dumps(to_records(none)))[0]["AUPRO paper"] is None
 
 
+@pytest.mark.slow
 def test_figures_of_each_class(eval_store, cookie_run, tmp_path):
     figures = tmp_path / "figures"
     _report(["--store", eval_store, "--checkpoints", cookie_run, "--dataset", MVTEC, "--figures", figures,
@@ -365,6 +375,7 @@ def test_figures_of_each_class(eval_store, cookie_run, tmp_path):
         assert len(np.unique(np.asarray(sheet.convert("RGB")).reshape(-1, 3), axis=0)) > 100
 
 
+@pytest.mark.slow
 def test_figures_of_an_unorganized_class_have_no_rgb_and_chosen_samples(eval_store, cookie_run, tmp_path):
     store = open_store(eval_store)
     chosen = store.identity(int(store.indices(dataset=REAL3D, class_name="cookie", split="test")[-1]))["sample_id"]

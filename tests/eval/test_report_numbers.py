@@ -219,6 +219,7 @@ def _expected_rows(store_path, run_dir, dataset, classes):
 
 # the unorganized dataset with one class only, to save its scoring time: the organized one covers the mean row
 @pytest.mark.parametrize("dataset, classes", [(MVTEC, ["cookie", "torus"]), (REAL3D, ["cookie"])], ids=[MVTEC, REAL3D])
+@pytest.mark.slow
 def test_every_report_cell_equals_the_independent_recomputation(eval_store, numbers_run, dataset, classes, tmp_path):
     out = tmp_path / "report.json"
     result = CliRunner().invoke(eval_, ["report", "--store", str(eval_store), "--checkpoints", str(numbers_run),

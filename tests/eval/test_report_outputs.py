@@ -84,6 +84,7 @@ def hostile_store(eval_store, tmp_path_factory):
     return copy
 
 
+@pytest.mark.slow
 def test_report_figures_never_write_outside_the_folder(hostile_store, tmp_path):
     store = open_store(hostile_store)
     assert {store.identity(int(i))["class_name"] for i in store.indices(dataset=REAL3D)} == set(HOSTILE_CLASSES.values())
@@ -172,6 +173,7 @@ def _report_process(store: Path, out: Path, cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+@pytest.mark.slow
 def test_kill_9_during_report_leaves_the_previous_file_or_the_complete_new_one(eval_store, tmp_path):
     """A report run to its end gives the complete text; a run killed at a random moment, or as soon as its
     temporary file shows up beside the target (the write in progress), leaves the previous file or that text."""

@@ -20,7 +20,7 @@ MVTEC = "synthetic-mvtec3d"
 @pytest.fixture(scope="module")
 def json_report(eval_store, tmp_path_factory):
     """The JSON report of the untrained baseline (tiny model) on the organized, RGB dataset's cookie class,
-    both protocols."""
+    both protocols. A whole report (seconds), so the tests using it are marked slow."""
     result = CliRunner().invoke(pointad, ["eval", "report", "--store", str(eval_store), "--dataset", MVTEC,
                                           "--method", "clip-rendering", "--model", "tiny", "--report-format", "json",
                                           "--protocol", "both", "--classes", "cookie", "--device", "cpu",
@@ -29,6 +29,7 @@ def json_report(eval_store, tmp_path_factory):
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_every_test_sample_is_listed_once_with_its_identity(json_report, eval_store):
     store = open_store(eval_store)
     expected = {(store.identity(int(r))["sample_id"], store.identity(int(r))["label"], store.identity(int(r))["class_name"])
@@ -40,6 +41,7 @@ def test_every_test_sample_is_listed_once_with_its_identity(json_report, eval_st
 
 
 @pytest.mark.parametrize("protocol", ["points", "pointad-compat"])
+@pytest.mark.slow
 def test_the_samples_reproduce_the_tables_i_auroc_and_ap(json_report, protocol):
     samples = json_report["samples"]
     checked = 0
@@ -56,6 +58,7 @@ def test_the_samples_reproduce_the_tables_i_auroc_and_ap(json_report, protocol):
 
 
 
+@pytest.mark.slow
 def test_figure_plys_carry_the_ground_truth_labels_and_the_class_scale(json_report, eval_store):
     store = open_store(eval_store)
     folder = Path(json_report["header"]["figures"]) / "cookie"

@@ -23,8 +23,6 @@ import torch
 import zarr
 from click.testing import CliRunner
 
-from pointad.render.build import build_store
-from pointad.render.options import RenderOptions
 from pointad.shared.lock import holder, lock_path
 from pointad.shared.store_write import update_attrs
 from pointad.train.cli import train as train_cli
@@ -39,13 +37,10 @@ EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
-def store(mvtec_dataset, tmp_path_factory):
-    """Six cookie test samples (one good, five defects), three views at CLIP's 336 px (as tests/train/test_loop.py)."""
-    _, entry = mvtec_dataset
-    out = tmp_path_factory.mktemp("train-faults") / "renders.zarr"
-    options = RenderOptions(views=3, image_size=336, supersample=1, point_size=2)
-    assert build_store(entry, out, options, classes=["cookie"], splits=["test"]).rendered == 6
-    return out
+def store(cookie_store):
+    """Six cookie test samples (one good, five defects), three views at CLIP's 336 px (tests/conftest.py, as
+    tests/train/test_loop.py). Read-only: tests copy it before changing it."""
+    return cookie_store
 
 
 @contextmanager

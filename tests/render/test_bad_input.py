@@ -388,6 +388,7 @@ def test_bad_raw_eyecandies_mask_fails_only_its_sample(tmp_path, damage):
     _expect_error(entry, fresh, i, mask, reason)
 
 
+@pytest.mark.slow
 def test_build_records_a_bad_raw_eyecandies_mask_and_renders_the_rest(tmp_path):
     from pointad.render.build import build_store
     from pointad.render.options import RenderOptions

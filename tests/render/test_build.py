@@ -52,7 +52,8 @@ def ran_in_own_process(request) -> bool:
     return True
 
 
-@pytest.mark.parametrize("plan,renderer", [("paper", "legacy"), ("pointad-code", "legacy"), ("paper", "filament")])
+@pytest.mark.parametrize("plan,renderer", [("paper", "legacy"), ("pointad-code", "legacy"),
+                                           pytest.param("paper", "filament", marks=pytest.mark.slow)])
 def test_markers_land_within_one_pixel_of_the_projection(plan, renderer, request):
     """Each marker point, drawn large and alone, appears centred within 1 px of our projected (u, v)."""
     if renderer == "filament" and ran_in_own_process(request):
@@ -155,6 +156,7 @@ def test_store_rows_hold_the_readers_points_and_consistent_masks(reference_store
         assert (stored.image == 255).all(-1).mean() > 0.2 and (stored.image < 250).any()
 
 
+@pytest.mark.slow
 def test_filament_renderer_builds_a_consistent_store(mvtec_dataset, tmp_path, request):
     if ran_in_own_process(request):
         return
@@ -169,6 +171,7 @@ def test_filament_renderer_builds_a_consistent_store(mvtec_dataset, tmp_path, re
     assert (image == 255).all(-1).mean() > 0.2 and (image < 200).any()  # white background, shaded object
 
 
+@pytest.mark.slow
 def test_two_workers_equal_one(reference_store, mvtec_dataset, tmp_path):
     _, entry = mvtec_dataset
     out = tmp_path / "two.zarr"
@@ -177,6 +180,7 @@ def test_two_workers_equal_one(reference_store, mvtec_dataset, tmp_path):
     assert_same_stores(reference_store, out)
 
 
+@pytest.mark.slow
 def test_threads_per_worker_from_the_command_line_build_the_same_store(reference_store, mvtec_dataset, tmp_path):
     _, entry = mvtec_dataset
     common = ["build", "--format", "mvtec3d", "--root", str(entry.root), "--classes", "cookie", "--splits", "test",
@@ -196,6 +200,7 @@ def test_threads_per_worker_from_the_command_line_build_the_same_store(reference
     assert not (tmp_path / "zero.zarr").exists()
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_equals_one_worker(reference_store, mvtec_dataset, tmp_path):
     pytest.importorskip("distributed")
     _, entry = mvtec_dataset
@@ -205,6 +210,7 @@ def test_dask_local_cluster_equals_one_worker(reference_store, mvtec_dataset, tm
     assert_same_stores(reference_store, out)
 
 
+@pytest.mark.slow
 def test_sigkill_part_way_then_rerun_equals_uninterrupted(reference_store, mvtec_dataset, tmp_path):
     _, entry = mvtec_dataset
     out = tmp_path / "killed.zarr"
@@ -231,6 +237,7 @@ def test_sigkill_part_way_then_rerun_equals_uninterrupted(reference_store, mvtec
     assert build_store(entry, out, SMALL, classes=["cookie"], splits=["test"]).skipped == 6
 
 
+@pytest.mark.slow
 def test_second_dataset_appends_and_keeps_the_first(reference_store, real3d_dataset, tmp_path):
     import shutil
     out = tmp_path / "both.zarr"
@@ -249,6 +256,7 @@ def test_second_dataset_appends_and_keeps_the_first(reference_store, real3d_data
         assert np.array_equal(store.sample(i).image, first.sample(i).image)
 
 
+@pytest.mark.slow
 def test_failures_are_listed_and_exit_1_unless_keep_going(mvtec_dataset, tmp_path):
     import shutil
     _, entry = mvtec_dataset
@@ -278,6 +286,7 @@ def test_other_render_options_into_the_same_store_is_an_error(reference_store, m
         build_store(entry, reference_store, replace(SMALL, views=5), classes=["cookie"], splits=["test"])
 
 
+@pytest.mark.slow
 def test_ablation_options_are_recorded_and_applied(mvtec_dataset, tmp_path):
     _, entry = mvtec_dataset
     out = tmp_path / "ablation.zarr"

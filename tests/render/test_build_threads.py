@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import open3d as o3d
+import pytest
 import torch
 
 from pointad.render import synthetic
@@ -15,6 +16,7 @@ from pointad.shared.registry import custom_entry
 from pointad.shared.store import open_store
 
 
+@pytest.mark.slow
 def test_splat_row_leaves_the_callers_torch_threads_and_draws_the_same_bytes(tmp_path):
     synthetic.generate(tmp_path / "data", synthetic.SyntheticSpec(
         classes=("cookie",), defects=("bump",), train=0, validation=0, test_good=0, per_defect=1, grid=96))

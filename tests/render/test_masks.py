@@ -154,6 +154,7 @@ def _iou(a, b):
 
 @pytest.mark.parametrize("dataset,point_size,supersample", [("mvtec_dataset", 6, 3), ("mvtec_dataset", 6.5, 3),
                                                             ("real3d_dataset", 12, 3), ("real3d_dataset", 3, 2)])
+@pytest.mark.slow
 def test_splatted_masks_match_rendered_masks(dataset, point_size, supersample, request):
     """IoU >= 0.95 (design §3.5) over all views of every anomalous test sample; good samples all zero."""
     _, entry = request.getfixturevalue(dataset)
@@ -194,6 +195,7 @@ def test_render_sample_splat_equals_render_option_except_masks(mvtec_dataset):
             assert np.array_equal(getattr(splat, name), getattr(rendered, name)), name
 
 
+@pytest.mark.slow
 def test_masks_option_is_validated_recorded_and_part_of_the_store_identity(mvtec_dataset, tmp_path):
     assert RenderOptions().masks == "splat" and RenderOptions(renderer="filament").masks == "render"
     with pytest.raises(ConfigError, match="--masks must be one of splat, render"):

@@ -102,6 +102,7 @@ class OrganizedChecks:
         background = arrays.get("background", ~arrays["object"])
         return nearest(arrays["object"]), nearest(background), nearest(written > 0)
 
+    @pytest.mark.slow
     def test_point_labels_match_written_masks_exactly(self, data):
         spec, entry = data
         refs = list_samples(entry, splits=["test"])
@@ -113,6 +114,7 @@ class OrganizedChecks:
             assert np.array_equal(sample.point_labels, expected), ref.sample_id
             assert np.array_equal(sample.grid_mask, defect.astype(np.uint8)), ref.sample_id
 
+    @pytest.mark.slow
     def test_plane_removed_and_object_kept(self, data):
         spec, entry = data
         plan_of, _ = planned_by_id(spec, list_samples(entry))

@@ -67,6 +67,7 @@ def test_stored_pixels_are_the_float64_pinhole_projection(store):
     assert worst <= PIXEL_TOLERANCE, f"a stored pixel lies {worst:.5f} px from the exact projection ({where})"
 
 
+@pytest.mark.slow
 def test_stored_proxy_is_the_nearest_point_seen_in_any_view(store):
     checked_unseen = 0
     for row in store.indices():

@@ -21,7 +21,7 @@ def _digest_tree(root):
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("fmt", ["mvtec3d", "eyecandies", "real3d"])
+@pytest.mark.parametrize("fmt", ["mvtec3d", pytest.param("eyecandies", marks=pytest.mark.slow), "real3d"])
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path, fmt):
     a = synthetic.generate(tmp_path / "a", synthetic.SyntheticSpec(format=fmt, seed=1, **TINY))
     b = synthetic.generate(tmp_path / "b", synthetic.SyntheticSpec(format=fmt, seed=1, **TINY))
@@ -102,6 +102,7 @@ def test_unknown_class_or_defect_is_an_error():
         synthetic.SyntheticSpec(defects=("smudge",))
 
 
+@pytest.mark.slow
 def test_registry_synthetic_generates_once_into_the_cache():
     entry = open_dataset("synthetic-real3d")
     assert entry.root.is_relative_to(environment.cache_dir())
@@ -149,8 +150,9 @@ def test_real3d_is_in_millimetres_with_a_train_template(tmp_path):
 TINY_BUILD = ["--views", "2", "--image-size", "64", "--supersample", "1", "--max-points", "4096", "--point-size", "2"]
 
 
-@pytest.mark.parametrize("fixture,fmt,select", [("eyecandies_dataset", "eyecandies", ["--splits", "test"]),
-                                                ("real3d_dataset", "real3d", ["--splits", "train"])])
+@pytest.mark.parametrize("fixture,fmt,select", [
+    pytest.param("eyecandies_dataset", "eyecandies", ["--splits", "test"], marks=pytest.mark.slow),
+    ("real3d_dataset", "real3d", ["--splits", "train"])])
 def test_scan_and_build_run_on_the_synthetic_formats(fixture, fmt, select, request, tmp_path):
     """`render scan` reads every sample with the registry's lengths for the format; `render build` renders some."""
     from click.testing import CliRunner

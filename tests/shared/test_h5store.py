@@ -13,9 +13,7 @@ import zarr
 from click.testing import CliRunner
 
 from pointad.eval.cli import eval_
-from pointad.render.build import build_store
 from pointad.render.cli import render
-from pointad.render.options import RenderOptions
 from pointad.shared.errors import PointADError
 from pointad.shared.h5store import GZIP_LEVEL, export_h5
 from pointad.shared.store import open_store, store_fingerprint
@@ -27,16 +25,14 @@ MVTEC = "synthetic-mvtec3d"
 
 
 @pytest.fixture(scope="module")
-def twin(mvtec_dataset, tmp_path_factory):
-    """(Zarr store, its HDF5 twin): the cookie test split at CLIP's 336 px, 2 views, splat renderer."""
-    _, entry = mvtec_dataset
-    folder = tmp_path_factory.mktemp("twin")
-    options = RenderOptions(views=2, image_size=336, supersample=1, point_size=2, renderer="splat")
-    assert build_store(entry, folder / "renders.zarr", options, classes=["cookie"], splits=["test"]).rendered == 6
-    result = CliRunner().invoke(render, ["export", str(folder / "renders.zarr"), "--out", str(folder / "renders.h5")])
+def twin(cookie_splat_336, tmp_path_factory):
+    """(Zarr store, its HDF5 twin): the cookie test split at CLIP's 336 px, 2 views, splat renderer (the store
+    from tests/conftest.py, read-only; the twin made here)."""
+    h5 = tmp_path_factory.mktemp("twin") / "renders.h5"
+    result = CliRunner().invoke(render, ["export", str(cookie_splat_336), "--out", str(h5)])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == f"wrote {folder / 'renders.h5'}: 6 rows of {folder / 'renders.zarr'}"
-    return folder / "renders.zarr", folder / "renders.h5"
+    assert result.output.strip() == f"wrote {h5}: 6 rows of {cookie_splat_336}"
+    return cookie_splat_336, h5
 
 
 def test_every_array_and_attribute_round_trips_equal(twin):
@@ -56,6 +52,7 @@ def test_every_array_and_attribute_round_trips_equal(twin):
             assert attrs == {**source.attrs, "dimension_names": list(source.metadata.dimension_names)}, spec.path
 
 
+@pytest.mark.slow
 def test_open_store_reads_the_twin_as_the_zarr_store(twin):
     a, b = (open_store(path) for path in twin)
     assert type(b).__name__ == "H5RenderStore" and a.attrs == b.attrs and len(a) == len(b) == 6
@@ -72,6 +69,7 @@ def test_open_store_reads_the_twin_as_the_zarr_store(twin):
     assert b.indices(split="test").tolist() == a.indices(split="test").tolist()
 
 
+@pytest.mark.slow
 def test_export_replaces_only_an_earlier_twin(twin, tmp_path):
     zarr_path, _ = twin
     other = tmp_path / "notes.h5"
@@ -105,6 +103,7 @@ def test_export_never_replaces_another_tools_hdf5_file_with_a_format_attribute(t
         assert np.array_equal(file["scan/depth"][:], np.arange(12, dtype=np.float32).reshape(3, 4))
 
 
+@pytest.mark.slow
 def test_export_replaces_a_twin_whose_format_is_ours(twin, tmp_path):
     """The one file export may replace: its root `format` is the JSON text of our format, as export writes it."""
     zarr_path, h5_path = twin
@@ -116,6 +115,7 @@ def test_export_replaces_a_twin_whose_format_is_ours(twin, tmp_path):
         assert set(file) == set(reference)
 
 
+@pytest.mark.slow
 def test_training_on_the_twin_gives_the_same_checkpoint_and_eval_report_reads_it(twin, tmp_path):
     states = []
     for name, store in zip(("zarr", "h5"), twin):

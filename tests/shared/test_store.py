@@ -321,6 +321,7 @@ def test_append_failing_half_way_adds_no_rows(store):
     assert open_store(store).identity(4) == _identity("b", 1)
 
 
+@pytest.mark.slow
 def test_concurrent_writers_on_different_rows_equal_sequential_writes(tmp_path):
     paths = [tmp_path / "sequential.zarr", tmp_path / "parallel.zarr"]
     for path in paths:

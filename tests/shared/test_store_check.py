@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import zarr
 
-from pointad.render.build import build_store
 from pointad.render.options import RenderOptions
 from pointad.render.verify import verify_store
 from pointad.shared.store import CHECKED_FROM, SampleArrays, open_store
@@ -20,15 +19,16 @@ from pointad.shared.store_write import write_sample
 
 OPTIONS = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 48, point_size=3, renderer="splat")
 ROWS = 6
+MVTEC = "synthetic-mvtec3d"
 
 
 @pytest.fixture(scope="module")
-def pristine(mvtec_dataset, tmp_path_factory):
-    """The cookie test split (6 rows), splat renderer: read-only, tests damage copies."""
-    _, entry = mvtec_dataset
-    out = tmp_path_factory.mktemp("check") / "renders.zarr"
-    assert build_store(entry, out, OPTIONS, classes=["cookie"], splits=["test"]).rendered == ROWS
-    return out
+def pristine(cookie_splat_48):
+    """The cookie test split (6 rows) drawn with OPTIONS (tests/conftest.py builds it once): read-only, tests
+    damage copies."""
+    assert RenderOptions.from_store(open_store(cookie_splat_48).attrs.render, MVTEC, "cookie") == OPTIONS
+    assert len(open_store(cookie_splat_48)) == ROWS
+    return cookie_splat_48
 
 
 @pytest.fixture

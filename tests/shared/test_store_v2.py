@@ -18,7 +18,6 @@ import xarray
 import zarr
 from click.testing import CliRunner
 
-from pointad.render.build import build_store
 from pointad.render.camera import fit_camera, project
 from pointad.render.cli import render
 from pointad.render.migrate import migrate_store
@@ -33,13 +32,11 @@ OPTIONS = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 4
 
 
 @pytest.fixture(scope="module")
-def v2_store(mvtec_dataset, tmp_path_factory):
-    """A fresh v2 build of the cookie test split (6 rows), splat renderer (no Open3D window)."""
-    _, entry = mvtec_dataset
-    out = tmp_path_factory.mktemp("v2") / "renders.zarr"
-    result = build_store(entry, out, OPTIONS, classes=["cookie"], splits=["test"])
-    assert result.rendered == 6 and not result.failures
-    return out
+def v2_store(cookie_splat_48):
+    """A fresh v2 build of the cookie test split (6 rows) drawn with OPTIONS, splat renderer (no Open3D window);
+    tests/conftest.py builds it once. Read-only: tests change copies."""
+    assert RenderOptions.from_store(open_store(cookie_splat_48).attrs.render, "synthetic-mvtec3d", "cookie") == OPTIONS
+    return cookie_splat_48
 
 
 def make_v1(v2: Path, out: Path) -> Path:
@@ -192,6 +189,7 @@ def test_table_returns_every_identity_column_in_one_call(v2_store):
     assert (table["label"] == (table["defect_type"] != "good")).all()
 
 
+@pytest.mark.slow
 def test_v1_store_reads_the_same_but_refuses_writes_until_migrated(v2_store, tmp_path):
     v1 = make_v1(v2_store, tmp_path / "v1.zarr")
     old, new = open_store(v1), open_store(v2_store)
@@ -287,6 +285,7 @@ m.migrate_store(sys.argv[1])
 
 
 @pytest.mark.parametrize("after", [3, 17])
+@pytest.mark.slow
 def test_migration_killed_part_way_leaves_a_readable_v1_store_and_finishes_on_rerun(v2_store, tmp_path, after):
     v1 = make_v1(v2_store, tmp_path / "v1.zarr")
     expected = [open_store(v1).sample(r).image for r in range(6)]

@@ -178,6 +178,7 @@ _KEYS = st.sampled_from([*_json(GOOD), "junk"])
 
 @settings(max_examples=300, deadline=None)
 @given(changes=st.dictionaries(_KEYS, _JSON, max_size=4), drop=st.sets(_KEYS, max_size=2))
+@pytest.mark.slow
 def test_any_json_gives_an_object_or_a_config_error(changes, drop):
     """Random JSON in place of some values: never another exception, and what is accepted round-trips."""
     data = {k: v for k, v in {**_json(GOOD), **changes}.items() if k not in drop}

@@ -19,6 +19,7 @@ def test_one_thread_means_inline_and_more_means_a_pool_that_is_shut_down():
         pool.submit(print)
 
 
+@pytest.mark.slow
 def test_run_each_keeps_item_order_even_when_later_items_finish_first():
     def slow_first(i):
         time.sleep(0.05 * (4 - i))

@@ -225,6 +225,7 @@ def test_vit_l_config_uses_quickgelu_openai_weights_and_spec_blocks():
     assert config.dual_path_start == 5 and config.tap_indices == (5, 11, 17, 23)
 
 
+@pytest.mark.slow
 def test_vit_l_shapes_on_the_meta_device():
     config = load_model_config("vit-l-14-336")
     backbone = FrozenCLIP(config, create_clip(config, device="meta"))

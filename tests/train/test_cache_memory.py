@@ -9,8 +9,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pointad.render.build import build_store
-from pointad.render.options import RenderOptions
 from pointad.shared.store import open_store
 from pointad.train.cli import _bytes
 from pointad.train.cli import train as train_cli
@@ -25,13 +23,10 @@ VIEWS = 3
 
 
 @pytest.fixture(scope="module")
-def store(mvtec_dataset, tmp_path_factory):
-    """Six cookie test samples (one good, five defects), three views at CLIP's 336 px."""
-    _, entry = mvtec_dataset
-    out = tmp_path_factory.mktemp("cache") / "renders.zarr"
-    options = RenderOptions(views=VIEWS, image_size=336, supersample=1, point_size=2)
-    assert build_store(entry, out, options, classes=["cookie"], splits=["test"]).rendered == 6
-    return out
+def store(cookie_store):
+    """Six cookie test samples (one good, five defects), VIEWS views at CLIP's 336 px (tests/conftest.py)."""
+    assert open_store(cookie_store).attrs.render.views == VIEWS
+    return cookie_store
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +96,7 @@ def test_store_samples_never_hold_more_than_their_budget(store):
     assert total < budget < sum(sizes)
 
 
+@pytest.mark.slow
 def test_small_budgets_train_exactly_like_a_large_one(store, backbone, tmp_path):
     rows = training_rows(open_store(store), None, "cookie")
     row_bytes = (3 * VIEWS * 24 * 24 * 32 + VIEWS * 32) * 4  # float32 on the CPU

@@ -12,8 +12,6 @@ import pytest
 import torch
 import zarr
 
-from pointad.render.build import build_store
-from pointad.render.options import RenderOptions
 from pointad.shared.errors import CheckpointMismatchError
 from pointad.shared.h5store import export_h5
 from pointad.shared.store import SampleArrays, open_store, store_fingerprint
@@ -26,22 +24,13 @@ from pointad.train.model.backbone import encode_views, load_backbone
 from pointad.train.model.model_config import model_config_for
 from pointad.train.options import TrainConfig
 
-OPTIONS = RenderOptions(views=2, image_size=336, supersample=1, point_size=2, renderer="splat")
-
-
-@pytest.fixture(scope="module")
-def pristine(mvtec_dataset, tmp_path_factory):
-    """Six cookie test samples, 2 views at CLIP's 336 px (splat): read-only, tests change copies in place."""
-    _, entry = mvtec_dataset
-    out = tmp_path_factory.mktemp("identity") / "renders.zarr"
-    assert build_store(entry, out, OPTIONS, classes=["cookie"], splits=["test"]).rendered == 6
-    return out
-
 
 @pytest.fixture
-def store(pristine, tmp_path):
+def store(cookie_splat_336, tmp_path):
+    """A copy of six cookie test samples, 2 views at CLIP's 336 px (splat; tests/conftest.py): tests change it in
+    place."""
     out = tmp_path / "renders.zarr"
-    shutil.copytree(pristine, out)
+    shutil.copytree(cookie_splat_336, out)
     return out
 
 
@@ -68,6 +57,7 @@ def _fresh(backbone, store, rows):
         return encode_views(backbone, images, "cpu", False)[0].numpy()
 
 
+@pytest.mark.slow
 def test_rows_rendered_again_with_other_pixels_are_not_served_old_features(store, backbone, tmp_path):
     cache = tmp_path / "features.zarr"
     rows = training_rows(open_store(store), None, "cookie")
@@ -89,6 +79,7 @@ def test_rows_rendered_again_with_other_pixels_are_not_served_old_features(store
     np.testing.assert_allclose(after[0], before[3], atol=1e-5)   # row 0 now draws what row 3 draws
 
 
+@pytest.mark.slow
 def test_an_identical_re_render_and_another_path_keep_the_cache(store, backbone, tmp_path):
     cache = tmp_path / "features.zarr"
     rows = training_rows(open_store(store), None, "cookie")
@@ -102,6 +93,7 @@ def test_an_identical_re_render_and_another_path_keep_the_cache(store, backbone,
     assert compute_features(backbone, store, rows[:3], cache) == "reused"   # a subset of the cached rows
 
 
+@pytest.mark.slow
 def test_rows_appended_in_place_are_not_served_an_old_cache(store, backbone, tmp_path):
     cache = tmp_path / "features.zarr"
     rows = training_rows(open_store(store), None, "cookie")
@@ -119,6 +111,7 @@ def test_rows_appended_in_place_are_not_served_an_old_cache(store, backbone, tmp
     np.testing.assert_allclose(after[-1], after[1], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_training_run_on_a_store_re_rendered_in_place_refuses_its_cache_then_rebuilds_it(store, tmp_path):
     config = TrainConfig(store=str(store), class_name="cookie", model="tiny", epochs=1, batch_size=4, seed=3)
     cache = tmp_path / "features.zarr"
@@ -135,6 +128,7 @@ def test_a_training_run_on_a_store_re_rendered_in_place_refuses_its_cache_then_r
     assert np.abs(global_feature.numpy() - fresh).max() < 1e-5
 
 
+@pytest.mark.slow
 def test_row_content_is_one_digest_a_row_for_the_hdf5_twin_too(store, tmp_path):
     rows = open_store(store).indices().tolist()
     zarr_digests = row_content(store, rows)

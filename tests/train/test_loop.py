@@ -15,8 +15,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pointad.render.build import build_store
-from pointad.render.options import RenderOptions
 from pointad.shared.errors import CheckpointMismatchError, PointADError
 from pointad.train.cli import train as train_cli
 from pointad.train.loop import TrainConfig, Trainer, train
@@ -26,15 +24,10 @@ from pointad.train.run_record import REWRITE, check_run_dir, read_metrics, read_
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="session")
-def train_store(mvtec_dataset, tmp_path_factory):
-    """Six cookie test samples (one good, five defects) plus one torus, three views at CLIP's 336 px."""
-    _, entry = mvtec_dataset
-    out = tmp_path_factory.mktemp("train") / "renders.zarr"
-    options = RenderOptions(views=3, image_size=336, supersample=1, point_size=2)
-    result = build_store(entry, out, options, classes=["cookie"], splits=["test"])
-    assert result.rendered == 6
-    return out
+@pytest.fixture(scope="module")
+def train_store(cookie_store):
+    """Six cookie test samples (one good, five defects), three views at CLIP's 336 px (tests/conftest.py)."""
+    return cookie_store
 
 
 def _config(store, **changes):
@@ -47,6 +40,7 @@ def _prompts(path):
     return torch.cat([state["ctx"].flatten(), state["deep"].flatten()])
 
 
+@pytest.mark.slow
 def test_cached_and_uncached_training_give_the_same_first_epoch(train_store, tmp_path):
     cached = Trainer(_config(train_store), tmp_path / "a").run_epoch(1)
     uncached = Trainer(_config(train_store, feature_cache=False), tmp_path / "b").run_epoch(1)
@@ -55,6 +49,7 @@ def test_cached_and_uncached_training_give_the_same_first_epoch(train_store, tmp
     assert (tmp_path / "a" / "features.zarr").exists() and not (tmp_path / "b" / "features.zarr").exists()
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_raises_point_auroc(train_store, tmp_path):
     # The tiny model has random weights, so its global features carry no anomaly signal; the
     # local terms alone show that the prompts learn to rank the training class's points.
@@ -69,6 +64,7 @@ def test_training_lowers_the_loss_and_raises_point_auroc(train_store, tmp_path):
     assert after["point_auroc"] > before["point_auroc"]
 
 
+@pytest.mark.slow
 def test_clip_is_frozen_and_unchanged_by_training(train_store, tmp_path):
     trainer = Trainer(_config(train_store), tmp_path)
     before = {k: v.clone() for k, v in trainer.backbone.state_dict().items()}
@@ -78,6 +74,7 @@ def test_clip_is_frozen_and_unchanged_by_training(train_store, tmp_path):
         assert torch.equal(value, before[name]), name
 
 
+@pytest.mark.slow
 def test_run_writes_checkpoints_metrics_and_config(train_store, tmp_path):
     result = train(_config(train_store), tmp_path / "run")
     assert result.epochs_run == [1, 2]
@@ -97,6 +94,7 @@ def test_run_writes_checkpoints_metrics_and_config(train_store, tmp_path):
         train(_config(train_store), tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings_and_other_models(train_store, tmp_path):
     train(_config(train_store, epochs=1), tmp_path / "run")
     with pytest.raises(CheckpointMismatchError, match=r"made with other settings \(lr\)"):
@@ -106,6 +104,7 @@ def test_resume_refuses_other_settings_and_other_models(train_store, tmp_path):
         trainer.restore(tmp_path / "run" / "checkpoints" / "epoch_1.pt")
 
 
+@pytest.mark.slow
 def test_sigkill_after_epoch_1_then_resume_equals_uninterrupted(train_store, tmp_path):
     args = ["-m", "pointad.train.cli", "run", "--store", str(train_store), "--class", "cookie", "--model", "tiny",
             "--epochs", "3", "--device", "cpu"]
@@ -127,6 +126,7 @@ def test_sigkill_after_epoch_1_then_resume_equals_uninterrupted(train_store, tmp
     assert difference == 0, f"resumed run differs by {difference}"
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one(train_store, tmp_path):
     args = ["run", "--store", str(train_store), "--class", "cookie", "--model", "tiny", "--epochs", "2",
             "--device", "cpu", "--batch-size", "4"]
@@ -161,6 +161,7 @@ def test_missing_weights_stop_before_any_work(tmp_path, monkeypatch):
     assert len(lines) == 1 and "not found" in lines[0] and "--clip-weights" in lines[0], result.output
 
 
+@pytest.mark.slow
 def test_features_command_fills_a_cache_that_run_uses(train_store, tmp_path):
     runner = CliRunner()
     cache = tmp_path / "features.zarr"
@@ -177,6 +178,7 @@ def test_features_command_fills_a_cache_that_run_uses(train_store, tmp_path):
     assert "model tiny (random weights)" in result.output
 
 
+@pytest.mark.slow
 def test_model_auto_falls_back_to_tiny_loudly(train_store, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("POINTAD_CACHE", str(tmp_path / "cache"))
@@ -187,6 +189,7 @@ def test_model_auto_falls_back_to_tiny_loudly(train_store, tmp_path, monkeypatch
     assert "model tiny (random weights)" in result.output
 
 
+@pytest.mark.slow
 def test_dataloader_workers_and_dpam_depth(train_store, tmp_path):
     """DataLoader workers read the same batches as the in-process loop; the DPAM depth reaches the model."""
     inline = Trainer(_config(train_store), tmp_path / "a").run_epoch(1)
@@ -226,6 +229,7 @@ def _record():
     return RunRecord(train=_config("renders.zarr"), model=load_model_config("tiny"), store_fingerprint="f", rows=(0,))
 
 
+@pytest.mark.slow
 def test_resume_continues_a_run_folder_written_before_the_record(train_store, tmp_path):
     """config.json and metrics.csv as the code before the record wrote them (no format or version; numbers to 6
     digits): --resume reads them, goes on and writes the record; a layout older still (no 'train.store') is

@@ -20,6 +20,7 @@ def _modules_after(imports: str) -> set[str]:
     return set(done.stdout.split())
 
 
+@pytest.mark.slow
 def test_scoring_and_detect_import_no_training_code():
     loaded = _modules_after("import pointad.eval.report, pointad.eval.scoring, pointad.eval.runs, "
                             "pointad.eval.detect, pointad.eval.mutual")
@@ -33,6 +34,7 @@ def test_eval_command_line_loads_no_training_code_until_train_missing():
     assert sorted(loaded & set(TRAINING_SIDE)) == []
 
 
+@pytest.mark.slow
 def test_metrics_import_is_light():
     loaded = _modules_after("import pointad.eval.metrics")
     assert "pointad.eval.metrics" in loaded

@@ -85,6 +85,7 @@ def imported(tmp_path_factory):
     return state, folder / "runs" / "released"
 
 
+@pytest.mark.slow
 def test_imported_run_scores_exactly_as_the_same_numbers_set_directly(imported, eval_store):
     state, run_dir = imported
     run = load_run(run_dir, BackboneCache())
@@ -114,6 +115,7 @@ def test_deep_prompts_are_stored_as_their_float16_roundings(imported):
     assert set(config["imported"]["dropped"]) == {k for k in state if not k.startswith(("ctx_", "compound_prompts_text"))}
 
 
+@pytest.mark.slow
 def test_eval_report_takes_the_imported_run_like_any_run(imported, eval_store):
     _, run_dir = imported
     result = CliRunner().invoke(pointad, [

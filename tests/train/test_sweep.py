@@ -40,6 +40,7 @@ def test_plan_names_runs_as_train_run_does(tmp_path):
         plan_sweep(_base("s.zarr", dataset=None), ["cookie"], [1], tmp_path)
 
 
+@pytest.mark.slow
 def test_sweep_trains_missing_skips_done_and_resumes_partial(eval_store, tmp_path):
     runs = plan_sweep(_base(eval_store), ["cookie", "torus"], [7], tmp_path)
     # a finished one-epoch torus run already there: a two-epoch sweep resumes it, never retrains epoch 1
@@ -60,6 +61,7 @@ def test_sweep_trains_missing_skips_done_and_resumes_partial(eval_store, tmp_pat
     assert [latest_checkpoint(r.run_dir).stat().st_mtime_ns for r in two_epochs] == stamps
 
 
+@pytest.mark.slow
 def test_a_run_with_other_settings_is_refused_before_any_training(eval_store, tmp_path):
     runs = plan_sweep(_base(eval_store), ["cookie", "torus"], [5], tmp_path)
     train(runs[1].config, runs[1].run_dir)
@@ -69,6 +71,7 @@ def test_a_run_with_other_settings_is_refused_before_any_training(eval_store, tm
     assert latest_checkpoint(other[0].run_dir) is None  # the cookie run was not started either
 
 
+@pytest.mark.slow
 def test_cli_sweep_then_again_skips(eval_store, tmp_path):
     args = ["sweep", "--store", str(eval_store), "--dataset", MVTEC, "--classes", "cookie", "--seeds", "3",
             "--model", "tiny", "--epochs", "1", "--device", "cpu", "--runs-dir", str(tmp_path)]
@@ -79,6 +82,7 @@ def test_cli_sweep_then_again_skips(eval_store, tmp_path):
     assert second.exit_code == 0 and "done, skipped" in second.output
 
 
+@pytest.mark.slow
 def test_a_run_recorded_before_the_record_is_done_and_an_older_one_refused(eval_store, tmp_path):
     """config.json as `train run` wrote it before the record (no format, no version) keeps a sweep's run done;
     one older still (no 'train.store') stops the sweep before any training, in one line saying what to do."""

@@ -107,7 +107,7 @@ def test_load_backbone_fails_before_building_when_weights_are_missing(vit_l, tmp
 
 # ---- reading and checking ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt", ["safetensors", "bin", "wrapped", "torchscript"])
+@pytest.mark.parametrize("fmt", ["safetensors", "bin", "wrapped", pytest.param("torchscript", marks=pytest.mark.slow)])
 def test_a_good_file_loads_into_the_same_model(tiny_with_file, tmp_path, fmt):
     state = _tiny_state()
     path = tmp_path / f"weights.{fmt}"
