@@ -6,8 +6,11 @@ and that count is checked against the file before anything of its size is alloca
 - LAS: the point records must fill the bytes between the header's offset to point data and the end of the
   file (or the first extended VLR); less than one record may trail them.
 - LAZ: the chunk table at the end of the point data says how many points each compressed chunk holds (fixed
-  chunks: the LASzip chunk size, the last one partly filled); the declared count must fit it. A file
-  without a readable chunk table is decoded all the same, and a short one fails where its data ends.
+  chunks: the LASzip chunk size, the last one partly filled) and in how many bytes; the declared count must
+  fit it, and the chunks and their bytes must fit the file, all checked before lazrs reads the table (it
+  reserves memory for every chunk the table declares, and aborts the process when that fails). lazrs's
+  parallel decoder then decodes each chunk from exactly its bytes, so a chunk cut short is an error; a
+  header declaring fewer points than a fixed-size table's last chunk holds reads as declared.
 - E57: libE57Format checks every 1 KiB page's CRC-32C and the file's length, but a scan whose `recordCount`
   declares more records than its data holds silently yields fewer; so a scan must yield exactly its count,
   and the counts times the bits each record's coordinates take at the least must fit in the file.
@@ -23,6 +26,7 @@ NaN or inf stays as read, for the preprocessing to report with a count, as for P
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,11 @@ E57_SPHERICAL = ("sphericalRange", "sphericalAzimuth", "sphericalElevation")
 
 def _needs(package: str, install: str):
     return ValueError(f"reading this file needs the '{package}' package ({install})")
+
+
+def _is_panic(exc: BaseException) -> bool:
+    """A Rust panic in lazrs, raised by pyo3 as `PanicException` (a BaseException, so `except Exception` misses it)."""
+    return type(exc).__name__ == "PanicException"
 
 
 def _mismatch(declared: int, held: int) -> ValueError:
@@ -60,6 +69,7 @@ def parse_las(data: bytes, dimension: str | None = None) -> np.ndarray:
         import laspy
     except ImportError:
         raise _needs("laspy", "pip install 'laspy[lazrs]'") from None
+    _check_vlr_counts(data)
     try:
         header = laspy.LasHeader.read_from(io.BytesIO(data))
     except Exception as exc:  # laspy raises LaspyException, struct errors, ValueError... for a bad header
@@ -73,20 +83,43 @@ def parse_las(data: bytes, dimension: str | None = None) -> np.ndarray:
     else:
         _check_records(data, header, declared)
     columns = []
-    try:
-        with laspy.open(io.BytesIO(data)) as reader, np.errstate(invalid="ignore", over="ignore"):
+    try:  # lazrs's parallel decoder: it decodes each chunk from exactly its bytes, so a short one is an error
+        with laspy.open(io.BytesIO(data), laz_backend=laspy.LazBackend.LazrsParallel) as reader, \
+                np.errstate(invalid="ignore", over="ignore"):
             for chunk in reader.chunk_iterator(STEP):
                 part = [np.asarray(chunk.x, np.float64), np.asarray(chunk.y, np.float64),
                         np.asarray(chunk.z, np.float64)]
                 if dimension is not None:
                     part.append(np.asarray(chunk[dimension], np.float64))
                 columns.append(np.stack(part, axis=1))
-    except Exception as exc:  # lazrs: LazrsError on a cut or damaged stream; laspy: LaspyException, ValueError
-        raise ValueError(f"unreadable point data ({first_line(exc)})") from None
+    except BaseException as exc:  # lazrs: LazrsError, or a Rust panic (pyo3's PanicException is a BaseException)
+        if not isinstance(exc, Exception) and not _is_panic(exc):
+            raise
+        raise ValueError(f"unreadable point data ({first_line(exc, typed=_is_panic(exc))})") from None
     points = np.concatenate(columns) if columns else np.zeros((0, 3 if dimension is None else 4))
     if len(points) != declared:
         raise _mismatch(declared, len(points))
     return points
+
+
+LAS_HEADER = 227  # bytes of the smallest (1.0-1.2) public header block
+VLR_HEADER, EVLR_HEADER = 54, 60  # bytes of one (extended) variable-length record's header
+
+
+def _check_vlr_counts(data: bytes) -> None:
+    """The header's VLR and EVLR counts against the bytes that could hold them, read before laspy reads them:
+    laspy reads a count of 10^9 VLRs one empty record at a time (minutes of CPU for a 2 KB file)."""
+    if len(data) < LAS_HEADER or data[:4] != b"LASF":
+        return  # laspy's own refusal says why
+    header_size, _, vlrs = struct.unpack_from("<HII", data, 94)
+    room = max(len(data) - header_size, 0) // VLR_HEADER
+    if vlrs > room:
+        raise ValueError(f"header declares {vlrs} VLRs, the file has room for at most {room}")
+    if data[24:26] >= bytes([1, 4]) and len(data) >= 247:
+        start, evlrs = struct.unpack_from("<QI", data, 235)
+        room = max(len(data) - start, 0) // EVLR_HEADER if evlrs else 0
+        if evlrs > room:
+            raise ValueError(f"header declares {evlrs} extended VLRs, the file has room for at most {room}")
 
 
 def _check_records(data: bytes, header, declared: int) -> None:
@@ -102,6 +135,25 @@ def _check_records(data: bytes, header, declared: int) -> None:
         raise _mismatch(declared, held)
 
 
+def _check_chunk_count(data: bytes, offset: int, item_size: int) -> None:
+    """The number of chunks the LAZ chunk table's header declares, against the compressed bytes before the
+    table (LASzip stores each chunk's first point raw: item_size bytes at least), before lazrs reads it: lazrs
+    reserves memory for every declared chunk first, and aborts the process when that fails."""
+    if len(data) < offset + 8:
+        raise ValueError("point data ends before the LAZ chunk table's offset")
+    (table_at,) = struct.unpack_from("<q", data, offset)
+    if table_at == -1 and len(data) >= offset + 16:  # a streamed file: the offset is the file's last 8 bytes
+        (table_at,) = struct.unpack_from("<q", data, len(data) - 8)
+    if not offset + 8 <= table_at <= len(data) - 8:
+        raise ValueError(f"LAZ chunk table offset {table_at} lies outside the point data "
+                         f"({offset + 8}..{len(data) - 8})")
+    _, chunks = struct.unpack_from("<II", data, table_at)
+    room = (table_at - offset - 8) // max(item_size, 1)
+    if chunks > room:
+        raise ValueError(f"LAZ chunk table declares {chunks} chunks, its {table_at - offset - 8} compressed bytes "
+                         f"hold at most {room}")
+
+
 def _check_chunk_table(data: bytes, header, declared: int) -> None:
     """LAZ: the declared count against the chunk table's point counts (read before any point is decoded)."""
     import lazrs
@@ -110,14 +162,24 @@ def _check_chunk_table(data: bytes, header, declared: int) -> None:
         raise ValueError("compressed point format without a LASzip VLR")
     try:
         laz = lazrs.LazVlr(vlr.record_data)
+    except Exception as exc:
+        raise ValueError(f"unreadable LASzip VLR ({first_line(exc)})") from None
+    _check_chunk_count(data, int(header.offset_to_point_data), int(laz.item_size()))
+    try:
         source = io.BytesIO(data)
         source.seek(int(header.offset_to_point_data))
         table = lazrs.read_chunk_table(source, laz)
-    except Exception:  # no table (a streamed file) or an unreadable one: decoding finds a short file
+    except BaseException as exc:  # an unreadable table: decoding finds the file short (a Rust panic included)
+        if not isinstance(exc, Exception) and not _is_panic(exc):
+            raise
         return
     if table is None or not len(table):
         return
     counts = [int(points) for points, _ in table]
+    held = len(data) - int(header.offset_to_point_data) - 8  # the chunks lie between the table's offset and it
+    if sum(int(size) for _, size in table) > held:
+        raise ValueError(f"LAZ chunk table gives its chunks {sum(int(size) for _, size in table)} bytes, the file "
+                         f"holds {max(held, 0)} after the point offset")
     if laz.uses_variable_size_chunks():
         held, what = sum(counts), f"holds {sum(counts)}"
         ok = held == declared
