@@ -24,7 +24,8 @@ VIEWS = 3
 
 @pytest.fixture(scope="module")
 def store(cookie_store):
-    """Six cookie test samples (one good, five defects), VIEWS views at CLIP's 336 px (tests/conftest.py)."""
+    """Six cookie test samples (one good, five defects), VIEWS views at CLIP's 336 px (tests/conftest.py). Building
+    it and the backbone takes seconds: the tests using them are marked slow."""
     assert open_store(cookie_store).attrs.render.views == VIEWS
     return cookie_store
 
@@ -41,6 +42,7 @@ def _storage_bytes(tensors) -> int:
 
 
 @pytest.mark.parametrize("dtype, itemsize", [("float32", 4), ("float16", 2)])
+@pytest.mark.slow
 def test_feature_cache_keeps_the_rows_that_fit_and_reads_the_rest(store, backbone, tmp_path, dtype, itemsize):
     rows = training_rows(open_store(store), None, "cookie")
     identity = cache_identity(backbone, store)
@@ -73,6 +75,7 @@ def _item_bytes(store, row: int) -> int:
             + sum(n * count * arrays[name].itemsize for name, count in per_point.items()))
 
 
+@pytest.mark.slow
 def test_store_samples_never_hold_more_than_their_budget(store):
     rows = training_rows(open_store(store), None, "cookie")
     sizes = [_item_bytes(store, int(r)) for r in rows]
