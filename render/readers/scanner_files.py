@@ -35,6 +35,7 @@ from ...shared.errors import first_line
 
 STEP = 1 << 20  # points decoded per step
 MAX_POINTS = 200_000_000  # a cloud above this is refused unread (4.8 GB as float64); thin such a scan first
+MAX_CHUNK_BYTES = 1 << 30  # decoded bytes of one LAZ chunk (LASzip's default chunk: 50 000 points, ~2 MB)
 LAS_SUFFIXES = (".las", ".laz")
 E57_SUFFIXES = (".e57",)
 E57_CARTESIAN = ("cartesianX", "cartesianY", "cartesianZ")
@@ -135,6 +136,15 @@ def _check_records(data: bytes, header, declared: int) -> None:
         raise _mismatch(declared, held)
 
 
+def _check_chunk_bytes(points: int, item_size: int) -> None:
+    """A chunk's decoded size: lazrs reserves a whole chunk's records at once (and aborts the process when
+    that fails), so a chunk of more than MAX_CHUNK_BYTES is refused (LASzip writes 50 000 points a chunk)."""
+    if points * item_size > MAX_CHUNK_BYTES:
+        raise ValueError(f"LAZ chunks of {points} points ({points * item_size} bytes decoded) are more than this "
+                         f"reader decodes at once ({MAX_CHUNK_BYTES} bytes); recompress with smaller chunks "
+                         "(LASzip's default: 50000 points)")
+
+
 def _check_chunk_count(data: bytes, offset: int, item_size: int) -> None:
     """The number of chunks the LAZ chunk table's header declares, against the compressed bytes before the
     table (LASzip stores each chunk's first point raw: item_size bytes at least), before lazrs reads it: lazrs
@@ -164,7 +174,10 @@ def _check_chunk_table(data: bytes, header, declared: int) -> None:
         laz = lazrs.LazVlr(vlr.record_data)
     except Exception as exc:
         raise ValueError(f"unreadable LASzip VLR ({first_line(exc)})") from None
-    _check_chunk_count(data, int(header.offset_to_point_data), int(laz.item_size()))
+    item = int(laz.item_size())
+    if not laz.uses_variable_size_chunks():
+        _check_chunk_bytes(int(laz.chunk_size()), item)
+    _check_chunk_count(data, int(header.offset_to_point_data), item)
     try:
         source = io.BytesIO(data)
         source.seek(int(header.offset_to_point_data))
@@ -176,6 +189,8 @@ def _check_chunk_table(data: bytes, header, declared: int) -> None:
     if table is None or not len(table):
         return
     counts = [int(points) for points, _ in table]
+    if laz.uses_variable_size_chunks():
+        _check_chunk_bytes(max(counts), int(laz.item_size()))
     held = len(data) - int(header.offset_to_point_data) - 8  # the chunks lie between the table's offset and it
     if sum(int(size) for _, size in table) > held:
         raise ValueError(f"LAZ chunk table gives its chunks {sum(int(size) for _, size in table)} bytes, the file "

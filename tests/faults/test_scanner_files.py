@@ -110,6 +110,13 @@ def laz_chunk_count(data: bytes, chunks: int) -> bytes:
     return bytes(out)
 
 
+def laz_chunk_size(data: bytes, points: int) -> bytes:
+    """The LAZ with the LASzip VLR's chunk size replaced (lazrs reserves a whole chunk's records at once)."""
+    out = bytearray(data)
+    struct.pack_into("<I", out, data.index(b"laszip encoded") - 2 + 54 + 12, points)
+    return bytes(out)
+
+
 def las_scale(data: bytes, value: float) -> bytes:
     out = bytearray(data)
     out[131:139] = struct.pack("<d", value)  # x scale factor
@@ -222,6 +229,9 @@ def _cases(written: dict[str, bytes]) -> list[tuple[str, str, bytes, str]]:
         ("laz 2^32 - 1 chunks", ".laz", laz_chunk_count(laz, 2**32 - 1),
          f"LAZ chunk table declares {2**32 - 1} chunks, its {laz_table_at(laz) - struct.unpack_from('<I', laz, 96)[0] - 8}"
          f" compressed bytes hold at most {(laz_table_at(laz) - struct.unpack_from('<I', laz, 96)[0] - 8) // 20}"),
+        ("laz chunks of 2^31 points", ".laz", laz_chunk_size(laz, 2**31),
+         f"LAZ chunks of {2**31} points ({2**31 * 20} bytes decoded) are more than this reader decodes at once "
+         f"({2**30} bytes); recompress with smaller chunks (LASzip's default: 50000 points)"),
         ("las 10^9 VLRs", ".las", las[:100] + struct.pack("<I", 10**9) + las[104:],
          f"header declares 1000000000 VLRs, the file has room for at most {(len(las) - 227) // 54}"),
         ("e57 pristine", ".e57", e57, str(COUNT)),
