@@ -61,8 +61,8 @@ def test_errors_are_one_line_with_exit_code_1(tmp_path):
     result = runner.invoke(pointad, ["render", "scan", "--dataset", "mvtec"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "Error: unknown dataset 'mvtec'; known: eyecandies, mvtec3d, real3d, synthetic, synthetic-eyecandies, "
-        "synthetic-real3d (or use --format with --root)"]
+        "Error: unknown dataset 'mvtec'; known: eyecandies, folder, mvtec3d, real3d, synthetic, synthetic-eyecandies, "
+        "synthetic-folder, synthetic-real3d (or use --format with --root)"]
     result = runner.invoke(pointad, ["render", "scan", "--format", "real3d", "--root", str(tmp_path / "none")])
     assert result.exit_code == 1 and "does not exist" in result.output and "Traceback" not in result.output
     (tmp_path / "full").mkdir()

@@ -94,7 +94,7 @@ def test_unsupported_suffix_is_a_one_line_error_naming_the_file(tmp_path):
     result = CliRunner().invoke(pointad, ["detect", str(path), "--checkpoint", str(tmp_path)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"Error: {path}: unsupported suffix '.obj' (use one of "
-                                                  ".ply, .pcd, .xyz, .npy, .tiff, .tif)"]
+                                                  ".ply, .pcd, .las, .laz, .e57, .xyz, .npy, .tiff, .tif)"]
 
 
 def test_dropped_points_take_their_nearest_kept_score():
