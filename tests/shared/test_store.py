@@ -72,14 +72,22 @@ def _all_arrays(path) -> dict[str, np.ndarray]:
     return {spec.path: group[spec.path][:] for spec in ARRAYS}
 
 
-@pytest.fixture
-def store(tmp_path):
-    """A store with 4 rows of dataset 'a', rows 0..3 written from seeds 0..3."""
-    path = tmp_path / "renders.zarr"
+@pytest.fixture(scope="module")
+def written_store(tmp_path_factory):
+    """A store with 4 rows of dataset 'a', rows 0..3 written from seeds 0..3. Read-only: see `store`."""
+    path = tmp_path_factory.mktemp("store") / "renders.zarr"
     create_store(path, ATTRS)
     rows = append_samples(path, [_identity("a", i) for i in range(4)])
     for row in rows:
         write_sample(path, row, _arrays(row))
+    return path
+
+
+@pytest.fixture
+def store(written_store, tmp_path):
+    """A copy of `written_store` for one test to change (a copy takes a tenth of the time of writing it)."""
+    path = tmp_path / "renders.zarr"
+    shutil.copytree(written_store, path)
     return path
 
 
