@@ -271,3 +271,37 @@ def test_survey_and_scan_say_what_was_found_and_what_was_left_out(folder_data, t
         sorted(f"skipped: {line}" for line in skipped)
     n = len(list_samples(dataset))
     assert f"{n} of {n} samples read, 0 failed, 4 file(s) or folder(s) skipped" in result.output
+
+
+def test_e57_spherical_coordinates_read_as_pye57_converts_them(tmp_path):
+    """A scan stored as range, azimuth and elevation (written through libE57Format's own node API): our points
+    equal pye57's own conversion (`E57.read_scan`), an independent implementation of the same formula."""
+    import pye57
+    from pye57 import libe57
+    rng = np.random.default_rng(0)
+    values = {"sphericalRange": rng.uniform(1, 5, 300), "sphericalAzimuth": rng.uniform(-3, 3, 300),
+              "sphericalElevation": rng.uniform(-1.2, 1.2, 300)}
+    path = tmp_path / "spherical.e57"
+    e57 = pye57.E57(str(path), mode="w")
+    image = e57.image_file
+    scan, prototype = libe57.StructureNode(image), libe57.StructureNode(image)
+    scan.set("guid", libe57.StringNode(image, "{spherical}"))
+    for name, v in values.items():
+        prototype.set(name, libe57.FloatNode(image, float(v.min()), libe57.E57_DOUBLE, float(v.min()), float(v.max())))
+    points = libe57.CompressedVectorNode(image, prototype, libe57.VectorNode(image, True))
+    scan.set("points", points)
+    e57.data3d.append(scan)
+    buffers = libe57.VectorSourceDestBuffer()
+    for name, v in values.items():
+        buffers.append(libe57.SourceDestBuffer(image, name, v, len(v), True, True))
+    writer = points.writer(buffers)
+    writer.write(300)
+    writer.close()
+    e57.close()
+    theirs = pye57.E57(str(path)).read_scan(0, ignore_missing_fields=True)
+    expected = np.stack([theirs["cartesianX"], theirs["cartesianY"], theirs["cartesianZ"]], axis=1)
+    ours = read_point_cloud(path)
+    assert ours.shape == (300, 3) and np.abs(ours - expected).max() < 1e-12, np.abs(ours - expected).max()
+    r, azimuth, elevation = (values[k][0] for k in values)  # one point by hand
+    np.testing.assert_allclose(ours[0], r * np.array([np.cos(elevation) * np.cos(azimuth),
+                                                      np.cos(elevation) * np.sin(azimuth), np.sin(elevation)]))
