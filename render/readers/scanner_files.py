@@ -42,8 +42,11 @@ E57_CARTESIAN = ("cartesianX", "cartesianY", "cartesianZ")
 E57_SPHERICAL = ("sphericalRange", "sphericalAzimuth", "sphericalElevation")
 
 
-def _needs(package: str, install: str):
-    return ValueError(f"reading this file needs the '{package}' package ({install})")
+EXTRA = "pointad-toolkit[scanners]"  # the install extra that brings laspy (with lazrs) and pye57
+
+
+def _needs(package: str) -> ValueError:
+    return ValueError(f"reading this file needs the '{package}' package: pip install '{EXTRA}'")
 
 
 def _is_panic(exc: BaseException) -> bool:
@@ -69,7 +72,7 @@ def parse_las(data: bytes, dimension: str | None = None) -> np.ndarray:
     try:
         import laspy
     except ImportError:
-        raise _needs("laspy", "pip install 'laspy[lazrs]'") from None
+        raise _needs("laspy") from None
     _check_vlr_counts(data)
     try:
         header = laspy.LasHeader.read_from(io.BytesIO(data))
@@ -218,7 +221,7 @@ def parse_e57(path: Path) -> np.ndarray:
     try:
         from pye57 import libe57
     except ImportError:
-        raise _needs("pye57", "pip install pye57") from None
+        raise _needs("pye57") from None
     try:
         image = libe57.ImageFile(str(path), "r")
     except Exception as exc:  # libe57.E57Exception: bad length, checksum, XML...

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...shared.errors import PointADError
 from .scene import CLASSES, DEFECTS
 
 SUFFIXES = (".ply", ".las", ".e57", ".laz", ".pcd")  # the cycle the files follow, by split and number
@@ -58,9 +59,19 @@ def write_ply(path: Path, points: np.ndarray, labels: np.ndarray) -> None:
     path.write_bytes(header.encode() + records.tobytes())
 
 
+def _library(name: str):
+    """The writing library, or a one-line error naming the install extra that brings it."""
+    import importlib
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise PointADError(f"writing a synthetic folder dataset needs the '{name}' package: pip install "
+                           "'pointad-toolkit[scanners]'") from None
+
+
 def write_las(path: Path, points: np.ndarray, labels: np.ndarray) -> None:
     """LAS 1.2 point format 0 (.las) or its LAZ compression (.laz, lazrs), scale LAS_SCALE."""
-    import laspy
+    laspy = _library("laspy")
     header = laspy.LasHeader(point_format=0, version="1.2")
     header.scales = [LAS_SCALE] * 3
     header.offsets = np.floor(points.min(axis=0))
@@ -71,7 +82,7 @@ def write_las(path: Path, points: np.ndarray, labels: np.ndarray) -> None:
 
 def write_e57(path: Path, points: np.ndarray, labels: np.ndarray) -> None:
     """One scan of single-precision cartesian coordinates (pye57's writer)."""
-    import pye57
+    pye57 = _library("pye57")
     with pye57.E57(str(path), mode="w") as e57:
         e57.write_scan_raw({"cartesianX": points[:, 0], "cartesianY": points[:, 1], "cartesianZ": points[:, 2]})
 

@@ -305,3 +305,24 @@ def test_e57_spherical_coordinates_read_as_pye57_converts_them(tmp_path):
     r, azimuth, elevation = (values[k][0] for k in values)  # one point by hand
     np.testing.assert_allclose(ours[0], r * np.array([np.cos(elevation) * np.cos(azimuth),
                                                       np.cos(elevation) * np.sin(azimuth), np.sin(elevation)]))
+
+
+def test_without_the_scanners_extra_a_scanner_file_is_one_line_naming_it(folder_data, monkeypatch, tmp_path):
+    """laspy or pye57 not installed (None in sys.modules: their import fails): the sample's one-line error names
+    the file and the install extra; writing synthetic scans likewise names the extra."""
+    import sys
+
+    from pointad.shared.errors import PointADError
+    _, entry = folder_data
+    for suffix, package in ((".las", "laspy"), (".laz", "laspy"), (".e57", "pye57")):
+        ref = next(r for r in list_samples(entry) if r.sample_id.endswith(suffix))
+        monkeypatch.setitem(sys.modules, package, None)
+        if package == "pye57":
+            monkeypatch.setitem(sys.modules, "pye57.libe57", None)
+        with pytest.raises(InputFileError) as caught:
+            read_sample(entry, ref)
+        assert str(caught.value) == (f"{ref.files['cloud']}: reading this file needs the '{package}' package: "
+                                     "pip install 'pointad-toolkit[scanners]'")
+    with pytest.raises(PointADError, match=r"^writing a synthetic folder dataset needs the '(laspy|pye57)' package"):
+        synthetic.generate(tmp_path / "out", synthetic.SyntheticSpec(format="folder", **SPEC))
+    assert not (tmp_path / "out").exists()
