@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import zipfile
 from email.parser import Parser
 from importlib import metadata
@@ -70,8 +71,8 @@ def _borrow(dists: dict[str, metadata.Distribution], folder: Path) -> None:
     folder.mkdir()
     site = Path(sysconfig.get_paths()["purelib"])
     for dist in dists.values():
+        # its RECORD lists its .dist-info too, which pip reads to see it installed
         tops = {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
-        tops.add(Path(dist._path).name)  # its .dist-info, which pip reads to see it installed
         for top in tops:
             if (site / top).exists() and not (folder / top).exists() and not top.endswith(".pth"):
                 (folder / top).symlink_to(site / top)
@@ -169,3 +170,23 @@ def test_an_optional_part_not_installed_fails_in_one_line_naming_its_extra(other
     assert error.startswith("Error: --backend dask needs dask and distributed (") and \
         error.endswith("): pip install 'pointad-toolkit[scale]'"), done.stderr
     assert not (tmp_path / "dask.zarr").exists()
+
+
+def test_the_lock_pins_a_version_inside_every_range():
+    """.ci/constraints.txt (what the suite runs with) and pyproject's ranges (what a user may hold) agree: every
+    requirement of the project and of each extra is pinned in the lock, inside its range, and the lock pins
+    only exact versions, never the project itself."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    lock = {}
+    for line in (REPO / ".ci" / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version and " " not in line, f"not an exact pin: {line!r}"
+            lock[_name(name)] = version
+    assert "pointad-toolkit" not in lock
+    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    for text in requirements:
+        requirement = Requirement(text)
+        pinned = lock.get(_name(requirement.name))
+        assert pinned is not None, f"{requirement.name}: in pyproject.toml, not in the lock"
+        assert requirement.specifier.contains(pinned, prereleases=True), f"{requirement}: the lock pins {pinned}"
