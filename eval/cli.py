@@ -138,7 +138,7 @@ def eval_():
 @click.option("--html", type=click.Path(path_type=Path),
               help="Write DIR/report.html: one self-contained page (tables, ROC/PRO, views, 3D viewers) that opens "
                    "offline; its figures go to DIR/figures unless --figures is given. Needs pip install "
-                   "'pointad[html]' (plotly).")
+                   "'pointad-toolkit[html]' (plotly).")
 @click.option("--runs-dir", type=click.Path(path_type=Path),
               help="Instead of --checkpoints: the sweep's runs <train-dataset>-<class>-<seed> in this folder  "
                    "[default with neither: runs, every trained run in it]")

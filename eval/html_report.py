@@ -47,7 +47,7 @@ def require_plotly() -> None:
     try:
         import plotly  # noqa: F401
     except ImportError:
-        raise PointADError(f"--html needs plotly: pip install 'pointad[{EXTRA}]'") from None
+        raise PointADError(f"--html needs plotly: pip install 'pointad-toolkit[{EXTRA}]'") from None
 
 
 # --- our own scored PLY, read back -------------------------------------------------------------------------

@@ -58,7 +58,7 @@ DEFAULT_BATCH_FIELDS = ("image", "pixel", "visible", "valid", "label", "proxy")
 def open_group(path: Path, mode: str) -> zarr.Group:
     """The store's root group; a path that is missing or holds no Zarr group is 'not a store'."""
     try:
-        # consolidated metadata would go stale on every append, so the store never has any
+        # never the consolidated copy (design §4.3): each array's own zarr.json is the truth while a build appends
         return zarr.open_group(path, mode=mode, use_consolidated=False)
     except (FileNotFoundError, NotADirectoryError, zarr.errors.NodeNotFoundError,
             zarr.errors.ContainsArrayError) as exc:

@@ -259,7 +259,7 @@ def test_html_without_plotly_names_the_extra_before_any_work(eval_store, tmp_pat
     result = CliRunner().invoke(eval_, ["report", "--store", str(eval_store), *BASELINE, "--dataset", MVTEC,
                                         "--html", str(tmp_path / "page")])
     assert result.exit_code == 1, result.output
-    assert result.output.strip() == "Error: --html needs plotly: pip install 'pointad[html]'"
+    assert result.output.strip() == "Error: --html needs plotly: pip install 'pointad-toolkit[html]'"
     assert not (tmp_path / "page").exists()
 
 
