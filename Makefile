@@ -1,5 +1,5 @@
 # The README's two commands. Both install what is missing first (idempotent).
-.PHONY: setup demo test lint
+.PHONY: setup demo test test-fast lint
 
 setup:
 	bash .ci/setup.sh
@@ -34,6 +34,10 @@ demo: setup
 # checkout, so a failure here too.
 test: setup lint
 	.venv/bin/python -m pytest -q
+
+# The inner loop (README, Testing): the suite less the tests marked slow or faults, about a minute here.
+test-fast: setup
+	.venv/bin/python -m pytest -q -m "not slow and not faults"
 
 lint: setup
 	.venv/bin/ruff check .
