@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pointad.shared.store import open_store
 
@@ -25,6 +26,7 @@ PARTS = ("## Set-up", "## A. Vision tower alone", "## B. `eval report` end to en
 SCRIPTS = sorted([*(ROOT / "benchmarks").glob("*.py"), *(ROOT / ".ci").glob("*.py")])
 
 
+@pytest.mark.slow
 def test_every_benchmark_and_check_script_imports():
     """Each script's module level (its imports, not its main) runs, in one fresh process."""
     assert {p.name for p in SCRIPTS} >= {"render_bench.py", "bench_visibility.py", "eval_bench.py", "mutation_check.py"}
@@ -57,6 +59,7 @@ def test_no_script_or_test_edits_sys_path_or_loads_a_file_as_a_module():
     assert not hacks, hacks
 
 
+@pytest.mark.slow
 def test_gpu_bench_smoke_runs_every_part_and_copies_seed_rows(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     theirs = work / "synthetic" / "keep.txt"  # a folder of the name the script generates into: not its own
@@ -92,6 +95,7 @@ def test_gpu_bench_smoke_runs_every_part_and_copies_seed_rows(tmp_path):
             assert np.array_equal(getattr(got, name), getattr(want, name)), f"row {row}: {name} differs"
 
 
+@pytest.mark.slow
 def test_prepare_refuses_a_wheel_folder_it_did_not_make(tmp_path):
     wheels = tmp_path / "whl"
     wheels.mkdir()

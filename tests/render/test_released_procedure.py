@@ -7,6 +7,7 @@ largest z per truncated pixel (the released rule, design §5.6), and one sample 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pointad.render import released_procedure
 from pointad.render.synthetic.dense import dense_sample
@@ -21,6 +22,7 @@ def test_zbuffer_keeps_the_largest_z_per_truncated_pixel():
     assert released_procedure._zbuffer_loop(uv, z).tolist() == [False, True, True, False, False, True]
 
 
+@pytest.mark.slow
 def test_one_sample_runs_every_view_and_reports_its_split():
     sample = dense_sample(32)
     seconds = released_procedure.run_sample(sample.points, sample.point_labels)

@@ -108,6 +108,7 @@ def all_classes(tmp_path_factory):
             for ref in list_samples(entry)]
 
 
+@pytest.mark.slow
 def test_views_and_masks_match_open3d_on_every_synthetic_class_and_a_dense_cloud(all_classes):
     options = RenderOptions(views=3)
     rotations = options.plan.rotations
@@ -163,6 +164,7 @@ def _shifted_views(sample, options, rasterizer, pixels):
     return np.clip(np.rint(views * 255), 0, 255).astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_the_model_sees_splat_renders_far_closer_to_open3d_than_a_one_pixel_camera_shift(all_classes):
     """Issue 12: the model barely sees the renderer. The tiny backbone's patch tokens and prompt maps of the
     splat views differ from those of Open3D's views by far less than Open3D's own views moved by one pixel.
@@ -222,6 +224,7 @@ def test_render_sample_splat_equals_legacy_except_image_bytes(mvtec_dataset):
         RenderOptions(renderer="splat", masks="render")
 
 
+@pytest.mark.slow
 def test_build_info_and_verify_name_and_check_the_renderer(mvtec_dataset, tmp_path):
     _, entry = mvtec_dataset
     out = tmp_path / "splat.zarr"

@@ -96,6 +96,7 @@ def test_every_write_that_changes_metadata_removes_the_copy_first(store_copy):
     assert_warns_without_consolidated(store_copy)
 
 
+@pytest.mark.slow
 def test_an_append_build_consolidates_the_grown_store(store_copy, mvtec_dataset):
     _, entry = mvtec_dataset
     before = len(open_store(store_copy))
