@@ -9,7 +9,8 @@ Clouds, all in one run: the synthetic MVTec-format "cookie" scan at 800 x 800 re
 (render/synthetic/dense.py). Normal sets:
 - open3d: `sample_render.estimate_normals` as render_sample calls it (hybrid search, radius 0.05 x the bounding
   radius or the plan's, at most 30 neighbours; Open3D's threads: all CPUs);
-- grid: `grid_normals_of_points` from the sample's grid_index (one thread);
+- grid: `grid_normals_of_points` from the sample's grid_index (central differences; one thread);
+- grid PCA: the same with `grid_pca_normals` (a plane fitted to the cells within 3 cells; one thread);
 - graph: `graph_normals` on the store's k-NN graph (`knn_graph`, k = RenderOptions.knn), which render_sample
   builds anyway; the query's own time is printed beside it, not added.
 Table 1: median seconds, Open3D's time / ours, and the angle to Open3D's normals (sign ignored: Open3D's sign
@@ -36,7 +37,7 @@ import torch
 
 from pointad.render.camera import FRONT, fit_camera
 from pointad.render.graph import knn_graph
-from pointad.render.normals import graph_normals, grid_normals_of_points
+from pointad.render.normals import graph_normals, grid_normals_of_points, grid_pca_normals
 from pointad.render.options import LIGHTS, RenderOptions
 from pointad.render.readers import list_samples, preprocess_options, read_sample
 from pointad.render.sample_render import estimate_normals
@@ -73,6 +74,8 @@ def normal_sets(sample, options: RenderOptions, repeats: int) -> tuple[dict, dic
         lambda: estimate_normals(points, options.plan.normals_radius or 0.05 * radius), repeats)
     seconds["grid"], normals["grid"] = median_seconds(
         lambda: grid_normals_of_points(points, sample.grid_index, sample.grid_hw), repeats)
+    seconds["grid PCA"], normals["grid PCA"] = median_seconds(
+        lambda: grid_normals_of_points(points, sample.grid_index, sample.grid_hw, grid_pca_normals), repeats)
     query, (knn, _) = median_seconds(lambda: knn_graph(points, np.ones(len(points), bool), options.knn), repeats)
     seconds["graph"], normals["graph"] = median_seconds(lambda: graph_normals(points, knn), repeats)
     return normals, seconds, query
@@ -142,6 +145,7 @@ def main() -> None:
         reference = views_of(sample, measured[name]["open3d"], options)
         tokens = seen_by_model(backbone, reference)
         ways = {"grid normals": views_of(sample, measured[name]["grid"], options),
+                "grid PCA normals": views_of(sample, measured[name]["grid PCA"], options),
                 "graph normals": views_of(sample, measured[name]["graph"], options),
                 "open3d, camera +1 px": views_of(sample, measured[name]["open3d"], options, 1.0)}
         change = {way: float((1 - torch.nn.functional.cosine_similarity(tokens, seen_by_model(backbone, views),

@@ -1,5 +1,8 @@
 """Normals the data already gives (issue 24, design §3.2): from the organized grid a scan came from, or from the
 k-NN graph the store builds, instead of Open3D's own 30-neighbour search (`sample_render.estimate_normals`).
+`grid_normals` crosses central differences of the neighbouring cells, `grid_pca_normals` fits a plane to the
+cells within a 3-cell disc (about Open3D's 30 neighbours on a filled grid), `graph_normals` fits one to each
+point's k-NN row; benchmarks/normals_bench.py measures their time and what they change in the views.
 
 Normals only shade the views. The renderers turn every normal toward the eye before lighting it
 (`render/splat.py` `shade`, `render/rasterize.py`), so a normal's sign never changes an image; Open3D leaves
@@ -11,6 +14,7 @@ camera side of `render/synthetic/dense.py`). A point with no usable neighbourhoo
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 FALLBACK = np.array([0.0, 0.0, 1.0])  # toward the sensor: the normal of a cell or point with too few neighbours
 
@@ -29,16 +33,18 @@ def grid_normals(xyz_grid, valid) -> np.ndarray:
     return _finish(np.cross(along_columns, along_rows), valid)
 
 
-def grid_normals_of_points(points, grid_index, grid_hw) -> np.ndarray:
-    """Return (P, 3) `grid_normals` of a cloud that came from an organized grid: points (P, 3), grid_index (P,)
-    int, each point's cell (row-major in grid_hw = (H, W), as `Sample.grid_index`), distinct cells."""
+def grid_normals_of_points(points, grid_index, grid_hw, estimator=None) -> np.ndarray:
+    """Return (P, 3) normals of a cloud that came from an organized grid by `estimator(xyz_grid, valid)`
+    (`grid_normals` if None, or `grid_pca_normals`): points (P, 3), grid_index (P,) int, each point's cell
+    (row-major in grid_hw = (H, W), as `Sample.grid_index`), distinct cells."""
+    estimator = estimator or grid_normals
     rows, columns = (int(n) for n in grid_hw)
     cells = np.asarray(grid_index, np.int64)
     xyz = np.zeros((rows * columns, 3))
     valid = np.zeros(rows * columns, bool)
     xyz[cells] = points
     valid[cells] = True
-    return grid_normals(xyz.reshape(rows, columns, 3), valid.reshape(rows, columns)).reshape(-1, 3)[cells]
+    return estimator(xyz.reshape(rows, columns, 3), valid.reshape(rows, columns)).reshape(-1, 3)[cells]
 
 
 def _tangent(xyz, valid, axis):
@@ -86,6 +92,65 @@ def grid_normals_naive(xyz_grid, valid) -> np.ndarray:
             normal = np.cross(tangent(i, j, 0, 1), tangent(i, j, 1, 0))
             length = np.linalg.norm(normal)
             normal = normal / length if length > 0 else FALLBACK.copy()
+            out[i, j] = -normal if normal[2] < 0 else normal
+    return out
+
+
+def _disc(radius_cells: float) -> np.ndarray:
+    """(2R + 1, 2R + 1) float 0/1 kernel of the cells within radius_cells of the centre (R its floor)."""
+    reach = int(np.floor(radius_cells))
+    i, j = np.mgrid[-reach:reach + 1, -reach:reach + 1]
+    return (i * i + j * j <= radius_cells**2).astype(np.float64)
+
+
+def grid_pca_normals(xyz_grid, valid, radius_cells: float = 3.0) -> np.ndarray:
+    """Return (H, W, 3) float64 unit normals by PCA of the valid cells within radius_cells of each cell (the cell
+    itself included), zeros at invalid cells; oriented n_z >= 0, (0, 0, 1) with fewer than 3 such cells.
+
+    Open3D's search (at most 30 neighbours within the radius) on a filled grid takes about the disc of radius 3
+    cells (29 cells); the covariance comes from nine moment images summed over the disc (one correlation each),
+    the eigenvector in closed form (`smallest_eigenvector`)."""
+    valid = np.asarray(valid, bool)
+    xyz = np.asarray(xyz_grid, np.float64)
+    xyz = np.where(valid[..., None], xyz - (xyz[valid].mean(axis=0) if valid.any() else 0), 0.0)
+    kernel = _disc(radius_cells)
+
+    def summed(image):
+        return ndimage.correlate(image, kernel, mode="constant", cval=0.0)
+
+    count = summed(valid.astype(np.float64))
+    share = 1 / np.maximum(count, 1)
+    x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
+    mx, my, mz = summed(x) * share, summed(y) * share, summed(z) * share
+    moments = [summed(a * b) * share - ma * mb for a, b, ma, mb in
+               ((x, x, mx, mx), (y, y, my, my), (z, z, mz, mz), (x, y, mx, my), (x, z, mx, mz), (y, z, my, mz))]
+    normals = smallest_eigenvector(*(m[valid] for m in moments))
+    normals[count[valid] < 3] = 0.0
+    out = np.zeros(xyz.shape)
+    out[valid] = normals
+    return _finish(out, valid)
+
+
+def grid_pca_normals_naive(xyz_grid, valid, radius_cells: float = 3.0) -> np.ndarray:
+    """`grid_pca_normals` by a plain loop over the cells and `np.linalg.eigh`."""
+    xyz = np.asarray(xyz_grid, np.float64)
+    valid = np.asarray(valid, bool)
+    rows, columns = valid.shape
+    reach = int(np.floor(radius_cells))
+    out = np.zeros((rows, columns, 3))
+    for i in range(rows):
+        for j in range(columns):
+            if not valid[i, j]:
+                continue
+            near = [xyz[a, b] for a in range(max(0, i - reach), min(rows, i + reach + 1))
+                    for b in range(max(0, j - reach), min(columns, j + reach + 1))
+                    if valid[a, b] and (a - i) ** 2 + (b - j) ** 2 <= radius_cells**2]
+            if len(near) < 3:
+                out[i, j] = FALLBACK
+                continue
+            centred = np.array(near) - np.mean(near, axis=0)
+            values, vectors = np.linalg.eigh(centred.T @ centred)
+            normal = vectors[:, np.argmin(values)]
             out[i, j] = -normal if normal[2] < 0 else normal
     return out
 

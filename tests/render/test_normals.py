@@ -17,6 +17,8 @@ from pointad.render.normals import (
     grid_normals,
     grid_normals_naive,
     grid_normals_of_points,
+    grid_pca_normals,
+    grid_pca_normals_naive,
     smallest_eigenvector,
 )
 from pointad.render.readers import list_samples, preprocess_options, read_sample
@@ -111,6 +113,43 @@ def test_grid_normals_of_points_scatter_and_gather_by_grid_index():
     assert np.array_equal(got, grid_normals(grid, valid.reshape(6, 8)).reshape(-1, 3)[cells])
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grid_pca_normals_match_the_loop_on_random_grids(seed):
+    rng = np.random.default_rng(seed)
+    grid = rng.normal(size=(13, 17, 3)) + [0.0, 0.0, 5.0]
+    valid = rng.random((13, 17)) > 0.35
+    for radius in (1.5, 3.0):
+        fast, naive = grid_pca_normals(grid, valid, radius), grid_pca_normals_naive(grid, valid, radius)
+        error = np.abs(fast - naive)
+        assert error.max() < 1e-9, f"radius {radius}: largest difference {error.max()} at {error.argmax()}"
+
+
+def test_grid_pca_normals_of_a_plane_with_holes_and_of_lonely_cells():
+    grid, normal = _plane_grid(rows=9, columns=11)
+    valid = np.ones(grid.shape[:2], bool)
+    valid[4, 2:7] = valid[0, :3] = False
+    got = grid_pca_normals(grid, valid)
+    assert np.abs(got[valid] - normal).max() < 1e-9 and np.all(got[~valid] == 0)
+    lonely = np.zeros((9, 11), bool)
+    lonely[0, 0] = lonely[0, 1] = lonely[8, 10] = True  # two cells side by side, one alone: under 3 cells each
+    assert np.all(grid_pca_normals(grid, lonely)[lonely] == [0.0, 0.0, 1.0])
+
+
+def test_grid_pca_normals_of_a_sphere_cap_are_radial():
+    """A disc of cells on a smooth surface fits the tangent plane near its centroid: on a 60 x 60 grid over a unit
+    sphere's cap the normals are radial within 0.2 degrees inside (the disc whole; measured 0.11, the cells are
+    not evenly spaced on the sphere), within 3 at the rim (measured 1.8; a rim cell's disc is about half a disc,
+    its centroid ~1.3 cells, 1.5 degrees, inward)."""
+    u, v = np.meshgrid(np.linspace(-0.6, 0.6, 60), np.linspace(-0.6, 0.6, 60))
+    grid = np.stack([u, v, np.sqrt(1 - u**2 - v**2)], axis=-1)
+    valid = np.hypot(u, v) < np.sin(np.radians(40))
+    got = grid_pca_normals(grid, valid)
+    inner = valid & (np.hypot(u, v) < np.sin(np.radians(40)) - 4 * 1.2 / 59)
+    angle = _angle_degrees(got[valid], grid[valid])
+    assert angle.max() < 3, f"largest angle {angle.max()}"
+    assert _angle_degrees(got[inner], grid[inner]).max() < 0.2
+
+
 def test_graph_normals_of_a_plane_and_a_sphere():
     rng = np.random.default_rng(0)
     xy = rng.random((500, 2))
@@ -202,25 +241,28 @@ def test_grid_and_graph_normals_against_open3ds_on_the_synthetic_classes(synthet
     """Angle (sign ignored) to Open3D's normals as render_sample estimates them (radius 0.05 x the bounding
     radius, at most 30 neighbours), measured per cloud, median / 95th percentile in degrees:
 
-        cloud (points)        grid          graph (k = 8)
-        box (22 686)          8.1 / 18.0    5.2 / 11.6
-        cookie (33 363)       8.0 / 17.8    5.2 / 11.5
-        dome (25 293)         5.6 / 14.6    3.7 /  9.7
-        dowel (12 597)        5.8 / 15.0    3.7 / 10.1
-        torus (19 386)        5.8 / 14.9    3.8 / 10.0
-        dense (112 896)       7.7 / 16.6    5.0 / 10.8
+        cloud (points)        grid          graph (k = 8)   grid PCA (disc of 3 cells)
+        box (22 686)          8.1 / 18.0    5.2 / 11.6      1.06 / 2.43
+        cookie (33 363)       8.0 / 17.8    5.2 / 11.5      1.04 / 2.35
+        dome (25 293)         5.6 / 14.6    3.7 /  9.7      0.99 / 2.94
+        dowel (12 597)        5.8 / 15.0    3.7 / 10.1      1.37 / 3.97
+        torus (19 386)        5.8 / 14.9    3.8 / 10.0      1.41 / 4.67
+        dense (112 896)       7.7 / 16.6    5.0 / 10.8      0.79 / 1.84
 
     The difference is the neighbourhood, not the method: Open3D fits a plane to ~30 points, the grid takes
     the 4 nearest cells and the graph 8 points, so the scanner noise tilts ours more (the test above shows the
-    graph's PCA is Open3D's on the same neighbours). Bound: the largest measured values with ~20% room (10 / 21
-    degrees grid, 6.5 / 14 graph). An error of kind rather than of degree (a swapped axis, the largest instead
-    of the smallest eigenvector, cells gathered in the wrong order) puts medians at 45-90 degrees."""
+    graph's PCA is Open3D's on the same neighbours); the grid PCA's 29-cell disc is nearly Open3D's set.
+    Bound: the largest measured values with ~20% room (10 / 21 degrees grid, 6.5 / 14 graph, 1.7 / 5.6 grid
+    PCA). An error of kind rather than of degree (a swapped axis, the largest instead of the smallest
+    eigenvector, cells gathered in the wrong order) puts medians at 45-90 degrees."""
     for sample in synthetic_clouds:
         camera = fit_camera(sample.points, 336)
         reference = estimate_normals(sample.points, 0.05 * camera.distance * np.sin(np.radians(15)) / 1.1)
         grid = grid_normals_of_points(sample.points, sample.grid_index, sample.grid_hw)
         graph = graph_normals(sample.points, knn_graph(sample.points, np.ones(len(sample.points), bool), 8)[0])
-        for name, normals, (median, high) in (("grid", grid, (10, 21)), ("graph", graph, (6.5, 14))):
+        pca = grid_normals_of_points(sample.points, sample.grid_index, sample.grid_hw, grid_pca_normals)
+        for name, normals, (median, high) in (("grid", grid, (10, 21)), ("graph", graph, (6.5, 14)),
+                                              ("grid PCA", pca, (1.7, 5.6))):
             angle = _angle_degrees(normals, reference)
             message = f"{sample.class_name} {name}: median {np.median(angle):.2f}, 95th {np.percentile(angle, 95):.2f}"
             assert np.median(angle) < median and np.percentile(angle, 95) < high, message
