@@ -30,6 +30,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,7 @@ def main() -> None:
         cookie = read_sample(entry, ref, preprocess_options(entry, ref.class_name, image_size=options.image_size,
                                                             max_points=options.max_points))
     clouds = {"cookie": cookie, "dense": dense_sample(options.image_size)}
-    backbone = FrozenCLIP.from_config(load_model_config(args.model), seed=0)
+    backbone = FrozenCLIP.from_config(replace(load_model_config(args.model), pretrained=None, random_init=True), seed=0)
 
     print(f"## 1. Normals: median of {args.repeats} runs, seconds (Open3D: all {os.cpu_count()} CPUs; ours: one "
           "thread); angle to Open3D's normals in degrees, sign ignored\n")
@@ -137,6 +138,7 @@ def main() -> None:
                   f"{seconds['open3d'] / seconds[way]:.1f}x | {np.median(angle):.2f} | {np.percentile(angle, 95):.2f} | "
                   f"{angle.max():.1f} |")
 
+    torch.set_num_threads(os.cpu_count() or 1)  # the model's forward passes: not timed
     print(f"\n## 2. What changes: {options.views} splat views at {options.image_size}², against the open3d-normals "
           f"views; model '{args.model}' (random weights), patch tokens mean 1 - cos\n")
     print(f"| cloud | views | pixels within {WITHIN}/255 | mean abs level | patch 1 - cos | / one-pixel shift's |")
