@@ -18,6 +18,9 @@ GREY = 0.7
 LIGHTS = {"on": (True, GREY), "off": (False, GREY), "+": (True, 0.9), "-": (True, 0.5)}
 VISIBILITY = ("nearest", "surface")
 MASKS = ("splat", "render")
+# open3d: Open3D's hybrid search (design §3.2) | grid: a plane fitted to the cells within 3 cells of the organized
+# grid (render/normals.py grid_pca_normals) | graph: a plane fitted to each point's row of the k-NN graph
+NORMALS = ("open3d", "grid", "graph")
 # legacy (Open3D Visualizer: the default and reference, for exact paper reproduction) | filament | splat
 # (render/splat.py: emulates legacy without Open3D, tests/render/test_splat.py)
 RENDERERS = ("legacy", "filament", "splat")  # render/rasterize.py's RENDERERS (Open3D's), then splat
@@ -58,6 +61,7 @@ class RenderOptions:
     # the dataset's numbers for view_plan "pointad-code" (datasets.yaml `view_plans:`, see render/view_plan.py
     # CodePlan); filled in by render.datasets.dataset_render_options; None = the MVTec 3D-AD script's
     code_plan: dict | None = None
+    normals: str = "open3d"         # open3d | grid (organized clouds only) | graph: NORMALS; stores before: open3d
 
     def __post_init__(self):
         check_fields(self)  # every range above; NaN and inf in any float
@@ -78,6 +82,8 @@ class RenderOptions:
                               f"{self.renderer} use --masks render")
         if self.masks == "render" and self.renderer == "splat":
             raise ConfigError("--renderer splat draws without Open3D; its masks are splatted (--masks splat)")
+        if self.normals not in NORMALS:
+            raise ConfigError(f"--normals must be one of {', '.join(NORMALS)}, got {self.normals!r}")
         if self.visibility not in VISIBILITY:
             raise ConfigError(f"--visibility must be one of {', '.join(VISIBILITY)}, got {self.visibility!r}")
 

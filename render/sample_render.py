@@ -16,6 +16,7 @@ from ..shared.threads import available, submit
 from .camera import Camera, fit_camera, project
 from .graph import knn_graph, proxy_indices
 from .masks import splat_masks
+from .normals import graph_normals, grid_normals_of_points, grid_pca_normals
 from .options import LIGHTS, RenderOptions
 from .preprocess import farthest_point_indices
 from .rasterize import DrawStyle, LegacyRasterizer, downsample
@@ -73,13 +74,14 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
     extrinsics = camera.extrinsics(rotations)
 
     valid = np.ones(len(points), bool)
-    normals = estimate_normals(points, plan.normals_radius or 0.05 * radius)  # holds the GIL: nothing beside it
-    with ThreadPoolExecutor(1) as beside:
-        # the graph needs neither normals nor views: with a thread to spare its query (the GIL released) runs
-        # while the views are drawn
-        graph = submit(beside if budget > 1 else None, knn_graph, points, valid, options.knn, workers=budget)
+    if options.normals == "graph":  # the graph first: the normals are made from it
+        knn, knn_weight = knn_graph(points, valid, options.knn, workers=budget)
+        normals = graph_normals(points, knn)
         views, masks = _draw(points, labels, normals, camera, rotations, extrinsics, options, rasterizer, device)
-        knn, knn_weight = graph.result()
+    else:
+        normals = _normals(points, grid_index, sample, options, plan.normals_radius or 0.05 * radius)
+        views, masks, knn, knn_weight = _draw_beside_graph(points, labels, normals, camera, rotations, extrinsics,
+                                                           options, rasterizer, device, budget)
     pixel, depth, inside = project(points, camera, rotations)
     if options.visibility == "nearest":
         visible = nearest_per_pixel(pixel, depth, valid, options.image_size, inside)
@@ -89,6 +91,27 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
     proxy = proxy_indices(points, valid, visible.any(axis=0), knn, workers=budget)
     return _padded(sample, options, views, masks, pixel, visible, points, labels, grid_index, proxy, knn, knn_weight,
                    camera.intrinsic(), extrinsics)
+
+
+def _normals(points, grid_index, sample, options: RenderOptions, radius: float) -> np.ndarray:
+    """(P, 3) normals by the options' estimator, open3d or grid (design §3.2)."""
+    if options.normals == "open3d":
+        return estimate_normals(points, radius)  # holds the GIL: nothing beside it
+    if grid_index is None:
+        raise ValueError(f"normals 'grid' need an organized cloud; {sample.sample_id} has no grid")
+    return grid_normals_of_points(points, grid_index, sample.grid_hw, grid_pca_normals)
+
+
+def _draw_beside_graph(points, labels, normals, camera, rotations, extrinsics, options, rasterizer, device, budget):
+    """`_draw`'s views and masks, and the k-NN graph, built beside the drawing with a thread to spare."""
+    valid = np.ones(len(points), bool)
+    with ThreadPoolExecutor(1) as beside:
+        # the graph needs neither normals nor views: with a thread to spare its query (the GIL released) runs
+        # while the views are drawn
+        graph = submit(beside if budget > 1 else None, knn_graph, points, valid, options.knn, workers=budget)
+        views, masks = _draw(points, labels, normals, camera, rotations, extrinsics, options, rasterizer, device)
+        knn, knn_weight = graph.result()
+    return views, masks, knn, knn_weight
 
 
 def _draw(points, labels, normals, camera, rotations, extrinsics, options: RenderOptions, rasterizer,

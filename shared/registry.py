@@ -17,6 +17,7 @@ from . import environment, strict
 from .errors import ConfigError, DatasetError, first_line
 
 FORMATS = ("mvtec3d", "eyecandies", "real3d", "folder")
+ORGANIZED_FORMATS = ("mvtec3d", "eyecandies")  # formats whose samples come on an (H, W) grid of points
 # `folder` (scans of one's own objects, design §2.5): the unit of the files' coordinates -> millimetres per unit
 FOLDER_UNITS = {"mm": 1.0, "cm": 10.0, "m": 1000.0, "um": 0.001, "in": 25.4}
 # What `read_yaml` takes: the repository's datasets.yaml is ~5 KB, nests 8 deep and expands its aliases to

@@ -79,6 +79,8 @@ class RenderRecord:
     renderer: str = _NOT_RECORDED
     masks: str | None = _NOT_RECORDED
     code_plan: dict | None = _NOT_RECORDED
+    # not recorded before issue 24: RenderOptions' default, open3d (BEFORE_OPTION must say so if the default changes)
+    normals: str = _NOT_RECORDED
     point_sizes: dict[str, float] = _NOT_RECORDED
 
     def __post_init__(self):

@@ -3,6 +3,9 @@ hand-made holes and borders, the naive twins, the orientation rule, and Open3D's
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
+
 import numpy as np
 import open3d as o3d
 import pytest
@@ -21,9 +24,12 @@ from pointad.render.normals import (
     grid_pca_normals_naive,
     smallest_eigenvector,
 )
+from pointad.render.options import RenderOptions
 from pointad.render.readers import list_samples, preprocess_options, read_sample
-from pointad.render.sample_render import estimate_normals
+from pointad.render.sample_render import estimate_normals, render_sample
 from pointad.render.synthetic.dense import dense_sample
+from pointad.shared.errors import ConfigError
+from pointad.shared.store import open_store
 
 
 def _angle_degrees(a, b):
@@ -267,3 +273,72 @@ def test_grid_and_graph_normals_against_open3ds_on_the_synthetic_classes(synthet
             message = f"{sample.class_name} {name}: median {np.median(angle):.2f}, 95th {np.percentile(angle, 95):.2f}"
             assert np.median(angle) < median and np.percentile(angle, 95) < high, message
             assert np.allclose(np.linalg.norm(normals, axis=1), 1) and np.all(normals[:, 2] >= 0), message
+
+
+# The recorded option (issue 24 item 1): RenderOptions.normals, in the store's render record, honoured by verify.
+SMALL = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 48, point_size=3, renderer="splat")
+
+
+def test_the_normals_option_is_a_choice_and_stores_before_it_read_open3d(cookie_splat_48):
+    with pytest.raises(ConfigError, match="--normals must be one of open3d, grid, graph, got 'pca'"):
+        RenderOptions(normals="pca")
+    store = open_store(cookie_splat_48)
+    record = store.attrs.render
+    old = type(record).from_dict({k: v for k, v in record.to_dict().items() if k != "normals"})
+    dataset = store.sample(0).dataset
+    assert RenderOptions.from_store(old, dataset, "cookie").normals == "open3d"
+    graph = type(record).from_dict({**record.to_dict(), "normals": "graph"})
+    assert RenderOptions.from_store(graph, dataset, "cookie").normals == "graph"
+
+
+def test_render_sample_with_each_normals_option(mvtec_dataset):
+    """Only the shading changes: every other array of the row is open3d's, the white background is the same;
+    grid needs an organized cloud. (At 48 px a 3-cell disc is wider than Open3D's radius, ~1 cell: 68% of the
+    pixels within 2 levels here, against 98% at 336 px, benchmarks/normals_bench.py.)"""
+    _, entry = mvtec_dataset
+    ref = next(r for r in list_samples(entry, ["cookie"], ["test"]) if r.label)
+    sample = read_sample(entry, ref, preprocess_options(entry, "cookie", image_size=48, max_points=48 * 48))
+    rows = {way: render_sample(sample, replace(SMALL, normals=way), None) for way in ("open3d", "grid", "graph")}
+    for way in ("grid", "graph"):
+        for name in rows["open3d"].__dataclass_fields__:
+            same = np.array_equal(getattr(rows[way], name), getattr(rows["open3d"], name))
+            assert same or name == "image", f"{way}: {name} differs from open3d's row"
+        diff = np.abs(rows[way].image.astype(int) - rows["open3d"].image)
+        assert diff.any() and (diff <= 2).mean() > 0.5, f"{way}: {(diff <= 2).mean():.3f} of pixels within 2 levels"
+        assert np.array_equal(rows[way].image == 255, rows["open3d"].image == 255), f"{way}: the background moved"
+    unorganized = replace(sample, grid_index=None, grid_hw=(0, 0), rgb=None, grid_mask=None)
+    with pytest.raises(ValueError, match="normals 'grid' need an organized cloud; cookie/test/"):
+        render_sample(unorganized, replace(SMALL, normals="grid"), None)
+
+
+@pytest.mark.slow
+def test_verify_rerenders_with_the_recorded_normals(mvtec_dataset, tmp_path):
+    """A splat store drawn with grid normals re-renders to the same bytes; read as open3d it does not."""
+    from pointad.render.build import build_store
+    from pointad.render.verify import verify_store
+    from pointad.shared.store_write import update_attrs
+    _, entry = mvtec_dataset
+    path = tmp_path / "renders.zarr"
+    result = build_store(entry, path, replace(SMALL, normals="grid"), classes=["cookie"], splits=["test"])
+    assert result.rendered == 6 and not result.failures
+    store = open_store(path)
+    assert store.attrs.render.normals == "grid"
+    assert verify_store(store, rerender=2) == []
+    relabelled = tmp_path / "open3d.zarr"
+    shutil.copytree(path, relabelled)
+    update_attrs(relabelled, render={**store.attrs.render.to_dict(), "normals": "open3d"})
+    assert any("differ from a fresh splat render" in p for p in verify_store(open_store(relabelled), rerender=1))
+
+
+def test_render_build_refuses_grid_normals_for_an_unorganized_dataset_before_any_work(tmp_path):
+    from click.testing import CliRunner
+
+    from pointad.render.cli import render
+    out = tmp_path / "renders.zarr"
+    result = CliRunner().invoke(render, ["build", "--dataset", "synthetic-real3d", "--out", str(out),
+                                         "--normals", "grid", "--renderer", "splat"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: --normals grid needs an organized dataset (mvtec3d, eyecandies); synthetic-real3d is real3d: "
+        "use --normals open3d or graph")
+    assert not out.exists()
