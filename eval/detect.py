@@ -242,6 +242,9 @@ def render_cloud(cloud, choice: RenderChoice, device="cpu"):
     options = choice.options
     input_points, sample, prep = load_cloud(Path(cloud), options.image_size, options.max_points)
     options = replace(options, max_points=max(sample.n_points, 1))  # no padding slots: they change no score
+    if options.normals == "grid" and sample.grid_index is None:
+        raise InputFileError(f"{cloud}: the run was rendered with --normals grid, which needs an organized cloud "
+                             "(.tiff); this one has no grid")
     rasterizer = (None if options.renderer == "splat"
                   else worker_rasterizer(options.image_size * options.supersample, options.renderer))
     arrays = render_sample(sample, options, rasterizer, device=device)

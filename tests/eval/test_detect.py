@@ -273,3 +273,16 @@ def test_a_crafted_compressed_pcd_is_one_line_in_a_detect_process(detect_run, tm
     assert [line for line in result.stderr.splitlines() if line.startswith("Error: ")] == [
         f"Error: {path}: declares 100000000 points (1200000000 bytes), its compressed data unpacks to 2400 bytes"]
     assert not (tmp_path / "out" / "scores.npy").exists()
+
+
+def test_a_grid_normals_choice_refuses_an_unorganized_cloud_in_one_line(tmp_path):
+    """A run rendered with --normals grid cannot shade a cloud that has no grid: one line naming the file."""
+    from pointad.eval.detect import RenderChoice, render_cloud
+    from pointad.render.options import RenderOptions
+    from pointad.shared.errors import InputFileError
+    ply = tmp_path / "cloud.ply"
+    points = np.random.default_rng(0).uniform(-1, 1, (500, 3))
+    o3d.io.write_point_cloud(str(ply), o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points)))
+    choice = RenderChoice(RenderOptions(views=2, image_size=48, renderer="splat", normals="grid"), {}, "test", True)
+    with pytest.raises(InputFileError, match=r"cloud\.ply: the run was rendered with --normals grid"):
+        render_cloud(ply, choice)
