@@ -263,7 +263,7 @@ ATTR_CASES = {  # name: (change of the root zarr.json, commands refusing it, the
     "an unknown render option": (_attr(["render", "colour"], "red"), ("info", "verify"),
                                  "store attribute 'render': unknown key(s) ['colour']; known: ['angle_shift', "
                                  "'code_plan', 'downsample', 'fov_degrees', 'image_size', 'knn', 'light', 'margin', "
-                                 "'masks', 'max_points', 'point_size', 'point_sizes', 'renderer', 'supersample', "
+                                 "'masks', 'max_points', 'normals', 'point_size', 'point_sizes', 'renderer', 'supersample', "
                                  "'surface_tolerance', 'view_plan', 'views', 'visibility']"),
     "light unknown": (_attr(["render", "light"], "dim"), ("verify",),
                       "store attribute 'render': --light must be one of on, off, +, -, got 'dim'"),
