@@ -22,7 +22,7 @@ from pointad.render.cli import render
 from pointad.render.migrate import migrate_store
 from pointad.render.options import RenderOptions
 from pointad.shared.store import open_store, store_fingerprint
-from pointad.shared.store_schema import ARRAYS, CAMERA_CONVENTION, V2_ONLY
+from pointad.shared.store_schema import ARRAYS
 from pointad.shared.store_write import append_samples, consolidate, update_attrs
 
 # tests/conftest.py's cookie_splat_48: the options the copies below were drawn with
@@ -114,34 +114,18 @@ def test_a_repair_consolidates_what_it_rewrote(store_copy, mvtec_dataset):
     assert_consolidated_and_true(store_copy)
 
 
-def make_v1(v2: Path, out: Path) -> Path:
-    """The store in schema v1's layout, as tests/shared/test_store_v2.py's make_v1 writes it (no cameras, no
-    dimension names, no array attributes but the chunk record, render options repeated, prose camera), and
-    with a copy of that v1 metadata consolidated by another tool."""
-    shutil.copytree(v2, out)
-    for group in V2_ONLY:
-        shutil.rmtree(out / group.split("/")[0], ignore_errors=True)
-    for spec in ARRAYS:
-        document = out / spec.path / "zarr.json"
-        if document.exists():
-            meta = json.loads(document.read_text())
-            meta.pop("dimension_names", None)
-            meta["attributes"] = {k: v for k, v in meta["attributes"].items() if k == "every_chunk_written_from_row"}
-            document.write_text(json.dumps(meta))
+def make_consolidated_v1(make_v1, v2: Path, out: Path) -> Path:
+    """`make_v1`'s v1 store with a copy of that v1 metadata consolidated by another tool."""
+    make_v1(v2, out)
     root = json.loads((out / "zarr.json").read_text())
-    attrs = root["attributes"]
-    attrs["schema_version"] = 1
-    attrs["camera"] = {k: v for k, v in attrs["camera"].items() if k not in CAMERA_CONVENTION}
-    attrs["render"] = {**attrs["render"], **{k: attrs[k] for k in ("views", "image_size", "max_points", "knn")},
-                       "fov_degrees": attrs["camera"]["fov_degrees"], "margin": attrs["camera"]["margin"]}
     root["consolidated_metadata"] = {"kind": "inline", "must_understand": False, "metadata": on_disk_metadata(out)}
     (out / "zarr.json").write_text(json.dumps(root))
     return out
 
 
 @pytest.mark.slow
-def test_a_migration_consolidates_the_v2_metadata(cookie_splat_48, tmp_path):
-    v1 = make_v1(cookie_splat_48, tmp_path / "v1.zarr")
+def test_a_migration_consolidates_the_v2_metadata(cookie_splat_48, tmp_path, make_v1):
+    v1 = make_consolidated_v1(make_v1, cookie_splat_48, tmp_path / "v1.zarr")
     assert "cameras/intrinsic" not in consolidated(v1)
     done = CliRunner().invoke(render, ["migrate", str(v1)])
     assert done.exit_code == 0, done.output

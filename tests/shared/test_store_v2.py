@@ -25,7 +25,7 @@ from pointad.render.options import RenderOptions
 from pointad.render.view_plan import ViewPlan
 from pointad.shared.errors import PointADError, StoreSchemaError
 from pointad.shared.store import open_store, store_fingerprint
-from pointad.shared.store_schema import ARRAYS, CAMERA_CONVENTION, RENDER_ELSEWHERE, SAMPLE_FIELDS, V2_ONLY
+from pointad.shared.store_schema import ARRAYS, CAMERA_CONVENTION, RENDER_ELSEWHERE, SAMPLE_FIELDS
 from pointad.shared.store_write import append_samples, write_sample
 
 OPTIONS = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 48, point_size=3, renderer="splat")
@@ -37,29 +37,6 @@ def v2_store(cookie_splat_48):
     tests/conftest.py builds it once. Read-only: tests change copies."""
     assert RenderOptions.from_store(open_store(cookie_splat_48).attrs.render, "synthetic-mvtec3d", "cookie") == OPTIONS
     return cookie_splat_48
-
-
-def make_v1(v2: Path, out: Path) -> Path:
-    """The same store in schema v1's layout, as the v1 code wrote it: no cameras, no dimension names, no
-    array attributes but the chunk record, every render option inside `render` as well, prose camera."""
-    shutil.copytree(v2, out)
-    for group in V2_ONLY:
-        shutil.rmtree(out / group.split("/")[0], ignore_errors=True)
-    for spec in ARRAYS:
-        document = out / spec.path / "zarr.json"
-        if document.exists():
-            meta = json.loads(document.read_text())
-            meta.pop("dimension_names", None)
-            meta["attributes"] = {k: v for k, v in meta["attributes"].items() if k == "every_chunk_written_from_row"}
-            document.write_text(json.dumps(meta))
-    root = json.loads((out / "zarr.json").read_text())
-    attrs = root["attributes"]
-    attrs["schema_version"] = 1
-    attrs["camera"] = {k: v for k, v in attrs["camera"].items() if k not in CAMERA_CONVENTION}
-    attrs["render"] = {**attrs["render"], **{k: attrs[k] for k in ("views", "image_size", "max_points", "knn")},
-                       "fov_degrees": attrs["camera"]["fov_degrees"], "margin": attrs["camera"]["margin"]}
-    (out / "zarr.json").write_text(json.dumps(root))
-    return out
 
 
 def test_xarray_opens_every_group_lazily_with_named_dimensions(v2_store):
@@ -190,7 +167,7 @@ def test_table_returns_every_identity_column_in_one_call(v2_store):
 
 
 @pytest.mark.slow
-def test_v1_store_reads_the_same_but_refuses_writes_until_migrated(v2_store, tmp_path):
+def test_v1_store_reads_the_same_but_refuses_writes_until_migrated(v2_store, tmp_path, make_v1):
     v1 = make_v1(v2_store, tmp_path / "v1.zarr")
     old, new = open_store(v1), open_store(v2_store)
     assert old.schema_version == 1 and old.attrs == replace(new.attrs, schema_version=1)
@@ -234,7 +211,7 @@ def test_verify_checks_the_pixels_against_the_stored_cameras(v2_store, tmp_path)
     assert all(sample_id in line for line in added)
 
 
-def test_build_on_a_v1_store_is_one_line_naming_migrate(v2_store, mvtec_dataset, tmp_path):
+def test_build_on_a_v1_store_is_one_line_naming_migrate(v2_store, mvtec_dataset, tmp_path, make_v1):
     _, entry = mvtec_dataset
     v1 = make_v1(v2_store, tmp_path / "v1.zarr")
     args = ["build", "--format", "mvtec3d", "--root", str(entry.root), "--classes", "cookie", "--splits", "test",
@@ -257,7 +234,7 @@ def _chunks(path: Path) -> dict:
             if p.is_file() and p.name != "zarr.json" and not p.name.startswith(".")}
 
 
-def test_migrate_makes_a_v1_store_equal_to_a_fresh_v2_build(v2_store, tmp_path):
+def test_migrate_makes_a_v1_store_equal_to_a_fresh_v2_build(v2_store, tmp_path, make_v1):
     v1 = make_v1(v2_store, tmp_path / "v1.zarr")
     result = CliRunner().invoke(render, ["migrate", str(v1)])
     assert result.exit_code == 0, result.output
@@ -286,7 +263,7 @@ m.migrate_store(sys.argv[1])
 
 @pytest.mark.parametrize("after", [3, 17])
 @pytest.mark.slow
-def test_migration_killed_part_way_leaves_a_readable_v1_store_and_finishes_on_rerun(v2_store, tmp_path, after):
+def test_migration_killed_part_way_leaves_a_readable_v1_store_and_finishes_on_rerun(v2_store, tmp_path, make_v1, after):
     v1 = make_v1(v2_store, tmp_path / "v1.zarr")
     expected = [open_store(v1).sample(r).image for r in range(6)]
     killed = subprocess.run([sys.executable, "-c", KILL_AFTER, str(v1), str(after)], cwd=Path(__file__).parents[2],
