@@ -29,16 +29,16 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 # Reinstall only when the project's requirements (pyproject.toml) or the lock (.ci/constraints.txt) changed
-# since the last install. Every extra: the suite tests each optional part (dask, HTML, scanners).
+# since the last install. Every extra: the suite tests each optional part (dask, HTML, scanners, object storage).
 stamp=.venv/.pointad-installed
 lock=.ci/constraints.txt
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$lock" -nt "$stamp" ]; then
   echo "setup: installing Python packages into .venv (ranges in pyproject.toml, exact versions in $lock)"
   # (this machine's pip config lists local index folders that may not exist: drop those warnings; pipefail
   # keeps pip's own exit status)
-  .venv/bin/python -m pip install -q --disable-pip-version-check -c "$lock" -e ".[dev,scale,html,scanners]" 2>&1 \
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c "$lock" -e ".[dev,scale,html,scanners,cloud]" 2>&1 \
     | { grep -v "is ignored: it is neither" || true; }
-  .venv/bin/python -c "import pointad.render, pointad.shared, open3d, zarr, torch, dask.distributed, plotly, laspy, pye57" \
+  .venv/bin/python -c "import pointad.render, pointad.shared, open3d, zarr, torch, dask.distributed, plotly, laspy, pye57, s3fs, upath, moto" \
     || { echo "setup: install failed" >&2; exit 1; }
   touch "$stamp"
 fi
