@@ -1,7 +1,7 @@
 """Time Open3D's normals against the grid and graph normals (render/normals.py), and measure what changes in the
 views and in what the model sees (issue 24, items 1-2; design §3.2).
 
-Run: .venv/bin/python benchmarks/normals_bench.py [--repeats 5] [--model tiny|vit-l-14-336]
+Run: .venv/bin/python benchmarks/normals_bench.py [--repeats 5] [--model tiny|vit-l-14-336] [--image-size 336]
 (about 15 s with the tiny model, 6 minutes with vit-l-14-336 on 2 CPUs; prints markdown tables, writes only to a
 temporary folder it removes).
 
@@ -10,8 +10,10 @@ Clouds, all in one run: the synthetic MVTec-format "cookie" scan at 800 x 800 re
 (render/synthetic/dense.py). Normal sets:
 - open3d: `sample_render.estimate_normals` as render_sample calls it (hybrid search, radius 0.05 x the bounding
   radius or the plan's, at most 30 neighbours; Open3D's threads: all CPUs);
-- grid: `grid_normals_of_points` from the sample's grid_index (central differences; one thread);
-- grid PCA: the same with `grid_pca_normals` (a plane fitted to the cells within 3 cells; one thread);
+- grid CD: `grid_normals_of_points` from the sample's grid_index (central differences; one thread);
+- grid PCA 3: the same with `grid_pca_normals` (a plane fitted to the cells within 3 cells; one thread);
+- grid: what `--normals grid` renders, `grid_pca_normals_within`: the disc Open3D's radius covers (the radius
+  over the grid's spacing, at most 3 cells; one thread);
 - graph: `graph_normals` on the store's k-NN graph (`knn_graph`, k = RenderOptions.knn), which render_sample
   builds anyway; the query's own time is printed beside it, not added.
 Table 1: median seconds, Open3D's time / ours, and the angle to Open3D's normals (sign ignored: Open3D's sign
@@ -39,7 +41,7 @@ import torch
 
 from pointad.render.camera import FRONT, fit_camera
 from pointad.render.graph import knn_graph
-from pointad.render.normals import graph_normals, grid_normals_of_points, grid_pca_normals
+from pointad.render.normals import graph_normals, grid_normals_of_points, grid_pca_normals, grid_pca_normals_within
 from pointad.render.options import LIGHTS, RenderOptions
 from pointad.render.readers import list_samples, preprocess_options, read_sample
 from pointad.render.sample_render import estimate_normals
@@ -72,12 +74,14 @@ def normal_sets(sample, options: RenderOptions, repeats: int) -> tuple[dict, dic
     camera = fit_camera(points, options.image_size, options.fov_degrees, options.margin)
     radius = camera.distance * np.sin(np.radians(options.fov_degrees) / 2) / options.margin
     seconds, normals = {}, {}
-    seconds["open3d"], normals["open3d"] = median_seconds(
-        lambda: estimate_normals(points, options.plan.normals_radius or 0.05 * radius), repeats)
-    seconds["grid"], normals["grid"] = median_seconds(
+    within = options.plan.normals_radius or 0.05 * radius  # as render_sample asks Open3D
+    seconds["open3d"], normals["open3d"] = median_seconds(lambda: estimate_normals(points, within), repeats)
+    seconds["grid CD"], normals["grid CD"] = median_seconds(
         lambda: grid_normals_of_points(points, sample.grid_index, sample.grid_hw), repeats)
-    seconds["grid PCA"], normals["grid PCA"] = median_seconds(
+    seconds["grid PCA 3"], normals["grid PCA 3"] = median_seconds(
         lambda: grid_normals_of_points(points, sample.grid_index, sample.grid_hw, grid_pca_normals), repeats)
+    seconds["grid"], normals["grid"] = median_seconds(lambda: grid_normals_of_points(
+        points, sample.grid_index, sample.grid_hw, lambda xyz, ok: grid_pca_normals_within(xyz, ok, within)), repeats)
     query, (knn, _) = median_seconds(lambda: knn_graph(points, np.ones(len(points), bool), options.knn), repeats)
     seconds["graph"], normals["graph"] = median_seconds(lambda: graph_normals(points, knn), repeats)
     return normals, seconds, query
@@ -102,17 +106,23 @@ def views_of(sample, normals, options: RenderOptions, shift_pixels: float = 0.0)
 
 
 def seen_by_model(backbone, views) -> torch.Tensor:
+    """The patch tokens of (V, S, S, 3) views; views smaller than the model's input scaled up to it (bilinear)."""
+    images = normalize(views)
+    side = backbone.config.image_size
+    if images.shape[-1] != side:
+        images = torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
     with torch.no_grad():
-        return backbone.encode_image(normalize(views)).patch_tokens.double()
+        return backbone.encode_image(images).patch_tokens.double()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", default="tiny", help="model config whose patch tokens are compared (random weights)")
+    parser.add_argument("--image-size", type=int, default=336, help="views and grid side (the point budget its square)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as a 1-worker build draws splats
-    options = RenderOptions()
+    options = RenderOptions(image_size=args.image_size, max_points=args.image_size**2)
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp) / "cookie", SyntheticSpec(format="mvtec3d", classes=("cookie",), defects=("bump",),
@@ -147,8 +157,9 @@ def main() -> None:
     for name, sample in clouds.items():
         reference = views_of(sample, measured[name]["open3d"], options)
         tokens = seen_by_model(backbone, reference)
-        ways = {"grid normals": views_of(sample, measured[name]["grid"], options),
-                "grid PCA normals": views_of(sample, measured[name]["grid PCA"], options),
+        ways = {"grid CD normals": views_of(sample, measured[name]["grid CD"], options),
+                "grid PCA 3 normals": views_of(sample, measured[name]["grid PCA 3"], options),
+                "grid normals": views_of(sample, measured[name]["grid"], options),
                 "graph normals": views_of(sample, measured[name]["graph"], options),
                 "open3d, camera +1 px": views_of(sample, measured[name]["open3d"], options, 1.0)}
         change = {way: float((1 - torch.nn.functional.cosine_similarity(tokens, seen_by_model(backbone, views),

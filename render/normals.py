@@ -1,8 +1,9 @@
 """Normals the data already gives (issue 24, design §3.2): from the organized grid a scan came from, or from the
 k-NN graph the store builds, instead of Open3D's own 30-neighbour search (`sample_render.estimate_normals`).
 `grid_normals` crosses central differences of the neighbouring cells, `grid_pca_normals` fits a plane to the
-cells within a 3-cell disc (about Open3D's 30 neighbours on a filled grid), `graph_normals` fits one to each
-point's k-NN row; benchmarks/normals_bench.py measures their time and what they change in the views.
+cells within a disc (`grid_pca_normals_within`, what `--normals grid` uses: the cells Open3D's search radius
+covers, at most 3 cells, about its 30 neighbours on a filled grid), `graph_normals` fits one to each point's
+k-NN row; benchmarks/normals_bench.py measures their time and what they change in the views.
 
 Normals only shade the views. The renderers turn every normal toward the eye before lighting it
 (`render/splat.py` `shade`, `render/rasterize.py`), so a normal's sign never changes an image; Open3D leaves
@@ -17,6 +18,9 @@ import numpy as np
 from scipy import ndimage
 
 FALLBACK = np.array([0.0, 0.0, 1.0])  # toward the sensor: the normal of a cell or point with too few neighbours
+MAX_NN = 30  # Open3D's neighbours at most, as render_sample asks (sample_render.estimate_normals)
+# a disc of radius 3 cells holds 29 cells, the next (sqrt 10) 37: the disc nearest MAX_NN on a filled grid
+MAX_DISC_CELLS = 3.0
 
 
 def grid_normals(xyz_grid, valid) -> np.ndarray:
@@ -101,6 +105,33 @@ def _disc(radius_cells: float) -> np.ndarray:
     reach = int(np.floor(radius_cells))
     i, j = np.mgrid[-reach:reach + 1, -reach:reach + 1]
     return (i * i + j * j <= radius_cells**2).astype(np.float64)
+
+
+def grid_spacing(xyz_grid, valid) -> float:
+    """The median distance between valid cells side by side along the rows or the columns of (H, W, 3) xyz_grid;
+    nan where no two valid cells are side by side."""
+    xyz = np.asarray(xyz_grid, np.float64)
+    valid = np.asarray(valid, bool)
+    steps = [np.linalg.norm(xyz[:, 1:] - xyz[:, :-1], axis=-1)[valid[:, 1:] & valid[:, :-1]],
+             np.linalg.norm(xyz[1:] - xyz[:-1], axis=-1)[valid[1:] & valid[:-1]]]
+    steps = np.concatenate(steps)
+    return float(np.median(steps)) if len(steps) else float("nan")
+
+
+def open3d_disc_cells(xyz_grid, valid, radius: float) -> float:
+    """The disc radius in cells that stands for Open3D's hybrid search (radius, at most MAX_NN neighbours) on an
+    organized grid: radius over `grid_spacing`, at most MAX_DISC_CELLS; MAX_DISC_CELLS where no spacing is known.
+    """
+    spacing = grid_spacing(xyz_grid, valid)
+    if not spacing > 0:
+        return MAX_DISC_CELLS
+    return min(radius / spacing, MAX_DISC_CELLS)
+
+
+def grid_pca_normals_within(xyz_grid, valid, radius: float) -> np.ndarray:
+    """`grid_pca_normals` over the disc Open3D's search of `radius` covers (`open3d_disc_cells`): what
+    `--normals grid` renders with (render/sample_render.py, radius as Open3D gets it)."""
+    return grid_pca_normals(xyz_grid, valid, open3d_disc_cells(xyz_grid, valid, radius))
 
 
 def grid_pca_normals(xyz_grid, valid, radius_cells: float = 3.0) -> np.ndarray:

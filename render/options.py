@@ -18,8 +18,9 @@ GREY = 0.7
 LIGHTS = {"on": (True, GREY), "off": (False, GREY), "+": (True, 0.9), "-": (True, 0.5)}
 VISIBILITY = ("nearest", "surface")
 MASKS = ("splat", "render")
-# open3d: Open3D's hybrid search (design §3.2) | grid: a plane fitted to the cells within 3 cells of the organized
-# grid (render/normals.py grid_pca_normals) | graph: a plane fitted to each point's row of the k-NN graph
+# open3d: Open3D's hybrid search (design §3.2) | grid: a plane fitted to the cells of the organized grid within
+# Open3D's radius, at most 3 cells (render/normals.py grid_pca_normals_within) | graph: a plane fitted to each
+# point's row of the k-NN graph
 NORMALS = ("open3d", "grid", "graph")
 # legacy (Open3D Visualizer: the default and reference, for exact paper reproduction) | filament | splat
 # (render/splat.py: emulates legacy without Open3D, tests/render/test_splat.py)

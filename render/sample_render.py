@@ -16,7 +16,7 @@ from ..shared.threads import available, submit
 from .camera import Camera, fit_camera, project
 from .graph import knn_graph, proxy_indices
 from .masks import splat_masks
-from .normals import graph_normals, grid_normals_of_points, grid_pca_normals
+from .normals import MAX_NN, graph_normals, grid_normals_of_points, grid_pca_normals_within
 from .options import LIGHTS, RenderOptions
 from .preprocess import farthest_point_indices
 from .rasterize import DrawStyle, LegacyRasterizer, downsample
@@ -27,7 +27,7 @@ from .visibility import nearest_per_pixel, surface_visible
 def estimate_normals(points: np.ndarray, radius: float) -> np.ndarray:
     """(P, 3) unit normals by Open3D's hybrid KNN search (used only for shading the views)."""
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
-    cloud.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=radius, max_nn=30))
+    cloud.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=radius, max_nn=MAX_NN))
     return np.asarray(cloud.normals)
 
 
@@ -94,12 +94,14 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
 
 
 def _normals(points, grid_index, sample, options: RenderOptions, radius: float) -> np.ndarray:
-    """(P, 3) normals by the options' estimator, open3d or grid (design §3.2)."""
+    """(P, 3) normals by the options' estimator, open3d or grid (design §3.2); the grid's disc is the cells
+    Open3D's search of `radius` covers."""
     if options.normals == "open3d":
         return estimate_normals(points, radius)  # holds the GIL: nothing beside it
     if grid_index is None:
         raise ValueError(f"normals 'grid' need an organized cloud; {sample.sample_id} has no grid")
-    return grid_normals_of_points(points, grid_index, sample.grid_hw, grid_pca_normals)
+    return grid_normals_of_points(points, grid_index, sample.grid_hw,
+                                  lambda xyz, valid: grid_pca_normals_within(xyz, valid, radius))
 
 
 def _draw_beside_graph(points, labels, normals, camera, rotations, extrinsics, options, rasterizer, device, budget):
