@@ -4,6 +4,8 @@ POINTAD_DATA      base folder for dataset roots given as relative paths in datas
 POINTAD_CACHE     where generated data (the built-in synthetic datasets) is cached
 POINTAD_REGISTRY  a datasets.yaml to use instead of the one at the repository root
 RANK, WORLD_SIZE, LOCAL_RANK  set by torchrun for data-parallel training
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN  read by botocore itself; here only so that
+                  an error message can be scrubbed of them (shared/remote.py)
 """
 
 from __future__ import annotations
@@ -41,3 +43,11 @@ def distributed_env() -> tuple[int, int, int] | None:
     if world <= 1:
         return None
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+
+
+def storage_secrets() -> tuple[str, ...]:
+    """The object-storage credentials set in the environment, to be blanked out of any message we print
+    (botocore reads them itself; we never pass, print or write them). Values under 4 characters are left
+    out: blanking them would garble messages and hide nothing."""
+    names = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID")
+    return tuple(value for value in (os.environ.get(name, "") for name in names) if len(value) >= 4)

@@ -117,3 +117,124 @@ def cookie_splat_48(mvtec_dataset, tmp_path_factory):
     from pointad.render.options import RenderOptions
     options = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 48, point_size=3, renderer="splat")
     return _cookie_store(mvtec_dataset, tmp_path_factory, "cookie-splat-48", options)
+
+
+# --- Object storage (issue 22): a real S3-compatible server (moto's server mode) on 127.0.0.1 --------------
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "pointad-test-key-id", "AWS_SECRET_ACCESS_KEY": "pointad-test-secret-value",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+# variables that would point botocore at a developer's own account or profile instead of the test server
+S3_FOREIGN = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL_S3")
+
+
+class S3Server:
+    """A moto server process on 127.0.0.1: `.endpoint` (http://127.0.0.1:PORT), `.env` (the variables a
+    process needs to use it: credentials, region, AWS_ENDPOINT_URL, no ~/.aws files), `make_bucket()`."""
+
+    def __init__(self, process, endpoint: str, folder):
+        self.process, self.endpoint = process, endpoint
+        self.env = {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint,
+                    "AWS_CONFIG_FILE": str(folder / "no-aws-config"),
+                    "AWS_SHARED_CREDENTIALS_FILE": str(folder / "no-aws-credentials")}
+        self._buckets = 0
+
+    def child_env(self) -> dict:
+        """This process's environment with the server's variables: for a child process that uses it."""
+        import os
+        env = {name: value for name, value in os.environ.items() if name not in S3_FOREIGN}
+        return {**env, **self.env}
+
+    def make_bucket(self) -> str:
+        """A new, empty bucket's name (an unsigned PUT: moto's server accepts one unless it enforces auth)."""
+        import urllib.request
+        self._buckets += 1
+        name = f"pointad-test-{self._buckets}"
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/{name}", method="PUT"), timeout=30).close()
+        return name
+
+
+def _start_s3_server(folder, extra_env: dict):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = folder / "moto.log"
+    env = {**os.environ, **extra_env}
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT, env=env)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=5).close()
+            return S3Server(process, endpoint, folder)
+        except urllib.error.HTTPError:
+            return S3Server(process, endpoint, folder)  # it answers (a refusing server says 403)
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                pytest.fail(f"moto server did not start on port {port}: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+
+def _stop(server: S3Server) -> None:
+    import subprocess
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One S3-compatible server (moto) for the run, accepting any credentials (see `s3_env`)."""
+    server = _start_s3_server(tmp_path_factory.mktemp("s3"), {})
+    yield server
+    _stop(server)
+
+
+@pytest.fixture(scope="session")
+def s3_server_refusing(tmp_path_factory):
+    """A second moto server that checks credentials from its first request on (INITIAL_NO_AUTH_ACTION_COUNT=0):
+    our test credentials are unknown to it, so every request is refused (InvalidAccessKeyId, 403)."""
+    server = _start_s3_server(tmp_path_factory.mktemp("s3-refusing"), {"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    yield server
+    _stop(server)
+
+
+def _use_s3(monkeypatch, server: S3Server):
+    import s3fs
+    for name in S3_FOREIGN:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in server.env.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # an instance made before holds the old endpoint
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The test talks to `s3_server` through the standard variables (botocore reads them); yields the server.
+    s3fs's instance cache is cleared before and after, so no client outlives the variables it was made with."""
+    import s3fs
+    _use_s3(monkeypatch, s3_server)
+    yield s3_server
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def s3_env_refusing(s3_server_refusing, monkeypatch):
+    """`s3_env` for the server that refuses our credentials."""
+    import s3fs
+    _use_s3(monkeypatch, s3_server_refusing)
+    yield s3_server_refusing
+    s3fs.S3FileSystem.clear_instance_cache()
