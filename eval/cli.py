@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..render.options import RenderOptions  # detect's render options (defined here, see above)
 from ..shared.command import (
     FINITE_FLOAT,
+    STORE,
     PointADGroup,
     default_of,
     list_option,
@@ -81,8 +82,8 @@ def eval_():
 
 
 @eval_.command()
-@click.option("--store", default=Path("renders.zarr"), show_default=True, type=click.Path(path_type=Path),
-              help="Render store holding the test dataset(s).")
+@click.option("--store", default="renders.zarr", show_default=True, type=STORE,
+              help="Render store holding the test dataset(s): a path or a URL.")
 @list_option("--checkpoints", type=click.Path(path_type=Path),
              help="Run directories (their last checkpoint) or checkpoint files, one per run.")
 @click.option("--setting", type=click.Choice(SETTINGS), default=_report("setting"), show_default=True,
@@ -332,8 +333,8 @@ def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, mode
                    "of a class in a reference store (--reference).")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="pointad: run directory (its last checkpoint) or checkpoint file.")
-@click.option("--reference", type=click.Path(path_type=Path),
-              help="mutual-scoring: render store whose test samples of --class the cloud is scored against.")
+@click.option("--reference", type=STORE,
+              help="mutual-scoring: render store (path or URL) whose test samples of --class the cloud is scored against.")
 @click.option("--class", "class_name", help="mutual-scoring: the reference class  [default: the dataset's only one]")
 @click.option("--dataset", help="mutual-scoring: the reference dataset  [default: the store's only one]")
 @click.option("--model", default=_report("model"), show_default=True,

@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from ..shared.errors import InputFileError, PointADError, first_line
 from ..shared.io import os_error
+from ..shared.location import as_location, is_remote
 from ..shared.lock import writer_lock
 from ..shared.names import printable
 from ..shared.registry import DatasetEntry
@@ -97,9 +98,17 @@ def _comparable(render: RenderRecord) -> dict:
     return {k: v for k, v in render.options().items() if k != "point_size"}
 
 
+def _is_new(out) -> bool:
+    """True where a store is still to be created: nothing there, an empty folder, or on object storage no
+    root zarr.json yet (what a killed creation leaves; create_store refuses anything else found there)."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return True
+    return is_remote(out) and not (out / "zarr.json").exists()
+
+
 def _open_or_create(out: Path, options: RenderOptions) -> StoreAttrs:
     attrs = store_attrs(options)
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+    if _is_new(out):
         create_store(out, attrs)
         return attrs
     require_writable(out)  # a schema v1 store: one line naming 'render migrate'
@@ -263,7 +272,8 @@ def _run(tasks: list[tuple], workers: int, backend: str, scheduler: str | None, 
             def absolute(out, row, entry, ref, options):
                 root = None if entry.root is None else Path(entry.root).absolute()
                 files = {role: Path(path).absolute() for role, path in ref.files.items()}
-                return Path(out).absolute(), row, replace(entry, root=root), replace(ref, files=files), options
+                store = out if is_remote(out) else Path(out).absolute()
+                return store, row, replace(entry, root=root), replace(ref, files=files), options
             futures = {client.submit(render_row, *absolute(*task), budget, pure=False): task
                        for task in tasks}
             for future in as_completed(futures):
@@ -302,7 +312,7 @@ def _task(task: tuple, threads: int) -> tuple[tuple, str | None]:
 def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, classes=None, splits=None,
                 point_size: float | None = None, workers: int = 1, backend: str = "loky",
                 scheduler: str | None = None, progress=None, repair: bool = False,
-                threads: int | None = None) -> BuildResult:
+                threads: int | None = None, single_writer: bool = False) -> BuildResult:
     """Render every selected sample of `entry` into the store at `out` (created or resumed).
 
     Holds the store's writer lock throughout (LockedError at once if another build holds it). Complete
@@ -312,8 +322,11 @@ def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, class
     progress: optional tqdm-like bar; its total is set once the rows to render are known.
     threads: each worker's thread budget (`render_row`; None: all CPUs for a single local worker, one each for
     several or on dask). The rows do not depend on it.
+    out: a path or a URL on object storage (`shared/location.py`), where the workers write their rows
+    directly; single_writer: the user's promise that no other writer runs, for a service without
+    conditional writes (`shared/lease.py`).
     """
-    out = Path(out)
+    out = as_location(out)
     if backend == "dask":
         require_dask()
     if backend == "dask" and scheduler:
@@ -323,7 +336,7 @@ def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, class
     if not refs:
         raise PointADError(f"{entry.root}: no samples for the selected classes and splits")
     try:
-        with writer_lock(out, "render build"):
+        with writer_lock(out, "render build", single_writer=single_writer):
             return _build_locked(entry, out, options, refs, point_size=point_size, workers=workers, backend=backend,
                                  scheduler=scheduler, progress=progress, repair=repair, threads=threads)
     except OSError as exc:
@@ -333,7 +346,7 @@ def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, class
 def _build_locked(entry: DatasetEntry, out: Path, options: RenderOptions, refs: list[SampleRef], *, point_size,
                   workers, backend, scheduler, progress, repair, threads) -> BuildResult:
     damaged = []
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+    if not _is_new(out):
         require_writable(out)  # before --repair rewrites anything: v1 metadata is not v2's
     if repair and out.exists():
         damaged += [f"{array}: zarr.json unreadable, rewritten from the schema"

@@ -11,7 +11,16 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from ..shared.command import PointADGroup, default_of, list_option, number_type, range_type, verbosity_option
+from ..shared.command import (
+    STORE,
+    PointADGroup,
+    default_of,
+    list_option,
+    number_type,
+    range_type,
+    single_writer_option,
+    verbosity_option,
+)
 from ..shared.errors import PointADError
 from ..shared.names import printable
 from ..shared.registry import FORMATS, ORGANIZED_FORMATS, load_registry, resolve_dataset
@@ -119,8 +128,8 @@ def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, pe
 
 @render.command()
 @dataset_options
-@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("renders.zarr"), show_default=True,
-              help="Store to create, resume or append to.")
+@click.option("--out", "-o", type=STORE, default="renders.zarr", show_default=True,
+              help="Store to create, resume or append to: a path or a URL (s3://bucket/renders.zarr).")
 @click.option("--views", type=_range("views"), default=_render("views"), show_default=True,
               help="Views per sample (any K in range with the paper plan).")
 @click.option("--view-plan", type=click.Choice(PLANS), default=_render("view_plan"), show_default=True,
@@ -168,9 +177,10 @@ def synth(out, fmt, seed, classes, defects, n_train, n_validation, test_good, pe
 @click.option("--repair", is_flag=True,
               help="Also render again the complete rows with a chunk that does not decode (reads every row; "
                    "rows with a missing chunk are rendered again on any run).")
+@single_writer_option
 def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shift, image_size, supersample,
           max_points, point_size, light, downsample, visibility, knn, masks, renderer, normals, workers, threads,
-          backend, scheduler, keep_going, repair):
+          backend, scheduler, keep_going, repair, single_writer):
     """Render a dataset into a resumable Zarr store (views, masks, projections, visibility)."""
     from ..shared.threads import available
     from .build import build_store
@@ -189,14 +199,14 @@ def build(dataset, fmt, root, classes, splits, out, views, view_plan, angle_shif
     with tqdm(desc=f"render {entry.name}", unit="sample") as bar:
         result = build_store(entry, out, options, classes=classes or None, splits=splits or None, point_size=point_size,
                              workers=workers, backend=backend, scheduler=scheduler, progress=bar, repair=repair,
-                             threads=threads)
+                             threads=threads, single_writer=single_writer)
     click.echo(result.summary())
     if result.failures and not keep_going:
         raise SystemExit(1)
 
 
 @render.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=STORE)
 def info(store):
     """Summarise a render store: options, counts per dataset/class/split, failures, size."""
     from ..shared.store import open_store
@@ -205,7 +215,7 @@ def info(store):
 
 
 @render.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=STORE)
 def verify(store):
     """Check a render store: schema, completeness, projections/visibility recomputed from xyz, and the
     images of a few rows against a fresh render with the recorded renderer."""
@@ -222,15 +232,16 @@ def verify(store):
 
 
 @render.command()
-@click.argument("store", type=click.Path(path_type=Path))
-def migrate(store):
+@click.argument("store", type=STORE)
+@single_writer_option
+def migrate(store, single_writer):
     """Upgrade a schema v1 store to v2 in place: dimension names, array attributes, cameras (design §4)."""
     from .migrate import migrate_store
-    click.echo(migrate_store(store))
+    click.echo(migrate_store(store, single_writer=single_writer))
 
 
 @render.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=STORE)
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="HDF5 file to write (e.g. renders.h5); replaces only an earlier export.")
 def export(store, out):
@@ -241,7 +252,7 @@ def export(store, out):
 
 
 @render.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=STORE)
 @click.option("--sample", "sample_id", required=True, help="Sample id (as in 'render info') or row number.")
 @click.option("--dataset", help="Dataset of the sample, when several datasets share a store.")
 @click.option("--out", type=click.Path(path_type=Path), help="PNG to write (default: <sample>.png here).")

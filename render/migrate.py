@@ -5,7 +5,8 @@ value; `samples/complete` keeps its chunk record); the arrays `cameras/intrinsic
 are added, computed from each row's points and the v1 attributes exactly as v1's `render verify` derived
 them (`fit_camera`, the recorded view plan); the root attributes are rewritten in v2's form, then the
 consolidated metadata is written (design §4.3). No chunk
-of the v1 arrays is touched. Every file is replaced atomically (temp + rename), and until the root
+of the v1 arrays is touched. Every file is replaced atomically (temp + rename, or one PUT on object
+storage), and until the root
 attributes say v2 the store reads as the v1 store it was, so a killed migration leaves a readable store
 and running it again finishes the job. Holds the store's writer lock throughout.
 """
@@ -16,10 +17,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from ..shared.errors import PointADError
-from ..shared.io import atomic_path, os_error
+from ..shared.io import os_error
+from ..shared.location import as_location, write_document
 from ..shared.lock import writer_lock
 from ..shared.store import ARRAYS, RenderStore, StoreAttrs, open_group, open_store, read_attrs
 from ..shared.store_schema import SCHEMA_VERSION, V2_ONLY
@@ -52,17 +53,18 @@ def store_cameras(store: RenderStore, rows=None) -> tuple[np.ndarray, np.ndarray
     return intrinsic, extrinsic
 
 
-def migrate_store(path) -> str:
-    """Upgrade the store at `path` to schema v2 in place; return one line saying what was done.
+def migrate_store(path, *, single_writer: bool = False) -> str:
+    """Upgrade the store at `path` (a path or a URL) to schema v2 in place; return one line saying what was done.
 
-    A v2 store is left as it is. LockedError if a build (or another migration) holds the store.
+    A v2 store is left as it is. LockedError if a build (or another migration) holds the store;
+    single_writer: see `shared/lock.writer_lock`.
     """
-    path = Path(path)
+    path = as_location(path)
     opened = open_store(path)  # a clear error for anything that is not a readable render store
     if opened.schema_version == SCHEMA_VERSION:
         return f"{path}: already schema_version {SCHEMA_VERSION}; nothing to do"
     try:
-        with writer_lock(path, "render migrate"):
+        with writer_lock(path, "render migrate", single_writer=single_writer):
             return _migrate_locked(path)
     except OSError as exc:
         raise os_error(exc, path) from None
@@ -79,7 +81,7 @@ def _migrate_locked(path: Path) -> str:
         if spec.path not in V2_ONLY:
             _upgrade_array_metadata(path / spec.path / "zarr.json", spec)
     intrinsic, extrinsic = store_cameras(store)
-    writable = zarr.open_group(path, mode="r+", use_consolidated=False)
+    writable = open_group(path, "r+")
     for spec, values in zip([s for s in ARRAYS if s.path in V2_ONLY], (intrinsic, extrinsic)):
         parent, name = spec.path.split("/")
         array = writable.require_group(parent).create_array(
@@ -105,13 +107,11 @@ def _upgrade_array_metadata(document: Path, spec) -> None:
         raise PointADError(f"{document}: {len(meta.get('shape', []))} dimensions, schema says {len(names)}")
     meta["dimension_names"] = names
     meta["attributes"] = {**array_attributes(spec), **meta.get("attributes", {})}
-    with atomic_path(document) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
+    write_document(document, json.dumps(meta, indent=2))
 
 
 def _write_root_attrs(path: Path, attrs: StoreAttrs) -> None:
     document = path / "zarr.json"
     meta = json.loads(document.read_text())
     meta["attributes"] = attrs.to_dict()
-    with atomic_path(document) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
+    write_document(document, json.dumps(meta, indent=2))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..shared.location import is_remote
 from ..shared.names import printable
 from ..shared.sample import Sample
 from ..shared.store import RenderStore, StoredSample
@@ -204,6 +205,13 @@ def verify_store(store: RenderStore, progress=None, rerender: int = 3, device="c
     return problems
 
 
+def _stored_bytes(location) -> int:
+    """Bytes the store holds: its files on disk, or its objects on object storage (one listing)."""
+    if is_remote(location):
+        return int(location.fs.du(location.path))
+    return sum(p.stat().st_size for p in Path(location).rglob("*") if p.is_file())
+
+
 def store_summary(store: RenderStore) -> str:
     """Human-readable summary: attributes, counts per dataset/class/split, failures, size on disk."""
     attrs = store.attrs
@@ -214,7 +222,7 @@ def store_summary(store: RenderStore) -> str:
         counts[key] += 1
         complete[key] += bool(store.complete[i])
         anomalous[key] += identity["label"]
-    size = sum(p.stat().st_size for p in Path(store.path).rglob("*") if p.is_file())
+    size = _stored_bytes(store.path)
     render = attrs.render
     lines = [f"{store.path}: pointad render store, schema v{store.schema_version}, {len(store)} samples, "
              f"{size / 2**20:.1f} MiB ({size / max(len(store), 1) / 2**20:.2f} MiB per sample)",

@@ -24,6 +24,31 @@ from .logging import setup_logging
 from .names import printable
 
 
+class StoreLocation(click.ParamType):
+    """A render store given as a path or a URL (`s3://bucket/key`, any fsspec URL): a `Path` for a local one,
+    exactly as `click.Path(path_type=Path)` gave, a `UPath` otherwise (`shared/location.py`)."""
+
+    name = "path|url"
+
+    def convert(self, value, param, ctx):
+        from .location import as_location
+        try:
+            return as_location(value)
+        except PointADError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+STORE = StoreLocation()
+
+
+def single_writer_option(func):
+    """--single-writer on the commands that write a store: for a store on a service without conditional
+    writes, the user's promise that no other writer runs (`shared/lease.py`)."""
+    return click.option("--single-writer", is_flag=True,
+                        help="Object storage without conditional writes only: promise that no other process writes "
+                             "this store (the writer lease cannot be enforced there).")(func)
+
+
 class PointADGroup(click.Group):
     """A click group whose commands report our errors as one line instead of a traceback."""
 

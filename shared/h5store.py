@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import PointADError, StoreSchemaError, first_line
 from .io import os_error, temp_sibling
+from .location import as_location
 from .store import FORMAT, ROW_COUNT, RenderStore, StoreAttrs, open_group, open_store
 from .store_write import require_writable
 
@@ -45,7 +46,7 @@ def export_h5(store_path, out) -> int:
     may replace only an earlier twin (a file whose root attribute `format` is ours); a schema v1 store is
     refused (migrate it first: the twin holds the current schema).
     """
-    store_path, out = Path(store_path), Path(out)
+    store_path, out = as_location(store_path), Path(out)
     require_writable(store_path)  # v1 refused with the one-line note naming `render migrate`
     store = open_store(store_path)
     if out.exists():

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import PointADError
+from .location import as_location, is_remote
 from .names import printable
 
 __all__ = ["LockedError", "lock_path", "writer_lock", "holder"]
@@ -124,13 +125,21 @@ def _describe(record: dict | None) -> str:
 
 
 @contextmanager
-def writer_lock(target, what: str = "writing"):
+def writer_lock(target, what: str = "writing", *, single_writer: bool = False):
     """Hold the writer lock of `target` for the block; LockedError at once if another process holds it.
 
     Yields the previous holder's record when the lock was taken over from a dead process (a stale
     lock), else None. The lock file stays behind after release (removing it would race with the next
-    writer that already opened it); it is tiny and harmless.
+    writer that already opened it); it is tiny and harmless. A target on object storage (a URL) has no
+    file to flock: its lock is a lease object (`shared/lease.py`), which needs the service's conditional
+    writes unless `single_writer` accepts the user's promise that no other writer runs.
     """
+    location = as_location(target)
+    if is_remote(location):
+        from .lease import lease_lock
+        with lease_lock(str(location), what, single_writer=single_writer) as previous:
+            yield previous
+        return
     path = lock_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = _open_lock(path, os.O_RDWR | os.O_CREAT)

@@ -26,6 +26,7 @@ import zarr.errors
 from zarr.core.sync import sync  # runs a coroutine on Zarr's own event loop, as zarr.Array does
 
 from .errors import PointADError, StoreSchemaError, first_line
+from .location import as_location, is_remote, zarr_store
 from .store_schema import (
     ARRAYS,
     BY_FIELD,
@@ -55,11 +56,17 @@ MAX_SHARED_CHUNK = 1 << 16
 DEFAULT_BATCH_FIELDS = ("image", "pixel", "visible", "valid", "label", "proxy")
 
 
-def open_group(path: Path, mode: str) -> zarr.Group:
-    """The store's root group; a path that is missing or holds no Zarr group is 'not a store'."""
+def open_group(path, mode: str) -> zarr.Group:
+    """The store's root group at a location (`shared/location.py`: a path or a URL); one that is missing or
+    holds no Zarr group is 'not a store'; on object storage, an unreachable endpoint, a missing bucket or
+    refused credentials is a one-line PointADError (`shared/remote.py`)."""
+    path = as_location(path)
+    if is_remote(path):
+        from .remote import check_location
+        check_location(str(path))  # before Zarr: its errors for a dead endpoint are retries and a traceback
     try:
         # never the consolidated copy (design §4.3): each array's own zarr.json is the truth while a build appends
-        return zarr.open_group(path, mode=mode, use_consolidated=False)
+        return zarr.open_group(zarr_store(path, read_only=mode == "r"), mode=mode, use_consolidated=False)
     except (FileNotFoundError, NotADirectoryError, zarr.errors.NodeNotFoundError,
             zarr.errors.ContainsArrayError) as exc:
         raise StoreSchemaError(f"{path}: not a pointad render store (no Zarr group there)") from exc
@@ -119,7 +126,7 @@ class RenderStore:
     unusable = _UNUSABLE  # what to do about arrays that do not fit the schema
 
     def __init__(self, path, group: zarr.Group):
-        self.path = Path(path)
+        self.path = as_location(path)
         self.attrs = read_attrs(group, self.path)
         self._arrays = {}
         # the row count before any other shape: an append grows every other array before this one
@@ -326,8 +333,8 @@ def open_store(path) -> RenderStore:
     """Open the store at `path` read-only: a Zarr store (schema v2, or v1 without cameras), or its HDF5 twin
     (a file, `render export`); StoreSchemaError (message starting with the path) if it is not a pointad
     render store, has another format or schema_version, or its arrays do not match the schema."""
-    path = Path(path)
-    if path.suffix in (".h5", ".hdf5") or (path.is_file() and _is_hdf5(path)):
+    path = as_location(path)
+    if not is_remote(path) and (path.suffix in (".h5", ".hdf5") or (path.is_file() and _is_hdf5(path))):
         from .h5store import open_h5_store  # h5py only when an HDF5 file is read
         return open_h5_store(path)
     return RenderStore(path, open_group(path, "r"))

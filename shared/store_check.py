@@ -10,7 +10,6 @@ leaving every chunk as it was.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import numpy as np
 import zarr
@@ -18,7 +17,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from .errors import first_line
-from .io import atomic_path
+from .location import as_location, write_document
 from .store import ARRAYS, IDENTITY, ROW_COUNT, RenderStore, open_group
 from .store_write import array_attributes, array_kwargs, writable_attrs
 
@@ -79,7 +78,7 @@ def rewrite_array_metadata(path) -> list[str]:
     the row count (`samples/sample_id`, or if that one is damaged, the shortest other identity array).
     Chunks stay as they were; rows whose chunks do not fit show up in `chunk_problems`. Writer only.
     """
-    path = Path(path)
+    path = as_location(path)
     group = open_group(path, "r")
     attrs = writable_attrs(group, path)  # a v1 store's metadata is not v2's: migrate it first
     broken, lengths = [], {}
@@ -100,6 +99,5 @@ def rewrite_array_metadata(path) -> list[str]:
         model = zarr.create_array(store={}, shape=(n, *spec.row_shape(attrs)), **array_kwargs(spec, attrs),
                                   attributes=array_attributes(spec, n))
         document = model.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
-        with atomic_path(path / spec.path / "zarr.json") as tmp:
-            tmp.write_bytes(document)
+        write_document(path / spec.path / "zarr.json", document)
     return [spec.path for spec in broken]

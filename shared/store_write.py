@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import warnings
-from pathlib import Path
 
 import numpy as np
 import zarr
@@ -35,7 +34,8 @@ from zarr.core.array import AsyncArray
 from zarr.core.sync import sync  # runs a coroutine on Zarr's own event loop, as zarr.Array does
 
 from .errors import PointADError, StoreSchemaError
-from .io import atomic_path, os_error, remove_stale_temp_siblings, temp_sibling
+from .io import os_error, remove_stale_temp_siblings, temp_sibling
+from .location import as_location, is_remote, write_document, zarr_store
 from .store import CHECKED_FROM, ROW_COUNT, open_group, open_store, read_attrs
 from .store_schema import (
     ARRAYS,
@@ -71,11 +71,11 @@ def _chunks(spec: ArraySpec, attrs: StoreAttrs) -> tuple[int, ...]:
     return (1 if spec.worker else IDENTITY_CHUNK, *spec.row_shape(attrs))
 
 
-def _is_empty_dir(path: Path) -> bool:
+def _is_empty_dir(path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
 
-def writable_attrs(group: zarr.Group, path: Path) -> StoreAttrs:
+def writable_attrs(group: zarr.Group, path) -> StoreAttrs:
     """The store's attributes; StoreSchemaError if this version may not write it (schema v1)."""
     attrs = read_attrs(group, path)
     if attrs.schema_version != SCHEMA_VERSION:
@@ -86,7 +86,7 @@ def writable_attrs(group: zarr.Group, path: Path) -> StoreAttrs:
 def require_writable(path) -> StoreAttrs:
     """The attributes of the store at `path`; StoreSchemaError (one line naming `render migrate`) for a
     schema v1 store, which this version reads but does not write."""
-    path = Path(path)
+    path = as_location(path)
     return writable_attrs(open_group(path, "r"), path)
 
 
@@ -98,31 +98,27 @@ def create_store(path, attrs: StoreAttrs) -> None:
     another process created meanwhile, or an OSError (disk full), is a one-line PointADError, and the
     temporary folder is gone.
     """
-    path = Path(path)
-    if path.exists() and not _is_empty_dir(path):
+    path = as_location(path)
+    files = _empty_store_files(attrs)
+    if path.exists() and not _is_empty_dir(path) and not _only_our_leftovers(path, files):
         try:
             open_store(path)
         except StoreSchemaError:
             raise PointADError(f"{path}: exists and is not an empty folder; remove it or choose another path") from None
         raise PointADError(f"{path}: already a render store; open it (render build resumes it) instead of creating it")
+    if is_remote(path):
+        _create_remote(path, files)
+        return
     tmp = temp_sibling(path)
     made = False  # the temp folder is removed on failure only if this call created it
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_siblings(path)
-        # made in memory, then written file by file: Zarr's own concurrent writes could still be creating
-        # folders after a failed one raised (disk full), and recreate the temp folder after its removal
-        files = {}
-        group = zarr.open_group(zarr.storage.MemoryStore(files), mode="w-", zarr_format=3, attributes=attrs.to_dict())
-        for spec in ARRAYS:
-            parent, name = spec.path.split("/")
-            group.require_group(parent).create_array(name, shape=(0, *spec.row_shape(attrs)),
-                                                     **array_kwargs(spec, attrs), attributes=array_attributes(spec, 0))
         tmp.mkdir()
         made = True
         for key, value in sorted(files.items()):
             (tmp / key).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / key).write_bytes(value.to_bytes())
+            (tmp / key).write_bytes(value)
         try:
             os.rename(tmp, path)  # POSIX: replaces an empty folder too
         except OSError as exc:
@@ -135,6 +131,48 @@ def create_store(path, attrs: StoreAttrs) -> None:
     finally:
         if made and tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _empty_store_files(attrs: StoreAttrs) -> dict[str, bytes]:
+    """Every file of an empty store (key -> bytes), made in memory: written file by file afterwards, because
+    Zarr's own concurrent writes could still be creating folders after a failed one raised (disk full), and
+    recreate a temp folder after its removal."""
+    files = {}
+    group = zarr.open_group(zarr.storage.MemoryStore(files), mode="w-", zarr_format=3, attributes=attrs.to_dict())
+    for spec in ARRAYS:
+        parent, name = spec.path.split("/")
+        group.require_group(parent).create_array(name, shape=(0, *spec.row_shape(attrs)),
+                                                 **array_kwargs(spec, attrs), attributes=array_attributes(spec, 0))
+    return {key: value.to_bytes() for key, value in files.items()}
+
+
+def _only_our_leftovers(path, files: dict[str, bytes]) -> bool:
+    """True if the objects under a URL are all keys an empty store has, but not its root zarr.json: what a
+    killed `_create_remote` leaves, rewritten by the next one. On disk the temp folder plays this part."""
+    if not is_remote(path):
+        return False
+    prefix = path.path.rstrip("/") + "/"
+    keys = {key[len(prefix):] for key in path.fs.find(path.path)}
+    return "zarr.json" not in keys and keys <= set(files)
+
+
+def _create_remote(path, files: dict[str, bytes]) -> None:
+    """Write an empty store to object storage: every array's metadata, then the root zarr.json last and only
+    if absent (the service's conditional write): until that one object exists the URL is not a store, so a
+    killed call leaves no half store, and of two creators one is refused."""
+    from .remote import create_if_absent, is_s3, storage_error
+    root = path.path.rstrip("/")
+    try:
+        path.fs.pipe({f"{root}/{key}": value for key, value in files.items() if key != "zarr.json"})
+        if is_s3(str(path)):
+            created = create_if_absent(str(path / "zarr.json"), files["zarr.json"])
+        else:  # no conditional write there: the writer lease holds only by the user's --single-writer promise
+            created = (path / "zarr.json").write_bytes(files["zarr.json"])
+    except OSError as exc:
+        raise storage_error(exc, str(path)) from None
+    if created is None:
+        raise PointADError(f"{path}: created by another process meanwhile; open it (render build resumes it) "
+                           "instead of creating it")
 
 
 def array_kwargs(spec: ArraySpec, attrs: StoreAttrs) -> dict:
@@ -173,7 +211,7 @@ def append_samples(path, identities: list[dict]) -> range:
     Coordinator only. Every array grows along N; the new rows are incomplete until a worker writes them.
     A (dataset, sample_id) already in the store, or repeated in `identities`, is a ValueError.
     """
-    path = Path(path)
+    path = as_location(path)
     group = open_group(path, "r+")
     writable_attrs(group, path)
     columns = _identity_columns(identities)
@@ -220,7 +258,7 @@ def write_sample(path, index: int, arrays: SampleArrays) -> None:
     The flag is cleared first, so a rewritten row killed half-way reads as incomplete as well.
     Safe to call from several processes at once for different rows; ValueError if `arrays` does not fit.
     """
-    path = Path(path)
+    path = as_location(path)
     group = open_group(path, "r+")
     arrays.validate(writable_attrs(group, path))
     n = group[ROW_COUNT].shape[0]
@@ -235,18 +273,18 @@ def write_sample(path, index: int, arrays: SampleArrays) -> None:
 def start_chunk_checks(path) -> int:
     """Record, if the store has no record yet (an older version wrote it), that every row from now on
     has all its chunks written; return the first such row (coordinator only)."""
-    group = open_group(Path(path), "r+")
-    writable_attrs(group, Path(path))
+    group = open_group(as_location(path), "r+")
+    writable_attrs(group, as_location(path))
     complete = group["samples/complete"]
     if CHECKED_FROM not in complete.attrs:
-        drop_consolidated(Path(path))
-        complete.attrs[CHECKED_FROM] = int(open_group(Path(path), "r")[ROW_COUNT].shape[0])
+        drop_consolidated(as_location(path))
+        complete.attrs[CHECKED_FROM] = int(open_group(as_location(path), "r")[ROW_COUNT].shape[0])
     return int(complete.attrs[CHECKED_FROM])
 
 
 def mark_incomplete(path, rows) -> None:
     """Clear `samples/complete` of `rows` (coordinator only), so the next build renders them again."""
-    path = Path(path)
+    path = as_location(path)
     group = open_group(path, "r+")
     writable_attrs(group, path)
     complete = group["samples/complete"]
@@ -259,7 +297,7 @@ def update_attrs(path, **changes) -> StoreAttrs:
 
     The root zarr.json is rewritten from the group as opened, without consolidated metadata
     (`open_group` never reads it), so the copy is gone until `consolidate` writes it again."""
-    path = Path(path)
+    path = as_location(path)
     unknown = sorted(set(changes) - set(_MUTABLE_ATTRS))
     if unknown:
         raise ValueError(f"{path}: store attribute(s) {unknown} cannot change after creation; "
@@ -283,12 +321,11 @@ def set_failures(path, failures: list[dict], *, render: dict | None = None) -> S
 def drop_consolidated(path) -> None:
     """Remove the consolidated metadata from the store's root zarr.json, if it has any (coordinator only,
     before a write that changes an array's metadata): atomically, the attributes untouched."""
-    document = Path(path) / "zarr.json"
+    document = as_location(path) / "zarr.json"
     meta = json.loads(document.read_text())
     if CONSOLIDATED in meta:
         del meta[CONSOLIDATED]
-        with atomic_path(document) as tmp:
-            tmp.write_text(json.dumps(meta, indent=2))
+        write_document(document, json.dumps(meta, indent=2))
 
 
 def consolidate(path) -> None:
@@ -296,10 +333,11 @@ def consolidate(path) -> None:
     zarr.json (one atomic write), so xarray and dask open the store in one read and without their warning.
     Coordinator only, under the writer lock, once the last row and attribute of a build, an append, a
     repair or a migration are written (design §4.3)."""
-    path = Path(path)
+    path = as_location(path)
     writable_attrs(open_group(path, "r"), path)
     with warnings.catch_warnings():
         # zarr: consolidated metadata is not yet part of the Zarr v3 specification (zarr-python and xarray
         # read it; a reader that does not know it reads each array's own zarr.json, as ours does)
         warnings.filterwarnings("ignore", "Consolidated metadata is currently not part", zarr.errors.ZarrUserWarning)
-        zarr.consolidate_metadata(zarr.storage.LocalStore(path), zarr_format=3)
+        store = zarr.storage.LocalStore(path) if not is_remote(path) else zarr_store(path, read_only=False)
+        zarr.consolidate_metadata(store, zarr_format=3)

@@ -8,7 +8,16 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from ..shared.command import PointADGroup, default_of, list_option, number_type, range_type, said, verbosity_option
+from ..shared.command import (
+    STORE,
+    PointADGroup,
+    default_of,
+    list_option,
+    number_type,
+    range_type,
+    said,
+    verbosity_option,
+)
 from .options import LOADER_WORKERS, PROMPTS, TrainConfig
 
 
@@ -74,8 +83,8 @@ def train():
 def training_options(command):
     """The options every training command shares (the `TrainConfig` fields but class, seed, dataset)."""
     options = [
-        click.option("--store", required=True, type=click.Path(path_type=Path),
-                     help="Render store from 'render build'."),
+        click.option("--store", required=True, type=STORE,
+                     help="Render store from 'render build' (a path or a URL)."),
         click.option("--epochs", type=_range("epochs"), default=_default("epochs"), show_default=True,
                      help="Training epochs."),
         click.option("--batch-size", type=_range("batch_size"), default=_default("batch_size"), show_default=True,
@@ -186,7 +195,7 @@ def _model_label(run_dir: Path) -> str:
 
 
 @train.command()
-@click.option("--store", required=True, type=click.Path(path_type=Path), help="Render store from 'render build'.")
+@click.option("--store", required=True, type=STORE, help="Render store from 'render build' (a path or a URL).")
 @model_option()
 @clip_weights_option
 @layers_option()
