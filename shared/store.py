@@ -15,6 +15,7 @@ line naming the array, never an allocation of what it claims.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
@@ -62,8 +63,7 @@ def open_group(path, mode: str) -> zarr.Group:
     refused credentials is a one-line PointADError (`shared/remote.py`)."""
     path = as_location(path)
     if is_remote(path):
-        from .remote import check_location
-        check_location(str(path))  # before Zarr: its errors for a dead endpoint are retries and a traceback
+        _check_location_once(str(path))  # before Zarr: its errors for a dead endpoint are retries and a traceback
     try:
         # never the consolidated copy (design §4.3): each array's own zarr.json is the truth while a build appends
         return zarr.open_group(zarr_store(path, read_only=mode == "r"), mode=mode, use_consolidated=False)
@@ -73,6 +73,14 @@ def open_group(path, mode: str) -> zarr.Group:
     except (ValueError, RecursionError) as exc:  # the group's zarr.json is not JSON (or nested past Python's
         # recursion limit), or not Zarr metadata
         raise StoreSchemaError(f"{path}: the store's zarr.json is unreadable ({first_line(exc, typed=True)})") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _check_location_once(url: str) -> None:
+    """`remote.check_location` once per URL and process (a failure is not cached): a worker opens the store
+    for every row it writes, and needs no extra request per row for a check its coordinator already made."""
+    from .remote import check_location
+    check_location(url)
 
 
 def read_attrs(group: zarr.Group, path: Path) -> StoreAttrs:
