@@ -1,4 +1,4 @@
-"""Where a render store lives: a local path, or a URL on object storage (design §4.4).
+"""Where a render store lives: a local path, or a URL on object storage (design §4.6).
 
 `as_location` turns what a user typed into a location: a plain path or `file://...` is a `pathlib.Path`,
 handled exactly as before; any other fsspec URL (`s3://bucket/key`, `gs://`, `memory://`, ...) is a
