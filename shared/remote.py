@@ -90,11 +90,15 @@ def storage_options(url, *, endpoint_url: str | None = None) -> dict:
     return {"config_kwargs": config, **({"endpoint_url": endpoint_url} if endpoint_url else {})}
 
 
-def filesystem(url, *, endpoint_url: str | None = None):
+def filesystem(url, *, endpoint_url: str | None = None, asynchronous: bool = False):
     """The fsspec filesystem of `url` (one instance per process and options: fsspec caches them), with the
-    bounded waits of `storage_options` for S3."""
+    bounded waits of `storage_options` for S3. asynchronous: an instance for async callers (Zarr's
+    FsspecStore wants one); S3 only, other protocols come as they are."""
     import fsspec
-    fs = fsspec.filesystem(protocol_of(url), **storage_options(url, endpoint_url=endpoint_url))
+    options = storage_options(url, endpoint_url=endpoint_url)
+    if asynchronous and is_s3(url):
+        options["asynchronous"] = True
+    fs = fsspec.filesystem(protocol_of(url), **options)
     if is_s3(url):
         fs.retries = S3FS_RETRIES  # s3fs's own retry loop: a class attribute, not a constructor option
     return fs

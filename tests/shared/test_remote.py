@@ -115,6 +115,8 @@ def test_protocols_and_options():
     assert options["endpoint_url"] == "http://127.0.0.1:9"
     assert remote.storage_options("memory://x") == {}
     assert remote.filesystem("s3://b/k").retries == remote.S3FS_RETRIES
+    fs = remote.filesystem("s3://b/k", asynchronous=True)
+    assert fs.asynchronous and fs.retries == remote.S3FS_RETRIES and fs is not remote.filesystem("s3://b/k")
 
 
 def test_storage_error_is_one_line_without_the_secret(monkeypatch):
