@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pointad.render.build import build_store
 from pointad.render.options import RenderOptions
@@ -42,3 +43,16 @@ def test_objects_equal_the_local_files_byte_for_byte(mvtec_dataset, reference_st
     assert sorted(remote) == sorted(local)
     differing = [key for key in local if remote[key] != local[key]]
     assert differing == []
+
+
+def test_a_protocol_without_conditional_writes_needs_the_single_writer_promise(mvtec_dataset, reference_store):
+    from pointad.shared.errors import PointADError
+    _, entry = mvtec_dataset
+    url = "memory://pointad-test/renders.zarr"
+    with pytest.raises(PointADError, match="--single-writer"):
+        build_store(entry, url, REFERENCE, classes=["cookie"], splits=["test"])
+    from pointad.shared.location import as_location
+    assert not as_location(url).exists()  # refused before anything was written
+    build_store(entry, url, REFERENCE, classes=["cookie"], splits=["test"], single_writer=True)
+    assert store_fingerprint(url) == store_fingerprint(reference_store)
+    assert _objects(url) == _local_files(reference_store)
