@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from .errors import PointADError, first_line
 from .lock import LockedError
 from .logging import get_logger
+from .names import printable
 from .remote import (
     conditional_writes_work,
     create_if_absent,
@@ -89,8 +90,17 @@ def _describe(record: dict | None) -> str:
             return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(seconds)))
         except (TypeError, ValueError, OverflowError, OSError):
             return "?"
-    return (f"pid {record.get('pid')} on host {record.get('host')} (since {clock(record.get('since'))}, "
-            f"lease until {clock(record.get('expires'))}, {record.get('what', 'writing')})")
+    pid, host, what = (printable(record.get(key, default)) for key, default in
+                       (("pid", "?"), ("host", "?"), ("what", "writing")))  # read from storage: may be forged
+    since, until = clock(record.get("since")), clock(record.get("expires"))
+    return f"pid {pid} on host {host} (since {since}, lease until {until}, {what})"
+
+
+def _seconds(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _ttl_of(record: dict | None, default: float) -> float:
@@ -235,7 +245,7 @@ def lease_lock(url: str, what: str = "writing", *, single_writer: bool = False, 
         _log.warning("%s: %s; writing on the promise that no other process writes it (%s): nothing protects it",
                      target, _why_unprotected(lease), SINGLE_WRITER_OPTION)
         previous = _record_of(_read_plain(lease))
-        if previous and float(previous.get("expires", 0) or 0) > time.time():  # best effort: it races
+        if previous and _seconds(previous.get("expires")) > time.time():  # best effort: it races
             raise LockedError(f"{target}: another writer holds it: {_describe(previous)}; wait for it to finish")
         _write_plain(lease, json.dumps(record).encode())
         etag = None

@@ -295,3 +295,26 @@ def test_a_holder_frozen_past_its_ttl_learns_it_lost_the_lease(s3_env):
         os.kill(process.pid, signal.SIGCONT) if process.poll() is None else None
         _end(process)
     assert read_stamped(lease_url(url)) is None
+
+
+@pytest.mark.slow
+def test_a_forged_record_is_refused_in_one_printable_line_and_garbage_expires(s3_env):
+    bucket = s3_env.make_bucket()
+    forged = {"pid": "1\nError: all fine", "host": "\x1b[2Jhost", "since": "soon", "expires": 1e308, "ttl": 1e9}
+    url = f"s3://{bucket}/forged.zarr"
+    create_if_absent(lease_url(url), json.dumps(forged).encode())
+    with pytest.raises(LockedError) as info:
+        with lease_lock(url):
+            pass
+    assert str(info.value) == (f"{url}: another writer holds it: pid 1\\nError: all fine on host \\x1b[2Jhost (since ?, "
+                               f"lease until ?, writing); wait for it to finish (a lease not renewed for its ttl of "
+                               f"3600 s expires)")  # a forged ttl is held to 3600 s
+
+    url = f"s3://{bucket}/garbage.zarr"
+    create_if_absent(lease_url(url), b"\x00 not a record")
+    with pytest.raises(LockedError, match=r"another writer holds it: another process \(its lease record is unreadable\)"):
+        with lease_lock(url, ttl=1):
+            pass
+    _wait_for(lambda: read_stamped(lease_url(url)).age() > 1 + 1, "the garbage to expire by the taker's ttl")
+    with lease_lock(url, ttl=1) as previous:
+        assert previous == {"what": "unreadable lease record"}
