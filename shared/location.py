@@ -68,7 +68,13 @@ def zarr_store(location, read_only: bool):
     if not is_remote(location):
         return location
     import zarr.storage
-    # from_url makes the filesystem asynchronous, as Zarr's own event loop drives it
+
+    from .remote import filesystem, is_s3
+    if is_s3(str(location)):
+        # an asynchronous instance (Zarr's event loop drives it) with remote.py's bounded waits and retries, which
+        # from_url's storage options cannot set (s3fs's own retry loop would stay at 5)
+        return zarr.storage.FsspecStore(filesystem(str(location), asynchronous=True), path=location.path.rstrip("/"),
+                                        read_only=read_only)
     return zarr.storage.FsspecStore.from_url(str(location), storage_options=dict(location.storage_options),
                                              read_only=read_only)
 
