@@ -13,6 +13,7 @@ from pointad.shared.store_schema import ARRAYS
 REFERENCE = RenderOptions(views=3, image_size=96, supersample=2, max_points=96 * 96, point_size=3)
 
 
+@pytest.mark.slow
 def test_build_into_s3_equals_the_local_build(mvtec_dataset, reference_store, s3_env):
     _, entry = mvtec_dataset
     url = f"s3://{s3_env.make_bucket()}/renders.zarr"
@@ -35,16 +36,19 @@ def _objects(url) -> dict[str, bytes]:
     return {key[len(prefix):]: location.fs.cat_file(key) for key in location.fs.find(location.path)}
 
 
-def test_objects_equal_the_local_files_byte_for_byte(mvtec_dataset, reference_store, s3_env):
+@pytest.mark.slow
+def test_two_worker_processes_write_objects_equal_to_the_local_files(mvtec_dataset, reference_store, s3_env):
     _, entry = mvtec_dataset
     url = f"s3://{s3_env.make_bucket()}/renders.zarr"
-    build_store(entry, url, REFERENCE, classes=["cookie"], splits=["test"])
+    result = build_store(entry, url, REFERENCE, classes=["cookie"], splits=["test"], workers=2)
+    assert result.rendered == 6 and not result.failures
     remote, local = _objects(url), _local_files(reference_store)
     assert sorted(remote) == sorted(local)
     differing = [key for key in local if remote[key] != local[key]]
     assert differing == []
 
 
+@pytest.mark.slow
 def test_a_protocol_without_conditional_writes_needs_the_single_writer_promise(mvtec_dataset, reference_store):
     from pointad.shared.errors import PointADError
     _, entry = mvtec_dataset
