@@ -165,7 +165,7 @@ def read_yaml(path: Path):
     with open(path, "rb") as file:
         raw = file.read(MAX_YAML_BYTES + 1)
     if len(raw) > MAX_YAML_BYTES:
-        raise YamlTooLarge(f"is larger than {MAX_YAML_BYTES // 1024} KiB; a registry is a few KB")
+        raise YamlTooLarge(f"is larger than {MAX_YAML_BYTES // 1024} KiB; a registry or a metadata file is a few KB")
     loader = _BoundedLoader(raw.decode("utf-8"))
     try:
         return loader.get_single_data()

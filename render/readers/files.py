@@ -16,6 +16,8 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from ...shared.errors import InputFileError, first_line
+from ...shared.registry import YamlTooLarge
+from ...shared.registry import read_yaml as bounded_yaml
 from .cloud_files import CLOUD_SUFFIXES, read_cloud
 
 
@@ -174,10 +176,15 @@ def read_label_values(path: Path) -> np.ndarray:
 
 
 def read_yaml(path: Path) -> dict:
-    """A YAML mapping (safe_load)."""
+    """A YAML mapping, read as the registry is (`shared.registry.read_yaml`: safe_load, bounded in bytes,
+    nesting and alias expansion), so a hostile metadata file costs no more than a registry."""
     _require(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = bounded_yaml(path)
+    except YamlTooLarge as exc:
+        raise _fail(path, str(exc)) from None
+    except OSError as exc:
+        raise _fail(path, f"unreadable ({exc.strerror or exc})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise _fail(path, f"unreadable YAML ({first_line(exc)})") from exc
     if not isinstance(data, dict):

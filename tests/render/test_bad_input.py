@@ -441,3 +441,17 @@ def test_eyecandies_normalization_beyond_float32_names_the_yaml(tmp_path):
     info = refs[0].files["info_depth"]
     info.write_text("normalization: {min: 0.1, max: 1.0e+300}\n")
     _expect_error(entry, refs, 0, info, "normalization min/max must be finite depths")
+
+
+@pytest.mark.parametrize("text, reason", [
+    # nine levels of ten aliases each: 10^9 nodes once expanded, a few hundred bytes on disk
+    ("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+     + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
+     + "normalization: {min: 0.1, max: 1.0}\n", "expands its aliases to more than"),
+    ("normalization: {min: 0.1, max: 1.0}\n" + "#" * 300_000 + "\n", "is larger than 256 KiB"),
+])
+def test_eyecandies_hostile_yaml_is_refused_like_a_registry(tmp_path, text, reason):
+    entry, refs = _dataset(tmp_path, "eyecandies")
+    info = refs[0].files["info_depth"]
+    info.write_text(text)
+    _expect_error(entry, refs, 0, info, reason)
