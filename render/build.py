@@ -27,6 +27,7 @@ from ..shared.location import as_location, is_remote
 from ..shared.lock import writer_lock
 from ..shared.names import printable
 from ..shared.registry import DatasetEntry
+from ..shared.remote import check_location
 from ..shared.sample import SampleRef
 from ..shared.store import StoreAttrs, open_store
 from ..shared.store_check import chunk_problems, rewrite_array_metadata
@@ -327,6 +328,8 @@ def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, class
     conditional writes (`shared/lease.py`).
     """
     out = as_location(out)
+    if is_remote(out):  # the endpoint, bucket and credentials, said naming the store before any other request
+        check_location(str(out))
     if backend == "dask":
         require_dask()
     if backend == "dask" and scheduler:
