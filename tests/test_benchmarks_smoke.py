@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from pointad.shared.store import open_store
+from pointad.shared.store_schema import BY_FIELD
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("## Set-up", "## A. Vision tower alone", "## B. `eval report` end to end", "## C. Training epochs",
@@ -106,3 +107,42 @@ def test_prepare_refuses_a_wheel_folder_it_did_not_make(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == (f"{wheels}: exists and was not made by gpu_bench.py --prepare "
                                                     "(no .gpu-bench-wheels); choose another --prepare folder")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["mine-1.0-py3-none-any.whl", "whl"]
+
+
+@pytest.mark.slow
+def test_store_io_bench_smoke_measures_local_and_s3_and_counts_requests(tmp_path):
+    """store_io_bench.py --smoke (issue 22.4) runs end to end: its own moto server and counting proxy, every
+    rate, the builds, a request count per N; and it leaves nothing in its temporary folder."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/store_io_bench.py"), "--smoke", "--sizes", "2,12"],
+                          capture_output=True, text=True, env=os.environ | {"TMPDIR": str(temp)}, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    rates = {tuple(cells[:2]): cells[2:] for cells in (line.strip("| ").split(" | ") for line in lines)
+             if cells[0].endswith((" rows/s", " build s"))}
+    assert set(rates) == {(what, processes) for what in ("write rows/s", "read rows/s", "render build s")
+                          for processes in ("1", "2")}, done.stdout
+    for key, (local, remote, ratio) in rates.items():
+        assert float(local) > 0 and float(remote) > 0, (key, local, remote)
+        # the ratio is of the unrounded rates: within what rounding to 0.1 and to 0.01 allows
+        slack = 0.005 + float(ratio) * (0.05 / float(local) + 0.05 / float(remote))
+        assert abs(float(ratio) - float(remote) / float(local)) <= slack, (key, local, remote, ratio)
+    counts = {int(cells[0]): cells[1:] for cells in (line.strip("| ").split(" | ") for line in lines)
+              if cells[0].isdigit() and len(cells) == 5}
+    assert sorted(counts) == [2, 12], done.stdout
+    for _, writing, _, reading in counts.values():
+        written, read = _by_kind(writing), _by_kind(reading)
+        # a row written is at least one PUT per array of the row and one for its flag, a row read a GET per array
+        assert written["PUT"] >= len(BY_FIELD) + 1 and read["GET"] >= len(BY_FIELD), (writing, reading)
+        assert sum(written.values()) == pytest.approx(float(writing.split()[0]), abs=1e-3), writing
+        assert sum(read.values()) == pytest.approx(float(reading.split()[0]), abs=1e-3), reading
+    assert counts[2][1] == counts[12][1], counts  # requests per row written: not more with more rows stored
+    # its own folder is gone (render/rasterize.py leaves an empty pointad-runtime-* per rendering process)
+    assert [p.name for p in temp.iterdir() if not p.name.startswith("pointad-runtime-")] == []
+
+
+def _by_kind(cell: str) -> dict[str, float]:
+    """{"GET": 20.0, ...} of a request count as the bench prints it: '65 (GET 20, PUT 18, HEAD bucket 1)'."""
+    inside = cell.split("(", 1)[1].rstrip(")")
+    return {kind: float(number) for kind, number in (part.rsplit(" ", 1) for part in inside.split(", "))}
