@@ -1,6 +1,6 @@
 """The benchmarks and hand-run checks stay runnable: every script's imports resolve, none of them (nor a test)
-edits sys.path or loads a module by file path, and benchmarks/gpu_bench.py runs end to end in --smoke mode
-(tiny model, CPU).
+edits sys.path or loads a module by file path, and benchmarks/gpu_bench.py (tiny model, CPU) and
+benchmarks/store_io_bench.py (tiny rows, its own moto server) run end to end in --smoke mode.
 
 gpu_bench's real use is one short device run with no second chance, so a rename in the library it calls must
 fail here, not there. No timings are checked: only that every part ran, what it wrote, and the copied store.
