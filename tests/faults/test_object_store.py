@@ -45,8 +45,10 @@ COORDINATOR = textwrap.dedent("""
     from pointad.render.cli import main
     if ttl != "-":
         lease.lease_lock = functools.partial(lease.lease_lock, ttl=float(ttl))
-    while go != "-" and not os.path.exists(go):
-        time.sleep(0.01)
+    if go != "-":
+        open(f"{go}.ready-{os.getpid()}", "w").close()
+        while not os.path.exists(go):
+            time.sleep(0.01)
     sys.argv = ["pointad-render", *sys.argv[3:]]
     main()
 """)
@@ -378,8 +380,8 @@ def test_two_coordinators_at_once_one_builds_the_other_is_refused_naming_it(env,
     go = tmp_path / "go"
     coordinators = [_coordinator(_build_args(entry, url), env, go=go) for _ in range(2)]
     try:
-        time.sleep(0.5)
-        go.touch()  # both have imported the CLI by now or will see the file at once when they have
+        _wait_for(lambda: len(list(tmp_path.glob("go.ready-*"))) == 2, None, "both coordinators ready")
+        go.touch()  # both have imported the CLI: they reach the store together
         outputs = [c.communicate(timeout=TIMEOUT_S) for c in coordinators]
         results = [(c.pid, c.returncode, *output) for c, output in zip(coordinators, outputs)]
     finally:
