@@ -26,7 +26,7 @@ from ..shared.io import os_error
 from ..shared.location import as_location, is_remote
 from ..shared.lock import writer_lock
 from ..shared.names import printable
-from ..shared.registry import DatasetEntry
+from ..shared.registry import ORGANIZED_FORMATS, DatasetEntry
 from ..shared.remote import check_location
 from ..shared.sample import SampleRef
 from ..shared.store import StoreAttrs, open_store
@@ -310,6 +310,23 @@ def _task(task: tuple, threads: int) -> tuple[tuple, str | None]:
     return task, render_row(*task, threads)
 
 
+def chosen_normals(options: RenderOptions, entry: DatasetEntry, out) -> RenderOptions:
+    """`options` with its normals chosen where they are None: an existing store's recorded ones (a store made
+    before the option reads open3d), so resuming or appending draws as the store did; else auto (grid for a
+    cloud with a grid, open3d for the rest: `options.drawn_normals`). Grid for a dataset that is not organized
+    is refused before any work."""
+    normals = options.normals  # the user's: the store's own options check refuses one it was not drawn with
+    if normals is None:
+        try:
+            normals = open_store(out).attrs.render.normals or "auto"
+        except (PointADError, OSError):  # no store yet, or one that _open_or_create refuses in its own words
+            normals = "auto"
+    if normals == "grid" and entry.format not in ORGANIZED_FORMATS:
+        raise PointADError(f"{out}: normals 'grid' need an organized dataset ({', '.join(ORGANIZED_FORMATS)}); "
+                           f"{printable(entry.name)} is {entry.format}: use another --out or --normals")
+    return replace(options, normals=normals)
+
+
 def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, classes=None, splits=None,
                 point_size: float | None = None, workers: int = 1, backend: str = "loky",
                 scheduler: str | None = None, progress=None, repair: bool = False,
@@ -334,7 +351,7 @@ def build_store(entry: DatasetEntry, out: Path, options: RenderOptions, *, class
         require_dask()
     if backend == "dask" and scheduler:
         check_scheduler(scheduler)  # before the store is created or locked
-    options = dataset_render_options(options, entry)
+    options = chosen_normals(dataset_render_options(options, entry), entry, out)
     refs = list_samples(entry, classes, splits)
     if not refs:
         raise PointADError(f"{entry.root}: no samples for the selected classes and splits")

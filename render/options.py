@@ -20,14 +20,24 @@ VISIBILITY = ("nearest", "surface")
 MASKS = ("splat", "render")
 # open3d: Open3D's hybrid search (design §3.2) | grid: a plane fitted to the cells of the organized grid within
 # Open3D's radius, at most 3 cells (render/normals.py grid_pca_normals_within) | graph: a plane fitted to each
-# point's row of the k-NN graph
-NORMALS = ("open3d", "grid", "graph")
+# point's row of the k-NN graph | auto: grid for a cloud with a grid, open3d for one without (`drawn_normals`)
+NORMALS = ("open3d", "grid", "graph", "auto")
 # legacy (Open3D Visualizer: the default and reference, for exact paper reproduction) | filament | splat
 # (render/splat.py: emulates legacy without Open3D, tests/render/test_splat.py)
 RENDERERS = ("legacy", "filament", "splat")  # render/rasterize.py's RENDERERS (Open3D's), then splat
 MAX_RENDERED_SIDE = 8192  # image_size x supersample: one view's capture (Open3D's window, the splat buffers)
 WORKERS = Range(1, 256)   # render build --workers: processes
 THREADS = Range(1, 1024)  # render build --threads: each worker's thread budget
+
+
+def drawn_normals(normals: str | None, organized: bool) -> str:
+    """The estimator a cloud is drawn with (render_sample): auto's is grid for an organized cloud (one with a
+    grid), whose patch features change by 0.04-0.09 of a one-pixel camera shift's with it (under issue 24's
+    tenth; benchmarks/normals_bench.py), and open3d for the rest (graph's change is 1.6-2x the shift's); None
+    (not chosen, e.g. a run recording no options) is open3d, as before the option; the others are themselves."""
+    if normals == "auto":
+        return "grid" if organized else "open3d"
+    return normals or "open3d"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +72,10 @@ class RenderOptions:
     # the dataset's numbers for view_plan "pointad-code" (datasets.yaml `view_plans:`, see render/view_plan.py
     # CodePlan); filled in by render.datasets.dataset_render_options; None = the MVTec 3D-AD script's
     code_plan: dict | None = None
-    normals: str = "open3d"         # open3d | grid (organized clouds only) | graph: NORMALS; stores before: open3d
+    # NORMALS: open3d | grid (organized clouds only) | graph | auto (grid where the cloud has a grid, else open3d);
+    # None: not chosen: `render build` takes an existing store's, else auto (build.chosen_normals), and records it;
+    # a render with None draws open3d (`drawn_normals`), as stores before the option (which read open3d)
+    normals: str | None = None
 
     def __post_init__(self):
         check_fields(self)  # every range above; NaN and inf in any float
@@ -83,7 +96,7 @@ class RenderOptions:
                               f"{self.renderer} use --masks render")
         if self.masks == "render" and self.renderer == "splat":
             raise ConfigError("--renderer splat draws without Open3D; its masks are splatted (--masks splat)")
-        if self.normals not in NORMALS:
+        if self.normals is not None and self.normals not in NORMALS:
             raise ConfigError(f"--normals must be one of {', '.join(NORMALS)}, got {self.normals!r}")
         if self.visibility not in VISIBILITY:
             raise ConfigError(f"--visibility must be one of {', '.join(VISIBILITY)}, got {self.visibility!r}")

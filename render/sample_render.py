@@ -6,6 +6,7 @@ and writes none: `render/build.py` does that.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import open3d as o3d
@@ -17,7 +18,7 @@ from .camera import Camera, fit_camera, project
 from .graph import knn_graph, proxy_indices
 from .masks import splat_masks
 from .normals import MAX_NN, graph_normals, grid_normals_of_points, grid_pca_normals_within
-from .options import LIGHTS, RenderOptions
+from .options import LIGHTS, RenderOptions, drawn_normals
 from .preprocess import farthest_point_indices
 from .rasterize import DrawStyle, LegacyRasterizer, downsample
 from .splat import Cloud, draw_views
@@ -58,8 +59,10 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
     rasterizer: Open3D's; unused (may be None) with renderer "splat", which draws on torch `device`.
     threads: this call's threads (None: one per CPU): the KD-tree queries, and with more than one, the k-NN
     graph built beside the drawing; the process-wide pools (torch, Open3D, BLAS, Mesa) are the caller's to
-    limit (`render.build.render_row`). The row does not depend on it."""
+    limit (`render.build.render_row`). The row does not depend on it. Normals: `options.drawn_normals` (auto: grid
+    where the sample has a grid)."""
     budget = threads or available()
+    options = replace(options, normals=drawn_normals(options.normals, sample.grid_index is not None))
     points, labels, grid_index = sample.points, sample.point_labels, sample.grid_index
     if options.downsample < 1:
         keep = farthest_point_indices(points, max(1, round(len(points) * options.downsample)))

@@ -45,7 +45,7 @@ class _NotRecorded:
 _NOT_RECORDED = _NotRecorded()
 # Render options added after stores were first written, with what the builds before them did; a record
 # without the key reads as this value (a store without `masks` rendered its masks).
-BEFORE_OPTION = {"masks": "render", "code_plan": None}
+BEFORE_OPTION = {"masks": "render", "code_plan": None, "normals": "open3d"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,7 +58,7 @@ class RenderRecord:
     `render build` before it draws a row of the class. point_size: the build's size for a class the registry
     gives none (--point-size or RenderOptions' default), kept for stores that read it; it is NOT the size a
     class in point_sizes was drawn with. `drawn` resolves the two: read a class's options only through it.
-    A key the store did not write reads None (masks and code_plan: BEFORE_OPTION); to_dict gives back the
+    A key the store did not write reads None (masks, code_plan, normals: BEFORE_OPTION); to_dict gives back the
     mapping as given or read, an int stays an int, so a store's fingerprint does not change by being read.
     """
 
@@ -79,8 +79,8 @@ class RenderRecord:
     renderer: str = _NOT_RECORDED
     masks: str | None = _NOT_RECORDED
     code_plan: dict | None = _NOT_RECORDED
-    # not recorded before issue 24: RenderOptions' default, open3d (BEFORE_OPTION must say so if the default changes)
-    normals: str = _NOT_RECORDED
+    # not recorded before issue 24, whose builds drew with open3d (BEFORE_OPTION); since, what the build chose
+    normals: str | None = _NOT_RECORDED
     point_sizes: dict[str, float] = _NOT_RECORDED
 
     def __post_init__(self):

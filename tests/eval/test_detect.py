@@ -168,8 +168,12 @@ def test_a_checkpoint_without_the_record_renders_with_the_defaults_and_says_so(d
                         "RenderOptions' defaults apply")
     assert lines[1] == "detect: render options from the command line: views 3, supersample 1, point_size 2.0"
     assert lines[2].startswith("detect: render options by default: view_plan paper, angle_shift 0.0, image_size 336")
-    # the defaults plus these three are the store's options: the same scores as the recording run's
-    recorded = CliRunner().invoke(pointad, ["detect", str(tiff), "--checkpoint", str(detect_run), "--out",
+    # the defaults plus these three are the store's options but its normals (auto, grid for this tiff; a run that
+    # records none draws Open3D's, as before the option): the same scores as the recording run's read as open3d
+    payload = load_checkpoint(latest_checkpoint(detect_run))
+    payload["render"]["normals"] = "open3d"
+    torch.save(payload, tmp_path / "open3d.pt")
+    recorded = CliRunner().invoke(pointad, ["detect", str(tiff), "--checkpoint", str(tmp_path / "open3d.pt"), "--out",
                                             str(tmp_path / "new"), "--device", "cpu"])
     assert recorded.exit_code == 0, recorded.output
     np.testing.assert_array_equal(np.load(tmp_path / "old" / "scores.npy"), np.load(tmp_path / "new" / "scores.npy"))

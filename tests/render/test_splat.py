@@ -173,7 +173,7 @@ def test_the_model_sees_splat_renders_far_closer_to_open3d_than_a_one_pixel_came
     backbone = FrozenCLIP.from_config(load_model_config("tiny"), seed=0)
     with torch.no_grad():
         text = PromptLearner.for_backbone(backbone, seed=0)(backbone)[0]  # (2, D): [normal, anomalous]
-    options = RenderOptions(views=3)
+    options = RenderOptions(views=3, normals="open3d")  # _shifted_views draws with Open3D's normals
     rasterizer = worker_rasterizer(options.image_size * options.supersample)
     for sample in all_classes[:2]:
         legacy = render_sample(sample, options, rasterizer).image

@@ -56,11 +56,13 @@ def test_a_class_is_drawn_at_its_own_point_size_and_one_without_at_the_builds():
     cookie, torus, other = render.drawn("a", "cookie"), render.drawn("a", "torus"), render.drawn("b", "cookie")
     assert (cookie["point_size"], torus["point_size"], other["point_size"]) == (7.0, 12.0, 6.0)
     assert "point_sizes" not in cookie
-    # the rest is the record's, the options written elsewhere included, typed
+    # the rest is the record's, the options written elsewhere included, typed; normals as a store before the
+    # option drew them (WRITTEN records none): open3d, whatever RenderOptions' default
     assert {k: v for k, v in cookie.items() if k != "point_size"} == {
         "views": 2, "view_plan": "paper", "angle_shift": 0.0, "image_size": 48, "supersample": 1,
         "max_points": 48 * 48, "light": "on", "downsample": 1.0, "visibility": "nearest", "surface_tolerance": 0.01,
-        "knn": 8, "fov_degrees": 30.0, "margin": 1.1, "renderer": "splat", "masks": "splat", "code_plan": None}
+        "knn": 8, "fov_degrees": 30.0, "margin": 1.1, "renderer": "splat", "masks": "splat", "code_plan": None,
+        "normals": "open3d"}
     assert RenderOptions.from_store(render, "a", "torus").point_size == 12.0
     assert RenderOptions(**cookie) == RenderOptions.from_store(render, "a", "cookie")
 
@@ -68,10 +70,12 @@ def test_a_class_is_drawn_at_its_own_point_size_and_one_without_at_the_builds():
 def test_options_a_store_did_not_record_are_what_its_build_did_or_the_defaults():
     render = _attrs({"light": "-"}).render  # no point size, no masks, no code plan: an older or hand-made store
     assert render.drawn("a", "cookie") == {"views": 2, "image_size": 48, "max_points": 48 * 48, "light": "-", "knn": 8,
-                                           "fov_degrees": 30.0, "margin": 1.1, "masks": "render", "code_plan": None}
+                                           "fov_degrees": 30.0, "margin": 1.1, "masks": "render", "code_plan": None,
+                                           "normals": "open3d"}
     assert (render.masks, render.point_sizes, render.renderer, render.point_size) == ("render", {}, None, None)
     options = RenderOptions.from_store(render, "a", "cookie")
     assert (options.point_size, options.masks, options.supersample) == (6.0, "render", 3)
+    assert RenderOptions().normals is None and options.normals == "open3d", "not the data's default: open3d's bytes"
     assert render.to_dict() == {"light": "-", "views": 2, "image_size": 48, "max_points": 48 * 48, "knn": 8,
                                 "fov_degrees": 30, "margin": 1.1}  # nothing added that the store did not say
 
@@ -156,7 +160,7 @@ def test_verify_detect_and_the_record_read_the_size_the_class_was_drawn_with(siz
     render = store.attrs.render
     assert render.point_size == 6.0 and render.point_sizes == {f"{dataset}/cookie": 7.0}
     drawn = RenderOptions.from_store(render, dataset, "cookie", str(path))
-    assert drawn == replace(SPLAT, point_size=7.0)
+    assert drawn == replace(SPLAT, point_size=7.0, normals="auto")  # SPLAT chose none: the build recorded auto
     choice = reference_render(Reference(store=str(path), dataset=dataset, class_name="cookie", rows=[]))
     assert choice.options == drawn and choice.sources["point_size"] == "recorded"
     # a fresh splat render gives the same bytes only at the size the rows were drawn with

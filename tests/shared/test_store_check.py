@@ -17,7 +17,8 @@ from pointad.shared.store_check import chunk_problems
 from pointad.shared.store_schema import BY_FIELD
 from pointad.shared.store_write import write_sample
 
-OPTIONS = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 48, point_size=3, renderer="splat")
+OPTIONS = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 48, point_size=3, renderer="splat",
+                         normals="auto")  # what the build of tests/conftest.py, choosing none, records
 ROWS = 6
 MVTEC = "synthetic-mvtec3d"
 

@@ -28,7 +28,8 @@ from pointad.shared.store import open_store, store_fingerprint
 from pointad.shared.store_schema import ARRAYS, CAMERA_CONVENTION, RENDER_ELSEWHERE, SAMPLE_FIELDS
 from pointad.shared.store_write import append_samples, write_sample
 
-OPTIONS = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 48, point_size=3, renderer="splat")
+OPTIONS = RenderOptions(views=2, image_size=48, supersample=1, max_points=48 * 48, point_size=3, renderer="splat",
+                         normals="auto")  # what the build of tests/conftest.py, choosing none, records
 
 
 @pytest.fixture(scope="module")
