@@ -291,7 +291,7 @@ def cluster_build(cluster, env, mvtec_dataset, s3):
     url = f"s3://{s3.make_bucket()}/renders.zarr"
     done = _run("pointad.render.cli", _build_args(entry, url, "--backend", "dask", "--scheduler", cluster.address), env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:] + cluster.logs_text()
-    return url, done.stdout
+    return url, done
 
 
 @pytest.fixture(scope="module")
@@ -306,13 +306,14 @@ def eval_bucket(eval_store, s3):
 
 # --- 1. a dask cluster writes the same store into the bucket ----------------------------------------------
 
-def test_scheduler_and_two_workers_build_into_s3_the_local_store_byte_for_byte(cluster_build, local_build, s3,
-                                                                                secret):
-    url, stdout = cluster_build
-    assert "6 rendered, 0 already complete, 0 failed of 6 planned" in stdout
+def test_scheduler_and_two_workers_build_into_s3_the_local_store_byte_for_byte(cluster_build, cluster, local_build,
+                                                                                s3, secret):
+    url, done = cluster_build
+    assert "6 rendered, 0 already complete, 0 failed of 6 planned" in done.stdout
     _assert_equal_to(url, local_build)
     assert _keys(_lease(url)) == []  # released
-    _no_secret_anywhere(secret, url.split("/")[2])
+    _no_secret_anywhere(secret, url.split("/")[2], cluster.logs)  # the objects, the scheduler's and workers' logs
+    assert secret.decode() not in done.stdout + done.stderr
 
 
 # --- 2. kill -9 of a worker, of the coordinator; the rerun completes with the same bytes ------------------
@@ -467,7 +468,7 @@ def test_eval_report_on_the_bucket_gives_the_numbers_of_the_disk(runs, eval_stor
 # --- 5. the other commands on the bucket --------------------------------------------------------------------
 
 def test_info_verify_show_export_read_the_bucket_as_the_disk(cluster_build, local_build, tmp_path):
-    url, _ = cluster_build
+    url = cluster_build[0]
     for command in (("render", "info"), ("render", "verify")):
         remote, local = _invoke(*command, url), _invoke(*command, local_build)
         assert remote.exit_code == local.exit_code == 0, remote.output
@@ -486,6 +487,7 @@ def test_info_verify_show_export_read_the_bucket_as_the_disk(cluster_build, loca
         a.visit(names.append)
         b.visit(others.append)
         assert names == others and names
+        assert dict(a.attrs) == dict(b.attrs) and a.attrs
         for name in names:
             if isinstance(a[name], h5py.Dataset):
                 np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
