@@ -40,15 +40,23 @@ def grid_normals(xyz_grid, valid) -> np.ndarray:
 def grid_normals_of_points(points, grid_index, grid_hw, estimator=None) -> np.ndarray:
     """Return (P, 3) normals of a cloud that came from an organized grid by `estimator(xyz_grid, valid)`
     (`grid_normals` if None, or `grid_pca_normals`): points (P, 3), grid_index (P,) int, each point's cell
-    (row-major in grid_hw = (H, W), as `Sample.grid_index`), distinct cells."""
+    (row-major in grid_hw = (H, W), as `Sample.grid_index`), distinct cells. The estimator sees the grid's
+    rectangle that holds the points (the cells outside are holes, as the estimators treat the grid's border:
+    the same normals, on a third of the cells for a scan that fills a third of its grid)."""
     estimator = estimator or grid_normals
-    rows, columns = (int(n) for n in grid_hw)
+    columns = int(grid_hw[1])
     cells = np.asarray(grid_index, np.int64)
-    xyz = np.zeros((rows * columns, 3))
-    valid = np.zeros(rows * columns, bool)
-    xyz[cells] = points
-    valid[cells] = True
-    return estimator(xyz.reshape(rows, columns, 3), valid.reshape(rows, columns)).reshape(-1, 3)[cells]
+    if len(cells) == 0:
+        return np.zeros((0, 3))
+    row, column = np.divmod(cells, columns)
+    top, left = row.min(), column.min()
+    shape = (int(row.max() - top) + 1, int(column.max() - left) + 1)
+    inside = (row - top) * shape[1] + (column - left)
+    xyz = np.zeros((shape[0] * shape[1], 3))
+    valid = np.zeros(shape[0] * shape[1], bool)
+    xyz[inside] = points
+    valid[inside] = True
+    return estimator(xyz.reshape(*shape, 3), valid.reshape(shape)).reshape(-1, 3)[inside]
 
 
 def _tangent(xyz, valid, axis):
@@ -108,14 +116,17 @@ def _disc(radius_cells: float) -> np.ndarray:
 
 
 def grid_spacing(xyz_grid, valid) -> float:
-    """The median distance between valid cells side by side along the rows or the columns of (H, W, 3) xyz_grid;
-    nan where no two valid cells are side by side."""
+    """The median distance between valid cells side by side along the rows or the columns of (H, W, 3) xyz_grid
+    (the square root of the median squared distance: the same for an odd count); nan where no two valid cells
+    are side by side."""
     xyz = np.asarray(xyz_grid, np.float64)
     valid = np.asarray(valid, bool)
-    steps = [np.linalg.norm(xyz[:, 1:] - xyz[:, :-1], axis=-1)[valid[:, 1:] & valid[:, :-1]],
-             np.linalg.norm(xyz[1:] - xyz[:-1], axis=-1)[valid[1:] & valid[:-1]]]
-    steps = np.concatenate(steps)
-    return float(np.median(steps)) if len(steps) else float("nan")
+    squares = []
+    for step, both in ((xyz[:, 1:] - xyz[:, :-1], valid[:, 1:] & valid[:, :-1]),
+                       (xyz[1:] - xyz[:-1], valid[1:] & valid[:-1])):
+        squares.append((step[..., 0] ** 2 + step[..., 1] ** 2 + step[..., 2] ** 2)[both])  # no norm: 2x faster
+    squares = np.concatenate(squares)
+    return float(np.sqrt(np.median(squares))) if len(squares) else float("nan")
 
 
 def open3d_disc_cells(xyz_grid, valid, radius: float) -> float:

@@ -122,6 +122,20 @@ def test_grid_normals_of_points_scatter_and_gather_by_grid_index():
     assert np.array_equal(got, grid_normals(grid, valid.reshape(6, 8)).reshape(-1, 3)[cells])
 
 
+def test_grid_normals_of_points_in_a_corner_of_the_grid_are_the_whole_grids():
+    """The estimators see only the rectangle that holds the points: the same bytes as on the whole grid."""
+    rng = np.random.default_rng(5)
+    grid = rng.normal(size=(20, 24, 3)) * [1.0, 1.0, 0.1] + [0.0, 0.0, 3.0]
+    valid = np.zeros((20, 24), bool)
+    valid[3:11, 9:20] = rng.random((8, 11)) > 0.2
+    cells = np.flatnonzero(valid.ravel())
+    for estimator in (grid_normals, grid_pca_normals, lambda xyz, ok: grid_pca_normals_within(xyz, ok, 2.0)):
+        got = grid_normals_of_points(grid.reshape(-1, 3)[cells], cells, (20, 24), estimator)
+        whole = estimator(np.where(valid[..., None], grid, 0.0), valid).reshape(-1, 3)[cells]
+        assert np.array_equal(got, whole)
+    assert grid_normals_of_points(np.zeros((0, 3)), np.zeros(0, int), (20, 24)).shape == (0, 3)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_grid_pca_normals_match_the_loop_on_random_grids(seed):
     rng = np.random.default_rng(seed)
