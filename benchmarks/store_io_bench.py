@@ -56,9 +56,9 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "store-io-bench-key", "AWS_SECRET_ACCESS_KEY
 FOREIGN = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL_S3")
 BUCKET = "store-io-bench"
 KINDS = ("GET", "PUT", "HEAD", "HEAD bucket", "LIST", "DELETE")
-# headers that belong to one hop (RFC 9110 §7.6.1), not forwarded; Expect is answered by the proxy itself
 # rows of the request counts: views, image size, points (a build of the cookie split in seconds)
 COUNT_ROWS = (1, 48, 48 * 48)
+# headers that belong to one hop (RFC 9110 §7.6.1), not forwarded; Expect is answered by the proxy itself
 HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "expect"}
 
 
@@ -456,7 +456,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="pointad-store-io-"))
     moto, server = start_moto(folder), None
     try:
-        process, endpoint = moto
+        _, endpoint = moto
         use_endpoint(endpoint, folder)
         make_bucket(endpoint, BUCKET)
         from pointad.render import synthetic
