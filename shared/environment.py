@@ -3,6 +3,7 @@
 POINTAD_DATA      base folder for dataset roots given as relative paths in datasets.yaml
 POINTAD_CACHE     where generated data (the built-in synthetic datasets) is cached
 POINTAD_REGISTRY  a datasets.yaml to use instead of the one at the repository root
+POINTAD_LEASE_TTL seconds a writer lease on object storage outlives a killed holder (default 30; shared/lease.py)
 RANK, WORLD_SIZE, LOCAL_RANK  set by torchrun for data-parallel training
 AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN  read by botocore itself; here only so that
                   an error message can be scrubbed of them (shared/remote.py)
@@ -51,3 +52,16 @@ def storage_secrets() -> tuple[str, ...]:
     out: blanking them would garble messages and hide nothing."""
     names = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID")
     return tuple(value for value in (os.environ.get(name, "") for name in names) if len(value) >= 4)
+
+
+def lease_ttl() -> float | None:
+    """$POINTAD_LEASE_TTL in seconds, or None when unset (shared/lease.py's default applies; it checks the range).
+    ConfigError in one line for a value that is not a number."""
+    env = os.environ.get("POINTAD_LEASE_TTL", "").strip()
+    if not env:
+        return None
+    try:
+        return float(env)
+    except ValueError:
+        from .errors import ConfigError
+        raise ConfigError(f"POINTAD_LEASE_TTL={env[:40]!r}: not a number of seconds") from None

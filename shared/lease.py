@@ -231,7 +231,8 @@ def lease_lock(url: str, what: str = "writing", *, single_writer: bool = False, 
     """
     target = os.fspath(url)
     if not MIN_TTL_S <= ttl <= MAX_TTL_S:
-        raise PointADError(f"{target}: lease ttl must be in {MIN_TTL_S:g}..{MAX_TTL_S:g} s, got {ttl}")
+        raise PointADError(f"{target}: lease ttl (POINTAD_LEASE_TTL) must be in {MIN_TTL_S:g}..{MAX_TTL_S:g} s, "
+                           f"got {ttl}")
     lease = lease_url(target)
     conditional = conditional_writes_work(lease)
     if not conditional and not single_writer:

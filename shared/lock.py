@@ -25,6 +25,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .environment import lease_ttl
 from .errors import PointADError
 from .location import as_location, is_remote
 from .names import printable
@@ -136,8 +137,10 @@ def writer_lock(target, what: str = "writing", *, single_writer: bool = False):
     """
     location = as_location(target)
     if is_remote(location):
-        from .lease import lease_lock
-        with lease_lock(str(location), what, single_writer=single_writer) as previous:
+        from .lease import DEFAULT_TTL_S, lease_lock
+        ttl = lease_ttl()
+        with lease_lock(str(location), what, single_writer=single_writer,
+                        ttl=DEFAULT_TTL_S if ttl is None else ttl) as previous:
             yield previous
         return
     path = lock_path(target)

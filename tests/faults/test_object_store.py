@@ -35,21 +35,18 @@ SMALL_ARGS = ["--views", "3", "--image-size", "96", "--supersample", "2", "--max
               "--point-size", "3"]
 MVTEC = "synthetic-mvtec3d"
 TIMEOUT_S = 240  # the bound on any one command; a hang fails the test instead of the suite
-# The coordinator as users run it (`pointad-render ...`), with two test-only knobs: the writer lease's ttl (no
-# option or environment variable sets it: a killed holder's lease would keep the rerun out for 30 s) and a start
-# line, so that two coordinators whose imports took different times reach the store together.
+# The coordinator as users run it (`pointad-render ...`), with one test-only knob: a start line, so that two
+# coordinators whose imports took different times reach the store together. (The lease's ttl is the user's
+# POINTAD_LEASE_TTL: a killed holder's lease would keep the rerun out for the default 30 s.)
 COORDINATOR = textwrap.dedent("""
-    import functools, os, sys, time
-    ttl, go = sys.argv[1], sys.argv[2]
-    import pointad.shared.lease as lease
+    import os, sys, time
+    go = sys.argv[1]
     from pointad.render.cli import main
-    if ttl != "-":
-        lease.lease_lock = functools.partial(lease.lease_lock, ttl=float(ttl))
     if go != "-":
         open(f"{go}.ready-{os.getpid()}", "w").close()
         while not os.path.exists(go):
             time.sleep(0.01)
-    sys.argv = ["pointad-render", *sys.argv[3:]]
+    sys.argv = ["pointad-render", *sys.argv[2:]]
     main()
 """)
 
@@ -78,8 +75,9 @@ def _build_args(entry, url, *extra) -> list[str]:
             "--out", url, *SMALL_ARGS, *extra]
 
 
-def _coordinator(args, env, *, ttl="-", go="-", **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", COORDINATOR, str(ttl), str(go), *args], cwd=REPO, env=env,
+def _coordinator(args, env, *, ttl=None, go="-", **popen) -> subprocess.Popen:
+    env = env if ttl is None else {**env, "POINTAD_LEASE_TTL": str(ttl)}
+    return subprocess.Popen([sys.executable, "-c", COORDINATOR, str(go), *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             **popen)
 

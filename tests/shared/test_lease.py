@@ -118,7 +118,8 @@ def test_a_bucket_root_and_a_wild_ttl_are_refused_before_any_request():
     with pytest.raises(PointADError, match=r"^s3://bucket/: names a bucket or root"):
         with lease_lock("s3://bucket/"):
             pass
-    with pytest.raises(PointADError, match=r"^memory://x.zarr: lease ttl must be in 1\.\.3600 s, got 0\.1$"):
+    with pytest.raises(PointADError,
+                       match=r"^memory://x.zarr: lease ttl \(POINTAD_LEASE_TTL\) must be in 1\.\.3600 s, got 0\.1$"):
         with lease_lock("memory://x.zarr", single_writer=True, ttl=0.1):
             pass
 
