@@ -1,9 +1,10 @@
 """Normals the data already gives (issue 24, design §3.2): from the organized grid a scan came from, or from the
 k-NN graph the store builds, instead of Open3D's own 30-neighbour search (`sample_render.estimate_normals`).
 `grid_normals` crosses central differences of the neighbouring cells, `grid_pca_normals` fits a plane to the
-cells within a disc (`grid_pca_normals_within`, what `--normals grid` uses: the cells Open3D's search radius
-covers, at most 3 cells, about its 30 neighbours on a filled grid), `graph_normals` fits one to each point's
-k-NN row; benchmarks/normals_bench.py measures their time and what they change in the views.
+cells within a disc (`grid_pca_normals_within`, what `--normals grid` uses: the 3-cell disc, about Open3D's 30
+nearest on a filled grid, where Open3D's search radius reaches that far, else `grid_pca_normals_near`, the
+cells of that disc within the radius, Open3D's own neighbours), `graph_normals` fits one to each point's k-NN
+row; benchmarks/normals_bench.py measures their time and what they change in the views.
 
 Normals only shade the views. The renderers turn every normal toward the eye before lighting it
 (`render/splat.py` `shade`, `render/rasterize.py`), so a normal's sign never changes an image; Open3D leaves
@@ -140,9 +141,78 @@ def open3d_disc_cells(xyz_grid, valid, radius: float) -> float:
 
 
 def grid_pca_normals_within(xyz_grid, valid, radius: float) -> np.ndarray:
-    """`grid_pca_normals` over the disc Open3D's search of `radius` covers (`open3d_disc_cells`): what
-    `--normals grid` renders with (render/sample_render.py, radius as Open3D gets it)."""
-    return grid_pca_normals(xyz_grid, valid, open3d_disc_cells(xyz_grid, valid, radius))
+    """What `--normals grid` renders with (render/sample_render.py, radius as Open3D gets it): where Open3D's
+    search of `radius` reaches past MAX_DISC_CELLS (`open3d_disc_cells`), its 30 nearest are about the 3-cell
+    disc: `grid_pca_normals` over it; where it reaches less, the cells of that disc whose point lies within
+    `radius` of the cell's (`grid_pca_normals_near`), Open3D's own neighbours, which change point by point
+    where the radius is near a whole number of cells."""
+    if open3d_disc_cells(xyz_grid, valid, radius) >= MAX_DISC_CELLS:
+        return grid_pca_normals(xyz_grid, valid, MAX_DISC_CELLS)
+    return grid_pca_normals_near(xyz_grid, valid, radius)
+
+
+def _disc_offsets(radius_cells: float) -> list[tuple[int, int]]:
+    """(row, column) offsets of the cells within radius_cells of a cell, itself included."""
+    return [(int(i), int(j)) for i, j in zip(*np.nonzero(_disc(radius_cells))) for i, j in
+            [(i - int(np.floor(radius_cells)), j - int(np.floor(radius_cells)))]]
+
+
+def grid_pca_normals_near(xyz_grid, valid, radius: float, radius_cells: float = MAX_DISC_CELLS) -> np.ndarray:
+    """Return (H, W, 3) float64 unit normals by PCA of the valid cells within radius_cells of each cell whose
+    point is nearer than `radius` to the cell's own (itself included), zeros at invalid cells; n_z >= 0, (0, 0, 1)
+    with fewer than 3 such cells. One pass per offset of the disc (29 for 3 cells), coordinates relative to
+    the cell's point."""
+    xyz = np.asarray(xyz_grid, np.float64)
+    valid = np.asarray(valid, bool)
+    rows, columns = valid.shape
+    reach = int(np.floor(radius_cells))
+    padded = np.pad(xyz, ((reach, reach), (reach, reach), (0, 0)))
+    padded_valid = np.pad(valid, reach)
+    count = np.zeros((rows, columns))
+    first = np.zeros((rows, columns, 3))
+    second = np.zeros((rows, columns, 6))  # xx yy zz xy xz yz
+    a, b = [0, 1, 2, 0, 0, 1], [0, 1, 2, 1, 2, 2]
+    for di, dj in _disc_offsets(radius_cells):
+        window = (slice(reach + di, reach + di + rows), slice(reach + dj, reach + dj + columns))
+        step = padded[window] - xyz
+        near = padded_valid[window] & valid & (np.einsum("hwk,hwk->hw", step, step) < radius * radius)
+        step *= near[..., None]
+        count += near
+        first += step
+        second += step[..., a] * step[..., b]
+    share = 1 / np.maximum(count, 1)
+    mean = first * share[..., None]
+    moments = second * share[..., None] - mean[..., a] * mean[..., b]
+    normals = smallest_eigenvector(*(moments[..., k][valid] for k in range(6)))
+    normals[count[valid] < 3] = 0.0
+    out = np.zeros(xyz.shape)
+    out[valid] = normals
+    return _finish(out, valid)
+
+
+def grid_pca_normals_near_naive(xyz_grid, valid, radius: float, radius_cells: float = MAX_DISC_CELLS) -> np.ndarray:
+    """`grid_pca_normals_near` by a plain loop over the cells and `np.linalg.eigh`."""
+    xyz = np.asarray(xyz_grid, np.float64)
+    valid = np.asarray(valid, bool)
+    rows, columns = valid.shape
+    reach = int(np.floor(radius_cells))
+    out = np.zeros((rows, columns, 3))
+    for i in range(rows):
+        for j in range(columns):
+            if not valid[i, j]:
+                continue
+            near = [xyz[a, b] for a in range(max(0, i - reach), min(rows, i + reach + 1))
+                    for b in range(max(0, j - reach), min(columns, j + reach + 1))
+                    if valid[a, b] and (a - i) ** 2 + (b - j) ** 2 <= radius_cells**2
+                    and np.sum((xyz[a, b] - xyz[i, j]) ** 2) < radius * radius]
+            if len(near) < 3:
+                out[i, j] = FALLBACK
+                continue
+            centred = np.array(near) - np.mean(near, axis=0)
+            values, vectors = np.linalg.eigh(centred.T @ centred)
+            normal = vectors[:, np.argmin(values)]
+            out[i, j] = -normal if normal[2] < 0 else normal
+    return out
 
 
 def grid_pca_normals(xyz_grid, valid, radius_cells: float = 3.0) -> np.ndarray:
