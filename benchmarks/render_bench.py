@@ -1,8 +1,17 @@
 """Time the render stage per sample and per build, against the released code's procedure (design §3, §9).
 
-Run: .venv/bin/python benchmarks/render_bench.py [--quick]
-(about 1-2 minutes with --quick, up to ~6 minutes without; prints markdown tables, writes only to a
-temporary folder that it removes).
+Run: .venv/bin/python benchmarks/render_bench.py [--quick] [--by-normals [--profile]]
+(about 1-2 minutes with --quick, up to ~6 minutes without, ~5 minutes --by-normals; prints markdown tables,
+writes only to a temporary folder that it removes).
+
+--by-normals (issue 24 item 4) prints only this, all in one run on the same samples: per sample, read +
+render_sample() + write as one worker of `--threads 1` does (render.build.render_row's limits: torch, Open3D,
+BLAS/OpenMP, Mesa and the k-NN query on one thread), for each normals option (open3d, grid, graph) and
+renderer, on the cookie and the dense cloud, against the released procedure (section 4 below; its own
+threads, as released); then `render build` of the synthetic MVTec-format dataset (cookie + dome) with the
+splat renderer, normals open3d and auto (the default: grid for these organized clouds), 1 and 2 workers:
+wall seconds and rows/s. --profile adds cProfile's top functions of each sample drawn with grid normals (splat, one
+thread).
 
 What it measures, all in one run on this machine, for both lit-view renderers: Open3D's legacy
 Visualizer (the default, `--renderer legacy`) and the splat renderer (`--renderer splat`,
@@ -53,6 +62,7 @@ import open3d as o3d
 import scipy.sparse
 import torch
 from scipy.spatial import cKDTree
+from threadpoolctl import threadpool_limits
 
 from pointad.render import released_procedure
 from pointad.render.build import WORKER_RASTER_THREADS, build_store, store_attrs
@@ -60,7 +70,7 @@ from pointad.render.camera import fit_camera, project
 from pointad.render.graph import knn_graph, proxy_indices
 from pointad.render.masks import splat_masks
 from pointad.render.options import LIGHTS, RenderOptions
-from pointad.render.rasterize import DrawStyle, LegacyRasterizer, downsample
+from pointad.render.rasterize import DrawStyle, LegacyRasterizer, downsample, worker_rasterizer
 from pointad.render.readers import list_samples, preprocess_options, read_sample
 from pointad.render.sample_render import estimate_normals, render_masks, render_sample
 from pointad.render.splat import Cloud, draw_views
@@ -293,10 +303,118 @@ def goal_row(goal: str, target: str, value: str, met: bool) -> str:
     return f"| {goal} | {target} | {value} | {'yes' if met else 'NO'} |"
 
 
+def one_thread_seconds(read, options: RenderOptions, rasterizer, store: Path, repeats: int) -> float:
+    """Median seconds of read + render_sample + write_sample of row 0 of `store`, under a `--threads 1`
+    worker's limits (render_row: torch, Open3D and BLAS/OpenMP at one thread, render_sample's threads=1)."""
+    torch_threads, open3d_threads = torch.get_num_threads(), o3d.utility.get_max_threads()
+    torch.set_num_threads(1)
+    o3d.utility.set_max_threads(1)
+    try:
+        with threadpool_limits(1):
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                write_sample(store, 0, render_sample(read(), options, rasterizer, threads=1))
+                times.append(time.perf_counter() - start)
+    finally:
+        o3d.utility.set_max_threads(open3d_threads)
+        torch.set_num_threads(torch_threads)
+    return statistics.median(times)
+
+
+def by_normals(args) -> None:
+    """Issue 24 item 4: the module docstring's --by-normals tables."""
+    repeats, base_repeats, warm_runs = (2, 1, 1) if args.quick else (5, 2, 2)
+    tmp = Path(tempfile.mkdtemp(prefix="render-bench-"))
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp))
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
+    options = RenderOptions()
+    rasterizer = worker_rasterizer(options.image_size * options.supersample, "legacy", 1)  # Mesa: one thread
+    try:
+        generate(tmp / "cookie", SyntheticSpec(format="mvtec3d", classes=("cookie",), defects=("bump",), train=0,
+                                               validation=0, test_good=0, per_defect=1, grid=800))
+        entry = custom_entry("mvtec3d", tmp / "cookie")
+        (ref,) = list_samples(entry)
+        prep = preprocess_options(entry, ref.class_name, image_size=options.image_size, max_points=options.max_points)
+        dense = dense_sample(options.image_size)
+        reads = {"cookie": lambda: read_sample(entry, ref, prep), "dense": lambda: dense}
+        clouds = {name: read() for name, read in reads.items()}
+        seconds = {}
+        for renderer in RENDERERS:
+            for normals in ("open3d", "grid", "graph"):
+                opts = replace(options, renderer=renderer, normals=normals)
+                for name, read in reads.items():
+                    store = one_row_store(tmp / f"{name}-{renderer}-{normals}.zarr", opts, clouds[name])
+                    seconds[renderer, normals, name] = one_thread_seconds(read, opts, rasterizer, store, repeats)
+        base = {name: baseline(cloud, options.point_size, base_repeats)["total"] for name, cloud in clouds.items()}
+        generate(tmp / "build-data", SyntheticSpec(format="mvtec3d", classes=("cookie", "dome"), per_defect=1,
+                                                   grid=800, train=2, validation=0, test_good=2,
+                                                   defects=("bump", "hole")))
+        build_entry = custom_entry("mvtec3d", tmp / "build-data")
+        rows = len(list_samples(build_entry))
+        builds = {normals: build_rates(build_entry, replace(options, renderer="splat", normals=normals), warm_runs,
+                                       tmp / f"build-{normals}")
+                  for normals in ("open3d", "auto")}
+        profile = ({name: profiled(read, clouds[name], replace(options, renderer="splat", normals="grid"))
+                    for name, read in reads.items()} if args.profile else {})
+        total_s = time.perf_counter() - started
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"# Render per normals option ({'--quick' if args.quick else 'full'}; {os.cpu_count()} CPUs; "
+          f"{options.views} views at {options.image_size}², supersample {options.supersample}; run took {total_s:.0f} s; "
+          f"1-min load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after)\n")
+    print(f"## Per sample, one worker at one thread: read + render_sample() + write (median of {repeats}, seconds), "
+          f"against the released procedure (median of {base_repeats}, its own threads)\n")
+    print(f"| renderer | normals | cookie ({len(clouds['cookie'].points)} pts) | released / ours | "
+          f"dense ({len(dense.points)} pts, no read) | released / ours |")
+    print("|---|---|---:|---:|---:|---:|")
+    print(f"| released procedure | Open3D (r 0.1, 50) | {fmt(base['cookie'])} | 1.0x | {fmt(base['dense'])} | 1.0x |")
+    for (renderer, normals, name), value in seconds.items():
+        if name == "cookie":
+            dense_s = seconds[renderer, normals, "dense"]
+            print(f"| {renderer} | {normals} | {fmt(value)} | {base['cookie'] / value:.1f}x | {fmt(dense_s)} | "
+                  f"{base['dense'] / dense_s:.1f}x |")
+    print(f"\n## render build, splat, {rows} synthetic samples (cookie + dome at 800²), fresh store each "
+          f"(cold: workers started; warm: median of {warm_runs})\n")
+    print("| normals | workers | cold wall s | cold rows/s | warm wall s | warm rows/s | warm s/row |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for normals, (cold, warm, _, _, _) in builds.items():
+        for w in cold:
+            label = "1, --threads 1" if w == "1t" else str(w)
+            print(f"| {normals} | {label} | {rows / cold[w]:.2f} | {cold[w]:.2f} | {rows / warm[w]:.2f} | "
+                  f"{warm[w]:.2f} | {1 / warm[w]:.3f} |")
+    for name, text in profile.items():
+        print(f"\n## cProfile: the {name} sample, splat, grid normals, one thread (read + render_sample + write)\n")
+        print("```\n" + text + "```")
+
+
+def profiled(read, sample: Sample, options: RenderOptions) -> str:
+    """cProfile's top 30 functions by cumulative time of one read + render_sample (one thread) + write."""
+    import cProfile
+    import io
+    import pstats
+    with tempfile.TemporaryDirectory() as folder:
+        store = one_row_store(Path(folder) / "p.zarr", options, sample)
+        one_thread_seconds(read, options, None, store, 1)  # warm: first calls import and allocate
+        profiler = cProfile.Profile()
+        profiler.enable()
+        one_thread_seconds(read, options, None, store, 1)
+        profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(30)
+    return out.getvalue()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and a smaller build (~2-3 min)")
+    parser.add_argument("--by-normals", action="store_true", help="only the per-normals-option tables (issue 24)")
+    parser.add_argument("--profile", action="store_true", help="with --by-normals: cProfile of a dense grid sample")
     args = parser.parse_args()
+    if args.by_normals:
+        by_normals(args)
+        return
     repeats, base_repeats, dense_base_repeats, warm_runs = (2, 1, 1, 1) if args.quick else (5, 3, 2, 2)
     build_spec = (dict(train=1, validation=0, test_good=1, defects=("bump",)) if args.quick
                   else dict(train=2, validation=0, test_good=2, defects=("bump", "hole")))
@@ -306,7 +424,7 @@ def main() -> None:
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     torch.set_num_threads(1)  # as render_row draws splats: the per-sample steps are a 1-worker build's
     try:
-        options = RenderOptions()
+        options = RenderOptions(normals="open3d")  # the per-sample steps time Open3D's normals; builds draw with them too
         by_renderer = {name: replace(options, renderer=name) for name in RENDERERS}
         rasterizer = LegacyRasterizer(options.image_size * options.supersample)
 
