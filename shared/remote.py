@@ -87,7 +87,10 @@ def storage_options(url, *, endpoint_url: str | None = None) -> dict:
         return {}
     config = {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S,
               "retries": {"max_attempts": BOTOCORE_ATTEMPTS, "mode": "standard"}}
-    return {"config_kwargs": config, **({"endpoint_url": endpoint_url} if endpoint_url else {})}
+    # max_concurrency 1: s3fs otherwise asks each object's size (a HEAD) before every GET, to split downloads
+    # over 50 MiB into ranges; a chunk of ours is a few MiB at most (benchmarks/store_io_bench.py: 65 -> 42
+    # requests per row written, 34 -> 17 per row read)
+    return {"config_kwargs": config, "max_concurrency": 1, **({"endpoint_url": endpoint_url} if endpoint_url else {})}
 
 
 def filesystem(url, *, endpoint_url: str | None = None, asynchronous: bool = False):

@@ -66,7 +66,10 @@ def open_group(path, mode: str) -> zarr.Group:
         _check_location_once(str(path))  # before Zarr: its errors for a dead endpoint are retries and a traceback
     try:
         # never the consolidated copy (design §4.3): each array's own zarr.json is the truth while a build appends
-        return zarr.open_group(zarr_store(path, read_only=mode == "r"), mode=mode, use_consolidated=False)
+        # zarr_format 3: every schema version is Zarr v3, and Zarr would otherwise look for v2's .zgroup and
+        # .zattrs too (a request each on object storage)
+        return zarr.open_group(zarr_store(path, read_only=mode == "r"), mode=mode, use_consolidated=False,
+                               zarr_format=3)
     except (FileNotFoundError, NotADirectoryError, zarr.errors.NodeNotFoundError,
             zarr.errors.ContainsArrayError) as exc:
         raise StoreSchemaError(f"{path}: not a pointad render store (no Zarr group there)") from exc

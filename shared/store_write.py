@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import zarr
@@ -59,6 +60,7 @@ IDENTITY_CHUNK = 4096  # identity arrays are written by the coordinator only, so
 CLEVEL = 1
 _MUTABLE_ATTRS = ("failures", "render", "software")
 CONSOLIDATED = "consolidated_metadata"  # the root zarr.json's key for the copy (zarr 3's name)
+_COMPLETE = next(spec for spec in ARRAYS if spec.path == "samples/complete")
 
 
 def _compressor(dtype: str) -> BloscCodec:
@@ -238,18 +240,56 @@ def append_samples(path, identities: list[dict]) -> range:
     return range(n, n + m)
 
 
-def _write_row(group: zarr.Group, index: int, arrays: SampleArrays) -> None:
-    """Every SampleArrays array into row `index`; the completion flag is the caller's business."""
-    targets = [group[spec.path].async_array.with_config(WRITE_ALL) for spec in BY_FIELD.values()]
+def _write_row(targets: dict, index: int, arrays: SampleArrays) -> None:
+    """Every SampleArrays array into row `index` of `targets` (array path -> zarr.Array); the completion flag is
+    the caller's business."""
+    writers = [targets[spec.path].async_array.with_config(WRITE_ALL) for spec in BY_FIELD.values()]
 
     async def write_all():
         # all arrays in flight at once: compressing one overlaps with writing another; every write settles
         # before the first error is raised, so nothing is still writing when the caller hears of it
-        return await asyncio.gather(*(t.setitem(index, getattr(arrays, name)) for t, name in zip(targets, BY_FIELD)),
+        return await asyncio.gather(*(w.setitem(index, getattr(arrays, name)) for w, name in zip(writers, BY_FIELD)),
                                     return_exceptions=True)
     errors = [result for result in sync(write_all()) if isinstance(result, BaseException)]
     if errors:
         raise errors[0]
+
+
+@dataclass
+class _RowTarget:
+    """A store opened for writing rows: its attributes, row count and the arrays a row goes to."""
+    root: bytes  # the root zarr.json it was opened under (object storage only)
+    attrs: StoreAttrs
+    n: int
+    arrays: dict
+
+
+# per worker process, stores on object storage only: URL -> the store as last opened for rows. Opening costs
+# a request for every array's zarr.json (about 20); a row then costs one GET of the root zarr.json instead
+_ROW_TARGETS: dict[str, _RowTarget] = {}
+
+
+def _open_for_rows(path, root: bytes = b"") -> _RowTarget:
+    group = open_group(path, "r+")
+    attrs = writable_attrs(group, path)
+    targets = {spec.path: group[spec.path] for spec in (*BY_FIELD.values(), _COMPLETE)}
+    return _RowTarget(root, attrs, group[ROW_COUNT].shape[0], targets)
+
+
+def _row_target(path, index: int) -> _RowTarget:
+    """The store at `path` opened for writing row `index`: afresh on disk (as ever); on object storage the
+    process's last opening while the root zarr.json is the same object (same attributes: the schema the arrays
+    were opened by) and it already counted row `index` (a store that grew since is opened again)."""
+    if not is_remote(path):
+        return _open_for_rows(path)
+    try:
+        root = path.fs.cat_file((path / "zarr.json").path)  # one GET (a file object would HEAD it first)
+    except FileNotFoundError:
+        root = b""  # not a store: open_group says so in its words
+    cached = _ROW_TARGETS.get(str(path))
+    if cached is None or not root or cached.root != root or index >= cached.n:
+        cached = _ROW_TARGETS[str(path)] = _open_for_rows(path, root)
+    return cached
 
 
 def write_sample(path, index: int, arrays: SampleArrays) -> None:
@@ -259,14 +299,13 @@ def write_sample(path, index: int, arrays: SampleArrays) -> None:
     Safe to call from several processes at once for different rows; ValueError if `arrays` does not fit.
     """
     path = as_location(path)
-    group = open_group(path, "r+")
-    arrays.validate(writable_attrs(group, path))
-    n = group[ROW_COUNT].shape[0]
-    if not 0 <= index < n:
-        raise IndexError(f"{path}: row {index} out of range (the store has {n} rows)")
-    complete = group["samples/complete"]
+    target = _row_target(path, index)
+    arrays.validate(target.attrs)
+    if not 0 <= index < target.n:
+        raise IndexError(f"{path}: row {index} out of range (the store has {target.n} rows)")
+    complete = target.arrays[_COMPLETE.path]
     complete[index] = False
-    _write_row(group, index, arrays)
+    _write_row(target.arrays, index, arrays)
     complete[index] = True
 
 

@@ -162,7 +162,8 @@ def _alias_bomb(levels: int, fan_out: int = 9) -> str:
      "registry file nests deeper than 32 levels with its aliases expanded (line 2)"),
     ("x: &a [1, *a]\ndatasets: {}\n", "registry file has an alias inside its own anchor (line 1)"),
     ("x: &a {b: [*a]}\ndatasets: {}\n", "registry file has an alias inside its own anchor (line 1)"),
-    ("datasets: {}\n" + "#" * 300_000 + "\n", "registry file is larger than 256 KiB; a registry or a metadata file is a few KB"),
+    ("datasets: {}\n" + "#" * 300_000 + "\n",
+     "registry file is larger than 256 KiB; a registry or a metadata file is a few KB"),
     ("datasets: *nope\n", "not valid YAML (found undefined alias 'nope')"),
 ])
 def test_yaml_bombs_are_refused_in_one_line_before_anything_is_built(tmp_path, text, reason):
