@@ -21,6 +21,7 @@ import open3d as o3d
 import torch
 from threadpoolctl import threadpool_limits
 
+from ..shared.environment import set_storage_environment, storage_environment
 from ..shared.errors import InputFileError, PointADError, first_line
 from ..shared.io import os_error
 from ..shared.location import as_location, is_remote
@@ -286,19 +287,25 @@ def _run(tasks: list[tuple], workers: int, backend: str, scheduler: str | None, 
             yield task, render_row(*task, threads)
     else:
         from joblib import Parallel, delayed, parallel_config
-        with parallel_config(backend="loky", initializer=_end_with, initargs=(os.getpid(),)):
+        # the coordinator's object-storage settings as they are now: loky keeps its workers between builds of
+        # one process, and a worker started before they were set would meet the bucket without credentials
+        # (new settings are new initargs, so loky starts new workers)
+        with parallel_config(backend="loky", initializer=_end_with, initargs=(os.getpid(), storage_environment())):
             runner = Parallel(n_jobs=workers, return_as="generator_unordered")
             yield from runner(delayed(_task)(task, budget) for task in tasks)
 
 
-def _end_with(coordinator: int) -> None:
-    """Loky worker initializer: exit as soon as the coordinator process is gone.
+def _end_with(coordinator: int, storage: dict[str, str] | None = None) -> None:
+    """Loky worker initializer: take the coordinator's object-storage settings (`storage`, AWS_* variables,
+    passed in memory as an inherited environment would be), and exit as soon as the coordinator process is gone.
 
     Loky workers outlive a coordinator killed alone (kill -9): they would finish the tasks already sent
     and then idle for loky's timeout (300 s). A watcher thread polls the parent pid instead (portable, and
     unlike PR_SET_PDEATHSIG not tied to the thread that started the worker). A row cut short this way
     stays incomplete, as after any kill, and the next build renders it.
     """
+    set_storage_environment(storage or {})
+
     def watch():
         while os.getppid() == coordinator:
             time.sleep(0.2)

@@ -65,3 +65,24 @@ def lease_ttl() -> float | None:
     except ValueError:
         from .errors import ConfigError
         raise ConfigError(f"POINTAD_LEASE_TTL={env[:40]!r}: not a number of seconds") from None
+
+
+def storage_environment() -> dict[str, str]:
+    """The object-storage settings of this process's environment (every AWS_* variable: endpoint, region,
+    credentials, profile), for worker processes started earlier; never printed or written anywhere."""
+    return {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
+
+
+def set_storage_environment(settings: dict[str, str]) -> None:
+    """Make this process's AWS_* variables `settings` exactly (a render worker, from its coordinator), and drop
+    the object-storage clients made with the old ones."""
+    if settings == storage_environment():
+        return
+    for name in [n for n in os.environ if n.startswith("AWS_") and n not in settings]:
+        del os.environ[name]
+    os.environ.update(settings)
+    try:
+        import s3fs
+    except ImportError:
+        return
+    s3fs.S3FileSystem.clear_instance_cache()

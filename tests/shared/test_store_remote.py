@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pointad.render.build import build_store
@@ -23,8 +25,17 @@ def _objects(url) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_two_worker_processes_write_objects_equal_to_the_local_files(mvtec_dataset, reference_store, s3_env):
+def test_two_worker_processes_write_objects_equal_to_the_local_files(mvtec_dataset, reference_store, s3_env,
+                                                                    tmp_path, monkeypatch):
     _, entry = mvtec_dataset
+    # first a build whose loky workers start without the S3 settings: loky keeps workers between builds of a
+    # process, and the S3 build's workers must still meet the bucket with the coordinator's settings
+    settings = {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
+    for name in settings:
+        monkeypatch.delenv(name)
+    build_store(entry, tmp_path / "first.zarr", REFERENCE, classes=["cookie"], splits=["train"], workers=2)
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
     url = f"s3://{s3_env.make_bucket()}/renders.zarr"
     result = build_store(entry, url, REFERENCE, classes=["cookie"], splits=["test"], workers=2)
     assert result.rendered == 6 and not result.failures
