@@ -121,8 +121,8 @@ def test_store_io_bench_smoke_measures_local_and_s3_and_counts_requests(tmp_path
     lines = done.stdout.splitlines()
     rates = {tuple(cells[:2]): cells[2:] for cells in (line.strip("| ").split(" | ") for line in lines)
              if cells[0].endswith((" rows/s", " build s"))}
-    assert set(rates) == {(what, processes) for what in ("write rows/s", "read rows/s", "render build s")
-                          for processes in ("1", "2")}, done.stdout
+    assert set(rates) == {(what, processes) for what in ("write rows/s", "read rows/s") for processes in ("1", "2")} | {
+        ("render build s", "1")}, done.stdout  # --smoke times the builds with one worker only
     for key, (local, remote, ratio) in rates.items():
         assert float(local) > 0 and float(remote) > 0, (key, local, remote)
         # the ratio is of the unrounded rates: within what rounding to 0.1 and to 0.01 allows
