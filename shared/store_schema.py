@@ -21,6 +21,7 @@ import numpy as np
 
 from . import strict
 from .errors import StoreSchemaError
+from .names import printable
 
 FORMAT = "pointad-renders"
 SCHEMA_VERSION = 2
@@ -134,7 +135,8 @@ def check_point_sizes(sizes) -> None:
     if not isinstance(sizes, dict):
         raise ValueError(f"store attribute render.point_sizes must be a mapping, got {_short(sizes)}")
     for key, size in sizes.items():
-        _check_number(f"render.point_sizes.{key}", size, 0, None)
+        # the key is a name from the store: printed escaped, one line whatever it holds
+        _check_number(f"render.point_sizes.{printable(key)}", size, 0, None)
 
 
 @dataclass(frozen=True, kw_only=True)

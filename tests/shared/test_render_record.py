@@ -88,6 +88,8 @@ def test_options_a_store_did_not_record_are_what_its_build_did_or_the_defaults()
     ({"code_plan": [1]}, "store attribute 'render': 'code_plan' must be a mapping or null, got [1]"),
     ({"point_sizes": {"a/cookie": "7"}}, "store attribute render.point_sizes.a/cookie must be a finite number > 0, "
                                          "got '7'"),
+    # a key holding a newline (found by the metadata fuzz in tests/faults/test_tampered_files.py): printed escaped
+    ({"point_sizes": {"a/\n": None}}, "store attribute render.point_sizes.a/\\n must be a finite number > 0, got None"),
 ])
 def test_a_wrong_key_or_type_is_one_line_naming_the_store_and_key(change, message):
     data = _attrs(WRITTEN).to_dict()
