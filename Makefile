@@ -30,10 +30,12 @@ demo: setup
 	.venv/bin/pointad render export $(DEMO)/renders.zarr --out $(DEMO)/renders.h5
 	cat $(DEMO)/one-vs-rest.md $(DEMO)/cross-dataset.md $(DEMO)/clip-rendering.md $(DEMO)/mutual-scoring.md
 
-# The linter first (seconds), then the whole suite. pytest exits 5 when it collects no test: a broken
-# checkout, so a failure here too.
+# The linter first (seconds), then the whole suite in two pytest processes (pytest-xdist), each module's tests
+# in one of them (--dist loadfile: a module's fixtures, e.g. its dask cluster, built once): much of the suite
+# waits on the processes it starts, so two overlap (16 -> 11 min on 2 cores, 2026-12-08). pytest exits 5 when it
+# collects no test: a broken checkout, so a failure here too.
 test: setup lint
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile
 
 # The inner loop (README, Testing): the suite less the tests marked slow or faults, about a minute here.
 test-fast: setup
