@@ -245,26 +245,7 @@ def grid_pca_normals(xyz_grid, valid, radius_cells: float = 3.0) -> np.ndarray:
 
 def grid_pca_normals_naive(xyz_grid, valid, radius_cells: float = 3.0) -> np.ndarray:
     """`grid_pca_normals` by a plain loop over the cells and `np.linalg.eigh`."""
-    xyz = np.asarray(xyz_grid, np.float64)
-    valid = np.asarray(valid, bool)
-    rows, columns = valid.shape
-    reach = int(np.floor(radius_cells))
-    out = np.zeros((rows, columns, 3))
-    for i in range(rows):
-        for j in range(columns):
-            if not valid[i, j]:
-                continue
-            near = [xyz[a, b] for a in range(max(0, i - reach), min(rows, i + reach + 1))
-                    for b in range(max(0, j - reach), min(columns, j + reach + 1))
-                    if valid[a, b] and (a - i) ** 2 + (b - j) ** 2 <= radius_cells**2]
-            if len(near) < 3:
-                out[i, j] = FALLBACK
-                continue
-            centred = np.array(near) - np.mean(near, axis=0)
-            values, vectors = np.linalg.eigh(centred.T @ centred)
-            normal = vectors[:, np.argmin(values)]
-            out[i, j] = -normal if normal[2] < 0 else normal
-    return out
+    return grid_pca_normals_near_naive(xyz_grid, valid, np.inf, radius_cells)  # every disc cell is within inf
 
 
 def graph_normals(points, neighbours) -> np.ndarray:
