@@ -42,26 +42,31 @@ _EMPTY = torch.iinfo(torch.int64).max  # its lowest byte is 255, white
 
 @dataclass(frozen=True)
 class Cloud:
-    """One sample to draw: points (P, 3), unit normals (P, 3), grey level c in [0, 1], its camera."""
+    """One sample to draw: points (P, 3), unit normals (P, 3), grey level c in [0, 1], its camera, and the
+    points' `view_coordinates` under the draw's rotations if already computed."""
 
     points: np.ndarray
     normals: np.ndarray
     grey: float
     camera: Camera
+    coordinates: tuple | None = None
 
 
 def shade(points, normals, grey, camera: Camera, rotations, light_on: bool = True, device="cpu",
-          extent: float | None = None) -> torch.Tensor:
+          extent: float | None = None, coordinates=None) -> torch.Tensor:
     """Return (V, P) int32 8-bit colour levels of every point in every view (module docstring's model).
 
     points, normals: (P, 3); grey: c, a number or (P,) per point; extent: the points' box's max extent
-    (computed if None). Float32, component by component.
+    (computed if None); coordinates: the points' `view_coordinates` under `rotations` (computed if None).
+    Float32, component by component.
     """
     views, count = len(rotations), len(points)
     grey = torch.as_tensor(np.asarray(grey, np.float32), device=device)
     if not light_on:
         return torch.round(grey.clamp(0, 1) * 255).to(torch.int32).expand(views, count).contiguous()
-    x, y, z = (torch.as_tensor(a, device=device) for a in view_coordinates(points, camera, rotations))
+    if coordinates is None:
+        coordinates = view_coordinates(points, camera, rotations)
+    x, y, z = (torch.as_tensor(a, device=device) for a in coordinates)
     turn = torch.as_tensor((np.diag([1.0, -1.0, -1.0]) @ np.asarray(rotations, np.float64)).astype(np.float32),
                            device=device)[:, :, :, None]  # (V, 3, 3, 1)
     n = torch.as_tensor(np.ascontiguousarray(np.asarray(normals, np.float32).T), device=device)  # (3, P)
@@ -90,8 +95,9 @@ def shade(points, normals, grey, camera: Camera, rotations, light_on: bool = Tru
 
 def box_extent(points) -> float:
     """The max extent of the points' axis-aligned bounding box (Open3D's view box), in float64."""
-    box = np.asarray(points, np.float64)
-    return float((box.max(axis=0) - box.min(axis=0)).max())
+    points = np.asarray(points)
+    # the corners in the points' own dtype, then float64: the same numbers as converting every point first
+    return float((points.max(axis=0).astype(np.float64) - points.min(axis=0).astype(np.float64)).max())
 
 
 def _distinct(lights):
@@ -125,14 +131,17 @@ def draw_views(clouds: list[Cloud], rotations: np.ndarray, point_size: float, su
     level = torch.zeros((len(clouds), views, count), dtype=torch.int32, device=device)
     for b, cloud in enumerate(clouds):
         n = len(cloud.points)
-        u[b, :, :n], v[b, :, :n], z = supersampled_positions(cloud.points, cloud.camera, rotations, supersample)
+        coordinates = cloud.coordinates or view_coordinates(cloud.points, cloud.camera, rotations)
+        u[b, :, :n], v[b, :, :n], z = supersampled_positions(cloud.points, cloud.camera, rotations, supersample,
+                                                             coordinates)
         depth[b, :, :n] = window_depth(z, cloud.camera.distance)
         # on a CPU view by view, so the shading's many element-wise passes stay in cache
         step = views if torch.device(device).type != "cpu" else 1
         extent = box_extent(cloud.points)
         for k in range(0, views, step):
             level[b, k:k + step, :n] = shade(cloud.points, cloud.normals, cloud.grey, cloud.camera,
-                                             rotations[k:k + step], light_on, device, extent)
+                                             rotations[k:k + step], light_on, device, extent,
+                                             tuple(c[k:k + step] for c in coordinates))
     images = splat_levels(u.reshape(-1, count), v.reshape(-1, count), depth.reshape(-1, count),
                           level.view(-1, count).cpu().numpy(), point_size, size * supersample, supersample,
                           device=device)
@@ -146,13 +155,14 @@ def splat_levels(u, v, depth, level, point_size: float, size: int, block: int = 
     u, v: (I, P) float sub-pixel column and row (pixel centres at integers) in a size x size image;
     depth: (I, P) int64 in [0, 2**24), smaller is nearer, < 0 = not drawn (padding); level: (I, P) int
     8-bit colour; point_size: N (render/masks.py's footprint); block divides size. Ties in depth go to
-    the lower point index (GL_LESS keeps the first point drawn). No loop over points or images.
+    the lower point index (GL_LESS keeps the first point drawn). No loop over points.
 
     Each point writes one key (depth, point index, level: ordered as the depth test orders the points,
     the level riding in the lowest bits) into the cell of its footprint's first pixel (scatter-min); a
     sliding minimum of the footprint's height down the rows, then of its width along the columns, hands
-    each pixel the nearest covering point's key. Only the box that holds every drawn footprint (the same
-    for all images) is worked on.
+    each pixel the nearest covering point's key. Only the box that holds every drawn footprint is worked
+    on: each image's own on a CPU, where images go one at a time (a flat object seen edge-on fills a
+    strip), the box of them all on a GPU, which takes them at once.
     """
     images, count = np.shape(depth)
     index_bits = max(int(count - 1).bit_length(), 1)
@@ -163,24 +173,21 @@ def splat_levels(u, v, depth, level, point_size: float, size: int, block: int = 
     drawn = (depth >= 0) & (col0 + cols > 0) & (col0 < size) & (row0 + rows > 0) & (row0 < size)
     small = size // block
     out = torch.full((images, small, small), 255, dtype=torch.uint8, device=device)
-    if not drawn.any():
-        return out
-    top, height = _box(row0, rows, drawn, size, block)
-    left, width = _box(col0, cols, drawn, size, block)
     key = ((depth << (index_bits + 8)) | (np.arange(count, dtype=np.int64) << 8)
            | np.clip(np.asarray(level, np.int64), 0, 255))
     shapes = [(tall, wide, drawn & (rows == tall) & (cols == wide)) for tall, wide in _shapes(point_size)]
     # on a CPU one image at a time keeps the buffers in cache and allocated once; a GPU takes all at once
     group = images if torch.device(device).type != "cpu" else 1
     buffers = _Buffers(device)
-    levels = torch.empty((images, height, width), dtype=torch.float32, device=device)
     for first in range(0, images, group):
         chunk = slice(first, first + group)
+        if not drawn[chunk].any():
+            continue  # white
+        top, height = _box(row0[chunk], rows[chunk], drawn[chunk], size, block)
+        left, width = _box(col0[chunk], cols[chunk], drawn[chunk], size, block)
         best = None
-        for shape_rows, shape_cols, drawn_here in shapes:
-            here = drawn_here[chunk]
-            if not here.any():
-                continue
+        present = [(tall, wide, drawn_here[chunk]) for tall, wide, drawn_here in shapes if drawn_here[chunk].any()]
+        for shape_rows, shape_cols, here in present:
             image, point = np.nonzero(here)
             # starts[i, r + shape_rows - 1, c + shape_cols - 1] holds the footprints whose first pixel is
             # (top + r, left + c); a footprint reaching into the box from outside it is cut to the box
@@ -195,16 +202,17 @@ def splat_levels(u, v, depth, level, point_size: float, size: int, block: int = 
                                             reduce="amin")
             covered = _sliding_min(_sliding_min(starts, shape_rows, 1, buffers, "rows"), shape_cols, 2, buffers,
                                    "columns")
-            if best is None:
-                best = buffers.get("best", covered.shape).copy_(covered)
+            if best is None:  # kept apart from the scratch buffers only if another shape follows
+                best = covered if len(present) == 1 else buffers.get("best", covered.shape).copy_(covered)
             else:
                 torch.minimum(best, covered, out=best)
-        # the empty key's lowest byte is 255: white where no point is drawn (in place: no fresh tensor per image)
-        levels[chunk] = 255 if best is None else best.bitwise_and_(255)
-    # exact sums of at most block**2 levels in float32
-    total = torch.nn.functional.avg_pool2d(levels[:, None], block, divisor_override=1)[:, 0].to(torch.int32)
-    out[:, top // block:(top + height) // block, left // block:(left + width) // block] = \
-        ((2 * total + block * block) // (2 * block * block)).to(torch.uint8)
+        # the empty key's lowest byte is 255: white where no point is drawn (into a kept buffer: a fresh
+        # tensor per image costs its page faults)
+        levels = buffers.get("levels", best.shape, torch.float32).copy_(best.bitwise_and_(255))
+        # exact sums of at most block**2 levels in float32
+        total = torch.nn.functional.avg_pool2d(levels[:, None], block, divisor_override=1)[:, 0].to(torch.int32)
+        out[chunk, top // block:(top + height) // block, left // block:(left + width) // block] = \
+            ((2 * total + block * block) // (2 * block * block)).to(torch.uint8)
     return out
 
 
@@ -214,10 +222,10 @@ class _Buffers:
     def __init__(self, device):
         self.device, self.tensors = device, {}
 
-    def get(self, name, shape) -> torch.Tensor:
+    def get(self, name, shape, dtype=torch.int64) -> torch.Tensor:
         size = int(np.prod(shape))
         if name not in self.tensors or self.tensors[name].numel() < size:
-            self.tensors[name] = torch.empty(size, dtype=torch.int64, device=self.device)
+            self.tensors[name] = torch.empty(size, dtype=dtype, device=self.device)
         return self.tensors[name][:size].view(shape)
 
 

@@ -64,6 +64,26 @@ def test_splat_matches_loop_on_random_points(seed, point_size):
     assert (fast != 255).any() and not len(where), f"{len(where)} pixels differ, first {where[:1]}"
 
 
+def test_images_of_different_extents_match_the_loop_averaged_by_hand():
+    # each image is drawn in its own box on a CPU: one in a top-left corner, one in a thin strip (a flat object
+    # seen edge-on), one empty, one whose footprints hang over the right and bottom edges
+    rng = np.random.default_rng(5)
+    size, block, count = 24, 3, 60
+    u = np.stack([rng.uniform(0, 7, count), rng.uniform(0, size, count), rng.uniform(0, size, count),
+                  rng.uniform(size - 4, size + 3, count)])
+    v = np.stack([rng.uniform(0, 7, count), rng.uniform(10, 12, count), rng.uniform(0, size, count),
+                  rng.uniform(size - 4, size + 3, count)])
+    depth = rng.integers(0, 30, (4, count))
+    depth[2] = -1  # nothing drawn
+    level = rng.integers(0, 255, (4, count))
+    fast = splat_levels(u, v, depth, level, 4.0, size, block=block).numpy()
+    full = _levels_by_loop(u, v, depth, level, 4.0, size)
+    sums = full.reshape(4, size // block, block, size // block, block).sum(axis=(2, 4))
+    expected = np.floor(sums / block**2 + 0.5)  # the mean rounded half up
+    assert (fast[2] == 255).all() and (fast[0, -1] == 255).all() and (fast[3, 0] == 255).all()
+    assert np.array_equal(fast, expected)
+
+
 def test_block_average_rounds_the_exact_mean():
     # one 3 x 3 block: a point of size 2 at the block's top-left covers 4 of 9 pixels with level 0
     fast = splat_levels(np.array([[0.5]]), np.array([[0.5]]), np.array([[1]]), np.array([[0]]), 2, 3, block=3)
