@@ -81,7 +81,8 @@ def open_group(path, mode: str) -> zarr.Group:
 @functools.lru_cache(maxsize=64)
 def _check_location_once(url: str) -> None:
     """`remote.check_location` once per URL and process (a failure is not cached): a worker opens the store
-    for every row it writes, and needs no extra request per row for a check its coordinator already made."""
+    again whenever its metadata changed (shared/store_write.py), and needs no extra request for a check its
+    coordinator already made."""
     from .remote import check_location
     check_location(url)
 

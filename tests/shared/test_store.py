@@ -464,3 +464,43 @@ def test_every_size_render_build_makes_is_one_a_store_may_declare():
     from pointad.shared.store_schema import MAX_SIZES
     for name, most in MAX_SIZES.items():
         assert bound(RenderOptions, name)[1].hi <= most, name
+
+
+def test_a_kept_opening_follows_a_store_replaced_at_the_same_path(store, tmp_path):
+    # a worker keeps the arrays it opened (shared/store_write.py); a store put in the old one's place must
+    # still get its rows, checked against its own attributes and row count
+    write_sample(store, 1, _arrays(11))  # opened and kept
+    shutil.rmtree(store)
+    create_store(store, ATTRS)  # the same attributes: the same root zarr.json bytes, but 2 rows, not 4
+    append_samples(store, [_identity("b", i) for i in range(2)])
+    with pytest.raises(IndexError, match="row 3 out of range"):
+        write_sample(store, 3, _arrays(3))
+    write_sample(store, 1, _arrays(21))
+    _assert_row_equal(open_store(store).sample(1), _arrays(21))
+
+    shutil.rmtree(store)
+    create_store(store, replace(ATTRS, image_size=2 * S, render={"views": V, "light": "on"}))  # rows no longer fit
+    append_samples(store, [_identity("c", 0)])
+    with pytest.raises(ValueError):
+        write_sample(store, 0, _arrays(0))
+
+
+def test_a_kept_opening_sees_rows_appended_since(store):
+    write_sample(store, 0, _arrays(10))
+    (row,) = append_samples(store, [_identity("a", 9)])
+    write_sample(store, row, _arrays(19))
+    _assert_row_equal(open_store(store).sample(row), _arrays(19))
+
+
+def test_a_relative_store_path_names_the_same_store_after_a_change_of_directory(store, tmp_path, monkeypatch):
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copytree(store, other / "renders.zarr")  # byte-equal metadata: only the path tells them apart
+    monkeypatch.chdir(tmp_path)
+    write_sample("renders.zarr", 0, _arrays(30))
+    monkeypatch.chdir(other)
+    write_sample("renders.zarr", 0, _arrays(31))
+    write_sample(tmp_path / "renders.zarr", 1, _arrays(32))
+    _assert_row_equal(open_store(tmp_path / "renders.zarr").sample(0), _arrays(30))
+    _assert_row_equal(open_store(tmp_path / "renders.zarr").sample(1), _arrays(32))
+    _assert_row_equal(open_store(other / "renders.zarr").sample(0), _arrays(31))
