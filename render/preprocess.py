@@ -277,10 +277,11 @@ def preprocess_organized(xyz: np.ndarray, rgb: np.ndarray | None, gt: np.ndarray
         xyz, present, region = pad_to_square(xyz), pad_to_square(present), pad_to_square(region)
         rgb = None if rgb is None else pad_to_square(rgb)
         gt = None if gt is None else pad_to_square(gt)
-    measured = resize_nearest(present.astype(np.uint8), size).astype(bool)
-    region = resize_nearest(region.astype(np.uint8), size).astype(bool)
-    grid = resize_nearest(np.nan_to_num(xyz.astype(np.float32)), size)
-    mask = np.zeros((size, size), np.uint8) if gt is None else (resize_nearest((gt > 0).astype(np.uint8), size))
+    # pick the cells first, then convert: a scan holds 5-6x the cells of the grid
+    measured = resize_nearest(present, size)
+    region = resize_nearest(region, size)
+    grid = np.nan_to_num(resize_nearest(xyz, size).astype(np.float32))
+    mask = np.zeros((size, size), np.uint8) if gt is None else (resize_nearest(gt, size) > 0).astype(np.uint8)
     if measured.sum() < options.min_points:
         raise ValueError(f"{int(measured.sum())} valid points (need >= {options.min_points})")
     keep = measured.copy()
