@@ -12,6 +12,7 @@ every view of every sample: only the points, colours and camera change between c
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import subprocess
@@ -61,9 +62,19 @@ def _start_xvfb() -> subprocess.Popen:
 
 
 def _quiet_runtime_dir() -> None:
-    """Mesa's EGL complains on stderr when XDG_RUNTIME_DIR is unset (as under CI); give it a private one."""
+    """Mesa's EGL complains on stderr when XDG_RUNTIME_DIR is unset (as under CI); give it a private one, removed
+    at exit (processes started from this one inherit it and make none)."""
     if not os.environ.get("XDG_RUNTIME_DIR"):
-        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pointad-runtime-")
+        made = tempfile.mkdtemp(prefix="pointad-runtime-")
+        os.environ["XDG_RUNTIME_DIR"] = made
+        atexit.register(_remove_if_empty, made)
+
+
+def _remove_if_empty(folder: str) -> None:
+    """rmdir of the runtime folder this process made: it removes nothing else, and leaves a folder something
+    was left in."""
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
 
 
 class LegacyRasterizer:

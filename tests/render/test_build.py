@@ -211,6 +211,22 @@ def test_dask_local_cluster_equals_one_worker(reference_store, mvtec_dataset, tm
 
 
 @pytest.mark.slow
+def test_a_build_leaves_no_runtime_folder_in_tmpdir(mvtec_dataset, tmp_path):
+    # Mesa wants XDG_RUNTIME_DIR; a process without one makes a private folder in TMPDIR (render/rasterize.py),
+    # which must be gone when the coordinator and its two workers have exited
+    _, entry = mvtec_dataset
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    environment = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"} | {"TMPDIR": str(temp)}
+    command = [sys.executable, "-m", "pointad.render.cli", "build", "--format", "mvtec3d", "--root", str(entry.root),
+               "--classes", "cookie", "--splits", "test", "--out", str(tmp_path / "s.zarr"), "--views", "2",
+               "--image-size", "48", "--supersample", "1", "--max-points", str(48 * 48), "--workers", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert open_store(tmp_path / "s.zarr").complete.all()
+    assert sorted(p.name for p in temp.iterdir()) == []
+
+
 def test_sigkill_part_way_then_rerun_equals_uninterrupted(reference_store, mvtec_dataset, tmp_path):
     _, entry = mvtec_dataset
     out = tmp_path / "killed.zarr"
