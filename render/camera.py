@@ -74,15 +74,15 @@ def view_coordinates(points: np.ndarray, camera: Camera, rotations: np.ndarray):
     return x, y, z + np.float32(camera.distance)
 
 
-def project(points: np.ndarray, camera: Camera, rotations: np.ndarray):
-    """Project (P, 3) points into V views.
+def project(points: np.ndarray, camera: Camera, rotations: np.ndarray, coordinates=None):
+    """Project (P, 3) points into V views (`coordinates`: their `view_coordinates`, if already computed).
 
     Returns pixel (V, P, 2) int16 as (u = column, v = row), clipped to the image; depth (V, P)
     float32 camera z; inside (V, P) bool, False where the unclipped pixel fell outside the image.
     Computed in float32 by `view_coordinates` (reproducible bit for bit); a point exactly on a pixel
     boundary rounds half to even.
     """
-    x, y, depth = view_coordinates(points, camera, rotations)
+    x, y, depth = view_coordinates(points, camera, rotations) if coordinates is None else coordinates
     focal, principal = np.float32(camera.focal), np.float32(camera.image_size / 2 - 0.5)
     last = camera.image_size - 1
     u = np.rint(focal * x / depth + principal)

@@ -24,11 +24,12 @@ _EMPTY = np.iinfo(np.uint64).max
 
 
 def splat_masks(points: np.ndarray, labels: np.ndarray, camera: Camera, rotations: np.ndarray, point_size: float,
-                supersample: int) -> np.ndarray:
+                supersample: int, coordinates=None) -> np.ndarray:
     """Return masks (V, S, S) uint8 in {0, 1}: the mask views of design §3.5, drawn by splatting.
 
     points: (P, 3); labels: (P,) nonzero = anomalous; camera, rotations (V, 3, 3): as for the views;
-    point_size: N in pixels at the supersampled resolution S * supersample. A cloud with no
+    point_size: N in pixels at the supersampled resolution S * supersample; coordinates: the points'
+    `view_coordinates`, if already computed. A cloud with no
     anomalous point gives all-zero masks at once. OpenGL's clipping (near and far planes, point
     centres outside the view) is not modelled: the fitted camera keeps every point clear of it.
     """
@@ -37,7 +38,7 @@ def splat_masks(points: np.ndarray, labels: np.ndarray, camera: Camera, rotation
     masks = np.zeros((views, size, size), np.uint8)
     if not labels.any():
         return masks
-    u, v, depth = supersampled_positions(points, camera, rotations, supersample)
+    u, v, depth = supersampled_positions(points, camera, rotations, supersample, coordinates)
     white, top, left = anomalous_on_top(u, v, depth, labels, point_size, size * supersample, block=supersample)
     boxed = binarise_blocks(white, supersample)
     rows = (top // supersample)[:, None, None] + np.arange(boxed.shape[1])[None, :, None]
@@ -46,10 +47,12 @@ def splat_masks(points: np.ndarray, labels: np.ndarray, camera: Camera, rotation
     return masks
 
 
-def supersampled_positions(points: np.ndarray, camera: Camera, rotations: np.ndarray, supersample: int):
+def supersampled_positions(points: np.ndarray, camera: Camera, rotations: np.ndarray, supersample: int,
+                           coordinates=None):
     """(u, v, depth), each (V, P) float32: sub-pixel column and row (pixel centres at integers) in the
-    S * supersample image that Open3D draws with `camera.intrinsic(supersample)`, and camera z."""
-    x, y, depth = view_coordinates(points, camera, rotations)
+    S * supersample image that Open3D draws with `camera.intrinsic(supersample)`, and camera z.
+    coordinates: the points' `view_coordinates`, if already computed."""
+    x, y, depth = view_coordinates(points, camera, rotations) if coordinates is None else coordinates
     focal = np.float32(camera.focal * supersample)
     principal = np.float32(camera.image_size * supersample / 2 - 0.5)
     return focal * x / depth + principal, focal * y / depth + principal, depth

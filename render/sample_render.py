@@ -14,7 +14,7 @@ import open3d as o3d
 from ..shared.sample import Sample
 from ..shared.store import SampleArrays
 from ..shared.threads import available, submit
-from .camera import Camera, fit_camera, project
+from .camera import Camera, fit_camera, project, view_coordinates
 from .graph import knn_graph, proxy_indices
 from .masks import splat_masks
 from .normals import MAX_NN, graph_normals, grid_normals_of_points, grid_pca_normals_within
@@ -75,17 +75,19 @@ def render_sample(sample: Sample, options: RenderOptions, rasterizer: LegacyRast
     plan = options.plan
     rotations = plan.rotations
     extrinsics = camera.extrinsics(rotations)
+    coordinates = view_coordinates(points, camera, rotations)  # once: the splat draw, its masks and the projection
 
     valid = np.ones(len(points), bool)
     if options.normals == "graph":  # the graph first: the normals are made from it
         knn, knn_weight = knn_graph(points, valid, options.knn, workers=budget)
         normals = graph_normals(points, knn)
-        views, masks = _draw(points, labels, normals, camera, rotations, extrinsics, options, rasterizer, device)
+        views, masks = _draw(points, labels, normals, camera, rotations, coordinates, extrinsics, options, rasterizer,
+                             device)
     else:
         normals = _normals(points, grid_index, sample, options, plan.normals_radius or 0.05 * radius)
-        views, masks, knn, knn_weight = _draw_beside_graph(points, labels, normals, camera, rotations, extrinsics,
-                                                           options, rasterizer, device, budget)
-    pixel, depth, inside = project(points, camera, rotations)
+        views, masks, knn, knn_weight = _draw_beside_graph(points, labels, normals, camera, rotations, coordinates,
+                                                           extrinsics, options, rasterizer, device, budget)
+    pixel, depth, inside = project(points, camera, rotations, coordinates)
     if options.visibility == "nearest":
         visible = nearest_per_pixel(pixel, depth, valid, options.image_size, inside)
     else:
@@ -107,33 +109,37 @@ def _normals(points, grid_index, sample, options: RenderOptions, radius: float) 
                                   lambda xyz, valid: grid_pca_normals_within(xyz, valid, radius))
 
 
-def _draw_beside_graph(points, labels, normals, camera, rotations, extrinsics, options, rasterizer, device, budget):
+def _draw_beside_graph(points, labels, normals, camera, rotations, coordinates, extrinsics, options, rasterizer, device,
+                       budget):
     """`_draw`'s views and masks, and the k-NN graph, built beside the drawing with a thread to spare."""
     valid = np.ones(len(points), bool)
     with ThreadPoolExecutor(1) as beside:
         # the graph needs neither normals nor views: with a thread to spare its query (the GIL released) runs
         # while the views are drawn
         graph = submit(beside if budget > 1 else None, knn_graph, points, valid, options.knn, workers=budget)
-        views, masks = _draw(points, labels, normals, camera, rotations, extrinsics, options, rasterizer, device)
+        views, masks = _draw(points, labels, normals, camera, rotations, coordinates, extrinsics, options, rasterizer,
+                             device)
         knn, knn_weight = graph.result()
     return views, masks, knn, knn_weight
 
 
-def _draw(points, labels, normals, camera, rotations, extrinsics, options: RenderOptions, rasterizer,
+def _draw(points, labels, normals, camera, rotations, coordinates, extrinsics, options: RenderOptions, rasterizer,
           device) -> tuple[np.ndarray, np.ndarray]:
-    """(V, S, S, 3) uint8 views and (V, S, S) uint8 masks of one cloud, by the options' renderers."""
+    """(V, S, S, 3) uint8 views and (V, S, S) uint8 masks of one cloud, by the options' renderers (coordinates: the
+    points' `view_coordinates`)."""
     light_on, grey = LIGHTS[options.light]
     if options.renderer == "splat":
-        levels = draw_views([Cloud(points, normals, grey, camera)], rotations, options.point_size,
+        levels = draw_views([Cloud(points, normals, grey, camera, coordinates)], rotations, options.point_size,
                             options.supersample, light_on, device)[0]
-        views = np.repeat(levels[..., None], 3, axis=-1)
+        views = np.empty((*levels.shape, 3), np.uint8)
+        views[...] = levels[..., None]  # grey: the same level in R, G and B
     else:
         rasterizer.set_cloud(points, np.full((len(points), 3), grey), normals)
         views = _capture_all(rasterizer, camera, extrinsics, DrawStyle(options.point_size, (1, 1, 1), light_on),
                              options.supersample)
         views = np.clip(np.rint(views * 255), 0, 255).astype(np.uint8)
     if options.masks == "splat":
-        masks = splat_masks(points, labels, camera, rotations, options.point_size, options.supersample)
+        masks = splat_masks(points, labels, camera, rotations, options.point_size, options.supersample, coordinates)
     else:
         masks = render_masks(rasterizer, labels, camera, extrinsics, options.point_size, options.supersample)
     return views, masks
