@@ -188,18 +188,18 @@ def splat_levels(u, v, depth, level, point_size: float, size: int, block: int = 
         best = None
         present = [(tall, wide, drawn_here[chunk]) for tall, wide, drawn_here in shapes if drawn_here[chunk].any()]
         for shape_rows, shape_cols, here in present:
-            image, point = np.nonzero(here)
+            # the drawn points of this shape, image by image (boolean masks: cheaper than nonzero's index pairs)
+            image = np.repeat(np.arange(len(here), dtype=np.int64), here.sum(axis=1))
             # starts[i, r + shape_rows - 1, c + shape_cols - 1] holds the footprints whose first pixel is
             # (top + r, left + c); a footprint reaching into the box from outside it is cut to the box
             tall, wide = height + shape_rows - 1, width + shape_cols - 1
-            r = row0[chunk][image, point] - top + shape_rows - 1
-            c = col0[chunk][image, point] - left + shape_cols - 1
+            r = row0[chunk][here] - top + shape_rows - 1
+            c = col0[chunk][here] - left + shape_cols - 1
             keep = (r >= 0) & (r < tall) & (c >= 0) & (c < wide)
-            cell = (image[keep].astype(np.int64) * tall + r[keep]) * wide + c[keep]
+            cell = (image[keep] * tall + r[keep]) * wide + c[keep]
             starts = buffers.get("starts", (len(here), tall, wide)).fill_(_EMPTY)
             starts.view(-1).scatter_reduce_(0, torch.as_tensor(cell, device=device),
-                                            torch.as_tensor(key[chunk][image[keep], point[keep]], device=device),
-                                            reduce="amin")
+                                            torch.as_tensor(key[chunk][here][keep], device=device), reduce="amin")
             covered = _sliding_min(_sliding_min(starts, shape_rows, 1, buffers, "rows"), shape_cols, 2, buffers,
                                    "columns")
             if best is None:  # kept apart from the scratch buffers only if another shape follows
