@@ -7,7 +7,15 @@ distances are 3D Euclidean on `points/xyz`, padding points take part in nothing.
 from __future__ import annotations
 
 import numpy as np
+from pykdtree.kdtree import KDTree
 from scipy.spatial import cKDTree
+
+# Two neighbour distances whose ratio is within 1 + TIED count as tied: far above the rounding of a float64
+# squared distance (a few 1e-16), far below any gap between distinct neighbours a scan has
+TIED = 1e-9
+# `nearest` first asks pykdtree about PROBE points spread over the cloud; where over MOSTLY_TIED of them are
+# tied (duplicated points, coordinates on a lattice), cKDTree alone is faster than both trees
+PROBE, MOSTLY_TIED = 256, 0.25
 
 
 def proxy_indices(points, valid, visible_any, knn: np.ndarray | None = None, workers: int = -1) -> np.ndarray:
@@ -71,10 +79,7 @@ def knn_graph(points, valid, k: int = 8, workers: int = -1) -> tuple[np.ndarray,
         return indices, weights
     found = min(k, count)
     cloud = points[valid_index]
-    distance, neighbour = cKDTree(cloud).query(cloud, k=found, workers=workers)
-    distance = distance.reshape(count, found)
-    neighbour = neighbour.reshape(count, found)
-    distance, neighbour = _self_first(distance, neighbour)
+    distance, neighbour = _self_first(*nearest(cloud, found, workers))
 
     sigma = float(np.median(distance[:, -1]))
     if sigma <= 0:
@@ -85,6 +90,48 @@ def knn_graph(points, valid, k: int = 8, workers: int = -1) -> tuple[np.ndarray,
     indices[valid_index, :found] = valid_index[neighbour]
     weights[valid_index, :found] = gauss.astype(np.float16)
     return indices, weights
+
+
+def nearest(cloud: np.ndarray, found: int, workers: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """(distance, neighbour), each (n, found): each point's `found` nearest among the (n, 3) float64 `cloud`,
+    bit for bit what `cKDTree(cloud).query(cloud, k=found)` answers, ties included, in about two thirds of its
+    time (`nearest_naive`; benchmarks/knn_bench.py).
+
+    pykdtree answers first, with one neighbour more (unless most of PROBE points spread over the cloud are tied:
+    then cKDTree answers alone, the faster way there). A row whose found + 1 distances (found where the cloud has
+    no more points) are all distinct, each over the one before by more than a factor 1 + TIED, has one answer
+    in one order, which both trees give with the same distances (the square root of ((dx dx + dy dy) + dz dz),
+    to the bit). The other rows (equal distances, duplicated points) are asked of cKDTree, whose order among
+    equals is its own; its rows do not depend on which others are asked. workers: cKDTree's threads (-1: one
+    per CPU); pykdtree's are OpenMP's, as the process limits them (render/build.py). The answer depends on
+    neither."""
+    count = len(cloud)
+    seen = min(found + 1, count)
+    fast = KDTree(cloud)
+    probe = cloud[:: max(1, count // PROBE)]
+    if _tied(fast.query(probe, k=seen)[0].reshape(len(probe), seen)).mean() > MOSTLY_TIED:
+        return nearest_naive(cloud, found, workers)
+    distance, neighbour = fast.query(cloud, k=seen)
+    distance = distance.reshape(count, seen)
+    neighbour = neighbour.reshape(count, seen).astype(np.intp)
+    tied = _tied(distance)
+    distance, neighbour = distance[:, :found].copy(), neighbour[:, :found].copy()
+    rows = np.flatnonzero(tied)
+    if len(rows):
+        again, which = cKDTree(cloud).query(cloud[rows], k=found, workers=workers)
+        distance[rows], neighbour[rows] = again.reshape(len(rows), found), which.reshape(len(rows), found)
+    return distance, neighbour
+
+
+def _tied(distance: np.ndarray) -> np.ndarray:
+    """(n,) bool: rows of ascending distances where two are equal (within TIED), a 0 after a 0 included."""
+    return ~(distance[:, 1:] > distance[:, :-1] * (1 + TIED)).all(axis=1)
+
+
+def nearest_naive(cloud: np.ndarray, found: int, workers: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """`nearest` by cKDTree alone (what every row was before; the benchmark's baseline)."""
+    distance, neighbour = cKDTree(cloud).query(cloud, k=found, workers=workers)
+    return distance.reshape(len(cloud), found), neighbour.reshape(len(cloud), found)
 
 
 def _self_first(distance, neighbour):

@@ -131,8 +131,7 @@ def _draw(points, labels, normals, camera, rotations, coordinates, extrinsics, o
     if options.renderer == "splat":
         levels = draw_views([Cloud(points, normals, grey, camera, coordinates)], rotations, options.point_size,
                             options.supersample, light_on, device)[0]
-        views = np.empty((*levels.shape, 3), np.uint8)
-        views[...] = levels[..., None]  # grey: the same level in R, G and B
+        views = np.stack([levels, levels, levels], axis=-1)  # grey: the same level in R, G and B
     else:
         rasterizer.set_cloud(points, np.full((len(points), 3), grey), normals)
         views = _capture_all(rasterizer, camera, extrinsics, DrawStyle(options.point_size, (1, 1, 1), light_on),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pointad.render.graph import knn_graph, proxy_indices
+from pointad.render.graph import knn_graph, nearest, nearest_naive, proxy_indices
 
 
 def _proxy_by_loop(points, valid, visible_any):
@@ -189,3 +189,40 @@ def test_knn_among_many_coincident_points_matches_the_loop_up_to_ties(seed):
 def test_knn_refuses_k_below_one():
     with pytest.raises(ValueError, match="k must be >= 1"):
         knn_graph(np.zeros((2, 3)), np.ones(2, bool), k=0)
+
+
+def _clouds():
+    """Clouds by what their neighbour distances hold: all distinct, exact ties (an integer grid), duplicated
+    points, few points, points far from the origin; and clouds where a few rows are tied among many that are
+    not (a lattice beside a random cloud, some points duplicated), which both trees answer."""
+    rng = np.random.default_rng(7)
+    smooth = rng.random((3000, 3)).astype(np.float32)
+    grid = np.stack(np.meshgrid(np.arange(12), np.arange(12), np.arange(3), indexing="ij"), -1).reshape(-1, 3)
+    mixed = np.concatenate([smooth[:1500], grid.astype(np.float32) * 0.01 + 2])
+    return {"distinct": smooth, "integer grid": grid.astype(np.float32),
+            "duplicated": np.concatenate([smooth, smooth[:700]]), "few": smooth[:6], "one": smooth[:1],
+            "far": smooth * 1000 + 5e4, "mixed": mixed,
+            "some duplicated": np.concatenate([smooth, smooth[:100]])}
+
+
+@pytest.mark.parametrize("name", list(_clouds()))
+@pytest.mark.parametrize("found", [1, 5, 9])
+def test_nearest_is_ckdtree_bit_for_bit_ties_included(name, found):
+    # pykdtree answers the rows whose distances are all distinct, cKDTree the rest: together they must be exactly
+    # what cKDTree alone answers, order among equal distances and every bit of the distances included
+    cloud = np.asarray(_clouds()[name], np.float64)
+    found = min(found, len(cloud))
+    distance, neighbour = nearest(cloud, found, workers=1)
+    want_distance, want_neighbour = nearest_naive(cloud, found, workers=1)
+    assert np.array_equal(neighbour, want_neighbour)
+    assert np.array_equal(distance.view(np.int64), want_distance.view(np.int64))
+    assert np.array_equal(nearest(cloud, found, workers=-1)[1], neighbour)
+
+
+def test_nearest_rows_without_ties_are_the_brute_force_order():
+    # an independent check of the fast path: distinct distances have one order, the brute force's
+    cloud = np.random.default_rng(3).random((400, 3))
+    distance, neighbour = nearest(cloud, 6)
+    squared = ((cloud[:, None, :] - cloud[None, :, :]) ** 2).sum(-1)
+    assert np.array_equal(neighbour, np.argsort(squared, axis=1, kind="stable")[:, :6])
+    assert np.allclose(distance, np.sqrt(np.take_along_axis(squared, neighbour, axis=1)), rtol=1e-12, atol=0)
