@@ -155,15 +155,14 @@ class S3Server:
 
 def _start_s3_server(folder, extra_env: dict):
     import os
-    import socket
     import subprocess
     import sys
     import time
     import urllib.error
     import urllib.request
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+
+    from tests.helpers import free_port
+    port = free_port()
     log = folder / "moto.log"
     env = {**os.environ, **extra_env}
     with open(log, "wb") as out:

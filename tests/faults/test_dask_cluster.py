@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 
 from pointad.shared.store import open_store
+from tests.helpers import free_port, stop_group
 
 pytest.importorskip("distributed")
 
@@ -27,23 +26,6 @@ FIELDS = ("image", "mask", "pixel", "visible", "xyz", "valid", "label", "grid_in
           "rgb", "rgb_mask", "n_points", "grid_hw")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the process group we started, SIGKILL it if it has not gone within 10 s."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
 @pytest.fixture
 def cluster(tmp_path):
     """Address of a scheduler with two registered single-thread workers, all separate processes on 127.0.0.1.
@@ -52,7 +34,7 @@ def cluster(tmp_path):
     environment the build itself has (headless: Open3D renders through EGL, else a private Xvfb).
     """
     from distributed import Client
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     elsewhere = tmp_path / "worker" / "cwd"
     elsewhere.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -81,7 +63,7 @@ def cluster(tmp_path):
         raise
     finally:
         for process in reversed(processes):  # workers first, then the scheduler
-            _stop(process)
+            stop_group(process)
 
 
 def _build(args, cwd) -> subprocess.CompletedProcess:

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from pointad.shared.cli import pointad
 from pointad.shared.store import open_store
+from tests.helpers import free_port, stop_group, write_v1_layout
 
 pytest.importorskip("distributed")
 pytest.importorskip("s3fs")
@@ -52,23 +53,6 @@ COORDINATOR = textwrap.dedent("""
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the process group we started, SIGKILL it if it has not gone within 10 s."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
 
 def _build_args(entry, url, *extra) -> list[str]:
     return ["build", "--format", "mvtec3d", "--root", str(entry.root), "--classes", "cookie", "--splits", "test",
@@ -219,7 +203,7 @@ class Cluster:
 
     def __init__(self, folder: Path, env: dict):
         self.folder, self.env = folder, env
-        self.address = f"tcp://127.0.0.1:{_free_port()}"
+        self.address = f"tcp://127.0.0.1:{free_port()}"
         self.cwd = folder / "cwd"
         self.cwd.mkdir(parents=True)
         self.logs = folder / "logs"
@@ -249,7 +233,7 @@ class Cluster:
 
     def stop(self) -> None:
         for process in [*self.workers.values(), self.scheduler]:  # workers first, then the scheduler
-            _stop(process)
+            stop_group(process)
 
     def logs_text(self) -> str:
         return "".join(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}" for log in sorted(self.logs.iterdir()))
@@ -327,7 +311,7 @@ def test_kill9_of_a_worker_mid_build_then_a_rerun_gives_the_same_bytes(cluster, 
         cluster.kill_worker(0)
         build.communicate(timeout=TIMEOUT_S)  # the other worker takes its tasks, or the build fails: either way
     finally:
-        _stop(build)
+        stop_group(build)
     rerun = _invoke("render", *args)  # in this process: its imports are paid for
     assert rerun.exit_code == 0, rerun.output + cluster.logs_text()
     assert re.search(r"\d rendered, \d already complete, 0 failed of 6 planned", rerun.stdout), rerun.stdout
@@ -351,7 +335,7 @@ def test_kill9_of_the_coordinator_leaves_its_lease_the_rerun_takes_it_over_once_
         os.killpg(build.pid, signal.SIGKILL)
         build.wait(timeout=30)
     finally:
-        _stop(build)
+        stop_group(build)
     lease = read_stamped(_lease(url))
     assert lease is not None, "the killed coordinator's lease is gone"
     record = json.loads(lease.data)
@@ -384,7 +368,7 @@ def test_two_coordinators_at_once_one_builds_the_other_is_refused_naming_it(env,
         results = [(c.pid, c.returncode, *output) for c, output in zip(coordinators, outputs)]
     finally:
         for c in coordinators:
-            _stop(c)
+            stop_group(c)
     won = [r for r in results if r[1] == 0]
     refused = [r for r in results if r[1] != 0]
     assert len(won) == 1 and len(refused) == 1, results
@@ -493,7 +477,6 @@ def test_info_verify_show_export_read_the_bucket_as_the_disk(cluster_build, loca
 def test_migrate_upgrades_a_v1_store_in_the_bucket_as_on_disk(cookie_splat_48, s3, tmp_path):
     import fsspec
 
-    from tests.shared.conftest import write_v1_layout
     v1 = write_v1_layout(cookie_splat_48, tmp_path / "v1.zarr")
     url = f"s3://{s3.make_bucket()}/v1.zarr"
     fsspec.filesystem("s3").put(str(v1), url.removeprefix("s3://"), recursive=True)
@@ -530,7 +513,7 @@ def test_detect_against_a_reference_in_the_bucket_scores_as_against_the_disk(eva
 def _wrong(kind: str, env: dict, s3, s3_server_refusing) -> tuple[dict, str]:
     """(environment, store URL) of a broken setting, and the words its error must hold."""
     if kind == "endpoint":
-        endpoint = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+        endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
         return {**env, "AWS_ENDPOINT_URL": endpoint}, f"s3://{s3.make_bucket()}/renders.zarr", \
             f"cannot reach the storage endpoint {endpoint}"
     if kind == "bucket":
@@ -553,7 +536,7 @@ def test_a_broken_setting_is_one_line_from_build_and_train(kind, env, s3, s3_ser
         outputs = [(p.returncode, *text) for p, text in zip(processes, texts)]
     finally:
         for process in processes:
-            _stop(process)
+            stop_group(process)
     for returncode, stdout, stderr in outputs:
         _one_error(returncode, stdout, stderr, f"Error: {url}: ", words)
         assert secret.decode() not in stdout + stderr
