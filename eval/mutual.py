@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..shared.errors import PointADError
 from ..shared.store import open_store
-from ..train.model.model_config import ModelConfig
+from ..train.model.model_config import ModelConfig, check_image_size
 from .mutual_math import aggregate_neighbourhoods, mutual_scores, rescore_by_neighbours, upsample_scores
 
 # MutualOptions and its choices live in the light eval/options.py (the command line reads them)
@@ -75,6 +75,7 @@ class ClassFeatures:
 def class_features(store, rows: list[int], backbone, device="cpu", batch_size: int = 4,
                    autocast: bool = False) -> ClassFeatures:
     """Run the vision tower once over the rows' renderings and RGB images (`eval.scoring.encode_batch`)."""
+    check_image_size(backbone.config, store.attrs.image_size, store.path)
     batches = ((start, store.read_batch(rows[start:start + batch_size], FEATURE_FIELDS))
                for start in range(0, len(rows), batch_size))
     return batch_features(batches, backbone, device, autocast)

@@ -23,6 +23,7 @@ from ..shared.store import open_store
 from ..shared.threads import run_each, worker_pool
 from ..train.model.backbone import encode_views
 from ..train.model.maps import back_project, class_probabilities, patch_maps
+from ..train.model.model_config import check_image_size
 from .score_maps import ROW_FIELDS, SIGMA, SampleScores, is_organized, score_row
 
 BASELINE_PROMPTS = ("A photo of a normal {}.", "A photo of an anomalous {}.")  # clip-rendering, design §7
@@ -115,6 +116,7 @@ def score_store_runs(store_path, rows, backbone, texts: list, device="cpu", batc
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")  # -2 would score nothing
     store = open_store(store_path)
+    check_image_size(backbone.config, store.attrs.image_size, store_path)
     rows = [int(r) for r in rows]
     chunks = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
 

@@ -218,13 +218,15 @@ def features(store, model, clip_weights, layers, dpam_start, dataset, class_name
     from .features import compute_features, recorded_identity
     from .model.backbone import load_backbone
     from .model.device import resolve_device
-    from .model.model_config import model_config_for
+    from .model.model_config import check_image_size, model_config_for
     from .model.weights import resolve_auto_model  # torch: only when a model is resolved
     config = model_config_for(said(resolve_auto_model(model, clip_weights)), layers or None, dpam_start)
     target = resolve_device(device)
     recorded_identity(out)  # anything but a cache at --out: refused before the model is loaded
+    opened = open_store(store)
+    check_image_size(config, opened.attrs.image_size, store)  # likewise
     backbone = load_backbone(config, clip_weights, seed=seed).to(target)
-    rows = open_store(store).indices(dataset=dataset, class_name=class_name)
+    rows = opened.indices(dataset=dataset, class_name=class_name)
     with _bar(len(rows), "features") as bar:
         done = compute_features(backbone, store, rows, out, rebuild=rebuild_features, device=target,
                                 batch_size=batch_size, autocast=target.type == "cuda",

@@ -30,6 +30,7 @@ from ..shared.errors import CheckpointMismatchError, PointADError
 from ..shared.lock import writer_lock
 from ..shared.store import open_store, store_fingerprint
 from .model.backbone import encode_views
+from .model.model_config import check_image_size
 
 CACHE_FORMAT = "pointad-features"
 
@@ -208,13 +209,29 @@ def _write_features(backbone, store_path, rows: np.ndarray, out: Path, identity:
     """Write the cache into a temp group beside `out`, then rename it into place (the caller holds the lock).
 
     A kill leaves at most the temp group (or the replaced cache under its `.old` name): never a half cache
-    at `out`; both are ours by their attributes and are removed by the next build.
+    at `out`; both are ours by their attributes and are removed by the next build. An error (a damaged chunk,
+    a full disk) removes the temp group at once.
     """
     store = open_store(store_path)
+    check_image_size(backbone.config, store.attrs.image_size, store_path)
     tmp, old = out.with_name(f".{out.name}.pointad-tmp"), out.with_name(f".{out.name}.pointad-old")
     _remove_ours(tmp)
     _remove_ours(old)
     group = zarr.open_group(tmp, mode="w", attributes=identity | {"rows": rows.tolist(), "dtype": dtype})
+    try:
+        _fill(group, backbone, store, rows, device, batch_size, autocast, dtype, progress)
+    except BaseException:
+        _remove_ours(tmp)  # made just above
+        raise
+    if (out / "zarr.json").exists():
+        os.replace(out, old)  # a cache of ours (checked by the caller); an empty folder is renamed over
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fill(group, backbone, store, rows: np.ndarray, device, batch_size: int, autocast: bool, dtype: str,
+          progress) -> None:
+    """The `global` and `patches` arrays of a new cache group, batch by batch."""
     global_array = patch_array = None
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
@@ -232,10 +249,6 @@ def _write_features(backbone, store_path, rows: np.ndarray, out: Path, identity:
         patch_array[start:start + b] = patches.cpu().numpy().astype(dtype)
         if progress is not None:
             progress.update(b)
-    if (out / "zarr.json").exists():
-        os.replace(out, old)  # a cache of ours (checked by the caller); an empty folder is renamed over
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 class FeatureCache:

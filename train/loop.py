@@ -30,7 +30,7 @@ from .losses import hybrid_loss, parse_loss_terms
 from .model.backbone import FrozenCLIP, encode_views, load_backbone
 from .model.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
 from .model.maps import back_project, class_probabilities, patch_maps
-from .model.model_config import model_config_for
+from .model.model_config import check_image_size, model_config_for
 from .model.prompts import PromptLearner
 from .options import LOADER_WORKERS, TrainConfig
 from .run_record import (
@@ -75,6 +75,7 @@ class Trainer:
         self.store_fingerprint = store_fingerprint(config.store)
         self.rows = training_rows(store, config.dataset, config.class_name)
         model_config = model_config_for(config.model, config.layers, config.dpam_start)
+        check_image_size(model_config, store.attrs.image_size, config.store)
         self.backbone = backbone or load_backbone(model_config, clip_weights, seed=config.seed)
         self.backbone.to(self.device)
         self.image_size = store.attrs.image_size

@@ -12,7 +12,7 @@ import pytest
 import torch
 import zarr
 
-from pointad.shared.errors import CheckpointMismatchError
+from pointad.shared.errors import CheckpointMismatchError, PointADError
 from pointad.shared.h5store import export_h5
 from pointad.shared.store import SampleArrays, open_store, store_fingerprint
 from pointad.shared.store_schema import BY_FIELD
@@ -139,3 +139,14 @@ def test_row_content_is_one_digest_a_row_for_the_hdf5_twin_too(store, tmp_path):
     assert list(twin_digests) == list(zarr_digests) and len(set(twin_digests.values())) == len(rows)
     identity = cache_identity(load_backbone(model_config_for("tiny", None, None), seed=7), twin)
     assert identity["store_fingerprint"] == store_fingerprint(store)
+
+
+def test_a_damaged_chunk_mid_build_leaves_no_cache_and_no_temp_group(store, backbone, tmp_path):
+    # row 3's renderings no longer decode: the build stops there, after rows 0-1 were written to the temp group
+    (chunk,) = [p for p in (store / "views" / "image" / "c" / "3").rglob("*") if p.is_file()]
+    chunk.write_bytes(b"not a blosc frame")
+    out = tmp_path / "features.zarr"
+    with pytest.raises(PointADError, match="views/image"):
+        compute_features(backbone, store, np.arange(6), out, batch_size=2)
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if "features" in p.name) == [".features.zarr.pointad-lock"]

@@ -23,7 +23,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
 
 from ...shared.errors import ConfigError
-from .model_config import ModelConfig
+from .model_config import ModelConfig, check_image_size
 from .weights import check_state_dict, locate_weights, read_state_dict
 
 CLIP_MEAN = tuple(OPENAI_DATASET_MEAN)  # (0.48145466, 0.4578275, 0.40821073), RGB
@@ -46,6 +46,7 @@ def normalize(images) -> torch.Tensor:
 def encode_views(backbone, images: np.ndarray, device, autocast: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Vision features of (B, V, S, S, 3) renderings: global (B, V, D), patches (L, B*V, G*G, D), float32."""
     b, v = images.shape[:2]
+    check_image_size(backbone.config, images.shape[2], "renderings")  # stores are checked by name before this
     pixels = normalize(torch.from_numpy(images.reshape(b * v, *images.shape[2:])).to(device))
     with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
                                          enabled=autocast):

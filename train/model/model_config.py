@@ -184,3 +184,12 @@ def model_config_for(name: str, layers=None, dpam_start: int | None = None) -> M
                               "0 turns the dual path off")
         config = config.with_dual_path(range(dpam_start, last + 1) if dpam_start else ())
     return config
+
+
+def check_image_size(config: ModelConfig, image_size: int, source) -> None:
+    """Refuse renderings of another size than the model's input, in one line naming `source` (a store), before
+    any weights are loaded or images read."""
+    if int(image_size) != config.image_size:
+        raise ConfigError(f"{source}: renderings are {int(image_size)} px, model '{config.name}' takes "
+                          f"{config.image_size} px (render build --image-size {config.image_size}, or a model config "
+                          f"with image_size {int(image_size)})")
