@@ -350,6 +350,10 @@ def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, mode
              help="mutual-scoring: neighbourhood sizes in patches (odd; repeat)  [default: as eval report]")
 @list_option("--mutual-layers", type=range_type(MutualOptions, "layers"),
              help="mutual-scoring: tapped vision layers, 1-based (repeat)  [default: the model's taps]")
+@click.option("--preprocess", "preprocess_like", metavar="DATASET",
+              help="Preprocess the cloud as DATASET's samples are (its datasets.yaml options: background, cleanup, "
+                   "flip, units; `folder` for a --format folder store)  [default: by suffix: MVTec 3D-AD's for "
+                   ".tiff, Real3D-AD's for the others]")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Folder for scores.npy, scores.ply and scores.json  [default: <cloud>_scores beside the cloud]")
 @click.option("--threshold", type=FINITE_FLOAT, help="Also print 'anomalous' (sample score >= T) or 'normal'; the PLY's "
@@ -367,15 +371,15 @@ def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, mode
 @click.option("--renderer", help="legacy, filament or splat  [default: as the store was rendered]")
 @verbosity_option
 def detect(cloud, method, checkpoint, reference, class_name, dataset, model, mutual_views, mutual_fraction,
-           mutual_radii, mutual_layers, out, threshold, device, clip_weights, views, view_plan, point_size,
-           supersample, light, renderer):
+           mutual_radii, mutual_layers, preprocess_like, out, threshold, device, clip_weights, views, view_plan,
+           point_size, supersample, light, renderer):
     """Score one .ply/.pcd/.tiff/.xyz/.npy cloud: per-point scores (NPY + coloured PLY) and the sample score.
 
     The cloud is rendered as the checkpoint's training store (or the reference store) was rendered; the
     render options given here replace single ones. The first lines say which option came from where.
     """
     from ..train.model.device import resolve_device
-    from .detect import OUTPUT_FILES, check_cloud_path, write_detection
+    from .detect import OUTPUT_FILES, Preprocessing, by_suffix_line, check_cloud_path, write_detection
     from .output_paths import check_folder_target
     check_cloud_path(cloud)
 
@@ -396,14 +400,18 @@ def detect(cloud, method, checkpoint, reference, class_name, dataset, model, mut
         raise click.UsageError("--method mutual-scoring needs --reference (a render store) and no --checkpoint")
     out = out if out is not None else cloud.parent / f"{cloud.stem}_scores"
     check_folder_target(out, "--out takes a folder: scores.npy and scores.ply are written in it", OUTPUT_FILES)
+    like = None
+    if preprocess_like is not None:
+        from ..shared.registry import resolve_dataset
+        like = Preprocessing(resolve_dataset(preprocess_like))
     target = resolve_device(device)
     if method == "pointad":
         from .detect import checkpoint_render
         from .detect import detect as run_detect
         choice = checkpoint_render(checkpoint, **overrides)
-        for line in choice.lines():
+        for line in (*choice.lines(), like.line() if like else by_suffix_line(cloud)):
             click.echo(f"detect: {line}", err=True)
-        result = run_detect(cloud, checkpoint, device=target, clip_weights=clip_weights, render=choice)
+        result = run_detect(cloud, checkpoint, device=target, clip_weights=clip_weights, render=choice, like=like)
     else:
         from .detect import detect_mutual, reference_render, reference_rows
         from .options import MutualOptions
@@ -414,14 +422,15 @@ def detect(cloud, method, checkpoint, reference, class_name, dataset, model, mut
         model = said(resolve_auto_model(model, clip_weights))
         ref = reference_rows(reference, dataset, class_name)
         choice = reference_render(ref, **overrides)
+        like = like and Preprocessing(like.entry, ref.class_name)  # the reference class's options, if it has any
         click.echo(f"detect: mutual-scoring against {len(ref.rows)} test sample(s) of {ref.dataset}/{ref.class_name} "
                    f"in {reference}; model {model}; views {options.views}, fraction {options.fraction}, radii "
                    f"{' '.join(map(str, options.radii))}, layers "
                    f"{' '.join(map(str, options.layers)) if options.layers else 'the model taps'}", err=True)
-        for line in choice.lines():
+        for line in (*choice.lines(), like.line() if like else by_suffix_line(cloud)):
             click.echo(f"detect: {line}", err=True)
         result = detect_mutual(cloud, ref, model=model, clip_weights=clip_weights, device=target, options=options,
-                               render=choice)
+                               render=choice, like=like)
         if result.reference.excluded:
             click.echo(f"detect: left out of the reference, being the cloud itself: "
                        f"{', '.join(result.reference.excluded)}", err=True)

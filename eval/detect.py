@@ -41,13 +41,14 @@ from ..render.preprocess import (
     flip_x180,
     options_for_format,
     preprocess_organized,
-    preprocess_unorganized,
 )
 from ..render.rasterize import worker_rasterizer
+from ..render.readers import preprocess_cloud, preprocess_options
 from ..render.readers.files import POINT_SUFFIXES, read_point_cloud, read_xyz_tiff
 from ..render.sample_render import render_sample
 from ..shared.errors import ConfigError, InputFileError, PointADError
 from ..shared.io import atomic_path
+from ..shared.registry import ORGANIZED_FORMATS, DatasetEntry
 from ..shared.sample import Sample
 from ..shared.store import open_store
 from ..shared.strict import from_dict
@@ -166,7 +167,8 @@ def reference_render(reference: Reference, **overrides) -> RenderChoice:
 class Detection:
     """score: the sample score A_s; point_scores: (P,) float32 per input point; points: (P, 3) the input;
     cloud, checkpoint: what was scored with what (as given); method: pointad or mutual-scoring; render: how
-    the cloud was rendered; reference: the reference samples (mutual scoring)."""
+    the cloud was rendered; reference: the reference samples (mutual scoring); preprocessed_as: how the cloud
+    was preprocessed, in words (`Preprocessing.line`, `by_suffix_line`)."""
 
     score: float
     points: np.ndarray
@@ -176,9 +178,33 @@ class Detection:
     method: str = "pointad"
     render: RenderChoice | None = None
     reference: Reference | None = None
+    preprocessed_as: str = ""
 
 
 # --- reading and preprocessing ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """`detect --preprocess DATASET`: preprocess the cloud as the samples of this registry entry (its class's
+    options where class_name names one of its classes with options of its own)."""
+
+    entry: DatasetEntry
+    class_name: str = ""
+
+    def line(self) -> str:
+        return f"preprocessed as dataset '{self.entry.name}' ({self.entry.format}) samples" + (
+            f" of class '{self.class_name}'" if self.class_name else "")
+
+
+def _preprocessed_as(cloud, like: Preprocessing | None) -> str:
+    return like.line() if like is not None else by_suffix_line(cloud)
+
+
+def by_suffix_line(cloud) -> str:
+    """What `detect` says when no --preprocess is given."""
+    like = "MVTec 3D-AD's" if Path(cloud).suffix.lower() in ORGANIZED else "Real3D-AD's"
+    return f"preprocessed as {like} samples (by suffix; --preprocess DATASET to take a dataset's options)"
+
 
 def check_cloud_path(path) -> Path:
     """The path, if it names an existing file of a readable suffix (else InputFileError): checked before the
@@ -194,20 +220,28 @@ def check_cloud_path(path) -> Path:
     return path
 
 
-def load_cloud(path: Path, image_size: int = RenderOptions.image_size,
-               max_points: int = RenderOptions.max_points) -> tuple[np.ndarray, Sample, PreprocessOptions]:
+def load_cloud(path: Path, image_size: int = RenderOptions.image_size, max_points: int = RenderOptions.max_points,
+               like: Preprocessing | None = None) -> tuple[np.ndarray, Sample, PreprocessOptions]:
     """(input points (P, 3) float64, preprocessed `Sample` with zero labels, the options used).
 
     The input points of an organized .tiff are its measured cells in row-major order. image_size, max_points:
-    the store's, as `render build` preprocesses its samples.
+    the store's, as `render build` preprocesses its samples. like: preprocess as that dataset's samples (its
+    registry options: background, cleanup, flip, units); None: by suffix, MVTec 3D-AD's for a .tiff, Real3D-AD's
+    for the others.
     """
     path = check_cloud_path(path)
     suffix = path.suffix.lower()
     identity = dict(dataset="detect", class_name=CLASS_NAME, split="test", defect_type="unknown",
                     sample_id=path.name, label=0)
+    sizes = {"image_size": image_size, "max_points": max_points}
+    if like is not None and (like.entry.format in ORGANIZED_FORMATS) != (suffix in ORGANIZED):
+        kind = "organized scans (.tiff)" if like.entry.format in ORGANIZED_FORMATS else "unorganized clouds"
+        raise InputFileError(f"{path}: --preprocess {like.entry.name} is for {kind} ({like.entry.format} format); "
+                             "this cloud is not one")
     try:
         if suffix in ORGANIZED:
-            options = options_for_format("mvtec3d", {"image_size": image_size, "max_points": max_points})
+            options = (options_for_format("mvtec3d", sizes) if like is None
+                       else preprocess_options(like.entry, like.class_name, **sizes))
             xyz = read_xyz_tiff(path)
             measured = check_finite_grid(xyz)
             result = preprocess_organized(xyz, None, None, options)
@@ -215,9 +249,11 @@ def load_cloud(path: Path, image_size: int = RenderOptions.image_size,
                             grid_hw=(image_size, image_size), grid_index=result.grid_index,
                             grid_mask=result.grid_mask)
             return xyz[measured].astype(np.float64), sample, options
-        options = options_for_format("real3d", {"image_size": image_size, "max_points": max_points})
+        options = (options_for_format("real3d", sizes) if like is None
+                   else preprocess_options(like.entry, like.class_name, **sizes))
         points = read_point_cloud(path)
-        kept, labels = preprocess_unorganized(points, np.zeros(len(points), np.uint8), options)
+        kept, labels = preprocess_cloud("real3d" if like is None else like.entry.format, points,
+                                        np.zeros(len(points), np.uint8), options)
     except ValueError as exc:
         if isinstance(exc, InputFileError):
             raise
@@ -235,12 +271,12 @@ def to_input_points(input_points: np.ndarray, scored_points: np.ndarray, scores:
 
 # --- the command's work ---------------------------------------------------------------------------------
 
-def render_cloud(cloud, choice: RenderChoice, device="cpu"):
+def render_cloud(cloud, choice: RenderChoice, device="cpu", like: Preprocessing | None = None):
     """(input points (P, 3), preprocessed `Sample`, the rendered row's points in the input frame, the rendered
-    row `SampleArrays`): the cloud read, preprocessed and rendered as `choice` says. The row holds fewer points
-    than the sample with a `downsample` below 1; its points are the ones scored."""
+    row `SampleArrays`): the cloud read, preprocessed (`load_cloud`'s `like`) and rendered as `choice` says. The
+    row holds fewer points than the sample with a `downsample` below 1; its points are the ones scored."""
     options = choice.options
-    input_points, sample, prep = load_cloud(Path(cloud), options.image_size, options.max_points)
+    input_points, sample, prep = load_cloud(Path(cloud), options.image_size, options.max_points, like)
     options = replace(options, max_points=max(sample.n_points, 1))  # no padding slots: they change no score
     if options.normals == "grid" and sample.grid_index is None:
         raise InputFileError(f"{cloud}: the run was rendered with --normals grid, which needs an organized cloud "
@@ -258,21 +294,21 @@ def row_points(arrays) -> np.ndarray:
 
 
 def detect(cloud, checkpoint, *, device="cpu", clip_weights=None, render: RenderChoice | None = None,
-           **overrides) -> Detection:
+           like: Preprocessing | None = None, **overrides) -> Detection:
     """Read, preprocess, render and score one cloud with a trained run; see the module docstring.
 
     render: the options (default: `checkpoint_render(checkpoint, **overrides)`); overrides: RenderOptions
     fields (views=3, point_size=2.0, ...) replacing the recorded ones."""
     choice = render if render is not None else checkpoint_render(checkpoint, **overrides)
     run = load_run(checkpoint, BackboneCache(clip_weights, device))
-    input_points, sample, scored_points, arrays = render_cloud(cloud, choice, device)
+    input_points, sample, scored_points, arrays = render_cloud(cloud, choice, device, like)
     autocast = str(device).startswith("cuda")
     scored = score_arrays(arrays, {"class_name": CLASS_NAME, "sample_id": sample.sample_id}, run.backbone,
                           run.text, device, autocast=autocast)
     require_finite_scores([scored], f"checkpoint {checkpoint}")
     return Detection(score=float(scored.score), points=input_points,
                      point_scores=to_input_points(input_points, scored_points, scored.point_scores), cloud=str(cloud),
-                     checkpoint=str(checkpoint), render=choice)
+                     checkpoint=str(checkpoint), render=choice, preprocessed_as=_preprocessed_as(cloud, like))
 
 
 def same_cloud_rows(store_path, rows, points: np.ndarray, chunk: int = 16) -> list[int]:
@@ -294,13 +330,13 @@ def same_cloud_rows(store_path, rows, points: np.ndarray, chunk: int = 16) -> li
 
 def detect_mutual(cloud, reference: Reference, *, model: str = DEFAULT_MODEL, clip_weights=None, device="cpu",
                   options: MutualOptions = MutualOptions(), batch_size: int = 4, render: RenderChoice | None = None,
-                  **overrides) -> Detection:
+                  like: Preprocessing | None = None, **overrides) -> Detection:
     """Score one cloud against the reference samples by mutual scoring (`eval.mutual.score_against_reference`:
     the frozen model's plain path, tapped at options.layers, random weights of `eval report`'s seed for the
     tiny model). A reference row holding the cloud itself is left out (`same_cloud_rows`), as `eval report`
     leaves each sample out of its own reference. render: default `reference_render(reference, **overrides)`."""
     choice = render if render is not None else reference_render(reference, **overrides)
-    input_points, sample, scored_points, arrays = render_cloud(cloud, choice, device)
+    input_points, sample, scored_points, arrays = render_cloud(cloud, choice, device, like)
     excluded = same_cloud_rows(reference.store, reference.rows, row_points(arrays))  # rows hold rendered points
     rows = [r for r in reference.rows if r not in excluded]
     if not rows:
@@ -316,7 +352,8 @@ def detect_mutual(cloud, reference: Reference, *, model: str = DEFAULT_MODEL, cl
     require_finite_scores([scored], f"reference store {reference.store}")
     return Detection(score=float(scored.score), points=input_points,
                      point_scores=to_input_points(input_points, scored_points, scored.point_scores), cloud=str(cloud),
-                     checkpoint="", method=MUTUAL, render=choice, reference=reference)
+                     checkpoint="", method=MUTUAL, render=choice, reference=reference,
+                     preprocessed_as=_preprocessed_as(cloud, like))
 
 
 def detection_summary(result: Detection, vmin: float, vmax: float, threshold: float | None = None) -> dict:
@@ -329,6 +366,8 @@ def detection_summary(result: Detection, vmin: float, vmax: float, threshold: fl
                "threshold": None if threshold is None else float(threshold)}
     if threshold is not None:
         summary["anomalous"] = bool(result.score >= threshold)
+    if result.preprocessed_as:
+        summary["preprocessed_as"] = result.preprocessed_as
     if result.render is not None:
         summary["render"] = {"options": result.render.options.to_dict(), "from": result.render.sources,
                              "recorded_in": result.render.origin if result.render.recorded else None}

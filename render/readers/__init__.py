@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ...shared.registry import DatasetEntry
 from ...shared.sample import Sample, SampleRef
-from ..preprocess import PreprocessOptions, options_for_format
+from ..preprocess import PreprocessOptions, options_for_format, preprocess_unorganized
 from . import eyecandies, folder, mvtec3d, real3d
 
 READERS = {"mvtec3d": mvtec3d, "eyecandies": eyecandies, "real3d": real3d, "folder": folder}
@@ -28,6 +28,14 @@ def preprocess_options(entry: DatasetEntry, class_name: str, **overrides) -> Pre
         defaults = folder.preprocess_defaults(entry.folder_options(class_name).millimetres)
     return options_for_format(entry.format, {**defaults, **from_registry, **overrides},
                               source=f"dataset '{entry.name}' class '{class_name}' preprocess options")
+
+
+def preprocess_cloud(format: str, points, labels, options: PreprocessOptions):
+    """(points, labels) of an unorganized cloud, preprocessed as `format`'s reader does once it has read one (a
+    folder dataset drops its background plane first); for `pointad detect --preprocess`."""
+    if format == "folder":
+        return folder.preprocess_cloud(points, labels, options)
+    return preprocess_unorganized(points, labels, options)
 
 
 def read_sample(entry: DatasetEntry, ref: SampleRef, options: PreprocessOptions | None = None) -> Sample:

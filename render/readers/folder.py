@@ -147,16 +147,22 @@ def read(ref: SampleRef, options: PreprocessOptions, entry: DatasetEntry) -> Sam
                                  f"{GROUND_TRUTH}/{ref.defect_type}/{cloud.stem}.npy or .txt, one 0/1 per point, "
                                  "or name a per-point property with the folder option label_property)")
     try:
-        if options.background == "plane":
-            points, labels = drop_plane(points, labels, options)
-        elif options.background != "none":
-            raise ValueError(f"background '{options.background}' is for organized scans; a folder dataset takes "
-                             "'plane' or 'none'")
-        points, labels = preprocess_unorganized(points, labels, options)
+        points, labels = preprocess_cloud(points, labels, options)
     except ValueError as exc:
         raise reraise_with_path(cloud, exc) from exc
     return Sample(dataset=ref.dataset, class_name=ref.class_name, split=ref.split, defect_type=ref.defect_type,
                   sample_id=ref.sample_id, label=ref.label, points=points, point_labels=labels)
+
+
+def preprocess_cloud(points: np.ndarray, labels: np.ndarray, options: PreprocessOptions) -> tuple[np.ndarray, np.ndarray]:
+    """A read cloud's (points, labels) preprocessed as a folder dataset's: its background plane dropped if asked,
+    then `preprocess_unorganized` (`pointad detect --preprocess` too). ValueError on a bad option or cloud."""
+    if options.background == "plane":
+        points, labels = drop_plane(points, labels, options)
+    elif options.background != "none":
+        raise ValueError(f"background '{options.background}' is for organized scans; a folder dataset takes "
+                         "'plane' or 'none'")
+    return preprocess_unorganized(points, labels, options)
 
 
 def drop_plane(points: np.ndarray, labels: np.ndarray, options: PreprocessOptions) -> tuple[np.ndarray, np.ndarray]:

@@ -290,3 +290,70 @@ def test_a_grid_normals_choice_refuses_an_unorganized_cloud_in_one_line(tmp_path
     choice = RenderChoice(RenderOptions(views=2, image_size=48, renderer="splat", normals="grid"), {}, "test", True)
     with pytest.raises(InputFileError, match=r"cloud\.ply: the run was rendered with --normals grid"):
         render_cloud(ply, choice)
+
+
+# --- --preprocess DATASET: the cloud preprocessed as that dataset's samples are ------------------------------
+
+def _part_on_a_table(path: Path) -> tuple[int, int]:
+    """A .ply of a lumpy part (its points 5-15 mm above z = 0) on a larger flat table (z = 0): (part, table) counts."""
+    rng = np.random.default_rng(4)
+    direction = rng.normal(size=(1500, 3))
+    part = direction / np.linalg.norm(direction, axis=1, keepdims=True) * 5 + [0, 0, 10]
+    table = np.column_stack([rng.uniform(-40, 40, (4000, 2)), np.zeros(4000)])
+    o3d.io.write_point_cloud(str(path), o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.vstack([part, table]))))
+    return len(part), len(table)
+
+
+def _registry(tmp_path: Path, root: Path) -> Path:
+    path = tmp_path / "my_datasets.yaml"
+    path.write_text("datasets:\n  brackets:\n    format: folder\n    root: " + str(root) + "\n    options:\n"
+                    "      preprocess: {background: plane}\n")
+    return path
+
+
+def test_preprocess_like_a_folder_dataset_is_what_render_build_does_to_its_samples(tmp_path):
+    from pointad.eval.detect import Preprocessing, load_cloud
+    from pointad.render.readers import list_samples, preprocess_options, read_sample
+    from pointad.shared.registry import load_registry
+    root = tmp_path / "scans"
+    (root / "bracket" / "test" / "good").mkdir(parents=True)
+    cloud = root / "bracket" / "test" / "good" / "one.ply"
+    part, table = _part_on_a_table(cloud)
+    entry = load_registry(_registry(tmp_path, root))["brackets"]
+    (ref,) = list_samples(entry)
+    built = read_sample(entry, ref, preprocess_options(entry, "bracket", image_size=336, max_points=112896))
+    _, sample, options = load_cloud(cloud, 336, 112896, like=Preprocessing(entry, "bracket"))
+    assert options.background == "plane"
+    assert sample.n_points == part  # the table is gone, every point of the part kept
+    np.testing.assert_array_equal(sample.points, built.points)
+    _, by_suffix, _ = load_cloud(cloud, 336, 112896)  # Real3D-AD's options: the table stays
+    assert by_suffix.n_points == part + table
+
+
+def test_preprocess_like_a_dataset_of_the_other_kind_is_one_line(mvtec_dataset, tmp_path):
+    from pointad.eval.detect import Preprocessing, load_cloud
+    from pointad.shared.errors import InputFileError
+    from pointad.shared.registry import resolve_dataset
+    _part_on_a_table(tmp_path / "cloud.ply")
+    with pytest.raises(InputFileError, match=r"cloud.ply: --preprocess mvtec3d is for organized scans"):
+        load_cloud(tmp_path / "cloud.ply", like=Preprocessing(resolve_dataset("mvtec3d")))
+    with pytest.raises(InputFileError, match=r"000.tiff: --preprocess folder is for unorganized clouds"):
+        load_cloud(_tiff(mvtec_dataset), like=Preprocessing(resolve_dataset("folder")))
+    result = CliRunner().invoke(pointad, ["detect", str(tmp_path / "cloud.ply"), "--checkpoint", str(tmp_path),
+                                          "--preprocess", "no-such-dataset"])
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1].startswith(
+        "Error: unknown dataset 'no-such-dataset'"), result.output
+
+
+@pytest.mark.slow
+def test_detect_says_and_records_how_the_cloud_was_preprocessed(detect_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("POINTAD_REGISTRY", str(_registry(tmp_path, tmp_path)))
+    part, table = _part_on_a_table(tmp_path / "cloud.ply")
+    for extra, said in (((), "preprocessed as Real3D-AD's samples (by suffix"),
+                        (("--preprocess", "brackets"), "preprocessed as dataset 'brackets' (folder) samples")):
+        out = tmp_path / f"out{len(extra)}"
+        result = _detect(tmp_path / "cloud.ply", detect_run, out, *extra)
+        assert result.exit_code == 0, result.output
+        assert f"detect: {said}" in result.output
+        assert json.loads((out / "scores.json").read_text())["preprocessed_as"].startswith(said)
+        _check_outputs(out, part + table)  # every input point scored, the table's by their nearest kept point
