@@ -81,8 +81,5 @@ def set_storage_environment(settings: dict[str, str]) -> None:
     for name in [n for n in os.environ if n.startswith("AWS_") and n not in settings]:
         del os.environ[name]
     os.environ.update(settings)
-    try:
-        import s3fs
-    except ImportError:
-        return
-    s3fs.S3FileSystem.clear_instance_cache()
+    from .remote import drop_s3_clients  # here: remote.py imports this module
+    drop_s3_clients()

@@ -26,7 +26,7 @@ from .environment import storage_secrets
 from .errors import PointADError, first_line
 
 __all__ = ["StorageError", "Stamped", "protocol_of", "is_s3", "storage_options", "filesystem", "storage_error",
-           "check_location", "create_if_absent", "replace_if_match", "read_stamped", "delete_if_match",
+           "drop_s3_clients", "check_location", "create_if_absent", "replace_if_match", "read_stamped", "delete_if_match",
            "conditional_writes_work", "NO_CONDITIONAL_WRITE"]
 
 S3_PROTOCOLS = frozenset({"s3", "s3a"})
@@ -105,6 +105,26 @@ def filesystem(url, *, endpoint_url: str | None = None, asynchronous: bool = Fal
     if is_s3(url):
         fs.retries = S3FS_RETRIES  # s3fs's own retry loop: a class attribute, not a constructor option
     return fs
+
+
+def drop_s3_clients() -> None:
+    """Close and forget every S3 filesystem this process holds, so that the next one is made with the settings
+    of now. s3fs closes a synchronous instance's connections when it is collected, never an asynchronous one's
+    (Zarr's, driven by Zarr's event loop): forgotten unclosed, its sockets stay open and aiohttp says "Unclosed
+    client session" when it is collected."""
+    try:
+        import s3fs
+    except ImportError:
+        return
+    from zarr.core import sync as zarr_sync
+    zarr_loop = zarr_sync.loop[0]  # the loop its client was made on; None: never started, or stopped at exit
+    for fs in list(s3fs.S3FileSystem._cache.values()):
+        client = getattr(fs, "_s3creator", None)
+        if fs.asynchronous and client is not None:
+            # s3fs's own closing: on the running loop (0.1 s at most), else the connector's sockets directly
+            s3fs.S3FileSystem.close_session(zarr_loop, client)
+            fs._s3 = fs._s3creator = None
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def _split(url) -> tuple[str, str]:

@@ -10,6 +10,7 @@ import torchvision  # noqa: F401  (imported for its side effect)
 
 from pointad.render import synthetic
 from pointad.render.datasets import open_dataset
+from pointad.shared.remote import drop_s3_clients
 
 SMALL = dict(classes=("cookie", "torus"), train=1, validation=1, test_good=1, per_defect=1)
 
@@ -212,28 +213,25 @@ def s3_server_refusing(tmp_path_factory):
 
 
 def _use_s3(monkeypatch, server: S3Server):
-    import s3fs
     for name in S3_FOREIGN:
         monkeypatch.delenv(name, raising=False)
     for name, value in server.env.items():
         monkeypatch.setenv(name, value)
-    s3fs.S3FileSystem.clear_instance_cache()  # an instance made before holds the old endpoint
+    drop_s3_clients()  # an instance made before holds the old endpoint
 
 
 @pytest.fixture
 def s3_env(s3_server, monkeypatch):
     """The test talks to `s3_server` through the standard variables (botocore reads them); yields the server.
-    s3fs's instance cache is cleared before and after, so no client outlives the variables it was made with."""
-    import s3fs
+    s3fs's clients are closed and forgotten before and after, so none outlives the variables it was made with."""
     _use_s3(monkeypatch, s3_server)
     yield s3_server
-    s3fs.S3FileSystem.clear_instance_cache()
+    drop_s3_clients()
 
 
 @pytest.fixture
 def s3_env_refusing(s3_server_refusing, monkeypatch):
     """`s3_env` for the server that refuses our credentials."""
-    import s3fs
     _use_s3(monkeypatch, s3_server_refusing)
     yield s3_server_refusing
-    s3fs.S3FileSystem.clear_instance_cache()
+    drop_s3_clients()

@@ -196,3 +196,32 @@ def test_a_reachable_bucket_passes_the_check(s3_server):
     result = _run_child(f"s3://{bucket}/renders.zarr", s3_server.child_env())
     assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr[-2000:]
     assert os.environ.get("AWS_ENDPOINT_URL") != s3_server.endpoint  # the child's variables stayed its own
+
+
+NEW_SETTINGS = textwrap.dedent("""
+    import gc, os, sys
+    import zarr
+    from pointad.shared.environment import set_storage_environment, storage_environment
+    from pointad.shared.location import as_location, zarr_store
+    url = sys.argv[1]
+    zarr.open_group(zarr_store(as_location(url), read_only=False), mode="w").attrs["n"] = 1  # Zarr's client
+    first = zarr_store(as_location(url), read_only=True).fs
+    set_storage_environment({**storage_environment(), "AWS_DEFAULT_REGION": "eu-west-1"})  # a worker's new settings
+    del first
+    gc.collect()  # the dropped client is collected here, not at exit
+    store = zarr_store(as_location(url), read_only=True)
+    print(zarr.open_group(store, mode="r").attrs["n"], store.fs.s3.meta.region_name)
+""")
+
+
+@pytest.mark.slow
+def test_new_storage_settings_close_zarrs_client_and_the_store_reads_with_a_new_one(s3_server):
+    """A render worker given new object-storage settings drops the clients made with the old ones: Zarr's
+    asynchronous one is closed first (s3fs never closes those; dropped open, aiohttp warns "Unclosed client
+    session" and its sockets stay open), and the next opening makes a new client with the new settings."""
+    bucket = s3_server.make_bucket()
+    result = subprocess.run([sys.executable, "-c", NEW_SETTINGS, f"s3://{bucket}/renders.zarr"],
+                            env=s3_server.child_env(), capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Unclosed" not in result.stderr, result.stderr[-2000:]
+    assert result.stdout.split() == ["1", "eu-west-1"]  # read through a client of the new settings
