@@ -9,7 +9,8 @@ official script:
     DIR/<dataset>/manifest.json                                       runs, blocks, background values, protocol
 
 (H0, W0) is the size of the sample's ground-truth PNG in the dataset, `<class>/test/<defect>/gt/<stem>.png`
-next to the scan the store was rendered from (the store keeps only its resized grid, design §4): the export
+next to the scan the store was rendered from (raw Eyecandies: `<id>_mask.png` beside `<id>_depth.png`, written
+as `<class>/test/<good|bad>/<NNN>.tiff`; the store keeps only its resized grid, design §4): the export
 reads the dataset's ground truth, checks it against the store's point labels (a wrong --root is an error, not
 a wrong number), and keeps it for the protocol. The map is `official_protocol.original_map`; a `.npy` holds
 the scores of the store's valid points in store order (`points/xyz` of the sample's row). TIFFs are deflate
@@ -27,6 +28,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from ..render.layouts import ground_truth_files
 from ..shared.errors import ConfigError, DatasetError, InputFileError, PointADError
 from ..shared.io import atomic_path, os_error
 from ..shared.names import printable, unique_component
@@ -113,13 +115,12 @@ class MapExport:
         return root
 
     def _files(self, identity: dict) -> tuple[Path, Path]:
-        """(ground-truth PNG, scan) of a sample: <class>/test/<defect>/gt/<stem>.png beside its xyz/<stem>.tiff."""
+        """(ground-truth PNG, scan) of a sample, in MVTec 3D-AD's layout or raw Eyecandies' (`ground_truth_files`)."""
         sample_id = identity["sample_id"]
         relative = PurePosixPath(sample_id)
         if relative.is_absolute() or ".." in relative.parts or not relative.parts:
             raise PointADError(f"{self.dataset}: sample id {printable(sample_id)!r} is not a path inside the dataset")
-        scan = self._dataset_root().joinpath(*relative.parts)
-        return scan.parent.parent / "gt" / f"{scan.stem}.png", scan
+        return ground_truth_files(self._dataset_root(), str(relative))
 
     def check_ground_truth(self, store, rows) -> None:
         """Before any scoring: the ground truth of every organized row (a good sample's scan, if it has none) is on
@@ -134,7 +135,7 @@ class MapExport:
                 if gt.is_file():
                     _open_image(gt, lambda image: image.size)
                 elif identity["label"] == 0 and scan.is_file():
-                    _tiff_shape(scan)
+                    _scan_shape(scan)
                 else:
                     raise _missing(gt)
 
@@ -148,7 +149,7 @@ class MapExport:
         if gt.is_file():
             truth = _open_image(gt, _truth)
         elif result.identity["label"] == 0 and scan.is_file():  # a good sample may come without a PNG
-            truth = np.zeros(_tiff_shape(scan), bool)
+            truth = np.zeros(_scan_shape(scan), bool)
         else:
             raise _missing(gt)
         square = self._square_of(result.identity["class_name"])
@@ -225,16 +226,17 @@ def class_metrics(exported: Exported) -> dict[str, float]:
 
 def _missing(gt: Path) -> InputFileError:
     return InputFileError(f"{gt}: ground truth not found; --export-maps reads MVTec 3D-AD's layout "
-                          "<class>/test/<defect>/gt/<stem>.png beside xyz/ (is --root the dataset's folder?)")
+                          "<class>/test/<defect>/gt/<stem>.png beside xyz/, or raw Eyecandies' <id>_mask.png beside "
+                          "<id>_depth.png (is --root the dataset's folder?)")
 
 
-def _open_image(path: Path, read):
+def _open_image(path: Path, read, what: str = "ground truth"):
     """read(the opened PIL image), a broken or unreadable file an InputFileError naming it."""
     try:
         with Image.open(path) as image:
             return read(image)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputFileError(f"{path}: unreadable ground truth ({exc})") from None
+        raise InputFileError(f"{path}: unreadable {what} ({exc})") from None
 
 
 def _truth(image) -> np.ndarray:
@@ -243,7 +245,10 @@ def _truth(image) -> np.ndarray:
     return (array != 0).any(axis=2) if array.ndim == 3 else array != 0
 
 
-def _tiff_shape(path: Path) -> tuple[int, int]:
+def _scan_shape(path: Path) -> tuple[int, int]:
+    """(H0, W0) of a scan: an xyz TIFF's, or a raw Eyecandies depth PNG's."""
+    if path.suffix.lower() == ".png":
+        return _open_image(path, lambda image: (image.height, image.width), "scan")
     try:
         with tifffile.TiffFile(path) as tiff:
             return tuple(int(x) for x in tiff.pages[0].shape[:2])

@@ -29,13 +29,13 @@ from ...shared.errors import InputFileError, first_line
 from ...shared.registry import DatasetEntry, select_classes
 from ...shared.sample import GOOD, Sample, SampleRef
 from ..background import rigid_transform
+from ..layouts import eyecandies_raw_files
 from ..preprocess import PreprocessOptions
 from . import mvtec3d
 from .common import check_splits, relative_id
 from .files import read_image, read_yaml
 
 FOCAL_LENGTH = 711.11
-RGB_IMAGE = 0  # all spotlights; see the module docstring
 RAW_SPLITS = {"train": "train", "validation": "val", "test": "test_public"}
 
 
@@ -59,18 +59,15 @@ def list_samples(entry: DatasetEntry, classes=None, splits=None) -> list[SampleR
 
 
 def _raw_ref(entry: DatasetEntry, class_name: str, split: str, depth: Path) -> SampleRef:
-    stem = depth.name[: -len("_depth.png")]
-    folder = depth.parent
-    files = {"depth": depth, "info_depth": folder / f"{stem}_info_depth.yaml",
-             "rgb": folder / f"{stem}_image_{RGB_IMAGE}.png", "gt": folder / f"{stem}_mask.png",
-             "pose": folder / f"{stem}_pose.txt"}
+    sample = depth.with_name(depth.name[: -len("_depth.png")])
+    files = eyecandies_raw_files(sample)
     defect = GOOD
     if split == "test":
         # The raw release names no defect type; the mask says whether there is one. A missing or broken
         # mask fails this sample when it is read (naming the mask), not the listing of the whole build.
         defect = _defect_from_mask(files["gt"]) or "bad"
     return SampleRef(dataset=entry.name, class_name=class_name, split=split, defect_type=defect,
-                     sample_id=relative_id(folder / stem, entry.root), files=files)
+                     sample_id=relative_id(sample, entry.root), files=files)
 
 
 def _defect_from_mask(mask: Path) -> str | None:

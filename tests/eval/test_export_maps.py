@@ -181,19 +181,18 @@ def exported(eval_store, mvtec_dataset, tmp_path_factory):
     return json.loads(out.read_text()), folder, root
 
 
-@pytest.mark.slow
-def test_the_printed_mvtec_official_numbers_follow_from_the_exported_files_alone(exported):
-    report, folder, root = exported
-    manifest = json.loads((folder / MVTEC / "manifest.json").read_text())
+def _check_official_rows(report, folder, dataset, truth_png) -> int:
+    """Recompute every mvtec-official row of `report` from the exported TIFFs and the ground-truth PNGs
+    (truth_png(class, defect folder, stem) -> its path); return how many rows were checked."""
+    manifest = json.loads((folder / dataset / "manifest.json").read_text())
     assert manifest["protocol"] == "mvtec-official" and manifest["pro_integration_limit"] == LIMIT
     rows = {(r["block"], r["class"]): r for r in report["rows"] if r["protocol"] == "mvtec-official"}
     checked = 0
     for entry in manifest["maps"]:
         for class_name, info in entry["classes"].items():
             maps, truths = [], []
-            for tiff in sorted((folder / MVTEC / entry["folder"] / class_name / "test").glob("*/*.tiff")):
-                defect = tiff.parent.name
-                with Image.open(root / class_name / "test" / defect / "gt" / f"{tiff.stem}.png") as png:
+            for tiff in sorted((folder / dataset / entry["folder"] / class_name / "test").glob("*/*.tiff")):
+                with Image.open(truth_png(class_name, tiff.parent.name, tiff.stem)) as png:
                     truth = np.asarray(png) > 0
                 anomaly_map = tifffile.imread(tiff)
                 with tifffile.TiffFile(tiff) as opened:  # deflate: any tifffile decodes it with Python's zlib
@@ -211,11 +210,45 @@ def test_the_printed_mvtec_official_numbers_follow_from_the_exported_files_alone
                 assert math.isclose(row[column], value, abs_tol=1e-9), (entry["block"], class_name, column,
                                                                          row[column], value)
             checked += 1
+    return checked
+
+
+@pytest.mark.slow
+def test_the_printed_mvtec_official_numbers_follow_from_the_exported_files_alone(exported):
+    report, folder, root = exported
+    checked = _check_official_rows(report, folder, MVTEC,
+                                   lambda class_name, defect, stem: root / class_name / "test" / defect / "gt"
+                                   / f"{stem}.png")
     assert checked == 6  # 3 blocks x 2 classes
     # the report says which protocol each number follows, and where the maps are
     assert report["header"]["protocols"] == ["points", "pointad-compat", "mvtec-official"]
     assert "MVTec 3D-AD's evaluation script" in report["header"]["protocol_definitions"]["mvtec-official"]
     assert report["header"]["export_maps"] == str(folder / MVTEC)
+
+
+@pytest.mark.slow
+def test_raw_eyecandies_maps_take_the_size_of_their_masks_and_give_the_printed_numbers(eyecandies_dataset,
+                                                                                      tmp_path):
+    """Eyecandies as it is downloaded keeps <id>_mask.png beside <id>_depth.png: the export reads those masks,
+    writes <class>/test/<good|bad>/<id>.tiff, and the printed numbers follow from the files."""
+    from pointad.render.build import build_store
+    from pointad.render.options import RenderOptions
+    entry = eyecandies_dataset[1]
+    store = tmp_path / "renders.zarr"
+    build_store(entry, store, RenderOptions(views=3, image_size=336, supersample=1, point_size=2), classes=["cookie"],
+                splits=["test"])
+    folder, out = tmp_path / "maps", tmp_path / "report.json"
+    result = _run(["--store", store, "--dataset", entry.name, "--protocol", "mvtec-official", "--export-maps", folder,
+                   "--root", entry.root, "--report-format", "json", "--out", out])
+    assert result.exit_code == 0, result.output
+    data = entry.root / "cookie" / "test_public" / "data"
+    masks = {mask.name.removesuffix("_mask.png"): mask for mask in data.glob("*_mask.png")}
+    exported = sorted((folder / entry.name / "run-0" / "point" / "cookie" / "test").glob("*/*.tiff"))
+    assert sorted(t.stem for t in exported) == sorted(masks)  # every test sample, by its number
+    for tiff in exported:  # good or bad as its mask says
+        assert tiff.parent.name == ("bad" if np.asarray(Image.open(masks[tiff.stem])).any() else "good")
+    assert _check_official_rows(json.loads(out.read_text()), folder, entry.name,
+                                lambda class_name, defect, stem: data / f"{stem}_mask.png") == 3  # 3 blocks
 
 
 @pytest.mark.slow
@@ -294,7 +327,8 @@ def test_a_missing_ground_truth_is_refused_before_any_scoring(eval_store, mvtec_
                    tmp_path / "maps", "--root", root])
     assert result.exit_code == 1
     assert result.output.strip() == (f"Error: {gt}: ground truth not found; --export-maps reads MVTec 3D-AD's layout "
-                                     "<class>/test/<defect>/gt/<stem>.png beside xyz/ (is --root the dataset's folder?)")
+                                     "<class>/test/<defect>/gt/<stem>.png beside xyz/, or raw Eyecandies' <id>_mask.png "
+                                     "beside <id>_depth.png (is --root the dataset's folder?)")
 
 
 @pytest.mark.parametrize("args, message", [
