@@ -352,8 +352,8 @@ def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, mode
              help="mutual-scoring: tapped vision layers, 1-based (repeat)  [default: the model's taps]")
 @click.option("--preprocess", "preprocess_like", metavar="DATASET",
               help="Preprocess the cloud as DATASET's samples are (its datasets.yaml options: background, cleanup, "
-                   "flip, units; `folder` for a --format folder store)  [default: by suffix: MVTec 3D-AD's for "
-                   ".tiff, Real3D-AD's for the others]")
+                   "flip, units; `folder` for a --format folder store; an Eyecandies dataset for a raw <id>_depth.png)  "
+                   "[default: by suffix: MVTec 3D-AD's for .tiff, Real3D-AD's for the others]")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Folder for scores.npy, scores.ply and scores.json  [default: <cloud>_scores beside the cloud]")
 @click.option("--threshold", type=FINITE_FLOAT, help="Also print 'anomalous' (sample score >= T) or 'normal'; the PLY's "
@@ -373,13 +373,14 @@ def _sweep_runs(store, runs_dir, dataset, classes, seeds, train_missing, *, mode
 def detect(cloud, method, checkpoint, reference, class_name, dataset, model, mutual_views, mutual_fraction,
            mutual_radii, mutual_layers, preprocess_like, out, threshold, device, clip_weights, views, view_plan,
            point_size, supersample, light, renderer):
-    """Score one .ply/.pcd/.tiff/.xyz/.npy cloud: per-point scores (NPY + coloured PLY) and the sample score.
+    """Score one .ply/.pcd/.tiff/.xyz/.npy cloud (or a raw Eyecandies <id>_depth.png, with --preprocess): per-point
+    scores (NPY + coloured PLY) and the sample score.
 
     The cloud is rendered as the checkpoint's training store (or the reference store) was rendered; the
     render options given here replace single ones. The first lines say which option came from where.
     """
     from ..train.model.device import resolve_device
-    from .detect import OUTPUT_FILES, Preprocessing, by_suffix_line, check_cloud_path, write_detection
+    from .detect import OUTPUT_FILES, Preprocessing, by_suffix_line, check_cloud_path, check_preprocessing, write_detection
     from .output_paths import check_folder_target
     check_cloud_path(cloud)
 
@@ -404,6 +405,7 @@ def detect(cloud, method, checkpoint, reference, class_name, dataset, model, mut
     if preprocess_like is not None:
         from ..shared.registry import resolve_dataset
         like = Preprocessing(resolve_dataset(preprocess_like))
+    check_preprocessing(cloud, like)
     target = resolve_device(device)
     if method == "pointad":
         from .detect import checkpoint_render

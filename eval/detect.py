@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ..render.background import rigid_transform
+from ..render.layouts import eyecandies_raw_files
 from ..render.options import RenderOptions
 from ..render.preprocess import (
     PreprocessOptions,
@@ -44,6 +46,7 @@ from ..render.preprocess import (
 )
 from ..render.rasterize import worker_rasterizer
 from ..render.readers import preprocess_cloud, preprocess_options
+from ..render.readers.eyecandies import read_pose, read_raw_xyz
 from ..render.readers.files import POINT_SUFFIXES, read_point_cloud, read_xyz_tiff
 from ..render.sample_render import render_sample
 from ..shared.errors import ConfigError, InputFileError, PointADError
@@ -62,6 +65,7 @@ from .runs import BackboneCache, load_run, resolve_checkpoint
 from .scoring import score_arrays
 
 ORGANIZED = (".tiff", ".tif")
+RAW_DEPTH = "_depth.png"  # a raw Eyecandies sample: <id>_depth.png with <id>_info_depth.yaml beside it
 OUTPUT_FILES = ("scores.npy", "scores.ply", "scores.json")  # written in the --out folder
 UNORGANIZED = POINT_SUFFIXES  # .ply .pcd .las .laz .e57 .xyz .npy
 CLASS_NAME = "object"  # a new cloud's class is unknown; only coop prompts read it
@@ -201,7 +205,7 @@ def _preprocessed_as(cloud, like: Preprocessing | None) -> str:
 
 
 def by_suffix_line(cloud) -> str:
-    """What `detect` says when no --preprocess is given."""
+    """What `detect` says when no --preprocess is given (a raw Eyecandies depth image always has one)."""
     like = "MVTec 3D-AD's" if Path(cloud).suffix.lower() in ORGANIZED else "Real3D-AD's"
     return f"preprocessed as {like} samples (by suffix; --preprocess DATASET to take a dataset's options)"
 
@@ -212,43 +216,67 @@ def check_cloud_path(path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise InputFileError(f"{path}: is a directory, not a point cloud file")
-    if path.suffix.lower() not in ORGANIZED + UNORGANIZED:
+    if path.suffix.lower() not in ORGANIZED + UNORGANIZED and not _is_raw_depth(path):
         raise InputFileError(f"{path}: unsupported suffix '{path.suffix}' (use one of "
-                             f"{', '.join(UNORGANIZED + ORGANIZED)})")
+                             f"{', '.join(UNORGANIZED + ORGANIZED)}, or a raw Eyecandies <id>{RAW_DEPTH})")
     if not path.is_file():
         raise InputFileError(f"{path}: file not found")
     return path
+
+
+def _is_raw_depth(path: Path) -> bool:
+    return path.name.lower().endswith(RAW_DEPTH)
+
+
+def check_preprocessing(path: Path, like: Preprocessing | None) -> None:
+    """InputFileError where the cloud and `--preprocess` do not go together (checked before the model is read): a
+    raw Eyecandies depth image needs an Eyecandies dataset's options (its belt box and clustering are the
+    dataset's); a dataset of organized scans takes only those, one of unorganized clouds only clouds."""
+    raw = _is_raw_depth(path)
+    if raw and (like is None or like.entry.format != "eyecandies"):
+        said = "" if like is None else f"; dataset '{like.entry.name}' is {like.entry.format} format"
+        raise InputFileError(f"{path}: a raw Eyecandies depth image is preprocessed as an Eyecandies dataset's samples "
+                             f"(belt box, clustering): give --preprocess DATASET, e.g. eyecandies{said}")
+    if like is not None and (like.entry.format in ORGANIZED_FORMATS) != (raw or path.suffix.lower() in ORGANIZED):
+        kind = "organized scans (.tiff)" if like.entry.format in ORGANIZED_FORMATS else "unorganized clouds"
+        raise InputFileError(f"{path}: --preprocess {like.entry.name} is for {kind} ({like.entry.format} format); "
+                             "this cloud is not one")
 
 
 def load_cloud(path: Path, image_size: int = RenderOptions.image_size, max_points: int = RenderOptions.max_points,
                like: Preprocessing | None = None) -> tuple[np.ndarray, Sample, PreprocessOptions]:
     """(input points (P, 3) float64, preprocessed `Sample` with zero labels, the options used).
 
-    The input points of an organized .tiff are its measured cells in row-major order. image_size, max_points:
-    the store's, as `render build` preprocesses its samples. like: preprocess as that dataset's samples (its
-    registry options: background, cleanup, flip, units); None: by suffix, MVTec 3D-AD's for a .tiff, Real3D-AD's
-    for the others.
+    The input points of an organized .tiff are its measured cells in row-major order; of a raw Eyecandies depth
+    image its measured pixels, back-projected (and moved by its pose where the options apply it). image_size,
+    max_points: the store's, as `render build` preprocesses its samples. like: preprocess as that dataset's
+    samples (its registry options: background, cleanup, flip, units); None: by suffix, MVTec 3D-AD's for a .tiff,
+    Real3D-AD's for the others (a depth image needs one: `check_preprocessing`).
     """
     path = check_cloud_path(path)
     suffix = path.suffix.lower()
     identity = dict(dataset="detect", class_name=CLASS_NAME, split="test", defect_type="unknown",
                     sample_id=path.name, label=0)
     sizes = {"image_size": image_size, "max_points": max_points}
-    if like is not None and (like.entry.format in ORGANIZED_FORMATS) != (suffix in ORGANIZED):
-        kind = "organized scans (.tiff)" if like.entry.format in ORGANIZED_FORMATS else "unorganized clouds"
-        raise InputFileError(f"{path}: --preprocess {like.entry.name} is for {kind} ({like.entry.format} format); "
-                             "this cloud is not one")
+    check_preprocessing(path, like)
     try:
-        if suffix in ORGANIZED:
+        if suffix in ORGANIZED or _is_raw_depth(path):
             options = (options_for_format("mvtec3d", sizes) if like is None
                        else preprocess_options(like.entry, like.class_name, **sizes))
-            xyz = read_xyz_tiff(path)
+            pose = None
+            if _is_raw_depth(path):
+                files = eyecandies_raw_files(path.with_name(path.name[:-len(RAW_DEPTH)]))
+                xyz = read_raw_xyz(files["depth"], files["info_depth"])
+                pose = read_pose(files["pose"]) if options.apply_pose else None
+            else:
+                xyz = read_xyz_tiff(path)
             measured = check_finite_grid(xyz)
-            result = preprocess_organized(xyz, None, None, options)
+            result = preprocess_organized(xyz, None, None, options, pose)
             sample = Sample(**identity, points=result.points, point_labels=result.point_labels,
                             grid_hw=(image_size, image_size), grid_index=result.grid_index,
                             grid_mask=result.grid_mask)
-            return xyz[measured].astype(np.float64), sample, options
+            points = xyz[measured].astype(np.float64)
+            return (points if pose is None else rigid_transform(points, pose)), sample, options
         options = (options_for_format("real3d", sizes) if like is None
                    else preprocess_options(like.entry, like.class_name, **sizes))
         points = read_point_cloud(path)

@@ -82,15 +82,7 @@ def read(ref: SampleRef, options: PreprocessOptions) -> Sample:
     """Load and preprocess one sample of either layout."""
     if "xyz" in ref.files:
         return mvtec3d.read(ref, replace(options, background="none"))
-    depth = read_image(ref.files["depth"], "I")
-    info = read_yaml(ref.files["info_depth"])
-    try:
-        lo, hi = float(info["normalization"]["min"]), float(info["normalization"]["max"])
-    except (KeyError, TypeError, ValueError):
-        raise InputFileError(f"{ref.files['info_depth']}: missing normalization min/max") from None
-    if not all(np.isfinite([lo, hi])) or max(abs(lo), abs(hi)) > 1e30:
-        raise InputFileError(f"{ref.files['info_depth']}: normalization min/max must be finite depths, got {lo}, {hi}")
-    xyz = depth_to_xyz(depth, lo, hi)
+    xyz = read_raw_xyz(ref.files["depth"], ref.files["info_depth"])
     rgb = read_image(ref.files["rgb"], "RGB")
     mask = ref.files["gt"]
     gt = read_image(mask, "L") if ref.split == "test" or mask.exists() else None
@@ -99,6 +91,20 @@ def read(ref: SampleRef, options: PreprocessOptions) -> Sample:
                              f"listed as {ref.defect_type} (the mask changed after the store was planned)")
     pose = read_pose(ref.files["pose"]) if options.apply_pose else None
     return mvtec3d.organized_sample(ref, xyz, rgb, gt, options, pose)
+
+
+def read_raw_xyz(depth_path: Path, info_path: Path) -> np.ndarray:
+    """(H, W, 3) float32 camera coordinates of a raw sample: its 16-bit depth PNG de-normalised with the min/max
+    of its info_depth.yaml; errors name the file."""
+    depth = read_image(depth_path, "I")
+    info = read_yaml(info_path)
+    try:
+        lo, hi = float(info["normalization"]["min"]), float(info["normalization"]["max"])
+    except (KeyError, TypeError, ValueError):
+        raise InputFileError(f"{info_path}: missing normalization min/max") from None
+    if not all(np.isfinite([lo, hi])) or max(abs(lo), abs(hi)) > 1e30:
+        raise InputFileError(f"{info_path}: normalization min/max must be finite depths, got {lo}, {hi}")
+    return depth_to_xyz(depth, lo, hi)
 
 
 def read_pose(path: Path) -> np.ndarray:

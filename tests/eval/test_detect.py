@@ -96,7 +96,8 @@ def test_unsupported_suffix_is_a_one_line_error_naming_the_file(tmp_path):
     result = CliRunner().invoke(pointad, ["detect", str(path), "--checkpoint", str(tmp_path)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"Error: {path}: unsupported suffix '.obj' (use one of "
-                                                  ".ply, .pcd, .las, .laz, .e57, .xyz, .npy, .tiff, .tif)"]
+                                                  ".ply, .pcd, .las, .laz, .e57, .xyz, .npy, .tiff, .tif, or a raw "
+                                                  "Eyecandies <id>_depth.png)"]
 
 
 def test_dropped_points_take_their_nearest_kept_score():
@@ -357,3 +358,58 @@ def test_detect_says_and_records_how_the_cloud_was_preprocessed(detect_run, tmp_
         assert f"detect: {said}" in result.output
         assert json.loads((out / "scores.json").read_text())["preprocessed_as"].startswith(said)
         _check_outputs(out, part + table)  # every input point scored, the table's by their nearest kept point
+
+
+# --- a raw Eyecandies depth image (<id>_depth.png beside <id>_info_depth.yaml), as the dataset is downloaded -----
+
+def _depth_image(eyecandies_dataset) -> Path:
+    return sorted(Path(eyecandies_dataset[1].root).glob("cookie/test_public/data/*_depth.png"))[-1]
+
+
+def _measured_pixels(depth_png: Path) -> int:
+    """Pixels whose back-projected depth is not 0, from the PNG and the yaml's min/max (written apart from the
+    reader: a missing pixel is (0, 0, 0) and x, y scale with z)."""
+    import yaml
+    from PIL import Image
+    info = yaml.safe_load(depth_png.with_name(depth_png.name.replace("_depth.png", "_info_depth.yaml")).read_text())
+    lo, hi = info["normalization"]["min"], info["normalization"]["max"]
+    z = np.asarray(Image.open(depth_png), np.float64) / 65535.0 * (hi - lo) + lo
+    return int(np.count_nonzero(z))
+
+
+def test_a_raw_depth_image_is_preprocessed_as_render_build_preprocesses_its_sample(eyecandies_dataset):
+    from pointad.eval.detect import Preprocessing, load_cloud
+    from pointad.render.readers import list_samples, preprocess_options, read_sample
+    entry = eyecandies_dataset[1]
+    depth = _depth_image(eyecandies_dataset)
+    ref, = (r for r in list_samples(entry, ["cookie"], ["test"]) if depth.name.startswith(Path(r.sample_id).name))
+    built = read_sample(entry, ref, preprocess_options(entry, "cookie", image_size=336, max_points=112896))
+    points, sample, options = load_cloud(depth, 336, 112896, like=Preprocessing(entry, "cookie"))
+    assert options.background == "belt-box"
+    np.testing.assert_array_equal(sample.points, built.points)
+    np.testing.assert_array_equal(sample.grid_index, built.grid_index)
+    assert len(points) == _measured_pixels(depth)
+
+
+def test_a_raw_depth_image_without_an_eyecandies_dataset_is_one_line(eyecandies_dataset, tmp_path):
+    depth = _depth_image(eyecandies_dataset)
+    for extra, tail in (((), "give --preprocess DATASET, e.g. eyecandies"),
+                        (("--preprocess", "mvtec3d"), "dataset 'mvtec3d' is mvtec3d format")):
+        result = CliRunner().invoke(pointad, ["detect", str(depth), "--checkpoint", str(tmp_path), *extra])
+        assert result.exit_code == 1
+        line, = result.output.strip().splitlines()  # before the run is looked at: no run there
+        assert line.startswith(f"Error: {depth}: a raw Eyecandies depth image is preprocessed as an Eyecandies "
+                               "dataset's samples") and line.endswith(tail), line
+
+
+@pytest.mark.slow
+def test_detect_scores_every_measured_pixel_of_a_raw_depth_image(detect_run, eyecandies_dataset, tmp_path,
+                                                                  monkeypatch):
+    registry = tmp_path / "my_datasets.yaml"
+    registry.write_text(f"datasets:\n  candies:\n    format: eyecandies\n    root: {eyecandies_dataset[1].root}\n")
+    monkeypatch.setenv("POINTAD_REGISTRY", str(registry))
+    depth = _depth_image(eyecandies_dataset)
+    result = _detect(depth, detect_run, tmp_path / "out", "--preprocess", "candies")
+    assert result.exit_code == 0, result.output
+    assert "detect: preprocessed as dataset 'candies' (eyecandies) samples" in result.output
+    _check_outputs(tmp_path / "out", _measured_pixels(depth))
