@@ -46,7 +46,7 @@ from ..render.preprocess import (
 )
 from ..render.rasterize import worker_rasterizer
 from ..render.readers import preprocess_cloud, preprocess_options
-from ..render.readers.eyecandies import read_pose, read_raw_xyz
+from ..render.readers.eyecandies import layout_options, read_pose, read_raw_xyz
 from ..render.readers.files import POINT_SUFFIXES, read_point_cloud, read_xyz_tiff
 from ..render.sample_render import render_sample
 from ..shared.errors import ConfigError, InputFileError, PointADError
@@ -263,6 +263,8 @@ def load_cloud(path: Path, image_size: int = RenderOptions.image_size, max_point
         if suffix in ORGANIZED or _is_raw_depth(path):
             options = (options_for_format("mvtec3d", sizes) if like is None
                        else preprocess_options(like.entry, like.class_name, **sizes))
+            if like is not None and like.entry.format == "eyecandies":  # a .tiff is of the converted layout
+                options = layout_options(options, raw=_is_raw_depth(path))
             pose = None
             if _is_raw_depth(path):
                 files = eyecandies_raw_files(path.with_name(path.name[:-len(RAW_DEPTH)]))

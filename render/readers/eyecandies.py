@@ -81,7 +81,7 @@ def _defect_from_mask(mask: Path) -> str | None:
 def read(ref: SampleRef, options: PreprocessOptions) -> Sample:
     """Load and preprocess one sample of either layout."""
     if "xyz" in ref.files:
-        return mvtec3d.read(ref, replace(options, background="none"))
+        return mvtec3d.read(ref, layout_options(options, raw=False))
     xyz = read_raw_xyz(ref.files["depth"], ref.files["info_depth"])
     rgb = read_image(ref.files["rgb"], "RGB")
     mask = ref.files["gt"]
@@ -91,6 +91,12 @@ def read(ref: SampleRef, options: PreprocessOptions) -> Sample:
                              f"listed as {ref.defect_type} (the mask changed after the store was planned)")
     pose = read_pose(ref.files["pose"]) if options.apply_pose else None
     return mvtec3d.organized_sample(ref, xyz, rgb, gt, options, pose)
+
+
+def layout_options(options: PreprocessOptions, raw: bool) -> PreprocessOptions:
+    """The options a sample of the raw release (raw) or of the converted layout is preprocessed with: the
+    conversion removed the background already, so none is removed again."""
+    return options if raw else replace(options, background="none")
 
 
 def read_raw_xyz(depth_path: Path, info_path: Path) -> np.ndarray:

@@ -391,6 +391,23 @@ def test_a_raw_depth_image_is_preprocessed_as_render_build_preprocesses_its_samp
     assert len(points) == _measured_pixels(depth)
 
 
+def test_a_converted_eyecandies_scan_keeps_its_background_as_render_build_does(mvtec_dataset):
+    """Eyecandies converted to MVTec 3D-AD's layout comes with its background removed: `--preprocess` with an
+    Eyecandies dataset removes none again from a .tiff (the reader's rule), where the raw release's belt box would
+    cut into it."""
+    from pointad.eval.detect import Preprocessing, load_cloud
+    from pointad.render.datasets import open_dataset
+    from pointad.render.readers import list_samples, preprocess_options, read_sample
+    entry = open_dataset(format="eyecandies", root=mvtec_dataset[1].root)  # MVTec's layout: Eyecandies converted
+    tiff = _tiff(mvtec_dataset)
+    class_name = tiff.relative_to(entry.root).parts[0]
+    ref, = (r for r in list_samples(entry, [class_name], ["test"]) if r.files["xyz"] == tiff)
+    built = read_sample(entry, ref, preprocess_options(entry, class_name, image_size=336, max_points=112896))
+    _, sample, options = load_cloud(tiff, 336, 112896, like=Preprocessing(entry, class_name))
+    assert options.background == "none"
+    np.testing.assert_array_equal(sample.points, built.points)
+
+
 def test_a_raw_depth_image_without_an_eyecandies_dataset_is_one_line(eyecandies_dataset, tmp_path):
     depth = _depth_image(eyecandies_dataset)
     for extra, tail in (((), "give --preprocess DATASET, e.g. eyecandies"),
