@@ -35,7 +35,6 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..render.background import rigid_transform
-from ..render.layouts import eyecandies_raw_files
 from ..render.options import RenderOptions
 from ..render.preprocess import (
     PreprocessOptions,
@@ -51,6 +50,7 @@ from ..render.readers.files import POINT_SUFFIXES, read_point_cloud, read_xyz_ti
 from ..render.sample_render import render_sample
 from ..shared.errors import ConfigError, InputFileError, PointADError
 from ..shared.io import atomic_path
+from ..shared.layouts import eyecandies_raw_files
 from ..shared.registry import ORGANIZED_FORMATS, DatasetEntry
 from ..shared.sample import Sample
 from ..shared.store import open_store

@@ -28,9 +28,9 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from ..render.layouts import ground_truth_files
 from ..shared.errors import ConfigError, DatasetError, InputFileError, PointADError
 from ..shared.io import atomic_path, os_error
+from ..shared.layouts import ground_truth_files
 from ..shared.names import printable, unique_component
 from ..shared.registry import resolve_dataset
 from .class_metrics import BLOCKS, block_arrays

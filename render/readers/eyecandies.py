@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from ...shared.errors import InputFileError, first_line
+from ...shared.layouts import eyecandies_raw_files
 from ...shared.registry import DatasetEntry, select_classes
 from ...shared.sample import GOOD, Sample, SampleRef
 from ..background import rigid_transform
-from ..layouts import eyecandies_raw_files
 from ..preprocess import PreprocessOptions
 from . import mvtec3d
 from .common import check_splits, relative_id

@@ -1,5 +1,6 @@
-"""Where the dataset formats keep a sample's files: path arithmetic only, so light to import (`eval report
---export-maps` finds ground truth by it without the readers, which load Open3D)."""
+"""Where the dataset formats keep a sample's files: path arithmetic only, shared by the render stage's readers
+and the eval stage (`eval report --export-maps` finds ground truth by it; eval does not import the readers, which
+load Open3D, design §1)."""
 
 from __future__ import annotations
 
