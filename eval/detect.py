@@ -259,14 +259,15 @@ def load_cloud(path: Path, image_size: int = RenderOptions.image_size, max_point
                     sample_id=path.name, label=0)
     sizes = {"image_size": image_size, "max_points": max_points}
     check_preprocessing(path, like)
+    raw = _is_raw_depth(path)
     try:
-        if suffix in ORGANIZED or _is_raw_depth(path):
+        if suffix in ORGANIZED or raw:
             options = (options_for_format("mvtec3d", sizes) if like is None
                        else preprocess_options(like.entry, like.class_name, **sizes))
             if like is not None and like.entry.format == "eyecandies":  # a .tiff is of the converted layout
-                options = layout_options(options, raw=_is_raw_depth(path))
+                options = layout_options(options, raw=raw)
             pose = None
-            if _is_raw_depth(path):
+            if raw:
                 files = eyecandies_raw_files(path.with_name(path.name[:-len(RAW_DEPTH)]))
                 xyz = read_raw_xyz(files["depth"], files["info_depth"])
                 pose = read_pose(files["pose"]) if options.apply_pose else None
